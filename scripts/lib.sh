@@ -1,0 +1,64 @@
+# Shared shell helpers for syncbridge's scripts (sourced, not run).
+# shellcheck shell=bash
+
+export PATH="$HOME/.cargo/bin:$PATH"
+PG_MAJOR=${PG_MAJOR:-15}
+PG_BIN=${SYNCBRIDGE_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
+PG_CONFIG=$PG_BIN/pg_config
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf '\033[1m[%s]\033[0m %s\n' "${SCRIPT_NAME:-syncbridge}" "$*" >&2; }
+
+# Runs a PostgreSQL program as `postgres` when we are root (Postgres refuses root).
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then sudo -n -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# pg_start DIR PORT: a throwaway cluster with wal_level=logical in DIR.
+pg_start() {
+  local dir=$1 port=$2
+  if [ "$(id -u)" -eq 0 ]; then
+    install -d -o postgres -g postgres -m 0700 "$dir" "$dir/data" "$dir/sock"
+  else
+    install -d -m 0700 "$dir" "$dir/data" "$dir/sock"
+  fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+  fi
+  printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\nwal_level = logical\nmax_replication_slots = 16\nmax_wal_senders = 16\nlc_messages = 'C'\n" \
+    "$port" "$dir/sock" | as_pg tee "$dir/data/postgresql.auto.conf" >/dev/null
+  as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
+# pg_stop DIR: stops the cluster in DIR if it runs.
+pg_stop() {
+  local dir=$1
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || \
+      as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null || true
+  fi
+}
+
+# Builds the extension and installs it into the server's folders.
+install_ext() {
+  log "installing the extension into $($PG_CONFIG --sharedir)/extension"
+  local out; out=$(mktemp)
+  if ! (cd "$ROOT/pg_ext" && cargo pgrx install --pg-config "$PG_CONFIG" ${1:+$1}) >"$out" 2>&1; then
+    cat "$out" >&2; rm -f "$out"; return 1
+  fi
+  rm -f "$out"
+}
+
+# Fails loudly if any postgres process started from DIR is still running.
+assert_no_postgres_from() {
+  local dir=$1
+  if pgrep -f -- "$dir" >/dev/null 2>&1; then
+    log "postgres processes from $dir are still running:"
+    pgrep -a -f -- "$dir" >&2
+    return 1
+  fi
+}

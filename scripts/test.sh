@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# `make test`: set-up, then every tier: lint, Rust unit tests, the extension's
+# #[pg_test]s, the pg_regress suite, the integration tests, the quick benchmark.
+set -euo pipefail
+SCRIPT_NAME=test
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+"$ROOT/scripts/setup.sh"
+start=$(date +%s)
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+log "tier 1: Rust unit tests (worker, harness, bench)"
+cargo test --workspace --exclude syncbridge --lib --bins --quiet
+
+log "tier 2: the extension's #[pg_test]s"
+pgdata="$ROOT/target/pgrx-test-data"
+if [ "$(id -u)" -eq 0 ]; then
+  rm -rf "$pgdata"; install -d -o postgres -g postgres "$pgdata"
+  (cd pg_ext && cargo pgrx test pg15 --runas postgres --pgdata "$pgdata")
+else
+  (cd pg_ext && cargo pgrx test pg15)
+fi
+
+# `cargo pgrx test` leaves its test build installed: install the real one.
+install_ext
+
+log "tier 3: pg_regress suite (sql/regress)"
+"$ROOT/scripts/regress.sh"
+
+log "tier 4: integration tests (tests/)"
+cargo test -p syncbridge-tests --quiet -- --test-threads="${SYNCBRIDGE_TEST_THREADS:-2}"
+
+tmpbase=${TMPDIR:-/tmp}
+if pgrep -a -f -- "$tmpbase/syncbridge-pg-" >/dev/null 2>&1; then
+  log "FAIL: postgres processes from test clusters are still running"; pgrep -a -f -- "$tmpbase/syncbridge-pg-" >&2
+  exit 1
+fi
+log "all tiers passed in $(( $(date +%s) - start ))s"
