@@ -37,8 +37,8 @@ log "tier 4: integration tests (tests/)"
 cargo test -p syncbridge-tests --quiet -- --test-threads="${SYNCBRIDGE_TEST_THREADS:-2}"
 
 tmpbase=${TMPDIR:-/tmp}
-if pgrep -a -f -- "$tmpbase/syncbridge-pg-" >/dev/null 2>&1; then
-  log "FAIL: postgres processes from test clusters are still running"; pgrep -a -f -- "$tmpbase/syncbridge-pg-" >&2
+if pgrep -a -f -- "bin/postgres -D $tmpbase/syncbridge-pg-" >/dev/null 2>&1; then
+  log "FAIL: postgres processes from test clusters are still running"; pgrep -a -f -- "bin/postgres -D $tmpbase/syncbridge-pg-" >&2
   exit 1
 fi
 log "all tiers passed in $(( $(date +%s) - start ))s"

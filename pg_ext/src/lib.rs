@@ -5,7 +5,34 @@
 
 use pgrx::prelude::*;
 
+mod error;
+mod expr;
+mod guc;
+mod secret;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests_types;
+
 ::pgrx::pg_module_magic!(name, version);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
+
+// Hand-written SQL, in dependency order (see sql/).
+extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../../sql/config.sql",
+    name = "config",
+    requires = [expr::check_expression_sql, secret::check_secret_ref_sql, secret::check_config_sql, guc::setting]
+);
+extension_sql_file!("../../sql/compile.sql", name = "compile", requires = ["config"]);
+extension_sql_file!("../../sql/stage.sql", name = "stage", requires = ["compile"]);
+extension_sql_file!("../../sql/plan.sql", name = "plan", requires = ["stage"]);
+extension_sql_file!("../../sql/queue.sql", name = "queue", requires = ["stage"]);
+extension_sql_file!("../../sql/status.sql", name = "status", requires = ["queue"]);
+extension_sql_file!("../../sql/roles.sql", name = "roles", finalize);
 
 /// The extension's version, as built (the `default_version` of the control file).
 #[pg_extern(immutable, parallel_safe)]

@@ -1,0 +1,97 @@
+//! Every error the extension raises from Rust: one enum, each variant with a
+//! SQLSTATE, a message, a detail and a hint.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+/// The errors raised by syncbridge's Rust functions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncError {
+    /// A secret was given where only a reference to one is accepted.
+    InlineSecret { what: String },
+    /// A secret reference that is not `env:NAME` or `file:/path`.
+    BadSecretRef { given: String },
+    /// A configuration key holds what looks like a secret.
+    SecretInConfig { key: String },
+    /// An SQL expression (row filter, shard predicate, transform) that is not
+    /// one plain expression.
+    BadExpression { what: String, reason: String },
+    /// An unknown setting name.
+    UnknownSetting { name: String },
+}
+
+impl SyncError {
+    fn parts(&self) -> (PgSqlErrorCode, String, String, String) {
+        use PgSqlErrorCode::*;
+        match self {
+            SyncError::InlineSecret { what } => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("inline secrets are refused ({what})"),
+                "syncbridge stores only references to secrets, never secrets: tables end up in dumps, replicas and logs."
+                    .into(),
+                "Put the secret in the worker's environment or in a file on the worker's machine and pass \
+                 secret => 'env:NAME' or secret => 'file:/path'."
+                    .into(),
+            ),
+            SyncError::BadSecretRef { given } => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                "invalid secret reference".into(),
+                format!(
+                    "A secret reference is env:NAME (NAME: letters, digits, underscores) or file:/absolute/path; got {}.",
+                    redact(given)
+                ),
+                "Example: secret => 'env:SP_CLIENT_SECRET'.".into(),
+            ),
+            SyncError::SecretInConfig { key } => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("configuration key \"{key}\" looks like a secret"),
+                "Target configuration is stored in sync.targets in plain text; secrets are refused there.".into(),
+                "Remove the key from config and pass the secret as a reference: secret => 'env:NAME' or 'file:/path'."
+                    .into(),
+            ),
+            SyncError::BadExpression { what, reason } => (
+                ERRCODE_SYNTAX_ERROR,
+                format!("invalid {what}"),
+                reason.clone(),
+                format!("A {what} is one SQL expression over the source row's columns, e.g. region = 'EU' AND NOT secret."),
+            ),
+            SyncError::UnknownSetting { name } => (
+                ERRCODE_UNDEFINED_OBJECT,
+                format!("unknown syncbridge setting \"{name}\""),
+                "syncbridge's settings are listed by SELECT * FROM sync.settings().".into(),
+                "Use one of the names sync.settings() shows, without the sync. prefix.".into(),
+            ),
+        }
+    }
+
+    /// Raises the error (never returns).
+    pub fn raise(self) -> ! {
+        let (code, message, detail, hint) = self.parts();
+        ErrorReport::new(code, message, "syncbridge").set_detail(detail).set_hint(hint).report(PgLogLevel::ERROR);
+        unreachable!("ERROR-level reports do not return")
+    }
+}
+
+/// Shows the shape of a rejected value without showing the value (it may be a secret).
+pub fn redact(s: &str) -> String {
+    let n = s.chars().count();
+    let head: String = s.chars().take_while(|c| *c != ':').take(8).collect();
+    if s.contains(':') && head.len() < 8 {
+        format!("a value starting with \"{head}:\" ({n} characters)")
+    } else {
+        format!("a value of {n} characters")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_never_shows_the_value() {
+        let r = redact("s3cr3t-Value-123");
+        assert!(!r.contains("s3cr3t"));
+        assert_eq!(r, "a value of 16 characters");
+        assert_eq!(redact("vault:x/y"), "a value starting with \"vault:\" (9 characters)");
+    }
+}

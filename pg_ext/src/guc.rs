@@ -1,0 +1,121 @@
+//! syncbridge's settings (GUCs), all named `sync.*` and declared here.
+
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+use crate::error::SyncError;
+
+/// Replication slot the worker streams from.
+pub static SLOT_NAME: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(Some(c"syncbridge"));
+/// Attempts before an export goes to `error`, for new definitions.
+pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
+/// First retry delay after a failure, in seconds (doubles per attempt).
+pub static BACKOFF_BASE_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(5);
+/// Longest retry delay, in seconds.
+pub static BACKOFF_MAX_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(3600);
+/// How long a claim lasts before another worker may take the export over, in seconds.
+pub static LEASE_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(120);
+
+struct Setting {
+    name: &'static str,
+    description: &'static str,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting { name: "slot_name", description: "Replication slot the worker streams from." },
+    Setting {
+        name: "max_attempts",
+        description: "Attempts before an export goes to error (default for new definitions).",
+    },
+    Setting {
+        name: "backoff_base_seconds",
+        description: "First retry delay after a failure; doubles per attempt, with jitter.",
+    },
+    Setting { name: "backoff_max_seconds", description: "Longest retry delay." },
+    Setting { name: "lease_seconds", description: "How long a claim lasts before the export may be taken over." },
+];
+
+/// Registers the settings; called from `_PG_init`.
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"sync.slot_name",
+        c"Replication slot the syncbridge worker streams from.",
+        c"Status views compute the slot lag from it.",
+        &SLOT_NAME,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sync.max_attempts",
+        c"Attempts before an export goes to state error, for new definitions.",
+        c"Each definition keeps its own max_attempts once defined.",
+        &MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sync.backoff_base_seconds",
+        c"First retry delay after a failed export, in seconds.",
+        c"The delay doubles per attempt, with jitter, up to sync.backoff_max_seconds.",
+        &BACKOFF_BASE_SECONDS,
+        0,
+        86400,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sync.backoff_max_seconds",
+        c"Longest retry delay after a failed export, in seconds.",
+        c"",
+        &BACKOFF_MAX_SECONDS,
+        0,
+        604800,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sync.lease_seconds",
+        c"How long a claimed export stays leased to a worker, in seconds.",
+        c"An export whose lease expired is recovered by the next claim.",
+        &LEASE_SECONDS,
+        1,
+        86400,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+}
+
+fn value(name: &str) -> Result<String, SyncError> {
+    Ok(match name {
+        "slot_name" => {
+            SLOT_NAME.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "syncbridge".to_owned())
+        }
+        "max_attempts" => MAX_ATTEMPTS.get().to_string(),
+        "backoff_base_seconds" => BACKOFF_BASE_SECONDS.get().to_string(),
+        "backoff_max_seconds" => BACKOFF_MAX_SECONDS.get().to_string(),
+        "lease_seconds" => LEASE_SECONDS.get().to_string(),
+        other => return Err(SyncError::UnknownSetting { name: other.to_owned() }),
+    })
+}
+
+/// `sync._setting(name)`: the current value of setting `sync.<name>`.
+#[pg_extern(stable, parallel_safe, name = "_setting")]
+pub fn setting(name: &str) -> String {
+    value(name).unwrap_or_else(|e| e.raise())
+}
+
+/// `sync.settings()`: every syncbridge setting with its value.
+#[pg_extern(stable, parallel_safe)]
+pub fn settings() -> TableIterator<'static, (name!(name, String), name!(value, String), name!(description, String))> {
+    let rows: Vec<_> = SETTINGS
+        .iter()
+        .map(|s| {
+            let v = value(s.name).unwrap_or_else(|e| e.raise());
+            (format!("sync.{}", s.name), v, s.description.to_owned())
+        })
+        .collect();
+    TableIterator::new(rows)
+}

@@ -1,0 +1,1 @@
+//! #[pg_test]s of type serialization and hashing.

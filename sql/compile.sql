@@ -1,0 +1,300 @@
+-- syncbridge: each definition compiles into set-based SQL that yields, per
+-- source row, its key, its list (shard), its mapped fields as JSON and their
+-- hash. The SQL is built from catalog data with quoted identifiers, cached in
+-- sync.compiled, and rebuilt when the definition (its revision) or the source
+-- table's columns (their fingerprint) change.
+--
+-- Serialization of values (documented in the README, tested by #[pg_test]s):
+--   boolean, smallint, integer, real, double precision -> JSON boolean / number
+--     (NaN and infinities -> strings "NaN", "Infinity", "-Infinity")
+--   bigint      -> number when |x| <= 2^53-1, else a string (JSON readers use doubles)
+--   numeric     -> number when a double holds it exactly (15 significant digits), else a
+--                  string with every digit; NaN/Infinity -> strings
+--   timestamptz -> "YYYY-MM-DDTHH:MI:SS[.ffffff]Z" in UTC
+--   timestamp   -> "YYYY-MM-DDTHH:MI:SS[.ffffff]"
+--   date        -> "YYYY-MM-DD"; infinite dates and timestamps -> "infinity" / "-infinity"
+--   uuid, text, varchar, char, enums, other scalars -> their text form as a JSON string
+--   bytea       -> base64 string
+--   json, jsonb -> the JSON value itself
+--   arrays      -> JSON arrays (elements as to_jsonb renders them, under TimeZone UTC)
+--   NULL        -> JSON null (the field is cleared on the target)
+-- Compiled SQL runs with TimeZone = UTC, DateStyle = ISO, IntervalStyle =
+-- iso_8601 and extra_float_digits = 1 (set on the functions running it), so
+-- that a row always serializes and hashes the same whatever the session says.
+
+CREATE TABLE compiled (
+    definition_id int PRIMARY KEY REFERENCES definitions (id) ON DELETE CASCADE,
+    revision      int NOT NULL,
+    fingerprint   text NOT NULL,
+    rows_all      text NOT NULL,
+    rows_by_key   text NOT NULL,
+    keys_sql      text NOT NULL,
+    key_of_json   text NOT NULL,
+    fields        jsonb NOT NULL,
+    compiled_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE compiled IS 'Cache of the SQL each definition compiles into (rebuilt on a new revision or when the table''s columns change). Written only by sync._compile(); shown for investigation.';
+COMMENT ON COLUMN compiled.definition_id IS 'The definition (sync.definitions.id).';
+COMMENT ON COLUMN compiled.revision IS 'The definition revision it was compiled from.';
+COMMENT ON COLUMN compiled.fingerprint IS 'Digest of the source table''s columns (names, types, positions) it was compiled against.';
+COMMENT ON COLUMN compiled.rows_all IS 'SELECT sync_key, list, fields, hash over the whole table (plan, backfill).';
+COMMENT ON COLUMN compiled.rows_by_key IS 'The same for the keys in $1, a JSON array of objects {column: text} (staging).';
+COMMENT ON COLUMN compiled.keys_sql IS 'SELECT of the distinct keys of $1 holding all key columns, as objects _syncbridge_k.';
+COMMENT ON COLUMN compiled.key_of_json IS 'Expression turning one row _syncbridge_k of keys_sql into a sync_key.';
+COMMENT ON COLUMN compiled.fields IS 'The fields sent: [{field, column, type, kind, reference}].';
+
+-- The JSON serialization of `expr` (SQL text) of type `typ`.
+CREATE FUNCTION _json_expr(expr text, typ regtype) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    base oid := typ;
+    cat "char";
+BEGIN
+    -- Domains serialize as their base type.
+    SELECT t.oid, t.typcategory INTO base, cat FROM pg_type t
+     WHERE t.oid = (WITH RECURSIVE b(oid) AS (SELECT typ::oid UNION ALL
+                        SELECT t2.typbasetype FROM pg_type t2 JOIN b ON t2.oid = b.oid WHERE t2.typtype = 'd')
+                    SELECT b.oid FROM b JOIN pg_type t3 ON t3.oid = b.oid WHERE t3.typtype <> 'd' LIMIT 1);
+    RETURN CASE
+        WHEN base IN ('bool'::regtype, 'int2'::regtype, 'int4'::regtype, 'jsonb'::regtype) THEN format('to_jsonb(%s)', expr)
+        WHEN base IN ('float4'::regtype, 'float8'::regtype) THEN
+            format('(SELECT CASE WHEN v IN (''NaN'', ''Infinity'', ''-Infinity'') THEN to_jsonb(v::text) ELSE to_jsonb(v) END FROM (SELECT (%s)::float8 AS v) x)', expr)
+        WHEN base = 'int8'::regtype THEN
+            format('(SELECT CASE WHEN v BETWEEN -9007199254740991 AND 9007199254740991 THEN to_jsonb(v) ELSE to_jsonb(v::text) END FROM (SELECT (%s) AS v) x)', expr)
+        WHEN base = 'numeric'::regtype THEN
+            format('(SELECT CASE WHEN v IS NULL THEN NULL WHEN v IN (''NaN'', ''Infinity'', ''-Infinity'') THEN to_jsonb(v::text) '
+                   'WHEN v::float8::numeric = v THEN to_jsonb(v) ELSE to_jsonb(v::text) END FROM (SELECT (%s)::numeric AS v) x)', expr)
+        WHEN base = 'timestamptz'::regtype THEN
+            format('(SELECT CASE WHEN NOT isfinite(v) THEN to_jsonb(v::text) ELSE to_jsonb(regexp_replace(to_char(v AT TIME ZONE ''UTC'', '
+                   '''YYYY-MM-DD"T"HH24:MI:SS.US''), ''\.?0+$'', '''') || ''Z'') END FROM (SELECT (%s) AS v) x)', expr)
+        WHEN base = 'timestamp'::regtype THEN
+            format('(SELECT CASE WHEN NOT isfinite(v) THEN to_jsonb(v::text) ELSE to_jsonb(regexp_replace(to_char(v, '
+                   '''YYYY-MM-DD"T"HH24:MI:SS.US''), ''\.?0+$'', '''')) END FROM (SELECT (%s) AS v) x)', expr)
+        WHEN base = 'date'::regtype THEN
+            format('(SELECT CASE WHEN NOT isfinite(v) THEN to_jsonb(v::text) ELSE to_jsonb(to_char(v, ''YYYY-MM-DD'')) END FROM (SELECT (%s) AS v) x)', expr)
+        WHEN base = 'json'::regtype THEN format('(%s)::jsonb', expr)
+        WHEN base = 'bytea'::regtype THEN format('to_jsonb(translate(encode(%s, ''base64''), E''\n'', ''''))', expr)
+        WHEN cat = 'A' THEN format('to_jsonb(%s)', expr)
+        ELSE format('to_jsonb((%s)::text)', expr)
+    END;
+END $$;
+
+-- The kind of target column a source type provisions as (graph vocabulary:
+-- text, number, boolean, dateTime, note (long text), json kept as text).
+CREATE FUNCTION _field_kind(typ regtype) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN t.typcategory = 'B' THEN 'boolean'
+        WHEN t.typcategory = 'N' AND t.oid NOT IN ('int8'::regtype, 'numeric'::regtype) THEN 'number'
+        WHEN t.oid IN ('int8'::regtype, 'numeric'::regtype) THEN 'number'
+        WHEN t.oid IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN 'dateTime'
+        WHEN t.oid = 'date'::regtype THEN 'date'
+        WHEN t.oid IN ('json'::regtype, 'jsonb'::regtype) OR t.typcategory = 'A' THEN 'note'
+        WHEN t.oid = 'text'::regtype THEN 'note'
+        ELSE 'text'
+    END
+    FROM pg_type t WHERE t.oid = (
+        WITH RECURSIVE b(oid) AS (SELECT typ::oid UNION ALL
+            SELECT t2.typbasetype FROM pg_type t2 JOIN b ON t2.oid = b.oid WHERE t2.typtype = 'd')
+        SELECT b.oid FROM b JOIN pg_type t3 ON t3.oid = b.oid WHERE t3.typtype <> 'd' LIMIT 1)
+$$;
+
+-- Digest of a table's columns: any ALTER TABLE that adds, drops, renames or
+-- retypes a column changes it.
+CREATE FUNCTION _fingerprint(rel regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT md5(coalesce(string_agg(format('%s:%s:%s:%s', attnum, attname, atttypid, atttypmod), ',' ORDER BY attnum), '')
+               || (SELECT relkind::text FROM pg_class WHERE oid = rel))
+      FROM pg_attribute WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
+$$;
+
+CREATE FUNCTION _compile(def_id int) RETURNS compiled
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d sync.definitions;
+    k sync.target_kinds;
+    c sync.compiled;
+    fp text;
+    relkind "char";
+    f record;
+    fields jsonb := '[]';
+    pairs text[] := '{}';
+    chunks text[] := '{}';
+    bad text;
+    key_expr text;
+    key_json text;
+    key_join text;
+    keys_sql text;
+    list_expr text;
+    fields_expr text;
+    from_rel text;
+    filter text;
+    select_list text;
+    i int;
+BEGIN
+    SELECT * INTO d FROM sync.definitions WHERE id = def_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'sync definition % does not exist', def_id USING ERRCODE = 'undefined_object';
+    END IF;
+    SELECT c2.relkind INTO relkind FROM pg_class c2 WHERE c2.oid = d.source_rel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the source table of definition % no longer exists', quote_literal(d.name)
+            USING ERRCODE = 'undefined_table',
+                  DETAIL = format('It was the relation with oid %s.', d.source_rel::oid),
+                  HINT = 'Drop the definition with sync.undefine(name, force => true) and define it again.';
+    END IF;
+    fp := sync._fingerprint(d.source_rel);
+    SELECT * INTO c FROM sync.compiled WHERE definition_id = def_id AND revision = d.revision AND fingerprint = fp;
+    IF FOUND THEN
+        RETURN c;
+    END IF;
+    SELECT tk.* INTO k FROM sync.target_kinds tk JOIN sync.targets t ON t.kind = tk.kind WHERE t.name = d.target;
+
+    -- Key columns must still exist.
+    SELECT string_agg(quote_ident(x), ', ') INTO bad FROM unnest(d.key_columns) x
+     WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = d.source_rel AND a.attname = x AND a.attnum > 0 AND NOT a.attisdropped);
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'key column % of definition % no longer exists in %', bad, quote_literal(d.name), d.source_rel
+            USING ERRCODE = 'undefined_column',
+                  DETAIL = 'The table was altered after the definition was made.',
+                  HINT = 'Define the sync again with the new key.';
+    END IF;
+
+    -- Fields: the explicit mappings (push and both), else every column under its own name.
+    FOR f IN
+        WITH maps AS (
+            SELECT m.field, m.column_name, m.transform, m.transform_type, m.reference, m.position
+              FROM sync.field_maps m WHERE m.definition_id = def_id AND m.direction IN ('push', 'both')
+        ), has_maps AS (SELECT EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = def_id) AS yes)
+        SELECT maps.field, maps.column_name, maps.transform, maps.reference, maps.position,
+               coalesce(maps.transform_type, a.atttypid::regtype) AS typ,
+               (a.attname IS NULL AND maps.column_name IS NOT NULL) AS missing
+          FROM maps LEFT JOIN pg_attribute a
+            ON a.attrelid = d.source_rel AND a.attname = maps.column_name AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT a.attname::text, a.attname, NULL, NULL, a.attnum, a.atttypid::regtype, false
+          FROM pg_attribute a, has_maps
+         WHERE NOT has_maps.yes AND a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY 5
+    LOOP
+        IF f.missing THEN
+            RAISE EXCEPTION 'mapped column % no longer exists in %', quote_ident(f.column_name), d.source_rel
+                USING ERRCODE = 'undefined_column',
+                      DETAIL = format('Field %s of definition %s maps it.', f.field, d.name),
+                      HINT = format('SELECT sync.unmap(%L, %L); or map the field to another column.', d.name, f.field);
+        END IF;
+        IF f.field !~ k.field_name_pattern OR lower(f.field) IN ('synckey', 'id') THEN
+            RAISE EXCEPTION 'column % cannot be sent under its own name', quote_ident(f.field)
+                USING ERRCODE = 'invalid_name',
+                      DETAIL = format('%s field names match %s and may not be SyncKey or id; definition %s has no explicit mapping, so every column goes under its own name.',
+                                      k.kind, k.field_name_pattern, d.name),
+                      HINT = format('Map the columns explicitly: SELECT sync.map(%L, %L, ''SomeField'');', d.name, f.field);
+        END IF;
+        IF f.transform IS NOT NULL THEN
+            -- Checked again here: the stored text is what gets embedded.
+            PERFORM sync._check_expression(f.transform, 'transform');
+        END IF;
+        pairs := pairs || (quote_literal(f.field) || ', ' || CASE
+            WHEN f.reference IS NOT NULL THEN
+                format('CASE WHEN s.%1$I IS NULL THEN NULL ELSE jsonb_build_object(''@ref'', (s.%1$I)::text, ''@def'', %2$L) END', f.column_name, f.reference)
+            WHEN f.transform IS NOT NULL THEN
+                sync._json_expr('(' || E'\n' || f.transform || E'\n' || ')', f.typ)
+            ELSE sync._json_expr(format('s.%I', f.column_name), f.typ)
+        END);
+        fields := fields || jsonb_build_object(
+            'field', f.field, 'column', f.column_name, 'type', f.typ::text,
+            'kind', CASE WHEN f.reference IS NOT NULL THEN 'lookup' ELSE sync._field_kind(f.typ) END,
+            'reference', f.reference, 'transform', f.transform);
+    END LOOP;
+    IF cardinality(pairs) = 0 THEN
+        RAISE EXCEPTION 'definition % sends no field', quote_literal(d.name)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'All its mappings are pulled from the target; nothing would be written.',
+                  HINT = format('Map at least one column with direction push: SELECT sync.map(%L, ''col'', ''Field'');', d.name);
+    END IF;
+    -- jsonb_build_object takes at most 100 arguments: 50 fields per call.
+    i := 1;
+    WHILE i <= cardinality(pairs) LOOP
+        chunks := chunks || ('jsonb_build_object(' || array_to_string(pairs[i:i + 49], ', ') || ')')::text;
+        i := i + 50;
+    END LOOP;
+    fields_expr := array_to_string(chunks, ' || ');
+
+    -- Keys arrive as a JSON array of objects {column: text} (what the worker
+    -- decoded; it knows nothing of definitions). keys_sql keeps the elements
+    -- holding all of this definition's key columns, reduced to those, once each.
+    SELECT 'SELECT DISTINCT jsonb_build_object('
+           || string_agg(format('%L, _syncbridge_k->%L', x, x), ', ' ORDER BY o)
+           || ') AS _syncbridge_k FROM jsonb_array_elements($1) AS _syncbridge_e(_syncbridge_k) WHERE '
+           || string_agg(format('jsonb_typeof(_syncbridge_k->%L) IN (''string'', ''number'')', x), ' AND ' ORDER BY o),
+           string_agg(format('s.%I = (_syncbridge_keys._syncbridge_k->>%L)::%s', x, x, format_type(a.atttypid, a.atttypmod)), ' AND ' ORDER BY o)
+      INTO keys_sql, key_join
+      FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)
+      JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = u.x;
+    -- A sync_key: one column -> its text; several -> a JSON array of their texts.
+    IF cardinality(d.key_columns) = 1 THEN
+        key_expr := format('(s.%I)::text', d.key_columns[1]);
+        key_json := (SELECT format('(((_syncbridge_k->>%L)::%s)::text)', a.attname, format_type(a.atttypid, a.atttypmod))
+                       FROM pg_attribute a WHERE a.attrelid = d.source_rel AND a.attname = d.key_columns[1]);
+    ELSE
+        key_expr := 'jsonb_build_array(' || (SELECT string_agg(format('(s.%I)::text', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)) || ')::text';
+        key_json := 'jsonb_build_array(' || (SELECT string_agg(format('((_syncbridge_k->>%L)::%s)::text', x, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY o)
+                                              FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)
+                                              JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = u.x) || ')::text';
+    END IF;
+
+    -- Shards: first matching predicate, else the definition's list.
+    SELECT 'CASE ' || string_agg(format('WHEN (%s) THEN %L', E'\n' || sh.predicate || E'\n', sh.list), ' ' ORDER BY sh.position)
+           || format(' ELSE %s END', coalesce(quote_literal(d.list), 'NULL::text'))
+      INTO list_expr
+      FROM sync.shards sh WHERE sh.definition_id = def_id;
+    FOR f IN SELECT sh.predicate FROM sync.shards sh WHERE sh.definition_id = def_id LOOP
+        PERFORM sync._check_expression(f.predicate, 'shard predicate');
+    END LOOP;
+    list_expr := coalesce(list_expr, coalesce(quote_literal(d.list), 'NULL::text'));
+
+    IF d.row_filter IS NOT NULL THEN
+        PERFORM sync._check_expression(d.row_filter, 'row filter');
+        filter := '(' || E'\n' || d.row_filter || E'\n' || ') IS TRUE';
+    ELSE
+        filter := 'true';
+    END IF;
+    from_rel := CASE WHEN relkind = 'p' THEN '' ELSE 'ONLY ' END || d.source_rel::text;
+    select_list := format('%s AS sync_key, %s AS list, %s AS fields', key_expr, list_expr, fields_expr);
+
+    c.definition_id := def_id;
+    c.revision := d.revision;
+    c.fingerprint := fp;
+    c.fields := fields;
+    c.key_of_json := key_json;
+    c.rows_all := format(
+        'SELECT q.sync_key, q.list, q.fields, sha256(convert_to(q.fields::text, ''UTF8'')) AS hash FROM ('
+        'SELECT %s FROM %s AS s WHERE %s) q WHERE q.list IS NOT NULL',
+        select_list, from_rel, filter);
+    c.rows_by_key := format(
+        'SELECT q.sync_key, q.list, q.fields, sha256(convert_to(q.fields::text, ''UTF8'')) AS hash FROM ('
+        'SELECT %s FROM (%s) AS _syncbridge_keys JOIN %s AS s ON %s WHERE %s) q WHERE q.list IS NOT NULL',
+        select_list, keys_sql, from_rel, key_join, filter);
+    c.keys_sql := keys_sql;
+    c.compiled_at := now();
+    INSERT INTO sync.compiled VALUES (c.*)
+    ON CONFLICT (definition_id) DO UPDATE
+       SET revision = EXCLUDED.revision, fingerprint = EXCLUDED.fingerprint, rows_all = EXCLUDED.rows_all,
+           rows_by_key = EXCLUDED.rows_by_key, keys_sql = EXCLUDED.keys_sql, key_of_json = EXCLUDED.key_of_json, fields = EXCLUDED.fields,
+           compiled_at = EXCLUDED.compiled_at;
+    RETURN c;
+END $$;
+
+-- What a definition sends for a few rows (or all): key, list, fields, hash.
+-- For looking at the mapping before enabling it.
+CREATE FUNCTION preview(definition text, "limit" int DEFAULT 10)
+RETURNS TABLE (sync_key text, list text, fields jsonb, hash text)
+LANGUAGE plpgsql
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+DECLARE
+    c sync.compiled := sync._compile((sync._def(definition)).id);
+BEGIN
+    RETURN QUERY EXECUTE format('SELECT sync_key, list, fields, encode(hash, ''hex'') FROM (%s) r ORDER BY sync_key LIMIT %s',
+                                c.rows_all, coalesce("limit"::text, 'ALL'));
+END $$;

@@ -1,0 +1,745 @@
+-- syncbridge: the configuration surface (targets, definitions, mappings,
+-- shards, lifecycle). Every function checks its input and raises an error with
+-- a SQLSTATE, a detail and a hint, changing nothing, when something is wrong.
+-- Identifiers reaching dynamic SQL are quoted (format %I, regclass output);
+-- values are parameters.
+
+-- ---------------------------------------------------------------------------
+-- Small helpers
+-- ---------------------------------------------------------------------------
+
+-- A name for a target or a definition: 1-63 characters, letters of any
+-- script, digits, and _ - . ; no spaces, quotes, semicolons or control
+-- characters (names show up in logs, file names and URLs).
+CREATE FUNCTION _check_name(what text, name text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION '% name must not be empty', what
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('A %s needs a name to be referred to by the other sync functions.', what),
+                  HINT = 'Choose a name like employees_sp.';
+    END IF;
+    IF length(name) > 63 OR name !~ '^[[:alnum:]_][[:alnum:]_.-]*$' THEN
+        RAISE EXCEPTION 'invalid % name %', what, quote_literal(name)
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'Names hold 1 to 63 letters (any script), digits, "_", "-" and "."; they start with a letter, digit or "_".',
+                  HINT = 'Choose a name like employees_sp.';
+    END IF;
+    RETURN name;
+END $$;
+
+-- A list name: free text as the target shows it, without control characters.
+CREATE FUNCTION _check_list_name(list text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF list IS NOT NULL AND (list = '' OR length(list) > 255 OR list ~ '[[:cntrl:]]' OR list <> btrim(list)) THEN
+        RAISE EXCEPTION 'invalid list name %', quote_literal(list)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A list name has 1 to 255 characters, no control characters, no leading or trailing spaces.',
+                  HINT = 'Use the list''s display name, e.g. ''Employees EU''.';
+    END IF;
+    RETURN list;
+END $$;
+
+-- One of a fixed set of values.
+CREATE FUNCTION _check_choice(what text, value text, allowed text[]) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF value IS NULL OR NOT value = ANY (allowed) THEN
+        RAISE EXCEPTION 'invalid %: %', what, coalesce(quote_literal(value), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('%s is one of %s.', initcap(what), array_to_string(allowed, ', ')),
+                  HINT = format('Pass %s => %L, for example.', what, allowed[1]);
+    END IF;
+    RETURN value;
+END $$;
+
+-- The definition called `name`, or an error listing the definitions.
+CREATE FUNCTION _def(name text) RETURNS definitions
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    d sync.definitions;
+BEGIN
+    SELECT * INTO d FROM sync.definitions WHERE definitions.name = _def.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'sync definition % does not exist', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Definitions: ' || (SELECT string_agg(x.name, ', ' ORDER BY x.name) FROM sync.definitions x) || '.',
+                                    'There are no definitions yet.'),
+                  HINT = 'Create one with sync.define(name, source => ..., target => ...).';
+    END IF;
+    RETURN d;
+END $$;
+
+-- Resolves a table name given as text (possibly schema-qualified and quoted)
+-- to a regclass, with clear errors for a bad name, a missing table or a
+-- relation that is not a table.
+CREATE FUNCTION _resolve_table(source text) RETURNS regclass
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    rel regclass;
+    kind "char";
+BEGIN
+    BEGIN
+        rel := to_regclass(source);
+    EXCEPTION WHEN invalid_name OR syntax_error OR invalid_parameter_value OR feature_not_supported OR name_too_long THEN
+        RAISE EXCEPTION 'invalid table name %', coalesce(quote_literal(source), 'NULL')
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = SQLERRM,
+                  HINT = 'Name the table as in SQL: schema.table, with double quotes around names that need them.';
+    END;
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'table % does not exist', coalesce(quote_literal(source), 'NULL')
+            USING ERRCODE = 'undefined_table',
+                  DETAIL = format('No relation of that name is visible with search_path = %s.', current_setting('search_path')),
+                  HINT = 'Qualify the name with its schema (hr.employees) and check the spelling and quoting.';
+    END IF;
+    SELECT relkind INTO kind FROM pg_class WHERE oid = rel;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', rel
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = format('Its relkind is %L; only tables (and partitioned tables) can be synced.', kind),
+                  HINT = 'Sync the table the view or the materialized view reads from.';
+    END IF;
+    RETURN rel;
+END $$;
+
+-- The columns of a table, for hints.
+CREATE FUNCTION _columns_of(rel regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(string_agg(quote_ident(attname), ', ' ORDER BY attnum), '(none)')
+      FROM pg_attribute WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
+$$;
+
+-- A column of `rel`, or an error naming the columns that exist.
+CREATE FUNCTION _check_column(rel regclass, col text) RETURNS name
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF col IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute
+                                   WHERE attrelid = rel AND attname = col AND attnum > 0 AND NOT attisdropped) THEN
+        RAISE EXCEPTION 'column % of table % does not exist', coalesce(quote_ident(col), 'NULL'), rel
+            USING ERRCODE = 'undefined_column',
+                  DETAIL = format('%s has the columns %s.', rel, sync._columns_of(rel)),
+                  HINT = 'Column names are case-sensitive as stored: pass them without quotes, e.g. ''full_name''.';
+    END IF;
+    RETURN col::name;
+END $$;
+
+-- Checks a row filter, shard predicate or transform against the table:
+-- PostgreSQL's parser must see exactly one expression (sync._check_expression),
+-- and it must plan against the table (columns exist, types fit). Returns the
+-- expression's type. Runs as the caller; LIMIT 0, so no row is read.
+CREATE FUNCTION _check_row_expression(rel regclass, expr text, what text, want_boolean boolean) RETURNS regtype
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    typ regtype;
+    msg text;
+    det text;
+BEGIN
+    BEGIN
+        PERFORM sync._check_expression(expr, what);
+    EXCEPTION WHEN syntax_error THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
+        RAISE EXCEPTION 'invalid %', what
+            USING ERRCODE = 'syntax_error',
+                  DETAIL = CASE WHEN msg LIKE 'invalid %' THEN det ELSE format('%s does not parse: %s.', initcap(what), msg) END,
+                  HINT = format('A %s is one SQL expression over the source row''s columns, e.g. region = ''EU'' AND NOT secret.', what);
+    END;
+    BEGIN
+        -- A temporary view plans the expression against the table and records
+        -- its type, without reading a row.
+        EXECUTE format('CREATE TEMP VIEW pg_temp._syncbridge_expr AS SELECT (%s) AS v FROM ONLY %s',
+                       E'\n' || expr || E'\n', rel);
+        SELECT atttypid::regtype INTO typ FROM pg_attribute
+         WHERE attrelid = 'pg_temp._syncbridge_expr'::regclass AND attname = 'v';
+        DROP VIEW pg_temp._syncbridge_expr;
+    EXCEPTION
+        WHEN undefined_column THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RAISE EXCEPTION 'invalid %: %', what, msg
+                USING ERRCODE = 'undefined_column',
+                      DETAIL = format('%s has the columns %s.', rel, sync._columns_of(rel)),
+                      HINT = format('A %s may use the columns of %s only.', what, rel);
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RAISE EXCEPTION 'invalid %: %', what, msg
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('The %s does not work against %s.', what, rel),
+                      HINT = format('Try it first: SELECT (%s) FROM %s LIMIT 5;', expr, rel);
+    END;
+    IF want_boolean AND typ IS DISTINCT FROM 'boolean'::regtype THEN
+        RAISE EXCEPTION 'invalid %: it is of type %, not boolean', what, typ
+            USING ERRCODE = 'datatype_mismatch',
+                  DETAIL = format('A %s decides whether a row is taken, so it must be true or false.', what),
+                  HINT = 'Compare the value, e.g. region = ''EU'' or shareable IS TRUE.';
+    END IF;
+    RETURN typ;
+END $$;
+
+-- Marks a definition changed: compiled SQL is rebuilt on next use.
+CREATE FUNCTION _touch(def_id int) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE sync.definitions SET revision = revision + 1, updated_at = now() WHERE id = def_id;
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Targets
+-- ---------------------------------------------------------------------------
+
+-- Validates a target's configuration for its kind.
+CREATE FUNCTION _check_target_config(kind text, config jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    k sync.target_kinds;
+    missing text[];
+    unknown text[];
+    url text;
+BEGIN
+    SELECT * INTO k FROM sync.target_kinds WHERE target_kinds.kind = _check_target_config.kind;
+    IF config IS NULL OR jsonb_typeof(config) <> 'object' THEN
+        RAISE EXCEPTION 'target configuration must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Got %s.', coalesce(jsonb_typeof(config), 'NULL')),
+                  HINT = format('For kind %s: config => ''{%s}''.', kind,
+                                (SELECT string_agg(format('"%s": "..."', r), ', ') FROM unnest(k.required_config) r));
+    END IF;
+    PERFORM sync._check_config(config);
+    SELECT array_agg(r ORDER BY r) INTO missing
+      FROM unnest(k.required_config) r WHERE NOT config ? r OR config->>r = '';
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'target configuration lacks %', array_to_string(missing, ', ')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('A %s target needs %s.', kind, array_to_string(k.required_config, ', ')),
+                  HINT = format('Add them to config, e.g. ''{"%s": "..."}''.', missing[1]);
+    END IF;
+    SELECT array_agg(c ORDER BY c) INTO unknown
+      FROM jsonb_object_keys(config) c WHERE NOT c = ANY (k.required_config || k.optional_config);
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'unknown target configuration key %', array_to_string(unknown, ', ')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('A %s target takes %s.', kind, array_to_string(k.required_config || k.optional_config, ', ')),
+                  HINT = 'Check the spelling; secrets never go into config (use secret => ''env:NAME'').';
+    END IF;
+    FOREACH url IN ARRAY ARRAY[config->>'base_url', config->>'authority_url', config->>'url'] LOOP
+        IF url IS NOT NULL AND url !~ '^https?://[^[:space:]/?#]+(/[^[:space:]]*)?$' THEN
+            RAISE EXCEPTION 'invalid URL %', quote_literal(url)
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'URLs in a target configuration are absolute http:// or https:// URLs.',
+                      HINT = 'Example: "base_url": "https://graph.microsoft.com/v1.0".';
+        END IF;
+    END LOOP;
+    IF config ? 'budget_per_min' AND (jsonb_typeof(config->'budget_per_min') <> 'number' OR (config->>'budget_per_min')::numeric <= 0) THEN
+        RAISE EXCEPTION 'invalid budget_per_min %', config->'budget_per_min'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('budget_per_min is the target''s API budget per minute in %s, a positive number.', k.cost_unit),
+                  HINT = format('The default for %s is %s.', kind, k.default_budget_per_min);
+    END IF;
+    RETURN config;
+END $$;
+
+CREATE FUNCTION create_target(name text, kind text, config jsonb DEFAULT '{}', secret text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM sync._check_name('target', name);
+    IF NOT EXISTS (SELECT 1 FROM sync.target_kinds k WHERE k.kind = create_target.kind) THEN
+        RAISE EXCEPTION 'unknown target kind %', coalesce(quote_literal(kind), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Known kinds: %s.', (SELECT string_agg(k.kind, ', ' ORDER BY k.kind) FROM sync.target_kinds k)),
+                  HINT = 'SharePoint and Teams lists are kind => ''graph''.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = create_target.name) THEN
+        RAISE EXCEPTION 'target % already exists', quote_literal(name)
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'Target names are unique.',
+                  HINT = 'Change it with sync.alter_target(), or choose another name.';
+    END IF;
+    IF secret IS NOT NULL THEN
+        PERFORM sync._check_secret_ref(secret);
+    END IF;
+    PERFORM sync._check_target_config(kind, config);
+    IF NOT (SELECT implemented FROM sync.target_kinds k WHERE k.kind = create_target.kind) THEN
+        RAISE NOTICE 'the worker has no adapter for kind % yet; definitions on this target cannot be enabled', kind;
+    END IF;
+    INSERT INTO sync.targets (name, kind, config, secret_ref) VALUES (name, kind, config, secret);
+    RETURN name;
+END $$;
+
+CREATE FUNCTION alter_target(name text, config jsonb DEFAULT NULL, secret text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    t sync.targets;
+    merged jsonb;
+BEGIN
+    SELECT * INTO t FROM sync.targets x WHERE x.name = alter_target.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Targets: ' || (SELECT string_agg(x.name, ', ' ORDER BY x.name) FROM sync.targets x) || '.', 'There are no targets yet.'),
+                  HINT = 'Create one with sync.create_target(name, kind => ..., config => ...).';
+    END IF;
+    IF config IS NOT NULL AND jsonb_typeof(config) <> 'object' THEN
+        PERFORM sync._check_target_config(t.kind, config);  -- raises the shape error
+    END IF;
+    -- Keys set to JSON null are removed.
+    merged := jsonb_strip_nulls(t.config || coalesce(config, '{}'));
+    PERFORM sync._check_target_config(t.kind, merged);
+    IF secret IS NOT NULL THEN
+        PERFORM sync._check_secret_ref(secret);
+    END IF;
+    UPDATE sync.targets x
+       SET config = merged, secret_ref = coalesce(alter_target.secret, x.secret_ref), updated_at = now()
+     WHERE x.name = alter_target.name;
+    UPDATE sync.definitions d SET revision = revision + 1 WHERE d.target = alter_target.name;
+    RETURN name;
+END $$;
+
+CREATE FUNCTION drop_target(name text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    users text;
+BEGIN
+    PERFORM 1 FROM sync.targets x WHERE x.name = drop_target.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was dropped.', HINT = 'SELECT name FROM sync.targets;';
+    END IF;
+    SELECT string_agg(d.name, ', ' ORDER BY d.name) INTO users FROM sync.definitions d WHERE d.target = drop_target.name;
+    IF users IS NOT NULL THEN
+        RAISE EXCEPTION 'target % is used by definitions', quote_literal(name)
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  DETAIL = format('Definitions on it: %s.', users),
+                  HINT = 'Drop those definitions first with sync.undefine(name).';
+    END IF;
+    DELETE FROM sync.targets x WHERE x.name = drop_target.name;
+    RETURN name;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Definitions
+-- ---------------------------------------------------------------------------
+
+-- The key columns of `rel`: checked to exist, be NOT NULL and be covered by
+-- a unique index; defaults to the primary key.
+CREATE FUNCTION _check_key(rel regclass, key text[]) RETURNS name[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    cols name[];
+    c text;
+    nullable text;
+BEGIN
+    IF key IS NULL OR cardinality(key) = 0 THEN
+        SELECT array_agg(a.attname ORDER BY k.ord) INTO cols
+          FROM pg_index i
+          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = rel AND i.indisprimary;
+        IF cols IS NULL THEN
+            RAISE EXCEPTION 'table % has no primary key', rel
+                USING ERRCODE = 'invalid_table_definition',
+                      DETAIL = 'syncbridge identifies rows by a key: the primary key unless key => names other columns.',
+                      HINT = format('Add a primary key, or pass key => ''{col}'' naming the columns of a unique index on %s.', rel);
+        END IF;
+        RETURN cols;
+    END IF;
+    FOREACH c IN ARRAY key LOOP
+        cols := cols || sync._check_column(rel, c);
+    END LOOP;
+    IF cardinality(cols) <> (SELECT count(DISTINCT x) FROM unnest(cols) x) THEN
+        RAISE EXCEPTION 'key names a column twice'
+            USING ERRCODE = 'duplicate_column', DETAIL = format('key => %L', key), HINT = 'Name each key column once.';
+    END IF;
+    -- A unique, valid, non-partial, non-expression index whose columns are all key columns.
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_index i
+         WHERE i.indrelid = rel AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+           AND (SELECT bool_and(a.attname = ANY (cols))
+                  FROM unnest(i.indkey) k(attnum) JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum)
+    ) THEN
+        RAISE EXCEPTION 'key columns % are not unique in %', array_to_string(cols, ', '), rel
+            USING ERRCODE = 'invalid_column_reference',
+                  DETAIL = 'No primary key or unique index covers them, so two rows could share a key.',
+                  HINT = format('CREATE UNIQUE INDEX ON %s (%s); or choose other key columns.', rel,
+                                (SELECT string_agg(quote_ident(x), ', ') FROM unnest(cols) x));
+    END IF;
+    SELECT string_agg(quote_ident(a.attname), ', ') INTO nullable
+      FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = ANY (cols) AND NOT a.attnotnull;
+    IF nullable IS NOT NULL THEN
+        RAISE EXCEPTION 'key columns must be NOT NULL: % may be null', nullable
+            USING ERRCODE = 'invalid_column_reference',
+                  DETAIL = 'A unique index allows many NULLs, so NULL keys would not identify a row.',
+                  HINT = format('ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;', rel, nullable);
+    END IF;
+    RETURN cols;
+END $$;
+
+-- Checks that the table's replica identity lets the publication carry its
+-- key columns; a table without one would refuse UPDATE and DELETE once published.
+CREATE FUNCTION _check_replica_identity(rel regclass, key name[]) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    ident "char";
+    ri_cols name[];
+BEGIN
+    SELECT relreplident INTO ident FROM pg_class WHERE oid = rel;
+    IF ident = 'n' OR (ident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = rel AND indisprimary)) THEN
+        RAISE EXCEPTION 'table % has no replica identity', rel
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Once published, UPDATE and DELETE on a table without a replica identity fail; syncbridge will not do that to your table.',
+                  HINT = format('ALTER TABLE %s REPLICA IDENTITY USING INDEX <a unique index on the key>; (or add a primary key)', rel);
+    END IF;
+    IF ident IN ('d', 'i') THEN
+        SELECT array_agg(a.attname) INTO ri_cols
+          FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) k(attnum)
+          JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum
+         WHERE i.indrelid = rel AND CASE WHEN ident = 'd' THEN i.indisprimary ELSE i.indisreplident END;
+        IF NOT (ri_cols @> key AND key @> ri_cols) THEN
+            RAISE NOTICE 'the key of % (%) differs from its replica identity (%)', rel,
+                array_to_string(key, ', '), array_to_string(ri_cols, ', ')
+                USING HINT = 'A change of the key columns is then seen as a new row, and the old item is only removed by a reconcile; '
+                             'ALTER TABLE ... REPLICA IDENTITY USING INDEX <the key''s index> avoids that.';
+        END IF;
+    END IF;
+END $$;
+
+CREATE FUNCTION define(
+    name text,
+    source text,
+    target text,
+    list text DEFAULT NULL,
+    key text[] DEFAULT NULL,
+    direction text DEFAULT 'push',
+    conflict text DEFAULT 'source_wins',
+    row_filter text DEFAULT NULL,
+    approval text DEFAULT 'none',
+    delete_scope text DEFAULT 'provisioned',
+    max_attempts int DEFAULT NULL
+) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    rel regclass;
+    keycols name[];
+    new_id int;
+BEGIN
+    PERFORM sync._check_name('definition', name);
+    IF EXISTS (SELECT 1 FROM sync.definitions d WHERE d.name = define.name) THEN
+        RAISE EXCEPTION 'sync definition % already exists', quote_literal(name)
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'Definition names are unique.',
+                  HINT = 'Choose another name, or remove the old one with sync.undefine(name).';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = define.target) THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Targets: ' || (SELECT string_agg(t.name, ', ' ORDER BY t.name) FROM sync.targets t) || '.', 'There are no targets yet.'),
+                  HINT = 'Create it first with sync.create_target(name, kind => ''graph'', config => ...).';
+    END IF;
+    rel := sync._resolve_table(source);
+    keycols := sync._check_key(rel, key);
+    PERFORM sync._check_replica_identity(rel, keycols);
+    PERFORM sync._check_list_name(list);
+    PERFORM sync._check_choice('direction', direction, ARRAY['push', 'pull', 'both']);
+    PERFORM sync._check_choice('conflict', conflict, ARRAY['source_wins', 'target_wins', 'newest_wins', 'manual']);
+    PERFORM sync._check_choice('approval', approval, ARRAY['none', 'deletes', 'all']);
+    PERFORM sync._check_choice('delete_scope', delete_scope, ARRAY['provisioned', 'all', 'none']);
+    IF row_filter IS NOT NULL THEN
+        PERFORM sync._check_row_expression(rel, row_filter, 'row filter', true);
+    END IF;
+    IF max_attempts IS NOT NULL AND max_attempts NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'invalid max_attempts %', max_attempts
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'max_attempts is between 1 and 1000.',
+                  HINT = format('The default is %s (setting sync.max_attempts).', sync._setting('max_attempts'));
+    END IF;
+    INSERT INTO sync.definitions (name, source_rel, target, list, key_columns, direction, conflict, row_filter,
+                                  approval, delete_scope, max_attempts)
+    VALUES (name, rel, target, list, keycols, direction, conflict, nullif(btrim(row_filter), ''),
+            approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int))
+    RETURNING id INTO new_id;
+    PERFORM sync._publication_refresh();
+    RETURN new_id;
+END $$;
+
+CREATE FUNCTION undefine(name text, force boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions;
+    known bigint;
+BEGIN
+    d := sync._def(name);
+    SELECT count(*) INTO known FROM sync.ledger WHERE definition_id = d.id;
+    IF known > 0 AND NOT force THEN
+        RAISE EXCEPTION 'definition % has % items on its target', quote_literal(name), known
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  DETAIL = 'Dropping it forgets which target items belong to which rows; the items stay on the target.',
+                  HINT = 'Pass force => true to drop it anyway, or sync.disable() it instead.';
+    END IF;
+    DELETE FROM sync.definitions WHERE id = d.id;
+    PERFORM sync._publication_refresh();
+    RETURN name;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Field mappings
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION map(
+    definition text,
+    "column" text,
+    field text,
+    direction text DEFAULT 'push',
+    transform text DEFAULT NULL,
+    reference text DEFAULT NULL
+) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions;
+    r sync.definitions;
+    k sync.target_kinds;
+    col name;
+    ttype regtype;
+BEGIN
+    d := sync._def(definition);
+    SELECT tk.* INTO k FROM sync.target_kinds tk JOIN sync.targets t ON t.kind = tk.kind WHERE t.name = d.target;
+    IF "column" IS NULL AND transform IS NULL THEN
+        RAISE EXCEPTION 'a mapping needs a column or a transform'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Field %s would have no value.', coalesce(quote_literal(field), 'NULL')),
+                  HINT = 'sync.map(definition, ''column'', ''Field''), or transform => ''first || '' '' || last''.';
+    END IF;
+    IF "column" IS NOT NULL THEN
+        col := sync._check_column(d.source_rel, "column");
+    END IF;
+    IF field IS NULL OR field !~ k.field_name_pattern THEN
+        RAISE EXCEPTION 'invalid field name %', coalesce(quote_literal(field), 'NULL')
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = format('%s fields match %s.', k.kind, k.field_name_pattern),
+                  HINT = 'Use the field''s internal name (for SharePoint: letters, digits and _, e.g. FullName).';
+    END IF;
+    IF lower(field) IN ('synckey', 'id') THEN
+        RAISE EXCEPTION 'field % is reserved', quote_literal(field)
+            USING ERRCODE = 'reserved_name',
+                  DETAIL = 'SyncKey holds the row''s key and id the item''s id; syncbridge maintains both.',
+                  HINT = 'Map the column to another field name.';
+    END IF;
+    PERFORM sync._check_choice('direction', direction, ARRAY['push', 'pull', 'both']);
+    IF direction <> 'push' AND transform IS NOT NULL THEN
+        RAISE EXCEPTION 'a transformed field cannot be pulled'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A value computed by an expression has no column to be written back into.',
+                  HINT = 'Use direction => ''push'' for transformed fields.';
+    END IF;
+    IF direction <> 'push' AND "column" IS NULL THEN
+        RAISE EXCEPTION 'a pulled field needs a column'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'The pulled value is written into that column.',
+                  HINT = 'sync.map(definition, ''column'', ''Field'', direction => ''pull'').';
+    END IF;
+    IF transform IS NOT NULL THEN
+        ttype := sync._check_row_expression(d.source_rel, transform, 'transform', false);
+    END IF;
+    IF reference IS NOT NULL THEN
+        SELECT * INTO r FROM sync.definitions x WHERE x.name = reference;
+        IF NOT FOUND THEN
+            PERFORM sync._def(reference);  -- raises the not-found error
+        END IF;
+        IF r.target <> d.target THEN
+            RAISE EXCEPTION 'reference % is on another target', quote_literal(reference)
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('%s goes to %s, %s to %s; a lookup can only point within one target.', d.name, d.target, r.name, r.target),
+                      HINT = 'Reference a definition on the same target.';
+        END IF;
+        IF cardinality(r.key_columns) <> 1 THEN
+            RAISE EXCEPTION 'reference % has a composite key', quote_literal(reference)
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'A reference column holds the referenced row''s key, which must then be one column.',
+                      HINT = 'Reference a definition keyed by one column.';
+        END IF;
+    END IF;
+    INSERT INTO sync.field_maps AS m (definition_id, column_name, field, direction, transform, transform_type, reference, position)
+    VALUES (d.id, col, field, direction, nullif(btrim(transform), ''), ttype, reference,
+            coalesce((SELECT max(position) + 1 FROM sync.field_maps WHERE definition_id = d.id), 1))
+    ON CONFLICT ON CONSTRAINT field_maps_pkey DO UPDATE
+       SET column_name = EXCLUDED.column_name, direction = EXCLUDED.direction,
+           transform = EXCLUDED.transform, transform_type = EXCLUDED.transform_type, reference = EXCLUDED.reference;
+    PERFORM sync._touch(d.id);
+    RETURN field;
+END $$;
+
+CREATE FUNCTION unmap(definition text, field text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions;
+BEGIN
+    d := sync._def(definition);
+    DELETE FROM sync.field_maps m WHERE m.definition_id = d.id AND m.field = unmap.field;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'definition % maps no field %', quote_literal(definition), coalesce(quote_literal(field), 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = coalesce('Mapped fields: ' || (SELECT string_agg(m.field, ', ' ORDER BY m.position) FROM sync.field_maps m WHERE m.definition_id = d.id) || '.',
+                                    'It has no explicit mappings (every column goes under its own name).'),
+                  HINT = 'SELECT * FROM sync.field_maps;';
+    END IF;
+    PERFORM sync._touch(d.id);
+    RETURN field;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Shards
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION shard(definition text, predicate text, list text, "position" int DEFAULT NULL) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions;
+    pos int;
+BEGIN
+    d := sync._def(definition);
+    IF list IS NULL THEN
+        RAISE EXCEPTION 'a shard needs a list'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Rows matching the predicate go to that list.',
+                  HINT = 'sync.shard(definition, ''region = ''''EU'''''', list => ''Employees EU'').';
+    END IF;
+    PERFORM sync._check_list_name(list);
+    IF predicate IS NULL THEN
+        RAISE EXCEPTION 'a shard needs a predicate'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'The predicate decides which rows go to the list.',
+                  HINT = 'Rows matching no shard go to the definition''s own list.';
+    END IF;
+    PERFORM sync._check_row_expression(d.source_rel, predicate, 'shard predicate', true);
+    pos := coalesce("position", (SELECT max(s.position) + 1 FROM sync.shards s WHERE s.definition_id = d.id), 1);
+    INSERT INTO sync.shards AS s (definition_id, position, predicate, list)
+    VALUES (d.id, pos, btrim(predicate), list)
+    ON CONFLICT ON CONSTRAINT shards_pkey DO UPDATE SET predicate = EXCLUDED.predicate, list = EXCLUDED.list;
+    PERFORM sync._touch(d.id);
+    RETURN pos;
+END $$;
+
+CREATE FUNCTION unshard(definition text, "position" int) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions;
+BEGIN
+    d := sync._def(definition);
+    DELETE FROM sync.shards s WHERE s.definition_id = d.id AND s.position = unshard.position;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'definition % has no shard at position %', quote_literal(definition), "position"
+            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was removed.', HINT = 'SELECT * FROM sync.shards;';
+    END IF;
+    PERFORM sync._touch(d.id);
+    RETURN "position";
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Lifecycle
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION _set_state(d definitions, new_state text, allowed_from text[], reason text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF d.state = new_state THEN
+        RETURN new_state;
+    END IF;
+    IF NOT d.state = ANY (allowed_from) THEN
+        RAISE EXCEPTION 'definition % is %, it cannot become %', quote_literal(d.name), d.state, new_state
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Only a definition that is %s can become %s.', array_to_string(allowed_from, ' or '), new_state),
+                  HINT = CASE d.state WHEN 'configuring' THEN 'Enable it first with sync.enable().'
+                                      WHEN 'disabled' THEN 'Enable it again with sync.enable().'
+                                      ELSE 'SELECT * FROM sync.status;' END;
+    END IF;
+    UPDATE sync.definitions SET state = new_state, state_reason = reason, updated_at = now() WHERE id = d.id;
+    RETURN new_state;
+END $$;
+
+CREATE FUNCTION enable(definition text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions;
+    kind_ok boolean;
+BEGIN
+    d := sync._def(definition);
+    SELECT tk.implemented INTO kind_ok FROM sync.targets t JOIN sync.target_kinds tk ON tk.kind = t.kind WHERE t.name = d.target;
+    IF NOT kind_ok THEN
+        RAISE EXCEPTION 'target % has no adapter in the worker yet', quote_literal(d.target)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Its kind is known, but the worker cannot send to it yet.',
+                  HINT = 'SELECT kind, implemented FROM sync.target_kinds;';
+    END IF;
+    PERFORM sync._compile(d.id);   -- raises if the mapping no longer fits the table
+    IF d.state IN ('configuring', 'disabled', 'error') THEN
+        UPDATE sync.definitions SET backfill = 'needed' WHERE id = d.id;
+        DELETE FROM sync.cursors WHERE kind = 'backfill' AND definition_id = d.id;
+    END IF;
+    PERFORM sync._set_state(d, 'active', ARRAY['configuring', 'paused', 'disabled', 'error']);
+    PERFORM sync._publication_refresh();
+    RETURN 'active';
+END $$;
+
+CREATE FUNCTION pause(definition text, reason text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN sync._set_state(sync._def(definition), 'paused', ARRAY['active'], coalesce(reason, 'paused by ' || current_user));
+END $$;
+
+CREATE FUNCTION resume(definition text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions;
+BEGIN
+    d := sync._def(definition);
+    IF d.state = 'error' THEN
+        -- Changes were not staged while in error: reconcile the whole table.
+        RETURN sync.enable(definition);
+    END IF;
+    RETURN sync._set_state(d, 'active', ARRAY['paused']);
+END $$;
+
+CREATE FUNCTION disable(definition text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions;
+BEGIN
+    d := sync._def(definition);
+    PERFORM sync._set_state(d, 'disabled', ARRAY['configuring', 'active', 'paused', 'error'], 'disabled by ' || current_user);
+    PERFORM sync._publication_refresh();
+    RETURN 'disabled';
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- The publication: the source tables of all definitions that are not
+-- disabled, each with its key and replica identity columns only.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION _publication_refresh() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    want text;
+    have regclass[];
+    r record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'syncbridge_pub') THEN
+        CREATE PUBLICATION syncbridge_pub WITH (publish = 'insert, update, delete, truncate');
+    END IF;
+    SELECT array_agg(prrelid::regclass) INTO have
+      FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = 'syncbridge_pub';
+    SELECT string_agg(t.spec, ', ') INTO want FROM (
+        SELECT format('%s%s', d.rel,
+                      CASE WHEN c.relreplident = 'f' THEN ''
+                           ELSE ' (' || (SELECT string_agg(quote_ident(x), ', ' ORDER BY x)
+                                           FROM (SELECT DISTINCT unnest(d.cols || ri.cols) AS x) u) || ')' END) AS spec
+          FROM (SELECT source_rel AS rel, array_agg(DISTINCT k) AS cols
+                  FROM sync.definitions CROSS JOIN LATERAL unnest(key_columns) k
+                 WHERE state <> 'disabled' GROUP BY source_rel) d
+          JOIN pg_class c ON c.oid = d.rel
+          CROSS JOIN LATERAL (
+              SELECT coalesce(array_agg(a.attname), '{}') AS cols
+                FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) k(attnum)
+                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+               WHERE i.indrelid = d.rel
+                 AND CASE WHEN c.relreplident = 'd' THEN i.indisprimary ELSE i.indisreplident END) ri
+         ORDER BY d.rel::oid) t;
+    IF want IS NOT NULL THEN
+        EXECUTE 'ALTER PUBLICATION syncbridge_pub SET TABLE ' || want;
+    ELSIF have IS NOT NULL THEN
+        FOR r IN SELECT unnest(have) AS rel LOOP
+            EXECUTE format('ALTER PUBLICATION syncbridge_pub DROP TABLE %s', r.rel);
+        END LOOP;
+    END IF;
+END $$;

@@ -1,0 +1,454 @@
+-- syncbridge: the export queue. Workers claim pending exports with FOR UPDATE
+-- SKIP LOCKED under a lease, send them, and report the results with
+-- sync.complete(), which moves the ledger and the lifecycle in one
+-- transaction:
+--   pending -> (awaiting_approval ->) executing -> exported (-> confirmed)
+--   executing -> failed -> pending (backoff) ... -> error (max_attempts; sync.retry)
+
+-- Runs ----------------------------------------------------------------------
+
+CREATE FUNCTION start_run(kind text, definition text DEFAULT NULL, worker text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    id bigint;
+BEGIN
+    PERFORM sync._check_choice('run kind', kind, ARRAY['stream', 'backfill', 'export', 'pull', 'reconcile', 'manual']);
+    INSERT INTO sync.runs (definition_id, kind, worker)
+    VALUES (CASE WHEN definition IS NOT NULL THEN (sync._def(definition)).id END, kind, worker)
+    RETURNING runs.id INTO id;
+    RETURN id;
+END $$;
+
+CREATE FUNCTION finish_run(run_id bigint, status text DEFAULT 'succeeded', error text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM sync._check_choice('run status', status, ARRAY['succeeded', 'failed', 'cancelled']);
+    UPDATE sync.runs r SET status = finish_run.status, error = finish_run.error, finished_at = now()
+     WHERE r.id = run_id AND r.finished_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % does not exist or is finished', run_id
+            USING ERRCODE = 'undefined_object', DETAIL = 'A run is finished once.', HINT = 'SELECT * FROM sync.runs ORDER BY id DESC;';
+    END IF;
+END $$;
+
+-- Claim ---------------------------------------------------------------------
+
+-- Exports whose lease expired are reopened (or given up after max_attempts);
+-- their outcome is unknown, so they are marked verify (look up before create).
+CREATE FUNCTION _recover_expired(target_name text) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    n int;
+    superseded record;
+BEGIN
+    -- An expired export with a newer open export for the same key: the newer
+    -- one takes over (re-staged against the ledger), and inherits verify.
+    FOR superseded IN
+        WITH gone AS (
+            UPDATE sync.pending_exports e
+               SET status = 'cancelled', lease_until = NULL, updated_at = now(),
+                   last_error = 'lease expired (worker ' || coalesce(e.leased_by, '?') || ' lost it); superseded by a newer change'
+              FROM sync.definitions d
+             WHERE d.id = e.definition_id AND d.target = target_name AND e.status = 'executing' AND e.lease_until < now()
+               AND EXISTS (SELECT 1 FROM sync.pending_exports o WHERE o.definition_id = e.definition_id AND o.sync_key = e.sync_key
+                              AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error'))
+            RETURNING e.definition_id, e.sync_key)
+        SELECT definition_id, array_agg(sync_key) AS keys FROM gone GROUP BY definition_id
+    LOOP
+        PERFORM sync._rebase(superseded.definition_id, superseded.keys);
+        UPDATE sync.pending_exports o SET verify = true
+         WHERE o.definition_id = superseded.definition_id AND o.sync_key = ANY (superseded.keys)
+           AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error');
+    END LOOP;
+    UPDATE sync.pending_exports e
+       SET status = CASE WHEN e.attempts >= d.max_attempts THEN 'error' ELSE 'pending' END,
+           verify = true, lease_until = NULL, next_attempt_at = now(), updated_at = now(),
+           last_error = 'lease expired: worker ' || coalesce(e.leased_by, '?') || ' did not report a result',
+           error_class = 'transient'
+      FROM sync.definitions d
+     WHERE d.id = e.definition_id AND d.target = target_name AND e.status = 'executing' AND e.lease_until < now();
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+CREATE FUNCTION claim(target text, n int DEFAULT 20, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, run_id bigint DEFAULT NULL)
+RETURNS TABLE (id bigint, definition text, op text, sync_key text, list text, from_list text, target_id text,
+               etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    lease interval;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target) THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was claimed.', HINT = 'SELECT name FROM sync.targets;';
+    END IF;
+    IF n IS NULL OR n NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'invalid claim size %', coalesce(n::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A claim takes 1 to 1000 exports.', HINT = 'Claim a batch: n => 20.';
+    END IF;
+    lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
+    PERFORM sync._recover_expired(target);
+    RETURN QUERY
+    WITH cand AS (
+        SELECT e.id
+          FROM sync.pending_exports e
+          JOIN sync.definitions d ON d.id = e.definition_id
+         WHERE d.target = claim.target AND d.state = 'active'
+           AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
+           -- lists are created before items go into them
+           AND (e.op = 'provision' OR NOT EXISTS (
+                    SELECT 1 FROM sync.pending_exports x
+                     WHERE x.definition_id = e.definition_id AND x.op = 'provision' AND x.list IN (e.list, e.from_list)
+                       AND x.status IN ('pending', 'awaiting_approval', 'failed', 'executing', 'error')))
+           -- one change in flight per key
+           AND (e.sync_key IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM sync.pending_exports x
+                     WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'executing'))
+         ORDER BY (e.op = 'provision') DESC, e.next_attempt_at, e.id
+         LIMIT n
+           FOR UPDATE OF e SKIP LOCKED
+    ), claimed AS (
+        UPDATE sync.pending_exports e
+           SET status = 'executing', attempts = e.attempts + 1, lease_until = now() + lease,
+               leased_by = claim.worker, run_id = coalesce(claim.run_id, e.run_id), updated_at = now()
+          FROM cand WHERE e.id = cand.id
+        RETURNING e.*
+    )
+    SELECT c.id, d.name, c.op, c.sync_key, c.list, c.from_list, l.target_id, l.etag,
+           -- reference fields carry the referenced item's id when it is known
+           (SELECT jsonb_object_agg(f.key, CASE WHEN jsonb_typeof(f.value) = 'object' AND f.value ? '@ref'
+                                                THEN f.value || jsonb_build_object('target_id', rl.target_id)
+                                                ELSE f.value END)
+              FROM jsonb_each(c.payload) f
+              LEFT JOIN sync.definitions rd ON jsonb_typeof(f.value) = 'object' AND rd.name = f.value ->> '@def'
+              LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = f.value ->> '@ref'),
+           c.previous, c.attempts, c.verify, c.lease_until
+      FROM claimed c
+      JOIN sync.definitions d ON d.id = c.definition_id
+      LEFT JOIN sync.ledger l ON l.definition_id = c.definition_id AND l.sync_key = c.sync_key
+     ORDER BY (c.op = 'provision') DESC, c.id;
+END $$;
+COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due exports of a target (FOR UPDATE SKIP LOCKED) and leases them to the caller: status executing, attempts + 1. Expired leases are recovered first. Lists are provisioned before items go into them, and one change per key is in flight at a time.';
+
+-- Complete ------------------------------------------------------------------
+
+-- Delay before attempt `attempts` + 1: base * 2^(attempts-1), capped, +-20% jitter.
+CREATE FUNCTION _backoff(attempts int) RETURNS interval
+LANGUAGE sql VOLATILE AS $$
+    SELECT make_interval(secs => least(sync._setting('backoff_max_seconds')::float8,
+                                       sync._setting('backoff_base_seconds')::float8 * 2 ^ greatest(attempts - 1, 0))
+                                 * (0.8 + random() * 0.4))
+$$;
+
+CREATE FUNCTION complete(results jsonb, worker text DEFAULT NULL)
+RETURNS TABLE (exported int, failed int, errors int, stale int)
+LANGUAGE plpgsql AS $$
+DECLARE
+    bad bigint;
+    total int;
+    rebase record;
+BEGIN
+    IF results IS NULL OR jsonb_typeof(results) <> 'array' THEN
+        RAISE EXCEPTION 'results must be a JSON array'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', coalesce(jsonb_typeof(results), 'NULL')),
+                  HINT = 'results is [{"id": 1, "ok": true, "target_id": "...", "etag": "..."}, {"id": 2, "ok": false, "error": "...", "class": "transient"}].';
+    END IF;
+    SELECT min(o) INTO bad FROM jsonb_array_elements(results) WITH ORDINALITY r(v, o)
+     WHERE jsonb_typeof(v) <> 'object' OR jsonb_typeof(v -> 'id') <> 'number' OR jsonb_typeof(v -> 'ok') <> 'boolean'
+        OR (v ? 'class' AND NOT (v ->> 'class') = ANY (ARRAY['transient', 'throttled', 'auth', 'definite']))
+        OR (v ? 'retry_after' AND jsonb_typeof(v -> 'retry_after') <> 'number')
+        OR (v ? 'join_type' AND NOT (v ->> 'join_type') = ANY (ARRAY['provisioned', 'joined']))
+        OR (v ? 'sent' AND jsonb_typeof(v -> 'sent') <> 'boolean');
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'result % is malformed', bad
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('It is %s.', left((results -> (bad - 1)::int)::text, 200)),
+                  HINT = 'Each result has a numeric id and a boolean ok; class is transient, throttled, auth or definite; retry_after is a number of seconds.';
+    END IF;
+    SELECT count(*) INTO total FROM jsonb_array_elements(results);
+    IF (SELECT count(DISTINCT (v ->> 'id')) FROM jsonb_array_elements(results) v) <> total THEN
+        RAISE EXCEPTION 'results hold an export twice'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Each export gets one result.', HINT = 'Report each claimed export once.';
+    END IF;
+
+    -- Successes: the ledger learns what the target holds.
+    WITH r AS (
+        SELECT (v ->> 'id')::bigint AS id, v ->> 'target_id' AS target_id, v ->> 'etag' AS etag,
+               v ->> 'join_type' AS join_type, v ->> 'list_id' AS list_id, v -> 'columns' AS columns
+          FROM jsonb_array_elements(results) v WHERE (v ->> 'ok')::boolean
+    ), done AS (
+        UPDATE sync.pending_exports e
+           SET status = 'exported', exported_at = now(), lease_until = NULL, updated_at = now(),
+               target_id = coalesce(r.target_id, e.target_id), etag = r.etag, last_error = NULL, error_class = NULL
+          FROM r
+         WHERE e.id = r.id AND e.status = 'executing' AND (complete.worker IS NULL OR e.leased_by = complete.worker)
+        RETURNING e.*, r.join_type AS result_join_type, r.list_id, r.columns AS result_columns
+    ), upserted AS (
+        INSERT INTO sync.ledger AS l (definition_id, sync_key, list, target_id, etag, fields, hash, join_type, provenance)
+        SELECT x.definition_id, x.sync_key, x.list, x.target_id, x.etag,
+               CASE WHEN x.op = 'update' THEN coalesce(ol.fields, '{}') || x.payload ELSE x.payload END,
+               x.hash, coalesce(x.result_join_type, ol.join_type, 'provisioned'), 'push'
+          FROM done x LEFT JOIN sync.ledger ol ON ol.definition_id = x.definition_id AND ol.sync_key = x.sync_key
+         WHERE x.op IN ('add', 'update', 'move')
+        ON CONFLICT (definition_id, sync_key) DO UPDATE
+           SET list = EXCLUDED.list, target_id = coalesce(EXCLUDED.target_id, l.target_id), etag = EXCLUDED.etag,
+               fields = EXCLUDED.fields, hash = EXCLUDED.hash, join_type = EXCLUDED.join_type,
+               provenance = 'push', last_synced_at = now()
+        RETURNING 1
+    ), removed AS (
+        DELETE FROM sync.ledger l USING done x
+         WHERE x.op = 'delete' AND l.definition_id = x.definition_id AND l.sync_key = x.sync_key
+        RETURNING 1
+    ), lists AS (
+        INSERT INTO sync.target_lists AS t (definition_id, list, remote_id, provisioned_at, columns)
+        SELECT x.definition_id, x.list, x.list_id, now(), coalesce(x.result_columns, x.payload -> 'columns')
+          FROM done x WHERE x.op = 'provision'
+        ON CONFLICT (definition_id, list) DO UPDATE
+           SET remote_id = coalesce(EXCLUDED.remote_id, t.remote_id), provisioned_at = coalesce(t.provisioned_at, now()),
+               columns = EXCLUDED.columns
+        RETURNING 1
+    ), counted AS (
+        UPDATE sync.runs u SET exported = u.exported + c.n
+          FROM (SELECT run_id, count(*) AS n FROM done WHERE run_id IS NOT NULL GROUP BY run_id) c
+         WHERE u.id = c.run_id
+        RETURNING 1
+    )
+    SELECT count(*) INTO exported FROM done;
+
+    -- Failures: back off and retry, or stop at max_attempts or a definite error.
+    -- A failed export with a newer change queued for its key gives way to it.
+    WITH r AS (
+        SELECT (v ->> 'id')::bigint AS id, left(coalesce(v ->> 'error', 'failed without a message'), 2000) AS error,
+               coalesce(v ->> 'class', 'transient') AS class, (v ->> 'retry_after')::numeric AS retry_after,
+               coalesce((v ->> 'sent')::boolean, true) AS sent
+          FROM jsonb_array_elements(results) v WHERE NOT (v ->> 'ok')::boolean
+    ), f AS (
+        SELECT e.id, r.error, r.class, r.retry_after, r.sent, d.max_attempts,
+               EXISTS (SELECT 1 FROM sync.pending_exports o
+                        WHERE o.definition_id = e.definition_id AND o.sync_key = e.sync_key AND o.id <> e.id
+                          AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error')) AS superseded
+          FROM sync.pending_exports e JOIN r ON r.id = e.id JOIN sync.definitions d ON d.id = e.definition_id
+         WHERE e.status = 'executing' AND (complete.worker IS NULL OR e.leased_by = complete.worker)
+           FOR UPDATE OF e
+    ), upd AS (
+        UPDATE sync.pending_exports e
+           SET status = CASE WHEN f.superseded THEN 'cancelled'
+                             WHEN f.class = 'definite' THEN 'error'
+                             WHEN f.class IN ('throttled', 'auth') THEN 'failed'
+                             WHEN e.attempts >= f.max_attempts THEN 'error'
+                             ELSE 'failed' END,
+               -- throttling and token refreshes are not the export's fault: not counted
+               attempts = CASE WHEN f.class IN ('throttled', 'auth') THEN greatest(e.attempts - 1, 0) ELSE e.attempts END,
+               next_attempt_at = now() + greatest(
+                   CASE WHEN f.class IN ('throttled', 'auth') THEN interval '0' ELSE sync._backoff(e.attempts) END,
+                   make_interval(secs => coalesce(f.retry_after, 0)::float8)),
+               last_error = f.error, error_class = f.class, lease_until = NULL, updated_at = now(),
+               verify = e.verify OR (f.sent AND e.op IN ('add', 'move'))
+          FROM f WHERE e.id = f.id
+        RETURNING e.id, e.status, e.definition_id, e.sync_key, e.verify, e.run_id
+    ), counted AS (
+        UPDATE sync.runs u SET failed = u.failed + c.n
+          FROM (SELECT run_id, count(*) AS n FROM upd WHERE run_id IS NOT NULL GROUP BY run_id) c
+         WHERE u.id = c.run_id
+        RETURNING 1
+    ), inherit AS (
+        UPDATE sync.pending_exports o SET verify = true
+          FROM upd WHERE upd.status = 'cancelled' AND upd.verify
+           AND o.definition_id = upd.definition_id AND o.sync_key = upd.sync_key
+           AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error')
+        RETURNING 1
+    )
+    SELECT count(*) FILTER (WHERE status IN ('failed', 'cancelled')), count(*) FILTER (WHERE status = 'error')
+      INTO failed, errors FROM upd;
+
+    stale := total - exported - failed - errors;
+
+    -- Changes queued for these keys while the export was in flight were
+    -- decided against what it was about to do; decide them again against
+    -- what actually happened.
+    FOR rebase IN
+        SELECT e.definition_id, array_agg(DISTINCT e.sync_key) AS keys
+          FROM jsonb_array_elements(results) v
+          JOIN sync.pending_exports e ON e.id = (v ->> 'id')::bigint
+         WHERE e.sync_key IS NOT NULL
+           AND EXISTS (SELECT 1 FROM sync.pending_exports o
+                        WHERE o.definition_id = e.definition_id AND o.sync_key = e.sync_key AND o.id > e.id
+                          AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error'))
+         GROUP BY e.definition_id
+    LOOP
+        PERFORM sync._rebase(rebase.definition_id, rebase.keys);
+    END LOOP;
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION complete(jsonb, text) IS 'Records the results of claimed exports in one transaction: the ledger and the export lifecycle (exported; failed with backoff; error after max_attempts or a definite error). Results for exports no longer leased to the caller are ignored (stale).';
+
+-- Approval and retries --------------------------------------------------------
+
+CREATE FUNCTION _export(export_id bigint) RETURNS pending_exports
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    e sync.pending_exports;
+BEGIN
+    SELECT * INTO e FROM sync.pending_exports WHERE id = export_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'export % does not exist', coalesce(export_id::text, 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'No pending export has that id.',
+                  HINT = 'SELECT id, op, sync_key, status FROM sync.pending_exports WHERE status <> ''exported'';';
+    END IF;
+    RETURN e;
+END $$;
+
+CREATE FUNCTION approve(export_id bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    e sync.pending_exports := sync._export(export_id);
+BEGIN
+    IF e.status <> 'awaiting_approval' THEN
+        RAISE EXCEPTION 'export % is %, not awaiting approval', export_id, e.status
+            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Only exports awaiting approval can be approved.',
+                  HINT = 'SELECT * FROM sync.pending_exports WHERE status = ''awaiting_approval'';';
+    END IF;
+    UPDATE sync.pending_exports
+       SET status = 'pending', approved_by = current_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
+     WHERE id = export_id;
+    RETURN 'pending';
+END $$;
+
+CREATE FUNCTION approve_all(definition text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE sync.pending_exports e
+       SET status = 'pending', approved_by = current_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
+     WHERE e.status = 'awaiting_approval'
+       AND (approve_all.definition IS NULL OR e.definition_id = (sync._def(approve_all.definition)).id);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+CREATE FUNCTION reject(export_id bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    e sync.pending_exports := sync._export(export_id);
+BEGIN
+    IF e.status NOT IN ('awaiting_approval', 'pending', 'failed', 'error') THEN
+        RAISE EXCEPTION 'export % is %, it cannot be rejected', export_id, e.status
+            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Only exports not yet sent can be rejected.',
+                  HINT = 'An executing export finishes first; exported ones are history.';
+    END IF;
+    UPDATE sync.pending_exports SET status = 'cancelled', last_error = 'rejected by ' || current_user, updated_at = now()
+     WHERE id = export_id;
+    RETURN 'cancelled';
+END $$;
+
+CREATE FUNCTION retry(export_id bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    e sync.pending_exports := sync._export(export_id);
+BEGIN
+    IF e.status NOT IN ('error', 'failed') THEN
+        RAISE EXCEPTION 'export % is %, not failed', export_id, e.status
+            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Only exports in state error or failed can be retried.',
+                  HINT = 'SELECT id, status, last_error FROM sync.pending_exports WHERE status IN (''error'', ''failed'');';
+    END IF;
+    UPDATE sync.pending_exports SET status = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+     WHERE id = export_id;
+    RETURN 'pending';
+END $$;
+
+CREATE FUNCTION retry_failed(definition text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE sync.pending_exports e SET status = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+     WHERE e.status IN ('error', 'failed')
+       AND (retry_failed.definition IS NULL OR e.definition_id = (sync._def(retry_failed.definition)).id);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Cursors ---------------------------------------------------------------------
+
+CREATE FUNCTION reset_cursor(definition text, "to" text DEFAULT 'beginning') RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions := sync._def(definition);
+    target_lsn pg_lsn;
+    confirmed pg_lsn;
+    n bigint;
+BEGIN
+    IF "to" = 'beginning' THEN
+        -- Reconcile the whole table again (against the ledger: only real differences are sent).
+        UPDATE sync.definitions SET backfill = 'needed', start_lsn = NULL, updated_at = now() WHERE id = d.id;
+        DELETE FROM sync.cursors WHERE kind = 'backfill' AND definition_id = d.id;
+        RETURN 'the whole table will be reconciled again';
+    ELSIF "to" = 'now' THEN
+        -- Forget what is queued and not sent; follow changes from now on.
+        UPDATE sync.pending_exports SET status = 'cancelled', last_error = 'cursor reset to now by ' || current_user, updated_at = now()
+         WHERE definition_id = d.id AND status IN ('pending', 'awaiting_approval', 'failed', 'error');
+        GET DIAGNOSTICS n = ROW_COUNT;
+        UPDATE sync.definitions SET backfill = 'done', start_lsn = pg_current_wal_lsn(), updated_at = now() WHERE id = d.id;
+        DELETE FROM sync.cursors WHERE kind = 'backfill' AND definition_id = d.id;
+        RETURN format('following changes from %s; %s queued exports cancelled', pg_current_wal_lsn(), n);
+    END IF;
+    BEGIN
+        target_lsn := "to"::pg_lsn;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'invalid cursor position %', coalesce(quote_literal("to"), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A cursor is reset to ''beginning'', ''now'' or an LSN such as ''0/16B3748''.',
+                  HINT = 'SELECT sync.reset_cursor(''name'', to => ''beginning'');';
+    END;
+    IF target_lsn > pg_current_wal_lsn() THEN
+        RAISE EXCEPTION 'LSN % is in the future', target_lsn
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('The server is at %s.', pg_current_wal_lsn()),
+                  HINT = 'Use ''now'' to skip to the present.';
+    END IF;
+    SELECT confirmed_flush_lsn INTO confirmed FROM pg_replication_slots WHERE slot_name = sync._setting('slot_name');
+    IF confirmed IS NOT NULL AND target_lsn < confirmed THEN
+        RAISE EXCEPTION 'LSN % is before what the slot still holds (%)', target_lsn, confirmed
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Changes before the slot''s confirmed position are no longer available.',
+                  HINT = 'Use ''beginning'' to reconcile from the table itself.';
+    END IF;
+    UPDATE sync.definitions SET start_lsn = target_lsn, updated_at = now() WHERE id = d.id;
+    RETURN format('changes committed before %s are ignored', target_lsn);
+END $$;
+
+-- Provisioning ----------------------------------------------------------------
+
+CREATE FUNCTION provision(definition text) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions := sync._def(definition);
+    c sync.compiled := sync._compile(d.id);
+    cols jsonb;
+    n int;
+BEGIN
+    SELECT jsonb_agg(jsonb_build_object('name', f ->> 'field', 'kind', f ->> 'kind', 'source_type', f ->> 'type')
+                     || CASE WHEN f ->> 'reference' IS NOT NULL THEN jsonb_build_object('reference', f ->> 'reference') ELSE '{}' END)
+           || jsonb_build_array(jsonb_build_object('name', 'SyncKey', 'kind', 'text', 'indexed', true, 'hidden', true))
+      INTO cols FROM jsonb_array_elements(c.fields) f;
+    WITH lists AS (
+        SELECT d.list AS list WHERE d.list IS NOT NULL
+        UNION SELECT s.list FROM sync.shards s WHERE s.definition_id = d.id
+    ), queued AS (
+        INSERT INTO sync.pending_exports (definition_id, op, list, payload, status)
+        SELECT d.id, 'provision', l.list, jsonb_build_object('list', l.list, 'columns', cols),
+               CASE WHEN d.approval = 'all' THEN 'awaiting_approval' ELSE 'pending' END
+          FROM lists l
+         WHERE NOT EXISTS (SELECT 1 FROM sync.target_lists t WHERE t.definition_id = d.id AND t.list = l.list AND t.provisioned_at IS NOT NULL)
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM queued;
+    IF n = 0 AND d.list IS NULL AND NOT EXISTS (SELECT 1 FROM sync.shards s WHERE s.definition_id = d.id) THEN
+        RAISE EXCEPTION 'definition % names no list', quote_literal(definition)
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'It has neither a list nor shards.',
+                  HINT = 'Give it a list (sync.define(..., list => ''Employees'')) or shards (sync.shard()).';
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION provision(text) IS 'Queues creating the definition''s lists (its list and its shards'') with a column per mapped field plus a hidden indexed SyncKey; lists already provisioned are skipped. Returns the number queued.';

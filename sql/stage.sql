@@ -1,0 +1,227 @@
+-- syncbridge: staging. The worker hands over changed keys; the extension
+-- reads the current rows by key, compares them with what the target is known
+-- to hold, and upserts pending exports, in one set-based statement per
+-- definition. "Reconcile key K": idempotent and order-insensitive.
+
+-- The slot cursor only moves forward.
+CREATE FUNCTION checkpoint(lsn pg_lsn, slot text DEFAULT NULL) RETURNS pg_lsn
+LANGUAGE sql AS $$
+    INSERT INTO sync.cursors AS c (kind, scope, lsn)
+    VALUES ('slot', coalesce(slot, sync._setting('slot_name')), lsn)
+    ON CONFLICT (kind, scope) DO UPDATE
+       SET lsn = EXCLUDED.lsn, updated_at = now()
+     WHERE c.lsn IS NULL OR c.lsn < EXCLUDED.lsn
+    RETURNING lsn;
+$$;
+COMMENT ON FUNCTION checkpoint(pg_lsn, text) IS 'Records that everything up to lsn is durably staged for the slot (default: setting sync.slot_name); never moves back.';
+
+-- The statement staging one definition's keys. Parameters:
+--   $1 keys jsonb, $2 definition id, $3 lsn, $4 run id, $5 approval, $6 delete scope.
+-- %1$s: the compiled rows_by_key, %2$s: keys_sql, %3$s: key_of_json.
+--
+-- The base a row is compared with is what the target will hold once the
+-- export in flight for the key (if any) lands, else the ledger; when that
+-- export completes, sync.complete re-stages the key against the new ledger.
+CREATE FUNCTION _stage_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $outer$ SELECT $sql$
+WITH want AS (%1$s),
+asked AS (
+    SELECT DISTINCT %3$s AS sync_key FROM (%2$s) AS _syncbridge_keys
+),
+cur AS (
+    SELECT a.sync_key, w.list, w.fields, w.hash,
+           (w.sync_key IS NOT NULL) AS present,
+           CASE WHEN ex.op IS NOT NULL THEN ex.op <> 'delete' ELSE l.sync_key IS NOT NULL END AS known,
+           coalesce(ex.list, l.list) AS base_list,
+           CASE WHEN ex.op IS NOT NULL THEN ex.hash ELSE l.hash END AS base_hash,
+           CASE WHEN ex.op IN ('add', 'move') THEN ex.payload
+                WHEN ex.op = 'update' THEN coalesce(l.fields, '{}') || ex.payload
+                ELSE l.fields END AS base_fields,
+           coalesce(l.join_type, 'provisioned') AS join_type
+      FROM asked a
+      LEFT JOIN want w ON w.sync_key = a.sync_key
+      LEFT JOIN sync.ledger l ON l.definition_id = $2 AND l.sync_key = a.sync_key
+      LEFT JOIN LATERAL (
+          SELECT e.op, e.list, e.hash, e.payload FROM sync.pending_exports e
+           WHERE e.definition_id = $2 AND e.sync_key = a.sync_key AND e.status = 'executing'
+           ORDER BY e.id DESC LIMIT 1) ex ON true
+),
+decided AS (
+    SELECT cur.*, CASE
+        WHEN present AND NOT known THEN 'add'
+        WHEN present AND list IS DISTINCT FROM base_list THEN 'move'
+        WHEN present AND hash IS DISTINCT FROM base_hash THEN 'update'
+        WHEN present THEN NULL
+        WHEN known AND ($6 = 'all' OR ($6 = 'provisioned' AND join_type = 'provisioned')) THEN 'delete'
+        WHEN known THEN 'forget'
+    END AS op
+      FROM cur
+),
+forgotten AS (
+    DELETE FROM sync.ledger l USING decided x
+     WHERE x.op = 'forget' AND l.definition_id = $2 AND l.sync_key = x.sync_key
+    RETURNING l.sync_key
+),
+cancelled AS (
+    UPDATE sync.pending_exports p
+       SET status = 'cancelled', updated_at = now(), lsn = coalesce($3, p.lsn),
+           last_error = 'cancelled: the row is back to what the target holds'
+      FROM decided x
+     WHERE (x.op IS NULL OR x.op = 'forget') AND p.definition_id = $2 AND p.sync_key = x.sync_key
+       AND p.status IN ('pending', 'awaiting_approval', 'failed', 'error')
+    RETURNING p.id
+),
+staged AS (
+    INSERT INTO sync.pending_exports AS p
+           (definition_id, sync_key, op, list, from_list, payload, previous, hash, status, lsn, run_id)
+    SELECT $2, x.sync_key, x.op,
+           CASE WHEN x.op = 'delete' THEN x.base_list ELSE x.list END,
+           CASE WHEN x.op = 'move' THEN x.base_list END,
+           CASE x.op WHEN 'update' THEN (SELECT coalesce(jsonb_object_agg(n.key, n.value), '{}') FROM jsonb_each(x.fields) n
+                                          WHERE n.value IS DISTINCT FROM x.base_fields -> n.key)
+                     WHEN 'delete' THEN '{}'
+                     ELSE x.fields END,
+           CASE x.op WHEN 'update' THEN (SELECT coalesce(jsonb_object_agg(n.key, x.base_fields -> n.key), '{}') FROM jsonb_each(x.fields) n
+                                          WHERE n.value IS DISTINCT FROM x.base_fields -> n.key)
+                     WHEN 'add' THEN NULL
+                     ELSE x.base_fields END,
+           CASE WHEN x.op = 'delete' THEN NULL ELSE x.hash END,
+           CASE WHEN $5 = 'all' OR ($5 = 'deletes' AND x.op = 'delete') THEN 'awaiting_approval' ELSE 'pending' END,
+           $3, $4
+      FROM decided x
+     WHERE x.op IN ('add', 'update', 'delete', 'move')
+    ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
+    DO UPDATE SET
+        op = EXCLUDED.op, list = EXCLUDED.list, from_list = EXCLUDED.from_list, payload = EXCLUDED.payload,
+        previous = EXCLUDED.previous, hash = EXCLUDED.hash,
+        status = CASE WHEN EXCLUDED.status = 'awaiting_approval' AND p.approved_at IS NOT NULL AND p.op = EXCLUDED.op
+                      THEN 'pending' ELSE EXCLUDED.status END,
+        attempts = CASE WHEN p.status = 'error' THEN 0 ELSE p.attempts END,
+        next_attempt_at = CASE WHEN p.status = 'error' THEN now() ELSE p.next_attempt_at END,
+        lsn = coalesce(EXCLUDED.lsn, p.lsn), run_id = coalesce(EXCLUDED.run_id, p.run_id), updated_at = now()
+     WHERE (p.op, p.list, p.from_list, p.payload, p.hash)
+           IS DISTINCT FROM (EXCLUDED.op, EXCLUDED.list, EXCLUDED.from_list, EXCLUDED.payload, EXCLUDED.hash)
+    RETURNING p.op
+)
+SELECT count(*) FILTER (WHERE s.op = 'add')::int,
+       count(*) FILTER (WHERE s.op = 'update')::int,
+       count(*) FILTER (WHERE s.op = 'delete')::int,
+       count(*) FILTER (WHERE s.op = 'move')::int,
+       ((SELECT count(*) FROM decided WHERE op IS NULL) )::int,
+       ((SELECT count(*) FROM cancelled) + (SELECT count(*) FROM forgotten))::int
+  FROM staged s
+$sql$ $outer$;
+
+-- Stages `keys` (a JSON array of objects {column: text}) for one definition.
+CREATE FUNCTION _stage_def(def_id int, keys jsonb, lsn pg_lsn, run_id bigint,
+                           OUT added int, OUT updated int, OUT deleted int, OUT moved int, OUT unchanged int, OUT cancelled int)
+LANGUAGE plpgsql
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+DECLARE
+    d sync.definitions;
+    c sync.compiled;
+BEGIN
+    SELECT * INTO STRICT d FROM sync.definitions WHERE id = def_id;
+    c := sync._compile(def_id);
+    EXECUTE format(sync._stage_sql(), c.rows_by_key, c.keys_sql, c.key_of_json)
+       INTO added, updated, deleted, moved, unchanged, cancelled
+      USING keys, def_id, lsn, run_id, d.approval, d.delete_scope;
+END $$;
+
+-- Key objects for sync_keys of a definition (to re-stage keys the worker did not send).
+CREATE FUNCTION _key_objects(def_id int, sync_keys text[]) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(CASE WHEN cardinality(d.key_columns) = 1
+                                   THEN jsonb_build_object(d.key_columns[1], k)
+                                   ELSE (SELECT jsonb_object_agg(c.col, (k::jsonb) ->> (c.o - 1)::int)
+                                           FROM unnest(d.key_columns) WITH ORDINALITY c(col, o)) END), '[]')
+      FROM sync.definitions d, unnest(sync_keys) k
+     WHERE d.id = def_id
+$$;
+
+-- Re-stages keys of a definition against the current ledger (after an export
+-- in flight for them completed or was given up).
+CREATE FUNCTION _rebase(def_id int, sync_keys text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF cardinality(sync_keys) > 0 THEN
+        PERFORM sync._stage_def(def_id, sync._key_objects(def_id, sync_keys), NULL, NULL);
+    END IF;
+END $$;
+
+CREATE FUNCTION stage(relation regclass, keys jsonb, lsn pg_lsn DEFAULT NULL, only_definition text DEFAULT NULL, run_id bigint DEFAULT NULL)
+RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    d record;
+    bad bigint;
+    r record;
+    msg text;
+BEGIN
+    IF keys IS NULL OR jsonb_typeof(keys) <> 'array' THEN
+        RAISE EXCEPTION 'keys must be a JSON array'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Got %s.', coalesce(jsonb_typeof(keys), 'NULL')),
+                  HINT = 'keys is a JSON array of objects mapping key columns to their text values: [{"id": "1"}, {"id": "2"}].';
+    END IF;
+    SELECT min(o) INTO bad FROM jsonb_array_elements(keys) WITH ORDINALITY e(v, o) WHERE jsonb_typeof(v) <> 'object';
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'element % of keys is not a JSON object', bad
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('It is %s.', left((keys -> (bad - 1)::int)::text, 100)),
+                  HINT = 'Each key is an object mapping key columns to their text values: {"id": "1"}.';
+    END IF;
+    IF only_definition IS NOT NULL THEN
+        PERFORM sync._def(only_definition);
+    END IF;
+    FOR d IN
+        SELECT x.id, x.name FROM sync.definitions x
+         WHERE x.source_rel = relation AND x.state IN ('active', 'paused')
+           AND (only_definition IS NULL OR x.name = only_definition)
+           AND (x.start_lsn IS NULL OR stage.lsn IS NULL OR stage.lsn >= x.start_lsn)
+         ORDER BY x.id
+    LOOP
+        BEGIN
+            SELECT * INTO r FROM sync._stage_def(d.id, keys, lsn, run_id);
+            definition := d.name; added := r.added; updated := r.updated; deleted := r.deleted;
+            moved := r.moved; unchanged := r.unchanged; cancelled := r.cancelled; error := NULL;
+            IF run_id IS NOT NULL THEN
+                UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = run_id;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            -- A definition that no longer fits its table (a dropped column, a
+            -- transform failing on a row) stops alone; the others go on, and
+            -- sync.resume() reconciles the whole table once it is fixed.
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            UPDATE sync.definitions SET state = 'error', state_reason = 'staging failed: ' || msg, updated_at = now() WHERE id = d.id;
+            RAISE WARNING 'syncbridge: definition % stopped: staging failed: %', d.name, msg
+                USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
+            definition := d.name; added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
+            error := msg;
+        END;
+        RETURN NEXT;
+    END LOOP;
+    IF lsn IS NOT NULL THEN
+        PERFORM sync.checkpoint(lsn);
+    END IF;
+END $$;
+COMMENT ON FUNCTION stage(regclass, jsonb, pg_lsn, text, bigint) IS 'Reconciles changed keys of a table: reads the current rows, compares them with the ledger and upserts pending exports (coalesced per key); records lsn as staged. Idempotent.';
+
+-- Stages every ledger key of the table's definitions: what TRUNCATE calls for.
+CREATE FUNCTION stage_truncate(relation regclass, lsn pg_lsn DEFAULT NULL)
+RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    d record;
+BEGIN
+    FOR d IN SELECT x.id, x.name FROM sync.definitions x
+              WHERE x.source_rel = relation AND x.state IN ('active', 'paused') ORDER BY x.id LOOP
+        RETURN QUERY SELECT * FROM sync.stage(relation,
+            sync._key_objects(d.id, ARRAY(SELECT l.sync_key FROM sync.ledger l WHERE l.definition_id = d.id)),
+            lsn, d.name);
+    END LOOP;
+    IF lsn IS NOT NULL THEN
+        PERFORM sync.checkpoint(lsn);
+    END IF;
+END $$;

@@ -1,0 +1,44 @@
+-- syncbridge: what a DBA looks at first.
+
+CREATE VIEW status AS
+SELECT d.name AS definition,
+       d.state,
+       d.state_reason,
+       d.source_rel AS source,
+       d.target,
+       d.list,
+       d.backfill,
+       coalesce(q.pending, 0) AS pending,
+       coalesce(q.awaiting_approval, 0) AS awaiting_approval,
+       coalesce(q.executing, 0) AS executing,
+       coalesce(q.failed, 0) AS failed,
+       coalesce(q.error, 0) AS error,
+       coalesce(q.exported, 0) AS exported,
+       (SELECT count(*) FROM sync.ledger l WHERE l.definition_id = d.id) AS items,
+       now() - q.oldest_pending AS oldest_pending_age,
+       le.last_error,
+       le.last_error_at,
+       cur.lsn AS staged_lsn,
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint END AS slot_lag_bytes,
+       bf.position AS backfill_progress,
+       lr.finished_at AS last_run_at
+  FROM sync.definitions d
+  LEFT JOIN LATERAL (
+      SELECT count(*) FILTER (WHERE e.status = 'pending') AS pending,
+             count(*) FILTER (WHERE e.status = 'awaiting_approval') AS awaiting_approval,
+             count(*) FILTER (WHERE e.status = 'executing') AS executing,
+             count(*) FILTER (WHERE e.status = 'failed') AS failed,
+             count(*) FILTER (WHERE e.status = 'error') AS error,
+             count(*) FILTER (WHERE e.status IN ('exported', 'confirmed')) AS exported,
+             min(e.created_at) FILTER (WHERE e.status IN ('pending', 'failed', 'executing')) AS oldest_pending
+        FROM sync.pending_exports e WHERE e.definition_id = d.id) q ON true
+  LEFT JOIN LATERAL (
+      SELECT e.last_error, e.updated_at AS last_error_at FROM sync.pending_exports e
+       WHERE e.definition_id = d.id AND e.status IN ('failed', 'error') AND e.last_error IS NOT NULL
+       ORDER BY e.updated_at DESC LIMIT 1) le ON true
+  LEFT JOIN sync.cursors cur ON cur.kind = 'slot' AND cur.scope = sync._setting('slot_name')
+  LEFT JOIN pg_replication_slots s ON s.slot_name = sync._setting('slot_name')
+  LEFT JOIN sync.cursors bf ON bf.kind = 'backfill' AND bf.definition_id = d.id
+  LEFT JOIN LATERAL (SELECT r.finished_at FROM sync.runs r WHERE r.definition_id = d.id ORDER BY r.id DESC LIMIT 1) lr ON true;
+COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress.';
