@@ -41,6 +41,7 @@ COMMENT ON COLUMN compiled.rows_all IS 'SELECT sync_key, list, fields, hash over
 COMMENT ON COLUMN compiled.rows_by_key IS 'The same for the keys in $1, a JSON array of objects {column: text} (staging).';
 COMMENT ON COLUMN compiled.keys_sql IS 'SELECT of the distinct keys of $1 holding all key columns, as objects _syncbridge_k.';
 COMMENT ON COLUMN compiled.key_of_json IS 'Expression turning one row _syncbridge_k of keys_sql into a sync_key.';
+COMMENT ON COLUMN compiled.compiled_at IS 'When it was compiled.';
 COMMENT ON COLUMN compiled.fields IS 'The fields sent: [{field, column, type, kind, reference}].';
 
 -- The JSON serialization of `expr` (SQL text) of type `typ`.
@@ -175,6 +176,8 @@ BEGIN
         SELECT a.attname::text, a.attname, NULL, NULL, a.attnum, a.atttypid::regtype, false
           FROM pg_attribute a, has_maps
          WHERE NOT has_maps.yes AND a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped
+           -- the key travels as SyncKey; id and SyncKey are the target's own
+           AND lower(a.attname) NOT IN ('id', 'synckey')
         ORDER BY 5
     LOOP
         IF f.missing THEN

@@ -21,7 +21,7 @@ BEGIN
                   HINT = 'Choose a name like employees_sp.';
     END IF;
     IF length(name) > 63 OR name !~ '^[[:alnum:]_][[:alnum:]_.-]*$' THEN
-        RAISE EXCEPTION 'invalid % name %', what, quote_literal(name)
+        RAISE EXCEPTION 'invalid % name %', what, to_json(name)
             USING ERRCODE = 'invalid_name',
                   DETAIL = 'Names hold 1 to 63 letters (any script), digits, "_", "-" and "."; they start with a letter, digit or "_".',
                   HINT = 'Choose a name like employees_sp.';
@@ -34,7 +34,7 @@ CREATE FUNCTION _check_list_name(list text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF list IS NOT NULL AND (list = '' OR length(list) > 255 OR list ~ '[[:cntrl:]]' OR list <> btrim(list)) THEN
-        RAISE EXCEPTION 'invalid list name %', quote_literal(list)
+        RAISE EXCEPTION 'invalid list name %', to_json(list)
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'A list name has 1 to 255 characters, no control characters, no leading or trailing spaces.',
                   HINT = 'Use the list''s display name, e.g. ''Employees EU''.';
@@ -49,7 +49,7 @@ BEGIN
     IF value IS NULL OR NOT value = ANY (allowed) THEN
         RAISE EXCEPTION 'invalid %: %', what, coalesce(quote_literal(value), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('%s is one of %s.', initcap(what), array_to_string(allowed, ', ')),
+                  DETAIL = format('%s is one of %s.', upper(left(what, 1)) || substr(what, 2), array_to_string(allowed, ', ')),
                   HINT = format('Pass %s => %L, for example.', what, allowed[1]);
     END IF;
     RETURN value;
@@ -143,7 +143,7 @@ BEGIN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
         RAISE EXCEPTION 'invalid %', what
             USING ERRCODE = 'syntax_error',
-                  DETAIL = CASE WHEN msg LIKE 'invalid %' THEN det ELSE format('%s does not parse: %s.', initcap(what), msg) END,
+                  DETAIL = CASE WHEN msg LIKE 'invalid %' THEN det ELSE format('%s does not parse: %s.', upper(left(what, 1)) || substr(what, 2), msg) END,
                   HINT = format('A %s is one SQL expression over the source row''s columns, e.g. region = ''EU'' AND NOT secret.', what);
     END;
     BEGIN
@@ -467,7 +467,7 @@ BEGIN
     d := sync._def(name);
     SELECT count(*) INTO known FROM sync.ledger WHERE definition_id = d.id;
     IF known > 0 AND NOT force THEN
-        RAISE EXCEPTION 'definition % has % items on its target', quote_literal(name), known
+        RAISE EXCEPTION 'definition % tracks % items on its target', quote_literal(name), known
             USING ERRCODE = 'dependent_objects_still_exist',
                   DETAIL = 'Dropping it forgets which target items belong to which rows; the items stay on the target.',
                   HINT = 'Pass force => true to drop it anyway, or sync.disable() it instead.';

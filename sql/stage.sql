@@ -217,8 +217,14 @@ DECLARE
 BEGIN
     FOR d IN SELECT x.id, x.name FROM sync.definitions x
               WHERE x.source_rel = relation AND x.state IN ('active', 'paused') ORDER BY x.id LOOP
+        -- Every key the target holds or is about to hold.
         RETURN QUERY SELECT * FROM sync.stage(relation,
-            sync._key_objects(d.id, ARRAY(SELECT l.sync_key FROM sync.ledger l WHERE l.definition_id = d.id)),
+            sync._key_objects(d.id, ARRAY(
+                SELECT l.sync_key FROM sync.ledger l WHERE l.definition_id = d.id
+                UNION
+                SELECT e.sync_key FROM sync.pending_exports e
+                 WHERE e.definition_id = d.id AND e.sync_key IS NOT NULL
+                   AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error', 'executing'))),
             lsn, d.name);
     END LOOP;
     IF lsn IS NOT NULL THEN

@@ -1,0 +1,46 @@
+-- Targets: kinds, configuration checks, secrets as references only.
+\set SHOW_CONTEXT never
+BEGIN;
+SELECT kind, implemented, batch_size, cost_per_write, cost_unit, default_budget_per_min FROM sync.target_kinds ORDER BY kind;
+SELECT sync.create_target('sp_hr', kind => 'graph',
+       config => '{"tenant_id": "t1", "client_id": "c1", "site_id": "s1"}', secret => 'env:SP_CLIENT_SECRET');
+SELECT name, kind, config, secret_ref, status FROM sync.targets;
+-- Not yet implemented kinds are accepted with a notice.
+SELECT sync.create_target('gh', kind => 'github', config => '{"owner": "acme", "repo": "hr"}');
+-- Errors: each has a SQLSTATE, a detail and a hint, and changes nothing.
+\x on
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'salesforce')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('sp_hr', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}',
+       secret => 'Xy7~q8Q~AbCdEfGhIjKlMnOpQrStUv')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}',
+       secret => 'env:not valid')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "client_secret": "abc"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "auth": {"Password": "abc"}}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "colour": "red"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "base_url": "javascript:alert(1)"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "budget_per_min": -5}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '[1, 2]')$sql$);
+-- Hostile names: quotes, semicolons, spaces, control characters are refused;
+-- letters of any script are fine.
+SELECT * FROM regress.err($sql$SELECT sync.create_target($$x'; DROP TABLE sync.ledger; --$$, kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('a"b', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target(E'tab\tname', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target(repeat('x', 64), kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}')$sql$);
+\x off
+SELECT sync.create_target('sp_équipe_東京', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}');
+SELECT count(*) AS targets, count(*) FILTER (WHERE secret_ref IS NULL) AS without_secret FROM sync.targets;
+SELECT to_regclass('sync.ledger') IS NOT NULL AS ledger_still_there;
+-- alter_target merges configuration; JSON null removes a key.
+SELECT sync.alter_target('sp_hr', config => '{"budget_per_min": 6250, "base_url": "http://127.0.0.1:8080/v1.0"}');
+SELECT config FROM sync.targets WHERE name = 'sp_hr';
+SELECT sync.alter_target('sp_hr', config => '{"base_url": null}', secret => 'file:/run/secrets/sp');
+SELECT config, secret_ref FROM sync.targets WHERE name = 'sp_hr';
+\x on
+SELECT * FROM regress.err($sql$SELECT sync.alter_target('sp_hr', config => '{"site_id": null}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.alter_target('nope', config => '{}')$sql$);
+\x off
+SELECT sync.drop_target('gh');
+ROLLBACK;
