@@ -10,7 +10,9 @@ case "${1:-}" in
   start)
     mkdir -p "$ROOT/.dev"; chmod 0755 "$ROOT/.dev"
     [ -f "$port_file" ] || free_port > "$port_file"
-    if [ -f "$dir/data/postmaster.pid" ]; then log "already running on port $(cat "$port_file")"; exit 0; fi
+    if [ -f "$dir/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+      log "already running on port $(cat "$port_file")"; exit 0
+    fi
     pg_start "$dir" "$(cat "$port_file")"
     "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$(cat "$port_file")" -U postgres -d postgres \
       -c "SELECT 1 FROM pg_database WHERE datname = 'syncbridge'" -t | grep -q 1 || \

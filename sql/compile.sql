@@ -38,8 +38,8 @@ COMMENT ON COLUMN compiled.definition_id IS 'The definition (sync.definitions.id
 COMMENT ON COLUMN compiled.revision IS 'The definition revision it was compiled from.';
 COMMENT ON COLUMN compiled.fingerprint IS 'Digest of the source table''s columns (names, types, positions) it was compiled against.';
 COMMENT ON COLUMN compiled.rows_all IS 'SELECT sync_key, list, fields, hash over the whole table (plan, backfill).';
-COMMENT ON COLUMN compiled.rows_by_key IS 'The same for the keys in $1, a JSON array of objects {column: text} (staging).';
-COMMENT ON COLUMN compiled.keys_sql IS 'SELECT of the distinct keys of $1 holding all key columns, as objects _syncbridge_k.';
+COMMENT ON COLUMN compiled.rows_by_key IS 'The same for one key, the JSON object _syncbridge_keys._syncbridge_k {column: text} of an outer query (staging probes it per key).';
+COMMENT ON COLUMN compiled.keys_sql IS 'SELECT of the elements of $1 holding all key columns, reduced to those, as objects _syncbridge_k.';
 COMMENT ON COLUMN compiled.key_of_json IS 'Expression turning one row _syncbridge_k of keys_sql into a sync_key.';
 COMMENT ON COLUMN compiled.compiled_at IS 'When it was compiled.';
 COMMENT ON COLUMN compiled.fields IS 'The fields sent: [{field, column, type, kind, reference}].';
@@ -225,8 +225,9 @@ BEGIN
 
     -- Keys arrive as a JSON array of objects {column: text} (what the worker
     -- decoded; it knows nothing of definitions). keys_sql keeps the elements
-    -- holding all of this definition's key columns, reduced to those, once each.
-    SELECT 'SELECT DISTINCT jsonb_build_object('
+    -- holding all of this definition's key columns, reduced to those (staging
+    -- removes repeats by sync_key).
+    SELECT 'SELECT jsonb_build_object('
            || string_agg(format('%L, _syncbridge_k->%L', x, x), ', ' ORDER BY o)
            || ') AS _syncbridge_k FROM jsonb_array_elements($1) AS _syncbridge_e(_syncbridge_k) WHERE '
            || string_agg(format('jsonb_typeof(_syncbridge_k->%L) IN (''string'', ''number'')', x), ' AND ' ORDER BY o),
@@ -276,8 +277,8 @@ BEGIN
         select_list, from_rel, filter);
     c.rows_by_key := format(
         'SELECT q.sync_key, q.list, q.fields, sha256(convert_to(q.fields::text, ''UTF8'')) AS hash FROM ('
-        'SELECT %s FROM (%s) AS _syncbridge_keys JOIN %s AS s ON %s WHERE %s) q WHERE q.list IS NOT NULL',
-        select_list, keys_sql, from_rel, key_join, filter);
+        'SELECT %s FROM %s AS s WHERE %s AND %s) q WHERE q.list IS NOT NULL',
+        select_list, from_rel, key_join, filter);
     c.keys_sql := keys_sql;
     c.compiled_at := now();
     INSERT INTO sync.compiled VALUES (c.*)

@@ -228,7 +228,9 @@ CREATE TABLE ledger (
     last_synced_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (definition_id, sync_key)
 );
-CREATE INDEX ledger_target_id_idx ON ledger (definition_id, target_id);
+-- Inbound changes arrive by item id. (Not led by definition_id, so that the
+-- planner never mistakes it for the key lookup.)
+CREATE INDEX ledger_target_id_idx ON ledger (target_id) WHERE target_id IS NOT NULL;
 COMMENT ON TABLE ledger IS 'What syncbridge knows is on the target: per definition and key, the item, its eTag and the fields last sent (with their hash).';
 COMMENT ON COLUMN ledger.definition_id IS 'The definition (sync.definitions.id).';
 COMMENT ON COLUMN ledger.sync_key IS 'The row''s key as text (one column: its text value; several: a JSON array of texts); stored in the item''s SyncKey field.';
@@ -285,6 +287,8 @@ CREATE UNIQUE INDEX pending_exports_open_provision_idx ON pending_exports (defin
 CREATE INDEX pending_exports_claim_idx ON pending_exports (next_attempt_at, id)
     WHERE status IN ('pending', 'failed');
 CREATE INDEX pending_exports_lease_idx ON pending_exports (lease_until) WHERE status = 'executing';
+-- Staging compares a key with the export in flight for it.
+CREATE INDEX pending_exports_executing_key_idx ON pending_exports (definition_id, sync_key, id) WHERE status = 'executing';
 CREATE INDEX pending_exports_status_idx ON pending_exports (definition_id, status);
 COMMENT ON TABLE pending_exports IS 'The export queue. Lifecycle: pending -> (awaiting_approval ->) executing -> exported -> confirmed; on failure failed -> pending with backoff until max_attempts, then error (sync.retry re-queues).';
 COMMENT ON COLUMN pending_exports.id IS 'Export id (used by sync.approve, sync.retry).';

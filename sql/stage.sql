@@ -17,19 +17,19 @@ COMMENT ON FUNCTION checkpoint(pg_lsn, text) IS 'Records that everything up to l
 
 -- The statement staging one definition's keys. Parameters:
 --   $1 keys jsonb, $2 definition id, $3 lsn, $4 run id, $5 approval, $6 delete scope.
--- %1$s: the compiled rows_by_key, %2$s: keys_sql, %3$s: key_of_json.
+-- %1$s: the compiled rows_by_key (one key, from _syncbridge_keys._syncbridge_k),
+-- %2$s: keys_sql, %3$s: key_of_json.
 --
 -- The base a row is compared with is what the target will hold once the
 -- export in flight for the key (if any) lands, else the ledger; when that
 -- export completes, sync.complete re-stages the key against the new ledger.
 CREATE FUNCTION _stage_sql() RETURNS text
 LANGUAGE sql IMMUTABLE AS $outer$ SELECT $sql$
-WITH want AS (%1$s),
-asked AS (
-    SELECT DISTINCT %3$s AS sync_key FROM (%2$s) AS _syncbridge_keys
+WITH asked AS MATERIALIZED (
+    SELECT DISTINCT ON (1) %3$s AS sync_key, _syncbridge_k FROM (%2$s) AS _syncbridge_keys
 ),
 cur AS (
-    SELECT a.sync_key, w.list, w.fields, w.hash,
+    SELECT k.sync_key, w.list, w.fields, w.hash,
            (w.sync_key IS NOT NULL) AS present,
            CASE WHEN ex.op IS NOT NULL THEN ex.op <> 'delete' ELSE l.sync_key IS NOT NULL END AS known,
            coalesce(ex.list, l.list) AS base_list,
@@ -38,12 +38,17 @@ cur AS (
                 WHEN ex.op = 'update' THEN coalesce(l.fields, '{}') || ex.payload
                 ELSE l.fields END AS base_fields,
            coalesce(l.join_type, 'provisioned') AS join_type
-      FROM asked a
-      LEFT JOIN want w ON w.sync_key = a.sync_key
-      LEFT JOIN sync.ledger l ON l.definition_id = $2 AND l.sync_key = a.sync_key
+      FROM asked AS k
+      -- Each lookup is a per-key index probe (LATERAL ... LIMIT 1), whatever
+      -- the planner guesses of the size of the key set.
+      LEFT JOIN LATERAL (
+          SELECT w.* FROM (SELECT k._syncbridge_k) AS _syncbridge_keys, LATERAL (%1$s) AS w LIMIT 1) w ON true
+      LEFT JOIN LATERAL (
+          SELECT l.sync_key, l.list, l.hash, l.fields, l.join_type FROM sync.ledger l
+           WHERE l.definition_id = $2 AND l.sync_key = k.sync_key LIMIT 1) l ON true
       LEFT JOIN LATERAL (
           SELECT e.op, e.list, e.hash, e.payload FROM sync.pending_exports e
-           WHERE e.definition_id = $2 AND e.sync_key = a.sync_key AND e.status = 'executing'
+           WHERE e.definition_id = $2 AND e.sync_key = k.sync_key AND e.status = 'executing'
            ORDER BY e.id DESC LIMIT 1) ex ON true
 ),
 decided AS (
@@ -117,6 +122,11 @@ CREATE FUNCTION _stage_def(def_id int, keys jsonb, lsn pg_lsn, run_id bigint,
                            OUT added int, OUT updated int, OUT deleted int, OUT moved int, OUT unchanged int, OUT cancelled int)
 LANGUAGE plpgsql
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+-- Staging probes the source, the ledger and the queue by key. The queue grows
+-- while the statement runs (its INSERT interleaves with the probes), so a
+-- sequential scan chosen on stale statistics would make a large batch
+-- quadratic: index probes only.
+SET enable_seqscan = off
 AS $$
 DECLARE
     d sync.definitions;
