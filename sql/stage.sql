@@ -132,6 +132,11 @@ DECLARE
     d sync.definitions;
     c sync.compiled;
 BEGIN
+    -- Staging of one definition is serialized until commit: the statement
+    -- below takes its snapshot after the lock, so it sees what the previous
+    -- stager committed, and an older read never overwrites a newer one (the
+    -- stream, sync.complete's re-staging and a backfill may run at once).
+    PERFORM pg_advisory_xact_lock(1937337955, def_id);   -- 1937337698: 'sync' as int4
     SELECT * INTO STRICT d FROM sync.definitions WHERE id = def_id;
     c := sync._compile(def_id);
     EXECUTE format(sync._stage_sql(), c.rows_by_key, c.keys_sql, c.key_of_json)

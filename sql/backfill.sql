@@ -1,0 +1,132 @@
+-- syncbridge: the initial load (backfill) of a definition, one chunk per call.
+--
+-- A keyset scan of the source by key: each call stages the next `chunk` keys
+-- through sync.stage and records the last key and the progress in
+-- sync.cursors (kind 'backfill') in the same transaction, so a crash resumes
+-- at the last committed chunk. When the table is done, the ledger keys whose
+-- rows are gone (or no longer match) are staged too (that is what makes
+-- sync.reset_cursor(to => 'beginning') a full reconcile).
+--
+-- Why nothing is missed or staged wrongly while rows change: staging reads
+-- the *current* row of each key ("reconcile key K"), and every change that
+-- commits after the definition was enabled also comes through the slot and is
+-- staged again. A row inserted behind the scan's position is staged by the
+-- stream; a row updated after its chunk was read is re-staged by the stream;
+-- a row deleted after its chunk yields a delete from the stream. Staging of a
+-- definition is serialized (sync._stage_def takes a transaction lock), so an
+-- older read never overwrites a newer one.
+
+CREATE FUNCTION _backfill_keyset_sql(def_id int) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    d sync.definitions;
+    cols text;
+    objs text;
+    lasts text;
+BEGIN
+    SELECT * INTO STRICT d FROM sync.definitions WHERE id = def_id;
+    SELECT string_agg(format('s.%I', x), ', ' ORDER BY o),
+           string_agg(format('%L, (s.%I)::text', x, x), ', ' ORDER BY o),
+           string_agg(format('($1 ->> %s)::%s', o - 1, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY o)
+      INTO cols, objs, lasts
+      FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)
+      JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = u.x;
+    -- $1: the last key done (a JSON array of texts) or NULL; $2: the chunk size.
+    -- Returns the chunk's keys as objects, and the last key.
+    RETURN format(
+        'SELECT coalesce(jsonb_agg(k ORDER BY n), ''[]''), (array_agg(last ORDER BY n DESC))[1], count(*) FROM ('
+        'SELECT row_number() OVER () AS n, jsonb_build_object(%2$s) AS k, jsonb_build_array(%3$s) AS last '
+        'FROM (SELECT * FROM %1$s AS s WHERE $1 IS NULL OR (%4$s) > (%5$s) ORDER BY %4$s LIMIT $2) s) x',
+        CASE WHEN (SELECT relkind FROM pg_class WHERE oid = d.source_rel) = 'p' THEN '' ELSE 'ONLY ' END || d.source_rel::text,
+        objs,
+        (SELECT string_agg(format('(s.%I)::text', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)),
+        cols, lasts);
+END $$;
+
+CREATE FUNCTION backfill_step(definition text, chunk int DEFAULT 5000, run_id bigint DEFAULT NULL)
+RETURNS TABLE (done boolean, rows_done bigint, rows_total bigint, staged bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions;
+    pos jsonb;
+    keys jsonb;
+    last_key jsonb;
+    n bigint;
+    r record;
+    total bigint;
+    started timestamptz;
+    elapsed float8;
+    c sync.compiled;
+BEGIN
+    d := sync._def(definition);
+    IF chunk IS NULL OR chunk < 1 OR chunk > 1000000 THEN
+        RAISE EXCEPTION 'chunk must be between 1 and 1000000'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', chunk),
+                  HINT = 'The default, 5000, keeps each transaction short.';
+    END IF;
+    IF d.state NOT IN ('active', 'paused') OR d.backfill = 'done' THEN
+        SELECT cu.position INTO pos FROM sync.cursors cu WHERE cu.kind = 'backfill' AND cu.definition_id = d.id;
+        RETURN QUERY SELECT d.backfill = 'done', coalesce((pos ->> 'rows_done')::bigint, 0),
+                            coalesce((pos ->> 'rows_total')::bigint, 0), 0::bigint;
+        RETURN;
+    END IF;
+    -- One backfill per definition at a time.
+    PERFORM 1 FROM sync.definitions x WHERE x.id = d.id FOR UPDATE;
+    SELECT cu.position INTO pos FROM sync.cursors cu WHERE cu.kind = 'backfill' AND cu.definition_id = d.id;
+    IF pos IS NULL THEN
+        SELECT greatest(reltuples, 0)::bigint INTO total FROM pg_class WHERE oid = d.source_rel;
+        pos := jsonb_build_object('rows_done', 0, 'rows_total', total, 'started_at', now(), 'last_key', NULL);
+        UPDATE sync.definitions x SET backfill = 'running', updated_at = now() WHERE x.id = d.id;
+    END IF;
+    EXECUTE sync._backfill_keyset_sql(d.id) INTO keys, last_key, n USING nullif(pos -> 'last_key', 'null'::jsonb), chunk;
+    staged := 0;
+    IF n > 0 THEN
+        FOR r IN SELECT * FROM sync.stage(d.source_rel, keys, NULL, d.name, run_id) LOOP
+            IF r.error IS NOT NULL THEN
+                RAISE EXCEPTION 'backfill of % stopped: %', d.name, r.error
+                    USING ERRCODE = 'data_exception',
+                          HINT = format('Fix the cause, then SELECT sync.resume(%L); the backfill resumes where it stopped.', d.name);
+            END IF;
+            staged := staged + r.added + r.updated + r.deleted + r.moved;
+        END LOOP;
+    END IF;
+    started := (pos ->> 'started_at')::timestamptz;
+    rows_done := (pos ->> 'rows_done')::bigint + n;
+    rows_total := greatest((pos ->> 'rows_total')::bigint, rows_done);
+    done := n < chunk;
+    IF done THEN
+        -- Keys the target holds whose rows are gone or filtered out.
+        c := sync._compile(d.id);
+        EXECUTE format('SELECT coalesce(jsonb_agg(k), ''[]'') FROM (SELECT k FROM jsonb_array_elements(sync._key_objects($1, ARRAY('
+                       'SELECT l.sync_key FROM sync.ledger l WHERE l.definition_id = $1 '
+                       'AND NOT EXISTS (SELECT 1 FROM (%s) r WHERE r.sync_key = l.sync_key)))) k) y', c.rows_all)
+           INTO keys USING d.id;
+        IF jsonb_array_length(keys) > 0 THEN
+            FOR r IN SELECT * FROM sync.stage(d.source_rel, keys, NULL, d.name, run_id) LOOP
+                staged := staged + r.added + r.updated + r.deleted + r.moved;
+            END LOOP;
+        END IF;
+        rows_total := rows_done;
+        UPDATE sync.definitions x SET backfill = 'done', updated_at = now() WHERE x.id = d.id;
+    END IF;
+    elapsed := greatest(extract(epoch FROM clock_timestamp() - started), 0.001);
+    pos := jsonb_build_object(
+        'rows_done', rows_done, 'rows_total', rows_total, 'started_at', started,
+        'last_key', coalesce(last_key, pos -> 'last_key'),
+        'rate_per_s', round((rows_done / elapsed)::numeric, 1),
+        'eta_s', CASE WHEN done THEN 0 ELSE round(((rows_total - rows_done) / greatest(rows_done / elapsed, 0.001))::numeric, 1) END,
+        'finished_at', CASE WHEN done THEN clock_timestamp() END);
+    INSERT INTO sync.cursors AS cu (kind, scope, definition_id, position)
+    VALUES ('backfill', d.name, d.id, pos)
+    ON CONFLICT ON CONSTRAINT cursors_pkey DO UPDATE SET position = EXCLUDED.position, definition_id = EXCLUDED.definition_id, updated_at = now();
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION backfill_step(text, int, bigint) IS 'Stages the next chunk of a definition''s initial load (keyset scan by key) and records the progress; done = true when the whole table (and the ledger''s vanished keys) is staged. The worker calls it until done.';
+
+-- The definitions whose backfill is not done, for the worker.
+CREATE FUNCTION backfills_pending() RETURNS TABLE (definition text, source regclass, backfill text)
+LANGUAGE sql STABLE AS $$
+    SELECT d.name, d.source_rel, d.backfill FROM sync.definitions d
+     WHERE d.state IN ('active') AND d.backfill <> 'done' ORDER BY d.id;
+$$;
+COMMENT ON FUNCTION backfills_pending() IS 'Active definitions whose initial load is not done.';
