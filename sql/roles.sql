@@ -12,12 +12,20 @@
 
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'syncbridge_admin') THEN
-        CREATE ROLE syncbridge_admin NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'syncbridge_worker') THEN
-        CREATE ROLE syncbridge_worker NOLOGIN;
-    END IF;
+    -- Two databases creating the extension at once race here: the loser
+    -- finds the role made by the winner.
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'syncbridge_admin') THEN
+            CREATE ROLE syncbridge_admin NOLOGIN;
+        END IF;
+    EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
+    END;
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'syncbridge_worker') THEN
+            CREATE ROLE syncbridge_worker NOLOGIN;
+        END IF;
+    EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
+    END;
 END $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;

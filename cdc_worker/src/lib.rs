@@ -7,6 +7,10 @@
 
 pub mod check;
 pub mod dsn;
+pub mod ingest;
+pub mod lsn;
+pub mod pgoutput;
+pub mod replication;
 
 /// The worker's version; the extension it talks to should report the same.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

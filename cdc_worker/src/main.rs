@@ -2,7 +2,10 @@
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use syncbridge_worker::ingest::{self, IngestConfig};
 use syncbridge_worker::{check, dsn::Dsn};
 
 #[derive(Parser, Debug)]
@@ -27,6 +30,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stream the replication slot and stage changed keys (runs until
+    /// SIGTERM; with --once, until everything committed before the start is
+    /// staged).
+    Run {
+        /// Connection string (libpq key=value or postgres:// URL).
+        #[arg(long, env = "SYNCBRIDGE_DSN")]
+        dsn: String,
+        /// Replication slot (default: the database's sync.slot_name).
+        #[arg(long)]
+        slot: Option<String>,
+        /// Publication the slot streams.
+        #[arg(long, default_value = IngestConfig::PUBLICATION)]
+        publication: String,
+        /// Stop once caught up with the WAL position at start and every backfill is done.
+        #[arg(long)]
+        once: bool,
+        /// Most keys held before staging.
+        #[arg(long, default_value_t = IngestConfig::BATCH_MAX_KEYS)]
+        batch_keys: usize,
+        /// Longest a changed key waits before staging, in milliseconds.
+        #[arg(long, default_value_t = IngestConfig::BATCH_MAX_WAIT.as_millis() as u64)]
+        batch_ms: u64,
+        /// How often the server hears the confirmed position, in milliseconds.
+        #[arg(long, default_value_t = IngestConfig::STATUS_INTERVAL.as_millis() as u64)]
+        status_ms: u64,
+        /// Keys per backfill transaction.
+        #[arg(long, default_value_t = IngestConfig::BACKFILL_CHUNK)]
+        backfill_chunk: i32,
+        /// Decode only: stage nothing, confirm nothing (for benchmarks).
+        #[arg(long)]
+        decode_only: bool,
+    },
 }
 
 /// Exit codes: 0 all good, 1 a check failed, 2 could not check at all.
@@ -36,7 +71,8 @@ const EXIT_UNREACHABLE: u8 = 2;
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCBRIDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {
@@ -49,6 +85,31 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
+        Command::Run { dsn, slot, publication, once, batch_keys, batch_ms, status_ms, backfill_chunk, decode_only } => {
+            let dsn = match Dsn::parse(&dsn) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_UNREACHABLE);
+                }
+            };
+            let config = IngestConfig {
+                slot,
+                publication,
+                once,
+                batch_max_keys: batch_keys,
+                batch_max_wait: Duration::from_millis(batch_ms),
+                status_interval: Duration::from_millis(status_ms),
+                backfill_chunk,
+                decode_only,
+                ..IngestConfig::default()
+            };
+            if let Err(e) = config.validate() {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+            run(&dsn, &config).await
+        }
         Command::Check { dsn, json } => {
             let dsn = match Dsn::parse(&dsn) {
                 Ok(d) => d,
@@ -80,6 +141,56 @@ async fn main() -> ExitCode {
                     eprintln!("error: {e}");
                     ExitCode::from(EXIT_UNREACHABLE)
                 }
+            }
+        }
+    }
+}
+
+/// Runs the ingest, restarting it after transient failures with capped
+/// exponential backoff; SIGTERM / SIGINT stop it after the batch in flight.
+async fn run(dsn: &Dsn, config: &IngestConfig) -> ExitCode {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        if tx.send(true).is_err() {
+            tracing::debug!("the ingest had already stopped");
+        }
+    });
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match ingest::run(dsn, config, rx.clone()).await {
+            Ok(summary) => {
+                tracing::info!(
+                    transactions = summary.transactions,
+                    changes = summary.changes,
+                    keys_staged = summary.keys_staged,
+                    batches = summary.batches,
+                    skipped_own = summary.skipped_own,
+                    backfill_steps = summary.backfill_steps,
+                    confirmed = %summary.confirmed,
+                    "ingest stopped"
+                );
+                return ExitCode::SUCCESS;
+            }
+            Err(e) if e.is_transient() && !*rx.borrow() => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest failed; restarting");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ingest stopped");
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_FAILED);
             }
         }
     }

@@ -370,7 +370,12 @@ impl<'a> Reader<'a> {
         let n = value as usize;
         let available = self.buf.len() - self.pos;
         if n.saturating_mul(min_each) > available {
-            return Err(DecodeError::Truncated { offset: self.pos, needed: n.saturating_mul(min_each), available, what });
+            return Err(DecodeError::Truncated {
+                offset: self.pos,
+                needed: n.saturating_mul(min_each),
+                available,
+                what,
+            });
         }
         Ok(n)
     }
@@ -614,30 +619,31 @@ mod tests {
 
     #[test]
     fn begin() {
-        let m = decode(&fixtures()[0]).unwrap();
+        let f = fixtures();
+        let m = decode(&f[0]).unwrap();
         assert_eq!(m, Message::Begin(Begin { final_lsn: Lsn(0x1_0000_0010), timestamp: 123_456, xid: 777 }));
         assert_eq!(m.tag(), b'B');
     }
 
     #[test]
     fn commit() {
+        let f = fixtures();
         assert_eq!(
-            decode(&fixtures()[1]).unwrap(),
+            decode(&f[1]).unwrap(),
             Message::Commit(Commit { flags: 0, commit_lsn: Lsn(0x20), end_lsn: Lsn(0x28), timestamp: 99 })
         );
     }
 
     #[test]
     fn origin() {
-        assert_eq!(
-            decode(&fixtures()[2]).unwrap(),
-            Message::Origin(Origin { commit_lsn: Lsn(0x30), name: "syncbridge" })
-        );
+        let f = fixtures();
+        assert_eq!(decode(&f[2]).unwrap(), Message::Origin(Origin { commit_lsn: Lsn(0x30), name: "syncbridge" }));
     }
 
     #[test]
     fn relation() {
-        let Message::Relation(r) = decode(&fixtures()[3]).unwrap() else { panic!("not a relation") };
+        let f = fixtures();
+        let Message::Relation(r) = decode(&f[3]).unwrap() else { panic!("not a relation") };
         assert_eq!((r.id, r.namespace, r.name, r.replica_identity), (16384, "public", "items", b'd'));
         assert_eq!(r.columns.len(), 2);
         assert_eq!(r.columns[0], RelationColumn { flags: 1, name: "id", type_oid: 23, type_modifier: -1 });
@@ -647,15 +653,14 @@ mod tests {
 
     #[test]
     fn type_message() {
-        assert_eq!(
-            decode(&fixtures()[4]).unwrap(),
-            Message::Type(Type { id: 90001, namespace: "public", name: "mood" })
-        );
+        let f = fixtures();
+        assert_eq!(decode(&f[4]).unwrap(), Message::Type(Type { id: 90001, namespace: "public", name: "mood" }));
     }
 
     #[test]
     fn insert_with_every_column_kind() {
-        let Message::Insert(i) = decode(&fixtures()[5]).unwrap() else { panic!("not an insert") };
+        let f = fixtures();
+        let Message::Insert(i) = decode(&f[5]).unwrap() else { panic!("not an insert") };
         assert_eq!(i.relation_id, 16384);
         assert_eq!(i.new.columns, vec![Column::Text(b"42"), Column::Null, Column::UnchangedToast]);
         assert_eq!(i.new.columns[0].as_str().unwrap().unwrap(), "42");
@@ -664,14 +669,15 @@ mod tests {
 
     #[test]
     fn updates_new_only_old_key_and_old_tuple() {
-        let Message::Update(u) = decode(&fixtures()[6]).unwrap() else { panic!() };
+        let f = fixtures();
+        let Message::Update(u) = decode(&f[6]).unwrap() else { panic!() };
         assert_eq!((u.old, u.old_kind), (None, None));
         assert_eq!(u.new.columns, vec![Column::Text(b"1")]);
-        let Message::Update(u) = decode(&fixtures()[7]).unwrap() else { panic!() };
+        let Message::Update(u) = decode(&f[7]).unwrap() else { panic!() };
         assert_eq!(u.old_kind, Some(OldKind::Key));
         assert_eq!(u.old.unwrap().columns, vec![Column::Text(b"1")]);
         assert_eq!(u.new.columns, vec![Column::Text(b"2")]);
-        let Message::Update(u) = decode(&fixtures()[8]).unwrap() else { panic!() };
+        let Message::Update(u) = decode(&f[8]).unwrap() else { panic!() };
         assert_eq!(u.old_kind, Some(OldKind::Old));
         assert_eq!(u.old.unwrap().columns, vec![Column::Text(b"1"), Column::Null]);
         assert_eq!(u.new.columns, vec![Column::Text(b"1"), Column::Text(b"x")]);
@@ -679,26 +685,29 @@ mod tests {
 
     #[test]
     fn deletes_by_key_and_by_old_tuple() {
-        let Message::Delete(d) = decode(&fixtures()[9]).unwrap() else { panic!() };
+        let f = fixtures();
+        let Message::Delete(d) = decode(&f[9]).unwrap() else { panic!() };
         assert_eq!((d.relation_id, d.old_kind), (16384, OldKind::Key));
         assert_eq!(d.old.columns, vec![Column::Text(b"9")]);
-        let Message::Delete(d) = decode(&fixtures()[10]).unwrap() else { panic!() };
+        let Message::Delete(d) = decode(&f[10]).unwrap() else { panic!() };
         assert_eq!(d.old_kind, OldKind::Old);
         assert_eq!(d.old.columns, vec![Column::Text(b"9"), Column::Binary(&[0, 1])]);
     }
 
     #[test]
     fn truncate() {
+        let f = fixtures();
         assert_eq!(
-            decode(&fixtures()[11]).unwrap(),
+            decode(&f[11]).unwrap(),
             Message::Truncate(Truncate { options: 3, relation_ids: vec![16384, 16390] })
         );
     }
 
     #[test]
     fn logical_message() {
+        let f = fixtures();
         assert_eq!(
-            decode(&fixtures()[12]).unwrap(),
+            decode(&f[12]).unwrap(),
             Message::Message(LogicalMessage { flags: 1, lsn: Lsn(0x40), prefix: "sb", content: b"abc" })
         );
     }
@@ -710,10 +719,7 @@ mod tests {
         // A Begin cut inside its xid.
         let mut b = fixtures()[0].clone();
         b.truncate(19);
-        assert_eq!(
-            decode(&b),
-            Err(DecodeError::Truncated { offset: 17, needed: 4, available: 2, what: "xid" })
-        );
+        assert_eq!(decode(&b), Err(DecodeError::Truncated { offset: 17, needed: 4, available: 2, what: "xid" }));
         // Trailing garbage.
         let mut c = fixtures()[1].clone();
         c.push(0);
@@ -726,10 +732,7 @@ mod tests {
         assert!(matches!(decode(&u), Err(DecodeError::BadMarker { offset: 5, found: b'Z', .. })));
         // A negative length.
         let n = B::default().u8(b'I').i32(1).u8(b'N').i16(1).u8(b't').i32(-5).0;
-        assert_eq!(
-            decode(&n),
-            Err(DecodeError::Negative { offset: 9, value: -5, what: "column length" })
-        );
+        assert_eq!(decode(&n), Err(DecodeError::Negative { offset: 9, value: -5, what: "column length" }));
         // A string without NUL, and one that is not UTF-8.
         let o = B::default().u8(b'O').i64(1).bytes(b"abc").0;
         assert_eq!(decode(&o), Err(DecodeError::MissingNul { offset: 9, what: "origin name" }));
@@ -764,7 +767,8 @@ mod tests {
 
         #[test]
         fn truncated_and_flipped_fixtures_never_panic(which in 0usize..13, cut in 0usize..64, flip in 0usize..64, bit in 0u8..8) {
-            let f = &fixtures()[which];
+            let all = fixtures();
+            let f = &all[which];
             let cut = cut.min(f.len());
             // Every strict prefix is an error, never a panic.
             if cut < f.len() {

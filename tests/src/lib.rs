@@ -3,6 +3,7 @@
 //! way to run the worker binary.
 
 pub mod cluster;
+pub mod ingest;
 pub mod worker;
 
 pub use cluster::{cluster, Cluster, ClusterOptions, TestDb};

@@ -1,0 +1,883 @@
+//! Ingest: stream the slot, hand changed keys to the extension, confirm LSNs.
+//!
+//! The loop decodes pgoutput messages, collects the keys of changed rows per
+//! relation (deduplicated, bounded in count and in time), and stages them
+//! with `sync.stage` in one transaction that also records the LSN
+//! (`sync.checkpoint`). Only after that transaction commits is the LSN
+//! confirmed to the server. A crash anywhere replays from the last confirmed
+//! LSN, and re-staging is idempotent, so nothing is lost and nothing doubles.
+//!
+//! A transaction larger than one batch is staged in chunks as it streams (its
+//! LSN is confirmed only at its commit), so memory stays bounded whatever its
+//! size. Transactions whose replication origin is `syncbridge` (remote
+//! changes applied by two-way sync) are skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
+
+use crate::dsn::Dsn;
+use crate::lsn::Lsn;
+use crate::pgoutput::{self, Column, Message, TupleData};
+use crate::replication::{ReplError, ReplicationConnection, ReplicationEvent, ReplicationStream};
+
+/// The replication origin under which syncbridge applies remote changes; the
+/// ingest skips transactions carrying it.
+pub const SYNCBRIDGE_ORIGIN: &str = "syncbridge";
+
+/// Namespace of syncbridge's advisory locks ('sync' as an int4).
+pub const LOCK_NAMESPACE: i32 = 1_937_337_955;
+
+/// How the ingest runs.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Replication slot to stream; default: the database's `sync.slot_name`.
+    pub slot: Option<String>,
+    /// Publication the slot streams.
+    pub publication: String,
+    /// Most distinct keys held before they are staged.
+    pub batch_max_keys: usize,
+    /// Longest a changed key waits before it is staged.
+    pub batch_max_wait: Duration,
+    /// How often the server hears where we stand (and idle slots advance).
+    pub status_interval: Duration,
+    /// Keys per backfill step (one transaction each).
+    pub backfill_chunk: i32,
+    /// Stop once everything committed before the start is staged and every
+    /// backfill is done.
+    pub once: bool,
+    /// Decode only: no staging, no confirmation (for measuring the decoder).
+    pub decode_only: bool,
+    /// Name recorded in `sync.runs` and logs.
+    pub worker_name: String,
+}
+
+impl IngestConfig {
+    /// Default publication.
+    pub const PUBLICATION: &'static str = "syncbridge_pub";
+    /// Default batch size in keys.
+    pub const BATCH_MAX_KEYS: usize = 10_000;
+    /// Default batch age.
+    pub const BATCH_MAX_WAIT: Duration = Duration::from_millis(200);
+    /// Default status interval.
+    pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+    /// Default backfill chunk.
+    pub const BACKFILL_CHUNK: i32 = 5_000;
+
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=1_000_000).contains(&self.batch_max_keys) {
+            return Err(format!("batch size {} must be between 1 and 1000000 keys", self.batch_max_keys));
+        }
+        if self.batch_max_wait > Duration::from_secs(60) {
+            return Err("batch wait must be at most 60 s".into());
+        }
+        if self.status_interval < Duration::from_millis(100) || self.status_interval > Duration::from_secs(300) {
+            return Err("status interval must be between 0.1 s and 300 s".into());
+        }
+        if !(1..=1_000_000).contains(&self.backfill_chunk) {
+            return Err(format!("backfill chunk {} must be between 1 and 1000000", self.backfill_chunk));
+        }
+        Ok(())
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            slot: None,
+            publication: Self::PUBLICATION.to_owned(),
+            batch_max_keys: Self::BATCH_MAX_KEYS,
+            batch_max_wait: Self::BATCH_MAX_WAIT,
+            status_interval: Self::STATUS_INTERVAL,
+            backfill_chunk: Self::BACKFILL_CHUNK,
+            once: false,
+            decode_only: false,
+            worker_name: default_worker_name(),
+        }
+    }
+}
+
+/// `host:pid`, naming this worker in `sync.runs` and claims.
+pub fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    format!("{}:{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
+}
+
+/// What can stop the ingest.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The replication connection failed.
+    #[error(transparent)]
+    Replication(#[from] ReplError),
+    /// A database call failed.
+    #[error("{what}: {source}")]
+    Database {
+        /// What we were doing.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database is not ready (no extension, wrong slot, …).
+    #[error("{message} (hint: {hint})")]
+    NotReady {
+        /// What is wrong.
+        message: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The stream carried something we cannot decode.
+    #[error("cannot decode the message at {lsn}: {source}")]
+    Decode {
+        /// Where.
+        lsn: Lsn,
+        /// Why.
+        #[source]
+        source: pgoutput::DecodeError,
+    },
+}
+
+impl IngestError {
+    fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> IngestError {
+        move |source| IngestError::Database { what, source }
+    }
+
+    /// Whether running again later may succeed (a broken connection, a
+    /// restart, a deadlock or serialization failure, a busy slot).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            IngestError::Replication(e) => e.is_transient(),
+            IngestError::Database { source, .. } => match source.code() {
+                Some(c) => {
+                    let c = c.code();
+                    c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01" || c == "55P03"
+                }
+                None => true,
+            },
+            IngestError::NotReady { .. } | IngestError::Decode { .. } => false,
+        }
+    }
+}
+
+/// What one ingest session did.
+#[derive(Debug, Default, Clone)]
+pub struct IngestSummary {
+    /// Transactions decoded (committed ones, including skipped).
+    pub transactions: u64,
+    /// Row changes decoded.
+    pub changes: u64,
+    /// Keys handed to `sync.stage` (after deduplication per batch).
+    pub keys_staged: u64,
+    /// Staging transactions.
+    pub batches: u64,
+    /// Transactions skipped for their `syncbridge` origin.
+    pub skipped_own: u64,
+    /// Backfill chunks run.
+    pub backfill_steps: u64,
+    /// The last LSN confirmed to the server.
+    pub confirmed: Lsn,
+}
+
+/// A relation as the stream described it.
+#[derive(Debug, Clone)]
+struct RelationInfo {
+    name: String,
+    columns: Vec<String>,
+    /// Positions of the key (replica identity) columns; all when none is flagged.
+    key_positions: Vec<usize>,
+}
+
+/// Changed keys waiting to be staged.
+#[derive(Default)]
+struct Batch {
+    keys: HashMap<u32, HashSet<String>>,
+    truncates: Vec<u32>,
+    count: usize,
+    since: Option<Instant>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.count == 0 && self.truncates.is_empty()
+    }
+
+    fn touch(&mut self) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+        }
+    }
+
+    fn add(&mut self, rel: u32, key: String) {
+        self.touch();
+        if self.keys.entry(rel).or_default().insert(key) {
+            self.count += 1;
+        }
+    }
+
+    fn truncate(&mut self, rel: u32) {
+        self.touch();
+        if !self.truncates.contains(&rel) {
+            self.truncates.push(rel);
+        }
+    }
+}
+
+/// The key object `{"col": "text", …}` of a tuple, or None when a key column
+/// carries no text value (NULL, unchanged TOAST).
+fn key_object(rel: &RelationInfo, tuple: &TupleData<'_>) -> Option<String> {
+    let mut out = String::with_capacity(32);
+    out.push('{');
+    for (n, &i) in rel.key_positions.iter().enumerate() {
+        let value = match tuple.columns.get(i)? {
+            Column::Text(b) => std::str::from_utf8(b).ok()?,
+            _ => return None,
+        };
+        if n > 0 {
+            out.push(',');
+        }
+        json_string(&mut out, rel.columns.get(i)?);
+        out.push(':');
+        json_string(&mut out, value);
+    }
+    out.push('}');
+    Some(out)
+}
+
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+async fn connect(dsn: &Dsn) -> Result<Client, IngestError> {
+    let (client, conn) = dsn.config().connect(NoTls).await.map_err(IngestError::db("connecting"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Runs the ingest until shutdown (or, with `once`, until caught up).
+pub async fn run(
+    dsn: &Dsn,
+    config: &IngestConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<IngestSummary, IngestError> {
+    let db = connect(dsn).await?;
+    let ext: Option<String> = db
+        .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'syncbridge'", &[])
+        .await
+        .map_err(IngestError::db("looking for the extension"))?
+        .map(|r| r.get(0));
+    if ext.is_none() {
+        return Err(IngestError::NotReady {
+            message: format!("the syncbridge extension is not installed in {dsn}"),
+            hint: "CREATE EXTENSION syncbridge;".into(),
+        });
+    }
+    let slot: String = match &config.slot {
+        Some(s) => s.clone(),
+        None => db
+            .query_one("SELECT sync._setting('slot_name')", &[])
+            .await
+            .map_err(IngestError::db("reading sync.slot_name"))?
+            .get(0),
+    };
+
+    // One reader per slot: an advisory lock held by this session.
+    let mut waited = false;
+    loop {
+        let got: bool = db
+            .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_NAMESPACE, &slot])
+            .await
+            .map_err(IngestError::db("taking the slot lock"))?
+            .get(0);
+        if got {
+            break;
+        }
+        if !waited {
+            let holder: Option<i32> = db
+                .query_opt(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid
+                       AND objid = hashtext($2)::oid AND granted LIMIT 1",
+                    &[&LOCK_NAMESPACE, &slot],
+                )
+                .await
+                .map_err(IngestError::db("looking for the slot's reader"))?
+                .map(|r| r.get(0));
+            tracing::warn!(slot = %slot, holder_pid = ?holder,
+                "another worker reads slot {slot} (backend pid {holder:?}); waiting for it to stop");
+            waited = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return Ok(IngestSummary::default()),
+        }
+    }
+    if waited {
+        tracing::info!(slot = %slot, "the other worker stopped; this one reads slot {slot} now");
+    }
+
+    let pub_exists: bool = db
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&config.publication])
+        .await
+        .map_err(IngestError::db("looking for the publication"))?
+        .get(0);
+    if !pub_exists {
+        return Err(IngestError::NotReady {
+            message: format!("publication {} does not exist: no definition was enabled yet", config.publication),
+            hint: "SELECT sync.enable('<definition>'); creates it".into(),
+        });
+    }
+
+    let existing = db
+        .query_opt(
+            "SELECT plugin, database, confirmed_flush_lsn::text, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(IngestError::db("looking for the slot"))?;
+    let cursor: Option<String> = db
+        .query_opt("SELECT lsn::text FROM sync.cursors WHERE kind = 'slot' AND scope = $1", &[&slot])
+        .await
+        .map_err(IngestError::db("reading the slot cursor"))?
+        .and_then(|r| r.get(0));
+    let cursor: Lsn = cursor.and_then(|c| c.parse().ok()).unwrap_or(Lsn::ZERO);
+    let current_db: String =
+        db.query_one("SELECT current_database()::text", &[]).await.map_err(IngestError::db("current database"))?.get(0);
+
+    let run_id: i64 = db
+        .query_one("SELECT sync.start_run('stream', NULL, $1)", &[&config.worker_name])
+        .await
+        .map_err(IngestError::db("recording the run"))?
+        .get(0);
+
+    let mut repl = ReplicationConnection::connect(dsn, "syncbridge-worker").await?;
+    let system = repl.identify_system().await?;
+    let target_lsn = system.xlog_pos;
+    let mut summary = IngestSummary::default();
+    let start = match existing {
+        Some(row) => {
+            let plugin: Option<String> = row.get(0);
+            let database: Option<String> = row.get(1);
+            if plugin.as_deref() != Some("pgoutput") || database.as_deref() != Some(current_db.as_str()) {
+                return Err(IngestError::NotReady {
+                    message: format!(
+                        "slot {slot} exists but is not a pgoutput slot of database {current_db} (plugin {plugin:?}, database {database:?})"
+                    ),
+                    hint: "Drop it (SELECT pg_drop_replication_slot(...)) or set sync.slot_name to another name".into(),
+                });
+            }
+            let confirmed: Lsn = row.get::<_, Option<String>>(2).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
+            tracing::info!(slot = %slot, confirmed = %confirmed, staged = %cursor, "resuming the slot");
+            confirmed.max(cursor)
+        }
+        None => {
+            let created = repl.create_slot(&slot, true).await?;
+            tracing::info!(slot = %slot, consistent_point = %created.consistent_point, "created the slot");
+            // The initial load reads the tables exactly as of the slot's start:
+            // everything after it comes through the stream.
+            if let Some(snapshot) = &created.snapshot_name {
+                if !config.decode_only {
+                    summary.backfill_steps += backfill_all(&db, config, Some(snapshot), run_id, &mut shutdown).await?;
+                }
+            }
+            created.consistent_point
+        }
+    };
+
+    let stream = repl.start_replication(&slot, start, &config.publication).await?;
+    let mut ingest = Ingest {
+        db,
+        stream,
+        config,
+        slot: slot.clone(),
+        run_id,
+        relations: HashMap::new(),
+        batch: Batch::default(),
+        in_tx: false,
+        skip_tx: false,
+        safe_lsn: start,
+        staged_lsn: start.max(cursor),
+        confirmed: start,
+        received: start,
+        summary,
+    };
+    let backfill_dsn = dsn.clone();
+    let backfill_config = config.clone();
+    let backfill_shutdown = shutdown.clone();
+    let mut backfill = (!config.decode_only).then(|| {
+        tokio::spawn(async move { backfill_loop(&backfill_dsn, &backfill_config, run_id, backfill_shutdown).await })
+    });
+    let mut result = ingest.stream_loop(&mut shutdown, target_lsn, &mut backfill).await;
+    if result.is_ok() {
+        result = ingest.stream.finish().await.map_err(IngestError::from);
+    }
+    let mut summary = ingest.summary.clone();
+    let (status, error) = match &result {
+        Ok(()) => ("succeeded", None),
+        Err(e) => ("failed", Some(e.to_string())),
+    };
+    if let Some(task) = backfill.take() {
+        match task.await {
+            Ok(Ok(steps)) => summary.backfill_steps += steps,
+            Ok(Err(e)) => tracing::warn!(error = %e, "backfill stopped"),
+            Err(e) => tracing::warn!(error = %e, "backfill task failed"),
+        }
+    }
+    if let Err(e) = ingest.db.execute("SELECT sync.finish_run($1, $2, $3)", &[&run_id, &status, &error]).await {
+        tracing::debug!(error = %e, "could not record the end of the run");
+    }
+    result.map(|()| summary)
+}
+
+struct Ingest<'a> {
+    db: Client,
+    stream: ReplicationStream,
+    config: &'a IngestConfig,
+    slot: String,
+    run_id: i64,
+    relations: HashMap<u32, RelationInfo>,
+    batch: Batch,
+    in_tx: bool,
+    skip_tx: bool,
+    /// Everything before this is received whole (end of the last commit, or a
+    /// keepalive's position between transactions).
+    safe_lsn: Lsn,
+    /// Recorded in sync.cursors.
+    staged_lsn: Lsn,
+    /// Confirmed to the server.
+    confirmed: Lsn,
+    /// The furthest WAL position received.
+    received: Lsn,
+    summary: IngestSummary,
+}
+
+type BackfillTask = tokio::task::JoinHandle<Result<u64, IngestError>>;
+
+impl Ingest<'_> {
+    async fn stream_loop(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        target_lsn: Lsn,
+        backfill: &mut Option<BackfillTask>,
+    ) -> Result<(), IngestError> {
+        let mut status_tick = tokio::time::interval(self.config.status_interval);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poke = tokio::time::interval(Duration::from_millis(100));
+        poke.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backfill_done = backfill.is_none();
+        loop {
+            let deadline = self.batch.since.map(|s| s + self.config.batch_max_wait);
+            let can_flush = !self.in_tx && !self.batch.is_empty();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    tracing::info!(slot = %self.slot, "shutting down: staging the batch in flight");
+                    self.flush(true).await?;
+                    self.report(false).await?;
+                    return Ok(());
+                }
+                ev = self.stream.next() => {
+                    match ev? {
+                        ReplicationEvent::XLogData { wal_start, wal_end, data, .. } => {
+                            self.received = self.received.max(wal_end).max(wal_start);
+                            self.handle(wal_start, &data).await?;
+                        }
+                        ReplicationEvent::Keepalive { wal_end, reply_requested } => {
+                            self.received = self.received.max(wal_end);
+                            if !self.in_tx && wal_end > self.safe_lsn {
+                                self.safe_lsn = wal_end;
+                            }
+                            if reply_requested {
+                                self.report(false).await?;
+                            }
+                        }
+                        ReplicationEvent::End => {
+                            self.flush(true).await?;
+                            return Err(IngestError::Replication(ReplError::Protocol("the server ended the stream".into())));
+                        }
+                    }
+                }
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()).await }, if can_flush && deadline.is_some() => {
+                    self.flush(false).await?;
+                }
+                _ = status_tick.tick() => {
+                    if !self.in_tx && self.batch.is_empty() && self.safe_lsn > self.staged_lsn && !self.config.decode_only {
+                        self.checkpoint_only().await?;
+                    }
+                    self.report(false).await?;
+                }
+                _ = poke.tick(), if self.config.once => {
+                    if !backfill_done {
+                        if let Some(task) = backfill.as_ref() {
+                            if task.is_finished() {
+                                backfill_done = true;
+                                if let Some(t) = backfill.take() {
+                                    self.summary.backfill_steps += t.await.map_err(|e| IngestError::NotReady {
+                                        message: format!("the backfill task failed: {e}"),
+                                        hint: "see the log".into(),
+                                    })??;
+                                }
+                            }
+                        }
+                    }
+                    if !self.in_tx {
+                        self.flush(false).await?;
+                        if backfill_done && self.confirmed >= target_lsn {
+                            tracing::info!(slot = %self.slot, confirmed = %self.confirmed, "caught up");
+                            return Ok(());
+                        }
+                        // Ask the server where it stands (it answers with a keepalive).
+                        self.report(true).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, wal_start: Lsn, data: &[u8]) -> Result<(), IngestError> {
+        let msg = pgoutput::decode(data).map_err(|source| IngestError::Decode { lsn: wal_start, source })?;
+        match msg {
+            Message::Begin(_) => {
+                self.in_tx = true;
+                self.skip_tx = false;
+            }
+            Message::Commit(c) => {
+                self.in_tx = false;
+                self.summary.transactions += 1;
+                if self.skip_tx {
+                    self.summary.skipped_own += 1;
+                }
+                self.skip_tx = false;
+                self.safe_lsn = self.safe_lsn.max(c.end_lsn);
+                if self.batch.count >= self.config.batch_max_keys {
+                    self.flush(false).await?;
+                }
+            }
+            Message::Origin(o) => {
+                if o.name == SYNCBRIDGE_ORIGIN {
+                    self.skip_tx = true;
+                }
+            }
+            Message::Relation(r) => {
+                let columns: Vec<String> = r.columns.iter().map(|c| c.name.to_string()).collect();
+                let mut key_positions: Vec<usize> =
+                    r.columns.iter().enumerate().filter(|(_, c)| c.flags & 1 == 1).map(|(i, _)| i).collect();
+                if key_positions.is_empty() {
+                    key_positions = (0..columns.len()).collect();
+                }
+                let schema = if r.namespace.is_empty() { "pg_catalog" } else { r.namespace };
+                self.relations
+                    .insert(r.id, RelationInfo { name: format!("{schema}.{}", r.name), columns, key_positions });
+            }
+            Message::Insert(i) => self.keys_of(i.relation_id, [Some(&i.new)])?,
+            Message::Update(u) => self.keys_of(u.relation_id, [u.old.as_ref(), Some(&u.new)])?,
+            Message::Delete(d) => self.keys_of(d.relation_id, [Some(&d.old)])?,
+            Message::Truncate(t) => {
+                if !self.skip_tx && !self.config.decode_only {
+                    for rel in &t.relation_ids {
+                        self.batch.truncate(*rel);
+                    }
+                }
+            }
+            Message::Type(_) | Message::Message(_) => {}
+        }
+        if self.in_tx && self.batch.count >= self.config.batch_max_keys {
+            // A large transaction: stage what we have (no LSN yet) and go on.
+            self.flush(false).await?;
+        }
+        Ok(())
+    }
+
+    fn keys_of<'t, const N: usize>(
+        &mut self,
+        rel: u32,
+        tuples: [Option<&TupleData<'t>>; N],
+    ) -> Result<(), IngestError> {
+        self.summary.changes += 1;
+        if self.skip_tx || self.config.decode_only {
+            return Ok(());
+        }
+        let Some(info) = self.relations.get(&rel) else {
+            return Err(IngestError::NotReady {
+                message: format!("a change refers to relation {rel}, which the stream has not described"),
+                hint: "this is a protocol violation; restart the worker".into(),
+            });
+        };
+        let mut found = false;
+        let mut keys: [Option<String>; N] = std::array::from_fn(|_| None);
+        for (slot, t) in keys.iter_mut().zip(tuples) {
+            if let Some(t) = t {
+                *slot = key_object(info, t);
+                found |= slot.is_some();
+            }
+        }
+        if !found {
+            tracing::warn!(relation = %info.name, "a change carries no key value; it is skipped (is the key column TOASTed or NULL?)");
+        }
+        for k in keys.into_iter().flatten() {
+            self.batch.add(rel, k);
+        }
+        Ok(())
+    }
+
+    /// Stages the batch; with the LSN when no transaction is open (or when
+    /// shutting down: then the last whole transaction's LSN).
+    async fn flush(&mut self, _final: bool) -> Result<(), IngestError> {
+        if self.config.decode_only {
+            self.batch = Batch::default();
+            if !self.in_tx {
+                self.confirmed = self.safe_lsn;
+            }
+            return Ok(());
+        }
+        let lsn = (self.safe_lsn > self.staged_lsn).then_some(self.safe_lsn);
+        if self.batch.is_empty() && (self.in_tx || lsn.is_none()) {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let keys = batch.count;
+        let tx = self.db.transaction().await.map_err(IngestError::db("starting a staging transaction"))?;
+        let mut rels: Vec<(&u32, &HashSet<String>)> = batch.keys.iter().collect();
+        rels.sort_by_key(|(r, _)| **r);
+        for (rel, set) in rels {
+            let mut json = String::with_capacity(set.iter().map(|k| k.len() + 1).sum::<usize>() + 2);
+            json.push('[');
+            for (n, k) in set.iter().enumerate() {
+                if n > 0 {
+                    json.push(',');
+                }
+                json.push_str(k);
+            }
+            json.push(']');
+            let oid = i64::from(*rel);
+            let rows = tx
+                .query(
+                    "SELECT definition, added + updated + deleted + moved, error
+                       FROM sync.stage(($1::bigint)::oid::regclass, $2::text::jsonb, NULL, NULL, $3)",
+                    &[&oid, &json, &self.run_id],
+                )
+                .await
+                .map_err(IngestError::db("staging keys"))?;
+            for r in rows {
+                let err: Option<String> = r.get(2);
+                if let Some(err) = err {
+                    let def: String = r.get(0);
+                    tracing::error!(definition = %def, error = %err, "staging failed; the definition is now in state error");
+                }
+            }
+        }
+        for rel in &batch.truncates {
+            let oid = i64::from(*rel);
+            tx.query("SELECT * FROM sync.stage_truncate(($1::bigint)::oid::regclass, NULL)", &[&oid])
+                .await
+                .map_err(IngestError::db("staging a truncate"))?;
+        }
+        // The LSN goes with the keys, unless a transaction is still open.
+        let lsn = if self.in_tx { None } else { lsn };
+        if let Some(lsn) = lsn {
+            tx.execute("SELECT sync.checkpoint($1::text::pg_lsn, $2)", &[&lsn.to_string(), &self.slot])
+                .await
+                .map_err(IngestError::db("recording the LSN"))?;
+        }
+        tx.commit().await.map_err(IngestError::db("committing the staged keys"))?;
+        self.summary.batches += 1;
+        self.summary.keys_staged += keys as u64;
+        if let Some(lsn) = lsn {
+            self.staged_lsn = lsn;
+            self.confirm(lsn).await?;
+        }
+        tracing::debug!(keys, lsn = ?lsn.map(|l| l.to_string()), "staged");
+        Ok(())
+    }
+
+    async fn checkpoint_only(&mut self) -> Result<(), IngestError> {
+        let lsn = self.safe_lsn;
+        self.db
+            .execute("SELECT sync.checkpoint($1::text::pg_lsn, $2)", &[&lsn.to_string(), &self.slot])
+            .await
+            .map_err(IngestError::db("recording the LSN"))?;
+        self.staged_lsn = lsn;
+        self.confirm(lsn).await
+    }
+
+    async fn confirm(&mut self, lsn: Lsn) -> Result<(), IngestError> {
+        if lsn > self.confirmed {
+            self.confirmed = lsn;
+            self.summary.confirmed = lsn;
+            self.report(false).await?;
+        }
+        Ok(())
+    }
+
+    async fn report(&mut self, reply: bool) -> Result<(), IngestError> {
+        let written = self.received.max(self.confirmed);
+        self.stream.send_status(written, self.confirmed, self.confirmed, reply).await?;
+        Ok(())
+    }
+}
+
+/// Runs every pending backfill to the end, chunk by chunk; in `snapshot` when
+/// given (the slot's exported snapshot, before streaming starts).
+async fn backfill_all(
+    db: &Client,
+    config: &IngestConfig,
+    snapshot: Option<&str>,
+    run_id: i64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<u64, IngestError> {
+    let defs: Vec<String> = db
+        .query("SELECT definition FROM sync.backfills_pending()", &[])
+        .await
+        .map_err(IngestError::db("listing pending backfills"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut steps = 0u64;
+    for def in defs {
+        let started = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(steps);
+            }
+            let row = match snapshot {
+                Some(snap) => {
+                    // Each chunk commits on its own and reads in the exported
+                    // snapshot (valid while the replication connection waits).
+                    db.batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
+                        crate::replication::quote_literal(snap)
+                    ))
+                    .await
+                    .map_err(IngestError::db("importing the slot's snapshot"))?;
+                    let r = db
+                        .query_one(
+                            "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3)",
+                            &[&def, &config.backfill_chunk, &run_id],
+                        )
+                        .await;
+                    match r {
+                        Ok(r) => {
+                            db.batch_execute("COMMIT").await.map_err(IngestError::db("committing a backfill step"))?;
+                            r
+                        }
+                        Err(e) => {
+                            let _ = db.batch_execute("ROLLBACK").await;
+                            return Err(IngestError::Database { what: "backfill step", source: e });
+                        }
+                    }
+                }
+                None => db
+                    .query_one(
+                        "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3)",
+                        &[&def, &config.backfill_chunk, &run_id],
+                    )
+                    .await
+                    .map_err(IngestError::db("backfill step"))?,
+            };
+            steps += 1;
+            let done: bool = row.get(0);
+            let rows_done: i64 = row.get(1);
+            let rows_total: i64 = row.get(2);
+            if done {
+                tracing::info!(definition = %def, rows = rows_done, secs = started.elapsed().as_secs_f64(), "backfill done");
+                break;
+            }
+            tracing::debug!(definition = %def, rows_done, rows_total, "backfill progress");
+        }
+    }
+    Ok(steps)
+}
+
+/// Backfills definitions enabled while the worker runs (fresh snapshots:
+/// see `sql/backfill.sql` for why that is exact), polling every second.
+async fn backfill_loop(
+    dsn: &Dsn,
+    config: &IngestConfig,
+    run_id: i64,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<u64, IngestError> {
+    let db = connect(dsn).await?;
+    let mut steps = 0;
+    loop {
+        let mut attempt = 0u32;
+        let n = loop {
+            match backfill_all(&db, config, None, run_id, &mut shutdown).await {
+                Ok(n) => break n,
+                Err(e) if e.is_transient() && attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "backfill step failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        steps += n;
+        if config.once {
+            let left: i64 = db
+                .query_one("SELECT count(*) FROM sync.backfills_pending()", &[])
+                .await
+                .map_err(IngestError::db("listing pending backfills"))?
+                .get(0);
+            if left == 0 {
+                return Ok(steps);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return Ok(steps),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_what_json_requires() {
+        let mut s = String::new();
+        json_string(&mut s, "a\"b\\c\nd\u{1}é東");
+        assert_eq!(s, r#""a\"b\\c\nd\u0001é東""#);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v, serde_json::json!("a\"b\\c\nd\u{1}é東"));
+    }
+
+    #[test]
+    fn config_bounds() {
+        assert!(IngestConfig::default().validate().is_ok());
+        let c = IngestConfig { batch_max_keys: 0, ..IngestConfig::default() };
+        assert!(c.validate().is_err());
+        let c = IngestConfig { status_interval: Duration::from_secs(0), ..IngestConfig::default() };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn batches_deduplicate_keys() {
+        let mut b = Batch::default();
+        b.add(1, "{\"id\":\"1\"}".into());
+        b.add(1, "{\"id\":\"1\"}".into());
+        b.add(2, "{\"id\":\"1\"}".into());
+        assert_eq!(b.count, 2);
+        assert!(!b.is_empty());
+    }
+}

@@ -1,0 +1,80 @@
+//! Helpers for tests that run the worker's ingest against a test database.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::worker::worker;
+use crate::TestDb;
+
+/// Makes `db` ready for streaming: its own slot name (slots are cluster-wide),
+/// a Graph target `t`, and the given definitions' tables created by `ddl`.
+pub fn prepare(db: &TestDb, ddl: &str) {
+    db.psql(&format!("ALTER DATABASE \"{0}\" SET sync.slot_name = '{0}'", db.name()));
+    db.psql(ddl);
+    db.psql(
+        "SELECT sync.create_target('t', kind => 'graph', config => '{\"tenant_id\": \"x\", \"client_id\": \"y\", \"site_id\": \"z\"}')",
+    );
+}
+
+/// The worker's `run` command for `db`, with short batch and status intervals.
+pub fn run_cmd(db: &TestDb, extra: &[&str]) -> Command {
+    let mut c = worker();
+    c.args(["run", "--dsn", &db.dsn(), "--batch-ms", "50", "--status-ms", "200"]).args(extra);
+    c.env("SYNCBRIDGE_LOG", std::env::var("SYNCBRIDGE_LOG").unwrap_or_else(|_| "info".into()));
+    c
+}
+
+/// Runs `run --once` to completion (at most `limit`), returning its output.
+pub fn run_once(db: &TestDb, extra: &[&str], limit: Duration) -> Output {
+    let mut args = vec!["--once"];
+    args.extend_from_slice(extra);
+    let child = run_cmd(db, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the worker");
+    wait_with_limit(child, limit)
+}
+
+/// Waits for a child, killing it (and failing) after `limit`.
+pub fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("poll the worker") {
+            Some(_) => return child.wait_with_output().expect("collect the worker's output"),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("collect the worker's output");
+                panic!("the worker did not finish within {limit:?}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Runs `--once` and asserts success; returns stderr (the log).
+pub fn run_once_ok(db: &TestDb) -> String {
+    let out = run_once(db, &[], Duration::from_secs(120));
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "worker failed ({:?}):\n{log}", out.status);
+    log
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a pid we own; no memory is involved.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig}) failed", child.id());
+}
+
+/// The open pending exports of a definition as `(sync_key, op)` sorted by key.
+pub fn open_exports(db: &TestDb, definition: &str) -> Vec<(String, String)> {
+    let out = db.psql(&format!(
+        "SELECT e.sync_key || '|' || e.op FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
+          WHERE d.name = '{definition}' AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
+          ORDER BY e.sync_key COLLATE \"C\""
+    ));
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, op) = l.split_once('|').expect("key|op");
+            (k.to_owned(), op.to_owned())
+        })
+        .collect()
+}
