@@ -321,11 +321,16 @@ fn spawn_guardian(bindir: &Path, dir: &Path) {
     let script = format!(
         "while [ -d /proc/{pid} ]; do sleep 0.5; done; \
          if [ -f '{data}/postmaster.pid' ]; then '{pg_ctl}' -D '{data}' -m immediate -w stop >/dev/null 2>&1; fi; \
-         rm -rf '{dir}' 2>/dev/null; exit 0",
+         {rm}; exit 0",
         pid = std::process::id(),
         data = dir.join("data").display(),
         pg_ctl = bindir.join("pg_ctl").display(),
-        dir = dir.display(),
+        // SYNCBRIDGE_KEEP_CLUSTER keeps the folder (server log included) for a post-mortem.
+        rm = if std::env::var_os("SYNCBRIDGE_KEEP_CLUSTER").is_some() {
+            "true".to_owned()
+        } else {
+            format!("rm -rf '{}' 2>/dev/null", dir.display())
+        },
     );
     let mut c = if running_as_root() {
         let mut c = Command::new("setsid");
