@@ -245,7 +245,7 @@ pub enum DecodeError {
     /// An empty payload.
     #[error("empty message")]
     Empty,
-    /// A tag this decoder does not know (or a protocol version 2 message).
+    /// A tag this decoder does not know, including the protocol version 2+ tags (streaming, two-phase).
     #[error("unknown message tag {tag:#04x} ({}) at offset {offset}", char::from(*tag).escape_default())]
     UnknownTag {
         /// Where.
@@ -314,81 +314,102 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// The bytes not read yet (empty, never a panic, should `pos` ever pass the end).
+    fn rest(&self) -> &'a [u8] {
+        self.buf.get(self.pos..).unwrap_or(&[])
+    }
+
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        let available = self.buf.len() - self.pos;
-        if n > available {
-            return Err(DecodeError::Truncated { offset: self.pos, needed: n, available, what });
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
+        let rest = self.rest();
+        let Some(s) = rest.get(..n) else {
+            return Err(DecodeError::Truncated { offset: self.pos, needed: n, available: rest.len(), what });
+        };
+        self.pos = self.pos.saturating_add(n);
         Ok(s)
+    }
+
+    /// A fixed-size field.
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+        let rest = self.rest();
+        let Some(a) = rest.first_chunk::<N>() else {
+            return Err(DecodeError::Truncated { offset: self.pos, needed: N, available: rest.len(), what });
+        };
+        self.pos = self.pos.saturating_add(N);
+        Ok(*a)
     }
 
     fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.take(1, what)?[0])
+        Ok(u8::from_be_bytes(self.array(what)?))
     }
 
     fn i16(&mut self, what: &'static str) -> Result<i16, DecodeError> {
-        let b = self.take(2, what)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
+        Ok(i16::from_be_bytes(self.array(what)?))
     }
 
     fn i32(&mut self, what: &'static str) -> Result<i32, DecodeError> {
-        let b = self.take(4, what)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(i32::from_be_bytes(self.array(what)?))
     }
 
     fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
-        Ok(self.i32(what)? as u32)
+        Ok(u32::from_be_bytes(self.array(what)?))
     }
 
     fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
-        let b = self.take(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(i64::from_be_bytes(a))
+        Ok(i64::from_be_bytes(self.array(what)?))
     }
 
     fn lsn(&mut self, what: &'static str) -> Result<Lsn, DecodeError> {
-        Ok(Lsn(self.i64(what)? as u64))
+        Ok(Lsn(u64::from_be_bytes(self.array(what)?)))
     }
 
+    /// A NUL-terminated UTF-8 string; the NUL is consumed, not returned.
     fn string(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
         let start = self.pos;
-        let rest = &self.buf[self.pos..];
-        let end = rest.iter().position(|&b| b == 0).ok_or(DecodeError::MissingNul { offset: start, what })?;
-        let s = std::str::from_utf8(&rest[..end]).map_err(|_| DecodeError::BadUtf8 { offset: start, what })?;
-        self.pos += end + 1;
+        let rest = self.rest();
+        let Some((bytes, _nul_and_after)) =
+            rest.iter().position(|&b| b == 0).and_then(|end| rest.split_at_checked(end))
+        else {
+            return Err(DecodeError::MissingNul { offset: start, what });
+        };
+        let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::BadUtf8 { offset: start, what })?;
+        self.pos = self.pos.saturating_add(bytes.len()).saturating_add(1);
         Ok(s)
     }
 
-    /// A count that must fit in what is left, `min_each` bytes per item.
+    /// A count that must fit in what is left, `min_each` bytes per item: checked before anything is
+    /// allocated, so a forged count cannot cause a large allocation.
     fn count(&mut self, value: i64, offset: usize, min_each: usize, what: &'static str) -> Result<usize, DecodeError> {
-        if value < 0 {
+        let Ok(n) = usize::try_from(value) else {
             return Err(DecodeError::Negative { offset, value, what });
-        }
-        let n = value as usize;
-        let available = self.buf.len() - self.pos;
-        if n.saturating_mul(min_each) > available {
-            return Err(DecodeError::Truncated {
-                offset: self.pos,
-                needed: n.saturating_mul(min_each),
-                available,
-                what,
-            });
+        };
+        let available = self.rest().len();
+        let needed = n.saturating_mul(min_each);
+        if needed > available {
+            return Err(DecodeError::Truncated { offset: self.pos, needed, available, what });
         }
         Ok(n)
     }
 
+    /// A length field's value as a byte count (negative is an error: v1 never sends -1 here).
+    fn length(&mut self, what: &'static str) -> Result<usize, DecodeError> {
+        let at = self.pos;
+        let len = self.i32(what)?;
+        usize::try_from(len).map_err(|_| DecodeError::Negative { offset: at, value: i64::from(len), what })
+    }
+
     fn end(&self) -> Result<(), DecodeError> {
-        if self.pos < self.buf.len() {
-            return Err(DecodeError::TrailingBytes { offset: self.pos, len: self.buf.len() - self.pos });
+        match self.rest().len() {
+            0 => Ok(()),
+            len => Err(DecodeError::TrailingBytes { offset: self.pos, len }),
         }
-        Ok(())
     }
 }
 
-/// Decodes one pgoutput message (an XLogData payload).
+/// Decodes one pgoutput message: the payload of one XLogData ('w') message, starting with the tag byte.
+///
+/// The whole input must be exactly one message: bytes after it are [`DecodeError::TrailingBytes`].
+/// Protocol version 2+ messages (streaming 'S', 'E', 'c', 'A'; two-phase 'b', 'P', 'K', 'r', 'p') are
+/// [`DecodeError::UnknownTag`]: start the slot with `proto_version '1'` and they are never sent.
 pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
     let Some(&tag) = buf.first() else {
         return Err(DecodeError::Empty);
@@ -465,12 +486,8 @@ fn parse_tuple<'a>(r: &mut Reader<'a>) -> Result<TupleData<'a>, DecodeError> {
             b'n' => Column::Null,
             b'u' => Column::UnchangedToast,
             b't' | b'b' => {
-                let len_at = r.pos;
-                let len = r.i32("column length")?;
-                if len < 0 {
-                    return Err(DecodeError::Negative { offset: len_at, value: i64::from(len), what: "column length" });
-                }
-                let data = r.take(len as usize, "column value")?;
+                let len = r.length("column length")?;
+                let data = r.take(len, "column value")?;
                 if kind == b't' {
                     Column::Text(data)
                 } else {
@@ -536,12 +553,8 @@ fn parse_message<'a>(r: &mut Reader<'a>) -> Result<LogicalMessage<'a>, DecodeErr
     let flags = r.u8("message flags")?;
     let lsn = r.lsn("message LSN")?;
     let prefix = r.string("message prefix")?;
-    let at = r.pos;
-    let len = r.i32("content length")?;
-    if len < 0 {
-        return Err(DecodeError::Negative { offset: at, value: i64::from(len), what: "content length" });
-    }
-    let content = r.take(len as usize, "message content")?;
+    let len = r.length("content length")?;
+    let content = r.take(len, "message content")?;
     Ok(LogicalMessage { flags, lsn, prefix, content })
 }
 
@@ -745,6 +758,106 @@ mod tests {
         assert!(matches!(decode(&t), Err(DecodeError::Negative { offset: 1, .. })));
         // Every error has a message that names the offset.
         assert!(decode(&b).unwrap_err().to_string().contains("offset 17"));
+    }
+
+    #[test]
+    fn protocol_v2_and_two_phase_tags_are_unknown() {
+        for tag in *b"SEcAbPKrp" {
+            assert_eq!(decode(&[tag, 0, 0, 0, 1]), Err(DecodeError::UnknownTag { offset: 0, tag }));
+        }
+    }
+
+    #[test]
+    fn more_errors_with_their_offsets() {
+        // Insert without its 'N', Delete with 'N' instead of 'K'/'O', Update whose old tuple is not followed by 'N'.
+        let i = B::default().u8(b'I').i32(1).u8(b'K').i16(0).0;
+        assert!(matches!(decode(&i), Err(DecodeError::BadMarker { offset: 5, found: b'K', .. })));
+        let d = B::default().u8(b'D').i32(1).u8(b'N').i16(0).0;
+        assert!(matches!(decode(&d), Err(DecodeError::BadMarker { offset: 5, found: b'N', .. })));
+        let u = B::default().u8(b'U').i32(1).u8(b'K').i16(1).u8(b'n').u8(b'K').i16(0).0;
+        assert!(matches!(decode(&u), Err(DecodeError::BadMarker { offset: 9, found: b'K', .. })));
+        // A Relation claiming 32767 columns in 10 bytes is refused before allocating.
+        let r = B::default().u8(b'R').i32(1).s("").s("t").u8(b'd').i16(i16::MAX).bytes(&[0; 10]).0;
+        assert_eq!(
+            decode(&r),
+            Err(DecodeError::Truncated { offset: 11, needed: 327_670, available: 10, what: "column count" })
+        );
+        let r = B::default().u8(b'R').i32(1).s("").s("t").u8(b'd').i16(-1).0;
+        assert_eq!(decode(&r), Err(DecodeError::Negative { offset: 9, value: -1, what: "column count" }));
+        // A tuple claiming more columns than bytes left, and a negative tuple column count.
+        let t = B::default().u8(b'I').i32(1).u8(b'N').i16(5).u8(b'n').0;
+        assert_eq!(
+            decode(&t),
+            Err(DecodeError::Truncated { offset: 8, needed: 5, available: 1, what: "tuple column count" })
+        );
+        let t = B::default().u8(b'I').i32(1).u8(b'N').i16(-2).0;
+        assert_eq!(decode(&t), Err(DecodeError::Negative { offset: 6, value: -2, what: "tuple column count" }));
+        // A Truncate with i32::MAX relations.
+        let t = B::default().u8(b'T').i32(i32::MAX).u8(0).i32(1).0;
+        assert_eq!(
+            decode(&t),
+            Err(DecodeError::Truncated {
+                offset: 6,
+                needed: 4 * i32::MAX as usize,
+                available: 4,
+                what: "relation count"
+            })
+        );
+        // A value longer than what is left, a negative or oversized message content.
+        let v = B::default().u8(b'I').i32(1).u8(b'N').i16(1).u8(b'b').i32(i32::MAX).bytes(b"ab").0;
+        assert_eq!(
+            decode(&v),
+            Err(DecodeError::Truncated { offset: 13, needed: i32::MAX as usize, available: 2, what: "column value" })
+        );
+        let m = B::default().u8(b'M').u8(0).i64(1).s("p").i32(-1).0;
+        assert_eq!(decode(&m), Err(DecodeError::Negative { offset: 12, value: -1, what: "content length" }));
+        let m = B::default().u8(b'M').u8(0).i64(1).s("p").i32(4).bytes(b"abc").0;
+        assert_eq!(
+            decode(&m),
+            Err(DecodeError::Truncated { offset: 16, needed: 4, available: 3, what: "message content" })
+        );
+        // Missing NULs in the second string of a Relation and a Type, bad UTF-8 in a column name.
+        let r = B::default().u8(b'R').i32(1).s("public").bytes(b"items").0;
+        assert_eq!(decode(&r), Err(DecodeError::MissingNul { offset: 12, what: "relation name" }));
+        let y = B::default().u8(b'Y').i32(1).s("").bytes(b"t").0;
+        assert_eq!(decode(&y), Err(DecodeError::MissingNul { offset: 6, what: "type name" }));
+        let r = B::default().u8(b'R').i32(1).s("").s("t").u8(b'd').i16(1).u8(0).bytes(&[0xc3, 0x28, 0]).i64(0).0;
+        assert_eq!(decode(&r), Err(DecodeError::BadUtf8 { offset: 12, what: "column name" }));
+        // A lone tag, and trailing bytes after every kind of valid message.
+        assert!(matches!(decode(b"B"), Err(DecodeError::Truncated { offset: 1, needed: 8, available: 0, .. })));
+        for f in fixtures() {
+            let mut g = f.clone();
+            g.extend_from_slice(b"xy");
+            assert_eq!(decode(&g), Err(DecodeError::TrailingBytes { offset: f.len(), len: 2 }));
+        }
+    }
+
+    #[test]
+    fn text_columns_as_str() {
+        assert_eq!(Column::Text(b"abc").as_str(), Some(Ok("abc")));
+        assert!(matches!(Column::Text(&[0xff]).as_str(), Some(Err(_))));
+        assert_eq!(Column::Binary(b"abc").as_str(), None);
+        assert_eq!(Column::UnchangedToast.as_str(), None);
+    }
+
+    #[test]
+    fn every_prefix_and_every_bit_flip_of_every_fixture() {
+        // Exhaustive and deterministic: complements the random cases below.
+        for f in fixtures() {
+            assert!(decode(&f).is_ok());
+            for cut in 0..f.len() {
+                assert!(decode(&f[..cut]).is_err(), "prefix of {} bytes of {:?} decoded", cut, f);
+            }
+            for i in 0..f.len() {
+                for bit in 0..8 {
+                    let mut g = f.clone();
+                    if let Some(b) = g.get_mut(i) {
+                        *b ^= 1 << bit;
+                    }
+                    let _ = decode(&g);
+                }
+            }
+        }
     }
 
     proptest! {
