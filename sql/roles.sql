@@ -11,21 +11,19 @@
 -- Roles are cluster-wide: created once, kept when the extension is dropped.
 
 DO $$
+DECLARE
+    r text;
 BEGIN
-    -- Two databases creating the extension at once race here: the loser
-    -- finds the role made by the winner.
-    BEGIN
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'syncbridge_admin') THEN
-            CREATE ROLE syncbridge_admin NOLOGIN;
-        END IF;
-    EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
-    END;
-    BEGIN
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'syncbridge_worker') THEN
-            CREATE ROLE syncbridge_worker NOLOGIN;
-        END IF;
-    EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
-    END;
+    FOREACH r IN ARRAY ARRAY['syncbridge_admin', 'syncbridge_worker'] LOOP
+        -- Two databases creating the extension at once race here: the loser
+        -- finds the role made by the winner.
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            END IF;
+        EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
+        END;
+    END LOOP;
 END $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;

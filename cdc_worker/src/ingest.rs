@@ -484,7 +484,6 @@ impl Ingest<'_> {
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poke = tokio::time::interval(Duration::from_millis(100));
         poke.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut backfill_done = backfill.is_none();
         loop {
             let deadline = self.batch.since.map(|s| s + self.config.batch_max_wait);
             let can_flush = !self.in_tx && !self.batch.is_empty();
@@ -492,7 +491,7 @@ impl Ingest<'_> {
                 biased;
                 _ = shutdown.changed() => {
                     tracing::info!(slot = %self.slot, "shutting down: staging the batch in flight");
-                    self.flush(true).await?;
+                    self.flush().await?;
                     self.report(false).await?;
                     return Ok(());
                 }
@@ -512,13 +511,13 @@ impl Ingest<'_> {
                             }
                         }
                         ReplicationEvent::End => {
-                            self.flush(true).await?;
+                            self.flush().await?;
                             return Err(IngestError::Replication(ReplError::Protocol("the server ended the stream".into())));
                         }
                     }
                 }
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()).await }, if can_flush && deadline.is_some() => {
-                    self.flush(false).await?;
+                    self.flush().await?;
                 }
                 _ = status_tick.tick() => {
                     if !self.in_tx && self.batch.is_empty() && self.safe_lsn > self.staged_lsn && !self.config.decode_only {
@@ -527,22 +526,17 @@ impl Ingest<'_> {
                     self.report(false).await?;
                 }
                 _ = poke.tick(), if self.config.once => {
-                    if !backfill_done {
-                        if let Some(task) = backfill.as_ref() {
-                            if task.is_finished() {
-                                backfill_done = true;
-                                if let Some(t) = backfill.take() {
-                                    self.summary.backfill_steps += t.await.map_err(|e| IngestError::NotReady {
-                                        message: format!("the backfill task failed: {e}"),
-                                        hint: "see the log".into(),
-                                    })??;
-                                }
-                            }
+                    if backfill.as_ref().is_some_and(|t| t.is_finished()) {
+                        if let Some(t) = backfill.take() {
+                            self.summary.backfill_steps += t.await.map_err(|e| IngestError::NotReady {
+                                message: format!("the backfill task failed: {e}"),
+                                hint: "see the log".into(),
+                            })??;
                         }
                     }
                     if !self.in_tx {
-                        self.flush(false).await?;
-                        if backfill_done && self.confirmed >= target_lsn {
+                        self.flush().await?;
+                        if backfill.is_none() && self.confirmed >= target_lsn {
                             tracing::info!(slot = %self.slot, confirmed = %self.confirmed, "caught up");
                             return Ok(());
                         }
@@ -570,7 +564,7 @@ impl Ingest<'_> {
                 self.skip_tx = false;
                 self.safe_lsn = self.safe_lsn.max(c.end_lsn);
                 if self.batch.count >= self.config.batch_max_keys {
-                    self.flush(false).await?;
+                    self.flush().await?;
                 }
             }
             Message::Origin(o) => {
@@ -603,7 +597,7 @@ impl Ingest<'_> {
         }
         if self.in_tx && self.batch.count >= self.config.batch_max_keys {
             // A large transaction: stage what we have (no LSN yet) and go on.
-            self.flush(false).await?;
+            self.flush().await?;
         }
         Ok(())
     }
@@ -640,9 +634,9 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    /// Stages the batch; with the LSN when no transaction is open (or when
-    /// shutting down: then the last whole transaction's LSN).
-    async fn flush(&mut self, _final: bool) -> Result<(), IngestError> {
+    /// Stages the batch, with the LSN of the last whole transaction when no
+    /// transaction is open (inside one, the keys go without an LSN).
+    async fn flush(&mut self) -> Result<(), IngestError> {
         if self.config.decode_only {
             self.batch = Batch::default();
             if !self.in_tx {
@@ -759,40 +753,37 @@ async fn backfill_all(
             if *shutdown.borrow() {
                 return Ok(steps);
             }
-            let row = match snapshot {
-                Some(snap) => {
-                    // Each chunk commits on its own and reads in the exported
-                    // snapshot (valid while the replication connection waits).
-                    db.batch_execute(&format!(
-                        "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
-                        crate::replication::quote_literal(snap)
-                    ))
-                    .await
-                    .map_err(IngestError::db("importing the slot's snapshot"))?;
-                    let r = db
-                        .query_one(
-                            "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3)",
-                            &[&def, &config.backfill_chunk, &run_id],
-                        )
-                        .await;
-                    match r {
-                        Ok(r) => {
-                            db.batch_execute("COMMIT").await.map_err(IngestError::db("committing a backfill step"))?;
-                            r
-                        }
-                        Err(e) => {
-                            let _ = db.batch_execute("ROLLBACK").await;
-                            return Err(IngestError::Database { what: "backfill step", source: e });
+            // With the slot's exported snapshot, each chunk commits on its own
+            // and reads the tables as of the slot's start (the snapshot stays
+            // valid while the replication connection waits).
+            if let Some(snap) = snapshot {
+                db.batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
+                    crate::replication::quote_literal(snap)
+                ))
+                .await
+                .map_err(IngestError::db("importing the slot's snapshot"))?;
+            }
+            let step = db
+                .query_one(
+                    "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3)",
+                    &[&def, &config.backfill_chunk, &run_id],
+                )
+                .await;
+            let row = match (step, snapshot.is_some()) {
+                (Ok(r), true) => {
+                    db.batch_execute("COMMIT").await.map_err(IngestError::db("committing a backfill step"))?;
+                    r
+                }
+                (Ok(r), false) => r,
+                (Err(e), in_tx) => {
+                    if in_tx {
+                        if let Err(rb) = db.batch_execute("ROLLBACK").await {
+                            tracing::debug!(error = %rb, "rollback after a failed backfill step");
                         }
                     }
+                    return Err(IngestError::Database { what: "backfill step", source: e });
                 }
-                None => db
-                    .query_one(
-                        "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3)",
-                        &[&def, &config.backfill_chunk, &run_id],
-                    )
-                    .await
-                    .map_err(IngestError::db("backfill step"))?,
             };
             steps += 1;
             let done: bool = row.get(0);

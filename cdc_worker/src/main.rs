@@ -86,12 +86,9 @@ async fn main() -> ExitCode {
     init_logging(&cli.log_format);
     match cli.command {
         Command::Run { dsn, slot, publication, once, batch_keys, batch_ms, status_ms, backfill_chunk, decode_only } => {
-            let dsn = match Dsn::parse(&dsn) {
+            let dsn = match parse_dsn(&dsn) {
                 Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_UNREACHABLE);
-                }
+                Err(code) => return code,
             };
             let config = IngestConfig {
                 slot,
@@ -111,12 +108,9 @@ async fn main() -> ExitCode {
             run(&dsn, &config).await
         }
         Command::Check { dsn, json } => {
-            let dsn = match Dsn::parse(&dsn) {
+            let dsn = match parse_dsn(&dsn) {
                 Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_UNREACHABLE);
-                }
+                Err(code) => return code,
             };
             match check::run(&dsn).await {
                 Ok(report) => {
@@ -194,4 +188,12 @@ async fn run(dsn: &Dsn, config: &IngestConfig) -> ExitCode {
             }
         }
     }
+}
+
+/// Parses a connection string, or says why not (exit code 2).
+fn parse_dsn(s: &str) -> Result<Dsn, ExitCode> {
+    Dsn::parse(s).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_UNREACHABLE)
+    })
 }

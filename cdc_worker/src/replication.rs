@@ -217,6 +217,14 @@ impl ReplicationConnection {
         let config = dsn.config();
         let target = dsn.to_string();
         let io_err = |source| ReplError::Io { target: target.clone(), source };
+        // TLS is not implemented here yet: never fall back to clear text
+        // when the connection string demands encryption.
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(ReplError::Auth {
+                target,
+                reason: "sslmode=require: the replication transport does not speak TLS yet".to_owned(),
+            });
+        }
         let port = dsn.port();
         let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(30));
         let io: Box<dyn Io> = match config.get_hosts().first() {
@@ -482,11 +490,7 @@ impl ReplicationConnection {
             match f.tag {
                 b'W' => break,
                 b'N' => self.log_notice(&f.body),
-                b'E' => {
-                    let e = parse_error_fields(&f.body);
-                    // Drain to ReadyForQuery so the error is the whole story.
-                    return Err(ReplError::Server(Box::new(e)));
-                }
+                b'E' => return Err(ReplError::Server(Box::new(parse_error_fields(&f.body)))),
                 t => {
                     return Err(ReplError::Protocol(format!("unexpected message {:?} starting replication", t as char)))
                 }
