@@ -372,7 +372,25 @@ pub async fn run(
 
     let mut repl = ReplicationConnection::connect(dsn, "syncbridge-worker").await?;
     let system = repl.identify_system().await?;
-    let target_lsn = system.xlog_pos;
+    // Where `--once` may stop. The server's flush position is not enough: with
+    // `synchronous_commit = off` a transaction is committed (and visible) before
+    // its commit record is flushed, and the server streams only flushed WAL.
+    // A non-transactional logical message is placed after every commit made so
+    // far; the stream passes it only once they are all decoded. pgoutput
+    // forwards no message unless asked to, so it costs one small WAL record.
+    let target_lsn = if config.once {
+        let marker: String = db
+            .query_one("SELECT pg_logical_emit_message(false, 'syncbridge', 'caught-up marker')::text", &[])
+            .await
+            .map_err(IngestError::db("marking the WAL position to catch up to"))?
+            .get(0);
+        marker.parse::<Lsn>().map_err(|e| IngestError::NotReady {
+            message: format!("the server returned an unreadable LSN {marker:?}: {e}"),
+            hint: "this is a bug; please report it".into(),
+        })?
+    } else {
+        system.xlog_pos
+    };
     let mut summary = IngestSummary::default();
     let start = match existing {
         Some(row) => {

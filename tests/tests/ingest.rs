@@ -22,7 +22,6 @@ fn slot_confirmed(db: &syncbridge_tests::TestDb) -> String {
 }
 
 #[test]
-#[ignore = "flaky: a run right after the slot's first session sometimes sees no changes; under investigation (issue 4); run with --ignored"]
 fn first_run_creates_the_slot_backfills_in_its_snapshot_then_streams() {
     let db = cluster().new_db("ingest basic");
     prepare(&db, ITEMS);
@@ -71,7 +70,6 @@ fn first_run_creates_the_slot_backfills_in_its_snapshot_then_streams() {
 }
 
 #[test]
-#[ignore = "flaky: a run right after the slot's first session sometimes sees no changes; under investigation (issue 4); run with --ignored"]
 fn staged_changes_of_sent_rows_become_updates_and_deletes_and_truncate_deletes_all() {
     let db = cluster().new_db("ingest ledger");
     prepare(&db, ITEMS);
@@ -107,7 +105,6 @@ fn staged_changes_of_sent_rows_become_updates_and_deletes_and_truncate_deletes_a
 }
 
 #[test]
-#[ignore = "flaky: a run right after the slot's first session sometimes sees no changes; under investigation (issue 4); run with --ignored"]
 fn transactions_under_the_syncbridge_origin_are_skipped() {
     let db = cluster().new_db("ingest origin");
     prepare(&db, ITEMS);
@@ -134,7 +131,6 @@ fn transactions_under_the_syncbridge_origin_are_skipped() {
 }
 
 #[test]
-#[ignore = "flaky: a run right after the slot's first session sometimes sees no changes; under investigation (issue 4); run with --ignored"]
 fn an_idle_slot_still_advances() {
     let db = cluster().new_db("ingest idle");
     prepare(&db, ITEMS);
@@ -150,7 +146,6 @@ fn an_idle_slot_still_advances() {
 }
 
 #[test]
-#[ignore = "flaky: a run right after the slot's first session sometimes sees no changes; under investigation (issue 4); run with --ignored"]
 fn a_large_transaction_is_staged_in_bounded_chunks() {
     let db = cluster().new_db("ingest large");
     prepare(&db, ITEMS);
