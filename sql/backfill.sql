@@ -43,7 +43,37 @@ BEGIN
         cols, lasts);
 END $$;
 
-CREATE FUNCTION backfill_step(definition text, chunk int DEFAULT 5000, run_id bigint DEFAULT NULL)
+-- The keys of the next chunk after `after` (a JSON array of key texts, NULL
+-- for the start), read-only: the worker calls it in the slot's exported
+-- snapshot, then hands the keys to backfill_step in a fresh transaction.
+CREATE FUNCTION backfill_keys(definition text, after jsonb, chunk int DEFAULT 5000)
+RETURNS TABLE (keys jsonb, last_key jsonb, n bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    d sync.definitions;
+BEGIN
+    d := sync._def(definition);
+    PERFORM sync._backfill_check_chunk(chunk);
+    RETURN QUERY EXECUTE sync._backfill_keyset_sql(d.id) USING after, chunk;
+END $$;
+COMMENT ON FUNCTION backfill_keys(text, jsonb, int) IS 'The keys of a definition''s next backfill chunk after a given key, read-only (the worker reads them in the slot''s exported snapshot and stages them with backfill_step).';
+
+CREATE FUNCTION _backfill_check_chunk(chunk int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF chunk IS NULL OR chunk < 1 OR chunk > 1000000 THEN
+        RAISE EXCEPTION 'chunk must be between 1 and 1000000'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', chunk),
+                  HINT = 'The default, 5000, keeps each transaction short.';
+    END IF;
+END $$;
+
+-- With chunk_keys NULL, reads the next chunk itself (in the caller's
+-- snapshot). Otherwise stages chunk_keys, which backfill_keys read after
+-- chunk_after (NULL: from the start, which restarts the progress) and ending
+-- at chunk_last.
+CREATE FUNCTION backfill_step(definition text, chunk int DEFAULT 5000, run_id bigint DEFAULT NULL,
+                              chunk_keys jsonb DEFAULT NULL, chunk_after jsonb DEFAULT NULL, chunk_last jsonb DEFAULT NULL)
 RETURNS TABLE (done boolean, rows_done bigint, rows_total bigint, staged bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -59,10 +89,11 @@ DECLARE
     c sync.compiled;
 BEGIN
     d := sync._def(definition);
-    IF chunk IS NULL OR chunk < 1 OR chunk > 1000000 THEN
-        RAISE EXCEPTION 'chunk must be between 1 and 1000000'
-            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', chunk),
-                  HINT = 'The default, 5000, keeps each transaction short.';
+    PERFORM sync._backfill_check_chunk(chunk);
+    IF chunk_keys IS NOT NULL AND jsonb_typeof(chunk_keys) <> 'array' THEN
+        RAISE EXCEPTION 'chunk_keys must be a JSON array of key objects'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', jsonb_typeof(chunk_keys)),
+                  HINT = 'Pass what sync.backfill_keys returned.';
     END IF;
     IF d.state NOT IN ('active', 'paused') OR d.backfill = 'done' THEN
         SELECT cu.position INTO pos FROM sync.cursors cu WHERE cu.kind = 'backfill' AND cu.definition_id = d.id;
@@ -70,15 +101,32 @@ BEGIN
                             coalesce((pos ->> 'rows_total')::bigint, 0), 0::bigint;
         RETURN;
     END IF;
-    -- One backfill per definition at a time.
-    PERFORM 1 FROM sync.definitions x WHERE x.id = d.id FOR UPDATE;
+    -- One backfill per definition at a time, serialized with the stream's
+    -- staging by the same transaction lock sync._stage_def takes, taken first
+    -- so that both orders their locks alike. No row lock on the definition:
+    -- FOR UPDATE would block the FOR KEY SHARE that every pending_exports
+    -- insert takes on it, and a staging transaction holding the advisory lock
+    -- would deadlock with us.
+    PERFORM pg_advisory_xact_lock(1937337955, d.id);
     SELECT cu.position INTO pos FROM sync.cursors cu WHERE cu.kind = 'backfill' AND cu.definition_id = d.id;
+    IF chunk_keys IS NOT NULL AND chunk_after IS NULL THEN
+        pos := NULL;   -- a new snapshot scan starts over
+    END IF;
     IF pos IS NULL THEN
         SELECT greatest(reltuples, 0)::bigint INTO total FROM pg_class WHERE oid = d.source_rel;
         pos := jsonb_build_object('rows_done', 0, 'rows_total', total, 'started_at', now(), 'last_key', NULL);
         UPDATE sync.definitions x SET backfill = 'running', updated_at = now() WHERE x.id = d.id;
     END IF;
-    EXECUTE sync._backfill_keyset_sql(d.id) INTO keys, last_key, n USING nullif(pos -> 'last_key', 'null'::jsonb), chunk;
+    IF chunk_keys IS NULL THEN
+        EXECUTE sync._backfill_keyset_sql(d.id) INTO keys, last_key, n USING nullif(pos -> 'last_key', 'null'::jsonb), chunk;
+    ELSIF chunk_after IS DISTINCT FROM nullif(pos -> 'last_key', 'null'::jsonb) THEN
+        RAISE EXCEPTION 'the chunk of % does not follow its recorded progress', d.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The chunk was read after %s; the backfill stands at %s.', coalesce(chunk_after::text, 'the start'), coalesce(pos ->> 'last_key', 'the start')),
+                  HINT = 'Is another worker backfilling this definition? Read the next chunk again with sync.backfill_keys.';
+    ELSE
+        keys := chunk_keys; last_key := chunk_last; n := jsonb_array_length(chunk_keys);
+    END IF;
     staged := 0;
     IF n > 0 THEN
         FOR r IN SELECT * FROM sync.stage(d.source_rel, keys, NULL, d.name, run_id) LOOP
@@ -121,7 +169,7 @@ BEGIN
     ON CONFLICT ON CONSTRAINT cursors_pkey DO UPDATE SET position = EXCLUDED.position, definition_id = EXCLUDED.definition_id, updated_at = now();
     RETURN NEXT;
 END $$;
-COMMENT ON FUNCTION backfill_step(text, int, bigint) IS 'Stages the next chunk of a definition''s initial load (keyset scan by key) and records the progress; done = true when the whole table (and the ledger''s vanished keys) is staged. The worker calls it until done.';
+COMMENT ON FUNCTION backfill_step(text, int, bigint, jsonb, jsonb, jsonb) IS 'Stages the next chunk of a definition''s initial load (keyset scan by key) and records the progress; done = true when the whole table (and the ledger''s vanished keys) is staged. The worker calls it until done.';
 
 -- The definitions whose backfill is not done, for the worker.
 CREATE FUNCTION backfills_pending() RETURNS TABLE (definition text, source regclass, backfill text)

@@ -204,7 +204,12 @@ BEGIN
             IF run_id IS NOT NULL THEN
                 UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = run_id;
             END IF;
-        EXCEPTION WHEN OTHERS THEN
+        EXCEPTION
+        WHEN transaction_rollback OR lock_not_available OR insufficient_resources OR operator_intervention THEN
+            -- Deadlocks, serialization failures, lock timeouts, a full disk:
+            -- nothing is wrong with the definition; the caller retries.
+            RAISE;
+        WHEN OTHERS THEN
             -- A definition that no longer fits its table (a dropped column, a
             -- transform failing on a row) stops alone; the others go on, and
             -- sync.resume() reconciles the whole table once it is fixed.

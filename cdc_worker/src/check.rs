@@ -87,13 +87,13 @@ impl fmt::Display for Report {
 /// Why the checks could not run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("cannot connect to {target}: {source}")]
+    #[error("cannot connect to {target}: {}", crate::pgerror::Described(source))]
     Connect {
         target: String,
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("query against {target} failed: {source}")]
+    #[error("query against {target} failed: {}", crate::pgerror::Described(source))]
     Query {
         target: String,
         #[source]

@@ -114,7 +114,7 @@ pub enum IngestError {
     #[error(transparent)]
     Replication(#[from] ReplError),
     /// A database call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::pgerror::Described(source))]
     Database {
         /// What we were doing.
         what: &'static str,
@@ -415,7 +415,7 @@ pub async fn run(
             // everything after it comes through the stream.
             if let Some(snapshot) = &created.snapshot_name {
                 if !config.decode_only {
-                    summary.backfill_steps += backfill_all(&db, config, Some(snapshot), run_id, &mut shutdown).await?;
+                    summary.backfill_steps += backfill_all(&db, config, Some(snapshot), &mut shutdown).await?;
                 }
             }
             created.consistent_point
@@ -442,9 +442,8 @@ pub async fn run(
     let backfill_dsn = dsn.clone();
     let backfill_config = config.clone();
     let backfill_shutdown = shutdown.clone();
-    let mut backfill = (!config.decode_only).then(|| {
-        tokio::spawn(async move { backfill_loop(&backfill_dsn, &backfill_config, run_id, backfill_shutdown).await })
-    });
+    let mut backfill = (!config.decode_only)
+        .then(|| tokio::spawn(async move { backfill_loop(&backfill_dsn, &backfill_config, backfill_shutdown).await }));
     let mut result = ingest.stream_loop(&mut shutdown, target_lsn, &mut backfill).await;
     if result.is_ok() {
         result = ingest.stream.finish().await.map_err(IngestError::from);
@@ -668,25 +667,68 @@ impl Ingest<'_> {
         }
         let batch = std::mem::take(&mut self.batch);
         let keys = batch.count;
-        let tx = self.db.transaction().await.map_err(IngestError::db("starting a staging transaction"))?;
-        let mut rels: Vec<(&u32, &HashSet<String>)> = batch.keys.iter().collect();
-        rels.sort_by_key(|(r, _)| **r);
-        for (rel, set) in rels {
-            let mut json = String::with_capacity(set.iter().map(|k| k.len() + 1).sum::<usize>() + 2);
-            json.push('[');
-            for (n, k) in set.iter().enumerate() {
-                if n > 0 {
-                    json.push(',');
+        let mut rels: Vec<(i64, String)> = batch
+            .keys
+            .iter()
+            .map(|(rel, set)| {
+                let mut json = String::with_capacity(set.iter().map(|k| k.len() + 1).sum::<usize>() + 2);
+                json.push('[');
+                for (n, k) in set.iter().enumerate() {
+                    if n > 0 {
+                        json.push(',');
+                    }
+                    json.push_str(k);
                 }
-                json.push_str(k);
+                json.push(']');
+                (i64::from(*rel), json)
+            })
+            .collect();
+        rels.sort_by_key(|(r, _)| *r);
+        let truncates: Vec<i64> = batch.truncates.iter().map(|r| i64::from(*r)).collect();
+        drop(batch);
+        // The LSN goes with the keys, unless a transaction is still open.
+        let lsn = if self.in_tx { None } else { lsn };
+        // A deadlock or serialization failure against a backfill or an
+        // exporter rolls the whole transaction back: try it again.
+        let mut attempt = 0u32;
+        loop {
+            match self.stage_tx(&rels, &truncates, lsn).await {
+                Ok(()) => break,
+                Err(IngestError::Database { source, .. })
+                    if attempt < 5 && matches!(source.code().map(|c| c.code()), Some("40001" | "40P01")) =>
+                {
+                    attempt += 1;
+                    tracing::warn!(error = %crate::pgerror::Described(&source), attempt, "staging conflicted; trying again");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e),
             }
-            json.push(']');
-            let oid = i64::from(*rel);
+        }
+        self.summary.batches += 1;
+        self.summary.keys_staged += keys as u64;
+        if let Some(lsn) = lsn {
+            self.staged_lsn = lsn;
+            self.confirm(lsn).await?;
+        }
+        tracing::debug!(keys, lsn = ?lsn.map(|l| l.to_string()), "staged");
+        Ok(())
+    }
+
+    /// One staging transaction: every relation's keys, the truncates, and the
+    /// LSN (when given) in `sync.cursors`.
+    async fn stage_tx(
+        &mut self,
+        rels: &[(i64, String)],
+        truncates: &[i64],
+        lsn: Option<Lsn>,
+    ) -> Result<(), IngestError> {
+        let tx = self.db.transaction().await.map_err(IngestError::db("starting a staging transaction"))?;
+        for (oid, json) in rels {
             let rows = tx
                 .query(
                     "SELECT definition, added + updated + deleted + moved, error
                        FROM sync.stage(($1::bigint)::oid::regclass, $2::text::jsonb, NULL, NULL, $3)",
-                    &[&oid, &json, &self.run_id],
+                    &[oid, json, &self.run_id],
                 )
                 .await
                 .map_err(IngestError::db("staging keys"))?;
@@ -698,28 +740,17 @@ impl Ingest<'_> {
                 }
             }
         }
-        for rel in &batch.truncates {
-            let oid = i64::from(*rel);
-            tx.query("SELECT * FROM sync.stage_truncate(($1::bigint)::oid::regclass, NULL)", &[&oid])
+        for oid in truncates {
+            tx.query("SELECT * FROM sync.stage_truncate(($1::bigint)::oid::regclass, NULL)", &[oid])
                 .await
                 .map_err(IngestError::db("staging a truncate"))?;
         }
-        // The LSN goes with the keys, unless a transaction is still open.
-        let lsn = if self.in_tx { None } else { lsn };
         if let Some(lsn) = lsn {
             tx.execute("SELECT sync.checkpoint($1::text::pg_lsn, $2)", &[&lsn.to_string(), &self.slot])
                 .await
                 .map_err(IngestError::db("recording the LSN"))?;
         }
-        tx.commit().await.map_err(IngestError::db("committing the staged keys"))?;
-        self.summary.batches += 1;
-        self.summary.keys_staged += keys as u64;
-        if let Some(lsn) = lsn {
-            self.staged_lsn = lsn;
-            self.confirm(lsn).await?;
-        }
-        tracing::debug!(keys, lsn = ?lsn.map(|l| l.to_string()), "staged");
-        Ok(())
+        tx.commit().await.map_err(IngestError::db("committing the staged keys"))
     }
 
     async fn checkpoint_only(&mut self) -> Result<(), IngestError> {
@@ -754,7 +785,6 @@ async fn backfill_all(
     db: &Client,
     config: &IngestConfig,
     snapshot: Option<&str>,
-    run_id: i64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<u64, IngestError> {
     let defs: Vec<String> = db
@@ -766,55 +796,107 @@ async fn backfill_all(
         .collect();
     let mut steps = 0u64;
     for def in defs {
-        let started = Instant::now();
-        loop {
-            if *shutdown.borrow() {
-                return Ok(steps);
-            }
-            // With the slot's exported snapshot, each chunk commits on its own
-            // and reads the tables as of the slot's start (the snapshot stays
-            // valid while the replication connection waits).
-            if let Some(snap) = snapshot {
-                db.batch_execute(&format!(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
-                    crate::replication::quote_literal(snap)
-                ))
-                .await
-                .map_err(IngestError::db("importing the slot's snapshot"))?;
-            }
-            let step = db
-                .query_one(
-                    "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3)",
-                    &[&def, &config.backfill_chunk, &run_id],
-                )
-                .await;
-            let row = match (step, snapshot.is_some()) {
-                (Ok(r), true) => {
-                    db.batch_execute("COMMIT").await.map_err(IngestError::db("committing a backfill step"))?;
-                    r
-                }
-                (Ok(r), false) => r,
-                (Err(e), in_tx) => {
-                    if in_tx {
-                        if let Err(rb) = db.batch_execute("ROLLBACK").await {
-                            tracing::debug!(error = %rb, "rollback after a failed backfill step");
-                        }
-                    }
-                    return Err(IngestError::Database { what: "backfill step", source: e });
-                }
-            };
-            steps += 1;
-            let done: bool = row.get(0);
-            let rows_done: i64 = row.get(1);
-            let rows_total: i64 = row.get(2);
-            if done {
-                tracing::info!(definition = %def, rows = rows_done, secs = started.elapsed().as_secs_f64(), "backfill done");
-                break;
-            }
-            tracing::debug!(definition = %def, rows_done, rows_total, "backfill progress");
+        let run_id: i64 = db
+            .query_one("SELECT sync.start_run('backfill', $1, $2)", &[&def, &config.worker_name])
+            .await
+            .map_err(IngestError::db("recording the backfill run"))?
+            .get(0);
+        let result = backfill_one(db, config, snapshot, &def, run_id, shutdown, &mut steps).await;
+        let (status, error) = match &result {
+            Ok(true) => ("succeeded", None),
+            Ok(false) => ("cancelled", None),
+            Err(e) => ("failed", Some(e.to_string())),
+        };
+        if let Err(e) = db.execute("SELECT sync.finish_run($1, $2, $3)", &[&run_id, &status, &error]).await {
+            tracing::warn!(error = %crate::pgerror::Described(&e), "could not record the end of the backfill run");
+        }
+        if !result? {
+            break;
         }
     }
     Ok(steps)
+}
+
+/// Backfills one definition to the end (true) or until shutdown (false); each
+/// step counts in `steps`. Its run (kind `backfill`) is its own, so that its
+/// staging never waits on the stream's run row.
+async fn backfill_one(
+    db: &Client,
+    config: &IngestConfig,
+    snapshot: Option<&str>,
+    def: &str,
+    run_id: i64,
+    shutdown: &mut watch::Receiver<bool>,
+    steps: &mut u64,
+) -> Result<bool, IngestError> {
+    let started = Instant::now();
+    // With the slot's exported snapshot, the keys of each chunk are read
+    // as of the slot's start (the snapshot stays importable while the
+    // replication connection waits), and staged in a transaction of their
+    // own that reads the current rows, as all staging does. The scan
+    // starts over: a new slot is a new starting point.
+    let mut after: Option<String> = None;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(false);
+        }
+        let row = if let Some(snap) = snapshot {
+            let chunk = read_chunk_in_snapshot(db, snap, def, after.as_deref(), config.backfill_chunk).await?;
+            let row = db
+                .query_one(
+                    "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3,
+                       chunk_keys => $4::text::jsonb, chunk_after => $5::text::jsonb, chunk_last => $6::text::jsonb)",
+                    &[&def, &config.backfill_chunk, &run_id, &chunk.0, &after, &chunk.1],
+                )
+                .await
+                .map_err(IngestError::db("backfill step"))?;
+            after = chunk.1.or(after);
+            row
+        } else {
+            db.query_one(
+                "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3)",
+                &[&def, &config.backfill_chunk, &run_id],
+            )
+            .await
+            .map_err(IngestError::db("backfill step"))?
+        };
+        *steps += 1;
+        let done: bool = row.get(0);
+        let rows_done: i64 = row.get(1);
+        let rows_total: i64 = row.get(2);
+        if done {
+            tracing::info!(definition = %def, rows = rows_done, secs = started.elapsed().as_secs_f64(), "backfill done");
+            return Ok(true);
+        }
+        tracing::debug!(definition = %def, rows_done, rows_total, "backfill progress");
+    }
+}
+
+/// Reads the keys of the chunk after `after` in the exported snapshot `snap`:
+/// (keys, last key), both JSON text.
+async fn read_chunk_in_snapshot(
+    db: &Client,
+    snap: &str,
+    def: &str,
+    after: Option<&str>,
+    chunk: i32,
+) -> Result<(String, Option<String>), IngestError> {
+    db.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        crate::replication::quote_literal(snap)
+    ))
+    .await
+    .map_err(IngestError::db("importing the slot's snapshot"))?;
+    let read = db
+        .query_one(
+            "SELECT keys::text, last_key::text FROM sync.backfill_keys($1, $2::text::jsonb, $3)",
+            &[&def, &after, &chunk],
+        )
+        .await;
+    let end = db.batch_execute(if read.is_ok() { "COMMIT" } else { "ROLLBACK" }).await;
+    let row = read.map_err(IngestError::db("reading a backfill chunk in the slot's snapshot"))?;
+    end.map_err(IngestError::db("ending the snapshot transaction"))?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Backfills definitions enabled while the worker runs (fresh snapshots:
@@ -822,7 +904,6 @@ async fn backfill_all(
 async fn backfill_loop(
     dsn: &Dsn,
     config: &IngestConfig,
-    run_id: i64,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<u64, IngestError> {
     let db = connect(dsn).await?;
@@ -830,7 +911,7 @@ async fn backfill_loop(
     loop {
         let mut attempt = 0u32;
         let n = loop {
-            match backfill_all(&db, config, None, run_id, &mut shutdown).await {
+            match backfill_all(&db, config, None, &mut shutdown).await {
                 Ok(n) => break n,
                 Err(e) if e.is_transient() && attempt < 5 => {
                     attempt += 1;

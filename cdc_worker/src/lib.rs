@@ -9,6 +9,7 @@ pub mod check;
 pub mod dsn;
 pub mod ingest;
 pub mod lsn;
+pub mod pgerror;
 pub mod pgoutput;
 pub mod replication;
 

@@ -33,7 +33,8 @@ pub fn run_once(db: &TestDb, extra: &[&str], limit: Duration) -> Output {
 }
 
 /// Waits for a child, killing it (and failing) after `limit`.
-pub fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
+pub fn wait_with_limit(child: impl Into<ChildGuard>, limit: Duration) -> Output {
+    let mut child = child.into().into_inner();
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait().expect("poll the worker") {
@@ -77,4 +78,68 @@ pub fn open_exports(db: &TestDb, definition: &str) -> Vec<(String, String)> {
             (k.to_owned(), op.to_owned())
         })
         .collect()
+}
+
+/// Plays a target that takes everything: claims and completes every open
+/// export of `target` (1,000 at a time), returning how many were completed.
+pub fn complete_all(db: &TestDb, target: &str) -> u64 {
+    let mut total = 0;
+    loop {
+        let n: u64 = db
+            .psql(&format!(
+                "WITH c AS (SELECT * FROM sync.claim('{target}', 1000, worker => 'test'))
+                 SELECT exported FROM sync.complete((SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'id', id, 'ok', true, 'target_id', 'i' || sync_key)), '[]') FROM c))"
+            ))
+            .parse()
+            .expect("a count");
+        if n == 0 {
+            return total;
+        }
+        total += n;
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped, so that a failing test never
+/// leaves a worker behind retrying against a stopped cluster.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child, no longer guarded.
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().expect("guarded child")
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("guarded child")
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("guarded child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl From<Child> for ChildGuard {
+    fn from(child: Child) -> Self {
+        Self::new(child)
+    }
 }

@@ -6,7 +6,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use syncbridge_tests::ingest::{open_exports, prepare, run_cmd, run_once, run_once_ok, signal, wait_with_limit};
+use syncbridge_tests::ingest::{
+    open_exports, prepare, run_cmd, run_once, run_once_ok, signal, wait_with_limit, ChildGuard,
+};
 use syncbridge_tests::{cluster, worker::worker, Cluster, ClusterOptions};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text, qty int);
@@ -172,7 +174,9 @@ fn one_reader_per_slot_and_sigterm_confirms_then_exits_zero() {
     prepare(&db, ITEMS);
     define_items(&db);
     run_once_ok(&db);
-    let first = run_cmd(&db, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start worker 1");
+    let first = ChildGuard::new(
+        run_cmd(&db, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start worker 1"),
+    );
     // Wait until it streams.
     let deadline = Instant::now() + Duration::from_secs(30);
     while db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active", db.name()))
@@ -181,7 +185,9 @@ fn one_reader_per_slot_and_sigterm_confirms_then_exits_zero() {
         assert!(Instant::now() < deadline, "worker 1 never started streaming");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let second = run_cmd(&db, &["--once"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("worker 2");
+    let second = ChildGuard::new(
+        run_cmd(&db, &["--once"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("worker 2"),
+    );
     std::thread::sleep(Duration::from_secs(2));
     db.psql("UPDATE items SET qty = -1 WHERE id = 9");
     std::thread::sleep(Duration::from_millis(800));
