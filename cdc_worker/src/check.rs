@@ -5,7 +5,6 @@
 use std::fmt;
 
 use serde::Serialize;
-use tokio_postgres::NoTls;
 
 use crate::dsn::Dsn;
 
@@ -87,11 +86,11 @@ impl fmt::Display for Report {
 /// Why the checks could not run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("cannot connect to {target}: {}", crate::pgerror::Described(source))]
+    #[error("cannot connect to {target}: {source}")]
     Connect {
         target: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: crate::dsn::ConnectError,
     },
     #[error("query against {target} failed: {}", crate::pgerror::Described(source))]
     Query {
@@ -104,13 +103,7 @@ pub enum CheckError {
 /// Connects to `dsn` and runs every check.
 pub async fn run(dsn: &Dsn) -> Result<Report, CheckError> {
     let target = dsn.to_string();
-    let (client, conn) =
-        dsn.config().connect(NoTls).await.map_err(|source| CheckError::Connect { target: target.clone(), source })?;
-    let conn_task = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "check connection closed");
-        }
-    });
+    let client = dsn.connect().await.map_err(|source| CheckError::Connect { target: target.clone(), source })?;
     let q = |source| CheckError::Query { target: target.clone(), source };
 
     let row = client
@@ -140,9 +133,6 @@ pub async fn run(dsn: &Dsn) -> Result<Report, CheckError> {
     let max_slots: i32 = row.get(8);
     let max_senders: i32 = row.get(9);
     drop(client);
-    if let Err(e) = conn_task.await {
-        tracing::debug!(error = %e, "check connection task ended abnormally");
-    }
 
     let mut findings = Vec::new();
     findings.push(if server_version_num >= MIN_SERVER_VERSION_NUM {

@@ -1,32 +1,75 @@
 //! Connection strings: parsing (libpq key/value or URL form, via
-//! tokio-postgres) and a redacted rendering that never shows a password.
+//! tokio-postgres, with the TLS options tokio-postgres does not know read
+//! here first) and a redacted rendering that never shows a password.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use tokio_postgres::config::Host;
+
+use crate::tls::{RootCert, SslMode, TlsOptions};
 
 /// A parsed connection string.
 #[derive(Clone)]
 pub struct Dsn {
     config: tokio_postgres::Config,
+    tls: TlsOptions,
 }
 
 /// A connection string that could not be parsed.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid connection string: {0}")]
-pub struct DsnError(#[source] tokio_postgres::Error);
+pub enum DsnError {
+    /// tokio-postgres refused it.
+    #[error("invalid connection string: {0}")]
+    Parse(#[source] tokio_postgres::Error),
+    /// A TLS option is wrong.
+    #[error("invalid connection string: {0}")]
+    Tls(String),
+}
 
 impl Dsn {
     /// Parses a libpq-style connection string (`host=… port=… dbname=…` or
-    /// `postgres://user@host:port/db`).
+    /// `postgres://user@host:port/db`), including `sslmode` (`disable`,
+    /// `prefer`, `require`, `verify-ca`, `verify-full`) and `sslrootcert`.
     pub fn parse(s: &str) -> Result<Self, DsnError> {
-        let config = s.parse::<tokio_postgres::Config>().map_err(DsnError)?;
-        Ok(Self { config })
+        let (rest, tls) = split_tls_options(s).map_err(DsnError::Tls)?;
+        let mut config = rest.parse::<tokio_postgres::Config>().map_err(DsnError::Parse)?;
+        // tokio-postgres knows disable/prefer/require; the verification is ours.
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        // As libpq: PGPASSWORD when the string carries no password.
+        if config.get_password().is_none() {
+            if let Some(pw) = std::env::var_os("PGPASSWORD") {
+                config.password(pw.as_encoded_bytes());
+            }
+        }
+        Ok(Self { config, tls })
     }
 
     /// The parsed configuration, for connecting.
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The TLS options.
+    pub fn tls(&self) -> &TlsOptions {
+        &self.tls
+    }
+
+    /// Opens a tokio-postgres connection (TLS as `sslmode` asks), its driver
+    /// spawned on the runtime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, ConnectError> {
+        let tls = self.tls.make_connect()?;
+        let (client, conn) = self.config.connect(tls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "database connection ended");
+            }
+        });
+        Ok(client)
     }
 
     /// The first host, as text (a Unix socket directory or a host name).
@@ -74,6 +117,164 @@ impl fmt::Debug for Dsn {
     }
 }
 
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TLS could not be set up (a missing root certificate file, …).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
+    /// The server or the network refused.
+    #[error("{}", crate::pgerror::Described(.0))]
+    Db(#[from] tokio_postgres::Error),
+}
+
+impl ConnectError {
+    /// The server's SQLSTATE, when the server answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ConnectError::Db(e) => e.code().map(|c| c.code()),
+            ConnectError::Tls(_) => None,
+        }
+    }
+}
+
+const TLS_KEYS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword"];
+
+/// Takes the TLS options out of a connection string: returns the rest (for
+/// tokio-postgres) and the options.
+fn split_tls_options(s: &str) -> Result<(String, TlsOptions), String> {
+    let trimmed = s.trim_start();
+    let mut found: Vec<(String, String)> = Vec::new();
+    let rest = if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        match trimmed.split_once('?') {
+            None => trimmed.to_owned(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if TLS_KEYS.contains(&k) {
+                        found.push((k.to_owned(), percent_decode(v)?));
+                    } else {
+                        kept.push(pair);
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        let mut kept = String::new();
+        for (k, v) in conninfo_pairs(s)? {
+            if TLS_KEYS.contains(&k.as_str()) {
+                found.push((k, v));
+            } else {
+                kept.push_str(&k);
+                kept.push_str("='");
+                for c in v.chars() {
+                    if c == '\\' || c == '\'' {
+                        kept.push('\\');
+                    }
+                    kept.push(c);
+                }
+                kept.push_str("' ");
+            }
+        }
+        kept
+    };
+    let mut tls = TlsOptions::default();
+    for (k, v) in found {
+        match k.as_str() {
+            "sslmode" => tls.mode = SslMode::parse(&v)?,
+            "sslrootcert" => {
+                tls.root_cert = Some(if v == "system" { RootCert::System } else { RootCert::File(PathBuf::from(v)) })
+            }
+            _ => {
+                return Err(format!(
+                    "{k}: client certificates are not supported yet; authenticate with a password (SCRAM) over sslmode=verify-full"
+                ))
+            }
+        }
+    }
+    Ok((rest, tls))
+}
+
+/// The `key=value` pairs of a libpq key/value connection string (values may
+/// be single-quoted; a backslash escapes the next character).
+fn conninfo_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut it = s.chars().peekable();
+    loop {
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        if it.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(&c) = it.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            it.next();
+        }
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        if it.next() != Some('=') {
+            return Err(format!("missing \"=\" after {key:?}"));
+        }
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        let mut value = String::new();
+        if it.peek() == Some(&'\'') {
+            it.next();
+            loop {
+                match it.next() {
+                    None => return Err(format!("unterminated quoted value of {key:?}")),
+                    Some('\'') => break,
+                    Some('\\') => value.extend(it.next()),
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = it.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                it.next();
+                if c == '\\' {
+                    value.extend(it.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("bad percent escape in {s:?}"))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad percent escape in {s:?}"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +292,34 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         assert!(Dsn::parse("host=a port=notaport").is_err());
+        assert!(Dsn::parse("host='unterminated").is_err());
+        assert!(Dsn::parse("host=a sslmode=allow").unwrap_err().to_string().contains("not supported"));
+        assert!(Dsn::parse("host=a sslcert=/x.crt").unwrap_err().to_string().contains("client certificates"));
+    }
+
+    #[test]
+    fn tls_options_are_read_in_both_forms_and_the_rest_still_parses() {
+        let d = Dsn::parse(
+            "host=db.example user=u password='p w\\'q' sslmode=verify-full sslrootcert=/etc/ca.pem dbname=x",
+        )
+        .unwrap();
+        assert_eq!(d.tls().mode, SslMode::VerifyFull);
+        assert_eq!(d.tls().root_cert, Some(RootCert::File("/etc/ca.pem".into())));
+        assert_eq!(d.config().get_password(), Some(&b"p w'q"[..]));
+        assert_eq!(d.config().get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(d.to_string(), "u@db.example:5432/x");
+
+        let u = Dsn::parse("postgresql://u@h:6000/db?sslmode=verify-ca&sslrootcert=%2Ftmp%2Fca.pem&connect_timeout=5")
+            .unwrap();
+        assert_eq!(u.tls().mode, SslMode::VerifyCa);
+        assert_eq!(u.tls().root_cert, Some(RootCert::File("/tmp/ca.pem".into())));
+        assert_eq!(u.config().get_connect_timeout(), Some(&std::time::Duration::from_secs(5)));
+        assert_eq!(u.to_string(), "u@h:6000/db");
+
+        let p = Dsn::parse("host=h sslrootcert=system sslmode=require").unwrap();
+        assert_eq!((p.tls().mode, p.tls().root_cert.clone()), (SslMode::Require, Some(RootCert::System)));
+        // The default is libpq's: prefer.
+        assert_eq!(Dsn::parse("host=h").unwrap().tls().mode, SslMode::Prefer);
+        assert_eq!(Dsn::parse("host=h sslmode=disable").unwrap().tls().mode, SslMode::Disable);
     }
 }

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::dsn::Dsn;
 use crate::lsn::Lsn;
@@ -151,13 +151,7 @@ impl IngestError {
     pub fn is_transient(&self) -> bool {
         match self {
             IngestError::Replication(e) => e.is_transient(),
-            IngestError::Database { source, .. } => match source.code() {
-                Some(c) => {
-                    let c = c.code();
-                    c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01" || c == "55P03"
-                }
-                None => true,
-            },
+            IngestError::Database { source, .. } => crate::pgerror::is_transient(source),
             IngestError::NotReady { .. } | IngestError::Decode { .. } => false,
         }
     }
@@ -266,13 +260,13 @@ fn json_string(out: &mut String, s: &str) {
 }
 
 async fn connect(dsn: &Dsn) -> Result<Client, IngestError> {
-    let (client, conn) = dsn.config().connect(NoTls).await.map_err(IngestError::db("connecting"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "database connection ended");
-        }
-    });
-    Ok(client)
+    dsn.connect().await.map_err(|e| match e {
+        crate::dsn::ConnectError::Db(source) => IngestError::Database { what: "connecting", source },
+        crate::dsn::ConnectError::Tls(e) => IngestError::NotReady {
+            message: e.to_string(),
+            hint: "fix sslmode / sslrootcert in the connection string".into(),
+        },
+    })
 }
 
 /// Runs the ingest until shutdown (or, with `once`, until caught up).

@@ -32,3 +32,40 @@ impl fmt::Display for Described<'_> {
         Ok(())
     }
 }
+
+/// Whether trying again later may help: a broken or refused connection, a
+/// server starting or shutting down, a deadlock, a serialization failure, a
+/// lock timeout. A wrong password, a certificate that does not verify or a
+/// bad connection string will not mend themselves.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        let c = code.code();
+        return c.starts_with("08")
+            || c.starts_with("57P")
+            || c == "40001"
+            || c == "40P01"
+            || c == "55P03"
+            || c == "53300";
+    }
+    let mut io = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<rustls::Error>() {
+            return false;
+        }
+        if let Some(ioe) = c.downcast_ref::<std::io::Error>() {
+            if ioe.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return false;
+            }
+            io = true;
+        }
+        cause = c.source();
+    }
+    // No cause: "connection closed" and timeouts are worth a retry; a
+    // configuration or authentication error ("invalid configuration: password
+    // missing") is not.
+    io || e.is_closed() || {
+        let s = e.to_string();
+        s.starts_with("connection closed") || s.starts_with("timeout") || s.starts_with("unexpected EOF")
+    }
+}

@@ -22,6 +22,7 @@ use tokio_postgres::config::Host;
 
 use crate::dsn::Dsn;
 use crate::lsn::Lsn;
+use crate::tls::SslMode;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -217,22 +218,17 @@ impl ReplicationConnection {
         let config = dsn.config();
         let target = dsn.to_string();
         let io_err = |source| ReplError::Io { target: target.clone(), source };
-        // TLS is not implemented here yet: never fall back to clear text
-        // when the connection string demands encryption.
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(ReplError::Auth {
-                target,
-                reason: "sslmode=require: the replication transport does not speak TLS yet".to_owned(),
-            });
-        }
+        let tls = dsn.tls();
         let port = dsn.port();
         let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(30));
+        let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
         let io: Box<dyn Io> = match config.get_hosts().first() {
             Some(Host::Unix(dir)) => {
+                // As libpq: no TLS on a Unix socket, whatever sslmode says.
                 let path: PathBuf = dir.join(format!(".s.PGSQL.{port}"));
                 let s = tokio::time::timeout(timeout, UnixStream::connect(&path))
                     .await
-                    .map_err(|_| io_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+                    .map_err(|_| io_err(timed_out()))?
                     .map_err(io_err)?;
                 Box::new(s)
             }
@@ -241,12 +237,55 @@ impl ReplicationConnection {
                     Some(Host::Tcp(h)) => h.clone(),
                     _ => "localhost".to_owned(),
                 };
-                let s = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
+                let mut s = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
                     .await
-                    .map_err(|_| io_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+                    .map_err(|_| io_err(timed_out()))?
                     .map_err(io_err)?;
                 s.set_nodelay(true).map_err(io_err)?;
-                Box::new(s)
+                if tls.mode == SslMode::Disable {
+                    Box::new(s)
+                } else {
+                    // SSLRequest: length 8, code 80877103; the server answers
+                    // one byte, 'S' (go ahead) or 'N' (no TLS here).
+                    let mut req = BytesMut::with_capacity(8);
+                    frontend::ssl_request(&mut req);
+                    s.write_all(&req).await.map_err(io_err)?;
+                    let mut answer = [0u8; 1];
+                    s.read_exact(&mut answer).await.map_err(io_err)?;
+                    match answer[0] {
+                        b'S' => {
+                            let config = tls
+                                .client_config()
+                                .map_err(|e| ReplError::Auth { target: target.clone(), reason: e.to_string() })?;
+                            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+                                ReplError::Auth { target: target.clone(), reason: format!("host {host:?}: {e}") }
+                            })?;
+                            let stream =
+                                tokio_rustls::TlsConnector::from(config).connect(name, s).await.map_err(|e| {
+                                    ReplError::Auth {
+                                        target: target.clone(),
+                                        reason: format!("TLS handshake (sslmode={}): {e}", tls.mode.as_str()),
+                                    }
+                                })?;
+                            Box::new(stream)
+                        }
+                        b'N' if tls.mode.requires_tls() => {
+                            return Err(ReplError::Auth {
+                                target,
+                                reason: format!(
+                                    "sslmode={} but the server does not accept TLS (is ssl = on in postgresql.conf?)",
+                                    tls.mode.as_str()
+                                ),
+                            })
+                        }
+                        b'N' => Box::new(s),
+                        other => {
+                            return Err(ReplError::Protocol(format!(
+                                "the server answered the TLS request with {other:#04x}, neither 'S' nor 'N'"
+                            )))
+                        }
+                    }
+                }
             }
         };
         let mut conn = ReplicationConnection {
@@ -336,9 +375,8 @@ impl ReplicationConnection {
                 0 => return Ok(()),
                 3 => {
                     let pw = password.ok_or_else(|| need_password(self))?;
-                    let mut z = pw.to_vec();
-                    z.push(0);
-                    frontend::password_message(&z, &mut self.wbuf).map_err(io_err)?;
+                    // password_message adds the terminating NUL itself.
+                    frontend::password_message(pw, &mut self.wbuf).map_err(io_err)?;
                 }
                 5 => {
                     let pw = password.ok_or_else(|| need_password(self))?;
@@ -348,9 +386,7 @@ impl ReplicationConnection {
                     let mut salt = [0u8; 4];
                     body.copy_to_slice(&mut salt);
                     let hashed = md5_hash(user.as_bytes(), pw, salt);
-                    let mut z = hashed.into_bytes();
-                    z.push(0);
-                    frontend::password_message(&z, &mut self.wbuf).map_err(io_err)?;
+                    frontend::password_message(hashed.as_bytes(), &mut self.wbuf).map_err(io_err)?;
                 }
                 10 => {
                     let pw = password.ok_or_else(|| need_password(self))?;

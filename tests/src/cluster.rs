@@ -23,12 +23,15 @@ pub struct ClusterOptions {
     pub conf: Vec<String>,
     /// Extra lines put at the *top* of pg_hba.conf (first match wins).
     pub hba: Vec<String>,
+    /// Files written into the data directory before the start, owned by the
+    /// server's user, mode 0600 (certificates and keys): (name, contents).
+    pub files: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
     /// `wal_level = logical`, trust authentication on loopback and the socket.
     pub fn logical() -> Self {
-        Self { conf: vec!["wal_level = logical".into()], hba: Vec::new() }
+        Self { conf: vec!["wal_level = logical".into()], hba: Vec::new(), files: Vec::new() }
     }
 }
 
@@ -175,6 +178,11 @@ impl Cluster {
             let old = read_as_postgres(&hba);
             let new = format!("{}\n{old}", opts.hba.join("\n"));
             write_as_postgres(&hba, &new);
+        }
+        for (name, contents) in &opts.files {
+            let path = data.join(name);
+            write_as_postgres(&path, contents);
+            check(pg_command(Path::new("chmod")).arg("0600").arg(&path).output().expect("run chmod"), "chmod 0600");
         }
         // Register before starting, so that a failed start is cleaned up too.
         STARTED.lock().unwrap_or_else(|p| p.into_inner()).push((bindir.clone(), dir.clone()));

@@ -65,6 +65,7 @@ fn check_fails_when_wal_level_is_not_logical() {
     let replica = Box::leak(Box::new(Cluster::start(ClusterOptions {
         conf: vec!["wal_level = replica".into()],
         hba: Vec::new(),
+        files: Vec::new(),
     })));
     let db = replica.new_db("check replica");
     let out = worker().args(["check", "--dsn", &db.dsn()]).output().unwrap();

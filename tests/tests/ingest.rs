@@ -232,6 +232,7 @@ fn wal_level_replica_is_refused_with_a_hint() {
     let c: &'static Cluster = Box::leak(Box::new(Cluster::start(ClusterOptions {
         conf: vec!["wal_level = replica".into()],
         hba: Vec::new(),
+        files: Vec::new(),
     })));
     let db = c.new_db("ingest replica");
     prepare(&db, ITEMS);
