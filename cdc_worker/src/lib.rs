@@ -12,6 +12,7 @@ pub mod lsn;
 pub mod pgerror;
 pub mod pgoutput;
 pub mod replication;
+pub mod target;
 pub mod tls;
 
 /// The worker's version; the extension it talks to should report the same.

@@ -1,0 +1,299 @@
+//! Targets: the systems syncbridge writes to, behind one trait.
+//!
+//! The exporter claims exports from `sync.claim`, hands them to a [`Target`]
+//! and reports one [`OpResult`] per export to `sync.complete`. An adapter
+//! owns its authentication, request shaping (batching), rate limit and error
+//! classification; it never decides *what* to send (the extension did).
+
+pub mod graph;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A boxed future, for object-safe async trait methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a claimed export asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Create the list and its columns.
+    Provision,
+    /// Create an item.
+    Add,
+    /// Change fields of an item.
+    Update,
+    /// Remove an item.
+    Delete,
+    /// Move an item to another list (shard): create there, delete here.
+    Move,
+}
+
+/// One claimed export (a row of `sync.claim`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Export {
+    /// `sync.pending_exports.id`.
+    pub id: i64,
+    /// The definition's name.
+    pub definition: String,
+    /// What to do.
+    pub op: Op,
+    /// The row's key (None for provision).
+    pub sync_key: Option<String>,
+    /// The list (display name) the item belongs in.
+    pub list: String,
+    /// For a move: the list it leaves.
+    pub from_list: Option<String>,
+    /// The item's id on the target, when it has one.
+    pub target_id: Option<String>,
+    /// The item's last known eTag.
+    pub etag: Option<String>,
+    /// Fields to write (target column names → values); references are
+    /// objects `{"@ref": key, "@def": definition, "target_id": id}`; for a
+    /// provision: `{"list": name, "columns": [...]}`.
+    pub payload: Option<Value>,
+    /// Attempts so far (this one included).
+    pub attempts: i32,
+    /// An earlier attempt may have reached the target: look before creating.
+    pub verify: bool,
+}
+
+/// How a failure should be treated (`sync.complete`'s `class`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    /// Try again later with backoff (5xx, network, timeouts).
+    Transient,
+    /// The target asked us to slow down (429/503 with Retry-After): not the export's fault.
+    Throttled,
+    /// Credentials must be refreshed: not the export's fault.
+    Auth,
+    /// Retrying will not help until the data or the configuration changes.
+    Definite,
+}
+
+/// The outcome of one export, as `sync.complete` takes it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OpResult {
+    /// The export's id.
+    pub id: i64,
+    /// Whether it was carried out.
+    pub ok: bool,
+    /// The item's id on the target (adds, moves, adoptions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
+    /// The item's eTag after the write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// `provisioned` (created) or `joined` (an existing item or list was adopted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_type: Option<&'static str>,
+    /// For a provision: the list's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list_id: Option<String>,
+    /// For a provision: the columns as created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Value>,
+    /// The target's message, for a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The failure's class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<ErrorClass>,
+    /// Seconds the target asked us to wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<f64>,
+    /// Whether the request may have reached the target (false: certainly not sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<bool>,
+}
+
+impl OpResult {
+    /// A success.
+    pub fn ok(id: i64) -> Self {
+        Self {
+            id,
+            ok: true,
+            target_id: None,
+            etag: None,
+            join_type: None,
+            list_id: None,
+            columns: None,
+            error: None,
+            class: None,
+            retry_after: None,
+            sent: None,
+        }
+    }
+
+    /// A failure.
+    pub fn failed(id: i64, class: ErrorClass, error: impl Into<String>, sent: bool) -> Self {
+        Self { ok: false, error: Some(error.into()), class: Some(class), sent: Some(sent), ..Self::ok(id) }
+    }
+}
+
+/// A target's health, as the worker reports it in `sync.targets.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Requests go through.
+    Ok,
+    /// The target is throttling us.
+    Throttled,
+    /// The target cannot be reached or answers 5xx.
+    Unreachable,
+    /// Authentication fails.
+    AuthFailed,
+}
+
+impl Health {
+    /// The `sync.targets.status` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Throttled => "throttled",
+            Health::Unreachable => "unreachable",
+            Health::AuthFailed => "auth_failed",
+        }
+    }
+}
+
+/// A system syncbridge writes to.
+pub trait Target: Send + Sync {
+    /// How many exports one call to [`Target::apply`] should get.
+    fn batch_size(&self) -> usize;
+
+    /// Carries out the exports, one result per export (same ids, any order).
+    /// Never fails as a whole: a failure is reported per export.
+    fn apply<'a>(&'a self, exports: &'a [Export], context: &'a ApplyContext) -> BoxFuture<'a, Vec<OpResult>>;
+
+    /// The target's health as last seen, with a message.
+    fn health(&self) -> (Health, String);
+}
+
+/// What the exporter knows that an adapter may need: list ids by name, and
+/// the lists of referenced definitions.
+#[derive(Debug, Default, Clone)]
+pub struct ApplyContext {
+    /// (definition, list name) → the list's id on the target.
+    pub list_ids: std::collections::HashMap<(String, String), String>,
+    /// definition → the id of (one of) its lists, for lookup columns.
+    pub definition_lists: std::collections::HashMap<String, String>,
+}
+
+/// Why a target could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetSetupError {
+    /// A configuration key is missing or wrong.
+    #[error("target {target}: {message}")]
+    Config {
+        /// The target's name.
+        target: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The secret could not be read.
+    #[error("target {target}: cannot read its secret from {reference}: {reason} (hint: {hint})")]
+    Secret {
+        /// The target's name.
+        target: String,
+        /// The reference (never the secret).
+        reference: String,
+        /// Why.
+        reason: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The kind has no adapter yet.
+    #[error("target {target}: kind {kind} has no adapter in this worker yet")]
+    Unsupported {
+        /// The target's name.
+        target: String,
+        /// Its kind.
+        kind: String,
+    },
+}
+
+/// Reads a secret reference (`env:NAME` or `file:/path`). The value is never
+/// logged; errors name the reference only.
+pub fn resolve_secret(target: &str, reference: &str) -> Result<String, TargetSetupError> {
+    let err = |reason: String, hint: &str| TargetSetupError::Secret {
+        target: target.to_owned(),
+        reference: reference.to_owned(),
+        reason,
+        hint: hint.to_owned(),
+    };
+    if let Some(name) = reference.strip_prefix("env:") {
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            Ok(_) => Err(err("the variable is empty".into(), "set it in the worker's environment")),
+            Err(_) => Err(err("the variable is not set".into(), "set it in the worker's environment")),
+        }
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        let v = std::fs::read_to_string(path)
+            .map_err(|e| err(e.to_string(), "check the path and that the worker may read it"))?;
+        let v = v.trim_end_matches(['\n', '\r']).to_owned();
+        if v.is_empty() {
+            return Err(err("the file is empty".into(), "write the secret into it"));
+        }
+        Ok(v)
+    } else {
+        Err(err("not env:NAME or file:/path".into(), "SELECT sync.alter_target(name, secret => 'env:NAME')"))
+    }
+}
+
+/// Builds the adapter for a row of `sync.targets`.
+pub fn build(
+    name: &str,
+    kind: &str,
+    config: &Value,
+    secret_ref: Option<&str>,
+) -> Result<Box<dyn Target>, TargetSetupError> {
+    match kind {
+        "graph" => {
+            let secret = match secret_ref {
+                Some(r) => resolve_secret(name, r)?,
+                None => {
+                    return Err(TargetSetupError::Config {
+                        target: name.to_owned(),
+                        message: "a graph target needs a client secret: SELECT sync.alter_target(name, secret => 'env:GRAPH_CLIENT_SECRET')".into(),
+                    })
+                }
+            };
+            Ok(Box::new(graph::GraphTarget::new(name, config, secret)?))
+        }
+        other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_serialize_as_sync_complete_reads_them() {
+        let ok = OpResult { target_id: Some("7".into()), etag: Some("\"e,1\"".into()), ..OpResult::ok(3) };
+        assert_eq!(serde_json::to_value(&ok).unwrap(), serde_json::json!({"id": 3, "ok": true, "target_id": "7", "etag": "\"e,1\""}));
+        let f = OpResult { retry_after: Some(2.0), ..OpResult::failed(4, ErrorClass::Throttled, "slow down", false) };
+        assert_eq!(
+            serde_json::to_value(&f).unwrap(),
+            serde_json::json!({"id": 4, "ok": false, "error": "slow down", "class": "throttled", "retry_after": 2.0, "sent": false})
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file_and_errors_never_show_them() {
+        std::env::set_var("SYNCBRIDGE_TEST_SECRET_X", "hunter2");
+        assert_eq!(resolve_secret("t", "env:SYNCBRIDGE_TEST_SECRET_X").unwrap(), "hunter2");
+        let e = resolve_secret("t", "env:SYNCBRIDGE_TEST_SECRET_MISSING").unwrap_err().to_string();
+        assert!(e.contains("env:SYNCBRIDGE_TEST_SECRET_MISSING") && e.contains("not set"), "{e}");
+        let dir = std::env::temp_dir().join(format!("sb-secret-{}", std::process::id()));
+        std::fs::write(&dir, "s3cr3t\n").unwrap();
+        assert_eq!(resolve_secret("t", &format!("file:{}", dir.display())).unwrap(), "s3cr3t");
+        std::fs::remove_file(&dir).unwrap();
+        let e = resolve_secret("t", "plain").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"));
+    }
+}
