@@ -142,7 +142,7 @@ pub enum IngestError {
 }
 
 impl IngestError {
-    fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> IngestError {
+    pub(crate) fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> IngestError {
         move |source| IngestError::Database { what, source }
     }
 
@@ -259,7 +259,7 @@ fn json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-async fn connect(dsn: &Dsn) -> Result<Client, IngestError> {
+pub(crate) async fn connect(dsn: &Dsn) -> Result<Client, IngestError> {
     dsn.connect().await.map_err(|e| match e {
         crate::dsn::ConnectError::Db(source) => IngestError::Database { what: "connecting", source },
         crate::dsn::ConnectError::Tls(e) => IngestError::NotReady {

@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod dsn;
+pub mod export;
 pub mod ingest;
 pub mod lsn;
 pub mod pgerror;

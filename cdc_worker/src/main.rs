@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use syncbridge_worker::ingest::{self, IngestConfig};
+use syncbridge_worker::export::{self, ExportConfig};
+use syncbridge_worker::ingest::{self, IngestConfig, IngestError};
 use syncbridge_worker::{check, dsn::Dsn};
 
 #[derive(Parser, Debug)]
@@ -61,6 +62,25 @@ enum Command {
         /// Decode only: stage nothing, confirm nothing (for benchmarks).
         #[arg(long)]
         decode_only: bool,
+        /// Only ingest: leave exporting to other workers (`export`).
+        #[arg(long)]
+        no_export: bool,
+    },
+    /// Send staged exports to their targets (claim → target → complete).
+    /// Any number may run at once, on any number of machines.
+    Export {
+        /// Connection string (libpq key=value or postgres:// URL).
+        #[arg(long, env = "SYNCBRIDGE_DSN")]
+        dsn: String,
+        /// Stop when nothing is left to send.
+        #[arg(long)]
+        once: bool,
+        /// Only this target (repeatable; default: every target with an active definition).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Lease length in seconds (default: the lease_seconds setting).
+        #[arg(long)]
+        lease_seconds: Option<i32>,
     },
 }
 
@@ -85,7 +105,27 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
-        Command::Run { dsn, slot, publication, once, batch_keys, batch_ms, status_ms, backfill_chunk, decode_only } => {
+        Command::Export { dsn, once, targets, lease_seconds } => {
+            let dsn = match parse_dsn(&dsn) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            let config = ExportConfig { targets, once, lease_seconds, ..ExportConfig::default() };
+            let rx = shutdown_signal();
+            supervise("export", rx.clone(), || export::run(&dsn, &config, rx.clone()), report_export).await
+        }
+        Command::Run {
+            dsn,
+            slot,
+            publication,
+            once,
+            batch_keys,
+            batch_ms,
+            status_ms,
+            backfill_chunk,
+            decode_only,
+            no_export,
+        } => {
             let dsn = match parse_dsn(&dsn) {
                 Ok(d) => d,
                 Err(code) => return code,
@@ -105,7 +145,29 @@ async fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(EXIT_UNREACHABLE);
             }
-            run(&dsn, &config).await
+            let rx = shutdown_signal();
+            let ingest = supervise("ingest", rx.clone(), || ingest::run(&dsn, &config, rx.clone()), report_ingest);
+            if no_export || decode_only {
+                return ingest.await;
+            }
+            let export_config = ExportConfig { once, ..ExportConfig::default() };
+            let exporter =
+                supervise("export", rx.clone(), || export::run(&dsn, &export_config, rx.clone()), report_export);
+            if once {
+                // Everything committed is staged first, then sent.
+                let code = ingest.await;
+                if code != ExitCode::SUCCESS {
+                    return code;
+                }
+                exporter.await
+            } else {
+                let (a, b) = tokio::join!(ingest, exporter);
+                if a != ExitCode::SUCCESS {
+                    a
+                } else {
+                    b
+                }
+            }
         }
         Command::Check { dsn, json } => {
             let dsn = match parse_dsn(&dsn) {
@@ -140,9 +202,25 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Runs the ingest, restarting it after transient failures with capped
-/// exponential backoff; SIGTERM / SIGINT stop it after the batch in flight.
-async fn run(dsn: &Dsn, config: &IngestConfig) -> ExitCode {
+fn report_ingest(summary: &ingest::IngestSummary) {
+    tracing::info!(
+        transactions = summary.transactions,
+        changes = summary.changes,
+        keys_staged = summary.keys_staged,
+        batches = summary.batches,
+        skipped_own = summary.skipped_own,
+        backfill_steps = summary.backfill_steps,
+        confirmed = %summary.confirmed,
+        "ingest stopped"
+    );
+}
+
+fn report_export(summary: &export::ExportSummary) {
+    tracing::info!(claimed = summary.claimed, exported = summary.exported, failed = summary.failed, "export stopped");
+}
+
+/// A watch that turns true on SIGTERM or SIGINT.
+fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -157,32 +235,39 @@ async fn run(dsn: &Dsn, config: &IngestConfig) -> ExitCode {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
         if tx.send(true).is_err() {
-            tracing::debug!("the ingest had already stopped");
+            tracing::debug!("everything had already stopped");
         }
     });
+    rx
+}
+
+/// Runs `task` (the ingest or the exporter), restarting it after transient
+/// failures with capped exponential backoff; SIGTERM / SIGINT stop it after
+/// the batch in flight.
+async fn supervise<F, Fut, S>(
+    what: &'static str,
+    rx: tokio::sync::watch::Receiver<bool>,
+    task: F,
+    report: impl Fn(&S),
+) -> ExitCode
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<S, IngestError>>,
+{
     let mut delay = Duration::from_millis(500);
     loop {
-        match ingest::run(dsn, config, rx.clone()).await {
+        match task().await {
             Ok(summary) => {
-                tracing::info!(
-                    transactions = summary.transactions,
-                    changes = summary.changes,
-                    keys_staged = summary.keys_staged,
-                    batches = summary.batches,
-                    skipped_own = summary.skipped_own,
-                    backfill_steps = summary.backfill_steps,
-                    confirmed = %summary.confirmed,
-                    "ingest stopped"
-                );
+                report(&summary);
                 return ExitCode::SUCCESS;
             }
             Err(e) if e.is_transient() && !*rx.borrow() => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest failed; restarting");
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed; restarting");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
-                tracing::error!(error = %e, "ingest stopped");
+                tracing::error!(error = %e, "{what} stopped");
                 eprintln!("error: {e}");
                 return ExitCode::from(EXIT_FAILED);
             }

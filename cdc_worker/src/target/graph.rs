@@ -202,7 +202,8 @@ impl GraphTarget {
         let client_id = need("client_id")?;
         let site = need("site_id")?;
         let base_url = cfg_str(config, "base_url").unwrap_or("https://graph.microsoft.com/v1.0").trim_end_matches('/');
-        let authority = cfg_str(config, "authority_url").unwrap_or("https://login.microsoftonline.com").trim_end_matches('/');
+        let authority =
+            cfg_str(config, "authority_url").unwrap_or("https://login.microsoftonline.com").trim_end_matches('/');
         let budget = config
             .get("budget_per_min")
             .and_then(Value::as_f64)
@@ -422,7 +423,13 @@ impl GraphTarget {
     }
 
     /// A single (non-batch) request, used for provisioning.
-    async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>, ru: u32) -> Result<(u16, Value), Failure> {
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        ru: u32,
+    ) -> Result<(u16, Value), Failure> {
         let url = format!("{}{path}", self.base_url);
         let mut refreshed = false;
         let mut last = None;
@@ -449,7 +456,8 @@ impl GraphTarget {
                 }
             };
             let status = resp.status().as_u16();
-            let ra = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<f64>().ok());
+            let ra =
+                resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<f64>().ok());
             let text = resp.text().await.unwrap_or_default();
             if status == 401 && !refreshed {
                 refreshed = true;
@@ -516,14 +524,28 @@ impl GraphTarget {
                 let q = format!("{lists}?$filter=displayName eq '{}'", list.replace('\'', "''"));
                 match self.request(reqwest::Method::GET, &q, None, RU_QUERY).await {
                     Ok((200, v)) => match v.pointer("/value/0/id").and_then(Value::as_str) {
-                        Some(id) => OpResult { list_id: Some(id.to_owned()), join_type: Some("joined"), ..OpResult::ok(e.id) },
-                        None => OpResult::failed(e.id, ErrorClass::Definite, format!("list {list} exists but cannot be found"), false),
+                        Some(id) => {
+                            OpResult { list_id: Some(id.to_owned()), join_type: Some("joined"), ..OpResult::ok(e.id) }
+                        }
+                        None => OpResult::failed(
+                            e.id,
+                            ErrorClass::Definite,
+                            format!("list {list} exists but cannot be found"),
+                            false,
+                        ),
                     },
-                    Ok((s, v)) => OpResult::failed(e.id, ErrorClass::Definite, format!("{s}: {}", graph_message(&v)), false),
+                    Ok((s, v)) => {
+                        OpResult::failed(e.id, ErrorClass::Definite, format!("{s}: {}", graph_message(&v)), false)
+                    }
                     Err(f) => f.to_result(e.id),
                 }
             }
-            Ok((s, v)) => OpResult::failed(e.id, ErrorClass::Definite, format!("creating list {list}: {s}: {}", graph_message(&v)), false),
+            Ok((s, v)) => OpResult::failed(
+                e.id,
+                ErrorClass::Definite,
+                format!("creating list {list}: {s}: {}", graph_message(&v)),
+                false,
+            ),
         }
     }
 
@@ -572,7 +594,8 @@ impl GraphTarget {
     async fn apply_items(&self, exports: &[&Export], ctx: &ApplyContext) -> Vec<OpResult> {
         let mut results = Vec::with_capacity(exports.len());
         // Exports whose earlier attempt may have created the item: look first.
-        let verify: Vec<&Export> = exports.iter().copied().filter(|e| e.verify && matches!(e.op, Op::Add | Op::Move)).collect();
+        let verify: Vec<&Export> =
+            exports.iter().copied().filter(|e| e.verify && matches!(e.op, Op::Add | Op::Move)).collect();
         let adopted = if verify.is_empty() {
             HashMap::new()
         } else {
@@ -594,7 +617,7 @@ impl GraphTarget {
             }
             match self.requests_for(e, ctx, adopted.get(&e.id).cloned().flatten()) {
                 Ok((reqs, ru)) => groups.push((e, reqs, ru)),
-                Err(r) => results.push(r),
+                Err(r) => results.push(*r),
             }
         }
         // Pack into $batches of at most 20 requests, a move's pair together.
@@ -628,14 +651,19 @@ impl GraphTarget {
     }
 
     /// The `$batch` requests carrying out one export, and their cost.
-    fn requests_for(&self, e: &Export, ctx: &ApplyContext, adopt: Option<String>) -> Result<(Vec<Value>, u32), OpResult> {
+    fn requests_for(
+        &self,
+        e: &Export,
+        ctx: &ApplyContext,
+        adopt: Option<String>,
+    ) -> Result<(Vec<Value>, u32), Box<OpResult>> {
         let id = e.id.to_string();
         let payload = e.payload.clone().unwrap_or(Value::Null);
         let list = self.items_path(&self.list_ref(ctx, &e.definition, &e.list));
-        let definite = |m: String| OpResult::failed(e.id, ErrorClass::Definite, m, false);
-        let not_yet = |m: String| OpResult::failed(e.id, ErrorClass::Transient, m, false);
+        let definite = |m: String| Box::new(OpResult::failed(e.id, ErrorClass::Definite, m, false));
+        let not_yet = |m: String| Box::new(OpResult::failed(e.id, ErrorClass::Transient, m, false));
         let json_headers = json!({ "Content-Type": "application/json" });
-        let create_or_adopt = |rid: String| -> Result<Value, OpResult> {
+        let create_or_adopt = |rid: String| -> Result<Value, Box<OpResult>> {
             match &adopt {
                 Some(item) => {
                     let fields = graph_fields(&payload, false).map_err(not_yet)?;
@@ -645,7 +673,9 @@ impl GraphTarget {
                 None => {
                     let mut fields = graph_fields(&payload, true).map_err(not_yet)?;
                     fields.insert("SyncKey".into(), Value::String(e.sync_key.clone().unwrap_or_default()));
-                    Ok(json!({ "id": rid, "method": "POST", "url": list, "headers": json_headers, "body": { "fields": fields } }))
+                    Ok(
+                        json!({ "id": rid, "method": "POST", "url": list, "headers": json_headers, "body": { "fields": fields } }),
+                    )
                 }
             }
         };
@@ -692,20 +722,32 @@ impl GraphTarget {
             _ => (id, None),
         };
         let Some(a) = answers.get(&main_id) else {
-            return OpResult::failed(e.id, ErrorClass::Transient, "the $batch answer lacks this request's response", true);
+            return OpResult::failed(
+                e.id,
+                ErrorClass::Transient,
+                "the $batch answer lacks this request's response",
+                true,
+            );
         };
         let mut r = self.classify(e, a);
         if r.ok {
             match e.op {
                 Op::Add | Op::Move => {
-                    r.target_id = adopted.clone().or_else(|| a.body.get("id").and_then(Value::as_str).map(str::to_owned));
+                    r.target_id =
+                        adopted.clone().or_else(|| a.body.get("id").and_then(Value::as_str).map(str::to_owned));
                     if r.target_id.is_none() {
                         return OpResult::failed(e.id, ErrorClass::Transient, "the created item has no id", true);
                     }
-                    r.etag = a.body.get("eTag").and_then(Value::as_str).map(str::to_owned).or_else(|| etag_header(&a.headers));
+                    r.etag = a
+                        .body
+                        .get("eTag")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .or_else(|| etag_header(&a.headers));
                 }
                 Op::Update => {
-                    r.etag = etag_header(&a.headers).or_else(|| a.body.get("@odata.etag").and_then(Value::as_str).map(str::to_owned));
+                    r.etag = etag_header(&a.headers)
+                        .or_else(|| a.body.get("@odata.etag").and_then(Value::as_str).map(str::to_owned));
                 }
                 _ => {}
             }
@@ -720,7 +762,14 @@ impl GraphTarget {
                     f.sent = Some(true);
                     return f;
                 }
-                None => return OpResult::failed(e.id, ErrorClass::Transient, "the $batch answer lacks the move's delete", true),
+                None => {
+                    return OpResult::failed(
+                        e.id,
+                        ErrorClass::Transient,
+                        "the $batch answer lacks the move's delete",
+                        true,
+                    )
+                }
             }
         }
         r
@@ -731,8 +780,18 @@ impl GraphTarget {
         match a.status {
             200..=299 => OpResult::ok(e.id),
             404 if e.op == Op::Delete => OpResult::ok(e.id), // already gone
-            404 => OpResult::failed(e.id, ErrorClass::Definite, format!("404 item not found on the target: {}", msg()), true),
-            412 => OpResult::failed(e.id, ErrorClass::Definite, format!("412 the item changed on the target: {}", msg()), true),
+            404 => OpResult::failed(
+                e.id,
+                ErrorClass::Definite,
+                format!("404 item not found on the target: {}", msg()),
+                true,
+            ),
+            412 => OpResult::failed(
+                e.id,
+                ErrorClass::Definite,
+                format!("412 the item changed on the target: {}", msg()),
+                true,
+            ),
             424 => OpResult::failed(e.id, ErrorClass::Transient, "424 a request it depended on failed", false),
             429 | 503 => {
                 let ra = retry_after_of(&a.headers).unwrap_or(1.0);
@@ -740,7 +799,12 @@ impl GraphTarget {
                 self.set_health(Health::Throttled, format!("{} inside $batch", a.status));
                 OpResult {
                     retry_after: Some(ra),
-                    ..OpResult::failed(e.id, ErrorClass::Throttled, format!("{} throttled: {}", a.status, msg()), a.status == 503)
+                    ..OpResult::failed(
+                        e.id,
+                        ErrorClass::Throttled,
+                        format!("{} throttled: {}", a.status, msg()),
+                        a.status == 503,
+                    )
                 }
             }
             401 => OpResult::failed(e.id, ErrorClass::Auth, format!("401: {}", msg()), false),
@@ -776,8 +840,8 @@ fn without_url(e: &reqwest::Error) -> String {
 /// Parses a `$batch` answer: id → response. Anything else than
 /// `{"responses": [{"id", "status", ...}]}` is an error.
 fn parse_batch_answer(text: &str) -> Result<HashMap<String, Inner>, String> {
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| format!("the $batch answer is not JSON ({e}): {}", short(text)))?;
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| format!("the $batch answer is not JSON ({e}): {}", short(text)))?;
     let responses = v
         .get("responses")
         .and_then(Value::as_array)
@@ -828,7 +892,10 @@ mod tests {
         let c = |v: Value| column_definition(&v, Some("L1")).unwrap();
         assert_eq!(c(json!({"name": "Age", "kind": "number"})), json!({"name": "Age", "number": {}}));
         assert_eq!(c(json!({"name": "Ok", "kind": "boolean"})), json!({"name": "Ok", "boolean": {}}));
-        assert_eq!(c(json!({"name": "At", "kind": "dateTime"})), json!({"name": "At", "dateTime": {"format": "dateTime"}}));
+        assert_eq!(
+            c(json!({"name": "At", "kind": "dateTime"})),
+            json!({"name": "At", "dateTime": {"format": "dateTime"}})
+        );
         assert_eq!(c(json!({"name": "On", "kind": "date"})), json!({"name": "On", "dateTime": {"format": "dateOnly"}}));
         assert_eq!(c(json!({"name": "N", "kind": "note"})), json!({"name": "N", "text": {"allowMultipleLines": true}}));
         assert_eq!(

@@ -275,7 +275,10 @@ mod tests {
     #[test]
     fn results_serialize_as_sync_complete_reads_them() {
         let ok = OpResult { target_id: Some("7".into()), etag: Some("\"e,1\"".into()), ..OpResult::ok(3) };
-        assert_eq!(serde_json::to_value(&ok).unwrap(), serde_json::json!({"id": 3, "ok": true, "target_id": "7", "etag": "\"e,1\""}));
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            serde_json::json!({"id": 3, "ok": true, "target_id": "7", "etag": "\"e,1\""})
+        );
         let f = OpResult { retry_after: Some(2.0), ..OpResult::failed(4, ErrorClass::Throttled, "slow down", false) };
         assert_eq!(
             serde_json::to_value(&f).unwrap(),

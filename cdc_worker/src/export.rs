@@ -1,0 +1,276 @@
+//! The exporter: `sync.claim` → target adapter → `sync.complete`, per target,
+//! as DESIGN.md's lifecycle says. Any number of exporters (processes,
+//! machines) may run at once: claims use `FOR UPDATE SKIP LOCKED` and leases,
+//! so an export is sent by one of them only; an export whose lease expired
+//! (its worker died mid-request) is claimed again with `verify`, and the
+//! adapter looks its SyncKey up before creating anything.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::dsn::Dsn;
+use crate::ingest::{connect, IngestError};
+use crate::target::{self, ApplyContext, ErrorClass, Export, OpResult, Target};
+
+/// How the exporter runs.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// Only these targets (all with an active definition when empty).
+    pub targets: Vec<String>,
+    /// Stop when nothing is left to send (exports in `error` or awaiting
+    /// approval do not count).
+    pub once: bool,
+    /// The name recorded in leases and runs.
+    pub worker_name: String,
+    /// How long to sleep when there is nothing to claim.
+    pub idle_poll: Duration,
+    /// Lease length in seconds (default: the `lease_seconds` setting).
+    pub lease_seconds: Option<i32>,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            once: false,
+            worker_name: crate::ingest::default_worker_name(),
+            idle_poll: Duration::from_millis(500),
+            lease_seconds: None,
+        }
+    }
+}
+
+/// What one exporter session did.
+#[derive(Debug, Default, Clone)]
+pub struct ExportSummary {
+    /// Exports claimed.
+    pub claimed: u64,
+    /// Exports the target confirmed.
+    pub exported: u64,
+    /// Exports that failed (to be retried, or in error).
+    pub failed: u64,
+}
+
+/// Runs the exporter for every target (or `config.targets`) until shutdown,
+/// or with `once` until nothing is left to send.
+pub async fn run(
+    dsn: &Dsn,
+    config: &ExportConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<ExportSummary, IngestError> {
+    let db = connect(dsn).await?;
+    let rows = db
+        .query(
+            "SELECT t.name, t.kind, t.config::text, t.secret_ref FROM sync.targets t
+              WHERE EXISTS (SELECT 1 FROM sync.definitions d WHERE d.target = t.name AND d.state IN ('active', 'paused'))
+                AND (cardinality($1::text[]) = 0 OR t.name = ANY ($1))
+              ORDER BY t.name",
+            &[&config.targets],
+        )
+        .await
+        .map_err(IngestError::db("listing targets"))?;
+    if rows.is_empty() {
+        tracing::info!("no target has an active definition: nothing to export");
+        return Ok(ExportSummary::default());
+    }
+    let mut tasks = Vec::new();
+    for r in rows {
+        let (name, kind, cfg, secret): (String, String, String, Option<String>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let cfg: Value = serde_json::from_str(&cfg).unwrap_or(Value::Null);
+        let adapter = match target::build(&name, &kind, &cfg, secret.as_deref()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(target = %name, error = %e, "cannot export to this target");
+                set_status(&db, &name, "auth_failed", &e.to_string()).await;
+                continue;
+            }
+        };
+        let (dsn, config, shutdown) = (dsn.clone(), config.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move { export_target(&dsn, &config, &name, adapter, shutdown).await }));
+    }
+    let mut summary = ExportSummary::default();
+    let mut first_err = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(s)) => {
+                summary.claimed += s.claimed;
+                summary.exported += s.exported;
+                summary.failed += s.failed;
+            }
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(IngestError::NotReady {
+                    message: format!("an exporter task failed: {e}"),
+                    hint: "see the log".into(),
+                });
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+async fn set_status(db: &Client, target: &str, status: &str, detail: &str) {
+    let r = db
+        .execute(
+            "UPDATE sync.targets SET status = $2, status_detail = nullif($3, ''), updated_at = now()
+              WHERE name = $1 AND (status, coalesce(status_detail, '')) IS DISTINCT FROM ($2, $3)",
+            &[&target, &status, &detail],
+        )
+        .await;
+    if let Err(e) = r {
+        tracing::debug!(error = %crate::pgerror::Described(&e), "could not record the target's status");
+    }
+}
+
+async fn context(db: &Client, target: &str) -> Result<ApplyContext, IngestError> {
+    let rows = db
+        .query(
+            "SELECT d.name, tl.list, tl.remote_id FROM sync.target_lists tl JOIN sync.definitions d ON d.id = tl.definition_id
+              WHERE tl.remote_id IS NOT NULL AND d.target = $1 ORDER BY d.name, tl.list",
+            &[&target],
+        )
+        .await
+        .map_err(IngestError::db("reading the target's lists"))?;
+    let mut ctx = ApplyContext::default();
+    for r in rows {
+        let (def, list, id): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        ctx.definition_lists.entry(def.clone()).or_insert_with(|| id.clone());
+        ctx.list_ids.insert((def, list), id);
+    }
+    Ok(ctx)
+}
+
+async fn export_target(
+    dsn: &Dsn,
+    config: &ExportConfig,
+    name: &str,
+    adapter: Box<dyn Target>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<ExportSummary, IngestError> {
+    let db = connect(dsn).await?;
+    let run_id: i64 = db
+        .query_one("SELECT sync.start_run('export', NULL, $1)", &[&config.worker_name])
+        .await
+        .map_err(IngestError::db("recording the export run"))?
+        .get(0);
+    let result = export_loop(&db, config, name, adapter.as_ref(), run_id, &mut shutdown).await;
+    let (status, error) = match &result {
+        Ok(_) => ("succeeded", None),
+        Err(e) => ("failed", Some(e.to_string())),
+    };
+    if let Err(e) = db.execute("SELECT sync.finish_run($1, $2, $3)", &[&run_id, &status, &error]).await {
+        tracing::warn!(error = %crate::pgerror::Described(&e), "could not record the end of the export run");
+    }
+    result
+}
+
+async fn export_loop(
+    db: &Client,
+    config: &ExportConfig,
+    name: &str,
+    adapter: &dyn Target,
+    run_id: i64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<ExportSummary, IngestError> {
+    let mut summary = ExportSummary::default();
+    let n = i32::try_from(adapter.batch_size().clamp(1, 1000)).unwrap_or(100);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(summary);
+        }
+        let rows = db
+            .query(
+                "SELECT to_jsonb(c)::text FROM sync.claim($1, $2, $3, $4, $5) c",
+                &[&name, &n, &config.lease_seconds, &config.worker_name, &run_id],
+            )
+            .await
+            .map_err(IngestError::db("claiming exports"))?;
+        let mut exports = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for r in &rows {
+            let text: String = r.get(0);
+            match serde_json::from_str::<Export>(&text) {
+                Ok(e) => exports.push(e),
+                Err(e) => {
+                    // Should not happen; never lose it: report it failed.
+                    let id =
+                        serde_json::from_str::<Value>(&text).ok().and_then(|v| v.get("id").and_then(Value::as_i64));
+                    tracing::error!(error = %e, "a claimed export does not parse");
+                    if let Some(id) = id {
+                        unreadable.push(OpResult::failed(
+                            id,
+                            ErrorClass::Definite,
+                            format!("the worker cannot read this export: {e}"),
+                            false,
+                        ));
+                    }
+                }
+            }
+        }
+        if exports.is_empty() && unreadable.is_empty() {
+            if config.once && !open_work(db, name).await? {
+                return Ok(summary);
+            }
+            let (h, msg) = adapter.health();
+            set_status(db, name, h.as_str(), &msg).await;
+            tokio::select! {
+                _ = tokio::time::sleep(config.idle_poll) => {}
+                _ = shutdown.changed() => return Ok(summary),
+            }
+            continue;
+        }
+        summary.claimed += exports.len() as u64;
+        let ctx = context(db, name).await?;
+        // Finish the batch in flight even on shutdown: its results are recorded.
+        let mut results = adapter.apply(&exports, &ctx).await;
+        results.extend(unreadable);
+        // Every claimed export gets exactly one result.
+        let mut by_id: HashMap<i64, OpResult> = HashMap::new();
+        for r in results {
+            by_id.entry(r.id).or_insert(r);
+        }
+        for e in &exports {
+            by_id.entry(e.id).or_insert_with(|| {
+                OpResult::failed(e.id, ErrorClass::Transient, "the adapter returned no result for it", true)
+            });
+        }
+        let results: Vec<OpResult> = by_id.into_values().collect();
+        let ok = results.iter().filter(|r| r.ok).count() as u64;
+        summary.exported += ok;
+        summary.failed += results.len() as u64 - ok;
+        for r in results.iter().filter(|r| !r.ok) {
+            tracing::debug!(export = r.id, class = ?r.class, error = r.error.as_deref().unwrap_or(""), "export failed");
+        }
+        let json = serde_json::to_string(&results).expect("results serialize");
+        db.query("SELECT * FROM sync.complete($1::text::jsonb, $2)", &[&json, &config.worker_name])
+            .await
+            .map_err(IngestError::db("recording export results"))?;
+        let (h, msg) = adapter.health();
+        set_status(db, name, h.as_str(), &msg).await;
+        tracing::debug!(target = %name, claimed = exports.len(), exported = ok, "batch done");
+    }
+}
+
+/// Whether the target still has exports that will become claimable
+/// (pending, failed awaiting its retry, or executing under someone's lease).
+async fn open_work(db: &Client, target: &str) -> Result<bool, IngestError> {
+    Ok(db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
+                             WHERE d.target = $1 AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing'))",
+            &[&target],
+        )
+        .await
+        .map_err(IngestError::db("looking for open exports"))?
+        .get(0))
+}
