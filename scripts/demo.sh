@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: the main job on the embedded default. A throwaway cluster,
-# the extension installed, and what the worker's `check` reports.
+# `make demo`: the main job on the embedded default. A throwaway cluster with
+# the extension, the local Graph emulator, and the worker syncing a demo table
+# (a mapping, two shards) into SharePoint lists: the plan, the first sync,
+# inserts / updates / a shard move / a delete, and the result side by side.
 # Everything it starts is stopped on exit, whether it succeeded or not.
 set -euo pipefail
 SCRIPT_NAME=demo
@@ -8,26 +10,95 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 "$ROOT/scripts/setup.sh" >/dev/null
-log "building the worker and the extension"
-cargo build --quiet -p syncbridge-worker
+log "building the worker, the Graph emulator and the extension"
+cargo build --quiet -p syncbridge-worker -p syncbridge-tests --bin syncbridge-worker --bin graph-emulator
 install_ext
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/syncbridge-demo-XXXXXX")
 chmod 0755 "$dir"
-cleanup() { pg_stop "$dir/pg"; rm -rf "$dir"; }
+emu_pid=
+cleanup() {
+  if [ -n "$emu_pid" ]; then kill "$emu_pid" 2>/dev/null || true; wait "$emu_pid" 2>/dev/null || true; fi
+  pg_stop "$dir/pg"; rm -rf "$dir"
+}
 trap cleanup EXIT
 port=$(free_port)
 log "starting a throwaway cluster on 127.0.0.1:$port"
 pg_start "$dir/pg" "$port"
-psql=("$PG_BIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres)
-"${psql[@]}" -q -d postgres -c "CREATE DATABASE demo"
+psql=("$PG_BIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d demo -v ON_ERROR_STOP=1)
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE demo"
 dsn="host=127.0.0.1 port=$port user=postgres dbname=demo"
 
-echo
-echo "== CREATE EXTENSION syncbridge; SELECT sync.version();"
-"${psql[@]}" -q -d demo -c "CREATE EXTENSION syncbridge" -c "SELECT sync.version()"
+# The emulator plays Microsoft Graph (token endpoint included). The secret
+# reaches the worker through its environment only, never a table.
+export GRAPH_CLIENT_SECRET=demo-secret
+"$ROOT/target/debug/graph-emulator" --listen 127.0.0.1:0 --port-file "$dir/emu.port" \
+  --tenant demo-tenant --client-id demo-client --client-secret "$GRAPH_CLIENT_SECRET" >"$dir/emu.log" 2>&1 &
+emu_pid=$!
+for _ in $(seq 100); do [ -s "$dir/emu.port" ] && break; sleep 0.1; done
+emu="http://127.0.0.1:$(cat "$dir/emu.port")"
+log "Graph emulator on $emu"
 
-echo "== syncbridge-worker check --dsn '$dsn'"
-"$ROOT/target/debug/syncbridge-worker" check --dsn "$dsn"
+worker() { "$ROOT/target/debug/syncbridge-worker" "$@" --dsn "$dsn" 2>&1 | sed 's/^/    worker: /'; }
+show() { echo; echo "== $1"; shift; "${psql[@]}" -q "$@"; }
+
+show "a source table" <<'SQL'
+CREATE EXTENSION syncbridge;
+CREATE TABLE employees (id int PRIMARY KEY, full_name text NOT NULL, region text NOT NULL,
+                        salary numeric(10,2), active boolean NOT NULL DEFAULT true, hired date);
+INSERT INTO employees VALUES
+  (1, 'Ada Lovelace',    'EU', 5200, true,  '2021-03-01'),
+  (2, 'Grace Hopper',    'US', 6100, true,  '2019-11-15'),
+  (3, 'Alan Turing',     'EU', 4800, true,  '2022-06-30'),
+  (4, 'Katherine Johnson','US', NULL, false, NULL),
+  (5, 'Émilie du Châtelet','EU', 5500, true, '2020-01-07');
+SELECT * FROM employees ORDER BY id;
+SQL
+
+show "a Graph target, a definition with a mapping and two shards" <<SQL
+SELECT sync.create_target('sharepoint', kind => 'graph',
+  config => '{"tenant_id": "demo-tenant", "client_id": "demo-client", "site_id": "contoso.sharepoint.com,demo",
+              "base_url": "$emu/v1.0", "authority_url": "$emu"}',
+  secret => 'env:GRAPH_CLIENT_SECRET');
+SELECT sync.define('employees_sp', source => 'employees', target => 'sharepoint');
+SELECT sync.map('employees_sp', 'full_name', 'Title');
+SELECT sync.map('employees_sp', 'region', 'Region');
+SELECT sync.map('employees_sp', 'salary', 'Salary');
+SELECT sync.map('employees_sp', 'active', 'Active');
+SELECT sync.map('employees_sp', 'hired', 'Hired');
+SELECT sync.shard('employees_sp', \$\$region = 'EU'\$\$, list => 'Employees EU');
+SELECT sync.shard('employees_sp', \$\$region <> 'EU'\$\$, list => 'Employees Elsewhere');
+SQL
+
+show "SELECT * FROM sync.plan();  -- what the first sync will do" <<'SQL'
+SELECT definition, op, sync_key, list, changed, requests, cost FROM sync.plan() ORDER BY list, sync_key;
+SELECT sync.provision('employees_sp') AS lists_to_create, sync.enable('employees_sp');
+SQL
+
+echo; echo "== syncbridge-worker run --once  (slot, backfill, lists provisioned, items created)"
+worker run --once
+
+show "changes: two inserts, an update, a shard move (EU -> US), a delete" <<'SQL'
+INSERT INTO employees VALUES (6, 'Margaret Hamilton', 'US', 7000, true, '2023-02-01'),
+                             (7, 'Barbara Liskov', 'EU', 6600, true, '2018-09-12');
+UPDATE employees SET salary = 5900 WHERE id = 1;
+UPDATE employees SET region = 'US' WHERE id = 3;
+DELETE FROM employees WHERE id = 4;
+SELECT definition, op, sync_key, list, from_list, changed FROM sync.plan() ORDER BY sync_key;
+SQL
+
+echo; echo "== syncbridge-worker run --once"
+worker run --once
+
+echo; echo "== the SharePoint lists (as the Graph emulator holds them)"
+"$ROOT/target/debug/graph-emulator" dump --url "$emu"
+
+show "the source table" <<'SQL'
+SELECT * FROM employees ORDER BY id;
+SQL
+show "SELECT * FROM sync.status;" <<'SQL'
+\x on
+SELECT * FROM sync.status;
+SQL
 echo
-log "done; stopping the cluster"
+log "done; stopping the emulator and the cluster"

@@ -218,8 +218,15 @@ async fn export_loop(
             }
         }
         if exports.is_empty() && unreadable.is_empty() {
-            if config.once && !open_work(db, name).await? {
-                return Ok(summary);
+            if config.once {
+                let (open, waiting_long) = open_work(db, name, ONCE_MAX_WAIT).await?;
+                if !open {
+                    return Ok(summary);
+                }
+                if waiting_long > 0 {
+                    tracing::warn!(target = %name, exports = waiting_long, "exports wait for a retry more than a minute away; see sync.status (stopping, --once)");
+                    return Ok(summary);
+                }
             }
             let (h, msg) = adapter.health();
             set_status(db, name, h.as_str(), &msg).await;
@@ -261,16 +268,23 @@ async fn export_loop(
     }
 }
 
-/// Whether the target still has exports that will become claimable
-/// (pending, failed awaiting its retry, or executing under someone's lease).
-async fn open_work(db: &Client, target: &str) -> Result<bool, IngestError> {
-    Ok(db
+/// How long `--once` waits for an export's next retry.
+const ONCE_MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether the target still has open exports (pending, failed awaiting a
+/// retry, or executing under someone's lease), and how many of them will not
+/// be retried within `wait`.
+async fn open_work(db: &Client, target: &str, wait: Duration) -> Result<(bool, i64), IngestError> {
+    let secs = wait.as_secs_f64();
+    let row = db
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
-                             WHERE d.target = $1 AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing'))",
-            &[&target],
+            "SELECT count(*) > 0,
+                    count(*) FILTER (WHERE e.status = 'failed' AND e.next_attempt_at > now() + make_interval(secs => $2))
+               FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
+              WHERE d.target = $1 AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing')",
+            &[&target, &secs],
         )
         .await
-        .map_err(IngestError::db("looking for open exports"))?
-        .get(0))
+        .map_err(IngestError::db("looking for open exports"))?;
+    Ok((row.get(0), row.get(1)))
 }

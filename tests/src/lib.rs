@@ -3,6 +3,8 @@
 //! way to run the worker binary.
 
 pub mod cluster;
+pub mod graph;
+pub mod graph_emulator;
 pub mod ingest;
 pub mod worker;
 

@@ -181,6 +181,10 @@ fn graph_fields(payload: &Value, create: bool) -> Result<Map<String, Value>, Str
                 }
             },
             Value::Null if create => {}
+            // Arrays and JSON documents go into text (note) columns as JSON.
+            Value::Array(_) | Value::Object(_) => {
+                out.insert(k.clone(), Value::String(v.to_string()));
+            }
             other => {
                 out.insert(k.clone(), other.clone());
             }
@@ -500,6 +504,10 @@ impl GraphTarget {
         let list = payload.get("list").and_then(Value::as_str).unwrap_or(&e.list).to_owned();
         let mut columns = Vec::new();
         for c in payload.get("columns").and_then(Value::as_array).cloned().unwrap_or_default() {
+            // Every list has Title already (a field mapped to it fills it).
+            if c.get("name").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case("Title")) {
+                continue;
+            }
             let lookup = c.get("reference").and_then(Value::as_str).and_then(|d| ctx.definition_lists.get(d));
             match column_definition(&c, lookup.map(String::as_str)) {
                 Ok(def) => columns.push(def),
@@ -911,9 +919,13 @@ mod tests {
 
     #[test]
     fn references_become_lookup_ids_and_creates_leave_nulls_out() {
-        let p = json!({"Title": "x", "Gone": null, "Boss": {"@ref": "7", "@def": "people", "target_id": "42"}});
+        let p = json!({"Title": "x", "Gone": null, "Boss": {"@ref": "7", "@def": "people", "target_id": "42"},
+                       "Tags": ["a", "b"], "Meta": {"k": 1}});
         let f = graph_fields(&p, true).unwrap();
-        assert_eq!(Value::Object(f), json!({"Title": "x", "BossLookupId": "42"}));
+        assert_eq!(
+            Value::Object(f),
+            json!({"Title": "x", "BossLookupId": "42", "Tags": "[\"a\",\"b\"]", "Meta": "{\"k\":1}"})
+        );
         let f = graph_fields(&p, false).unwrap();
         assert_eq!(f.get("Gone"), Some(&Value::Null));
         let unresolved = json!({"Boss": {"@ref": "7", "@def": "people", "target_id": null}});

@@ -1,0 +1,172 @@
+//! Helpers for end-to-end tests through the Graph emulator: a target
+//! pointing at it, the worker with the secret in its environment, and the
+//! emulator's lists next to what the extension says the rows map to.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::{Map, Value};
+
+use crate::graph_emulator::{Emulator, EmulatorConfig};
+use crate::ingest::run_cmd;
+use crate::TestDb;
+
+/// The environment variable the tests' Graph secret travels in.
+pub const SECRET_ENV: &str = "SYNCBRIDGE_TEST_GRAPH_SECRET";
+
+/// A running emulator with the runtime that serves it.
+pub struct GraphEnv {
+    /// The emulator.
+    pub emu: Emulator,
+    rt: tokio::runtime::Runtime,
+}
+
+impl GraphEnv {
+    /// Starts an emulator (budget in RU per minute, None: unlimited).
+    pub fn start(budget_per_min: Option<u32>) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let config = EmulatorConfig { budget_per_min, ..EmulatorConfig::default() };
+        let emu = rt.block_on(Emulator::start(config)).expect("start the Graph emulator");
+        Self { emu, rt }
+    }
+
+    /// Runs a future on the emulator's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Creates target `name` in `db` pointing at this emulator (budget in RU/min).
+    pub fn create_target(&self, db: &TestDb, name: &str, budget_per_min: Option<u32>) {
+        let c = EmulatorConfig::default();
+        let mut config = serde_json::json!({
+            "tenant_id": c.tenant_id, "client_id": c.client_id, "site_id": "contoso.sharepoint.com,tests",
+            "base_url": self.emu.base_url(), "authority_url": self.emu.authority_url(), "timeout_ms": 5000,
+        });
+        if let Some(b) = budget_per_min {
+            config["budget_per_min"] = b.into();
+        }
+        db.psql(&format!(
+            "SELECT sync.create_target('{name}', kind => 'graph', config => '{config}', secret => 'env:{SECRET_ENV}')"
+        ));
+    }
+
+    /// Items per list display name, keyed by SyncKey (panics on a twin).
+    pub fn items(&self) -> BTreeMap<String, BTreeMap<String, Map<String, Value>>> {
+        let mut out = BTreeMap::new();
+        for l in self.emu.lists() {
+            let mut items = BTreeMap::new();
+            for i in l.items {
+                let key = i.fields.get("SyncKey").and_then(Value::as_str).unwrap_or("<no SyncKey>").to_owned();
+                let mut f = i.fields.clone();
+                f.insert("@id".into(), Value::String(i.id.clone()));
+                assert!(items.insert(key.clone(), f).is_none(), "two items with SyncKey {key} in {}", l.display_name);
+            }
+            out.insert(l.display_name, items);
+        }
+        out
+    }
+}
+
+/// The worker command with the Graph secret in its environment.
+pub fn worker_cmd(db: &TestDb, extra: &[&str]) -> Command {
+    let mut c = run_cmd(db, extra);
+    c.env(SECRET_ENV, EmulatorConfig::default().client_secret);
+    c
+}
+
+/// `run --once` (ingest, then export until nothing is left); returns the log.
+pub fn sync_once(db: &TestDb) -> String {
+    let child = worker_cmd(db, &["--once"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the worker");
+    let limit = std::env::var("SYNCBRIDGE_SYNC_LIMIT_S").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let out = crate::ingest::wait_with_limit(child, std::time::Duration::from_secs(limit));
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "worker failed ({:?}):\n{log}", out.status);
+    log
+}
+
+/// What the extension says each row maps to: list → SyncKey → fields.
+pub fn expected(db: &TestDb, definition: &str) -> BTreeMap<String, BTreeMap<String, Map<String, Value>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Map<String, Value>>> = BTreeMap::new();
+    let rows = db.psql(&format!(
+        "SELECT json_build_array(sync_key, list, fields)::text FROM sync.preview('{definition}', 1000000)"
+    ));
+    for line in rows.lines().filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).expect("preview row");
+        let key = v[0].as_str().expect("key").to_owned();
+        let list = v[1].as_str().expect("list").to_owned();
+        let fields = v[2].as_object().cloned().unwrap_or_default();
+        out.entry(list).or_default().insert(key, fields);
+    }
+    out
+}
+
+/// Asserts that the emulator holds exactly the mapped rows of `definition`
+/// (every mapped field equal; references resolved to the referenced item's
+/// id; no item more, none less). `lists` names the definition's lists.
+pub fn assert_target_equals_source(env: &GraphEnv, db: &TestDb, definition: &str, lists: &[&str]) {
+    let want = expected(db, definition);
+    let have = env.items();
+    for list in lists {
+        let w = want.get(*list).cloned().unwrap_or_default();
+        let h = have.get(*list).cloned().unwrap_or_default();
+        let wk: Vec<&String> = w.keys().collect();
+        let hk: Vec<&String> = h.keys().collect();
+        assert_eq!(hk, wk, "the keys in list {list}");
+        for (key, fields) in &w {
+            let item = &h[key];
+            for (f, v) in fields {
+                if let Some(r) = v.as_object().filter(|o| o.contains_key("@ref")) {
+                    // A reference: the referenced row's item id.
+                    let rdef = r["@def"].as_str().expect("@def");
+                    let rkey = r["@ref"].as_str().map(str::to_owned).unwrap_or_else(|| r["@ref"].to_string());
+                    let rid = have
+                        .values()
+                        .find_map(|items| items.get(&rkey).filter(|_| true))
+                        .and_then(|i| i.get("@id").cloned());
+                    assert_eq!(
+                        item.get(&format!("{f}LookupId")),
+                        rid.as_ref(),
+                        "{list}/{key}: reference {f} to {rdef}/{rkey}"
+                    );
+                } else if v.is_array() || v.is_object() {
+                    // JSON documents and arrays travel as JSON text.
+                    let got = item.get(f).and_then(Value::as_str).map(serde_json::from_str::<Value>);
+                    assert!(matches!(&got, Some(Ok(g)) if g == v), "{list}/{key}: field {f}: {got:?} vs {v}");
+                } else if v.is_null() {
+                    assert!(
+                        item.get(f).is_none_or(Value::is_null),
+                        "{list}/{key}: {f} should be empty, is {:?}",
+                        item.get(f)
+                    );
+                } else if let (Some(a), Some(b)) =
+                    (item.get(f).and_then(Value::as_str).and_then(instant), v.as_str().and_then(instant))
+                {
+                    // Graph returns dates and times in UTC, ISO 8601 with Z.
+                    assert_eq!(a, b, "{list}/{key}: field {f} as a time");
+                } else {
+                    assert_eq!(item.get(f), Some(v), "{list}/{key}: field {f}");
+                }
+            }
+        }
+    }
+}
+
+/// A date or UTC timestamp in one spelling (`YYYY-MM-DDTHH:MM:SS[.f]`), or
+/// None when `s` is neither.
+fn instant(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let is_date = b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && s[..4].bytes().all(|c| c.is_ascii_digit());
+    if !is_date {
+        return None;
+    }
+    if s.len() == 10 {
+        return Some(format!("{s}T00:00:00"));
+    }
+    let t = s.replacen(' ', "T", 1);
+    let t = t.strip_suffix('Z').or_else(|| t.strip_suffix("+00:00")).or_else(|| t.strip_suffix("+00"))?;
+    Some(t.to_owned())
+}

@@ -1,0 +1,1399 @@
+//! A local emulator of the Microsoft Graph SharePoint-lists API, for testing
+//! the Graph target without a tenant.
+//!
+//! It serves, over plain HTTP on loopback:
+//!
+//! - the Microsoft identity platform's client-credentials token endpoint,
+//!   `POST /{tenant}/oauth2/v2.0/token`;
+//! - `/v1.0/sites/{site}/lists[...]`: lists, columns, items (create, read,
+//!   `fields` update, delete, `If-Match`), `$filter` with Graph's
+//!   non-indexed-column refusal, paging with `@odata.nextLink`, item delta
+//!   with tokens;
+//! - `POST /v1.0/$batch` (at most 20 requests, `dependsOn`, per-request
+//!   throttling);
+//! - resource-unit throttling over a sliding 60 s window (`429` with
+//!   `Retry-After`), and injectable faults (error statuses, dropped
+//!   connections, garbage or truncated bodies, `$batch` answers missing
+//!   responses, latency);
+//! - `/_emulator/...`: inspection and control without authentication.
+//!
+//! Every site id is accepted; a site exists implicitly per id string (and
+//! `sites/{hostname}:/{path}:` maps to a stable composite id).
+
+mod graph;
+mod odata;
+mod state;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+use graph::{Req, Resp};
+use state::{GraphError, State};
+
+/// The `Content-Type` Graph answers JSON with.
+pub(crate) const GRAPH_CONTENT_TYPE: &str =
+    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+const SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// How an emulator behaves: the app registration it accepts and its budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulatorConfig {
+    /// The tenant in the token endpoint's path (default `tenant`).
+    pub tenant_id: String,
+    /// The accepted client id (default `client`).
+    pub client_id: String,
+    /// The accepted client secret (default `secret`).
+    pub client_secret: String,
+    /// How long issued tokens stay valid, in seconds (default 3600).
+    pub token_lifetime_secs: u64,
+    /// Resource units allowed per sliding 60 s window; `None` = unlimited.
+    pub budget_per_min: Option<u32>,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: "tenant".into(),
+            client_id: "client".into(),
+            client_secret: "secret".into(),
+            token_lifetime_secs: 3600,
+            budget_per_min: None,
+        }
+    }
+}
+
+/// A fault to inject into the next Graph requests (token requests are never
+/// affected; a `$batch` envelope counts as one request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and a Graph error body (503 and 429 carry
+    /// `Retry-After: 1`); the request is not executed.
+    Status(u16),
+    /// Close the connection without any response; the request is not executed.
+    Drop,
+    /// `200` with a body that is not JSON; the request is not executed.
+    Garbage,
+    /// Execute the request, then answer `200` with its JSON body cut in half.
+    Truncated,
+    /// For the next `$batch` envelope (other requests pass it by): the last
+    /// half of its requests (at least one) is neither executed nor answered;
+    /// the rest is processed normally.
+    BatchMissingResponses,
+}
+
+/// One list item as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemSnapshot {
+    /// The item id (`"1"`, `"2"`, ...).
+    pub id: String,
+    /// The eTag, quotes included: `"guid,version"`.
+    pub etag: String,
+    /// The values of the list's own columns (`Title` included; lookups as
+    /// `XLookupId`); system fields are left out.
+    pub fields: serde_json::Map<String, Value>,
+}
+
+/// One list with its columns and items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListSnapshot {
+    /// The list id (a GUID).
+    pub id: String,
+    /// The site the list belongs to.
+    pub site_id: String,
+    /// The list's display name.
+    pub display_name: String,
+    /// Column definitions as Graph shows them, `Title` first.
+    pub columns: Vec<Value>,
+    /// Items in id order.
+    pub items: Vec<ItemSnapshot>,
+}
+
+/// Counters since the emulator started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Every HTTP request (token requests, `$batch` envelopes and each of
+    /// their inner requests included; `/_emulator` requests excluded).
+    pub requests: u64,
+    /// `$batch` envelopes.
+    pub batch_requests: u64,
+    /// `429` answers, inside `$batch` included.
+    pub throttled: u64,
+    /// Resource units charged (1 per throttled request).
+    pub ru_used: u64,
+    /// Tokens issued.
+    pub tokens_issued: u64,
+    /// Successful creates, updates and deletes (lists, columns and items).
+    pub writes: u64,
+}
+
+/// The shared state of a running emulator, for inspection and control from
+/// sync or async code.
+#[derive(Debug)]
+pub struct EmulatorState {
+    inner: Mutex<State>,
+}
+
+impl EmulatorState {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every list with its columns and items, in creation order.
+    pub fn lists(&self) -> Vec<ListSnapshot> {
+        self.lock().snapshots()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.lock().stats
+    }
+
+    /// Changes the resource-unit budget per sliding minute (`None` = unlimited).
+    pub fn set_budget(&self, per_min: Option<u32>) {
+        self.lock().budget = per_min;
+    }
+
+    /// Applies `fault` to the next `count` Graph requests (after any faults
+    /// already pending).
+    pub fn inject(&self, fault: Fault, count: u32) {
+        if count > 0 {
+            self.lock().faults.push_back((fault, count));
+        }
+    }
+
+    /// Delays every Graph request by `ms` milliseconds.
+    pub fn set_latency(&self, ms: u64) {
+        self.lock().latency_ms = ms;
+    }
+
+    /// Invalidates every token issued so far (they get `401` from now on).
+    pub fn expire_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+}
+
+/// A running emulator; dropping it stops the server.
+#[derive(Debug)]
+pub struct Emulator {
+    state: Arc<EmulatorState>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Emulator {
+    /// Starts an emulator on a free loopback port.
+    pub async fn start(config: EmulatorConfig) -> std::io::Result<Emulator> {
+        Self::start_on(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Starts an emulator on `addr`.
+    pub async fn start_on(config: EmulatorConfig, addr: SocketAddr) -> std::io::Result<Emulator> {
+        let listener = TcpListener::bind(addr).await?;
+        let mut addr = listener.local_addr()?;
+        if addr.ip().is_unspecified() {
+            let ip = if addr.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
+            addr.set_ip(ip);
+        }
+        let state = Arc::new(EmulatorState { inner: Mutex::new(State::new(config)) });
+        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        Ok(Emulator { state, addr, task })
+    }
+
+    /// The address the server listens on (loopback if bound to all addresses).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/v1.0`.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1.0", self.authority_url())
+    }
+
+    /// `http://127.0.0.1:PORT`; the token endpoint is
+    /// `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub fn authority_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The shared state, usable after the `Emulator` is moved elsewhere.
+    pub fn state(&self) -> Arc<EmulatorState> {
+        self.state.clone()
+    }
+
+    /// Every list with its columns and items, in creation order.
+    pub fn lists(&self) -> Vec<ListSnapshot> {
+        self.state.lists()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    /// Changes the resource-unit budget per sliding minute (`None` = unlimited).
+    pub fn set_budget(&self, per_min: Option<u32>) {
+        self.state.set_budget(per_min)
+    }
+
+    /// Applies `fault` to the next `count` Graph requests.
+    pub fn inject(&self, fault: Fault, count: u32) {
+        self.state.inject(fault, count)
+    }
+
+    /// Delays every Graph request by `ms` milliseconds.
+    pub fn set_latency(&self, ms: u64) {
+        self.state.set_latency(ms)
+    }
+
+    /// Invalidates every token issued so far.
+    pub fn expire_tokens(&self) {
+        self.state.expire_tokens()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<EmulatorState>) {
+    // Connections live in the set, so aborting this task closes them all.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let local = stream.local_addr().ok();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| serve_http(state.clone(), local, req));
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn plain_json(status: u16, body: &Value) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert("content-type", "application/json; charset=utf-8".parse().expect("valid header"));
+    r
+}
+
+fn to_http(resp: Resp, client_request_id: Option<&str>) -> HttpResponse {
+    let body = match &resp.body {
+        Some(b) => Bytes::from(serde_json::to_vec(b).unwrap_or_default()),
+        None => Bytes::new(),
+    };
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    if resp.body.is_some() {
+        h.insert("content-type", GRAPH_CONTENT_TYPE.parse().expect("valid header"));
+    }
+    let request_id = odata::guid();
+    let mut extra = vec![("request-id".to_string(), request_id.clone())];
+    extra.push(("client-request-id".to_string(), client_request_id.map_or(request_id, str::to_string)));
+    for (k, v) in resp.headers.iter().chain(extra.iter()) {
+        if let (Ok(name), Ok(value)) =
+            (hyper::header::HeaderName::from_bytes(k.as_bytes()), hyper::header::HeaderValue::from_str(v))
+        {
+            h.insert(name, value);
+        }
+    }
+    r
+}
+
+fn fault_error(status: u16) -> GraphError {
+    let code = match status {
+        400 => "invalidRequest",
+        401 => "InvalidAuthenticationToken",
+        403 => "accessDenied",
+        404 => "itemNotFound",
+        409 => "conflict",
+        412 => "preconditionFailed",
+        429 => "TooManyRequests",
+        500 => "generalException",
+        501 => "notSupported",
+        502 => "badGateway",
+        503 => "serviceNotAvailable",
+        504 => "gatewayTimeout",
+        _ => "UnknownError",
+    };
+    GraphError::new(status, code, format!("Injected fault: the service answered {status}."))
+}
+
+async fn serve_http(
+    state: Arc<EmulatorState>,
+    local: Option<SocketAddr>,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let mut headers = HashMap::new();
+    for (k, v) in &parts.headers {
+        headers.insert(k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let method = parts.method.as_str().to_ascii_uppercase();
+    let origin = match headers.get("host") {
+        Some(h) => format!("http://{h}"),
+        None => format!("http://{}", local.map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string())),
+    };
+    if let Some(rest) = path.strip_prefix("/_emulator/") {
+        return Ok(control(&state, &method, rest, &bytes));
+    }
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let [tenant, "oauth2", "v2.0", "token"] = segs.as_slice() {
+        return Ok(token(&state, &method, tenant, &headers, &bytes));
+    }
+    let Some(graph_path) = path.strip_prefix("/v1.0").filter(|p| p.is_empty() || p.starts_with('/')) else {
+        let mut st = state.lock();
+        st.stats.requests += 1;
+        drop(st);
+        let e = GraphError::new(400, "BadRequest", format!("Invalid version or resource: '{path}'."));
+        return Ok(to_http(Resp::error(e), None));
+    };
+    let is_batch = matches!(segs.as_slice(), ["v1.0", b] if *b == "$batch" || b.eq_ignore_ascii_case("%24batch"));
+    let (latency, fault) = {
+        let mut st = state.lock();
+        st.stats.requests += 1;
+        if is_batch {
+            st.stats.batch_requests += 1;
+        }
+        (st.latency_ms, st.take_fault(is_batch))
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let client_request_id = headers.get("client-request-id").cloned();
+    match fault {
+        Some(Fault::Drop) => return Err(std::io::Error::other("injected fault: drop the connection")),
+        Some(Fault::Status(status)) => {
+            let mut resp = Resp::error(fault_error(status));
+            if status == 503 || status == 429 {
+                resp = resp.with_header("Retry-After", "1");
+            }
+            if status == 429 {
+                state.lock().stats.throttled += 1;
+            }
+            return Ok(to_http(resp, client_request_id.as_deref()));
+        }
+        Some(Fault::Garbage) => {
+            let mut r = Response::new(Full::new(Bytes::from_static(
+                b"<!DOCTYPE html><html><body><h1>Bad gateway</h1><p>upstream said: \x00\xff</p></body></html>",
+            )));
+            r.headers_mut().insert("content-type", GRAPH_CONTENT_TYPE.parse().expect("valid header"));
+            return Ok(r);
+        }
+        _ => {}
+    }
+    let body = if bytes.is_empty() {
+        Ok(None)
+    } else {
+        serde_json::from_slice::<Value>(&bytes).map(Some).map_err(|e| e.to_string())
+    };
+    let req = Req { method, path: graph_path.to_string(), query: odata::parse_query(&query), headers, body, origin };
+    let resp = {
+        let mut st = state.lock();
+        match st.check_auth(req.headers.get("authorization").map(String::as_str)) {
+            Err(e) => Resp::error(e)
+                .with_header("WWW-Authenticate", "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\""),
+            Ok(()) if is_batch && req.method != "POST" => {
+                Resp::error(GraphError::new(405, "methodNotAllowed", "The $batch endpoint only accepts POST."))
+            }
+            Ok(()) if is_batch => {
+                graph::serve_batch(&mut st, &req, fault == Some(Fault::BatchMissingResponses))
+            }
+            Ok(()) => graph::serve(&mut st, &req),
+        }
+    };
+    let mut http = to_http(resp, client_request_id.as_deref());
+    if fault == Some(Fault::Truncated) {
+        let full = http.body_mut().collect().await.map(|b| b.to_bytes()).unwrap_or_else(|e: Infallible| match e {});
+        let full = if full.len() < 2 { Bytes::from_static(b"{\"value\":[{\"id\":\"1\"}]}") } else { full };
+        *http.status_mut() = StatusCode::OK;
+        http.headers_mut().insert("content-type", GRAPH_CONTENT_TYPE.parse().expect("valid header"));
+        *http.body_mut() = Full::new(full.slice(..full.len() / 2));
+    }
+    Ok(http)
+}
+
+fn token_error(status: u16, error: &str, description: &str) -> HttpResponse {
+    let body = json!({"error": error, "error_description": description, "error_codes": [],
+        "timestamp": odata::now_iso().replace('T', " "), "trace_id": odata::guid(),
+        "correlation_id": odata::guid()});
+    plain_json(status, &body)
+}
+
+fn token(
+    state: &EmulatorState,
+    method: &str,
+    tenant: &str,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+) -> HttpResponse {
+    let mut st = state.lock();
+    st.stats.requests += 1;
+    if method != "POST" {
+        return token_error(405, "invalid_request", "AADSTS900561: The endpoint only accepts POST requests.");
+    }
+    let form: HashMap<String, String> = serde_urlencoded::from_bytes(body).unwrap_or_default();
+    let mut client_id = form.get("client_id").cloned();
+    let mut secret = form.get("client_secret").cloned();
+    if let Some(basic) = headers.get("authorization").and_then(|h| h.strip_prefix("Basic ")) {
+        let decoded = odata::b64_decode(basic.trim()).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
+        if let Some((id, s)) = decoded.split_once(':') {
+            let dec = |x: &str| percent_encoding::percent_decode_str(x).decode_utf8_lossy().into_owned();
+            client_id = Some(dec(id));
+            secret = Some(dec(s));
+        }
+    }
+    match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {}
+        Some(other) => {
+            return token_error(
+                400,
+                "invalid_request",
+                &format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),
+            );
+        }
+        None => {
+            return token_error(
+                400,
+                "invalid_request",
+                "AADSTS900144: The request body must contain the following parameter: 'grant_type'.",
+            );
+        }
+    }
+    let Some(client_id) = client_id else {
+        return token_error(
+            400,
+            "invalid_request",
+            "AADSTS900144: The request body must contain the following parameter: 'client_id'.",
+        );
+    };
+    match form.get("scope") {
+        None => {
+            return token_error(
+                400,
+                "invalid_request",
+                "AADSTS900144: The request body must contain the following parameter: 'scope'.",
+            );
+        }
+        Some(scope) if scope.split_whitespace().collect::<Vec<_>>() != [SCOPE] => {
+            return token_error(
+                400,
+                "invalid_scope",
+                &format!(
+                    "AADSTS1002012: The provided value for scope {scope} is not valid. Client credential flows must \
+                     have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+                ),
+            );
+        }
+        Some(_) => {}
+    }
+    if tenant != st.config.tenant_id {
+        return token_error(
+            401,
+            "invalid_client",
+            &format!("AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."),
+        );
+    }
+    if client_id != st.config.client_id {
+        return token_error(
+            401,
+            "invalid_client",
+            &format!("AADSTS700016: Application with identifier '{client_id}' was not found in the directory."),
+        );
+    }
+    if secret.as_deref() != Some(st.config.client_secret.as_str()) {
+        return token_error(
+            401,
+            "invalid_client",
+            &format!(
+                "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is \
+                      the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+            ),
+        );
+    }
+    let lifetime = st.config.token_lifetime_secs;
+    let access_token = st.issue_token();
+    plain_json(
+        200,
+        &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
+                "access_token": access_token}),
+    )
+}
+
+fn parse_fault(v: &Value) -> Result<(Fault, u32), String> {
+    let count = match v.get("count") {
+        None | Some(Value::Null) => 1,
+        Some(c) => c.as_u64().and_then(|c| u32::try_from(c).ok()).ok_or("'count' must be a non-negative integer")?,
+    };
+    let fault = match v.get("fault").and_then(Value::as_str) {
+        Some("status") => {
+            let s = v.get("status").and_then(Value::as_u64).ok_or("'status' is required for fault 'status'")?;
+            if !(100..=599).contains(&s) {
+                return Err(format!("invalid status {s}"));
+            }
+            Fault::Status(s as u16)
+        }
+        Some("drop") => Fault::Drop,
+        Some("garbage") => Fault::Garbage,
+        Some("truncated") => Fault::Truncated,
+        Some("batch_missing") | Some("batch_missing_responses") => Fault::BatchMissingResponses,
+        other => return Err(format!("unknown fault {other:?} (status, drop, garbage, truncated, batch_missing)")),
+    };
+    Ok((fault, count))
+}
+
+fn control(state: &EmulatorState, method: &str, what: &str, body: &[u8]) -> HttpResponse {
+    let parsed = || -> Result<Value, String> {
+        if body.is_empty() {
+            return Ok(json!({}));
+        }
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))
+    };
+    let bad = |msg: String| plain_json(400, &json!({"error": msg}));
+    match (method, what.trim_end_matches('/')) {
+        ("GET", "lists") => plain_json(200, &serde_json::to_value(state.lists()).unwrap_or_default()),
+        ("GET", "stats") => plain_json(200, &serde_json::to_value(state.stats()).unwrap_or_default()),
+        ("POST", "config") => {
+            let v = match parsed() {
+                Ok(v) => v,
+                Err(e) => return bad(e),
+            };
+            if let Some(b) = v.get("budget_per_min") {
+                match b {
+                    Value::Null => state.set_budget(None),
+                    b => match b.as_u64().and_then(|b| u32::try_from(b).ok()) {
+                        Some(b) => state.set_budget(Some(b)),
+                        None => return bad("'budget_per_min' must be a non-negative integer or null".into()),
+                    },
+                }
+            }
+            if let Some(l) = v.get("latency_ms") {
+                match l.as_u64() {
+                    Some(ms) => state.set_latency(ms),
+                    None => return bad("'latency_ms' must be a non-negative integer".into()),
+                }
+            }
+            let st = state.lock();
+            plain_json(200, &json!({"budget_per_min": st.budget, "latency_ms": st.latency_ms}))
+        }
+        ("POST", "fault") => match parsed().and_then(|v| parse_fault(&v)) {
+            Ok((fault, count)) => {
+                state.inject(fault, count);
+                plain_json(200, &json!({"ok": true, "pending": state.lock().faults.len()}))
+            }
+            Err(e) => bad(e),
+        },
+        ("POST", "expire_tokens") => {
+            state.expire_tokens();
+            plain_json(200, &json!({"ok": true}))
+        }
+        _ => plain_json(
+            404,
+            &json!({"error": format!("unknown control route {method} /_emulator/{what}; try GET lists, GET stats, \
+                    POST config, POST fault, POST expire_tokens")}),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderMap;
+    use reqwest::{Client, Method};
+    use std::time::Instant;
+
+    const SITE: &str = "/sites/site1";
+
+    /// A response as the tests look at it.
+    struct Got {
+        status: u16,
+        headers: HeaderMap,
+        body: Value,
+    }
+
+    impl Got {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.get(name).and_then(|v| v.to_str().ok())
+        }
+
+        fn code(&self) -> &str {
+            self.body["error"]["code"].as_str().unwrap_or("")
+        }
+
+        fn message(&self) -> &str {
+            self.body["error"]["message"].as_str().unwrap_or("")
+        }
+    }
+
+    struct T {
+        em: Emulator,
+        http: Client,
+        token: String,
+    }
+
+    async fn fetch_token(em: &Emulator, http: &Client) -> String {
+        let r = http
+            .post(format!("{}/tenant/oauth2/v2.0/token", em.authority_url()))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "client"),
+                ("client_secret", "secret"),
+                ("scope", SCOPE),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    impl T {
+        async fn new() -> T {
+            T::with(EmulatorConfig::default()).await
+        }
+
+        async fn with(config: EmulatorConfig) -> T {
+            let em = Emulator::start(config).await.unwrap();
+            let http = Client::new();
+            let token = fetch_token(&em, &http).await;
+            T { em, http, token }
+        }
+
+        fn url(&self, path: &str) -> String {
+            if path.starts_with("http") {
+                path.to_string()
+            } else {
+                format!("{}{path}", self.em.base_url())
+            }
+        }
+
+        async fn call(&self, method: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Got {
+            let mut rb = self
+                .http
+                .request(Method::from_bytes(method.as_bytes()).unwrap(), self.url(path))
+                .bearer_auth(&self.token);
+            for (k, v) in headers {
+                rb = rb.header(*k, *v);
+            }
+            if let Some(b) = body {
+                rb = rb.json(&b);
+            }
+            let r = rb.send().await.unwrap();
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let text = r.text().await.unwrap();
+            let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() };
+            Got { status, headers, body }
+        }
+
+        async fn get(&self, path: &str) -> Got {
+            self.call("GET", path, None, &[]).await
+        }
+
+        async fn post(&self, path: &str, body: Value) -> Got {
+            self.call("POST", path, Some(body), &[]).await
+        }
+
+        async fn patch(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Got {
+            self.call("PATCH", path, Some(body), headers).await
+        }
+
+        /// Creates the `Employees` list; returns its id.
+        async fn employees(&self) -> String {
+            let r = self
+                .post(
+                    &format!("{SITE}/lists"),
+                    json!({"displayName": "Employees", "columns": [
+                        {"name": "Notes", "text": {"allowMultipleLines": true}},
+                        {"name": "Age", "number": {}},
+                        {"name": "Active", "boolean": {}},
+                        {"name": "Born", "dateTime": {"format": "dateOnly"}},
+                        {"name": "SyncKey", "text": {}, "indexed": true, "hidden": true},
+                    ], "list": {"template": "genericList"}}),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            r.body["id"].as_str().unwrap().to_string()
+        }
+
+        async fn create(&self, list: &str, fields: Value) -> Got {
+            self.post(&format!("{SITE}/lists/{list}/items"), json!({ "fields": fields })).await
+        }
+
+        async fn batch(&self, requests: Vec<Value>) -> Got {
+            self.post("/$batch", json!({ "requests": requests })).await
+        }
+    }
+
+    fn create_req(id: &str, title: &str) -> Value {
+        json!({"id": id, "method": "POST", "url": "/sites/site1/lists/Employees/items",
+               "headers": {"Content-Type": "application/json"}, "body": {"fields": {"Title": title}}})
+    }
+
+    fn etag_version(etag: &str) -> u64 {
+        etag.trim_matches('"').rsplit(',').next().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn token_endpoint_accepts_only_the_registered_app() {
+        let em = Emulator::start(EmulatorConfig { budget_per_min: Some(1), ..Default::default() }).await.unwrap();
+        let http = Client::new();
+        let ask = |tenant: &str, form: Vec<(&str, &str)>| {
+            let req = http.post(format!("{}/{tenant}/oauth2/v2.0/token", em.authority_url())).form(&form).send();
+            async move {
+                let r = req.await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        };
+        let good = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", "client"),
+            ("client_secret", "secret"),
+            ("scope", SCOPE),
+        ];
+        // Token requests are never throttled, even with a budget of 1 RU.
+        for _ in 0..3 {
+            let (status, v) = ask("tenant", good.clone()).await;
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(v["token_type"], "Bearer");
+            assert_eq!(v["expires_in"], 3600);
+            assert!(v["access_token"].as_str().is_some_and(|t| t.len() > 20));
+        }
+        let with = |k: &str, val: &'static str| {
+            good.iter().map(|(a, b)| if *a == k { (*a, val) } else { (*a, *b) }).collect::<Vec<_>>()
+        };
+        let (status, v) = ask("tenant", with("client_secret", "wrong")).await;
+        assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
+        assert!(v["error_description"].as_str().unwrap().contains("AADSTS7000215"));
+        let (status, v) = ask("tenant", with("client_id", "other")).await;
+        assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
+        let (status, v) = ask("other-tenant", good.clone()).await;
+        assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
+        let (status, v) = ask("tenant", with("grant_type", "password")).await;
+        assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")));
+        let (status, v) = ask("tenant", with("scope", "https://graph.microsoft.com/User.Read")).await;
+        assert_eq!((status, v["error"].as_str()), (400, Some("invalid_scope")));
+        let s = em.stats();
+        assert_eq!((s.tokens_issued, s.requests, s.throttled, s.ru_used), (3, 8, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn graph_requests_need_a_valid_unexpired_token() {
+        let t = T::with(EmulatorConfig { token_lifetime_secs: 1, ..Default::default() }).await;
+        let lists = t.url(&format!("{SITE}/lists"));
+        let r = t.http.get(&lists).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "InvalidAuthenticationToken");
+        let r = t.http.get(&lists).bearer_auth("not-a-token").send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["message"], "Access token has expired or is not yet valid.");
+        assert_eq!(t.get(&format!("{SITE}/lists")).await.status, 200);
+        // Tokens expire with their lifetime...
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = t.get(&format!("{SITE}/lists")).await;
+        assert_eq!((r.status, r.code()), (401, "InvalidAuthenticationToken"));
+        // ...and all at once on request.
+        let fresh = fetch_token(&t.em, &t.http).await;
+        assert_eq!(t.http.get(&lists).bearer_auth(&fresh).send().await.unwrap().status(), 200);
+        t.em.expire_tokens();
+        let r = t.http.get(&lists).bearer_auth(&fresh).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "InvalidAuthenticationToken");
+        // Unauthorized requests cost nothing.
+        assert_eq!(t.em.stats().ru_used, 4);
+    }
+
+    #[tokio::test]
+    async fn lists_with_columns_and_duplicate_names() {
+        let t = T::new().await;
+        let r = t.post(&format!("{SITE}/lists"), json!({"displayName": "Managers"})).await;
+        assert_eq!(r.status, 201);
+        let managers = r.body["id"].as_str().unwrap().to_string();
+        let r = t
+            .post(
+                &format!("{SITE}/lists"),
+                json!({"displayName": "Employees", "columns": [
+                    {"name": "Title2", "text": {}},
+                    {"name": "Notes", "text": {"allowMultipleLines": true}},
+                    {"name": "Age", "number": {}},
+                    {"name": "Active", "boolean": {}},
+                    {"name": "Born", "dateTime": {"format": "dateOnly"}},
+                    {"name": "SyncKey", "text": {}, "indexed": true, "hidden": true},
+                    {"name": "Manager", "lookup": {"listId": managers, "columnName": "Title"}},
+                ], "list": {"template": "genericList"}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_string();
+        assert_eq!(id.len(), 36);
+        assert_eq!(r.body["displayName"], "Employees");
+        assert_eq!(r.body["list"]["template"], "genericList");
+        let names: Vec<&str> =
+            r.body["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["Title", "Title2", "Notes", "Age", "Active", "Born", "SyncKey", "Manager"]);
+        let sync_key = &r.body["columns"][6];
+        assert_eq!((sync_key["indexed"].as_bool(), sync_key["hidden"].as_bool()), (Some(true), Some(true)));
+        assert_eq!(r.body["columns"][7]["lookup"]["listId"], managers.as_str());
+
+        let dup = t.post(&format!("{SITE}/lists"), json!({"displayName": "employees"})).await;
+        assert_eq!((dup.status, dup.code()), (409, "nameAlreadyExists"));
+        // The same name on another site is fine.
+        assert_eq!(t.post("/sites/other/lists", json!({"displayName": "Employees"})).await.status, 201);
+
+        for key in [id.as_str(), "Employees"] {
+            let r = t.get(&format!("{SITE}/lists/{key}")).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body["id"], id.as_str());
+            assert!(r.body.get("items").is_none());
+        }
+        let r = t.get(&format!("{SITE}/lists/Nope")).await;
+        assert_eq!((r.status, r.code()), (404, "itemNotFound"));
+        let r = t.call("GET", &format!("{SITE}/lists?$filter=displayName eq 'Employees'"), None, &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["value"].as_array().unwrap().len(), 1);
+        assert_eq!(r.body["value"][0]["id"], id.as_str());
+        let r = t.get(&format!("{SITE}/lists/{id}/columns")).await;
+        let cols = r.body["value"].as_array().unwrap();
+        assert!(cols.iter().any(|c| c["name"] == "SyncKey" && c["indexed"] == true));
+        assert!(cols.iter().any(|c| c["name"] == "Title"));
+
+        // Invalid column definitions.
+        for (n, cols) in [
+            json!([{"name": "NoType"}]),
+            json!([{"name": "Bad Name", "text": {}}]),
+            json!([{"name": "Two", "text": {}, "number": {}}]),
+            json!([{"name": "Dangling", "lookup": {"listId": "no-such-list"}}]),
+            json!([{"name": "Created", "text": {}}]),
+            json!([{"name": "When", "dateTime": {"format": "sometimes"}}]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = t.post(&format!("{SITE}/lists"), json!({"displayName": format!("Bad{n}"), "columns": cols})).await;
+            assert_eq!((r.status, r.code()), (400, "invalidRequest"), "{cols}");
+        }
+        let r = t.post(&format!("{SITE}/lists"), json!({"columns": []})).await;
+        assert_eq!(r.status, 400);
+
+        // Adding a column later.
+        let r = t.post(&format!("{SITE}/lists/Employees/columns"), json!({"name": "Extra", "number": {}})).await;
+        assert_eq!(r.status, 201);
+        assert_eq!(t.create("Employees", json!({"Extra": 5})).await.status, 201);
+
+        // Path-addressed sites map to a stable id.
+        let r = t.get("/sites/contoso.sharepoint.com:/sites/Team").await;
+        assert_eq!(r.status, 200);
+        let site_id = r.body["id"].as_str().unwrap().to_string();
+        assert!(site_id.starts_with("contoso.sharepoint.com,"));
+        let r = t.post("/sites/contoso.sharepoint.com:/sites/Team:/lists", json!({"displayName": "Path"})).await;
+        assert_eq!(r.status, 201);
+        assert_eq!(t.get(&format!("/sites/{site_id}/lists/Path")).await.status, 200);
+
+        let snap = t.em.lists();
+        assert_eq!(snap.len(), 4);
+        assert_eq!(snap[1].display_name, "Employees");
+        assert_eq!(snap[1].columns.len(), 9);
+        assert_eq!(snap[1].items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn items_crud_with_etags_and_if_match() {
+        let t = T::new().await;
+        t.employees().await;
+        let items = format!("{SITE}/lists/Employees/items");
+        let r = t.create("Employees", json!({"Title": "Alice", "Age": 30})).await;
+        assert_eq!(r.status, 201);
+        assert_eq!(r.body["id"], "1");
+        assert_eq!(r.body["fields"]["Title"], "Alice");
+        assert_eq!(r.body["fields"]["Age"], 30);
+        let etag1 = r.body["eTag"].as_str().unwrap().to_string();
+        assert!(etag1.starts_with('"') && etag1.ends_with(",1\""));
+        assert_eq!(r.header("etag"), Some(etag1.as_str()));
+
+        for q in ["expand=fields", "$expand=fields"] {
+            let r = t.get(&format!("{items}/1?{q}")).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body["fields"]["Title"], "Alice");
+            assert_eq!(r.body["fields"]["id"], "1");
+            assert_eq!(r.header("etag"), Some(etag1.as_str()));
+        }
+        assert!(t.get(&format!("{items}/1")).await.body.get("fields").is_none());
+
+        let r = t.patch(&format!("{items}/1/fields"), json!({"Title": "Alicia"}), &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["Title"], "Alicia");
+        assert_eq!(r.body["Age"], 30);
+        let etag2 = r.header("etag").unwrap().to_string();
+        assert_eq!(etag_version(&etag2), 2);
+        assert_eq!(r.body["@odata.etag"], etag2.as_str());
+
+        let r = t.patch(&format!("{items}/1/fields"), json!({"Title": "Stale"}), &[("If-Match", &etag1)]).await;
+        assert_eq!((r.status, r.code()), (412, "preconditionFailed"));
+        assert_eq!(t.em.lists()[0].items[0].fields["Title"], "Alicia");
+        let r = t.patch(&format!("{items}/1/fields"), json!({"Age": 31}), &[("If-Match", &etag2)]).await;
+        assert_eq!(r.status, 200);
+        let etag3 = r.header("etag").unwrap().to_string();
+        assert_eq!(etag_version(&etag3), 3);
+        let r = t.patch(&format!("{items}/1/fields"), json!({"Age": null}), &[("If-Match", "*")]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.get("Age").is_none());
+        assert_eq!(etag_version(r.header("etag").unwrap()), 4);
+
+        let r = t.call("DELETE", &format!("{items}/1"), None, &[("If-Match", &etag3)]).await;
+        assert_eq!((r.status, r.code()), (412, "preconditionFailed"));
+        let r = t.call("DELETE", &format!("{items}/1"), None, &[]).await;
+        assert_eq!(r.status, 204);
+        assert_eq!(r.body, Value::Null);
+        let r = t.get(&format!("{items}/1")).await;
+        assert_eq!((r.status, r.code()), (404, "itemNotFound"));
+        assert_eq!(t.patch(&format!("{items}/1/fields"), json!({"Title": "x"}), &[]).await.status, 404);
+        assert_eq!(t.call("DELETE", &format!("{items}/1"), None, &[]).await.status, 404);
+
+        // Ids are never reused.
+        assert_eq!(t.create("Employees", json!({"Title": "Bob"})).await.body["id"], "2");
+        // 1 list + 2 creates + 3 updates + 1 delete.
+        assert_eq!(t.em.stats().writes, 7);
+    }
+
+    #[tokio::test]
+    async fn writes_are_validated_against_the_columns() {
+        let t = T::new().await;
+        t.post(&format!("{SITE}/lists"), json!({"displayName": "Managers"})).await;
+        t.post(
+            &format!("{SITE}/lists"),
+            json!({"displayName": "Employees", "columns": [
+                {"name": "Age", "number": {}}, {"name": "Active", "boolean": {}},
+                {"name": "Born", "dateTime": {"format": "dateOnly"}},
+                {"name": "Manager", "lookup": {"listId": "Managers"}}]}),
+        )
+        .await;
+        let r = t.create("Employees", json!({"Title": "A", "Nope": 1})).await;
+        assert_eq!((r.status, r.code()), (400, "invalidRequest"));
+        assert!(r.message().contains("Nope"), "{}", r.message());
+        for bad in [
+            json!({"Age": "abc"}),
+            json!({"Active": "yes"}),
+            json!({"Active": 1}),
+            json!({"Born": "not a date"}),
+            json!({"Title": "x".repeat(256)}),
+            json!({"ManagerLookupId": "boss"}),
+            json!({"Created": "2020-01-01"}),
+        ] {
+            let r = t.create("Employees", bad.clone()).await;
+            assert_eq!((r.status, r.code()), (400, "invalidRequest"), "{bad}");
+        }
+        let r = t
+            .create(
+                "Employees",
+                json!({"Title": "B", "Age": "42", "Active": false, "Born": "1990-05-01",
+                                        "ManagerLookupId": 1}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body["fields"]["Age"], 42);
+        assert_eq!(r.body["fields"]["Active"], false);
+        assert_eq!(r.body["fields"]["Born"], "1990-05-01T00:00:00Z");
+        assert_eq!(r.body["fields"]["ManagerLookupId"], "1");
+        let r = t.patch(&format!("{SITE}/lists/Employees/items/1/fields"), json!({"Age": true}), &[]).await;
+        assert_eq!(r.status, 400);
+        let snap = &t.em.lists()[1];
+        assert_eq!(snap.items.len(), 1);
+        assert_eq!(snap.items[0].fields["Age"], 42);
+    }
+
+    #[tokio::test]
+    async fn filters_need_indexed_columns_unless_preferred() {
+        let t = T::new().await;
+        t.employees().await;
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            let r = t.create("Employees", json!({"Title": format!("T{i}"), "SyncKey": key, "Notes": "n"})).await;
+            assert_eq!(r.status, 201);
+        }
+        let items = t.url(&format!("{SITE}/lists/Employees/items"));
+        let query = |filter: &str, prefer: bool| {
+            let mut rb = t.http.get(&items).bearer_auth(&t.token).query(&[("expand", "fields"), ("$filter", filter)]);
+            if prefer {
+                rb = rb.header("Prefer", "HonorNonIndexedQueriesWarningMayFailRandomly");
+            }
+            async move {
+                let r = rb.send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        };
+        let (status, v) = query("fields/SyncKey eq 'b'", false).await;
+        assert_eq!(status, 200, "{v}");
+        let value = v["value"].as_array().unwrap();
+        assert_eq!(value.len(), 1);
+        assert_eq!(value[0]["fields"]["Title"], "T1");
+        let (_, v) = query("fields/SyncKey eq 'zz'", false).await;
+        assert_eq!(v["value"].as_array().unwrap().len(), 0);
+
+        let (status, v) = query("fields/Notes eq 'n'", false).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["code"], "invalidRequest");
+        assert!(v["error"]["message"].as_str().unwrap().contains("HonorNonIndexedQueriesWarningMayFailRandomly"));
+        let (status, v) = query("fields/SyncKey eq 'a' and fields/Title eq 'T0'", false).await;
+        assert_eq!(status, 400, "{v}");
+        let (status, v) = query("fields/Notes eq 'n' and fields/SyncKey ne 'a'", true).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["value"].as_array().unwrap().len(), 2);
+        let (status, _) = query("fields/Missing eq 'x'", true).await;
+        assert_eq!(status, 400);
+        let (status, _) = query("fields/SyncKey eq", false).await;
+        assert_eq!(status, 400);
+    }
+
+    #[tokio::test]
+    async fn batch_limits_and_dependencies() {
+        let t = T::new().await;
+        t.employees().await;
+        let before = t.em.stats();
+        let r = t.batch((1..=20).map(|i| create_req(&i.to_string(), &format!("B{i}"))).collect()).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let responses = r.body["responses"].as_array().unwrap();
+        assert_eq!(responses.len(), 20);
+        assert!(responses.iter().all(|x| x["status"] == 201 && x["body"]["fields"]["Title"].is_string()));
+        let mut ids: Vec<&str> = responses.iter().map(|x| x["body"]["id"].as_str().unwrap()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 20);
+        assert_eq!(t.em.lists()[0].items.len(), 20);
+        let after = t.em.stats();
+        assert_eq!(after.batch_requests - before.batch_requests, 1);
+        assert_eq!(after.requests - before.requests, 21);
+        assert_eq!(after.writes - before.writes, 20);
+
+        let r = t.batch((1..=21).map(|i| create_req(&i.to_string(), "x")).collect()).await;
+        assert_eq!(r.status, 400);
+        assert_eq!(t.em.lists()[0].items.len(), 20);
+
+        let mut bad = create_req("1", "bad");
+        bad["body"]["fields"]["Nope"] = json!(1);
+        let mut dep_on_bad = create_req("2", "never");
+        dep_on_bad["dependsOn"] = json!(["1"]);
+        let mut dep_on_good = create_req("4", "after-3");
+        dep_on_good["dependsOn"] = json!(["3"]);
+        let read = json!({"id": "5", "method": "GET", "url": "sites/site1/lists/Employees/items/1?expand=fields"});
+        let r = t.batch(vec![bad, dep_on_bad, create_req("3", "ok"), dep_on_good, read]).await;
+        assert_eq!(r.status, 200);
+        let by_id: HashMap<&str, &Value> =
+            r.body["responses"].as_array().unwrap().iter().map(|x| (x["id"].as_str().unwrap(), x)).collect();
+        assert_eq!(by_id.len(), 5);
+        assert_eq!(by_id["1"]["status"], 400);
+        assert_eq!(by_id["2"]["status"], 424);
+        assert_eq!(by_id["2"]["body"]["error"]["code"], "failedDependency");
+        assert_eq!(by_id["3"]["status"], 201);
+        assert_eq!(by_id["4"]["status"], 201);
+        assert_eq!(by_id["5"]["status"], 200);
+        assert_eq!(by_id["5"]["body"]["fields"]["Title"], "B1");
+        let titles: Vec<Value> = t.em.lists()[0].items.iter().map(|i| i.fields["Title"].clone()).collect();
+        assert!(!titles.contains(&json!("never")) && titles.contains(&json!("after-3")));
+
+        // Malformed envelopes are refused as a whole.
+        let raw = t
+            .http
+            .post(t.url("/$batch"))
+            .bearer_auth(&t.token)
+            .header("Content-Type", "application/json")
+            .body("{\"requests\": [")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(raw.status(), 400);
+        let mut no_ct = create_req("1", "x");
+        no_ct["headers"] = json!({});
+        assert_eq!(t.batch(vec![no_ct]).await.status, 400);
+        let mut cyc1 = create_req("1", "x");
+        cyc1["dependsOn"] = json!(["2"]);
+        let mut cyc2 = create_req("2", "x");
+        cyc2["dependsOn"] = json!(["1"]);
+        assert_eq!(t.batch(vec![cyc1, cyc2]).await.status, 400);
+        let unauth = t.http.post(t.url("/$batch")).json(&json!({"requests": []})).send().await.unwrap();
+        assert_eq!(unauth.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn throttling_by_resource_units() {
+        let t = T::with(EmulatorConfig { budget_per_min: Some(10), ..Default::default() }).await;
+        t.employees().await; // 2 RU
+        for i in 0..4 {
+            assert_eq!(t.create("Employees", json!({"Title": format!("t{i}")})).await.status, 201);
+            // 8 RU
+        }
+        let r = t.create("Employees", json!({"Title": "over"})).await;
+        assert_eq!((r.status, r.code()), (429, "TooManyRequests"));
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        let s = t.em.stats();
+        assert_eq!((s.throttled, s.ru_used, s.writes), (1, 11, 5));
+        assert_eq!(t.em.lists()[0].items.len(), 4);
+        // Tokens are still issued.
+        fetch_token(&t.em, &t.http).await;
+        t.em.set_budget(None);
+        assert_eq!(t.create("Employees", json!({"Title": "free"})).await.status, 201);
+
+        // Inside $batch each request is charged and throttled on its own.
+        let t = T::new().await;
+        t.employees().await; // 2 RU in the window
+        t.em.set_budget(Some(12));
+        let r = t.batch((1..=7).map(|i| create_req(&i.to_string(), "b")).collect()).await;
+        assert_eq!(r.status, 200);
+        let responses = r.body["responses"].as_array().unwrap();
+        assert_eq!(responses.iter().filter(|x| x["status"] == 201).count(), 5);
+        let throttled: Vec<&Value> = responses.iter().filter(|x| x["status"] == 429).collect();
+        assert_eq!(throttled.len(), 2);
+        for x in throttled {
+            let secs: u64 = x["headers"]["Retry-After"].as_str().unwrap().parse().unwrap();
+            assert!((1..=60).contains(&secs));
+            assert_eq!(x["body"]["error"]["code"], "TooManyRequests");
+        }
+        let s = t.em.stats();
+        assert_eq!((s.throttled, s.ru_used, s.batch_requests), (2, 14, 1));
+        assert_eq!(t.em.lists()[0].items.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn injected_faults() {
+        let t = T::new().await;
+        t.employees().await;
+        let items = format!("{SITE}/lists/Employees/items");
+
+        t.em.inject(Fault::Status(503), 2);
+        // Token requests are not affected by faults.
+        fetch_token(&t.em, &t.http).await;
+        for _ in 0..2 {
+            let r = t.get(&items).await;
+            assert_eq!((r.status, r.code()), (503, "serviceNotAvailable"));
+            assert_eq!(r.header("retry-after"), Some("1"));
+        }
+        assert_eq!(t.get(&items).await.status, 200);
+        t.em.inject(Fault::Status(400), 1);
+        let r = t.create("Employees", json!({"Title": "x"})).await;
+        assert_eq!((r.status, r.code()), (400, "invalidRequest"));
+
+        t.em.inject(Fault::Drop, 1);
+        let err = t
+            .http
+            .post(t.url(&items))
+            .bearer_auth(&t.token)
+            .json(&json!({"fields": {"Title": "dropped"}}))
+            .send()
+            .await;
+        assert!(err.is_err(), "expected a connection error, got {err:?}");
+        assert_eq!(t.get(&items).await.status, 200);
+
+        t.em.inject(Fault::Garbage, 1);
+        let r = t.http.get(t.url(&items)).bearer_auth(&t.token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).is_err());
+
+        t.em.inject(Fault::Truncated, 1);
+        let r = t
+            .http
+            .post(t.url(&items))
+            .bearer_auth(&t.token)
+            .json(&json!({"fields": {"Title": "truncated"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.starts_with('{') && serde_json::from_str::<Value>(&text).is_err(), "{text}");
+        // The request itself was processed.
+        let titles: Vec<Value> = t.em.lists()[0].items.iter().map(|i| i.fields["Title"].clone()).collect();
+        assert_eq!(titles, [json!("truncated")]);
+
+        t.em.inject(Fault::BatchMissingResponses, 1);
+        // A plain request passes a pending batch fault by.
+        assert_eq!(t.get(&items).await.status, 200);
+        let r = t.batch((1..=4).map(|i| create_req(&i.to_string(), &format!("m{i}"))).collect()).await;
+        assert_eq!(r.status, 200);
+        let ids: Vec<&str> =
+            r.body["responses"].as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["1", "2"]);
+        assert_eq!(t.em.lists()[0].items.len(), 3);
+        assert_eq!(t.batch(vec![create_req("1", "whole")]).await.body["responses"].as_array().unwrap().len(), 1);
+
+        // The HTTP control route injects too.
+        let r = t
+            .http
+            .post(format!("{}/_emulator/fault", t.em.authority_url()))
+            .json(&json!({"fault": "status", "status": 500, "count": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = t.get(&items).await;
+        assert_eq!((r.status, r.code()), (500, "generalException"));
+        let r = t
+            .http
+            .post(format!("{}/_emulator/fault", t.em.authority_url()))
+            .json(&json!({"fault": "explode"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+
+        t.em.set_latency(150);
+        let start = Instant::now();
+        assert_eq!(t.get(&items).await.status, 200);
+        assert!(start.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn delta_tokens_track_changes_and_deletions() {
+        let t = T::new().await;
+        t.employees().await;
+        let other = t.post(&format!("{SITE}/lists"), json!({"displayName": "Other"})).await;
+        assert_eq!(other.status, 201);
+        let delta = format!("{SITE}/lists/Employees/items/delta");
+        t.create("Employees", json!({"Title": "one"})).await;
+        t.create("Employees", json!({"Title": "two"})).await;
+
+        // A full enumeration, one item per page.
+        let r = t.get(&format!("{delta}?$top=1")).await;
+        assert_eq!(r.body["value"].as_array().unwrap().len(), 1);
+        assert_eq!(r.body["value"][0]["fields"]["Title"], "one");
+        let next = r.body["@odata.nextLink"].as_str().unwrap().to_string();
+        assert!(r.body.get("@odata.deltaLink").is_none());
+        let r = t.get(&next).await;
+        assert_eq!(r.body["value"][0]["fields"]["Title"], "two");
+        assert!(r.body.get("@odata.nextLink").is_none());
+        assert!(r.body["@odata.deltaLink"].as_str().is_some());
+
+        let r = t.get(&format!("{delta}?token=latest")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["value"], json!([]));
+        let link = r.body["@odata.deltaLink"].as_str().unwrap().to_string();
+        assert!(link.starts_with(&t.em.base_url()) && link.contains("token="));
+        let r = t.get(&link).await;
+        assert_eq!(r.body["value"], json!([]));
+
+        t.create("Employees", json!({"Title": "three"})).await;
+        t.patch(&format!("{SITE}/lists/Employees/items/1/fields"), json!({"Title": "uno"}), &[]).await;
+        assert_eq!(t.call("DELETE", &format!("{SITE}/lists/Employees/items/2"), None, &[]).await.status, 204);
+        let r = t.get(&link).await;
+        assert_eq!(r.status, 200);
+        let value = r.body["value"].as_array().unwrap();
+        assert_eq!(value.len(), 3, "{value:?}");
+        let find = |id: &str| value.iter().find(|v| v["id"] == id).unwrap();
+        assert_eq!(find("1")["fields"]["Title"], "uno");
+        assert_eq!(find("3")["fields"]["Title"], "three");
+        assert_eq!(find("2")["deleted"]["state"], "deleted");
+        assert!(find("2").get("fields").is_none());
+        let link2 = r.body["@odata.deltaLink"].as_str().unwrap().to_string();
+        assert_ne!(link, link2);
+        assert_eq!(t.get(&link2).await.body["value"], json!([]));
+
+        for bad in ["garbage", "bm90LWEtdG9rZW4"] {
+            let r = t.get(&format!("{delta}?token={bad}")).await;
+            assert_eq!((r.status, r.code()), (410, "resyncRequired"));
+        }
+        // Another list's token is not valid here.
+        let other_link = t.get(&format!("{SITE}/lists/Other/items/delta?token=latest")).await;
+        let token = other_link.body["@odata.deltaLink"].as_str().unwrap().split("token=").nth(1).unwrap().to_string();
+        assert_eq!(t.get(&format!("{delta}?token={token}")).await.status, 410);
+    }
+
+    #[tokio::test]
+    async fn item_collections_page_with_next_links() {
+        let t = T::new().await;
+        t.employees().await;
+        for i in 1..=5 {
+            assert_eq!(t.create("Employees", json!({"Title": format!("p{i}")})).await.status, 201);
+        }
+        let mut url = format!("{SITE}/lists/Employees/items?expand=fields&$top=2");
+        let mut pages = Vec::new();
+        loop {
+            let r = t.get(&url).await;
+            assert_eq!(r.status, 200);
+            let titles: Vec<String> = r.body["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["fields"]["Title"].as_str().unwrap().to_string())
+                .collect();
+            pages.push(titles);
+            match r.body["@odata.nextLink"].as_str() {
+                Some(next) => {
+                    assert!(next.starts_with(&t.em.base_url()), "{next}");
+                    url = next.to_string();
+                }
+                None => break,
+            }
+        }
+        assert_eq!(pages, [vec!["p1", "p2"], vec!["p3", "p4"], vec!["p5"]]);
+
+        // The default page is 200 items.
+        for chunk in 0..10 {
+            let reqs = (0..20).map(|i| create_req(&i.to_string(), &format!("c{chunk}-{i}"))).collect();
+            assert_eq!(t.batch(reqs).await.status, 200);
+        }
+        let r = t.get(&format!("{SITE}/lists/Employees/items")).await;
+        assert_eq!(r.body["value"].as_array().unwrap().len(), 200);
+        let r = t.get(r.body["@odata.nextLink"].as_str().unwrap()).await;
+        assert_eq!(r.body["value"].as_array().unwrap().len(), 5);
+        assert!(r.body.get("@odata.nextLink").is_none());
+    }
+
+    #[tokio::test]
+    async fn control_routes_over_http() {
+        let t = T::new().await;
+        t.employees().await;
+        t.create("Employees", json!({"Title": "x", "SyncKey": "k"})).await;
+        let ctl = |p: &str| format!("{}/_emulator/{p}", t.em.authority_url());
+        let lists: Vec<ListSnapshot> = t.http.get(ctl("lists")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(lists, t.em.lists());
+        assert_eq!(lists[0].items[0].fields["SyncKey"], "k");
+        let stats: Stats = t.http.get(ctl("stats")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(stats, t.em.stats());
+        assert_eq!(stats.writes, 2);
+
+        let r = t.http.post(ctl("config")).json(&json!({"budget_per_min": 0, "latency_ms": 0})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(t.get(&format!("{SITE}/lists")).await.status, 429);
+        let r = t.http.post(ctl("config")).json(&json!({"budget_per_min": null})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(t.get(&format!("{SITE}/lists")).await.status, 200);
+        assert_eq!(t.http.post(ctl("expire_tokens")).send().await.unwrap().status(), 200);
+        assert_eq!(t.get(&format!("{SITE}/lists")).await.status, 401);
+    }
+}

@@ -1,0 +1,242 @@
+//! Issue 5: source → worker → Graph emulator, end to end. The emulator's
+//! items must equal the mapped source rows (sync.preview) after every kind of
+//! change, and nothing may be lost or sent twice when anything fails.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use syncbridge_tests::graph::{assert_target_equals_source, sync_once, worker_cmd, GraphEnv};
+use syncbridge_tests::graph_emulator::Fault;
+use syncbridge_tests::ingest::{prepare, ChildGuard};
+use syncbridge_tests::{cluster, TestDb};
+
+const EMPLOYEES: &str = "
+CREATE TABLE departments (id int PRIMARY KEY, name text NOT NULL);
+CREATE TABLE employees (id int PRIMARY KEY, name text NOT NULL, region text NOT NULL, qty int, big bigint,
+    price numeric(10,2), score float8, ok boolean, at timestamptz, born date, notes text, tags text[], meta jsonb,
+    dept int REFERENCES departments);
+ALTER TABLE employees ALTER notes SET STORAGE EXTERNAL;
+INSERT INTO departments VALUES (10, 'Research'), (20, 'Operations');
+INSERT INTO employees VALUES
+  (1, 'Ada', 'EU', 1, 9000000000, 12.50, 0.25, true, '2024-05-01 10:00:00+00', '1815-12-10', 'short', '{a,b}', '{\"k\": 1}', 10),
+  (2, 'Grace', 'US', 2, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL, NULL, 20),
+  (3, 'Émilie ✓ ünïcödé', 'EU', 3, -1, -0.01, -1e10, NULL, '1999-12-31 23:59:59+00', '2000-02-29', repeat('long text ', 3000), '{}', '[]', NULL);
+";
+
+fn define_employees(db: &TestDb) {
+    db.psql("SELECT sync.define('depts', source => 'departments', target => 'sp', list => 'Departments')");
+    db.psql("SELECT sync.map('depts', 'name', 'Title')");
+    db.psql("SELECT sync.define('emps', source => 'employees', target => 'sp')");
+    for (col, field) in [
+        ("name", "Title"),
+        ("region", "Region"),
+        ("qty", "Qty"),
+        ("big", "Big"),
+        ("price", "Price"),
+        ("score", "Score"),
+        ("ok", "Ok"),
+        ("at", "At"),
+        ("born", "Born"),
+        ("notes", "Notes"),
+        ("tags", "Tags"),
+        ("meta", "Meta"),
+    ] {
+        db.psql(&format!("SELECT sync.map('emps', '{col}', '{field}')"));
+    }
+    db.psql("SELECT sync.map('emps', 'dept', 'Dept', reference => 'depts')");
+    db.psql("SELECT sync.shard('emps', $$region = 'EU'$$, list => 'Staff EU')");
+    db.psql("SELECT sync.shard('emps', $$region <> 'EU'$$, list => 'Staff Other')");
+    for d in ["depts", "emps"] {
+        db.psql(&format!("SELECT sync.provision('{d}')"));
+        db.psql(&format!("SELECT sync.enable('{d}')"));
+    }
+}
+
+fn setup(budget: Option<u32>, ddl: &str) -> (GraphEnv, TestDb) {
+    let env = GraphEnv::start(budget);
+    let db = cluster().new_db("graph");
+    prepare(&db, ddl);
+    // Quick retries: the tests inject failures on purpose.
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.backoff_base_seconds = 1", db.name()));
+    env.create_target(&db, "sp", budget);
+    (env, db)
+}
+
+fn open_count(db: &TestDb) -> String {
+    db.psql("SELECT count(*) FROM sync.pending_exports WHERE status NOT IN ('exported', 'cancelled')")
+}
+
+#[test]
+fn rows_appear_change_move_and_disappear_in_sharepoint_lists() {
+    let (env, db) = setup(None, EMPLOYEES);
+    define_employees(&db);
+    sync_once(&db);
+    // Lists provisioned with their columns and the hidden, indexed SyncKey.
+    let lists = env.emu.lists();
+    let staff = lists.iter().find(|l| l.display_name == "Staff EU").expect("list Staff EU");
+    let key_col = staff.columns.iter().find(|c| c["name"] == "SyncKey").expect("a SyncKey column");
+    assert_eq!((key_col["indexed"].as_bool(), key_col["hidden"].as_bool()), (Some(true), Some(true)), "{key_col}");
+    assert!(staff.columns.iter().any(|c| c["name"] == "Dept" && c.get("lookup").is_some()), "{:?}", staff.columns);
+    assert_target_equals_source(&env, &db, "depts", &["Departments"]);
+    assert_target_equals_source(&env, &db, "emps", &["Staff EU", "Staff Other"]);
+    let items = env.items();
+    assert_eq!(items["Staff EU"]["3"]["Notes"].as_str().map(str::len), Some(30_000), "the TOASTed text whole");
+    assert_eq!(items["Staff EU"]["3"]["Title"], "Émilie ✓ ünïcödé");
+
+    // Inserts, updates (a TOASTed one too), a shard move, a delete, NULLs.
+    db.psql(
+        "INSERT INTO departments VALUES (30, 'Sales');
+         INSERT INTO employees (id, name, region, dept) VALUES (4, 'Hedy', 'US', 30), (5, 'Rosalind', 'EU', NULL);
+         UPDATE employees SET qty = 42, notes = repeat('changed ', 5000), price = NULL WHERE id = 3;
+         UPDATE employees SET region = 'US' WHERE id = 1;
+         UPDATE departments SET name = 'R&D' WHERE id = 10;
+         DELETE FROM employees WHERE id = 2;",
+    );
+    sync_once(&db);
+    assert_target_equals_source(&env, &db, "depts", &["Departments"]);
+    assert_target_equals_source(&env, &db, "emps", &["Staff EU", "Staff Other"]);
+    let items = env.items();
+    assert!(items["Staff Other"].contains_key("1") && !items["Staff EU"].contains_key("1"), "moved");
+    assert!(!items["Staff Other"].contains_key("2"), "deleted");
+    assert_eq!(open_count(&db), "0");
+    let status = db.psql("SELECT string_agg(definition || ':' || state, ' ' ORDER BY definition) FROM sync.status");
+    assert_eq!(status, "depts:active emps:active");
+    assert_eq!(db.psql("SELECT status FROM sync.targets WHERE name = 'sp'"), "ok");
+}
+
+#[test]
+fn injected_5xx_and_dropped_connections_are_retried_then_succeed() {
+    let (env, db) = setup(
+        None,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 60) g;",
+    );
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    env.emu.inject(Fault::Status(503), 2);
+    env.emu.inject(Fault::Drop, 2);
+    env.emu.inject(Fault::Status(500), 2);
+    sync_once(&db);
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    assert_eq!(open_count(&db), "0");
+}
+
+#[test]
+fn a_permanent_400_ends_in_error_visible_from_sql_and_retry_delivers() {
+    let (env, db) = setup(None, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one');");
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    sync_once(&db); // the list and item 1
+    db.psql("INSERT INTO t VALUES (2, 'two')");
+    env.emu.inject(Fault::Status(400), 1);
+    sync_once(&db);
+    let err = db.psql(
+        "SELECT status || '|' || error_class || '|' || last_error FROM sync.pending_exports WHERE sync_key = '2'",
+    );
+    assert!(err.starts_with("error|definite|") && err.contains("400"), "{err}");
+    let st = db.psql("SELECT error FROM sync.status WHERE definition = 't'");
+    assert_eq!(st, "1", "sync.status counts the error");
+    assert!(!env.items()["T"].contains_key("2"));
+    db.psql("SELECT sync.retry(id) FROM sync.pending_exports WHERE sync_key = '2' AND status = 'error'");
+    sync_once(&db);
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+}
+
+#[test]
+fn garbage_answers_are_classified_and_nothing_is_marked_exported_that_was_not() {
+    let (env, db) = setup(
+        None,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    );
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    sync_once(&db);
+    db.psql("UPDATE t SET v = v || '!'; INSERT INTO t SELECT g, 'n' || g FROM generate_series(101, 160) g;");
+    for f in [
+        Fault::Garbage,
+        Fault::Truncated,
+        Fault::BatchMissingResponses,
+        Fault::Garbage,
+        Fault::Truncated,
+        Fault::BatchMissingResponses,
+    ] {
+        env.emu.inject(f, 1);
+    }
+    sync_once(&db);
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    // The ledger agrees with the target: every exported row's item exists.
+    let ledger = db.psql("SELECT count(*) FROM sync.ledger WHERE target_id IS NOT NULL");
+    assert_eq!(ledger, "160");
+}
+
+#[test]
+fn a_throttled_target_gets_everything_once_with_few_429s() {
+    // 2,400 RU/min on both sides: 2,000 creates cost 4,000 RU (~100 s).
+    let (env, db) =
+        setup(Some(2400), "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 2000) g;");
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    let started = Instant::now();
+    sync_once(&db);
+    let stats = env.emu.stats();
+    eprintln!(
+        "throttled run: {} requests, {} batches, {} 429s, {} RU, {:.0} s",
+        stats.requests,
+        stats.batch_requests,
+        stats.throttled,
+        stats.ru_used,
+        started.elapsed().as_secs_f64()
+    );
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    assert_eq!(stats.writes, 2001, "one create per row (and the list), nothing twice");
+    assert!(stats.throttled * 100 <= stats.requests, "429s: {} of {} requests", stats.throttled, stats.requests);
+}
+
+#[test]
+fn killing_the_worker_mid_batch_ten_times_leaves_exactly_5000_items() {
+    let (env, db) =
+        setup(None, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 5000) g;");
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.lease_seconds = 2", db.name()));
+    env.emu.set_latency(40);
+    for kill in 0..10 {
+        let child =
+            ChildGuard::new(worker_cmd(&db, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker"));
+        std::thread::sleep(Duration::from_millis(700 + 137 * kill));
+        drop(child); // SIGKILL, whatever it was doing
+    }
+    env.emu.set_latency(0);
+    std::thread::sleep(Duration::from_secs(3)); // the last leases expire
+    sync_once(&db);
+    let items = env.items();
+    assert_eq!(items["T"].len(), 5000, "exactly 5,000 items, no twins (a twin would have failed items())");
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+}
+
+#[test]
+fn two_exporters_at_once_never_send_an_export_twice() {
+    let (env, db) =
+        setup(None, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 1500) g;");
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    // Stage only; then two exporters drain the queue together.
+    let out = worker_cmd(&db, &["--once", "--no-export"]).output().expect("ingest");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.emu.set_latency(5);
+    let exporters: Vec<ChildGuard> = (0..2)
+        .map(|_| {
+            let mut c = syncbridge_tests::worker::worker();
+            c.args(["export", "--once", "--dsn", &db.dsn()]).env(syncbridge_tests::graph::SECRET_ENV, "secret");
+            ChildGuard::new(c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("exporter"))
+        })
+        .collect();
+    for e in exporters {
+        let out = syncbridge_tests::ingest::wait_with_limit(e, Duration::from_secs(300));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let stats = env.emu.stats();
+    assert_eq!(stats.writes, 1501, "each export sent once (and the list created once)");
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    let both = db.psql("SELECT count(DISTINCT leased_by) FROM sync.pending_exports WHERE status = 'exported'");
+    assert_eq!(both, "2", "both exporters took part");
+}
