@@ -241,7 +241,7 @@ impl GraphTarget {
     }
 
     fn set_health(&self, h: Health, msg: impl Into<String>) {
-        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = (h, msg.into());
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = (h, super::clean_message(&msg.into()));
     }
 
     fn pause(&self, secs: f64) {

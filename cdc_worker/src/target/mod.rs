@@ -131,8 +131,15 @@ impl OpResult {
 
     /// A failure.
     pub fn failed(id: i64, class: ErrorClass, error: impl Into<String>, sent: bool) -> Self {
-        Self { ok: false, error: Some(error.into()), class: Some(class), sent: Some(sent), ..Self::ok(id) }
+        Self { ok: false, error: Some(clean_message(&error.into())), class: Some(class), sent: Some(sent), ..Self::ok(id) }
     }
+}
+
+/// A target's message made fit for a PostgreSQL text column and a log line:
+/// control characters (NUL above all, which text cannot hold) become `?`,
+/// and it is cut at 2,000 characters.
+pub fn clean_message(s: &str) -> String {
+    s.chars().take(2000).map(|c| if c.is_control() && c != '\n' && c != '\t' { '?' } else { c }).collect()
 }
 
 /// A target's health, as the worker reports it in `sync.targets.status`.
@@ -284,6 +291,14 @@ mod tests {
             serde_json::to_value(&f).unwrap(),
             serde_json::json!({"id": 4, "ok": false, "error": "slow down", "class": "throttled", "retry_after": 2.0, "sent": false})
         );
+    }
+
+    #[test]
+    fn messages_lose_nul_and_control_characters() {
+        assert_eq!(clean_message("bad\u{0}gate\u{7}way\nnext"), "bad?gate?way\nnext");
+        assert_eq!(clean_message(&"x".repeat(5000)).len(), 2000);
+        let r = OpResult::failed(1, ErrorClass::Transient, "a\u{0}b", true);
+        assert_eq!(r.error.as_deref(), Some("a?b"));
     }
 
     #[test]
