@@ -35,16 +35,16 @@ impl GraphEnv {
         self.rt.block_on(f)
     }
 
-    /// Creates target `name` in `db` pointing at this emulator (budget in RU/min).
+    /// Creates target `name` in `db` pointing at this emulator (budget in RU/min;
+    /// None: as good as unlimited).
     pub fn create_target(&self, db: &TestDb, name: &str, budget_per_min: Option<u32>) {
         let c = EmulatorConfig::default();
         let mut config = serde_json::json!({
             "tenant_id": c.tenant_id, "client_id": c.client_id, "site_id": "contoso.sharepoint.com,tests",
             "base_url": self.emu.base_url(), "authority_url": self.emu.authority_url(), "timeout_ms": 5000,
         });
-        if let Some(b) = budget_per_min {
-            config["budget_per_min"] = b.into();
-        }
+        // Without a budget the emulator does not throttle: nor should we.
+        config["budget_per_min"] = budget_per_min.unwrap_or(1_000_000).into();
         db.psql(&format!(
             "SELECT sync.create_target('{name}', kind => 'graph', config => '{config}', secret => 'env:{SECRET_ENV}')"
         ));

@@ -210,6 +210,11 @@ fn killing_the_worker_mid_batch_ten_times_leaves_exactly_5000_items() {
     sync_once(&db);
     let items = env.items();
     assert_eq!(items["T"].len(), 5000, "exactly 5,000 items, no twins (a twin would have failed items())");
+    // The kills did land mid-request: leases expired and were taken over
+    // with a SyncKey lookup first.
+    let recovered = db.psql("SELECT count(*) FROM sync.pending_exports WHERE status = 'exported' AND verify");
+    assert_ne!(recovered, "0", "no export was recovered from a killed worker's lease");
+    eprintln!("{recovered} exports recovered from expired leases");
     assert_target_equals_source(&env, &db, "t", &["T"]);
 }
 

@@ -131,7 +131,13 @@ impl OpResult {
 
     /// A failure.
     pub fn failed(id: i64, class: ErrorClass, error: impl Into<String>, sent: bool) -> Self {
-        Self { ok: false, error: Some(clean_message(&error.into())), class: Some(class), sent: Some(sent), ..Self::ok(id) }
+        Self {
+            ok: false,
+            error: Some(clean_message(&error.into())),
+            class: Some(class),
+            sent: Some(sent),
+            ..Self::ok(id)
+        }
     }
 }
 
