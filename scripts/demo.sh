@@ -56,6 +56,8 @@ SELECT * FROM employees ORDER BY id;
 SQL
 
 show "a Graph target, a definition with a mapping and two shards" <<SQL
+\\set ECHO queries
+\\o /dev/null
 SELECT sync.create_target('sharepoint', kind => 'graph',
   config => '{"tenant_id": "demo-tenant", "client_id": "demo-client", "site_id": "contoso.sharepoint.com,demo",
               "base_url": "$emu/v1.0", "authority_url": "$emu"}',
