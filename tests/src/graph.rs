@@ -24,8 +24,12 @@ pub struct GraphEnv {
 impl GraphEnv {
     /// Starts an emulator (budget in RU per minute, None: unlimited).
     pub fn start(budget_per_min: Option<u32>) -> Self {
+        Self::start_with(EmulatorConfig { budget_per_min, ..EmulatorConfig::default() })
+    }
+
+    /// Starts an emulator with `config` (keep the default credentials).
+    pub fn start_with(config: EmulatorConfig) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let config = EmulatorConfig { budget_per_min, ..EmulatorConfig::default() };
         let emu = rt.block_on(Emulator::start(config)).expect("start the Graph emulator");
         Self { emu, rt }
     }

@@ -245,3 +245,63 @@ fn two_exporters_at_once_never_send_an_export_twice() {
     let both = db.psql("SELECT count(DISTINCT leased_by) FROM sync.pending_exports WHERE status = 'exported'");
     assert_eq!(both, "2", "both exporters took part");
 }
+
+#[test]
+fn a_value_graph_refuses_is_an_error_until_the_data_is_fixed_and_retried() {
+    // A varchar becomes a single line of text: SharePoint takes 255 characters.
+    let (env, db) =
+        setup(None, "CREATE TABLE t (id int PRIMARY KEY, code varchar(400)); INSERT INTO t VALUES (1, 'ok');");
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    sync_once(&db);
+    db.psql("INSERT INTO t VALUES (2, repeat('x', 300))");
+    sync_once(&db);
+    let err = db.psql("SELECT status || '|' || error_class FROM sync.pending_exports WHERE sync_key = '2'");
+    assert_eq!(err, "error|definite");
+    let shown = db.psql("SELECT error || '|' || last_error FROM sync.status WHERE definition = 't'");
+    assert!(shown.starts_with("1|") && shown.contains("400"), "sync.status shows the target's message: {shown}");
+    assert!(!env.items()["T"].contains_key("2"), "nothing was marked exported that was not");
+    // Fix the data, re-queue, deliver.
+    db.psql("UPDATE t SET code = 'fixed' WHERE id = 2");
+    db.psql("SELECT sync.retry(id) FROM sync.pending_exports WHERE sync_key = '2' AND status = 'error'");
+    sync_once(&db);
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    assert_eq!(env.items()["T"]["2"]["code"], "fixed");
+}
+
+#[test]
+fn a_running_worker_refreshes_its_token_before_it_expires_and_after_a_401() {
+    use syncbridge_tests::graph_emulator::EmulatorConfig;
+    // Tokens live 4 s: the worker must renew them (at half their life).
+    let env = GraphEnv::start_with(EmulatorConfig { token_lifetime_secs: 4, ..EmulatorConfig::default() });
+    let db = cluster().new_db("graph token");
+    prepare(&db, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    env.create_target(&db, "sp", None);
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    let _worker =
+        ChildGuard::new(worker_cmd(&db, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker"));
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while env.emu.lists().iter().find(|l| l.display_name == "T").map_or(0, |l| l.items.len()) < n {
+            assert!(Instant::now() < deadline, "the items did not arrive");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for wave in 0..3 {
+        db.psql(&format!(
+            "INSERT INTO t SELECT g, 'w{wave}' FROM generate_series({}, {}) g",
+            wave * 10 + 1,
+            wave * 10 + 10
+        ));
+        wait_for(wave * 10 + 10);
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    // Every token revoked at once: the next request meets a 401 and renews.
+    env.emu.expire_tokens();
+    db.psql("INSERT INTO t SELECT g, 'after' FROM generate_series(31, 40) g");
+    wait_for(40);
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    let tokens = env.emu.stats().tokens_issued;
+    assert!(tokens >= 4, "only {tokens} tokens in ~10 s of 4-second tokens");
+}
