@@ -36,6 +36,9 @@ log "tier 3: pg_regress suite (sql/regress)"
 log "tier 4: integration tests (tests/)"
 cargo test -p syncbridge-tests --quiet -- --test-threads="${SYNCBRIDGE_TEST_THREADS:-2}"
 
+log "tier 5: the benchmark, quick mode (proves it runs; figures to target/bench-quick.json, never asserted)"
+cargo run --quiet -p syncbridge-bench -- --quick
+
 tmpbase=${TMPDIR:-/tmp}
 if pgrep -a -f -- "bin/postgres -D $tmpbase/syncbridge-pg-" >/dev/null 2>&1; then
   log "FAIL: postgres processes from test clusters are still running"; pgrep -a -f -- "bin/postgres -D $tmpbase/syncbridge-pg-" >&2
