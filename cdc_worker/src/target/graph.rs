@@ -311,33 +311,45 @@ impl GraphTarget {
         Ok(value.to_owned())
     }
 
-    /// Sends one `$batch` (at most 20 requests), retrying envelope failures.
-    /// Returns the inner responses by request id.
-    async fn send_batch(&self, requests: &[Value], ru: u32) -> Result<HashMap<String, Inner>, Failure> {
-        let envelope = json!({ "requests": requests });
-        let url = format!("{}/$batch", self.base_url);
+    /// One HTTP request with the retry policy: network errors, 5xx and
+    /// 429/503 (after their `Retry-After`) are retried with capped
+    /// exponential backoff and full jitter, a 401 once after renewing the
+    /// token. Returns the status and body of the first answer that is none of
+    /// those; a second 401 or a 403 is an `auth` failure.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        ru: u32,
+    ) -> Result<(u16, String), Failure> {
+        let url = format!("{}{path}", self.base_url);
         let mut last: Option<Failure> = None;
         let mut refreshed = false;
         let mut attempt = 0;
         while attempt < ENVELOPE_ATTEMPTS {
             if attempt > 0 {
                 let d = backoff(attempt);
-                tracing::debug!(target = %self.name, attempt, delay_ms = d.as_millis() as u64, "retrying a $batch");
+                tracing::debug!(target = %self.name, attempt, delay_ms = d.as_millis() as u64, "retrying a Graph request");
                 tokio::time::sleep(d).await;
             }
             attempt += 1;
             self.wait_turn(ru).await;
             let token = self.token(false).await?;
-            let resp = match self.http.post(&url).bearer_auth(&token).json(&envelope).send().await {
+            let mut rb = self.http.request(method.clone(), &url).bearer_auth(&token);
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            let resp = match rb.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let sent = !e.is_connect();
                     self.set_health(Health::Unreachable, without_url(&e));
                     last = Some(Failure {
                         class: ErrorClass::Transient,
                         message: format!("Graph unreachable: {}", without_url(&e)),
                         retry_after: None,
-                        sent: sent || last.as_ref().is_some_and(|l| l.sent),
+                        // Once a request may have gone out, the outcome stays unknown.
+                        sent: !e.is_connect() || last.as_ref().is_some_and(|l| l.sent),
                     });
                     continue;
                 }
@@ -353,7 +365,7 @@ impl GraphTarget {
                 Err(e) => {
                     last = Some(Failure {
                         class: ErrorClass::Transient,
-                        message: format!("the $batch answer broke off: {}", without_url(&e)),
+                        message: format!("the answer broke off: {}", without_url(&e)),
                         retry_after: None,
                         sent: true,
                     });
@@ -361,12 +373,10 @@ impl GraphTarget {
                 }
             };
             match status {
-                200 => {}
                 401 if !refreshed => {
                     refreshed = true;
                     attempt -= 1;
                     self.token(true).await?;
-                    continue;
                 }
                 401 | 403 => {
                     let msg = format!("Graph refused the credentials ({status}): {}", short(&text));
@@ -379,11 +389,10 @@ impl GraphTarget {
                     self.set_health(Health::Throttled, format!("{status} with Retry-After {secs}s"));
                     last = Some(Failure {
                         class: ErrorClass::Throttled,
-                        message: format!("Graph throttled the batch ({status}, Retry-After {secs}s)"),
+                        message: format!("Graph throttled the request ({status}, Retry-After {secs}s)"),
                         retry_after: Some(secs),
                         sent: status == 503,
                     });
-                    continue;
                 }
                 s if s >= 500 => {
                     self.set_health(Health::Unreachable, format!("HTTP {s}"));
@@ -393,30 +402,9 @@ impl GraphTarget {
                         retry_after: None,
                         sent: true,
                     });
-                    continue;
                 }
-                s => {
-                    // The batch itself was refused: nothing in it ran.
-                    return Err(Failure {
-                        class: ErrorClass::Definite,
-                        message: format!("Graph refused the $batch ({s}): {}", short(&text)),
-                        retry_after: None,
-                        sent: false,
-                    });
-                }
+                _ => return Ok((status, text)),
             }
-            return match parse_batch_answer(&text) {
-                Ok(map) => {
-                    self.set_health(Health::Ok, "");
-                    Ok(map)
-                }
-                Err(e) => {
-                    // The requests may have run: nothing is marked done, and
-                    // adds are verified by SyncKey on the next attempt.
-                    self.set_health(Health::Unreachable, e.clone());
-                    Err(Failure { class: ErrorClass::Transient, message: e, retry_after: None, sent: true })
-                }
-            };
         }
         Err(last.unwrap_or(Failure {
             class: ErrorClass::Transient,
@@ -426,7 +414,35 @@ impl GraphTarget {
         }))
     }
 
-    /// A single (non-batch) request, used for provisioning.
+    /// Sends one `$batch` (at most 20 requests). Returns the inner responses
+    /// by request id.
+    async fn send_batch(&self, requests: &[Value], ru: u32) -> Result<HashMap<String, Inner>, Failure> {
+        let envelope = json!({ "requests": requests });
+        let (status, text) = self.call(reqwest::Method::POST, "/$batch", Some(&envelope), ru).await?;
+        if status != 200 {
+            // The batch itself was refused: nothing in it ran.
+            return Err(Failure {
+                class: ErrorClass::Definite,
+                message: format!("Graph refused the $batch ({status}): {}", short(&text)),
+                retry_after: None,
+                sent: false,
+            });
+        }
+        match parse_batch_answer(&text) {
+            Ok(map) => {
+                self.set_health(Health::Ok, "");
+                Ok(map)
+            }
+            Err(e) => {
+                // The requests may have run: nothing is marked done, and
+                // adds are verified by SyncKey on the next attempt.
+                self.set_health(Health::Unreachable, e.clone());
+                Err(Failure { class: ErrorClass::Transient, message: e, retry_after: None, sent: true })
+            }
+        }
+    }
+
+    /// A single (non-batch) request, used for provisioning: status and JSON body.
     async fn request(
         &self,
         method: reqwest::Method,
@@ -434,65 +450,17 @@ impl GraphTarget {
         body: Option<&Value>,
         ru: u32,
     ) -> Result<(u16, Value), Failure> {
-        let url = format!("{}{path}", self.base_url);
-        let mut refreshed = false;
-        let mut last = None;
-        for attempt in 0..ENVELOPE_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            self.wait_turn(ru).await;
-            let token = self.token(false).await?;
-            let mut rb = self.http.request(method.clone(), &url).bearer_auth(&token);
-            if let Some(b) = body {
-                rb = rb.json(b);
-            }
-            let resp = match rb.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    last = Some(Failure {
-                        class: ErrorClass::Transient,
-                        message: format!("Graph unreachable: {}", without_url(&e)),
-                        retry_after: None,
-                        sent: !e.is_connect(),
-                    });
-                    continue;
-                }
-            };
-            let status = resp.status().as_u16();
-            let ra =
-                resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<f64>().ok());
-            let text = resp.text().await.unwrap_or_default();
-            if status == 401 && !refreshed {
-                refreshed = true;
-                self.token(true).await?;
-                continue;
-            }
-            if status == 429 || status == 503 || status >= 500 {
-                if let Some(s) = ra {
-                    self.pause(s);
-                }
-                last = Some(Failure {
-                    class: if status == 429 { ErrorClass::Throttled } else { ErrorClass::Transient },
-                    message: format!("Graph answered {status}: {}", short(&text)),
-                    retry_after: ra,
-                    sent: true,
-                });
-                continue;
-            }
-            let body: Value = if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).map_err(|e| Failure {
-                    class: ErrorClass::Transient,
-                    message: format!("Graph answered {status} with a body that is not JSON ({e}): {}", short(&text)),
-                    retry_after: None,
-                    sent: true,
-                })?
-            };
-            return Ok((status, body));
+        let (status, text) = self.call(method, path, body, ru).await?;
+        if text.is_empty() {
+            return Ok((status, Value::Null));
         }
-        Err(last.expect("at least one attempt"))
+        let body = serde_json::from_str(&text).map_err(|e| Failure {
+            class: ErrorClass::Transient,
+            message: format!("Graph answered {status} with a body that is not JSON ({e}): {}", short(&text)),
+            retry_after: None,
+            sent: true,
+        })?;
+        Ok((status, body))
     }
 
     fn items_path(&self, list: &str) -> String {
