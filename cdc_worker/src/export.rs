@@ -30,6 +30,9 @@ pub struct ExportConfig {
     pub idle_poll: Duration,
     /// Lease length in seconds (default: the `lease_seconds` setting).
     pub lease_seconds: Option<i32>,
+    /// Wakes an idle exporter before `idle_poll` (the ingest of the same
+    /// process tells it when it staged something).
+    pub wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Default for ExportConfig {
@@ -40,6 +43,7 @@ impl Default for ExportConfig {
             worker_name: crate::ingest::default_worker_name(),
             idle_poll: Duration::from_millis(500),
             lease_seconds: None,
+            wake: None,
         }
     }
 }
@@ -230,8 +234,10 @@ async fn export_loop(
             }
             let (h, msg) = adapter.health();
             set_status(db, name, h.as_str(), &msg).await;
+            let wake = config.wake.clone();
             tokio::select! {
                 _ = tokio::time::sleep(config.idle_poll) => {}
+                _ = async { if let Some(w) = wake { w.notified().await } else { std::future::pending().await } } => {}
                 _ = shutdown.changed() => return Ok(summary),
             }
             continue;

@@ -145,12 +145,15 @@ async fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(EXIT_UNREACHABLE);
             }
+            // The exporter wakes as soon as the ingest stages something.
+            let staged = std::sync::Arc::new(tokio::sync::Notify::new());
+            let config = IngestConfig { staged: Some(staged.clone()), ..config };
             let rx = shutdown_signal();
             let ingest = supervise("ingest", rx.clone(), || ingest::run(&dsn, &config, rx.clone()), report_ingest);
             if no_export || decode_only {
                 return ingest.await;
             }
-            let export_config = ExportConfig { once, ..ExportConfig::default() };
+            let export_config = ExportConfig { once, wake: Some(staged), ..ExportConfig::default() };
             let exporter =
                 supervise("export", rx.clone(), || export::run(&dsn, &export_config, rx.clone()), report_export);
             if once {

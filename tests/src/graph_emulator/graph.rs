@@ -650,8 +650,19 @@ fn create_item(state: &mut State, req: &Req, list_id: &str) -> Result<Resp, Grap
     list.next_item_id += 1;
     list.seq += 1;
     let now = now_iso();
-    let mut item =
-        Item { id, guid: guid(), version: 1, fields: Map::new(), created: now.clone(), modified: now, seq: list.seq };
+    let mut item = Item {
+        id,
+        guid: guid(),
+        version: 1,
+        fields: Map::new(),
+        created: now.clone(),
+        modified: now,
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        seq: list.seq,
+    };
     for (k, v) in changes {
         if let Some(v) = v {
             item.fields.insert(k, v);

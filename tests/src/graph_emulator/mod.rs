@@ -106,6 +106,9 @@ pub struct ItemSnapshot {
     /// The values of the list's own columns (`Title` included; lookups as
     /// `XLookupId`); system fields are left out.
     pub fields: serde_json::Map<String, Value>,
+    /// When it was created, in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 /// One list with its columns and items.

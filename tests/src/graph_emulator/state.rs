@@ -163,6 +163,8 @@ pub(crate) struct Item {
     pub fields: Map<String, Value>,
     pub created: String,
     pub modified: String,
+    /// When it was created, in milliseconds since the Unix epoch (for latency figures).
+    pub created_ms: u64,
     /// The list's change sequence number at this item's last change.
     pub seq: u64,
 }
@@ -277,7 +279,12 @@ impl List {
             items: self
                 .sorted_items()
                 .into_iter()
-                .map(|i| ItemSnapshot { id: i.id.to_string(), etag: i.etag(), fields: i.fields.clone() })
+                .map(|i| ItemSnapshot {
+                    id: i.id.to_string(),
+                    etag: i.etag(),
+                    fields: i.fields.clone(),
+                    created_ms: i.created_ms,
+                })
                 .collect(),
         }
     }
