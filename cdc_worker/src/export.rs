@@ -172,9 +172,7 @@ async fn export_target(
         Ok(_) => ("succeeded", None),
         Err(e) => ("failed", Some(e.to_string())),
     };
-    if let Err(e) = db.execute("SELECT sync.finish_run($1, $2, $3)", &[&run_id, &status, &error]).await {
-        tracing::warn!(error = %crate::pgerror::Described(&e), "could not record the end of the export run");
-    }
+    crate::pgerror::finish_run(&db, run_id, status, error).await;
     result
 }
 

@@ -458,9 +458,7 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "backfill task failed"),
         }
     }
-    if let Err(e) = ingest.db.execute("SELECT sync.finish_run($1, $2, $3)", &[&run_id, &status, &error]).await {
-        tracing::debug!(error = %e, "could not record the end of the run");
-    }
+    crate::pgerror::finish_run(&ingest.db, run_id, status, error).await;
     result.map(|()| summary)
 }
 
@@ -811,9 +809,7 @@ async fn backfill_all(
             Ok(false) => ("cancelled", None),
             Err(e) => ("failed", Some(e.to_string())),
         };
-        if let Err(e) = db.execute("SELECT sync.finish_run($1, $2, $3)", &[&run_id, &status, &error]).await {
-            tracing::warn!(error = %crate::pgerror::Described(&e), "could not record the end of the backfill run");
-        }
+        crate::pgerror::finish_run(db, run_id, status, error).await;
         if !result? {
             break;
         }

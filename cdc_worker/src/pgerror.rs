@@ -33,19 +33,29 @@ impl fmt::Display for Described<'_> {
     }
 }
 
+/// Whether an error with this SQLSTATE may go away by itself: connection
+/// failures (08), a server starting or shutting down (57P), serialization
+/// failures and deadlocks (40001, 40P01), lock timeouts (55P03), too many
+/// connections (53300).
+pub fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || matches!(code, "40001" | "40P01" | "55P03" | "53300")
+}
+
+/// Records the end of a run in `sync.runs` (`sync.start_run` began it). A
+/// failure to record is logged, never raised: the run's work is done.
+pub async fn finish_run(db: &tokio_postgres::Client, run_id: i64, status: &str, error: Option<String>) {
+    if let Err(e) = db.execute("SELECT sync.finish_run($1, $2, $3)", &[&run_id, &status, &error]).await {
+        tracing::warn!(run = run_id, error = %Described(&e), "could not record the end of the run");
+    }
+}
+
 /// Whether trying again later may help: a broken or refused connection, a
 /// server starting or shutting down, a deadlock, a serialization failure, a
 /// lock timeout. A wrong password, a certificate that does not verify or a
 /// bad connection string will not mend themselves.
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     if let Some(code) = e.code() {
-        let c = code.code();
-        return c.starts_with("08")
-            || c.starts_with("57P")
-            || c == "40001"
-            || c == "40P01"
-            || c == "55P03"
-            || c == "53300";
+        return transient_sqlstate(code.code());
     }
     let mut io = false;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);

@@ -72,9 +72,8 @@ impl ReplError {
     pub fn is_transient(&self) -> bool {
         match self {
             ReplError::Io { .. } => true,
-            ReplError::Server(e) => {
-                e.code.starts_with("08") || e.code.starts_with("57P") || e.code == "55006" || e.code == "53300"
-            }
+            // 55006: the slot is active for another process.
+            ReplError::Server(e) => crate::pgerror::transient_sqlstate(&e.code) || e.code == "55006",
             _ => false,
         }
     }

@@ -127,10 +127,14 @@ pub fn assert_target_equals_source(env: &GraphEnv, db: &TestDb, definition: &str
                     // A reference: the referenced row's item id.
                     let rdef = r["@def"].as_str().expect("@def");
                     let rkey = r["@ref"].as_str().map(str::to_owned).unwrap_or_else(|| r["@ref"].to_string());
-                    let rid = have
-                        .values()
-                        .find_map(|items| items.get(&rkey).filter(|_| true))
-                        .and_then(|i| i.get("@id").cloned());
+                    // Looked up in the referenced definition's own list (a
+                    // key alone may exist in several lists).
+                    let rlist = expected(db, rdef)
+                        .into_iter()
+                        .find_map(|(l, rows)| rows.contains_key(&rkey).then_some(l))
+                        .unwrap_or_else(|| panic!("{rdef} has no row {rkey}"));
+                    let rid = have.get(&rlist).and_then(|items| items.get(&rkey)).and_then(|i| i.get("@id").cloned());
+                    assert!(rid.is_some(), "{list}/{key}: the referenced {rdef}/{rkey} is not in {rlist}");
                     assert_eq!(
                         item.get(&format!("{f}LookupId")),
                         rid.as_ref(),

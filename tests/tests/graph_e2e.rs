@@ -299,8 +299,14 @@ fn a_running_worker_renews_its_token_before_it_expires() {
         std::thread::sleep(Duration::from_secs(3));
     }
     assert_target_equals_source(&env, &db, "t", &["T"]);
-    let tokens = env.emu.stats().tokens_issued;
-    assert!(tokens >= 3, "only {tokens} tokens for three waves 3 s apart with 4-second tokens");
+    let stats = env.emu.stats();
+    assert!(
+        stats.tokens_issued >= 3,
+        "only {} tokens for three waves 3 s apart with 4-second tokens",
+        stats.tokens_issued
+    );
+    // Renewed ahead of time: no request ever went out with an expired token.
+    assert_eq!(stats.unauthorized, 0, "the worker waited for 401s instead of renewing");
 }
 
 #[test]
@@ -325,6 +331,8 @@ fn a_revoked_token_is_renewed_on_the_next_401() {
         assert!(Instant::now() < deadline, "after a revocation the worker did not renew its token");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(env.emu.stats().tokens_issued, before + 1, "one new token");
+    let stats = env.emu.stats();
+    assert_eq!(stats.tokens_issued, before + 1, "one new token");
+    assert!(stats.unauthorized >= 1, "the renewal came from a 401");
     assert_target_equals_source(&env, &db, "t", &["T"]);
 }

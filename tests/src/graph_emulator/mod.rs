@@ -140,6 +140,9 @@ pub struct Stats {
     pub ru_used: u64,
     /// Tokens issued.
     pub tokens_issued: u64,
+    /// `401` answers (no, an unknown or an expired token).
+    #[serde(default)]
+    pub unauthorized: u64,
     /// Successful creates, updates and deletes (lists, columns and items).
     pub writes: u64,
 }
@@ -428,14 +431,15 @@ async fn serve_http(
     let resp = {
         let mut st = state.lock();
         match st.check_auth(req.headers.get("authorization").map(String::as_str)) {
-            Err(e) => Resp::error(e)
-                .with_header("WWW-Authenticate", "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\""),
+            Err(e) => {
+                st.stats.unauthorized += 1;
+                Resp::error(e)
+                .with_header("WWW-Authenticate", "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"")
+            }
             Ok(()) if is_batch && req.method != "POST" => {
                 Resp::error(GraphError::new(405, "methodNotAllowed", "The $batch endpoint only accepts POST."))
             }
-            Ok(()) if is_batch => {
-                graph::serve_batch(&mut st, &req, fault == Some(Fault::BatchMissingResponses))
-            }
+            Ok(()) if is_batch => graph::serve_batch(&mut st, &req, fault == Some(Fault::BatchMissingResponses)),
             Ok(()) => graph::serve(&mut st, &req),
         }
     };
