@@ -74,9 +74,20 @@ END $$;
 CREATE FUNCTION claim(target text, n int DEFAULT 20, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, run_id bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, definition text, op text, sync_key text, list text, from_list text, target_id text,
                etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- The ledger and the queue grow by thousands of rows between two analyzes
+-- while a backlog drains; a plan made on the old statistics (a sequential
+-- scan of the ledger for each claimed row's references) made each claim
+-- slower than the last. Claim probes by key only. The costs of the plans a
+-- disabled sequential scan leaves must not trigger JIT compilation (40-120 ms
+-- per statement, on every call).
+SET enable_seqscan = off SET jit = off
+AS $$
 DECLARE
     lease interval;
+    defs int[];
+    def int;
+    ids bigint[];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target) THEN
         RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
@@ -88,30 +99,62 @@ BEGIN
     END IF;
     lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
     PERFORM sync._recover_expired(target);
-    RETURN QUERY
-    WITH cand AS (
-        SELECT e.id
-          FROM sync.pending_exports e
-          JOIN sync.definitions d ON d.id = e.definition_id
+    -- The target's active definitions, the one whose oldest due export has
+    -- waited longest first (one index probe each).
+    defs := ARRAY(
+        SELECT d.id FROM sync.definitions d
+          CROSS JOIN LATERAL (
+              SELECT e.next_attempt_at FROM sync.pending_exports e
+               WHERE e.definition_id = d.id AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
+               ORDER BY e.next_attempt_at, e.id LIMIT 1) oldest
          WHERE d.target = claim.target AND d.state = 'active'
+         ORDER BY oldest.next_attempt_at, d.id);
+    IF cardinality(defs) = 0 THEN
+        RETURN;
+    END IF;
+    -- Lists first: they are created before items go into them. Few rows.
+    ids := ARRAY(
+        SELECT e.id FROM sync.pending_exports e
+         WHERE e.definition_id = ANY (defs) AND e.op = 'provision'
            AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
-           -- lists are created before items go into them
-           AND (e.op = 'provision' OR NOT EXISTS (
-                    SELECT 1 FROM sync.pending_exports x
-                     WHERE x.definition_id = e.definition_id AND x.op = 'provision' AND x.list IN (e.list, e.from_list)
-                       AND x.status IN ('pending', 'awaiting_approval', 'failed', 'executing', 'error')))
-           -- one change in flight per key
-           AND (e.sync_key IS NULL OR NOT EXISTS (
-                    SELECT 1 FROM sync.pending_exports x
-                     WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'executing'))
-         ORDER BY (e.op = 'provision') DESC, e.next_attempt_at, e.id
+         ORDER BY e.next_attempt_at, e.id
          LIMIT n
-           FOR UPDATE OF e SKIP LOCKED
-    ), claimed AS (
+           FOR UPDATE OF e SKIP LOCKED);
+    -- Then items, definition by definition, in queue order: the walk of
+    -- pending_exports_claim_idx stops after n claimable rows instead of
+    -- sorting the whole backlog. OFFSET 0 keeps the two checks per-row probes:
+    -- as anti joins they are estimated to leave one row, and the planner
+    -- sorts the backlog (46 ms instead of 0.5 ms for 100 of 20,000).
+    FOREACH def IN ARRAY defs LOOP
+        EXIT WHEN cardinality(ids) >= n;
+        ids := ids || ARRAY(
+            SELECT e.id FROM sync.pending_exports e
+             WHERE e.definition_id = def AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
+               AND e.op <> 'provision'
+               -- not into a list still being created
+               AND NOT EXISTS (
+                        SELECT 1 FROM sync.pending_exports x
+                         WHERE x.definition_id = e.definition_id AND x.op = 'provision' AND x.list IN (e.list, e.from_list)
+                           AND x.status IN ('pending', 'awaiting_approval', 'failed', 'executing', 'error')
+                        OFFSET 0)
+               -- one change in flight per key
+               AND NOT EXISTS (
+                        SELECT 1 FROM sync.pending_exports x
+                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'executing'
+                        OFFSET 0)
+             ORDER BY e.next_attempt_at, e.id
+             LIMIT n - cardinality(ids)
+               FOR UPDATE OF e SKIP LOCKED);
+    END LOOP;
+    IF cardinality(ids) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH claimed AS (
         UPDATE sync.pending_exports e
            SET status = 'executing', attempts = e.attempts + 1, lease_until = now() + lease,
                leased_by = claim.worker, run_id = coalesce(claim.run_id, e.run_id), updated_at = now()
-          FROM cand WHERE e.id = cand.id
+         WHERE e.id = ANY (ids)
         RETURNING e.*
     )
     SELECT c.id, d.name, c.op, c.sync_key, c.list, c.from_list, l.target_id, l.etag,
@@ -130,6 +173,28 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due exports of a target (FOR UPDATE SKIP LOCKED) and leases them to the caller: status executing, attempts + 1. Expired leases are recovered first. Lists are provisioned before items go into them, and one change per key is in flight at a time.';
 
+-- What an exporter needs besides claim: whether work is left (so that
+-- `--once` knows when to stop) and the remote ids of the target's lists.
+CREATE FUNCTION export_backlog(target text, within_seconds double precision DEFAULT 60)
+RETURNS TABLE (open bigint, due_later bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT count(*),
+           count(*) FILTER (WHERE e.status = 'failed' AND e.next_attempt_at > now() + make_interval(secs => within_seconds))
+      FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
+     WHERE d.target = export_backlog.target AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing')
+$$;
+COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease), and how many of them will not be retried within within_seconds.';
+
+CREATE FUNCTION target_list_ids(target text)
+RETURNS TABLE (definition text, list text, remote_id text)
+LANGUAGE sql STABLE AS $$
+    SELECT d.name, tl.list, tl.remote_id
+      FROM sync.target_lists tl JOIN sync.definitions d ON d.id = tl.definition_id
+     WHERE tl.remote_id IS NOT NULL AND d.target = target_list_ids.target
+     ORDER BY d.name, tl.list
+$$;
+COMMENT ON FUNCTION target_list_ids(text) IS 'The provisioned lists of a target''s definitions and their ids on the target.';
+
 -- Complete ------------------------------------------------------------------
 
 -- Delay before attempt `attempts` + 1: base * 2^(attempts-1), capped, +-20% jitter.
@@ -142,7 +207,10 @@ $$;
 
 CREATE FUNCTION complete(results jsonb, worker text DEFAULT NULL)
 RETURNS TABLE (exported int, failed int, errors int, stale int)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- As claim: probes by key whatever the statistics say, and no JIT.
+SET enable_seqscan = off SET jit = off
+AS $$
 DECLARE
     bad bigint;
     total int;

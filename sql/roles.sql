@@ -55,6 +55,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@._backfill_keyset_sql(int),
     @extschema@.claim(text, int, int, text, bigint),
     @extschema@.complete(jsonb, text),
+    @extschema@.export_backlog(text, double precision),
+    @extschema@.target_list_ids(text),
     @extschema@.start_run(text, text, text),
     @extschema@.finish_run(bigint, text, text),
     @extschema@.settings(),

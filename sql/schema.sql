@@ -283,8 +283,9 @@ CREATE UNIQUE INDEX pending_exports_open_key_idx ON pending_exports (definition_
     WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL;
 CREATE UNIQUE INDEX pending_exports_open_provision_idx ON pending_exports (definition_id, list)
     WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error', 'executing') AND op = 'provision';
--- The exporter's queue: claimable rows in order.
-CREATE INDEX pending_exports_claim_idx ON pending_exports (next_attempt_at, id)
+-- The exporter's queue: a definition's claimable rows in order (claim walks
+-- it and stops after n rows, whatever the size of the backlog).
+CREATE INDEX pending_exports_claim_idx ON pending_exports (definition_id, next_attempt_at, id)
     WHERE status IN ('pending', 'failed');
 CREATE INDEX pending_exports_lease_idx ON pending_exports (lease_until) WHERE status = 'executing';
 -- Staging compares a key with the export in flight for it.

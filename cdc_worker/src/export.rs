@@ -6,6 +6,7 @@
 //! adapter looks its SyncKey up before creating anything.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,7 +15,10 @@ use tokio_postgres::Client;
 
 use crate::dsn::Dsn;
 use crate::ingest::{connect, IngestError};
-use crate::target::{self, ApplyContext, ErrorClass, Export, OpResult, Target};
+use crate::target::{self, ApplyContext, ErrorClass, Export, Health, OpResult, Target};
+
+/// Claim loops per target unless told otherwise.
+pub const DEFAULT_LANES: usize = 2;
 
 /// How the exporter runs.
 #[derive(Debug, Clone)]
@@ -33,6 +37,8 @@ pub struct ExportConfig {
     /// Wakes an idle exporter before `idle_poll` (the ingest of the same
     /// process tells it when it staged something).
     pub wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Claim loops per target (each with its own connection).
+    pub lanes: usize,
 }
 
 impl Default for ExportConfig {
@@ -44,6 +50,7 @@ impl Default for ExportConfig {
             idle_poll: Duration::from_millis(500),
             lease_seconds: None,
             wake: None,
+            lanes: DEFAULT_LANES,
         }
     }
 }
@@ -138,11 +145,7 @@ async fn set_status(db: &Client, target: &str, status: &str, detail: &str) {
 
 async fn context(db: &Client, target: &str) -> Result<ApplyContext, IngestError> {
     let rows = db
-        .query(
-            "SELECT d.name, tl.list, tl.remote_id FROM sync.target_lists tl JOIN sync.definitions d ON d.id = tl.definition_id
-              WHERE tl.remote_id IS NOT NULL AND d.target = $1 ORDER BY d.name, tl.list",
-            &[&target],
-        )
+        .query("SELECT definition, list, remote_id FROM sync.target_list_ids($1)", &[&target])
         .await
         .map_err(IngestError::db("reading the target's lists"))?;
     let mut ctx = ApplyContext::default();
@@ -159,7 +162,7 @@ async fn export_target(
     config: &ExportConfig,
     name: &str,
     adapter: Box<dyn Target>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<ExportSummary, IngestError> {
     let db = connect(dsn).await?;
     let run_id: i64 = db
@@ -167,7 +170,35 @@ async fn export_target(
         .await
         .map_err(IngestError::db("recording the export run"))?
         .get(0);
-    let result = export_loop(&db, config, name, adapter.as_ref(), run_id, &mut shutdown).await;
+    // Lanes: independent claim -> apply -> complete loops over one adapter
+    // (one token, one rate limiter), so that one lane's database round trips
+    // overlap another's HTTP.
+    let adapter: Arc<dyn Target> = Arc::from(adapter);
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 1..config.lanes.max(1) {
+        let (dsn, config, name, adapter, mut shutdown) =
+            (dsn.clone(), config.clone(), name.to_owned(), adapter.clone(), shutdown.clone());
+        lanes.spawn(async move {
+            let db = connect(&dsn).await?;
+            tracing::debug!(target = %name, lane, "export lane started");
+            export_loop(&db, &config, &name, adapter.as_ref(), run_id, false, &mut shutdown).await
+        });
+    }
+    let mut own_shutdown = shutdown.clone();
+    let mut result = export_loop(&db, config, name, adapter.as_ref(), run_id, true, &mut own_shutdown).await;
+    while let Some(joined) = lanes.join_next().await {
+        let lane = joined.unwrap_or_else(|e| {
+            Err(IngestError::NotReady { message: format!("an export lane failed: {e}"), hint: "see the log".into() })
+        });
+        result = match (result, lane) {
+            (Ok(a), Ok(b)) => Ok(ExportSummary {
+                claimed: a.claimed + b.claimed,
+                exported: a.exported + b.exported,
+                failed: a.failed + b.failed,
+            }),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+    }
     let (status, error) = match &result {
         Ok(_) => ("succeeded", None),
         Err(e) => ("failed", Some(e.to_string())),
@@ -182,6 +213,7 @@ async fn export_loop(
     name: &str,
     adapter: &dyn Target,
     run_id: i64,
+    primary: bool,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<ExportSummary, IngestError> {
     let mut summary = ExportSummary::default();
@@ -190,6 +222,7 @@ async fn export_loop(
         if *shutdown.borrow() {
             return Ok(summary);
         }
+        let started = std::time::Instant::now();
         let rows = db
             .query(
                 "SELECT to_jsonb(c)::text FROM sync.claim($1, $2, $3, $4, $5) c",
@@ -220,6 +253,10 @@ async fn export_loop(
             }
         }
         if exports.is_empty() && unreadable.is_empty() {
+            if config.once && !primary {
+                // The primary lane waits for what is in flight or retried.
+                return Ok(summary);
+            }
             if config.once {
                 let (open, waiting_long) = open_work(db, name, ONCE_MAX_WAIT).await?;
                 if !open {
@@ -241,9 +278,12 @@ async fn export_loop(
             continue;
         }
         summary.claimed += exports.len() as u64;
+        let claimed_at = started.elapsed();
         let ctx = context(db, name).await?;
         // Finish the batch in flight even on shutdown: its results are recorded.
+        let applying = std::time::Instant::now();
         let mut results = adapter.apply(&exports, &ctx).await;
+        let applied_in = applying.elapsed();
         results.extend(unreadable);
         // Every claimed export gets exactly one result.
         let mut by_id: HashMap<i64, OpResult> = HashMap::new();
@@ -263,12 +303,58 @@ async fn export_loop(
             tracing::debug!(export = r.id, class = ?r.class, error = r.error.as_deref().unwrap_or(""), "export failed");
         }
         let json = serde_json::to_string(&results).expect("results serialize");
+        let completing = std::time::Instant::now();
         db.query("SELECT * FROM sync.complete($1::text::jsonb, $2)", &[&json, &config.worker_name])
             .await
             .map_err(IngestError::db("recording export results"))?;
         let (h, msg) = adapter.health();
         set_status(db, name, h.as_str(), &msg).await;
-        tracing::debug!(target = %name, claimed = exports.len(), exported = ok, "batch done");
+        if ok == 0 && h == Health::Unreachable && !wait_for_target(db, config, name, adapter, shutdown).await {
+            return Ok(summary);
+        }
+        tracing::debug!(target = %name, claimed = exports.len(), exported = ok,
+            claim_ms = claimed_at.as_millis() as u64, apply_ms = applied_in.as_millis() as u64,
+            complete_ms = completing.elapsed().as_millis() as u64, "batch done");
+    }
+}
+
+/// The longest pause between two probes of a target that is down.
+const OUTAGE_PROBE_MAX: Duration = Duration::from_secs(2);
+
+/// A whole batch failed and the target cannot be reached: claim nothing
+/// (every claim would spend an attempt of each export for nothing) until a
+/// probe gets through. Returns false on shutdown, or when `--once` has
+/// waited [`ONCE_MAX_WAIT`].
+async fn wait_for_target(
+    db: &Client,
+    config: &ExportConfig,
+    name: &str,
+    adapter: &dyn Target,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let since = std::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    tracing::warn!(target = %name, "the target is unreachable: claiming nothing until it answers");
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return false,
+        }
+        match adapter.probe().await {
+            Ok(()) => {
+                tracing::info!(target = %name, down_ms = since.elapsed().as_millis() as u64, "the target answers again");
+                set_status(db, name, Health::Ok.as_str(), "").await;
+                return true;
+            }
+            Err(msg) => {
+                set_status(db, name, Health::Unreachable.as_str(), &msg).await;
+                if config.once && since.elapsed() > ONCE_MAX_WAIT {
+                    tracing::warn!(target = %name, error = %msg, "the target is still unreachable (stopping, --once)");
+                    return false;
+                }
+            }
+        }
+        delay = (delay * 2).min(OUTAGE_PROBE_MAX);
     }
 }
 
@@ -281,13 +367,7 @@ const ONCE_MAX_WAIT: Duration = Duration::from_secs(60);
 async fn open_work(db: &Client, target: &str, wait: Duration) -> Result<(bool, i64), IngestError> {
     let secs = wait.as_secs_f64();
     let row = db
-        .query_one(
-            "SELECT count(*) > 0,
-                    count(*) FILTER (WHERE e.status = 'failed' AND e.next_attempt_at > now() + make_interval(secs => $2))
-               FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
-              WHERE d.target = $1 AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing')",
-            &[&target, &secs],
-        )
+        .query_one("SELECT open > 0, due_later FROM sync.export_backlog($1, $2)", &[&target, &secs])
         .await
         .map_err(IngestError::db("looking for open exports"))?;
     Ok((row.get(0), row.get(1)))

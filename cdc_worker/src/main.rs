@@ -65,6 +65,9 @@ enum Command {
         /// Only ingest: leave exporting to other workers (`export`).
         #[arg(long)]
         no_export: bool,
+        /// Claim loops per target, each with its own connection (1 to 16).
+        #[arg(long, default_value_t = export::DEFAULT_LANES as u64, value_parser = clap::value_parser!(u64).range(1..=16))]
+        lanes: u64,
     },
     /// Send staged exports to their targets (claim → target → complete).
     /// Any number may run at once, on any number of machines.
@@ -81,6 +84,9 @@ enum Command {
         /// Lease length in seconds (default: the lease_seconds setting).
         #[arg(long)]
         lease_seconds: Option<i32>,
+        /// Claim loops per target, each with its own connection (1 to 16).
+        #[arg(long, default_value_t = export::DEFAULT_LANES as u64, value_parser = clap::value_parser!(u64).range(1..=16))]
+        lanes: u64,
     },
 }
 
@@ -105,12 +111,13 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
-        Command::Export { dsn, once, targets, lease_seconds } => {
+        Command::Export { dsn, once, targets, lease_seconds, lanes } => {
             let dsn = match parse_dsn(&dsn) {
                 Ok(d) => d,
                 Err(code) => return code,
             };
-            let config = ExportConfig { targets, once, lease_seconds, ..ExportConfig::default() };
+            let config =
+                ExportConfig { targets, once, lease_seconds, lanes: lanes as usize, ..ExportConfig::default() };
             let rx = shutdown_signal();
             supervise("export", rx.clone(), || export::run(&dsn, &config, rx.clone()), report_export).await
         }
@@ -125,6 +132,7 @@ async fn main() -> ExitCode {
             backfill_chunk,
             decode_only,
             no_export,
+            lanes,
         } => {
             let dsn = match parse_dsn(&dsn) {
                 Ok(d) => d,
@@ -153,7 +161,8 @@ async fn main() -> ExitCode {
             if no_export || decode_only {
                 return ingest.await;
             }
-            let export_config = ExportConfig { once, wake: Some(staged), ..ExportConfig::default() };
+            let export_config =
+                ExportConfig { once, wake: Some(staged), lanes: lanes as usize, ..ExportConfig::default() };
             let exporter =
                 supervise("export", rx.clone(), || export::run(&dsn, &export_config, rx.clone()), report_export);
             if once {

@@ -336,3 +336,46 @@ fn a_revoked_token_is_renewed_on_the_next_401() {
     assert!(stats.unauthorized >= 1, "the renewal came from a 401");
     assert_target_equals_source(&env, &db, "t", &["T"]);
 }
+
+#[test]
+fn an_outage_spends_no_attempts_and_everything_arrives_once_it_ends() {
+    let (env, db) = setup(None, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    sync_once(&db); // the slot and the list
+    let _worker =
+        ChildGuard::new(worker_cmd(&db, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker"));
+    env.emu.set_down(true);
+    db.psql("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 2000) g");
+    let wait = |what: &str, sql: &str, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db.psql(sql) != want {
+            assert!(Instant::now() < deadline, "{what}: {sql} is not {want}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the outage is seen", "SELECT status FROM sync.targets WHERE name = 'sp'", "unreachable");
+    wait("everything is staged", "SELECT count(*) FROM sync.pending_exports WHERE sync_key IS NOT NULL", "2000");
+    // Several probe rounds while the target is down.
+    std::thread::sleep(Duration::from_secs(4));
+    let detail = db.psql("SELECT status_detail FROM sync.targets WHERE name = 'sp'");
+    assert!(detail.contains("unreachable"), "sync.targets.status_detail says why: {detail}");
+    // Only the batches in flight when it went down failed (two lanes of at
+    // most 100); the rest was not claimed, and kept every attempt.
+    let tried = db.psql("SELECT count(*) FROM sync.pending_exports WHERE sync_key IS NOT NULL AND attempts > 0");
+    let tried: u64 = tried.parse().expect("count");
+    assert!(tried <= 200, "{tried} exports spent attempts on a target that was down");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM sync.pending_exports WHERE status = 'exported' AND sync_key IS NOT NULL"),
+        "0"
+    );
+    env.emu.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.emu.lists().iter().find(|l| l.display_name == "T").map_or(0, |l| l.items.len()) < 2000 {
+        assert!(Instant::now() < deadline, "the backlog did not drain after the outage");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait("the target is healthy again", "SELECT status FROM sync.targets WHERE name = 'sp'", "ok");
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    assert_eq!(db.psql("SELECT max(attempts) <= 2 FROM sync.pending_exports WHERE sync_key IS NOT NULL"), "t");
+}

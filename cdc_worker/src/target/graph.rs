@@ -20,6 +20,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Map, Value};
@@ -36,6 +37,8 @@ pub const RU_READ: u32 = 1;
 pub const RU_QUERY: u32 = 2;
 /// The default budget (a small tenant).
 pub const DEFAULT_BUDGET_PER_MIN: u32 = 1250;
+/// `$batch` requests in flight at once per target (config `max_concurrent_batches`, 1 to 16).
+pub const DEFAULT_CONCURRENT_BATCHES: usize = 4;
 const ENVELOPE_ATTEMPTS: u32 = 4;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -61,6 +64,8 @@ pub struct GraphTarget {
     token: tokio::sync::Mutex<Option<Token>>,
     limiter: DefaultDirectRateLimiter,
     burst: u32,
+    /// `$batch` requests in flight at once.
+    concurrency: usize,
     pause_until: Mutex<Option<Instant>>,
     health: Mutex<(Health, String)>,
 }
@@ -214,6 +219,11 @@ impl GraphTarget {
             .map(|b| b.max(1.0).min(f64::from(u32::MAX)) as u32)
             .unwrap_or(DEFAULT_BUDGET_PER_MIN);
         let timeout = config.get("timeout_ms").and_then(Value::as_u64).unwrap_or(30_000);
+        let concurrency = config
+            .get("max_concurrent_batches")
+            .and_then(Value::as_u64)
+            .map(|c| c.clamp(1, 16) as usize)
+            .unwrap_or(DEFAULT_CONCURRENT_BATCHES);
         // A burst of one full batch of writes; never more than the budget.
         let burst = (BATCH_LIMIT as u32 * RU_WRITE).min(budget).max(1);
         let quota = Quota::per_minute(NonZeroU32::new(budget.max(1)).expect("non-zero"))
@@ -235,6 +245,7 @@ impl GraphTarget {
             token: tokio::sync::Mutex::new(None),
             limiter: RateLimiter::direct(quota),
             burst,
+            concurrency,
             pause_until: Mutex::new(None),
             health: Mutex::new((Health::Ok, String::new())),
         })
@@ -279,17 +290,17 @@ impl GraphTarget {
             ("client_secret", self.secret.as_str()),
             ("scope", "https://graph.microsoft.com/.default"),
         ];
-        let resp = self.http.post(&self.token_url).form(&form).send().await.map_err(|e| Failure {
-            class: ErrorClass::Transient,
-            message: format!("token endpoint unreachable: {}", without_url(&e)),
-            retry_after: None,
-            sent: false,
+        let resp = self.http.post(&self.token_url).form(&form).send().await.map_err(|e| {
+            let message = format!("token endpoint unreachable: {}", without_url(&e));
+            self.set_health(Health::Unreachable, message.clone());
+            Failure { class: ErrorClass::Transient, message, retry_after: None, sent: false }
         })?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             let msg = format!("token request refused ({status}): {}", graph_message(&body));
-            self.set_health(Health::AuthFailed, msg.clone());
+            let health = if status.is_server_error() { Health::Unreachable } else { Health::AuthFailed };
+            self.set_health(health, msg.clone());
             // Wrong credentials do not mend themselves; a 5xx may.
             let class = if status.is_server_error() { ErrorClass::Transient } else { ErrorClass::Definite };
             return Err(Failure { class, message: msg, retry_after: None, sent: false });
@@ -611,19 +622,30 @@ impl GraphTarget {
         if !batch.is_empty() {
             pending_batches.push(batch);
         }
-        for b in pending_batches {
-            let reqs: Vec<Value> = b.iter().flat_map(|g| g.1.iter().cloned()).collect();
-            let ru: u32 = b.iter().map(|g| g.2).sum();
-            match self.send_batch(&reqs, ru).await {
-                Err(f) => results.extend(b.iter().map(|g| f.to_result(g.0.id))),
-                Ok(answers) => {
-                    for (e, _, _) in &b {
-                        results.push(self.result_for(e, &answers, adopted.get(&e.id).cloned().flatten()));
-                    }
-                }
+        // Up to `concurrency` $batches in flight: the exports of one claim
+        // touch distinct keys, so their order does not matter. The RU limiter
+        // still paces the sum.
+        let sends: Vec<_> = pending_batches.into_iter().map(|b| self.send_group(b, &adopted)).collect();
+        let sent =
+            futures_util::stream::iter(sends).buffer_unordered(self.concurrency).collect::<Vec<Vec<OpResult>>>().await;
+        results.extend(sent.into_iter().flatten());
+        results
+    }
+
+    /// Sends one `$batch` of export groups: one result per export.
+    async fn send_group(
+        &self,
+        b: Vec<(&Export, Vec<Value>, u32)>,
+        adopted: &HashMap<i64, Option<String>>,
+    ) -> Vec<OpResult> {
+        let reqs: Vec<Value> = b.iter().flat_map(|g| g.1.iter().cloned()).collect();
+        let ru: u32 = b.iter().map(|g| g.2).sum();
+        match self.send_batch(&reqs, ru).await {
+            Err(f) => b.iter().map(|g| f.to_result(g.0.id)).collect(),
+            Ok(answers) => {
+                b.iter().map(|(e, _, _)| self.result_for(e, &answers, adopted.get(&e.id).cloned().flatten())).collect()
             }
         }
-        results
     }
 
     /// The `$batch` requests carrying out one export, and their cost.
@@ -838,6 +860,22 @@ fn parse_batch_answer(text: &str) -> Result<HashMap<String, Inner>, String> {
 impl Target for GraphTarget {
     fn batch_size(&self) -> usize {
         BATCH_LIMIT * 5
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            // One attempt, no retry loop: the caller paces the probes.
+            let token = self.token(false).await.map_err(|f| f.message)?;
+            let url = format!("{}/sites/{}", self.base_url, seg(&self.site));
+            match self.http.get(&url).bearer_auth(&token).send().await {
+                Err(e) => Err(format!("Graph unreachable: {}", without_url(&e))),
+                Ok(r) if r.status().is_server_error() => Err(format!("Graph answered {}", r.status().as_u16())),
+                Ok(_) => {
+                    self.set_health(Health::Ok, "");
+                    Ok(())
+                }
+            }
+        })
     }
 
     fn apply<'a>(&'a self, exports: &'a [Export], context: &'a ApplyContext) -> BoxFuture<'a, Vec<OpResult>> {

@@ -184,6 +184,12 @@ pub trait Target: Send + Sync {
 
     /// The target's health as last seen, with a message.
     fn health(&self) -> (Health, String);
+
+    /// One cheap request that succeeds when the target answers again after
+    /// an outage (the exporter claims nothing meanwhile). Err: why not.
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What the exporter knows that an adapter may need: list ids by name, and

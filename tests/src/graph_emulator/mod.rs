@@ -191,6 +191,12 @@ impl EmulatorState {
     pub fn expire_tokens(&self) {
         self.lock().tokens.clear();
     }
+
+    /// Starts (`true`) or ends an outage: meanwhile every request, token
+    /// requests included, has its connection dropped without an answer.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
 }
 
 /// A running emulator; dropping it stops the server.
@@ -270,6 +276,11 @@ impl Emulator {
     /// Delays every Graph request by `ms` milliseconds.
     pub fn set_latency(&self, ms: u64) {
         self.state.set_latency(ms)
+    }
+
+    /// See [`EmulatorState::set_down`].
+    pub fn set_down(&self, down: bool) {
+        self.state.set_down(down)
     }
 
     /// Invalidates every token issued so far.
@@ -376,6 +387,9 @@ async fn serve_http(
     };
     if let Some(rest) = path.strip_prefix("/_emulator/") {
         return Ok(control(&state, &method, rest, &bytes));
+    }
+    if state.lock().down {
+        return Err(std::io::Error::other("outage: drop the connection"));
     }
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if let [tenant, "oauth2", "v2.0", "token"] = segs.as_slice() {
@@ -1283,6 +1297,25 @@ mod tests {
         let start = Instant::now();
         assert_eq!(t.get(&items).await.status, 200);
         assert!(start.elapsed() >= Duration::from_millis(150));
+        t.em.set_latency(0);
+
+        // An outage: Graph and the token endpoint drop every connection
+        // until it ends; nothing is counted or changed meanwhile.
+        let before = (t.em.stats(), t.em.lists()[0].items.len());
+        t.em.set_down(true);
+        let r =
+            t.http.post(t.url(&items)).bearer_auth(&t.token).json(&json!({"fields": {"Title": "lost"}})).send().await;
+        assert!(r.is_err(), "expected a connection error during the outage, got {r:?}");
+        let r = t
+            .http
+            .post(format!("{}/tenant/oauth2/v2.0/token", t.em.authority_url()))
+            .form(&[("grant_type", "client_credentials"), ("client_id", "client"), ("client_secret", "secret")])
+            .send()
+            .await;
+        assert!(r.is_err(), "the token endpoint is down too, got {r:?}");
+        assert_eq!((t.em.stats().requests, t.em.lists()[0].items.len()), (before.0.requests, before.1));
+        t.em.set_down(false);
+        assert_eq!(t.get(&items).await.status, 200);
     }
 
     #[tokio::test]

@@ -428,6 +428,8 @@ pub(crate) struct State {
     /// Pending faults, each with how many more requests it applies to.
     pub faults: VecDeque<(Fault, u32)>,
     pub latency_ms: u64,
+    /// An outage: every Graph and token request has its connection dropped.
+    pub down: bool,
     pub stats: Stats,
     /// Lists by id.
     pub lists: HashMap<String, List>,
@@ -443,6 +445,7 @@ impl State {
             window: VecDeque::new(),
             faults: VecDeque::new(),
             latency_ms: 0,
+            down: false,
             stats: Stats::default(),
             lists: HashMap::new(),
             list_counter: 0,
