@@ -8,7 +8,7 @@ test:         ## set-up, then every test tier
 demo:         ## the main job on a throwaway cluster
 	scripts/demo.sh
 bench:        ## benchmarks; figures to bench/results/latest.json
-	scripts/bench.sh
+	scripts/bench.sh $(ARGS)
 install-ext:  ## build and install the extension into the system PostgreSQL
 	bash -c 'source scripts/lib.sh && install_ext'
 lint:

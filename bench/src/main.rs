@@ -500,7 +500,7 @@ fn throttled(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) ->
         ),
     )?;
     // A backlog first, and the limiter's initial burst spent.
-    std::thread::sleep(std::time::Duration::from_secs(10));
+    std::thread::sleep(std::time::Duration::from_secs(sizes.throttle_secs.min(60) / 6 + 1));
     let (before, t) = (env.emu.stats(), Instant::now());
     std::thread::sleep(std::time::Duration::from_secs(sizes.throttle_secs));
     let (after, secs) = (env.emu.stats(), t.elapsed().as_secs_f64());
