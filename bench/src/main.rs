@@ -167,6 +167,10 @@ fn decode_and_stage(
         )),
     });
     db.psql("DELETE FROM sync.pending_exports");
+    // The slots are done with: they would hold WAL (and slots) from the rest.
+    db.psql(&format!(
+        "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_name ~ '^(r|w)_{tag}_[0-9]+$' OR slot_name = 's_{tag}'"
+    ));
     out.push(Figure {
         scenario: "6 memory",
         name: format!("worker peak RSS, {workload}"),
@@ -724,7 +728,12 @@ fn main() -> Result<()> {
         }
     };
     let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start(ClusterOptions {
-        conf: vec!["wal_level = logical".into(), "max_wal_size = '8GB'".into(), "checkpoint_timeout = '30min'".into()],
+        conf: vec![
+            "wal_level = logical".into(),
+            "max_wal_size = '8GB'".into(),
+            "checkpoint_timeout = '30min'".into(),
+            "max_replication_slots = 20".into(),
+        ],
         hba: Vec::new(),
         files: Vec::new(),
     })));

@@ -173,19 +173,34 @@ async fn export_target(
     // Lanes: independent claim -> apply -> complete loops over one adapter
     // (one token, one rate limiter), so that one lane's database round trips
     // overlap another's HTTP.
+    // Every lane stops when the worker shuts down, or when another lane
+    // fails (each finishes its batch in flight first).
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let forward = {
+        let (stop_tx, mut shutdown) = (stop_tx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+            let _ = stop_tx.send(true);
+        })
+    };
     let adapter: Arc<dyn Target> = Arc::from(adapter);
     let mut lanes = tokio::task::JoinSet::new();
-    for lane in 1..config.lanes.max(1) {
-        let (dsn, config, name, adapter, mut shutdown) =
-            (dsn.clone(), config.clone(), name.to_owned(), adapter.clone(), shutdown.clone());
+    for lane in 0..config.lanes.max(1) {
+        let (dsn, config, name, adapter, mut stop) =
+            (dsn.clone(), config.clone(), name.to_owned(), adapter.clone(), stop_rx.clone());
         lanes.spawn(async move {
             let db = connect(&dsn).await?;
             tracing::debug!(target = %name, lane, "export lane started");
-            export_loop(&db, &config, &name, adapter.as_ref(), run_id, false, &mut shutdown).await
+            // Lane 0 is the primary: with --once it alone waits for what is
+            // in flight or due for a retry.
+            export_loop(&db, &config, &name, adapter.as_ref(), run_id, lane == 0, &mut stop).await
         });
     }
-    let mut own_shutdown = shutdown.clone();
-    let mut result = export_loop(&db, config, name, adapter.as_ref(), run_id, true, &mut own_shutdown).await;
+    let mut result = Ok(ExportSummary::default());
     while let Some(joined) = lanes.join_next().await {
         let lane = joined.unwrap_or_else(|e| {
             Err(IngestError::NotReady { message: format!("an export lane failed: {e}"), hint: "see the log".into() })
@@ -196,9 +211,13 @@ async fn export_target(
                 exported: a.exported + b.exported,
                 failed: a.failed + b.failed,
             }),
-            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = stop_tx.send(true);
+                Err(e)
+            }
         };
     }
+    forward.abort();
     let (status, error) = match &result {
         Ok(_) => ("succeeded", None),
         Err(e) => ("failed", Some(e.to_string())),
