@@ -185,34 +185,49 @@ fn decode_and_stage(
     Ok(())
 }
 
+/// An emulator (budget in RU/min, None: unlimited), a database with `ddl`,
+/// a graph target `sp` on the same budget, and definition `table` → `list`,
+/// provisioned and enabled.
+fn graph_setup(
+    cluster: &'static Cluster,
+    hint: &str,
+    budget: Option<u32>,
+    ddl: &str,
+    table: &str,
+    list: &str,
+) -> (GraphEnv, TestDb) {
+    let env = GraphEnv::start(budget);
+    let db = cluster.new_db(hint);
+    prepare(&db, ddl);
+    env.create_target(&db, "sp", budget);
+    db.psql(&format!("SELECT sync.define('{table}', source => '{table}', target => 'sp', list => '{list}')"));
+    db.psql(&format!("SELECT sync.provision('{table}'), sync.enable('{table}')"));
+    (env, db)
+}
+
+/// `run --once`, logging only warnings (the timed runs must not pay for logs).
+fn run_once(db: &TestDb) -> Result<()> {
+    let o = worker_cmd(db, &["--once"]).env("SYNCBRIDGE_LOG", "warn").output()?;
+    if !o.status.success() {
+        bail!("worker: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(())
+}
+
 /// Scenario 5: 100 updates to each of 1,000 rows before the exporter runs.
 fn coalescing(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -> Result<()> {
-    let env = GraphEnv::start(None);
-    let db = cluster.new_db("bench coalesce");
-    prepare(
-        &db,
-        &format!(
-            "CREATE TABLE c (id int PRIMARY KEY, v int); INSERT INTO c SELECT g, 0 FROM generate_series(1, {}) g",
-            sizes.coalesce_rows
-        ),
+    let ddl = format!(
+        "CREATE TABLE c (id int PRIMARY KEY, v int); INSERT INTO c SELECT g, 0 FROM generate_series(1, {}) g",
+        sizes.coalesce_rows
     );
-    env.create_target(&db, "sp", None);
-    db.psql("SELECT sync.define('c', source => 'c', target => 'sp', list => 'C')");
-    db.psql("SELECT sync.provision('c'), sync.enable('c')");
-    let run = || -> Result<()> {
-        let out = worker_cmd(&db, &["--once"]).env("SYNCBRIDGE_LOG", "warn").output()?;
-        if !out.status.success() {
-            bail!("worker: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    };
-    run()?;
+    let (env, db) = graph_setup(cluster, "bench coalesce", None, &ddl, "c", "C");
+    run_once(&db)?;
     let before = env.emu.stats();
     db.psql(&format!(
         "DO $$ BEGIN FOR i IN 1..{} LOOP UPDATE c SET v = v + 1; COMMIT; END LOOP; END $$",
         sizes.coalesce_rounds
     ));
-    run()?;
+    run_once(&db)?;
     let after = env.emu.stats();
     let writes = after.writes - before.writes;
     let envelopes = after.batch_requests - before.batch_requests;
@@ -234,25 +249,14 @@ fn coalescing(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -
 /// Scenario 3: end to end through the unthrottled emulator, against a naive
 /// one-request-per-row sequential push; then latency at a steady 500 rows/s.
 fn end_to_end(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -> Result<()> {
-    let env = GraphEnv::start(None);
-    let db = cluster.new_db("bench e2e");
-    prepare(&db, "CREATE TABLE e (id int PRIMARY KEY, title text, qty int, t_ms bigint)");
-    env.create_target(&db, "sp", None);
-    db.psql("SELECT sync.define('e', source => 'e', target => 'sp', list => 'E')");
-    db.psql("SELECT sync.provision('e'), sync.enable('e')");
-    let once = || -> Result<()> {
-        let o = worker_cmd(&db, &["--once"]).env("SYNCBRIDGE_LOG", "warn").output()?;
-        if !o.status.success() {
-            bail!("worker: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(())
-    };
-    once()?; // slot and list
+    let ddl = "CREATE TABLE e (id int PRIMARY KEY, title text, qty int, t_ms bigint)";
+    let (env, db) = graph_setup(cluster, "bench e2e", None, ddl, "e", "E");
+    run_once(&db)?; // slot and list
     let n = sizes.e2e_rows;
     db.psql(&format!("INSERT INTO e SELECT g, 'row ' || g, g, 0 FROM generate_series(1, {n}) g"));
     let before = env.emu.stats();
     let t = Instant::now();
-    once()?;
+    run_once(&db)?;
     let secs = t.elapsed().as_secs_f64();
     let after = env.emu.stats();
     let http = (after.batch_requests - before.batch_requests) + (after.tokens_issued - before.tokens_issued);
@@ -288,7 +292,7 @@ fn end_to_end(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -
     env.emu.set_latency(LINK_MS);
     db.psql(&format!("INSERT INTO e SELECT g, 'row ' || g, g, 0 FROM generate_series({}, {}) g", n + 1, n + m));
     let t = Instant::now();
-    once()?;
+    run_once(&db)?;
     let secs = t.elapsed().as_secs_f64();
     let naive = naive_push(&env, naive_m, "Naive over a link")?;
     env.emu.set_latency(0);
@@ -488,12 +492,14 @@ fn background_psql(db: &TestDb, sql: &str) -> Result<std::process::Child> {
 fn throttled(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -> Result<()> {
     const BUDGET: u32 = 1250;
     const ROWS_PER_SEC: u64 = 15; // 30 RU/s wanted, 20.8 RU/s allowed
-    let env = GraphEnv::start(Some(BUDGET));
-    let db = cluster.new_db("bench throttled");
-    prepare(&db, "CREATE TABLE t4 (id int PRIMARY KEY, v int)");
-    env.create_target(&db, "sp", Some(BUDGET));
-    db.psql("SELECT sync.define('t4', source => 't4', target => 'sp', list => 'T4')");
-    db.psql("SELECT sync.provision('t4'), sync.enable('t4')");
+    let (env, db) = graph_setup(
+        cluster,
+        "bench throttled",
+        Some(BUDGET),
+        "CREATE TABLE t4 (id int PRIMARY KEY, v int)",
+        "t4",
+        "T4",
+    );
     let worker = daemon(&db)?;
     let rows = ROWS_PER_SEC * (sizes.throttle_secs + 30);
     let writer = background_psql(
@@ -550,16 +556,9 @@ fn throttled(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) ->
 /// Scenario 7: the emulator is down while rows change: the WAL the slot
 /// holds back meanwhile (staging confirms it), and the time to drain.
 fn outage(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -> Result<()> {
-    let env = GraphEnv::start(None);
-    let db = cluster.new_db("bench outage");
-    prepare(&db, "CREATE TABLE o (id int PRIMARY KEY, v int, note text)");
-    env.create_target(&db, "sp", None);
-    db.psql("SELECT sync.define('o', source => 'o', target => 'sp', list => 'O')");
-    db.psql("SELECT sync.provision('o'), sync.enable('o')");
-    let o = worker_cmd(&db, &["--once"]).env("SYNCBRIDGE_LOG", "warn").output()?;
-    if !o.status.success() {
-        bail!("worker: {}", String::from_utf8_lossy(&o.stderr));
-    }
+    let ddl = "CREATE TABLE o (id int PRIMARY KEY, v int, note text)";
+    let (env, db) = graph_setup(cluster, "bench outage", None, ddl, "o", "O");
+    run_once(&db)?; // slot and list
     let worker = daemon(&db)?;
     std::thread::sleep(std::time::Duration::from_secs(2));
     let slot = db.name().to_owned();
