@@ -500,6 +500,8 @@ BEGIN
                      || CASE WHEN f ->> 'reference' IS NOT NULL THEN jsonb_build_object('reference', f ->> 'reference') ELSE '{}' END)
            || jsonb_build_array(jsonb_build_object('name', 'SyncKey', 'kind', 'text', 'indexed', true, 'hidden', true))
       INTO cols FROM jsonb_array_elements(c.fields) f;
+    -- Keeps the definition until this commits (pending_exports has no foreign key).
+    PERFORM 1 FROM sync.definitions x WHERE x.id = d.id FOR KEY SHARE;
     WITH lists AS (
         SELECT d.list AS list WHERE d.list IS NOT NULL
         UNION SELECT s.list FROM sync.shards s WHERE s.definition_id = d.id

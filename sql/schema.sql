@@ -249,7 +249,12 @@ COMMENT ON COLUMN ledger.last_synced_at IS 'When the item was last written.';
 -- ---------------------------------------------------------------------------
 CREATE TABLE pending_exports (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    definition_id int NOT NULL REFERENCES definitions (id) ON DELETE CASCADE,
+    -- No foreign key: its per-row RI check (a query per inserted row) was a
+    -- sixth of staging. It is kept as RI keeps it: every writer locks the
+    -- definition row FOR KEY SHARE before inserting for it (once per
+    -- statement), and deleting a definition deletes its exports (trigger
+    -- definitions_delete_exports below).
+    definition_id int NOT NULL,
     sync_key      text,
     op            text NOT NULL CHECK (op IN ('add', 'update', 'delete', 'move', 'provision')),
     list          text NOT NULL,
@@ -293,6 +298,18 @@ CREATE INDEX pending_exports_lease_idx ON pending_exports (lease_until) WHERE st
 -- Staging compares a key with the export in flight for it.
 CREATE INDEX pending_exports_executing_key_idx ON pending_exports (definition_id, sync_key, id) WHERE status = 'executing';
 CREATE INDEX pending_exports_status_idx ON pending_exports (definition_id, status);
+
+CREATE FUNCTION _delete_exports_of_definition() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM sync.pending_exports WHERE definition_id = OLD.id;
+    RETURN NULL;
+END $$;
+-- The ON DELETE CASCADE pending_exports.definition_id does not have. A writer
+-- holding the definition row FOR KEY SHARE makes the DELETE wait for its
+-- commit, so its exports are deleted too.
+CREATE TRIGGER definitions_delete_exports AFTER DELETE ON definitions
+    FOR EACH ROW EXECUTE FUNCTION _delete_exports_of_definition();
 COMMENT ON TABLE pending_exports IS 'The export queue. Lifecycle: pending -> (awaiting_approval ->) executing -> exported -> confirmed; on failure failed -> pending with backoff until max_attempts, then error (sync.retry re-queues).';
 COMMENT ON COLUMN pending_exports.id IS 'Export id (used by sync.approve, sync.retry).';
 COMMENT ON COLUMN pending_exports.definition_id IS 'The definition (sync.definitions.id).';

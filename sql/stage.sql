@@ -146,7 +146,14 @@ BEGIN
     -- stager committed, and an older read never overwrites a newer one (the
     -- stream, sync.complete's re-staging and a backfill may run at once).
     PERFORM pg_advisory_xact_lock(1937337955, def_id);   -- 1937337698: 'sync' as int4
-    SELECT * INTO STRICT d FROM sync.definitions WHERE id = def_id;
+    -- FOR KEY SHARE: what a foreign key would take per exported row, once
+    -- (the definition cannot be deleted before this commits).
+    SELECT * INTO d FROM sync.definitions WHERE id = def_id FOR KEY SHARE;
+    IF NOT FOUND THEN
+        -- Dropped since the caller chose it: nothing to stage.
+        added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
+        RETURN;
+    END IF;
     c := sync._compile(def_id);
     EXECUTE format(sync._stage_sql(), c.rows_by_key, c.keys_sql, c.key_of_json)
        INTO added, updated, deleted, moved, unchanged, cancelled

@@ -162,7 +162,7 @@ fn decode_and_stage(
         reference: Some(r.round()),
         ratio: Some((rate / r * 1000.0).round() / 1000.0),
         note: Some(format!(
-            "{staged} exports pending; decoding is {:.0}% of the time, sync.stage the rest",
+            "{staged} exports pending; sync.stage bounds it: decoding, which overlaps staging, would take {:.0}% of the time alone",
             (decode_secs / s * 100.0).min(100.0)
         )),
     });
@@ -732,6 +732,7 @@ fn main() -> Result<()> {
             "max_wal_size = '8GB'".into(),
             "checkpoint_timeout = '30min'".into(),
             "max_replication_slots = 20".into(),
+            "shared_buffers = '1GB'".into(),
         ],
         hba: Vec::new(),
         files: Vec::new(),

@@ -62,8 +62,20 @@ impl Dsn {
     /// Opens a tokio-postgres connection (TLS as `sslmode` asks), its driver
     /// spawned on the runtime.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, ConnectError> {
+        self.connect_with(&self.config).await
+    }
+
+    /// As [`Dsn::connect`], naming the session `application_name` (what it
+    /// does, as `pg_stat_activity` shows it: `syncbridge-stage`, …).
+    pub async fn connect_as(&self, application_name: &str) -> Result<tokio_postgres::Client, ConnectError> {
+        let mut config = self.config.clone();
+        config.application_name(application_name);
+        self.connect_with(&config).await
+    }
+
+    async fn connect_with(&self, config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, ConnectError> {
         let tls = self.tls.make_connect()?;
-        let (client, conn) = self.config.connect(tls).await?;
+        let (client, conn) = config.connect(tls).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "database connection ended");

@@ -73,7 +73,7 @@ pub async fn run(
     config: &ExportConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<ExportSummary, IngestError> {
-    let db = connect(dsn).await?;
+    let db = connect(dsn, "syncbridge-export").await?;
     let rows = db
         .query(
             "SELECT t.name, t.kind, t.config::text, t.secret_ref FROM sync.targets t
@@ -164,7 +164,7 @@ async fn export_target(
     adapter: Box<dyn Target>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<ExportSummary, IngestError> {
-    let db = connect(dsn).await?;
+    let db = connect(dsn, "syncbridge-export").await?;
     let run_id: i64 = db
         .query_one("SELECT sync.start_run('export', NULL, $1)", &[&config.worker_name])
         .await
@@ -193,7 +193,7 @@ async fn export_target(
         let (dsn, config, name, adapter, mut stop) =
             (dsn.clone(), config.clone(), name.to_owned(), adapter.clone(), stop_rx.clone());
         lanes.spawn(async move {
-            let db = connect(&dsn).await?;
+            let db = connect(&dsn, "syncbridge-export").await?;
             tracing::debug!(target = %name, lane, "export lane started");
             // Lane 0 is the primary: with --once it alone waits for what is
             // in flight or due for a retry.

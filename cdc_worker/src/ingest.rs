@@ -7,6 +7,11 @@
 //! confirmed to the server. A crash anywhere replays from the last confirmed
 //! LSN, and re-staging is idempotent, so nothing is lost and nothing doubles.
 //!
+//! Staging runs on its own connection and task, so decoding the next batch
+//! overlaps staging the previous one: batches go to the stager in WAL order
+//! through a queue of one, and an LSN is confirmed when the stager reports
+//! its transaction committed.
+//!
 //! A transaction larger than one batch is staged in chunks as it streams (its
 //! LSN is confirmed only at its commit), so memory stays bounded whatever its
 //! size. Transactions whose replication origin is `syncbridge` (remote
@@ -16,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
 use crate::dsn::Dsn;
@@ -263,8 +268,10 @@ fn json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-pub(crate) async fn connect(dsn: &Dsn) -> Result<Client, IngestError> {
-    dsn.connect().await.map_err(|e| match e {
+/// A session named `application_name` (`syncbridge-ingest`, `-stage`,
+/// `-backfill`, `-export`: a DBA tells them apart in `pg_stat_activity`).
+pub(crate) async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, IngestError> {
+    dsn.connect_as(application_name).await.map_err(|e| match e {
         crate::dsn::ConnectError::Db(source) => IngestError::Database { what: "connecting", source },
         crate::dsn::ConnectError::Tls(e) => IngestError::NotReady {
             message: e.to_string(),
@@ -279,7 +286,7 @@ pub async fn run(
     config: &IngestConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<IngestSummary, IngestError> {
-    let db = connect(dsn).await?;
+    let db = connect(dsn, "syncbridge-ingest").await?;
     let ext: Option<String> = db
         .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'syncbridge'", &[])
         .await
@@ -420,19 +427,23 @@ pub async fn run(
         }
     };
 
+    let stager = if config.decode_only {
+        StagerHandle::idle()
+    } else {
+        StagerHandle::start(connect(dsn, "syncbridge-stage").await?, slot.clone(), run_id, config.staged.clone())
+    };
     let stream = repl.start_replication(&slot, start, &config.publication).await?;
     let mut ingest = Ingest {
-        db,
         stream,
         config,
         slot: slot.clone(),
-        run_id,
         relations: HashMap::new(),
         batch: Batch::default(),
         in_tx: false,
         skip_tx: false,
         safe_lsn: start,
-        staged_lsn: start.max(cursor),
+        queued_lsn: start.max(cursor),
+        stager,
         confirmed: start,
         received: start,
         summary,
@@ -452,22 +463,28 @@ pub async fn run(
         Err(e) => ("failed", Some(e.to_string())),
     };
     if let Some(task) = backfill.take() {
+        if result.is_err() {
+            // The stream failed: the backfill stops too (it would run until
+            // shutdown, holding the restart back); its chunk in flight rolls
+            // back and is done again after the restart.
+            task.abort();
+        }
         match task.await {
+            Err(e) if e.is_cancelled() => {}
             Ok(Ok(steps)) => summary.backfill_steps += steps,
             Ok(Err(e)) => tracing::warn!(error = %e, "backfill stopped"),
             Err(e) => tracing::warn!(error = %e, "backfill task failed"),
         }
     }
-    crate::pgerror::finish_run(&ingest.db, run_id, status, error).await;
+    drop(ingest);
+    crate::pgerror::finish_run(&db, run_id, status, error).await;
     result.map(|()| summary)
 }
 
 struct Ingest<'a> {
-    db: Client,
     stream: ReplicationStream,
     config: &'a IngestConfig,
     slot: String,
-    run_id: i64,
     relations: HashMap<u32, RelationInfo>,
     batch: Batch,
     in_tx: bool,
@@ -475,8 +492,11 @@ struct Ingest<'a> {
     /// Everything before this is received whole (end of the last commit, or a
     /// keepalive's position between transactions).
     safe_lsn: Lsn,
-    /// Recorded in sync.cursors.
-    staged_lsn: Lsn,
+    /// The LSN of the last batch handed to the stager (recorded in
+    /// sync.cursors once the stager commits it).
+    queued_lsn: Lsn,
+    /// Staging, on its own task: batches in, commits out.
+    stager: StagerHandle,
     /// Confirmed to the server.
     confirmed: Lsn,
     /// The furthest WAL position received.
@@ -505,9 +525,18 @@ impl Ingest<'_> {
                 _ = shutdown.changed() => {
                     tracing::info!(slot = %self.slot, "shutting down: staging the batch in flight");
                     self.flush().await?;
+                    self.finish_staging().await?;
                     self.report(false).await?;
                     return Ok(());
                 }
+                done = self.stager.done.recv() => match done {
+                    Some(done) => self.staged(done).await?,
+                    // The stager stops only when it fails (or after finish_staging).
+                    None => return Err(self.stager.result().await.err().unwrap_or_else(|| IngestError::NotReady {
+                        message: "the stager stopped before the ingest".into(),
+                        hint: "this is a bug; please report it".into(),
+                    })),
+                },
                 ev = self.stream.next() => {
                     match ev? {
                         ReplicationEvent::XLogData { wal_start, wal_end, data, .. } => {
@@ -525,6 +554,7 @@ impl Ingest<'_> {
                         }
                         ReplicationEvent::End => {
                             self.flush().await?;
+                            self.finish_staging().await?;
                             return Err(IngestError::Replication(ReplError::Protocol("the server ended the stream".into())));
                         }
                     }
@@ -533,7 +563,7 @@ impl Ingest<'_> {
                     self.flush().await?;
                 }
                 _ = status_tick.tick() => {
-                    if !self.in_tx && self.batch.is_empty() && self.safe_lsn > self.staged_lsn && !self.config.decode_only {
+                    if !self.in_tx && self.batch.is_empty() && self.safe_lsn > self.queued_lsn && !self.config.decode_only {
                         self.checkpoint_only().await?;
                     }
                     self.report(false).await?;
@@ -551,6 +581,7 @@ impl Ingest<'_> {
                         self.flush().await?;
                         if backfill.is_none() && self.confirmed >= target_lsn {
                             tracing::info!(slot = %self.slot, confirmed = %self.confirmed, "caught up");
+                            self.finish_staging().await?;
                             return Ok(());
                         }
                         // Ask the server where it stands (it answers with a keepalive).
@@ -647,8 +678,9 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    /// Stages the batch, with the LSN of the last whole transaction when no
-    /// transaction is open (inside one, the keys go without an LSN).
+    /// Hands the batch to the stager, with the LSN of the last whole
+    /// transaction when no transaction is open (inside one, the keys go
+    /// without an LSN). Waits only while the stager still has a batch queued.
     async fn flush(&mut self) -> Result<(), IngestError> {
         if self.config.decode_only {
             self.batch = Batch::default();
@@ -657,7 +689,7 @@ impl Ingest<'_> {
             }
             return Ok(());
         }
-        let lsn = (self.safe_lsn > self.staged_lsn).then_some(self.safe_lsn);
+        let lsn = (self.safe_lsn > self.queued_lsn).then_some(self.safe_lsn);
         if self.batch.is_empty() && (self.in_tx || lsn.is_none()) {
             return Ok(());
         }
@@ -684,35 +716,191 @@ impl Ingest<'_> {
         drop(batch);
         // The LSN goes with the keys, unless a transaction is still open.
         let lsn = if self.in_tx { None } else { lsn };
-        // A deadlock or serialization failure against a backfill or an
-        // exporter rolls the whole transaction back: try it again.
-        let mut attempt = 0u32;
-        loop {
-            match self.stage_tx(&rels, &truncates, lsn).await {
-                Ok(()) => break,
-                Err(IngestError::Database { source, .. })
-                    if attempt < 5 && matches!(source.code().map(|c| c.code()), Some("40001" | "40P01")) =>
-                {
-                    attempt += 1;
-                    tracing::warn!(error = %crate::pgerror::Described(&source), attempt, "staging conflicted; trying again");
-                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+        self.stager.send(StageJob { rels, truncates, lsn, keys }).await?;
+        if let Some(lsn) = lsn {
+            self.queued_lsn = lsn;
+        }
+        Ok(())
+    }
+
+    /// Records the LSN alone (nothing to stage since the last batch).
+    async fn checkpoint_only(&mut self) -> Result<(), IngestError> {
+        let lsn = self.safe_lsn;
+        self.stager.send(StageJob { rels: Vec::new(), truncates: Vec::new(), lsn: Some(lsn), keys: 0 }).await?;
+        self.queued_lsn = lsn;
+        Ok(())
+    }
+
+    /// The stager committed a batch: count it, and confirm its LSN.
+    async fn staged(&mut self, done: Staged) -> Result<(), IngestError> {
+        if done.batch {
+            self.summary.batches += 1;
+            self.summary.keys_staged += done.keys as u64;
+        }
+        match done.lsn {
+            Some(lsn) => self.confirm(lsn).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the stager to commit everything handed to it, confirming as
+    /// it goes; the stager is stopped afterwards.
+    async fn finish_staging(&mut self) -> Result<(), IngestError> {
+        self.stager.jobs = None;
+        while let Some(done) = self.stager.done.recv().await {
+            self.staged(done).await?;
+        }
+        self.stager.result().await
+    }
+
+    async fn confirm(&mut self, lsn: Lsn) -> Result<(), IngestError> {
+        if lsn > self.confirmed {
+            self.confirmed = lsn;
+            self.summary.confirmed = lsn;
+            self.report(false).await?;
+        }
+        Ok(())
+    }
+
+    async fn report(&mut self, reply: bool) -> Result<(), IngestError> {
+        let written = self.received.max(self.confirmed);
+        self.stream.send_status(written, self.confirmed, self.confirmed, reply).await?;
+        Ok(())
+    }
+}
+
+/// A batch for the stager; jobs are staged one at a time, in WAL order.
+struct StageJob {
+    /// Per relation (oid), the keys as a JSON array.
+    rels: Vec<(i64, String)>,
+    /// Relations truncated.
+    truncates: Vec<i64>,
+    /// Recorded with the keys; None inside a transaction still streaming.
+    lsn: Option<Lsn>,
+    /// Distinct keys in `rels`.
+    keys: usize,
+}
+
+/// The stager committed a job.
+struct Staged {
+    lsn: Option<Lsn>,
+    keys: usize,
+    /// Keys or truncates were staged (not only an LSN recorded).
+    batch: bool,
+}
+
+/// The ingest's end of the stager: a queue of one job (so at most one batch
+/// waits while another is staged and a third is collected: memory stays
+/// bounded) and the commits coming back.
+struct StagerHandle {
+    jobs: Option<mpsc::Sender<StageJob>>,
+    done: mpsc::UnboundedReceiver<Staged>,
+    task: Option<tokio::task::JoinHandle<Result<(), IngestError>>>,
+}
+
+impl StagerHandle {
+    /// Stages on `db` (its own connection, so that staging overlaps decoding).
+    fn start(db: Client, slot: String, run_id: i64, notify: Option<std::sync::Arc<tokio::sync::Notify>>) -> Self {
+        let (jobs_tx, jobs) = mpsc::channel(1);
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let stager = Stager { db, slot, run_id, notify };
+        let task = tokio::spawn(stager.run(jobs, done_tx));
+        StagerHandle { jobs: Some(jobs_tx), done, task: Some(task) }
+    }
+
+    /// For decode-only runs: takes no job and never reports.
+    fn idle() -> Self {
+        let (jobs_tx, mut jobs) = mpsc::channel::<StageJob>(1);
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let _done = done_tx;
+            while jobs.recv().await.is_some() {}
+            Ok(())
+        });
+        StagerHandle { jobs: Some(jobs_tx), done, task: Some(task) }
+    }
+
+    async fn send(&mut self, job: StageJob) -> Result<(), IngestError> {
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.send(job).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.result().await.err().unwrap_or_else(|| IngestError::NotReady {
+                message: "the stager stopped before the ingest".into(),
+                hint: "this is a bug; please report it".into(),
+            }))
+        }
+    }
+
+    /// How the stager ended (waits for it).
+    async fn result(&mut self) -> Result<(), IngestError> {
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| IngestError::NotReady {
+                message: format!("the staging task failed: {e}"),
+                hint: "see the log".into(),
+            })?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for StagerHandle {
+    fn drop(&mut self) {
+        // The ingest failed: a staging transaction in flight rolls back (it
+        // is replayed from the last confirmed LSN).
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+struct Stager {
+    db: Client,
+    slot: String,
+    run_id: i64,
+    notify: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+impl Stager {
+    async fn run(
+        mut self,
+        mut jobs: mpsc::Receiver<StageJob>,
+        done: mpsc::UnboundedSender<Staged>,
+    ) -> Result<(), IngestError> {
+        while let Some(job) = jobs.recv().await {
+            // A deadlock or serialization failure against a backfill or an
+            // exporter rolls the whole transaction back: try it again.
+            let mut attempt = 0u32;
+            loop {
+                match self.stage_tx(&job.rels, &job.truncates, job.lsn).await {
+                    Ok(()) => break,
+                    Err(IngestError::Database { source, .. })
+                        if attempt < 5 && matches!(source.code().map(|c| c.code()), Some("40001" | "40P01")) =>
+                    {
+                        attempt += 1;
+                        tracing::warn!(error = %crate::pgerror::Described(&source), attempt, "staging conflicted; trying again");
+                        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+            }
+            let batch = !(job.rels.is_empty() && job.truncates.is_empty());
+            if let Some(n) = &self.notify {
+                if batch {
+                    // Every waiting exporter (one per target), and a permit
+                    // for one that is busy right now.
+                    n.notify_waiters();
+                    n.notify_one();
+                }
+            }
+            tracing::debug!(keys = job.keys, lsn = ?job.lsn.map(|l| l.to_string()), "staged");
+            if done.send(Staged { lsn: job.lsn, keys: job.keys, batch }).is_err() {
+                break;
             }
         }
-        self.summary.batches += 1;
-        self.summary.keys_staged += keys as u64;
-        if let Some(n) = &self.config.staged {
-            // Every waiting exporter (one per target), and a permit for one
-            // that is busy right now.
-            n.notify_waiters();
-            n.notify_one();
-        }
-        if let Some(lsn) = lsn {
-            self.staged_lsn = lsn;
-            self.confirm(lsn).await?;
-        }
-        tracing::debug!(keys, lsn = ?lsn.map(|l| l.to_string()), "staged");
         Ok(())
     }
 
@@ -753,31 +941,6 @@ impl Ingest<'_> {
                 .map_err(IngestError::db("recording the LSN"))?;
         }
         tx.commit().await.map_err(IngestError::db("committing the staged keys"))
-    }
-
-    async fn checkpoint_only(&mut self) -> Result<(), IngestError> {
-        let lsn = self.safe_lsn;
-        self.db
-            .execute("SELECT sync.checkpoint($1::text::pg_lsn, $2)", &[&lsn.to_string(), &self.slot])
-            .await
-            .map_err(IngestError::db("recording the LSN"))?;
-        self.staged_lsn = lsn;
-        self.confirm(lsn).await
-    }
-
-    async fn confirm(&mut self, lsn: Lsn) -> Result<(), IngestError> {
-        if lsn > self.confirmed {
-            self.confirmed = lsn;
-            self.summary.confirmed = lsn;
-            self.report(false).await?;
-        }
-        Ok(())
-    }
-
-    async fn report(&mut self, reply: bool) -> Result<(), IngestError> {
-        let written = self.received.max(self.confirmed);
-        self.stream.send_status(written, self.confirmed, self.confirmed, reply).await?;
-        Ok(())
     }
 }
 
@@ -906,7 +1069,7 @@ async fn backfill_loop(
     config: &IngestConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<u64, IngestError> {
-    let db = connect(dsn).await?;
+    let db = connect(dsn, "syncbridge-backfill").await?;
     let mut steps = 0;
     loop {
         let mut attempt = 0u32;

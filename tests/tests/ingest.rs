@@ -243,3 +243,70 @@ fn wal_level_replica_is_refused_with_a_hint() {
     assert!(log.contains("wal_level"), "{log}");
     assert!(log.contains("wal_level = logical"), "{log}");
 }
+
+/// Staging runs on its own session, overlapping decoding. When that session
+/// dies (a DBA terminates it, a failover), the ingest stops, restarts from
+/// the last confirmed LSN and stages everything: nothing is lost.
+#[test]
+fn a_terminated_staging_session_restarts_the_ingest_and_loses_nothing() {
+    let db = cluster().new_db("ingest stager lost");
+    prepare(&db, ITEMS);
+    define_items(&db);
+    run_once_ok(&db);
+    let stager_pid = || {
+        db.psql(
+            "SELECT coalesce(min(pid), 0) FROM pg_stat_activity
+              WHERE application_name = 'syncbridge-stage' AND datname = current_database()",
+        )
+    };
+    let wait_stager = |not: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pid = stager_pid();
+            if pid != "0" && pid != not {
+                return Some(pid);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let worker = ChildGuard::new(
+        run_cmd(&db, &["--no-export"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the worker"),
+    );
+    let first = wait_stager("0").expect("no staging session");
+    // Changes before, while and after the staging session is gone.
+    for round in 0..6 {
+        let lo = 1000 + round * 500;
+        db.psql(&format!("INSERT INTO items SELECT g, 'round {round}', g FROM generate_series({lo}, {}) g", lo + 499));
+        if round == 2 {
+            db.psql(&format!("SELECT pg_terminate_backend({first})"));
+        }
+    }
+    if wait_stager(&first).is_none() {
+        signal(&worker, libc::SIGTERM);
+        let out = wait_with_limit(worker, Duration::from_secs(30));
+        panic!("no new staging session:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while open_exports(&db, "items").len() != 50 + 3000 {
+        assert!(Instant::now() < deadline, "only {} of 3,050 keys staged", open_exports(&db, "items").len());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(&worker, libc::SIGTERM);
+    let out = wait_with_limit(worker, Duration::from_secs(30));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("ingest failed; restarting"), "the ingest did not notice:\n{log}");
+    // Each key once, with its last value; the slot is confirmed past all of it.
+    assert_eq!(
+        db.psql("SELECT count(DISTINCT sync_key) || ' ' || count(*) FROM sync.pending_exports WHERE payload ->> 'title' LIKE 'round %'"),
+        "3000 3000"
+    );
+    let behind = db.psql(&format!(
+        "SELECT pg_current_wal_lsn() - confirmed_flush_lsn < 1024 * 1024 FROM pg_replication_slots WHERE slot_name = '{}'",
+        db.name()
+    ));
+    assert_eq!(behind, "t");
+}

@@ -80,7 +80,15 @@ SELECT id, '1', 'Employees', '{}', '\x00' FROM sync.definitions WHERE name = 'em
 SELECT * FROM regress.err($sql$SELECT sync.undefine('employees_sp')$sql$);
 SELECT * FROM regress.err($sql$SELECT sync.drop_target('sp_hr')$sql$);
 \x off
+-- Its queue goes with it (pending_exports has no foreign key: a trigger
+-- deletes a dropped definition's exports).
+INSERT INTO sync.pending_exports (id, definition_id, sync_key, op, list, payload) OVERRIDING SYSTEM VALUE
+SELECT -1, id, '1', 'add', 'Employees', '{}' FROM sync.definitions WHERE name = 'employees_sp';
+SELECT id AS dropped_id FROM sync.definitions WHERE name = 'employees_sp' \gset
 SELECT sync.undefine('employees_sp', force => true);
+SELECT count(*) AS exports_left FROM sync.pending_exports WHERE definition_id = :dropped_id;
+-- Staging for a definition dropped meanwhile stages nothing.
+SELECT * FROM sync._stage_def(:dropped_id, '[{"id": "1"}]', NULL, NULL);
 SELECT sync.undefine('badges_sp');
 SELECT sync.undefine('unicode_sp');
 SELECT count(*) AS publication_tables FROM pg_publication_tables WHERE pubname = 'syncbridge_pub';
