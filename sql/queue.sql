@@ -523,3 +523,40 @@ BEGIN
     RETURN n;
 END $$;
 COMMENT ON FUNCTION provision(text) IS 'Queues creating the definition''s lists (its list and its shards'') with a column per mapped field plus a hidden indexed SyncKey; lists already provisioned are skipped. Returns the number queued.';
+
+-- History retention: exported, confirmed and cancelled exports, and finished
+-- runs, older than `older_than` (default: setting sync.history_retention_days;
+-- 0 days keeps them) are deleted. Open exports (pending, awaiting approval,
+-- executing, failed, error) and running runs never are. Every exporter calls
+-- it every few minutes; one purges at a time, the others return zeros.
+CREATE FUNCTION purge(older_than interval DEFAULT NULL, OUT exports bigint, OUT runs bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    days int := sync._setting('history_retention_days')::int;
+    cutoff timestamptz;
+BEGIN
+    exports := 0;
+    runs := 0;
+    IF older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must not be negative'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', older_than),
+                  HINT = 'sync.purge(''7 days'') deletes finished exports and runs older than a week.';
+    END IF;
+    IF older_than IS NULL AND days = 0 THEN
+        RETURN;
+    END IF;
+    cutoff := now() - coalesce(older_than, make_interval(days => days));
+    IF NOT pg_try_advisory_xact_lock(1937337955, -1) THEN
+        RETURN;
+    END IF;
+    WITH gone AS (
+        DELETE FROM sync.pending_exports e
+         WHERE e.status IN ('exported', 'confirmed', 'cancelled') AND e.updated_at < cutoff
+        RETURNING 1)
+    SELECT count(*) INTO exports FROM gone;
+    WITH gone AS (
+        DELETE FROM sync.runs r WHERE r.status <> 'running' AND r.finished_at < cutoff
+        RETURNING 1)
+    SELECT count(*) INTO runs FROM gone;
+END $$;
+COMMENT ON FUNCTION purge(interval) IS 'Deletes finished exports (exported, confirmed, cancelled) and finished runs older than older_than (default: sync.history_retention_days; 0 keeps them); never an open export. Returns how many of each.';

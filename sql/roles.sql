@@ -57,6 +57,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.complete(jsonb, text),
     @extschema@.export_backlog(text, double precision),
     @extschema@.target_list_ids(text),
+    @extschema@.purge(interval),
     @extschema@.start_run(text, text, text),
     @extschema@.finish_run(bigint, text, text),
     @extschema@.settings(),

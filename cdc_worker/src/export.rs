@@ -104,6 +104,22 @@ pub async fn run(
         let (dsn, config, shutdown) = (dsn.clone(), config.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move { export_target(&dsn, &config, &name, adapter, shutdown).await }));
     }
+    // History past its retention goes, now and every PURGE_EVERY.
+    let purger = {
+        let (mut shutdown, once) = (shutdown.clone(), config.once);
+        tokio::spawn(async move {
+            loop {
+                purge(&db).await;
+                if once {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(PURGE_EVERY) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    };
     let mut summary = ExportSummary::default();
     let mut first_err = None;
     for t in tasks {
@@ -124,9 +140,31 @@ pub async fn run(
             }
         }
     }
+    if config.once {
+        let _ = purger.await;
+    } else {
+        purger.abort();
+    }
     match first_err {
         Some(e) => Err(e),
         None => Ok(summary),
+    }
+}
+
+/// How often a running exporter purges history past its retention.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// `sync.purge()`: finished exports and runs older than
+/// `sync.history_retention_days`. A failure is logged, never fatal.
+async fn purge(db: &Client) {
+    match db.query_one("SELECT exports, runs FROM sync.purge()", &[]).await {
+        Ok(r) => {
+            let (exports, runs): (i64, i64) = (r.get(0), r.get(1));
+            if exports + runs > 0 {
+                tracing::info!(exports, runs, "purged finished exports and runs past sync.history_retention_days");
+            }
+        }
+        Err(e) => tracing::warn!(error = %crate::pgerror::Described(&e), "could not purge history (sync.purge)"),
     }
 }
 

@@ -16,6 +16,8 @@ pub static BACKOFF_BASE_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static BACKOFF_MAX_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(3600);
 /// How long a claim lasts before another worker may take the export over, in seconds.
 pub static LEASE_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(120);
+/// Days finished exports and runs are kept (`sync.purge`); 0 keeps them.
+pub static HISTORY_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
 
 struct Setting {
     name: &'static str,
@@ -34,6 +36,10 @@ const SETTINGS: &[Setting] = &[
     },
     Setting { name: "backoff_max_seconds", description: "Longest retry delay." },
     Setting { name: "lease_seconds", description: "How long a claim lasts before the export may be taken over." },
+    Setting {
+        name: "history_retention_days",
+        description: "Days finished exports and runs are kept before sync.purge() deletes them; 0 keeps them.",
+    },
 ];
 
 /// Registers the settings; called from `_PG_init`.
@@ -86,6 +92,16 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_int_guc(
+        c"sync.history_retention_days",
+        c"Days finished exports and runs are kept, in days; 0 keeps them forever.",
+        c"sync.purge(), which every exporter calls every few minutes, deletes exported, confirmed and cancelled exports and finished runs older than this. Open exports are never purged.",
+        &HISTORY_RETENTION_DAYS,
+        0,
+        36500,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
 }
 
 fn value(name: &str) -> Result<String, SyncError> {
@@ -97,6 +113,7 @@ fn value(name: &str) -> Result<String, SyncError> {
         "backoff_base_seconds" => BACKOFF_BASE_SECONDS.get().to_string(),
         "backoff_max_seconds" => BACKOFF_MAX_SECONDS.get().to_string(),
         "lease_seconds" => LEASE_SECONDS.get().to_string(),
+        "history_retention_days" => HISTORY_RETENTION_DAYS.get().to_string(),
         other => return Err(SyncError::UnknownSetting { name: other.to_owned() }),
     })
 }

@@ -379,3 +379,36 @@ fn an_outage_spends_no_attempts_and_everything_arrives_once_it_ends() {
     assert_target_equals_source(&env, &db, "t", &["T"]);
     assert_eq!(db.psql("SELECT max(attempts) <= 2 FROM sync.pending_exports WHERE sync_key IS NOT NULL"), "t");
 }
+
+/// History retention: the exporter purges finished exports and runs older
+/// than `sync.history_retention_days`; what the target holds, the ledger and
+/// recent history stay.
+#[test]
+fn the_exporter_purges_history_past_its_retention_and_nothing_else() {
+    let (env, db) = setup(
+        None,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g;",
+    );
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    sync_once(&db);
+    // 20 items and the list's provisioning, all exported; then a month passes.
+    assert_eq!(db.psql("SELECT count(*) FROM sync.pending_exports WHERE status = 'exported'"), "21");
+    db.psql(
+        "UPDATE sync.pending_exports SET updated_at = now() - interval '31 days';
+         UPDATE sync.runs SET started_at = now() - interval '31 days', finished_at = now() - interval '31 days'",
+    );
+    let old_runs = db.psql("SELECT count(*) FROM sync.runs");
+    db.psql("UPDATE t SET v = 'changed' WHERE id = 7");
+    let log = sync_once(&db);
+    assert!(
+        log.contains("purged finished exports and runs")
+            && log.contains("exports=21")
+            && log.contains(&format!("runs={old_runs}")),
+        "{log}"
+    );
+    // The update of row 7 is recent history: kept. The ledger is untouched.
+    assert_eq!(db.psql("SELECT string_agg(sync_key || ':' || op, ',') FROM sync.pending_exports"), "7:update");
+    assert_eq!(db.psql("SELECT count(*) FROM sync.ledger"), "20");
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+}

@@ -90,4 +90,25 @@ SELECT * FROM sync.stage('hr.employees', '[{"id": "1"}]', '0/0');
 SELECT * FROM regress.err($sql$SELECT sync.reset_cursor('employees_sp', 'yesterday')$sql$);
 SELECT * FROM regress.err($sql$SELECT sync.reset_cursor('employees_sp', 'FFFFFFFF/0')$sql$);
 \x off
+-- History retention: finished exports and runs older than the retention
+-- (sync.history_retention_days, 30) go; open exports and running runs never.
+INSERT INTO sync.pending_exports (id, definition_id, sync_key, op, list, status) OVERRIDING SYSTEM VALUE
+SELECT -1 - g, (SELECT id FROM sync.definitions WHERE name = 'employees_sp'), 'old ' || g, 'add', 'Employees',
+       (ARRAY['exported', 'confirmed', 'cancelled', 'pending', 'error', 'awaiting_approval'])[g]
+  FROM generate_series(1, 6) g;
+UPDATE sync.pending_exports SET updated_at = now() - interval '31 days';
+INSERT INTO sync.runs (kind, status, started_at, finished_at) VALUES
+    ('export', 'succeeded', now() - interval '40 days', now() - interval '40 days'),
+    ('export', 'running', now() - interval '40 days', NULL);
+SELECT status, count(*) FROM sync.pending_exports GROUP BY 1 ORDER BY 1;
+SELECT * FROM sync.purge('1 year');
+SET sync.history_retention_days = 0;
+SELECT * FROM sync.purge();
+RESET sync.history_retention_days;
+SELECT * FROM sync.purge();
+SELECT status, count(*) FROM sync.pending_exports GROUP BY 1 ORDER BY 1;
+SELECT status, count(*) FROM sync.runs WHERE started_at < now() - interval '30 days' GROUP BY 1 ORDER BY 1;
+\x on
+SELECT * FROM regress.err($sql$SELECT sync.purge('-1 day')$sql$);
+\x off
 ROLLBACK;
