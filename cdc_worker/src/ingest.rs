@@ -716,17 +716,22 @@ impl Ingest<'_> {
         drop(batch);
         // The LSN goes with the keys, unless a transaction is still open.
         let lsn = if self.in_tx { None } else { lsn };
-        self.stager.send(StageJob { rels, truncates, lsn, keys }).await?;
+        self.stager.send(StageJob { rels, truncates, lsn, keys, record: true }).await?;
         if let Some(lsn) = lsn {
             self.queued_lsn = lsn;
         }
         Ok(())
     }
 
-    /// Records the LSN alone (nothing to stage since the last batch).
+    /// Confirms a position past which nothing was staged (WAL that touches
+    /// no watched table), so that an idle slot retains no WAL. Through the
+    /// stager, in order (a batch still staging is confirmed first), but not
+    /// recorded in `sync.cursors`: that write would itself be WAL that moves
+    /// the position again, a write per status interval forever.
     async fn checkpoint_only(&mut self) -> Result<(), IngestError> {
         let lsn = self.safe_lsn;
-        self.stager.send(StageJob { rels: Vec::new(), truncates: Vec::new(), lsn: Some(lsn), keys: 0 }).await?;
+        let job = StageJob { rels: Vec::new(), truncates: Vec::new(), lsn: Some(lsn), keys: 0, record: false };
+        self.stager.send(job).await?;
         self.queued_lsn = lsn;
         Ok(())
     }
@@ -779,6 +784,9 @@ struct StageJob {
     lsn: Option<Lsn>,
     /// Distinct keys in `rels`.
     keys: usize,
+    /// Record `lsn` in `sync.cursors` (else, with nothing to stage, it is
+    /// only confirmed).
+    record: bool,
 }
 
 /// The stager committed a job.
@@ -871,6 +879,13 @@ impl Stager {
         done: mpsc::UnboundedSender<Staged>,
     ) -> Result<(), IngestError> {
         while let Some(job) = jobs.recv().await {
+            let batch = !(job.rels.is_empty() && job.truncates.is_empty());
+            if !batch && !job.record {
+                if done.send(Staged { lsn: job.lsn, keys: 0, batch }).is_err() {
+                    break;
+                }
+                continue;
+            }
             // A deadlock or serialization failure against a backfill or an
             // exporter rolls the whole transaction back: try it again.
             let mut attempt = 0u32;
@@ -887,7 +902,6 @@ impl Stager {
                     Err(e) => return Err(e),
                 }
             }
-            let batch = !(job.rels.is_empty() && job.truncates.is_empty());
             if let Some(n) = &self.notify {
                 if batch {
                     // Every waiting exporter (one per target), and a permit
