@@ -59,7 +59,7 @@ CREATE TABLE targets (
     kind        text NOT NULL REFERENCES target_kinds (kind),
     config      jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(config) = 'object'),
     secret_ref  text CHECK (secret_ref ~ '^(env:[A-Za-z_][A-Za-z0-9_]*|file:/.+)$'),
-    status      text NOT NULL DEFAULT 'unknown' CHECK (status IN ('unknown', 'ok', 'throttled', 'unreachable', 'auth_failed')),
+    status      text NOT NULL DEFAULT 'unknown' CHECK (status IN ('unknown', 'ok', 'throttled', 'unreachable', 'auth_failed', 'misconfigured')),
     status_detail text,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
@@ -69,7 +69,7 @@ COMMENT ON COLUMN targets.name IS 'Name used by sync.define(target => ...).';
 COMMENT ON COLUMN targets.kind IS 'Kind of target (sync.target_kinds).';
 COMMENT ON COLUMN targets.config IS 'Non-secret configuration (for graph: tenant_id, client_id, site_id, base_url, authority_url, budget_per_min).';
 COMMENT ON COLUMN targets.secret_ref IS 'Where the worker finds the secret: env:NAME (an environment variable of the worker) or file:/path (a file on the worker''s machine). Never the secret itself.';
-COMMENT ON COLUMN targets.status IS 'Last known health as reported by the worker: unknown, ok, throttled, unreachable, auth_failed.';
+COMMENT ON COLUMN targets.status IS 'Last known health as reported by the worker: unknown, ok, throttled, unreachable, auth_failed (credentials refused or the secret unreadable), misconfigured (its configuration is wrong or its kind has no adapter in the worker).';
 COMMENT ON COLUMN targets.status_detail IS 'The worker''s last message about the target''s health.';
 COMMENT ON COLUMN targets.created_at IS 'When the target was created.';
 COMMENT ON COLUMN targets.updated_at IS 'When the target was last changed.';

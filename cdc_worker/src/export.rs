@@ -97,7 +97,7 @@ pub async fn run(
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(target = %name, error = %e, "cannot export to this target");
-                set_status(&db, &name, "auth_failed", &e.to_string()).await;
+                set_status(&db, &name, e.status(), &e.to_string()).await;
                 continue;
             }
         };

@@ -235,6 +235,16 @@ pub enum TargetSetupError {
     },
 }
 
+impl TargetSetupError {
+    /// The `sync.targets.status` it leaves the target in.
+    pub fn status(&self) -> &'static str {
+        match self {
+            TargetSetupError::Secret { .. } => "auth_failed",
+            TargetSetupError::Config { .. } | TargetSetupError::Unsupported { .. } => "misconfigured",
+        }
+    }
+}
+
 /// Reads a secret reference (`env:NAME` or `file:/path`). The value is never
 /// logged; errors name the reference only.
 pub fn resolve_secret(target: &str, reference: &str) -> Result<String, TargetSetupError> {
@@ -290,6 +300,19 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setup_failures_say_whether_the_secret_or_the_configuration_is_wrong() {
+        let cfg = serde_json::json!({"tenant_id": "t", "client_id": "c", "site_id": "s"});
+        let status = |kind: &str, secret: Option<&str>| match build("x", kind, &cfg, secret) {
+            Ok(_) => "built",
+            Err(e) => e.status(),
+        };
+        assert_eq!(status("github", None), "misconfigured");
+        assert_eq!(status("graph", None), "misconfigured");
+        assert_eq!(status("graph", Some("env:SYNCBRIDGE_TEST_NO_SUCH_VARIABLE")), "auth_failed");
+        assert_eq!(status("graph", Some("file:/nonexistent/syncbridge/secret")), "auth_failed");
+    }
 
     #[test]
     fn results_serialize_as_sync_complete_reads_them() {
