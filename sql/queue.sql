@@ -502,6 +502,10 @@ BEGIN
       INTO cols FROM jsonb_array_elements(c.fields) f;
     -- Keeps the definition until this commits (pending_exports has no foreign key).
     PERFORM 1 FROM sync.definitions x WHERE x.id = d.id FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'definition % was dropped meanwhile', quote_literal(definition)
+            USING ERRCODE = 'undefined_object';
+    END IF;
     WITH lists AS (
         SELECT d.list AS list WHERE d.list IS NOT NULL
         UNION SELECT s.list FROM sync.shards s WHERE s.definition_id = d.id
@@ -526,7 +530,8 @@ COMMENT ON FUNCTION provision(text) IS 'Queues creating the definition''s lists 
 
 -- History retention: exported, confirmed and cancelled exports, and finished
 -- runs, older than `older_than` (default: setting sync.history_retention_days;
--- 0 days keeps them) are deleted. Open exports (pending, awaiting approval,
+-- 0 days keeps them) are deleted, and exports of definitions that no longer
+-- exist. Open exports (pending, awaiting approval,
 -- executing, failed, error) and running runs never are. Every exporter calls
 -- it every few minutes; one purges at a time, the others return zeros.
 CREATE FUNCTION purge(older_than interval DEFAULT NULL, OUT exports bigint, OUT runs bigint)
@@ -542,21 +547,27 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', older_than),
                   HINT = 'sync.purge(''7 days'') deletes finished exports and runs older than a week.';
     END IF;
-    IF older_than IS NULL AND days = 0 THEN
-        RETURN;
-    END IF;
-    cutoff := now() - coalesce(older_than, make_interval(days => days));
+    -- 0 days keeps the history (exports of dropped definitions still go).
+    cutoff := CASE WHEN older_than IS NULL AND days = 0 THEN '-infinity'
+                   ELSE now() - coalesce(older_than, make_interval(days => days)) END;
     IF NOT pg_try_advisory_xact_lock(1937337955, -1) THEN
         RETURN;
     END IF;
-    WITH gone AS (
-        DELETE FROM sync.pending_exports e
-         WHERE e.status IN ('exported', 'confirmed', 'cancelled') AND e.updated_at < cutoff
-        RETURNING 1)
-    SELECT count(*) INTO exports FROM gone;
+    -- Runs first: sync.undefine locks a definition's runs (ON DELETE SET
+    -- NULL) before its exports (the trigger); the same order cannot deadlock.
     WITH gone AS (
         DELETE FROM sync.runs r WHERE r.status <> 'running' AND r.finished_at < cutoff
         RETURNING 1)
     SELECT count(*) INTO runs FROM gone;
+    -- Finished exports past the retention, and any export whose definition
+    -- is gone (pending_exports has no foreign key; a definition deleted
+    -- outside sync.undefine, e.g. in a REPEATABLE READ transaction, can leave
+    -- some).
+    WITH gone AS (
+        DELETE FROM sync.pending_exports e
+         WHERE (e.status IN ('exported', 'confirmed', 'cancelled') AND e.updated_at < cutoff)
+            OR e.definition_id NOT IN (SELECT d.id FROM sync.definitions d)
+        RETURNING 1)
+    SELECT count(*) INTO exports FROM gone;
 END $$;
 COMMENT ON FUNCTION purge(interval) IS 'Deletes finished exports (exported, confirmed, cancelled) and finished runs older than older_than (default: sync.history_retention_days; 0 keeps them); never an open export. Returns how many of each.';

@@ -105,11 +105,12 @@ pub async fn run(
         tasks.push(tokio::spawn(async move { export_target(&dsn, &config, &name, adapter, shutdown).await }));
     }
     // History past its retention goes, now and every PURGE_EVERY.
+    drop(db);
     let purger = {
-        let (mut shutdown, once) = (shutdown.clone(), config.once);
+        let (mut shutdown, once, dsn) = (shutdown.clone(), config.once, dsn.clone());
         tokio::spawn(async move {
             loop {
-                purge(&db).await;
+                purge(&dsn).await;
                 if once {
                     return;
                 }
@@ -155,8 +156,16 @@ pub async fn run(
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// `sync.purge()`: finished exports and runs older than
-/// `sync.history_retention_days`. A failure is logged, never fatal.
-async fn purge(db: &Client) {
+/// `sync.history_retention_days`, on a session of its own (every few minutes:
+/// a lost connection is only a missed purge). A failure is logged, never fatal.
+async fn purge(dsn: &Dsn) {
+    let db = match connect(dsn, "syncbridge-purge").await {
+        Ok(db) => db,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not purge history (sync.purge): cannot connect");
+            return;
+        }
+    };
     match db.query_one("SELECT exports, runs FROM sync.purge()", &[]).await {
         Ok(r) => {
             let (exports, runs): (i64, i64) = (r.get(0), r.get(1));

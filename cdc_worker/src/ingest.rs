@@ -33,8 +33,13 @@ use crate::replication::{ReplError, ReplicationConnection, ReplicationEvent, Rep
 /// ingest skips transactions carrying it.
 pub const SYNCBRIDGE_ORIGIN: &str = "syncbridge";
 
-/// Namespace of syncbridge's advisory locks ('sync' as an int4).
+/// Namespace of syncbridge's advisory locks ('sync' as an int4): with a
+/// definition id, staging's; with -1, sync.purge's.
 pub const LOCK_NAMESPACE: i32 = 1_937_337_955;
+/// Namespace of the slot readers' session locks (with `hashtext(slot)`): its
+/// own, so that a slot's hash can never equal a definition id, whose staging
+/// lock (on the stager's session) would then wait for the ingest forever.
+pub const SLOT_LOCK_NAMESPACE: i32 = 1_937_337_956;
 
 /// How the ingest runs.
 #[derive(Debug, Clone)]
@@ -311,7 +316,7 @@ pub async fn run(
     let mut waited = false;
     loop {
         let got: bool = db
-            .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_NAMESPACE, &slot])
+            .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&SLOT_LOCK_NAMESPACE, &slot])
             .await
             .map_err(IngestError::db("taking the slot lock"))?
             .get(0);
@@ -323,7 +328,7 @@ pub async fn run(
                 .query_opt(
                     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid
                        AND objid = hashtext($2)::oid AND granted LIMIT 1",
-                    &[&LOCK_NAMESPACE, &slot],
+                    &[&SLOT_LOCK_NAMESPACE, &slot],
                 )
                 .await
                 .map_err(IngestError::db("looking for the slot's reader"))?
@@ -375,64 +380,77 @@ pub async fn run(
         .map_err(IngestError::db("recording the run"))?
         .get(0);
 
-    let mut repl = ReplicationConnection::connect(dsn, "syncbridge-worker").await?;
-    let system = repl.identify_system().await?;
-    // Where `--once` may stop. The server's flush position is not enough: with
-    // `synchronous_commit = off` a transaction is committed (and visible) before
-    // its commit record is flushed, and the server streams only flushed WAL.
-    // A non-transactional logical message is placed after every commit made so
-    // far; the stream passes it only once they are all decoded. pgoutput
-    // forwards no message unless asked to, so it costs one small WAL record.
-    let target_lsn = if config.once {
-        let marker: String = db
-            .query_one("SELECT pg_logical_emit_message(false, 'syncbridge', 'caught-up marker')::text", &[])
-            .await
-            .map_err(IngestError::db("marking the WAL position to catch up to"))?
-            .get(0);
-        marker.parse::<Lsn>().map_err(|e| IngestError::NotReady {
-            message: format!("the server returned an unreadable LSN {marker:?}: {e}"),
-            hint: "this is a bug; please report it".into(),
-        })?
-    } else {
-        system.xlog_pos
-    };
-    let mut summary = IngestSummary::default();
-    let start = match existing {
-        Some(row) => {
-            let plugin: Option<String> = row.get(0);
-            let database: Option<String> = row.get(1);
-            if plugin.as_deref() != Some("pgoutput") || database.as_deref() != Some(current_db.as_str()) {
-                return Err(IngestError::NotReady {
-                    message: format!(
-                        "slot {slot} exists but is not a pgoutput slot of database {current_db} (plugin {plugin:?}, database {database:?})"
-                    ),
-                    hint: "Drop it (SELECT pg_drop_replication_slot(...)) or set sync.slot_name to another name".into(),
-                });
-            }
-            let confirmed: Lsn = row.get::<_, Option<String>>(2).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
-            tracing::info!(slot = %slot, confirmed = %confirmed, staged = %cursor, "resuming the slot");
-            confirmed.max(cursor)
-        }
-        None => {
-            let created = repl.create_slot(&slot, true).await?;
-            tracing::info!(slot = %slot, consistent_point = %created.consistent_point, "created the slot");
-            // The initial load reads the tables exactly as of the slot's start:
-            // everything after it comes through the stream.
-            if let Some(snapshot) = &created.snapshot_name {
-                if !config.decode_only {
-                    summary.backfill_steps += backfill_all(&db, config, Some(snapshot), &mut shutdown).await?;
+    // From here on the run is recorded: a failure before streaming starts
+    // finishes it as failed (else it would stay 'running').
+    let prepared = async {
+        let mut repl = ReplicationConnection::connect(dsn, "syncbridge-worker").await?;
+        let system = repl.identify_system().await?;
+        // Where `--once` may stop. The server's flush position is not enough: with
+        // `synchronous_commit = off` a transaction is committed (and visible) before
+        // its commit record is flushed, and the server streams only flushed WAL.
+        // A non-transactional logical message is placed after every commit made so
+        // far; the stream passes it only once they are all decoded. pgoutput
+        // forwards no message unless asked to, so it costs one small WAL record.
+        let target_lsn = if config.once {
+            let marker: String = db
+                .query_one("SELECT pg_logical_emit_message(false, 'syncbridge', 'caught-up marker')::text", &[])
+                .await
+                .map_err(IngestError::db("marking the WAL position to catch up to"))?
+                .get(0);
+            marker.parse::<Lsn>().map_err(|e| IngestError::NotReady {
+                message: format!("the server returned an unreadable LSN {marker:?}: {e}"),
+                hint: "this is a bug; please report it".into(),
+            })?
+        } else {
+            system.xlog_pos
+        };
+        let mut summary = IngestSummary::default();
+        let start = match existing {
+            Some(row) => {
+                let plugin: Option<String> = row.get(0);
+                let database: Option<String> = row.get(1);
+                if plugin.as_deref() != Some("pgoutput") || database.as_deref() != Some(current_db.as_str()) {
+                    return Err(IngestError::NotReady {
+                        message: format!(
+                            "slot {slot} exists but is not a pgoutput slot of database {current_db} (plugin {plugin:?}, database {database:?})"
+                        ),
+                        hint: "Drop it (SELECT pg_drop_replication_slot(...)) or set sync.slot_name to another name".into(),
+                    });
                 }
+                let confirmed: Lsn = row.get::<_, Option<String>>(2).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
+                tracing::info!(slot = %slot, confirmed = %confirmed, staged = %cursor, "resuming the slot");
+                confirmed.max(cursor)
             }
-            created.consistent_point
+            None => {
+                let created = repl.create_slot(&slot, true).await?;
+                tracing::info!(slot = %slot, consistent_point = %created.consistent_point, "created the slot");
+                // The initial load reads the tables exactly as of the slot's start:
+                // everything after it comes through the stream.
+                if let Some(snapshot) = &created.snapshot_name {
+                    if !config.decode_only {
+                        summary.backfill_steps += backfill_all(&db, config, Some(snapshot), &mut shutdown).await?;
+                    }
+                }
+                created.consistent_point
+            }
+        };
+
+        let stager = if config.decode_only {
+            StagerHandle::idle()
+        } else {
+            StagerHandle::start(connect(dsn, "syncbridge-stage").await?, slot.clone(), run_id, config.staged.clone())
+        };
+        let stream = repl.start_replication(&slot, start, &config.publication).await?;
+        Ok::<_, IngestError>((stream, start, target_lsn, summary, stager))
+    }
+    .await;
+    let (stream, start, target_lsn, summary, stager) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            crate::pgerror::finish_run(&db, run_id, "failed", Some(e.to_string())).await;
+            return Err(e);
         }
     };
-
-    let stager = if config.decode_only {
-        StagerHandle::idle()
-    } else {
-        StagerHandle::start(connect(dsn, "syncbridge-stage").await?, slot.clone(), run_id, config.staged.clone())
-    };
-    let stream = repl.start_replication(&slot, start, &config.publication).await?;
     let mut ingest = Ingest {
         stream,
         config,
@@ -450,7 +468,20 @@ pub async fn run(
     };
     let backfill_dsn = dsn.clone();
     let backfill_config = config.clone();
-    let backfill_shutdown = shutdown.clone();
+    // The backfill stops at shutdown, or when the stream fails (the ingest
+    // restarts as a whole): between two chunks, recording its run.
+    let (backfill_stop, backfill_shutdown) = watch::channel(false);
+    let forward_shutdown = {
+        let (mut shutdown, stop) = (shutdown.clone(), backfill_stop.clone());
+        tokio::spawn(async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+            let _ = stop.send(true);
+        })
+    };
     let mut backfill = (!config.decode_only)
         .then(|| tokio::spawn(async move { backfill_loop(&backfill_dsn, &backfill_config, backfill_shutdown).await }));
     let mut result = ingest.stream_loop(&mut shutdown, target_lsn, &mut backfill).await;
@@ -462,14 +493,24 @@ pub async fn run(
         Ok(()) => ("succeeded", None),
         Err(e) => ("failed", Some(e.to_string())),
     };
-    if let Some(task) = backfill.take() {
-        if result.is_err() {
+    forward_shutdown.abort();
+    if let Some(mut task) = backfill.take() {
+        let joined = if result.is_err() {
             // The stream failed: the backfill stops too (it would run until
-            // shutdown, holding the restart back); its chunk in flight rolls
-            // back and is done again after the restart.
-            task.abort();
-        }
-        match task.await {
+            // shutdown, holding the restart back) after its chunk in flight.
+            let _ = backfill_stop.send(true);
+            match tokio::time::timeout(Duration::from_secs(60), &mut task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    tracing::warn!("the backfill did not stop within a minute; abandoning its chunk in flight");
+                    task.abort();
+                    task.await
+                }
+            }
+        } else {
+            task.await
+        };
+        match joined {
             Err(e) if e.is_cancelled() => {}
             Ok(Ok(steps)) => summary.backfill_steps += steps,
             Ok(Err(e)) => tracing::warn!(error = %e, "backfill stopped"),

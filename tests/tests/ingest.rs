@@ -285,7 +285,7 @@ fn a_terminated_staging_session_restarts_the_ingest_and_loses_nothing() {
         }
         db.psql(&format!("INSERT INTO items SELECT g, 'round {round}', g FROM generate_series({lo}, {}) g", lo + 499));
         if round == 2 {
-            db.psql(&format!("SELECT pg_terminate_backend({first})"));
+            assert_eq!(db.psql(&format!("SELECT pg_terminate_backend({first})")), "t", "the staging session was gone");
         }
     }
     if wait_stager(&first).is_none() {
@@ -302,7 +302,11 @@ fn a_terminated_staging_session_restarts_the_ingest_and_loses_nothing() {
     let out = wait_with_limit(worker, Duration::from_secs(30));
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    assert!(log.contains("ingest failed; restarting"), "the ingest did not notice:\n{log}");
+    // Restarted for that reason: its staging session's connection was lost.
+    assert!(
+        log.lines().any(|l| l.contains("ingest failed; restarting") && l.contains("stag")),
+        "the ingest did not notice:\n{log}"
+    );
     // Each key once, with its last value; the slot is confirmed past all of it.
     assert_eq!(
         db.psql("SELECT count(DISTINCT sync_key) || ' ' || count(*) FROM sync.pending_exports WHERE payload ->> 'title' LIKE 'round %'"),

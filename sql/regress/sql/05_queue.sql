@@ -108,6 +108,19 @@ RESET sync.history_retention_days;
 SELECT * FROM sync.purge();
 SELECT status, count(*) FROM sync.pending_exports GROUP BY 1 ORDER BY 1;
 SELECT status, count(*) FROM sync.runs WHERE started_at < now() - interval '30 days' GROUP BY 1 ORDER BY 1;
+-- An export whose definition is gone (deleted where the trigger could not
+-- see it) goes whatever the retention.
+ALTER TABLE sync.definitions DISABLE TRIGGER definitions_delete_exports;
+INSERT INTO sync.definitions (id, name, source_rel, target, key_columns) OVERRIDING SYSTEM VALUE
+SELECT -5, 'doomed', source_rel, target, key_columns FROM sync.definitions WHERE name = 'employees_sp';
+INSERT INTO sync.pending_exports (id, definition_id, sync_key, op, list) OVERRIDING SYSTEM VALUE
+SELECT -10, id, '1', 'add', 'X' FROM sync.definitions WHERE name = 'doomed';
+DELETE FROM sync.definitions WHERE name = 'doomed';
+ALTER TABLE sync.definitions ENABLE TRIGGER definitions_delete_exports;
+SET sync.history_retention_days = 0;
+SELECT * FROM sync.purge();
+RESET sync.history_retention_days;
+SELECT count(*) AS orphans FROM sync.pending_exports WHERE id = -10;
 \x on
 SELECT * FROM regress.err($sql$SELECT sync.purge('-1 day')$sql$);
 \x off
