@@ -7,6 +7,23 @@
 
 -- Runs ----------------------------------------------------------------------
 
+-- A run holds a session-level advisory lock (classid 1937337957, objid its
+-- key) from start_run to finish_run. When its session ends without finishing
+-- it (the worker killed, its connection lost), the lock goes with it, and
+-- sync.purge() marks the run failed as abandoned: sync.runs never shows a
+-- dead worker's run as running for long.
+CREATE FUNCTION _run_lock_key(run_id bigint) RETURNS int
+LANGUAGE sql IMMUTABLE AS $$ SELECT (run_id % 2147483647)::int $$;
+
+-- Whether this session holds the run's lock.
+CREATE FUNCTION _run_lock_held(run_id bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_locks l
+                    WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                      AND l.classid = 1937337957::oid AND l.objid = sync._run_lock_key(run_id)::oid AND l.objsubid = 2
+                      AND l.pid = pg_backend_pid() AND l.granted)
+$$;
+
 CREATE FUNCTION start_run(kind text, definition text DEFAULT NULL, worker text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -16,6 +33,7 @@ BEGIN
     INSERT INTO sync.runs (definition_id, kind, worker)
     VALUES (CASE WHEN definition IS NOT NULL THEN (sync._def(definition)).id END, kind, worker)
     RETURNING runs.id INTO id;
+    PERFORM pg_advisory_lock(1937337957, sync._run_lock_key(id));
     RETURN id;
 END $$;
 
@@ -29,6 +47,32 @@ BEGIN
         RAISE EXCEPTION 'run % does not exist or is finished', run_id
             USING ERRCODE = 'undefined_object', DETAIL = 'A run is finished once.', HINT = 'SELECT * FROM sync.runs ORDER BY id DESC;';
     END IF;
+    IF sync._run_lock_held(run_id) THEN
+        PERFORM pg_advisory_unlock(1937337957, sync._run_lock_key(run_id));
+    END IF;
+END $$;
+
+-- Marks failed the running runs whose session is gone (their lock is free);
+-- returns how many.
+CREATE FUNCTION _reap_runs() RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    n int := 0;
+BEGIN
+    FOR r IN SELECT x.id FROM sync.runs x WHERE x.status = 'running' ORDER BY x.id LOOP
+        CONTINUE WHEN sync._run_lock_held(r.id);
+        IF pg_try_advisory_xact_lock(1937337957, sync._run_lock_key(r.id)) THEN
+            UPDATE sync.runs x
+               SET status = 'failed', finished_at = now(),
+                   error = 'abandoned: the session that ran it ended without finishing it (the worker was killed or lost its connection)'
+             WHERE x.id = r.id AND x.status = 'running';
+            IF FOUND THEN
+                n := n + 1;
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN n;
 END $$;
 
 -- Claim ---------------------------------------------------------------------
@@ -531,10 +575,11 @@ COMMENT ON FUNCTION provision(text) IS 'Queues creating the definition''s lists 
 -- History retention: exported, confirmed and cancelled exports, and finished
 -- runs, older than `older_than` (default: setting sync.history_retention_days;
 -- 0 days keeps them) are deleted, and exports of definitions that no longer
--- exist. Open exports (pending, awaiting approval,
+-- exist; running runs whose session ended are marked failed (abandoned).
+-- Open exports (pending, awaiting approval,
 -- executing, failed, error) and running runs never are. Every exporter calls
 -- it every few minutes; one purges at a time, the others return zeros.
-CREATE FUNCTION purge(older_than interval DEFAULT NULL, OUT exports bigint, OUT runs bigint)
+CREATE FUNCTION purge(older_than interval DEFAULT NULL, OUT exports bigint, OUT runs bigint, OUT abandoned int)
 LANGUAGE plpgsql AS $$
 DECLARE
     days int := sync._setting('history_retention_days')::int;
@@ -542,6 +587,7 @@ DECLARE
 BEGIN
     exports := 0;
     runs := 0;
+    abandoned := 0;
     IF older_than < interval '0' THEN
         RAISE EXCEPTION 'older_than must not be negative'
             USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', older_than),
@@ -553,6 +599,7 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(1937337955, -1) THEN
         RETURN;
     END IF;
+    abandoned := sync._reap_runs();
     -- Runs first: sync.undefine locks a definition's runs (ON DELETE SET
     -- NULL) before its exports (the trigger); the same order cannot deadlock.
     WITH gone AS (
@@ -570,4 +617,4 @@ BEGIN
         RETURNING 1)
     SELECT count(*) INTO exports FROM gone;
 END $$;
-COMMENT ON FUNCTION purge(interval) IS 'Deletes finished exports (exported, confirmed, cancelled) and finished runs older than older_than (default: sync.history_retention_days; 0 keeps them); never an open export. Returns how many of each.';
+COMMENT ON FUNCTION purge(interval) IS 'Deletes finished exports (exported, confirmed, cancelled) and finished runs older than older_than (default: sync.history_retention_days; 0 keeps them), and exports of vanished definitions; never an open export. Marks failed the running runs whose session is gone (abandoned). Returns how many of each.';

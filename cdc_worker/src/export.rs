@@ -166,9 +166,15 @@ async fn purge(dsn: &Dsn) {
             return;
         }
     };
-    match db.query_one("SELECT exports, runs FROM sync.purge()", &[]).await {
+    match db.query_one("SELECT exports, runs, abandoned FROM sync.purge()", &[]).await {
         Ok(r) => {
-            let (exports, runs): (i64, i64) = (r.get(0), r.get(1));
+            let (exports, runs, abandoned): (i64, i64, i32) = (r.get(0), r.get(1), r.get(2));
+            if abandoned > 0 {
+                tracing::info!(
+                    runs = abandoned,
+                    "marked failed the runs of sessions that ended without finishing them"
+                );
+            }
             if exports + runs > 0 {
                 tracing::info!(exports, runs, "purged finished exports and runs past sync.history_retention_days");
             }

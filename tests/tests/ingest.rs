@@ -356,3 +356,63 @@ fn an_idle_worker_confirms_foreign_wal_without_writing_any() {
     let out = wait_with_limit(worker, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// sync.runs tells the truth about a killed worker: its run is marked failed
+/// (abandoned) by the next sync.purge(), while a live worker's run stays
+/// running, and ends succeeded.
+#[test]
+fn runs_of_a_killed_worker_are_marked_abandoned_and_live_ones_are_not() {
+    let db = cluster().new_db("ingest abandoned runs");
+    prepare(&db, ITEMS);
+    define_items(&db);
+    run_once_ok(&db);
+    let streaming = || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db
+            .psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active", db.name()))
+            != "1"
+        {
+            assert!(Instant::now() < deadline, "no worker streams");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let spawn = || {
+        ChildGuard::new(
+            run_cmd(&db, &["--no-export"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a worker"),
+        )
+    };
+    let killed = spawn();
+    streaming();
+    let killed_run = db.psql("SELECT max(id) FROM sync.runs WHERE kind = 'stream' AND status = 'running'");
+    signal(&killed, libc::SIGKILL);
+    let _ = wait_with_limit(killed, Duration::from_secs(10));
+    let live = spawn();
+    // Once the new worker streams, the killed one's sessions are gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.psql(&format!(
+        "SELECT count(*) FROM sync.runs WHERE kind = 'stream' AND status = 'running' AND id > {killed_run}"
+    )) != "1"
+    {
+        assert!(Instant::now() < deadline, "the second worker never started its run");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    streaming();
+    assert_eq!(db.psql("SELECT abandoned FROM sync.purge()"), "1");
+    assert_eq!(
+        db.psql(&format!("SELECT status || ' ' || left(error, 9) FROM sync.runs WHERE id = {killed_run}")),
+        "failed abandoned"
+    );
+    // Nothing else was running without a session; a second purge finds none.
+    assert_eq!(db.psql("SELECT abandoned FROM sync.purge()"), "0");
+    signal(&live, libc::SIGTERM);
+    let out = wait_with_limit(live, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        db.psql(&format!("SELECT string_agg(status, ',') FROM sync.runs WHERE kind = 'stream' AND id > {killed_run}")),
+        "succeeded"
+    );
+}

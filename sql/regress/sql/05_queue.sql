@@ -100,6 +100,10 @@ UPDATE sync.pending_exports SET updated_at = now() - interval '31 days';
 INSERT INTO sync.runs (kind, status, started_at, finished_at) VALUES
     ('export', 'succeeded', now() - interval '40 days', now() - interval '40 days'),
     ('export', 'running', now() - interval '40 days', NULL);
+-- A run of this session (it holds the run's lock) is alive; the 'running'
+-- row above has no session: it is marked failed, abandoned.
+SELECT sync.start_run('manual') AS live_run \gset
+UPDATE sync.runs SET started_at = now() - interval '40 days' WHERE id = :live_run;
 SELECT status, count(*) FROM sync.pending_exports GROUP BY 1 ORDER BY 1;
 SELECT * FROM sync.purge('1 year');
 SET sync.history_retention_days = 0;
@@ -107,7 +111,9 @@ SELECT * FROM sync.purge();
 RESET sync.history_retention_days;
 SELECT * FROM sync.purge();
 SELECT status, count(*) FROM sync.pending_exports GROUP BY 1 ORDER BY 1;
-SELECT status, count(*) FROM sync.runs WHERE started_at < now() - interval '30 days' GROUP BY 1 ORDER BY 1;
+SELECT status, left(error, 30) AS error, id = :live_run AS live FROM sync.runs WHERE started_at < now() - interval '30 days' ORDER BY id;
+SELECT sync.finish_run(:live_run);
+SELECT sync._run_lock_held(:live_run) AS lock_still_held;
 -- An export whose definition is gone (deleted where the trigger could not
 -- see it) goes whatever the retention.
 ALTER TABLE sync.definitions DISABLE TRIGGER definitions_delete_exports;
