@@ -23,6 +23,22 @@ fn slot_confirmed(db: &syncbridge_tests::TestDb) -> String {
     db.psql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'", db.name()))
 }
 
+/// A running worker (`run`, continuous) with `args`, its output captured.
+fn spawn_worker(db: &syncbridge_tests::TestDb, args: &[&str]) -> ChildGuard {
+    ChildGuard::new(run_cmd(db, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start a worker"))
+}
+
+/// Waits (at most 30 s) until a worker streams the database's slot.
+fn wait_streaming(db: &syncbridge_tests::TestDb) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active", db.name()))
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "no worker started streaming");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn first_run_creates_the_slot_backfills_in_its_snapshot_then_streams() {
     let db = cluster().new_db("ingest basic");
@@ -174,20 +190,9 @@ fn one_reader_per_slot_and_sigterm_confirms_then_exits_zero() {
     prepare(&db, ITEMS);
     define_items(&db);
     run_once_ok(&db);
-    let first = ChildGuard::new(
-        run_cmd(&db, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start worker 1"),
-    );
-    // Wait until it streams.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active", db.name()))
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "worker 1 never started streaming");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let second = ChildGuard::new(
-        run_cmd(&db, &["--once"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("worker 2"),
-    );
+    let first = spawn_worker(&db, &[]);
+    wait_streaming(&db);
+    let second = spawn_worker(&db, &["--once"]);
     std::thread::sleep(Duration::from_secs(2));
     db.psql("UPDATE items SET qty = -1 WHERE id = 9");
     std::thread::sleep(Duration::from_millis(800));
@@ -272,9 +277,7 @@ fn a_terminated_staging_session_restarts_the_ingest_and_loses_nothing() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let worker = ChildGuard::new(
-        run_cmd(&db, &["--no-export"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the worker"),
-    );
+    let worker = spawn_worker(&db, &["--no-export"]);
     let first = wait_stager("0").expect("no staging session");
     // Changes before, while and after the staging session is gone.
     let mut before_last = String::new();
@@ -330,16 +333,8 @@ fn an_idle_worker_confirms_foreign_wal_without_writing_any() {
     define_items(&db);
     run_once_ok(&db);
     let cursor = || db.psql("SELECT lsn || ' ' || updated_at FROM sync.cursors WHERE kind = 'slot'");
-    let worker = ChildGuard::new(
-        run_cmd(&db, &["--no-export"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the worker"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active", db.name()))
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "the worker never started streaming");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let worker = spawn_worker(&db, &["--no-export"]);
+    wait_streaming(&db);
     std::thread::sleep(Duration::from_secs(1));
     let before = cursor();
     db.psql("CREATE TABLE noise (x int); INSERT INTO noise SELECT generate_series(1, 20000);");
@@ -366,31 +361,12 @@ fn runs_of_a_killed_worker_are_marked_abandoned_and_live_ones_are_not() {
     prepare(&db, ITEMS);
     define_items(&db);
     run_once_ok(&db);
-    let streaming = || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while db
-            .psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active", db.name()))
-            != "1"
-        {
-            assert!(Instant::now() < deadline, "no worker streams");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let spawn = || {
-        ChildGuard::new(
-            run_cmd(&db, &["--no-export"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start a worker"),
-        )
-    };
-    let killed = spawn();
-    streaming();
+    let killed = spawn_worker(&db, &["--no-export"]);
+    wait_streaming(&db);
     let killed_run = db.psql("SELECT max(id) FROM sync.runs WHERE kind = 'stream' AND status = 'running'");
     signal(&killed, libc::SIGKILL);
     let _ = wait_with_limit(killed, Duration::from_secs(10));
-    let live = spawn();
+    let live = spawn_worker(&db, &["--no-export"]);
     // Once the new worker streams, the killed one's sessions are gone.
     let deadline = Instant::now() + Duration::from_secs(30);
     while db.psql(&format!(
@@ -400,7 +376,7 @@ fn runs_of_a_killed_worker_are_marked_abandoned_and_live_ones_are_not() {
         assert!(Instant::now() < deadline, "the second worker never started its run");
         std::thread::sleep(Duration::from_millis(100));
     }
-    streaming();
+    wait_streaming(&db);
     assert_eq!(db.psql("SELECT abandoned FROM sync.purge()"), "1");
     assert_eq!(
         db.psql(&format!("SELECT status || ' ' || left(error, 9) FROM sync.runs WHERE id = {killed_run}")),
