@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::dsn::Dsn;
-use crate::ingest::{connect, IngestError};
+use crate::ingest::{connect, WorkerError};
 use crate::target::{self, ApplyContext, ErrorClass, Export, Health, OpResult, Target};
 
 /// Claim loops per target unless told otherwise.
@@ -72,7 +72,7 @@ pub async fn run(
     dsn: &Dsn,
     config: &ExportConfig,
     shutdown: watch::Receiver<bool>,
-) -> Result<ExportSummary, IngestError> {
+) -> Result<ExportSummary, WorkerError> {
     let db = connect(dsn, "syncbridge-export").await?;
     let rows = db
         .query(
@@ -83,7 +83,7 @@ pub async fn run(
             &[&config.targets],
         )
         .await
-        .map_err(IngestError::db("listing targets"))?;
+        .map_err(WorkerError::db("listing targets"))?;
     if rows.is_empty() {
         tracing::info!("no target has an active definition: nothing to export");
         return Ok(ExportSummary::default());
@@ -134,7 +134,7 @@ pub async fn run(
                 first_err.get_or_insert(e);
             }
             Err(e) => {
-                first_err.get_or_insert(IngestError::NotReady {
+                first_err.get_or_insert(WorkerError::NotReady {
                     message: format!("an exporter task failed: {e}"),
                     hint: "see the log".into(),
                 });
@@ -196,11 +196,11 @@ async fn set_status(db: &Client, target: &str, status: &str, detail: &str) {
     }
 }
 
-async fn context(db: &Client, target: &str) -> Result<ApplyContext, IngestError> {
+async fn context(db: &Client, target: &str) -> Result<ApplyContext, WorkerError> {
     let rows = db
         .query("SELECT definition, list, remote_id FROM sync.target_list_ids($1)", &[&target])
         .await
-        .map_err(IngestError::db("reading the target's lists"))?;
+        .map_err(WorkerError::db("reading the target's lists"))?;
     let mut ctx = ApplyContext::default();
     for r in rows {
         let (def, list, id): (String, String, String) = (r.get(0), r.get(1), r.get(2));
@@ -216,12 +216,12 @@ async fn export_target(
     name: &str,
     adapter: Box<dyn Target>,
     shutdown: watch::Receiver<bool>,
-) -> Result<ExportSummary, IngestError> {
+) -> Result<ExportSummary, WorkerError> {
     let db = connect(dsn, "syncbridge-export").await?;
     let run_id: i64 = db
         .query_one("SELECT sync.start_run('export', NULL, $1)", &[&config.worker_name])
         .await
-        .map_err(IngestError::db("recording the export run"))?
+        .map_err(WorkerError::db("recording the export run"))?
         .get(0);
     // Lanes: independent claim -> apply -> complete loops over one adapter
     // (one token, one rate limiter), so that one lane's database round trips
@@ -256,7 +256,7 @@ async fn export_target(
     let mut result = Ok(ExportSummary::default());
     while let Some(joined) = lanes.join_next().await {
         let lane = joined.unwrap_or_else(|e| {
-            Err(IngestError::NotReady { message: format!("an export lane failed: {e}"), hint: "see the log".into() })
+            Err(WorkerError::NotReady { message: format!("an export lane failed: {e}"), hint: "see the log".into() })
         });
         result = match (result, lane) {
             (Ok(a), Ok(b)) => Ok(ExportSummary {
@@ -287,7 +287,7 @@ async fn export_loop(
     run_id: i64,
     primary: bool,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<ExportSummary, IngestError> {
+) -> Result<ExportSummary, WorkerError> {
     let mut summary = ExportSummary::default();
     let n = i32::try_from(adapter.batch_size().clamp(1, 1000)).unwrap_or(100);
     loop {
@@ -301,7 +301,7 @@ async fn export_loop(
                 &[&name, &n, &config.lease_seconds, &config.worker_name, &run_id],
             )
             .await
-            .map_err(IngestError::db("claiming exports"))?;
+            .map_err(WorkerError::db("claiming exports"))?;
         let mut exports = Vec::with_capacity(rows.len());
         let mut unreadable = Vec::new();
         for r in &rows {
@@ -378,7 +378,7 @@ async fn export_loop(
         let completing = std::time::Instant::now();
         db.query("SELECT * FROM sync.complete($1::text::jsonb, $2)", &[&json, &config.worker_name])
             .await
-            .map_err(IngestError::db("recording export results"))?;
+            .map_err(WorkerError::db("recording export results"))?;
         let (h, msg) = adapter.health();
         set_status(db, name, h.as_str(), &msg).await;
         if ok == 0 && h == Health::Unreachable && !wait_for_target(db, config, name, adapter, shutdown).await {
@@ -436,11 +436,11 @@ const ONCE_MAX_WAIT: Duration = Duration::from_secs(60);
 /// Whether the target still has open exports (pending, failed awaiting a
 /// retry, or executing under someone's lease), and how many of them will not
 /// be retried within `wait`.
-async fn open_work(db: &Client, target: &str, wait: Duration) -> Result<(bool, i64), IngestError> {
+async fn open_work(db: &Client, target: &str, wait: Duration) -> Result<(bool, i64), WorkerError> {
     let secs = wait.as_secs_f64();
     let row = db
         .query_one("SELECT open > 0, due_later FROM sync.export_backlog($1, $2)", &[&target, &secs])
         .await
-        .map_err(IngestError::db("looking for open exports"))?;
+        .map_err(WorkerError::db("looking for open exports"))?;
     Ok((row.get(0), row.get(1)))
 }

@@ -121,9 +121,9 @@ pub fn default_worker_name() -> String {
     format!("{}:{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
 }
 
-/// What can stop the ingest.
+/// What can stop the ingest or an exporter.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub enum WorkerError {
     /// The replication connection failed.
     #[error(transparent)]
     Replication(#[from] ReplError),
@@ -155,18 +155,18 @@ pub enum IngestError {
     },
 }
 
-impl IngestError {
-    pub(crate) fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> IngestError {
-        move |source| IngestError::Database { what, source }
+impl WorkerError {
+    pub(crate) fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> WorkerError {
+        move |source| WorkerError::Database { what, source }
     }
 
     /// Whether running again later may succeed (a broken connection, a
     /// restart, a deadlock or serialization failure, a busy slot).
     pub fn is_transient(&self) -> bool {
         match self {
-            IngestError::Replication(e) => e.is_transient(),
-            IngestError::Database { source, .. } => crate::pgerror::is_transient(source),
-            IngestError::NotReady { .. } | IngestError::Decode { .. } => false,
+            WorkerError::Replication(e) => e.is_transient(),
+            WorkerError::Database { source, .. } => crate::pgerror::is_transient(source),
+            WorkerError::NotReady { .. } | WorkerError::Decode { .. } => false,
         }
     }
 }
@@ -275,10 +275,10 @@ fn json_string(out: &mut String, s: &str) {
 
 /// A session named `application_name` (`syncbridge-ingest`, `-stage`,
 /// `-backfill`, `-export`: a DBA tells them apart in `pg_stat_activity`).
-pub(crate) async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, IngestError> {
+pub(crate) async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client, WorkerError> {
     dsn.connect_as(application_name).await.map_err(|e| match e {
-        crate::dsn::ConnectError::Db(source) => IngestError::Database { what: "connecting", source },
-        crate::dsn::ConnectError::Tls(e) => IngestError::NotReady {
+        crate::dsn::ConnectError::Db(source) => WorkerError::Database { what: "connecting", source },
+        crate::dsn::ConnectError::Tls(e) => WorkerError::NotReady {
             message: e.to_string(),
             hint: "fix sslmode / sslrootcert in the connection string".into(),
         },
@@ -290,15 +290,15 @@ pub async fn run(
     dsn: &Dsn,
     config: &IngestConfig,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<IngestSummary, IngestError> {
+) -> Result<IngestSummary, WorkerError> {
     let db = connect(dsn, "syncbridge-ingest").await?;
     let ext: Option<String> = db
         .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'syncbridge'", &[])
         .await
-        .map_err(IngestError::db("looking for the extension"))?
+        .map_err(WorkerError::db("looking for the extension"))?
         .map(|r| r.get(0));
     if ext.is_none() {
-        return Err(IngestError::NotReady {
+        return Err(WorkerError::NotReady {
             message: format!("the syncbridge extension is not installed in {dsn}"),
             hint: "CREATE EXTENSION syncbridge;".into(),
         });
@@ -308,7 +308,7 @@ pub async fn run(
         None => db
             .query_one("SELECT sync._setting('slot_name')", &[])
             .await
-            .map_err(IngestError::db("reading sync.slot_name"))?
+            .map_err(WorkerError::db("reading sync.slot_name"))?
             .get(0),
     };
 
@@ -318,7 +318,7 @@ pub async fn run(
         let got: bool = db
             .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&SLOT_LOCK_NAMESPACE, &slot])
             .await
-            .map_err(IngestError::db("taking the slot lock"))?
+            .map_err(WorkerError::db("taking the slot lock"))?
             .get(0);
         if got {
             break;
@@ -331,7 +331,7 @@ pub async fn run(
                     &[&SLOT_LOCK_NAMESPACE, &slot],
                 )
                 .await
-                .map_err(IngestError::db("looking for the slot's reader"))?
+                .map_err(WorkerError::db("looking for the slot's reader"))?
                 .map(|r| r.get(0));
             tracing::warn!(slot = %slot, holder_pid = ?holder,
                 "another worker reads slot {slot} (backend pid {holder:?}); waiting for it to stop");
@@ -349,10 +349,10 @@ pub async fn run(
     let pub_exists: bool = db
         .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&config.publication])
         .await
-        .map_err(IngestError::db("looking for the publication"))?
+        .map_err(WorkerError::db("looking for the publication"))?
         .get(0);
     if !pub_exists {
-        return Err(IngestError::NotReady {
+        return Err(WorkerError::NotReady {
             message: format!("publication {} does not exist: no definition was enabled yet", config.publication),
             hint: "SELECT sync.enable('<definition>'); creates it".into(),
         });
@@ -364,20 +364,20 @@ pub async fn run(
             &[&slot],
         )
         .await
-        .map_err(IngestError::db("looking for the slot"))?;
+        .map_err(WorkerError::db("looking for the slot"))?;
     let cursor: Option<String> = db
         .query_opt("SELECT lsn::text FROM sync.cursors WHERE kind = 'slot' AND scope = $1", &[&slot])
         .await
-        .map_err(IngestError::db("reading the slot cursor"))?
+        .map_err(WorkerError::db("reading the slot cursor"))?
         .and_then(|r| r.get(0));
     let cursor: Lsn = cursor.and_then(|c| c.parse().ok()).unwrap_or(Lsn::ZERO);
     let current_db: String =
-        db.query_one("SELECT current_database()::text", &[]).await.map_err(IngestError::db("current database"))?.get(0);
+        db.query_one("SELECT current_database()::text", &[]).await.map_err(WorkerError::db("current database"))?.get(0);
 
     let run_id: i64 = db
         .query_one("SELECT sync.start_run('stream', NULL, $1)", &[&config.worker_name])
         .await
-        .map_err(IngestError::db("recording the run"))?
+        .map_err(WorkerError::db("recording the run"))?
         .get(0);
 
     // From here on the run is recorded: a failure before streaming starts
@@ -395,9 +395,9 @@ pub async fn run(
             let marker: String = db
                 .query_one("SELECT pg_logical_emit_message(false, 'syncbridge', 'caught-up marker')::text", &[])
                 .await
-                .map_err(IngestError::db("marking the WAL position to catch up to"))?
+                .map_err(WorkerError::db("marking the WAL position to catch up to"))?
                 .get(0);
-            marker.parse::<Lsn>().map_err(|e| IngestError::NotReady {
+            marker.parse::<Lsn>().map_err(|e| WorkerError::NotReady {
                 message: format!("the server returned an unreadable LSN {marker:?}: {e}"),
                 hint: "this is a bug; please report it".into(),
             })?
@@ -410,7 +410,7 @@ pub async fn run(
                 let plugin: Option<String> = row.get(0);
                 let database: Option<String> = row.get(1);
                 if plugin.as_deref() != Some("pgoutput") || database.as_deref() != Some(current_db.as_str()) {
-                    return Err(IngestError::NotReady {
+                    return Err(WorkerError::NotReady {
                         message: format!(
                             "slot {slot} exists but is not a pgoutput slot of database {current_db} (plugin {plugin:?}, database {database:?})"
                         ),
@@ -441,7 +441,7 @@ pub async fn run(
             StagerHandle::start(connect(dsn, "syncbridge-stage").await?, slot.clone(), run_id, config.staged.clone())
         };
         let stream = repl.start_replication(&slot, start, &config.publication).await?;
-        Ok::<_, IngestError>((stream, start, target_lsn, summary, stager))
+        Ok::<_, WorkerError>((stream, start, target_lsn, summary, stager))
     }
     .await;
     let (stream, start, target_lsn, summary, stager) = match prepared {
@@ -486,7 +486,7 @@ pub async fn run(
         .then(|| tokio::spawn(async move { backfill_loop(&backfill_dsn, &backfill_config, backfill_shutdown).await }));
     let mut result = ingest.stream_loop(&mut shutdown, target_lsn, &mut backfill).await;
     if result.is_ok() {
-        result = ingest.stream.finish().await.map_err(IngestError::from);
+        result = ingest.stream.finish().await.map_err(WorkerError::from);
     }
     let mut summary = ingest.summary.clone();
     let (status, error) = match &result {
@@ -545,7 +545,7 @@ struct Ingest<'a> {
     summary: IngestSummary,
 }
 
-type BackfillTask = tokio::task::JoinHandle<Result<u64, IngestError>>;
+type BackfillTask = tokio::task::JoinHandle<Result<u64, WorkerError>>;
 
 impl Ingest<'_> {
     async fn stream_loop(
@@ -553,7 +553,7 @@ impl Ingest<'_> {
         shutdown: &mut watch::Receiver<bool>,
         target_lsn: Lsn,
         backfill: &mut Option<BackfillTask>,
-    ) -> Result<(), IngestError> {
+    ) -> Result<(), WorkerError> {
         let mut status_tick = tokio::time::interval(self.config.status_interval);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poke = tokio::time::interval(Duration::from_millis(100));
@@ -573,7 +573,7 @@ impl Ingest<'_> {
                 done = self.stager.done.recv() => match done {
                     Some(done) => self.staged(done).await?,
                     // The stager stops only when it fails (or after finish_staging).
-                    None => return Err(self.stager.result().await.err().unwrap_or_else(|| IngestError::NotReady {
+                    None => return Err(self.stager.result().await.err().unwrap_or_else(|| WorkerError::NotReady {
                         message: "the stager stopped before the ingest".into(),
                         hint: "this is a bug; please report it".into(),
                     })),
@@ -596,7 +596,7 @@ impl Ingest<'_> {
                         ReplicationEvent::End => {
                             self.flush().await?;
                             self.finish_staging().await?;
-                            return Err(IngestError::Replication(ReplError::Protocol("the server ended the stream".into())));
+                            return Err(WorkerError::Replication(ReplError::Protocol("the server ended the stream".into())));
                         }
                     }
                 }
@@ -612,7 +612,7 @@ impl Ingest<'_> {
                 _ = poke.tick(), if self.config.once => {
                     if backfill.as_ref().is_some_and(|t| t.is_finished()) {
                         if let Some(t) = backfill.take() {
-                            self.summary.backfill_steps += t.await.map_err(|e| IngestError::NotReady {
+                            self.summary.backfill_steps += t.await.map_err(|e| WorkerError::NotReady {
                                 message: format!("the backfill task failed: {e}"),
                                 hint: "see the log".into(),
                             })??;
@@ -633,8 +633,8 @@ impl Ingest<'_> {
         }
     }
 
-    async fn handle(&mut self, wal_start: Lsn, data: &[u8]) -> Result<(), IngestError> {
-        let msg = pgoutput::decode(data).map_err(|source| IngestError::Decode { lsn: wal_start, source })?;
+    async fn handle(&mut self, wal_start: Lsn, data: &[u8]) -> Result<(), WorkerError> {
+        let msg = pgoutput::decode(data).map_err(|source| WorkerError::Decode { lsn: wal_start, source })?;
         match msg {
             Message::Begin(_) => {
                 self.in_tx = true;
@@ -691,13 +691,13 @@ impl Ingest<'_> {
         &mut self,
         rel: u32,
         tuples: [Option<&TupleData<'t>>; N],
-    ) -> Result<(), IngestError> {
+    ) -> Result<(), WorkerError> {
         self.summary.changes += 1;
         if self.skip_tx || self.config.decode_only {
             return Ok(());
         }
         let Some(info) = self.relations.get(&rel) else {
-            return Err(IngestError::NotReady {
+            return Err(WorkerError::NotReady {
                 message: format!("a change refers to relation {rel}, which the stream has not described"),
                 hint: "this is a protocol violation; restart the worker".into(),
             });
@@ -722,7 +722,7 @@ impl Ingest<'_> {
     /// Hands the batch to the stager, with the LSN of the last whole
     /// transaction when no transaction is open (inside one, the keys go
     /// without an LSN). Waits only while the stager still has a batch queued.
-    async fn flush(&mut self) -> Result<(), IngestError> {
+    async fn flush(&mut self) -> Result<(), WorkerError> {
         if self.config.decode_only {
             self.batch = Batch::default();
             if !self.in_tx {
@@ -769,7 +769,7 @@ impl Ingest<'_> {
     /// stager, in order (a batch still staging is confirmed first), but not
     /// recorded in `sync.cursors`: that write would itself be WAL that moves
     /// the position again, a write per status interval forever.
-    async fn checkpoint_only(&mut self) -> Result<(), IngestError> {
+    async fn checkpoint_only(&mut self) -> Result<(), WorkerError> {
         let lsn = self.safe_lsn;
         let job = StageJob { rels: Vec::new(), truncates: Vec::new(), lsn: Some(lsn), keys: 0, record: false };
         self.stager.send(job).await?;
@@ -778,7 +778,7 @@ impl Ingest<'_> {
     }
 
     /// The stager committed a batch: count it, and confirm its LSN.
-    async fn staged(&mut self, done: Staged) -> Result<(), IngestError> {
+    async fn staged(&mut self, done: Staged) -> Result<(), WorkerError> {
         if done.batch {
             self.summary.batches += 1;
             self.summary.keys_staged += done.keys as u64;
@@ -791,7 +791,7 @@ impl Ingest<'_> {
 
     /// Waits for the stager to commit everything handed to it, confirming as
     /// it goes; the stager is stopped afterwards.
-    async fn finish_staging(&mut self) -> Result<(), IngestError> {
+    async fn finish_staging(&mut self) -> Result<(), WorkerError> {
         self.stager.jobs = None;
         while let Some(done) = self.stager.done.recv().await {
             self.staged(done).await?;
@@ -799,7 +799,7 @@ impl Ingest<'_> {
         self.stager.result().await
     }
 
-    async fn confirm(&mut self, lsn: Lsn) -> Result<(), IngestError> {
+    async fn confirm(&mut self, lsn: Lsn) -> Result<(), WorkerError> {
         if lsn > self.confirmed {
             self.confirmed = lsn;
             self.summary.confirmed = lsn;
@@ -808,7 +808,7 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    async fn report(&mut self, reply: bool) -> Result<(), IngestError> {
+    async fn report(&mut self, reply: bool) -> Result<(), WorkerError> {
         let written = self.received.max(self.confirmed);
         self.stream.send_status(written, self.confirmed, self.confirmed, reply).await?;
         Ok(())
@@ -844,7 +844,7 @@ struct Staged {
 struct StagerHandle {
     jobs: Option<mpsc::Sender<StageJob>>,
     done: mpsc::UnboundedReceiver<Staged>,
-    task: Option<tokio::task::JoinHandle<Result<(), IngestError>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), WorkerError>>>,
 }
 
 impl StagerHandle {
@@ -869,7 +869,7 @@ impl StagerHandle {
         StagerHandle { jobs: Some(jobs_tx), done, task: Some(task) }
     }
 
-    async fn send(&mut self, job: StageJob) -> Result<(), IngestError> {
+    async fn send(&mut self, job: StageJob) -> Result<(), WorkerError> {
         let sent = match &self.jobs {
             Some(jobs) => jobs.send(job).await.is_ok(),
             None => false,
@@ -877,7 +877,7 @@ impl StagerHandle {
         if sent {
             Ok(())
         } else {
-            Err(self.result().await.err().unwrap_or_else(|| IngestError::NotReady {
+            Err(self.result().await.err().unwrap_or_else(|| WorkerError::NotReady {
                 message: "the stager stopped before the ingest".into(),
                 hint: "this is a bug; please report it".into(),
             }))
@@ -885,9 +885,9 @@ impl StagerHandle {
     }
 
     /// How the stager ended (waits for it).
-    async fn result(&mut self) -> Result<(), IngestError> {
+    async fn result(&mut self) -> Result<(), WorkerError> {
         match self.task.take() {
-            Some(task) => task.await.map_err(|e| IngestError::NotReady {
+            Some(task) => task.await.map_err(|e| WorkerError::NotReady {
                 message: format!("the staging task failed: {e}"),
                 hint: "see the log".into(),
             })?,
@@ -918,7 +918,7 @@ impl Stager {
         mut self,
         mut jobs: mpsc::Receiver<StageJob>,
         done: mpsc::UnboundedSender<Staged>,
-    ) -> Result<(), IngestError> {
+    ) -> Result<(), WorkerError> {
         while let Some(job) = jobs.recv().await {
             let batch = !(job.rels.is_empty() && job.truncates.is_empty());
             if !batch && !job.record {
@@ -933,7 +933,7 @@ impl Stager {
             loop {
                 match self.stage_tx(&job.rels, &job.truncates, job.lsn).await {
                     Ok(()) => break,
-                    Err(IngestError::Database { source, .. })
+                    Err(WorkerError::Database { source, .. })
                         if attempt < 5 && matches!(source.code().map(|c| c.code()), Some("40001" | "40P01")) =>
                     {
                         attempt += 1;
@@ -966,8 +966,8 @@ impl Stager {
         rels: &[(i64, String)],
         truncates: &[i64],
         lsn: Option<Lsn>,
-    ) -> Result<(), IngestError> {
-        let tx = self.db.transaction().await.map_err(IngestError::db("starting a staging transaction"))?;
+    ) -> Result<(), WorkerError> {
+        let tx = self.db.transaction().await.map_err(WorkerError::db("starting a staging transaction"))?;
         for (oid, json) in rels {
             let rows = tx
                 .query(
@@ -976,7 +976,7 @@ impl Stager {
                     &[oid, json, &self.run_id],
                 )
                 .await
-                .map_err(IngestError::db("staging keys"))?;
+                .map_err(WorkerError::db("staging keys"))?;
             for r in rows {
                 let err: Option<String> = r.get(2);
                 if let Some(err) = err {
@@ -988,14 +988,14 @@ impl Stager {
         for oid in truncates {
             tx.query("SELECT * FROM sync.stage_truncate(($1::bigint)::oid::regclass, NULL)", &[oid])
                 .await
-                .map_err(IngestError::db("staging a truncate"))?;
+                .map_err(WorkerError::db("staging a truncate"))?;
         }
         if let Some(lsn) = lsn {
             tx.execute("SELECT sync.checkpoint($1::text::pg_lsn, $2)", &[&lsn.to_string(), &self.slot])
                 .await
-                .map_err(IngestError::db("recording the LSN"))?;
+                .map_err(WorkerError::db("recording the LSN"))?;
         }
-        tx.commit().await.map_err(IngestError::db("committing the staged keys"))
+        tx.commit().await.map_err(WorkerError::db("committing the staged keys"))
     }
 }
 
@@ -1006,11 +1006,11 @@ async fn backfill_all(
     config: &IngestConfig,
     snapshot: Option<&str>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<u64, IngestError> {
+) -> Result<u64, WorkerError> {
     let defs: Vec<String> = db
         .query("SELECT definition FROM sync.backfills_pending()", &[])
         .await
-        .map_err(IngestError::db("listing pending backfills"))?
+        .map_err(WorkerError::db("listing pending backfills"))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -1019,7 +1019,7 @@ async fn backfill_all(
         let run_id: i64 = db
             .query_one("SELECT sync.start_run('backfill', $1, $2)", &[&def, &config.worker_name])
             .await
-            .map_err(IngestError::db("recording the backfill run"))?
+            .map_err(WorkerError::db("recording the backfill run"))?
             .get(0);
         let result = backfill_one(db, config, snapshot, &def, run_id, shutdown, &mut steps).await;
         let (status, error) = match &result {
@@ -1046,7 +1046,7 @@ async fn backfill_one(
     run_id: i64,
     shutdown: &mut watch::Receiver<bool>,
     steps: &mut u64,
-) -> Result<bool, IngestError> {
+) -> Result<bool, WorkerError> {
     let started = Instant::now();
     // With the slot's exported snapshot, the keys of each chunk are read
     // as of the slot's start (the snapshot stays importable while the
@@ -1067,7 +1067,7 @@ async fn backfill_one(
                     &[&def, &config.backfill_chunk, &run_id, &chunk.0, &after, &chunk.1],
                 )
                 .await
-                .map_err(IngestError::db("backfill step"))?;
+                .map_err(WorkerError::db("backfill step"))?;
             after = chunk.1.or(after);
             row
         } else {
@@ -1076,7 +1076,7 @@ async fn backfill_one(
                 &[&def, &config.backfill_chunk, &run_id],
             )
             .await
-            .map_err(IngestError::db("backfill step"))?
+            .map_err(WorkerError::db("backfill step"))?
         };
         *steps += 1;
         let done: bool = row.get(0);
@@ -1098,13 +1098,13 @@ async fn read_chunk_in_snapshot(
     def: &str,
     after: Option<&str>,
     chunk: i32,
-) -> Result<(String, Option<String>), IngestError> {
+) -> Result<(String, Option<String>), WorkerError> {
     db.batch_execute(&format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
         crate::replication::quote_literal(snap)
     ))
     .await
-    .map_err(IngestError::db("importing the slot's snapshot"))?;
+    .map_err(WorkerError::db("importing the slot's snapshot"))?;
     let read = db
         .query_one(
             "SELECT keys::text, last_key::text FROM sync.backfill_keys($1, $2::text::jsonb, $3)",
@@ -1112,8 +1112,8 @@ async fn read_chunk_in_snapshot(
         )
         .await;
     let end = db.batch_execute(if read.is_ok() { "COMMIT" } else { "ROLLBACK" }).await;
-    let row = read.map_err(IngestError::db("reading a backfill chunk in the slot's snapshot"))?;
-    end.map_err(IngestError::db("ending the snapshot transaction"))?;
+    let row = read.map_err(WorkerError::db("reading a backfill chunk in the slot's snapshot"))?;
+    end.map_err(WorkerError::db("ending the snapshot transaction"))?;
     Ok((row.get(0), row.get(1)))
 }
 
@@ -1123,7 +1123,7 @@ async fn backfill_loop(
     dsn: &Dsn,
     config: &IngestConfig,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<u64, IngestError> {
+) -> Result<u64, WorkerError> {
     let db = connect(dsn, "syncbridge-backfill").await?;
     let mut steps = 0;
     loop {
@@ -1144,7 +1144,7 @@ async fn backfill_loop(
             let left: i64 = db
                 .query_one("SELECT count(*) FROM sync.backfills_pending()", &[])
                 .await
-                .map_err(IngestError::db("listing pending backfills"))?
+                .map_err(WorkerError::db("listing pending backfills"))?
                 .get(0);
             if left == 0 {
                 return Ok(steps);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use syncbridge_worker::export::{self, ExportConfig};
-use syncbridge_worker::ingest::{self, IngestConfig, IngestError};
+use syncbridge_worker::ingest::{self, IngestConfig, WorkerError};
 use syncbridge_worker::{check, dsn::Dsn};
 
 #[derive(Parser, Debug)]
@@ -264,7 +264,7 @@ async fn supervise<F, Fut, S>(
 ) -> ExitCode
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<S, IngestError>>,
+    Fut: std::future::Future<Output = Result<S, WorkerError>>,
 {
     let mut delay = Duration::from_millis(500);
     loop {
