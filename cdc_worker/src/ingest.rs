@@ -572,11 +572,7 @@ impl Ingest<'_> {
                 }
                 done = self.stager.done.recv() => match done {
                     Some(done) => self.staged(done).await?,
-                    // The stager stops only when it fails (or after finish_staging).
-                    None => return Err(self.stager.result().await.err().unwrap_or_else(|| WorkerError::NotReady {
-                        message: "the stager stopped before the ingest".into(),
-                        hint: "this is a bug; please report it".into(),
-                    })),
+                    None => return Err(self.stager.failure().await),
                 },
                 ev = self.stream.next() => {
                     match ev? {
@@ -877,11 +873,17 @@ impl StagerHandle {
         if sent {
             Ok(())
         } else {
-            Err(self.result().await.err().unwrap_or_else(|| WorkerError::NotReady {
-                message: "the stager stopped before the ingest".into(),
-                hint: "this is a bug; please report it".into(),
-            }))
+            Err(self.failure().await)
         }
+    }
+
+    /// Why the stager stopped while the ingest still ran (it stops early only
+    /// when it fails).
+    async fn failure(&mut self) -> WorkerError {
+        self.result().await.err().unwrap_or_else(|| WorkerError::NotReady {
+            message: "the stager stopped before the ingest".into(),
+            hint: "this is a bug; please report it".into(),
+        })
     }
 
     /// How the stager ended (waits for it).
@@ -898,8 +900,9 @@ impl StagerHandle {
 
 impl Drop for StagerHandle {
     fn drop(&mut self) {
-        // The ingest failed: a staging transaction in flight rolls back (it
-        // is replayed from the last confirmed LSN).
+        // The ingest failed: a staging transaction in flight rolls back, or
+        // commits unconfirmed; either way it is replayed from the last
+        // confirmed LSN, and staging is idempotent.
         if let Some(task) = &self.task {
             task.abort();
         }
