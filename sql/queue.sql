@@ -41,14 +41,16 @@ CREATE FUNCTION finish_run(run_id bigint, status text DEFAULT 'succeeded', error
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM sync._check_choice('run status', status, ARRAY['succeeded', 'failed', 'cancelled']);
+    -- First (an unlock is not rolled back): a run finished by hand meanwhile
+    -- must not leave its lock on the worker's long-lived session.
+    IF sync._run_lock_held(run_id) THEN
+        PERFORM pg_advisory_unlock(1937337957, sync._run_lock_key(run_id));
+    END IF;
     UPDATE sync.runs r SET status = finish_run.status, error = finish_run.error, finished_at = now()
      WHERE r.id = run_id AND r.finished_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'run % does not exist or is finished', run_id
             USING ERRCODE = 'undefined_object', DETAIL = 'A run is finished once.', HINT = 'SELECT * FROM sync.runs ORDER BY id DESC;';
-    END IF;
-    IF sync._run_lock_held(run_id) THEN
-        PERFORM pg_advisory_unlock(1937337957, sync._run_lock_key(run_id));
     END IF;
 END $$;
 
@@ -576,8 +578,8 @@ COMMENT ON FUNCTION provision(text) IS 'Queues creating the definition''s lists 
 -- runs, older than `older_than` (default: setting sync.history_retention_days;
 -- 0 days keeps them) are deleted, and exports of definitions that no longer
 -- exist; running runs whose session ended are marked failed (abandoned).
--- Open exports (pending, awaiting approval,
--- executing, failed, error) and running runs never are. Every exporter calls
+-- Open exports (pending, awaiting approval, executing, failed, error) of an
+-- existing definition, and running runs, never are. Every exporter calls
 -- it every few minutes; one purges at a time, the others return zeros.
 CREATE FUNCTION purge(older_than interval DEFAULT NULL, OUT exports bigint, OUT runs bigint, OUT abandoned int)
 LANGUAGE plpgsql AS $$
@@ -617,4 +619,4 @@ BEGIN
         RETURNING 1)
     SELECT count(*) INTO exports FROM gone;
 END $$;
-COMMENT ON FUNCTION purge(interval) IS 'Deletes finished exports (exported, confirmed, cancelled) and finished runs older than older_than (default: sync.history_retention_days; 0 keeps them), and exports of vanished definitions; never an open export. Marks failed the running runs whose session is gone (abandoned). Returns how many of each.';
+COMMENT ON FUNCTION purge(interval) IS 'Deletes finished exports (exported, confirmed, cancelled) and finished runs older than older_than (default: sync.history_retention_days; 0 keeps them), and exports of vanished definitions; never an open export of an existing definition. Marks failed the running runs whose session is gone (abandoned). Returns how many of each.';

@@ -254,7 +254,23 @@ async fn export_target(
         });
     }
     let mut result = Ok(ExportSummary::default());
-    while let Some(joined) = lanes.join_next().await {
+    // `db` holds the run (its row and advisory lock) while the lanes work on
+    // their own sessions: losing it stops the lanes, and the run restarts.
+    let session_lost = crate::pgerror::session_lost(&db);
+    tokio::pin!(session_lost);
+    let mut lost = None;
+    loop {
+        let joined = tokio::select! {
+            joined = lanes.join_next() => match joined {
+                Some(joined) => joined,
+                None => break,
+            },
+            e = &mut session_lost, if lost.is_none() => {
+                let _ = stop_tx.send(true);
+                lost = Some(e);
+                continue;
+            }
+        };
         let lane = joined.unwrap_or_else(|e| {
             Err(WorkerError::NotReady { message: format!("an export lane failed: {e}"), hint: "see the log".into() })
         });
@@ -271,6 +287,9 @@ async fn export_target(
         };
     }
     forward.abort();
+    if let Some(e) = lost {
+        result = Err(e);
+    }
     let (status, error) = match &result {
         Ok(_) => ("succeeded", None),
         Err(e) => ("failed", Some(e.to_string())),

@@ -144,6 +144,9 @@ pub enum WorkerError {
         /// What to do.
         hint: String,
     },
+    /// A session stopped answering (a network cut without a reset).
+    #[error("{0} (hint: check the network between the worker and the database)")]
+    Unresponsive(String),
     /// The stream carried something we cannot decode.
     #[error("cannot decode the message at {lsn}: {source}")]
     Decode {
@@ -166,6 +169,7 @@ impl WorkerError {
         match self {
             WorkerError::Replication(e) => e.is_transient(),
             WorkerError::Database { source, .. } => crate::pgerror::is_transient(source),
+            WorkerError::Unresponsive(_) => true,
             WorkerError::NotReady { .. } | WorkerError::Decode { .. } => false,
         }
     }
@@ -484,7 +488,7 @@ pub async fn run(
     };
     let mut backfill = (!config.decode_only)
         .then(|| tokio::spawn(async move { backfill_loop(&backfill_dsn, &backfill_config, backfill_shutdown).await }));
-    let mut result = ingest.stream_loop(&mut shutdown, target_lsn, &mut backfill).await;
+    let mut result = ingest.stream_loop(&db, &mut shutdown, target_lsn, &mut backfill).await;
     if result.is_ok() {
         result = ingest.stream.finish().await.map_err(WorkerError::from);
     }
@@ -494,15 +498,16 @@ pub async fn run(
         Err(e) => ("failed", Some(e.to_string())),
     };
     forward_shutdown.abort();
+    // The backfill stops too: at shutdown, or when the stream failed (it
+    // would run until shutdown, holding the restart back), after its chunk in
+    // flight. (With --once it has ended already.)
+    let _ = backfill_stop.send(true);
     if let Some(mut task) = backfill.take() {
         let joined = if result.is_err() {
-            // The stream failed: the backfill stops too (it would run until
-            // shutdown, holding the restart back) after its chunk in flight.
-            let _ = backfill_stop.send(true);
             match tokio::time::timeout(Duration::from_secs(60), &mut task).await {
                 Ok(joined) => joined,
                 Err(_) => {
-                    tracing::warn!("the backfill did not stop within a minute; abandoning its chunk in flight");
+                    tracing::warn!("the backfill did not stop within a minute; leaving it (its chunk is staged again after the restart)");
                     task.abort();
                     task.await
                 }
@@ -548,12 +553,17 @@ struct Ingest<'a> {
 type BackfillTask = tokio::task::JoinHandle<Result<u64, WorkerError>>;
 
 impl Ingest<'_> {
+    /// Streams until shutdown (or, with `once`, until caught up). `db` is the
+    /// session holding the run and the slot's lock: losing it ends the loop.
     async fn stream_loop(
         &mut self,
+        db: &Client,
         shutdown: &mut watch::Receiver<bool>,
         target_lsn: Lsn,
         backfill: &mut Option<BackfillTask>,
     ) -> Result<(), WorkerError> {
+        let session_lost = crate::pgerror::session_lost(db);
+        tokio::pin!(session_lost);
         let mut status_tick = tokio::time::interval(self.config.status_interval);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poke = tokio::time::interval(Duration::from_millis(100));
@@ -570,6 +580,7 @@ impl Ingest<'_> {
                     self.report(false).await?;
                     return Ok(());
                 }
+                e = &mut session_lost => return Err(e),
                 done = self.stager.done.recv() => match done {
                     Some(done) => self.staged(done).await?,
                     None => return Err(self.stager.failure().await),
