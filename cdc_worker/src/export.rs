@@ -106,21 +106,7 @@ pub async fn run(
     }
     // History past its retention goes, now and every PURGE_EVERY.
     drop(db);
-    let purger = {
-        let (mut shutdown, once, dsn) = (shutdown.clone(), config.once, dsn.clone());
-        tokio::spawn(async move {
-            loop {
-                purge(&dsn).await;
-                if once {
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(PURGE_EVERY) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-        })
-    };
+    let purger = tokio::spawn(purge_loop(dsn.clone(), config.once, shutdown.clone()));
     let mut summary = ExportSummary::default();
     let mut first_err = None;
     for t in tasks {
@@ -152,8 +138,24 @@ pub async fn run(
     }
 }
 
-/// How often a running exporter purges history past its retention.
+/// How often a running exporter (or stream) purges history past its retention.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Purges now and, unless `once`, every PURGE_EVERY until shutdown. Every
+/// exporter and every continuous stream runs one (so a deployment without
+/// exporters purges too); `sync.purge` lets one at a time work.
+pub(crate) async fn purge_loop(dsn: Dsn, once: bool, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        purge(&dsn).await;
+        if once {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PURGE_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
 
 /// `sync.purge()`: finished exports and runs older than
 /// `sync.history_retention_days`, on a session of its own (every few minutes:

@@ -486,6 +486,9 @@ pub async fn run(
             let _ = stop.send(true);
         })
     };
+    // A continuous stream purges history too (a deployment may run no exporter).
+    let purger = (!config.decode_only && !config.once)
+        .then(|| tokio::spawn(crate::export::purge_loop(dsn.clone(), false, shutdown.clone())));
     let mut backfill = (!config.decode_only)
         .then(|| tokio::spawn(async move { backfill_loop(&backfill_dsn, &backfill_config, backfill_shutdown).await }));
     let mut result = ingest.stream_loop(&db, &mut shutdown, target_lsn, &mut backfill).await;
@@ -498,6 +501,9 @@ pub async fn run(
         Err(e) => ("failed", Some(e.to_string())),
     };
     forward_shutdown.abort();
+    if let Some(p) = purger {
+        p.abort();
+    }
     // The backfill stops too: at shutdown, or when the stream failed (it
     // would run until shutdown, holding the restart back), after its chunk in
     // flight. (With --once it has ended already.)
