@@ -19,8 +19,7 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT (run_id % 2147483647)::int $$;
 CREATE FUNCTION _run_lock_held(run_id bigint) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT EXISTS (SELECT 1 FROM pg_locks l
-                    WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                      AND l.classid = 1937337957::oid AND l.objid = sync._run_lock_key(run_id)::oid AND l.objsubid = 2
+                    WHERE l.locktype = 'advisory' AND l.classid = 1937337957::oid AND l.objid = sync._run_lock_key(run_id)::oid AND l.objsubid = 2
                       AND l.pid = pg_backend_pid() AND l.granted)
 $$;
 

@@ -104,9 +104,6 @@ pub async fn run(
         let (dsn, config, shutdown) = (dsn.clone(), config.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move { export_target(&dsn, &config, &name, adapter, shutdown).await }));
     }
-    // History past its retention goes, now and every PURGE_EVERY.
-    drop(db);
-    let purger = tokio::spawn(purge_loop(dsn.clone(), config.once, shutdown.clone()));
     let mut summary = ExportSummary::default();
     let mut first_err = None;
     for t in tasks {
@@ -127,24 +124,19 @@ pub async fn run(
             }
         }
     }
-    if config.once {
-        let _ = purger.await;
-    } else {
-        purger.abort();
-    }
     match first_err {
         Some(e) => Err(e),
         None => Ok(summary),
     }
 }
 
-/// How often a running exporter (or stream) purges history past its retention.
+/// How often a running worker purges history past its retention.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
-/// Purges now and, unless `once`, every PURGE_EVERY until shutdown. Every
-/// exporter and every continuous stream runs one (so a deployment without
-/// exporters purges too); `sync.purge` lets one at a time work.
-pub(crate) async fn purge_loop(dsn: Dsn, once: bool, mut shutdown: watch::Receiver<bool>) {
+/// Purges now and, unless `once`, every PURGE_EVERY until shutdown. Each
+/// worker process runs one (`main`), whatever it runs; `sync.purge` lets one
+/// at a time work.
+pub async fn purge_loop(dsn: Dsn, once: bool, mut shutdown: watch::Receiver<bool>) {
     loop {
         purge(&dsn).await;
         if once {
@@ -230,18 +222,7 @@ async fn export_target(
     // overlap another's HTTP.
     // Every lane stops when the worker shuts down, or when another lane
     // fails (each finishes its batch in flight first).
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let forward = {
-        let (stop_tx, mut shutdown) = (stop_tx.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    return;
-                }
-            }
-            let _ = stop_tx.send(true);
-        })
-    };
+    let (stop_tx, stop_rx, forward) = crate::ingest::stop_channel(&shutdown);
     let adapter: Arc<dyn Target> = Arc::from(adapter);
     let mut lanes = tokio::task::JoinSet::new();
     for lane in 0..config.lanes.max(1) {

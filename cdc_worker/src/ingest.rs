@@ -289,6 +289,27 @@ pub(crate) async fn connect(dsn: &Dsn, application_name: &str) -> Result<Client,
     })
 }
 
+/// A stop of one's own that also turns true at `shutdown`: for tasks that
+/// must stop together when one of them fails, not only at shutdown. Abort
+/// the returned forwarder when done.
+pub(crate) fn stop_channel(
+    shutdown: &watch::Receiver<bool>,
+) -> (watch::Sender<bool>, watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = watch::channel(false);
+    let forward = {
+        let (mut shutdown, stop) = (shutdown.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+            let _ = stop.send(true);
+        })
+    };
+    (stop, stopped, forward)
+}
+
 /// Runs the ingest until shutdown (or, with `once`, until caught up).
 pub async fn run(
     dsn: &Dsn,
@@ -474,21 +495,7 @@ pub async fn run(
     let backfill_config = config.clone();
     // The backfill stops at shutdown, or when the stream fails (the ingest
     // restarts as a whole): between two chunks, recording its run.
-    let (backfill_stop, backfill_shutdown) = watch::channel(false);
-    let forward_shutdown = {
-        let (mut shutdown, stop) = (shutdown.clone(), backfill_stop.clone());
-        tokio::spawn(async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    return;
-                }
-            }
-            let _ = stop.send(true);
-        })
-    };
-    // A continuous stream purges history too (a deployment may run no exporter).
-    let purger = (!config.decode_only && !config.once)
-        .then(|| tokio::spawn(crate::export::purge_loop(dsn.clone(), false, shutdown.clone())));
+    let (backfill_stop, backfill_shutdown, forward_shutdown) = stop_channel(&shutdown);
     let mut backfill = (!config.decode_only)
         .then(|| tokio::spawn(async move { backfill_loop(&backfill_dsn, &backfill_config, backfill_shutdown).await }));
     let mut result = ingest.stream_loop(&db, &mut shutdown, target_lsn, &mut backfill).await;
@@ -501,9 +508,6 @@ pub async fn run(
         Err(e) => ("failed", Some(e.to_string())),
     };
     forward_shutdown.abort();
-    if let Some(p) = purger {
-        p.abort();
-    }
     // The backfill stops too: at shutdown, or when the stream failed (it
     // would run until shutdown, holding the restart back), after its chunk in
     // flight. (With --once it has ended already.)

@@ -119,7 +119,10 @@ async fn main() -> ExitCode {
             let config =
                 ExportConfig { targets, once, lease_seconds, lanes: lanes as usize, ..ExportConfig::default() };
             let rx = shutdown_signal();
-            supervise("export", rx.clone(), || export::run(&dsn, &config, rx.clone()), report_export).await
+            let purger = tokio::spawn(export::purge_loop(dsn.clone(), once, rx.clone()));
+            let code = supervise("export", rx.clone(), || export::run(&dsn, &config, rx.clone()), report_export).await;
+            end_purger(purger, once).await;
+            code
         }
         Command::Run {
             dsn,
@@ -157,21 +160,30 @@ async fn main() -> ExitCode {
             let staged = std::sync::Arc::new(tokio::sync::Notify::new());
             let config = IngestConfig { staged: Some(staged.clone()), ..config };
             let rx = shutdown_signal();
+            // History past its retention: one purge loop per process (none
+            // for a decode-only or a staging-only --once run).
+            let purger = (!(decode_only || once && no_export))
+                .then(|| tokio::spawn(export::purge_loop(dsn.clone(), once, rx.clone())));
             let ingest = supervise("ingest", rx.clone(), || ingest::run(&dsn, &config, rx.clone()), report_ingest);
             if no_export || decode_only {
-                return ingest.await;
+                let code = ingest.await;
+                if let Some(p) = purger {
+                    end_purger(p, once).await;
+                }
+                return code;
             }
             let export_config =
                 ExportConfig { once, wake: Some(staged), lanes: lanes as usize, ..ExportConfig::default() };
             let exporter =
                 supervise("export", rx.clone(), || export::run(&dsn, &export_config, rx.clone()), report_export);
-            if once {
+            let code = if once {
                 // Everything committed is staged first, then sent.
                 let code = ingest.await;
                 if code != ExitCode::SUCCESS {
-                    return code;
+                    code
+                } else {
+                    exporter.await
                 }
-                exporter.await
             } else {
                 let (a, b) = tokio::join!(ingest, exporter);
                 if a != ExitCode::SUCCESS {
@@ -179,7 +191,11 @@ async fn main() -> ExitCode {
                 } else {
                     b
                 }
+            };
+            if let Some(p) = purger {
+                end_purger(p, once).await;
             }
+            code
         }
         Command::Check { dsn, json } => {
             let dsn = match parse_dsn(&dsn) {
@@ -211,6 +227,16 @@ async fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// With `once` the purge finishes (it ran once, at the start); otherwise it
+/// loops until shutdown, and everything else has stopped: it stops too.
+async fn end_purger(purger: tokio::task::JoinHandle<()>, once: bool) {
+    if once {
+        let _ = purger.await;
+    } else {
+        purger.abort();
     }
 }
 

@@ -95,7 +95,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"sync.history_retention_days",
         c"Days finished exports and runs are kept, in days; 0 keeps them forever.",
-        c"sync.purge(), which every exporter and stream calls every few minutes, deletes exported, confirmed and cancelled exports and finished runs older than this. Open exports of existing definitions are never purged.",
+        c"sync.purge(), which every worker calls every few minutes, deletes exported, confirmed and cancelled exports and finished runs older than this. Open exports of existing definitions are never purged.",
         &HISTORY_RETENTION_DAYS,
         0,
         36500,
