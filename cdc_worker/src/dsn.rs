@@ -14,6 +14,8 @@ use crate::tls::{RootCert, SslMode, TlsOptions};
 pub struct Dsn {
     config: tokio_postgres::Config,
     tls: TlsOptions,
+    /// The string itself held a password (not PGPASSWORD).
+    inline_password: bool,
 }
 
 /// A connection string that could not be parsed.
@@ -40,13 +42,21 @@ impl Dsn {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
+        let inline_password = config.get_password().is_some();
         // As libpq: PGPASSWORD when the string carries no password.
-        if config.get_password().is_none() {
+        if !inline_password {
             if let Some(pw) = std::env::var_os("PGPASSWORD") {
                 config.password(pw.as_encoded_bytes());
             }
         }
-        Ok(Self { config, tls })
+        Ok(Self { config, tls, inline_password })
+    }
+
+    /// Whether the connection string itself holds a password (one from
+    /// `PGPASSWORD` does not count): on a command line, every local user
+    /// reads it in `/proc/<pid>/cmdline`.
+    pub fn has_inline_password(&self) -> bool {
+        self.inline_password
     }
 
     /// The parsed configuration, for connecting.
@@ -290,6 +300,14 @@ fn percent_decode(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_in_the_string_is_told_apart_from_pgpassword() {
+        assert!(Dsn::parse("host=h user=u password=p dbname=d").unwrap().has_inline_password());
+        assert!(Dsn::parse("postgres://u:p@h/d").unwrap().has_inline_password());
+        assert!(!Dsn::parse("host=h user=u dbname=d").unwrap().has_inline_password());
+        assert!(!Dsn::parse("postgres://u@h/d").unwrap().has_inline_password());
+    }
 
     #[test]
     fn display_never_shows_the_password() {

@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 
 use crate::dsn::Dsn;
 use crate::ingest::{connect, WorkerError};
-use crate::target::{self, ApplyContext, ErrorClass, Export, Health, OpResult, Target};
+use crate::target::{self, ApplyContext, ErrorClass, Export, Health, OpResult, Target, TargetPolicy};
 
 /// Claim loops per target unless told otherwise.
 pub const DEFAULT_LANES: usize = 2;
@@ -39,6 +39,9 @@ pub struct ExportConfig {
     pub wake: Option<std::sync::Arc<tokio::sync::Notify>>,
     /// Claim loops per target (each with its own connection).
     pub lanes: usize,
+    /// What targets may make this worker read (secrets) and reach (URLs):
+    /// the worker's own configuration, never the database's.
+    pub policy: Arc<TargetPolicy>,
 }
 
 impl Default for ExportConfig {
@@ -51,6 +54,7 @@ impl Default for ExportConfig {
             lease_seconds: None,
             wake: None,
             lanes: DEFAULT_LANES,
+            policy: Arc::new(TargetPolicy::default()),
         }
     }
 }
@@ -93,7 +97,8 @@ pub async fn run(
         let (name, kind, cfg, secret): (String, String, String, Option<String>) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
         let cfg: Value = serde_json::from_str(&cfg).unwrap_or(Value::Null);
-        let adapter = match target::build(&name, &kind, &cfg, secret.as_deref()) {
+        let built = target::build(&name, &kind, &cfg, secret.as_deref(), &config.policy, Some(shutdown.clone())).await;
+        let adapter = match built {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(target = %name, error = %e, "cannot export to this target");

@@ -4,9 +4,12 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use syncbridge_worker::export::{self, ExportConfig};
 use syncbridge_worker::ingest::{self, IngestConfig, WorkerError};
+use syncbridge_worker::target::policy::{DEFAULT_SECRETS_DIR, ENV_PREFIX};
+use syncbridge_worker::target::TargetPolicy;
 use syncbridge_worker::{check, dsn::Dsn};
 
 #[derive(Parser, Debug)]
@@ -17,6 +20,49 @@ struct Cli {
     log_format: String,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What targets may make the worker read and reach. The database cannot
+/// change any of it: a target naming anything else is left `misconfigured`.
+#[derive(clap::Args, Debug)]
+struct PolicyArgs {
+    /// `file:` secrets are read only from regular files below this directory.
+    #[arg(long, env = "SYNCBRIDGE_SECRETS_DIR", default_value = DEFAULT_SECRETS_DIR)]
+    secrets_dir: std::path::PathBuf,
+    /// Allow base_url / authority_url on loopback (127.0.0.0/8, localhost,
+    /// [::1]; http too), e.g. for the Graph emulator.
+    #[arg(long, env = "SYNCBRIDGE_ALLOW_LOOPBACK_TARGETS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    allow_loopback_targets: bool,
+    /// Also allow this host (HOST or HOST:PORT, https only) as base_url /
+    /// authority_url, besides Microsoft's endpoints. Repeatable.
+    #[arg(
+        long = "allow-target-host",
+        value_name = "HOST[:PORT]",
+        env = "SYNCBRIDGE_ALLOW_TARGET_HOSTS",
+        value_delimiter = ','
+    )]
+    allow_target_hosts: Vec<String>,
+}
+
+impl PolicyArgs {
+    fn policy(self) -> Result<std::sync::Arc<TargetPolicy>, ExitCode> {
+        if !self.secrets_dir.is_absolute() {
+            eprintln!("error: --secrets-dir must be an absolute path, got {}", self.secrets_dir.display());
+            return Err(ExitCode::from(EXIT_UNREACHABLE));
+        }
+        tracing::info!(
+            secrets_dir = %self.secrets_dir.display(),
+            env_prefix = ENV_PREFIX,
+            allow_loopback = self.allow_loopback_targets,
+            extra_hosts = ?self.allow_target_hosts,
+            "target policy"
+        );
+        Ok(std::sync::Arc::new(TargetPolicy {
+            secrets_dir: self.secrets_dir,
+            allow_loopback: self.allow_loopback_targets,
+            extra_hosts: self.allow_target_hosts.into_iter().filter(|h| !h.trim().is_empty()).collect(),
+        }))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +114,8 @@ enum Command {
         /// Claim loops per target, each with its own connection (1 to 16).
         #[arg(long, default_value_t = export::DEFAULT_LANES as u64, value_parser = clap::value_parser!(u64).range(1..=16))]
         lanes: u64,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Send staged exports to their targets (claim → target → complete).
     /// Any number may run at once, on any number of machines.
@@ -87,6 +135,8 @@ enum Command {
         /// Claim loops per target, each with its own connection (1 to 16).
         #[arg(long, default_value_t = export::DEFAULT_LANES as u64, value_parser = clap::value_parser!(u64).range(1..=16))]
         lanes: u64,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
 }
 
@@ -108,16 +158,28 @@ fn init_logging(format: &str) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // A password in --dsn is visible to every local user in /proc/<pid>/cmdline.
+    let dsn_on_command_line =
+        matches.subcommand().and_then(|(_, m)| m.value_source("dsn")) == Some(ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     init_logging(&cli.log_format);
+    let parse_dsn = |s: &str| parse_dsn(s, dsn_on_command_line);
     match cli.command {
-        Command::Export { dsn, once, targets, lease_seconds, lanes } => {
+        Command::Export { dsn, once, targets, lease_seconds, lanes, policy } => {
             let dsn = match parse_dsn(&dsn) {
                 Ok(d) => d,
                 Err(code) => return code,
             };
+            let policy = match policy.policy() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
             let config =
-                ExportConfig { targets, once, lease_seconds, lanes: lanes as usize, ..ExportConfig::default() };
+                ExportConfig { targets, once, lease_seconds, lanes: lanes as usize, policy, ..ExportConfig::default() };
             let rx = shutdown_signal();
             let purger = tokio::spawn(export::purge_loop(dsn.clone(), once, rx.clone()));
             let code = supervise("export", rx.clone(), || export::run(&dsn, &config, rx.clone()), report_export).await;
@@ -136,9 +198,14 @@ async fn main() -> ExitCode {
             decode_only,
             no_export,
             lanes,
+            policy,
         } => {
             let dsn = match parse_dsn(&dsn) {
                 Ok(d) => d,
+                Err(code) => return code,
+            };
+            let policy = match policy.policy() {
+                Ok(p) => p,
                 Err(code) => return code,
             };
             let config = IngestConfig {
@@ -173,7 +240,7 @@ async fn main() -> ExitCode {
                 return code;
             }
             let export_config =
-                ExportConfig { once, wake: Some(staged), lanes: lanes as usize, ..ExportConfig::default() };
+                ExportConfig { once, wake: Some(staged), lanes: lanes as usize, policy, ..ExportConfig::default() };
             let exporter =
                 supervise("export", rx.clone(), || export::run(&dsn, &export_config, rx.clone()), report_export);
             let code = if once {
@@ -313,10 +380,18 @@ where
     }
 }
 
-/// Parses a connection string, or says why not (exit code 2).
-fn parse_dsn(s: &str) -> Result<Dsn, ExitCode> {
-    Dsn::parse(s).map_err(|e| {
+/// Parses a connection string, or says why not (exit code 2); warns when
+/// one given on the command line holds a password.
+fn parse_dsn(s: &str, on_command_line: bool) -> Result<Dsn, ExitCode> {
+    let dsn = Dsn::parse(s).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_UNREACHABLE)
-    })
+    })?;
+    if on_command_line && dsn.has_inline_password() {
+        tracing::warn!(
+            "the --dsn on the command line holds a password, which every local user can read in /proc/<pid>/cmdline; \
+             pass it in PGPASSWORD (or ~/.pgpass), or the whole connection string in SYNCBRIDGE_DSN"
+        );
+    }
+    Ok(dsn)
 }

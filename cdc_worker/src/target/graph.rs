@@ -14,6 +14,15 @@
 //!   export (transient / throttled / auth / definite) for `sync.complete`.
 //! - An export whose earlier attempt may have reached Graph (`verify`) looks
 //!   its `SyncKey` up first and adopts the item instead of creating a twin.
+//! - Hostile answers (issue 13): `base_url` / `authority_url` are checked
+//!   against the worker's [`TargetPolicy`] before the secret is read;
+//!   redirects are never followed; an error body is kept only as a JSON
+//!   error envelope's code and message (Graph's `error.code` / `.message`,
+//!   the token endpoint's `error` / `error_description`), bounded and passed
+//!   through a [`Redactor`] that knows the secret and the tokens; a
+//!   `Retry-After` that is not a finite, non-negative number is ignored and
+//!   any pause is capped at [`MAX_PAUSE`] and cut short by shutdown; a
+//!   token's lifetime is capped; bodies are read up to [`MAX_BODY`].
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -25,7 +34,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Map, Value};
 
-use super::{ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, Target, TargetSetupError};
+use super::policy::bounded;
+use super::{
+    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, Redactor, Target, TargetPolicy, TargetSetupError,
+};
 
 /// Graph's `$batch` limit.
 pub const BATCH_LIMIT: usize = 20;
@@ -43,6 +55,18 @@ const ENVELOPE_ATTEMPTS: u32 = 4;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+/// The longest a token is kept, whatever `expires_in` says (Entra issues
+/// tokens for about an hour; a 401 renews one early anyway).
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
+/// The longest pause a `Retry-After` may impose (longer ones are cut to it).
+pub const MAX_PAUSE: Duration = Duration::from_secs(300);
+/// The largest answer body read (a `$batch` of 20 answers is far smaller).
+pub const MAX_BODY: usize = 32 << 20;
+/// The longest per-request timeout (`timeout_ms` is capped to it).
+const MAX_TIMEOUT_MS: u64 = 300_000;
+/// Longest error code and message kept from an error envelope.
+const MAX_CODE_CHARS: usize = 100;
+const MAX_MESSAGE_CHARS: usize = 500;
 
 /// Characters escaped in a URL path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -50,6 +74,21 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'
 struct Token {
     value: String,
     refresh_at: Instant,
+}
+
+/// A Graph target's checked configuration: what can be known before its
+/// secret is read (URLs allowed by the worker's policy).
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    name: String,
+    base_url: String,
+    token_url: String,
+    client_id: String,
+    site: String,
+    budget: u32,
+    timeout_ms: u64,
+    concurrency: usize,
+    https_only: bool,
 }
 
 /// The Graph adapter for one target.
@@ -62,6 +101,10 @@ pub struct GraphTarget {
     site: String,
     http: reqwest::Client,
     token: tokio::sync::Mutex<Option<Token>>,
+    /// The secret and the tokens issued so far (their encodings too).
+    redactor: Mutex<Redactor>,
+    /// Turns true when the worker stops: pauses end at once.
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
     limiter: DefaultDirectRateLimiter,
     burst: u32,
     /// `$batch` requests in flight at once.
@@ -108,25 +151,80 @@ fn seg(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
-/// Graph's error message from a response body, or the body itself, shortened.
-fn graph_message(body: &Value) -> String {
-    if let Some(m) = body.pointer("/error/message").and_then(Value::as_str) {
-        let code = body.pointer("/error/code").and_then(Value::as_str).unwrap_or("error");
-        return format!("{code}: {m}");
-    }
-    if let Some(m) = body.get("error_description").and_then(Value::as_str) {
-        return m.to_owned();
-    }
-    let s = body.to_string();
-    s.chars().take(300).collect()
+/// Graph's error envelope `{"error": {"code", "message"}}`: its code and
+/// message, unbounded and unredacted (see [`GraphTarget::api_error`]). Any
+/// other body, JSON or not, gives None: what a server that is not Graph
+/// answers (a proxy's page, another service's reply) never goes further.
+fn graph_envelope(body: &Value) -> Option<(String, String)> {
+    let e = body.get("error")?.as_object()?;
+    let code = e.get("code")?.as_str()?;
+    let message = e.get("message").and_then(Value::as_str).unwrap_or("");
+    Some((code.to_owned(), message.to_owned()))
+}
+
+/// The token endpoint's refusal `{"error", "error_description"}`: those two
+/// only (never the rest of the body: an echoing endpoint returns what it was
+/// sent, the secret included).
+fn token_envelope(text: &str) -> Option<(String, String)> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    let code = v.get("error")?.as_str()?;
+    let description = v.get("error_description").and_then(Value::as_str).unwrap_or("");
+    Some((code.to_owned(), description.to_owned()))
+}
+
+/// A `Retry-After` in seconds: a finite, non-negative number, capped at
+/// [`MAX_PAUSE`]; anything else (`NaN`, `inf`, `-1`, an HTTP date) is None.
+pub fn parse_retry_after(s: &str) -> Option<f64> {
+    let secs = s.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)?;
+    Some(secs.min(MAX_PAUSE.as_secs_f64()))
 }
 
 fn retry_after_of(headers: &Map<String, Value>) -> Option<f64> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string())))
-        .and_then(|s| s.trim().parse::<f64>().ok())
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("retry-after")).and_then(|(_, v)| match v {
+        Value::String(s) => parse_retry_after(s),
+        Value::Number(n) => n.as_f64().and_then(|f| parse_retry_after(&f.to_string())),
+        _ => None,
+    })
+}
+
+/// When a token with `expires_in` seconds of life should be renewed:
+/// five minutes early (at half its life for short ones), never later than
+/// [`MAX_TOKEN_LIFE`], without overflowing.
+fn refresh_at(now: Instant, expires_in: u64) -> Instant {
+    let life = Duration::from_secs(expires_in).min(MAX_TOKEN_LIFE);
+    let after = life.saturating_sub(TOKEN_MARGIN).max(life / 2);
+    now.checked_add(after).unwrap_or(now)
+}
+
+/// The `$filter` query finding a list by display name: the name is an
+/// OData string literal (an apostrophe doubled) and the whole filter is
+/// percent-encoded, so no character of the name (`&`, `#`, `%27`, …) can
+/// end the parameter or the literal.
+fn list_filter_query(name: &str) -> String {
+    let filter = format!("displayName eq '{}'", name.replace('\'', "''"));
+    format!("?$filter={}", utf8_percent_encode(&filter, SEGMENT))
+}
+
+/// Waits until the shutdown watch turns true (true), or its sender is gone (false).
+async fn stop_signalled(rx: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    rx.wait_for(|s| *s).await.is_ok()
+}
+
+/// A body read up to `limit` bytes (Err: it broke off or was larger).
+async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<String, String> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if buf.len() + c.len() > limit {
+                    return Err(format!("the answer is larger than {} MiB", limit >> 20));
+                }
+                buf.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(String::from_utf8_lossy(&buf).into_owned()),
+            Err(e) => return Err(format!("the answer broke off: {}", without_url(&e))),
+        }
+    }
 }
 
 /// Capped exponential backoff with full jitter: a random delay in
@@ -198,55 +296,86 @@ fn graph_fields(payload: &Value, create: bool) -> Result<Map<String, Value>, Str
     Ok(out)
 }
 
-impl GraphTarget {
-    /// Builds the adapter from the target's configuration and secret.
-    pub fn new(name: &str, config: &Value, secret: String) -> Result<Self, TargetSetupError> {
-        let need = |key: &str| {
-            cfg_str(config, key).map(str::to_owned).ok_or_else(|| TargetSetupError::Config {
-                target: name.to_owned(),
-                message: format!("config lacks {key}"),
-            })
-        };
+impl GraphSettings {
+    /// Checks a target's configuration: required keys, and `base_url` /
+    /// `authority_url` against the worker's policy (before any secret is read).
+    pub fn from_config(name: &str, config: &Value, policy: &TargetPolicy) -> Result<Self, TargetSetupError> {
+        let bad = |message: String| TargetSetupError::Config { target: name.to_owned(), message };
+        let need =
+            |key: &str| cfg_str(config, key).map(str::to_owned).ok_or_else(|| bad(format!("config lacks {key}")));
         let tenant = need("tenant_id")?;
         let client_id = need("client_id")?;
         let site = need("site_id")?;
         let base_url = cfg_str(config, "base_url").unwrap_or("https://graph.microsoft.com/v1.0").trim_end_matches('/');
         let authority =
             cfg_str(config, "authority_url").unwrap_or("https://login.microsoftonline.com").trim_end_matches('/');
+        let base = policy.check_url("base_url", base_url).map_err(bad)?;
+        let auth = policy.check_url("authority_url", authority).map_err(bad)?;
         let budget = config
             .get("budget_per_min")
             .and_then(Value::as_f64)
-            .map(|b| b.max(1.0).min(f64::from(u32::MAX)) as u32)
+            .filter(|b| b.is_finite())
+            .map(|b| b.clamp(1.0, f64::from(u32::MAX)) as u32)
             .unwrap_or(DEFAULT_BUDGET_PER_MIN);
-        let timeout = config.get("timeout_ms").and_then(Value::as_u64).unwrap_or(30_000);
+        let timeout_ms = config.get("timeout_ms").and_then(Value::as_u64).unwrap_or(30_000).clamp(1, MAX_TIMEOUT_MS);
         let concurrency = config
             .get("max_concurrent_batches")
             .and_then(Value::as_u64)
             .map(|c| c.clamp(1, 16) as usize)
             .unwrap_or(DEFAULT_CONCURRENT_BATCHES);
+        Ok(Self {
+            name: name.to_owned(),
+            base_url: base_url.to_owned(),
+            token_url: format!("{authority}/{}/oauth2/v2.0/token", seg(&tenant)),
+            client_id,
+            site,
+            budget,
+            timeout_ms,
+            concurrency,
+            https_only: base.scheme() == "https" && auth.scheme() == "https",
+        })
+    }
+}
+
+impl GraphTarget {
+    /// Builds the adapter from the target's checked configuration and secret.
+    pub fn new(
+        settings: GraphSettings,
+        secret: String,
+        shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<Self, TargetSetupError> {
+        let GraphSettings { name, base_url, token_url, client_id, site, budget, timeout_ms, concurrency, https_only } =
+            settings;
         // A burst of one full batch of writes (at most half the budget). GCRA
         // admits up to burst + rate x 60 s in any minute, and Graph counts a
         // sliding minute: the rate is what the burst leaves, so that no minute
         // ever exceeds the budget (pacing at the full budget drew 3.8% 429s).
         let burst = (BATCH_LIMIT as u32 * RU_WRITE).min(budget / 2).max(1);
         let rate = budget.saturating_sub(burst).max(1);
-        let quota = Quota::per_minute(NonZeroU32::new(rate).expect("non-zero"))
-            .allow_burst(NonZeroU32::new(burst).expect("non-zero"));
+        let quota = Quota::per_minute(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(timeout))
+            .timeout(Duration::from_millis(timeout_ms))
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("syncbridge/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the secret or the token to a URL the
+            // policy never saw: none is followed (a 3xx is an answer).
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(https_only)
             .build()
-            .map_err(|e| TargetSetupError::Config { target: name.to_owned(), message: e.to_string() })?;
+            .map_err(|e| TargetSetupError::Config { target: name.clone(), message: e.to_string() })?;
+        let redactor = Redactor::new([secret.as_str()]);
         Ok(Self {
-            name: name.to_owned(),
-            base_url: base_url.to_owned(),
-            token_url: format!("{authority}/{}/oauth2/v2.0/token", seg(&tenant)),
+            name,
+            base_url,
+            token_url,
             client_id,
             secret,
             site,
             http,
             token: tokio::sync::Mutex::new(None),
+            redactor: Mutex::new(redactor),
+            shutdown,
             limiter: RateLimiter::direct(quota),
             burst,
             concurrency,
@@ -255,30 +384,108 @@ impl GraphTarget {
         })
     }
 
-    fn set_health(&self, h: Health, msg: impl Into<String>) {
-        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = (h, super::clean_message(&msg.into()));
+    /// `message` without the secret or any token (nor their encodings).
+    fn redact(&self, message: &str) -> String {
+        self.redactor.lock().unwrap_or_else(|p| p.into_inner()).redact(message)
     }
 
+    /// `: code: message` from Graph's error envelope in `body` (redacted,
+    /// then bounded), or nothing when the body is not one.
+    fn api_error(&self, body: &Value) -> String {
+        match graph_envelope(body) {
+            Some((code, message)) => format!(
+                ": {}: {}",
+                bounded(&self.redact(&code), MAX_CODE_CHARS),
+                bounded(&self.redact(&message), MAX_MESSAGE_CHARS)
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// [`Self::api_error`] of a body as text.
+    fn api_error_text(&self, text: &str) -> String {
+        serde_json::from_str::<Value>(text).map(|v| self.api_error(&v)).unwrap_or_default()
+    }
+
+    /// Sleeps until `until`; false (at once) when the worker is stopping.
+    async fn sleep_or_stop(&self, until: tokio::time::Instant) -> bool {
+        let Some(mut rx) = self.shutdown.clone() else {
+            tokio::time::sleep_until(until).await;
+            return true;
+        };
+        if *rx.borrow() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => true,
+            stopped = stop_signalled(&mut rx) => {
+                if stopped {
+                    return false;
+                }
+                // Nobody can tell us to stop any more: sleep it out.
+                tokio::time::sleep_until(until).await;
+                true
+            }
+        }
+    }
+
+    /// The failure of a request not sent because the worker is stopping:
+    /// throttled (it spends no attempt), retried by the next worker.
+    fn stopping(&self) -> Failure {
+        Failure {
+            class: ErrorClass::Throttled,
+            message: "not sent: the worker is stopping".into(),
+            retry_after: None,
+            sent: false,
+        }
+    }
+
+    fn set_health(&self, h: Health, msg: impl Into<String>) {
+        let msg = super::clean_message(&self.redact(&msg.into()));
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = (h, msg);
+    }
+
+    /// Pauses every request of this target for `secs` (a finite,
+    /// non-negative number of seconds; capped at [`MAX_PAUSE`]).
     fn pause(&self, secs: f64) {
-        let until = Instant::now() + Duration::from_secs_f64(secs.clamp(0.0, 600.0));
+        if !secs.is_finite() || secs <= 0.0 {
+            return;
+        }
+        let d = Duration::from_secs_f64(secs.min(MAX_PAUSE.as_secs_f64()));
+        let Some(until) = Instant::now().checked_add(d) else { return };
         let mut p = self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
         if p.is_none_or(|cur| cur < until) {
             *p = Some(until);
         }
     }
 
-    async fn wait_turn(&self, ru: u32) {
+    /// Waits out a pause and the rate limiter; Err when the worker stops meanwhile.
+    async fn wait_turn(&self, ru: u32) -> Result<(), Failure> {
         let until = *self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(until) = until {
-            tokio::time::sleep_until(until.into()).await;
+            if !self.sleep_or_stop(until.into()).await {
+                return Err(self.stopping());
+            }
         }
         let mut left = ru;
         while left > 0 {
-            let n = left.min(self.burst);
+            let n = NonZeroU32::new(left.min(self.burst)).unwrap_or(NonZeroU32::MIN);
             // n <= burst: never InsufficientCapacity.
-            let _ = self.limiter.until_n_ready(NonZeroU32::new(n).expect("non-zero")).await;
-            left -= n;
+            let ready = self.limiter.until_n_ready(n);
+            match self.shutdown.clone() {
+                None => {
+                    let _ = ready.await;
+                }
+                Some(mut rx) => {
+                    tokio::select! {
+                        _ = ready => {}
+                        true = stop_signalled(&mut rx) => return Err(self.stopping()),
+                    }
+                }
+            }
+            left -= n.get();
         }
+        Ok(())
     }
 
     async fn token(&self, force: bool) -> Result<String, Failure> {
@@ -300,18 +507,32 @@ impl GraphTarget {
             Failure { class: ErrorClass::Transient, message, retry_after: None, sent: false }
         })?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let text = read_body(resp, 1 << 20).await.map_err(|reason| {
+            let message = format!("token endpoint: {reason}");
+            self.set_health(Health::Unreachable, message.clone());
+            Failure { class: ErrorClass::Transient, message, retry_after: None, sent: false }
+        })?;
         if !status.is_success() {
-            let msg = format!("token request refused ({status}): {}", graph_message(&body));
+            // Only `error` and `error_description` of a JSON refusal, redacted
+            // and bounded: never the rest of the body.
+            let detail = match token_envelope(&text) {
+                Some((code, description)) => format!(
+                    ": {}: {}",
+                    bounded(&self.redact(&code), MAX_CODE_CHARS),
+                    bounded(&self.redact(&description), MAX_MESSAGE_CHARS)
+                ),
+                None => String::new(),
+            };
+            let msg = format!("token request refused (HTTP {}){detail}", status.as_u16());
             let health = if status.is_server_error() { Health::Unreachable } else { Health::AuthFailed };
             self.set_health(health, msg.clone());
             // Wrong credentials do not mend themselves; a 5xx may.
             let class = if status.is_server_error() { ErrorClass::Transient } else { ErrorClass::Definite };
-            return Err(Failure { class, message: msg, retry_after: None, sent: false });
+            return Err(Failure { class, message: self.redact(&msg), retry_after: None, sent: false });
         }
-        let (Some(value), Some(expires)) =
-            (body.get("access_token").and_then(Value::as_str), body.get("expires_in").and_then(Value::as_u64))
-        else {
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let expires = body.get("expires_in").and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()));
+        let (Some(value), Some(expires)) = (body.get("access_token").and_then(Value::as_str), expires) else {
             return Err(Failure {
                 class: ErrorClass::Transient,
                 message: "the token endpoint answered without access_token/expires_in".into(),
@@ -319,9 +540,14 @@ impl GraphTarget {
                 sent: false,
             });
         };
-        let life = Duration::from_secs(expires);
-        let refresh_at = Instant::now() + life.saturating_sub(TOKEN_MARGIN).max(life / 2);
-        *guard = Some(Token { value: value.to_owned(), refresh_at });
+        // The secret, this token and the one before it (a message about a
+        // request sent with it may still come).
+        let mut redactor = Redactor::new([self.secret.as_str(), value]);
+        if let Some(old) = guard.as_ref() {
+            redactor.add(&old.value);
+        }
+        *self.redactor.lock().unwrap_or_else(|p| p.into_inner()) = redactor;
+        *guard = Some(Token { value: value.to_owned(), refresh_at: refresh_at(Instant::now(), expires) });
         tracing::debug!(target = %self.name, expires_in = expires, "acquired a Graph token");
         Ok(value.to_owned())
     }
@@ -346,10 +572,12 @@ impl GraphTarget {
             if attempt > 0 {
                 let d = backoff(attempt);
                 tracing::debug!(target = %self.name, attempt, delay_ms = d.as_millis() as u64, "retrying a Graph request");
-                tokio::time::sleep(d).await;
+                if !self.sleep_or_stop(tokio::time::Instant::now() + d).await {
+                    break;
+                }
             }
             attempt += 1;
-            self.wait_turn(ru).await;
+            self.wait_turn(ru).await?;
             let token = self.token(false).await?;
             let mut rb = self.http.request(method.clone(), &url).bearer_auth(&token);
             if let Some(b) = body {
@@ -370,20 +598,12 @@ impl GraphTarget {
                 }
             };
             let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|s| s.trim().parse::<f64>().ok());
-            let text = match resp.text().await {
+            let retry_after =
+                resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+            let text = match read_body(resp, MAX_BODY).await {
                 Ok(t) => t,
-                Err(e) => {
-                    last = Some(Failure {
-                        class: ErrorClass::Transient,
-                        message: format!("the answer broke off: {}", without_url(&e)),
-                        retry_after: None,
-                        sent: true,
-                    });
+                Err(message) => {
+                    last = Some(Failure { class: ErrorClass::Transient, message, retry_after: None, sent: true });
                     continue;
                 }
             };
@@ -394,7 +614,7 @@ impl GraphTarget {
                     self.token(true).await?;
                 }
                 401 | 403 => {
-                    let msg = format!("Graph refused the credentials ({status}): {}", short(&text));
+                    let msg = format!("Graph refused the credentials (HTTP {status}){}", self.api_error_text(&text));
                     self.set_health(Health::AuthFailed, msg.clone());
                     return Err(Failure { class: ErrorClass::Auth, message: msg, retry_after: None, sent: false });
                 }
@@ -413,7 +633,7 @@ impl GraphTarget {
                     self.set_health(Health::Unreachable, format!("HTTP {s}"));
                     last = Some(Failure {
                         class: ErrorClass::Transient,
-                        message: format!("Graph answered {s}: {}", short(&text)),
+                        message: format!("Graph answered HTTP {s}{}", self.api_error_text(&text)),
                         retry_after: None,
                         sent: true,
                     });
@@ -421,12 +641,7 @@ impl GraphTarget {
                 _ => return Ok((status, text)),
             }
         }
-        Err(last.unwrap_or(Failure {
-            class: ErrorClass::Transient,
-            message: "no attempt was made".into(),
-            retry_after: None,
-            sent: false,
-        }))
+        Err(last.unwrap_or_else(|| self.stopping()))
     }
 
     /// Sends one `$batch` (at most 20 requests). Returns the inner responses
@@ -438,7 +653,7 @@ impl GraphTarget {
             // The batch itself was refused: nothing in it ran.
             return Err(Failure {
                 class: ErrorClass::Definite,
-                message: format!("Graph refused the $batch ({status}): {}", short(&text)),
+                message: format!("Graph refused the $batch (HTTP {status}){}", self.api_error_text(&text)),
                 retry_after: None,
                 sent: false,
             });
@@ -471,7 +686,7 @@ impl GraphTarget {
         }
         let body = serde_json::from_str(&text).map_err(|e| Failure {
             class: ErrorClass::Transient,
-            message: format!("Graph answered {status} with a body that is not JSON ({e}): {}", short(&text)),
+            message: format!("Graph answered HTTP {status} with a body that is not JSON ({e})"),
             retry_after: None,
             sent: true,
         })?;
@@ -512,7 +727,7 @@ impl GraphTarget {
             },
             Ok((409, _)) => {
                 // It exists already: adopt it.
-                let q = format!("{lists}?$filter=displayName eq '{}'", list.replace('\'', "''"));
+                let q = format!("{lists}{}", list_filter_query(&list));
                 match self.request(reqwest::Method::GET, &q, None, RU_QUERY).await {
                     Ok((200, v)) => match v.pointer("/value/0/id").and_then(Value::as_str) {
                         Some(id) => {
@@ -526,7 +741,7 @@ impl GraphTarget {
                         ),
                     },
                     Ok((s, v)) => {
-                        OpResult::failed(e.id, ErrorClass::Definite, format!("{s}: {}", graph_message(&v)), false)
+                        OpResult::failed(e.id, ErrorClass::Definite, format!("HTTP {s}{}", self.api_error(&v)), false)
                     }
                     Err(f) => f.to_result(e.id),
                 }
@@ -534,7 +749,7 @@ impl GraphTarget {
             Ok((s, v)) => OpResult::failed(
                 e.id,
                 ErrorClass::Definite,
-                format!("creating list {list}: {s}: {}", graph_message(&v)),
+                format!("creating list {list}: HTTP {s}{}", self.api_error(&v)),
                 false,
             ),
         }
@@ -570,7 +785,7 @@ impl GraphTarget {
                 if a.status != 200 {
                     return Err(Failure {
                         class: if a.status == 429 { ErrorClass::Throttled } else { ErrorClass::Transient },
-                        message: format!("looking up SyncKey: {}: {}", a.status, graph_message(&a.body)),
+                        message: format!("looking up SyncKey: HTTP {}{}", a.status, self.api_error(&a.body)),
                         retry_after: retry_after_of(&a.headers),
                         sent: false,
                     });
@@ -778,20 +993,17 @@ impl GraphTarget {
     }
 
     fn classify(&self, e: &Export, a: &Inner) -> OpResult {
-        let msg = || graph_message(&a.body);
+        let msg = || self.api_error(&a.body);
         match a.status {
             200..=299 => OpResult::ok(e.id),
             404 if e.op == Op::Delete => OpResult::ok(e.id), // already gone
-            404 => OpResult::failed(
-                e.id,
-                ErrorClass::Definite,
-                format!("404 item not found on the target: {}", msg()),
-                true,
-            ),
+            404 => {
+                OpResult::failed(e.id, ErrorClass::Definite, format!("404 item not found on the target{}", msg()), true)
+            }
             412 => OpResult::failed(
                 e.id,
                 ErrorClass::Definite,
-                format!("412 the item changed on the target: {}", msg()),
+                format!("412 the item changed on the target{}", msg()),
                 true,
             ),
             424 => OpResult::failed(e.id, ErrorClass::Transient, "424 a request it depended on failed", false),
@@ -804,24 +1016,20 @@ impl GraphTarget {
                     ..OpResult::failed(
                         e.id,
                         ErrorClass::Throttled,
-                        format!("{} throttled: {}", a.status, msg()),
+                        format!("{} throttled{}", a.status, msg()),
                         a.status == 503,
                     )
                 }
             }
-            401 => OpResult::failed(e.id, ErrorClass::Auth, format!("401: {}", msg()), false),
-            s if s >= 500 => OpResult::failed(e.id, ErrorClass::Transient, format!("{s}: {}", msg()), true),
-            s => OpResult::failed(e.id, ErrorClass::Definite, format!("{s}: {}", msg()), true),
+            401 => OpResult::failed(e.id, ErrorClass::Auth, format!("HTTP 401{}", msg()), false),
+            s if s >= 500 => OpResult::failed(e.id, ErrorClass::Transient, format!("HTTP {s}{}", msg()), true),
+            s => OpResult::failed(e.id, ErrorClass::Definite, format!("HTTP {s}{}", msg()), true),
         }
     }
 }
 
 fn etag_header(h: &Map<String, Value>) -> Option<String> {
     h.iter().find(|(k, _)| k.eq_ignore_ascii_case("etag")).and_then(|(_, v)| v.as_str()).map(str::to_owned)
-}
-
-fn short(s: &str) -> String {
-    s.chars().take(300).collect()
 }
 
 /// A reqwest error without the URL (it may carry query strings).
@@ -842,18 +1050,15 @@ fn without_url(e: &reqwest::Error) -> String {
 /// Parses a `$batch` answer: id → response. Anything else than
 /// `{"responses": [{"id", "status", ...}]}` is an error.
 fn parse_batch_answer(text: &str) -> Result<HashMap<String, Inner>, String> {
-    let v: Value =
-        serde_json::from_str(text).map_err(|e| format!("the $batch answer is not JSON ({e}): {}", short(text)))?;
-    let responses = v
-        .get("responses")
-        .and_then(Value::as_array)
-        .ok_or_else(|| format!("the $batch answer has no responses array: {}", short(text)))?;
+    // Never a piece of the answer in the message: only what was wrong with it.
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("the $batch answer is not JSON ({e})"))?;
+    let responses = v.get("responses").and_then(Value::as_array).ok_or("the $batch answer has no responses array")?;
     let mut out = HashMap::new();
     for r in responses {
         let id = r.get("id").and_then(|i| i.as_str().map(str::to_owned).or_else(|| i.as_u64().map(|n| n.to_string())));
         let status = r.get("status").and_then(Value::as_u64).and_then(|s| u16::try_from(s).ok());
         let (Some(id), Some(status)) = (id, status) else {
-            return Err(format!("a $batch response lacks id or status: {}", short(&r.to_string())));
+            return Err("a $batch response lacks id or status".to_owned());
         };
         let headers = r.get("headers").and_then(Value::as_object).cloned().unwrap_or_default();
         out.insert(id, Inner { status, headers, body: r.get("body").cloned().unwrap_or(Value::Null) });
@@ -869,10 +1074,10 @@ impl Target for GraphTarget {
     fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             // One attempt, no retry loop: the caller paces the probes.
-            let token = self.token(false).await.map_err(|f| f.message)?;
+            let token = self.token(false).await.map_err(|f| self.redact(&f.message))?;
             let url = format!("{}/sites/{}", self.base_url, seg(&self.site));
             match self.http.get(&url).bearer_auth(&token).send().await {
-                Err(e) => Err(format!("Graph unreachable: {}", without_url(&e))),
+                Err(e) => Err(self.redact(&format!("Graph unreachable: {}", without_url(&e)))),
                 Ok(r) if r.status().is_server_error() => Err(format!("Graph answered {}", r.status().as_u16())),
                 Ok(_) => {
                     self.set_health(Health::Ok, "");
@@ -891,6 +1096,14 @@ impl Target for GraphTarget {
             let items: Vec<&Export> = exports.iter().filter(|e| e.op != Op::Provision).collect();
             if !items.is_empty() {
                 results.extend(self.apply_items(&items, context).await);
+            }
+            // Everything bound for sync.complete (last_error) and the log.
+            for r in &mut results {
+                if let Some(m) = r.error.take() {
+                    r.error = Some(self.redact(&m));
+                }
+                r.retry_after =
+                    r.retry_after.filter(|s| s.is_finite() && *s >= 0.0).map(|s| s.min(MAX_PAUSE.as_secs_f64()));
             }
             results
         })
@@ -950,6 +1163,202 @@ mod tests {
         assert!(parse_batch_answer(r#"{"responses": [{"status": 200}]}"#).unwrap_err().contains("lacks id"));
         let ok = parse_batch_answer(r#"{"responses": [{"id": "1", "status": 201, "body": {"id": "5"}}]}"#).unwrap();
         assert_eq!(ok["1"].status, 201);
+    }
+
+    #[test]
+    fn hostile_retry_after_values_are_ignored_or_capped() {
+        assert_eq!(parse_retry_after("2.5"), Some(2.5));
+        assert_eq!(parse_retry_after(" 0 "), Some(0.0));
+        assert_eq!(parse_retry_after("1e300"), Some(MAX_PAUSE.as_secs_f64()));
+        for bad in ["NaN", "nan", "inf", "-inf", "-1", "", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(parse_retry_after(bad), None, "{bad}");
+        }
+        let mut h = Map::new();
+        h.insert("Retry-After".into(), json!("NaN"));
+        assert_eq!(retry_after_of(&h), None);
+        h.insert("Retry-After".into(), json!(1e300));
+        assert_eq!(retry_after_of(&h), Some(MAX_PAUSE.as_secs_f64()));
+        h.insert("Retry-After".into(), json!(3));
+        assert_eq!(retry_after_of(&h), Some(3.0));
+        // The adapter's own pause: no panic, capped.
+        let t = target_for("http://127.0.0.1:9", "s");
+        for secs in [f64::NAN, f64::INFINITY, -5.0, 1e300] {
+            t.pause(secs);
+        }
+        let until = t.pause_until.lock().unwrap().expect("paused");
+        assert!(until <= Instant::now() + MAX_PAUSE, "capped");
+    }
+
+    #[test]
+    fn a_huge_expires_in_does_not_overflow() {
+        let now = Instant::now();
+        let at = refresh_at(now, u64::MAX);
+        assert!(at > now && at <= now + MAX_TOKEN_LIFE);
+        assert_eq!(refresh_at(now, 3600), now + Duration::from_secs(3300));
+        assert_eq!(refresh_at(now, 60), now + Duration::from_secs(30));
+        assert_eq!(refresh_at(now, 0), now);
+    }
+
+    #[test]
+    fn list_names_cannot_change_the_adoption_filter() {
+        let decode = |name: &str| {
+            let url = reqwest::Url::parse(&format!(
+                "https://graph.microsoft.com/v1.0/sites/s/lists{}",
+                list_filter_query(name)
+            ))
+            .unwrap();
+            let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+            assert_eq!(pairs.len(), 1, "{name}: {pairs:?}");
+            assert_eq!(pairs[0].0, "$filter");
+            pairs[0].1.clone()
+        };
+        assert_eq!(decode("R&D"), "displayName eq 'R&D'");
+        assert_eq!(decode("x%27 or 1 eq 1"), "displayName eq 'x%27 or 1 eq 1'");
+        assert_eq!(decode("O'Brien's #1 = ok?"), "displayName eq 'O''Brien''s #1 = ok?'");
+        assert_eq!(decode("Ünïcödé list"), "displayName eq 'Ünïcödé list'");
+    }
+
+    fn target_for(url: &str, secret: &str) -> GraphTarget {
+        let policy = TargetPolicy { allow_loopback: true, ..TargetPolicy::default() };
+        let cfg = json!({"tenant_id": "t", "client_id": "c", "site_id": "s", "base_url": format!("{url}/v1.0"),
+                         "authority_url": url, "timeout_ms": 5000});
+        GraphTarget::new(GraphSettings::from_config("x", &cfg, &policy).unwrap(), secret.to_owned(), None).unwrap()
+    }
+
+    #[test]
+    fn only_json_error_envelopes_reach_messages_and_they_are_bounded_and_redacted() {
+        let t = target_for("http://127.0.0.1:9", "hunter2 +/");
+        assert_eq!(t.api_error_text("<html>internal.example: 10.0.0.5 metadata</html>"), "");
+        assert_eq!(t.api_error_text(r#"{"value": "not an envelope", "detail": "x"}"#), "");
+        assert_eq!(t.api_error_text(r#"{"error": "a string, not Graph's object"}"#), "");
+        assert_eq!(
+            t.api_error_text(r#"{"error": {"code": "itemNotFound", "message": "gone", "innerError": {"x": "y"}}}"#),
+            ": itemNotFound: gone"
+        );
+        let long = json!({"error": {"code": "c".repeat(1000), "message": "m".repeat(5000)}}).to_string();
+        assert!(t.api_error_text(&long).chars().count() < MAX_CODE_CHARS + MAX_MESSAGE_CHARS + 10);
+        let echo = json!({"error": {"code": "bad", "message": "you sent hunter2%20%2B%2F and hunter2 +/"}}).to_string();
+        let m = t.api_error_text(&echo);
+        assert!(!m.contains("hunter2") && m.contains("[redacted]"), "{m}");
+    }
+
+    /// A one-route HTTP server: answers every request with `status`,
+    /// `headers` and `body` (`{posted}` replaced by the request's body).
+    async fn server(status: u16, headers: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let body_start = loop {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..body_start]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < body_start + len {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let posted = String::from_utf8_lossy(&buf[body_start..]).into_owned();
+                    let body = body.replace("{posted}", &posted);
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_echoing_token_endpoint_never_gets_the_secret_into_a_message() {
+        let secret = "s3cr3t+/= &x";
+        // The raw form body back, as text.
+        let url = server(400, "content-type: text/plain\r\n", "{posted}").await;
+        let t = target_for(&url, secret);
+        let f = t.token(false).await.unwrap_err();
+        assert_eq!(f.message, "token request refused (HTTP 400)");
+        assert!(!t.health().1.contains("s3cr3t"), "{:?}", t.health());
+        // A JSON refusal whose description echoes the body: kept, redacted.
+        let url = server(
+            401,
+            "content-type: application/json\r\n",
+            r#"{"error": "invalid_client", "error_description": "got {posted}", "trace": "{posted}"}"#,
+        )
+        .await;
+        let t = target_for(&url, secret);
+        let f = t.token(false).await.unwrap_err();
+        assert!(f.message.starts_with("token request refused (HTTP 401): invalid_client: got "), "{}", f.message);
+        assert!(!f.message.contains("s3cr3t") && f.message.contains("[redacted]"), "{}", f.message);
+        assert!(!f.message.contains("trace"), "{}", f.message);
+        let (h, detail) = t.health();
+        assert_eq!(h, Health::AuthFailed);
+        assert!(!detail.contains("s3cr3t"), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        // A token endpoint that redirects (307 keeps the POST body) elsewhere.
+        let elsewhere = server(200, "", "{posted}").await;
+        let loc: &'static str = Box::leak(format!("location: {elsewhere}/steal\r\n").into_boxed_str());
+        let url = server(307, loc, "").await;
+        let t = target_for(&url, "s3cr3t");
+        let f = t.token(false).await.unwrap_err();
+        assert_eq!(f.message, "token request refused (HTTP 307)");
+    }
+
+    #[tokio::test]
+    async fn a_huge_expires_in_gives_a_usable_token() {
+        let url = server(
+            200,
+            "content-type: application/json\r\n",
+            r#"{"access_token": "tok", "expires_in": 18446744073709551615}"#,
+        )
+        .await;
+        let t = target_for(&url, "s");
+        assert_eq!(t.token(false).await.unwrap(), "tok");
+        assert_eq!(t.redact("Bearer tok"), "Bearer [redacted]");
+    }
+
+    #[tokio::test]
+    async fn a_pause_ends_when_the_worker_stops() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let policy = TargetPolicy { allow_loopback: true, ..TargetPolicy::default() };
+        let cfg = json!({"tenant_id": "t", "client_id": "c", "site_id": "s", "base_url": "http://127.0.0.1:9",
+                         "authority_url": "http://127.0.0.1:9"});
+        let t =
+            GraphTarget::new(GraphSettings::from_config("x", &cfg, &policy).unwrap(), "s".into(), Some(rx)).unwrap();
+        t.pause(1e300);
+        let started = Instant::now();
+        let stop = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tx.send(true).unwrap();
+            tx
+        });
+        let f = t.wait_turn(RU_WRITE).await.unwrap_err();
+        assert_eq!(f.class, ErrorClass::Throttled);
+        assert!(!f.sent);
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        drop(stop.await);
     }
 
     #[test]

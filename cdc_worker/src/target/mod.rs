@@ -6,6 +6,9 @@
 //! classification; it never decides *what* to send (the extension did).
 
 pub mod graph;
+pub mod policy;
+
+pub use policy::{Redactor, SecretError, TargetPolicy};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -205,13 +208,26 @@ pub struct ApplyContext {
 /// Why a target could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetSetupError {
-    /// A configuration key is missing or wrong.
+    /// A configuration key is missing or wrong, or a URL is not allowed by
+    /// the worker's policy.
     #[error("target {target}: {message}")]
     Config {
         /// The target's name.
         target: String,
         /// What is wrong.
         message: String,
+    },
+    /// The secret reference is outside the worker's policy: nothing was read.
+    #[error("target {target}: this worker does not read secrets from {reference}: {reason} (hint: {hint})")]
+    SecretRefused {
+        /// The target's name.
+        target: String,
+        /// The reference (never the secret).
+        reference: String,
+        /// Why.
+        reason: String,
+        /// What to do.
+        hint: String,
     },
     /// The secret could not be read.
     #[error("target {target}: cannot read its secret from {reference}: {reason} (hint: {hint})")]
@@ -236,62 +252,75 @@ pub enum TargetSetupError {
 }
 
 impl TargetSetupError {
-    /// The `sync.targets.status` it leaves the target in.
+    /// The `sync.targets.status` it leaves the target in: `auth_failed` when
+    /// an allowed secret reference gave no secret, `misconfigured` for
+    /// everything the configuration must change (a reference or a URL the
+    /// worker's policy refuses included).
     pub fn status(&self) -> &'static str {
         match self {
             TargetSetupError::Secret { .. } => "auth_failed",
-            TargetSetupError::Config { .. } | TargetSetupError::Unsupported { .. } => "misconfigured",
+            TargetSetupError::Config { .. }
+            | TargetSetupError::SecretRefused { .. }
+            | TargetSetupError::Unsupported { .. } => "misconfigured",
         }
     }
 }
 
-/// Reads a secret reference (`env:NAME` or `file:/path`). The value is never
-/// logged; errors name the reference only.
-pub fn resolve_secret(target: &str, reference: &str) -> Result<String, TargetSetupError> {
-    let err = |reason: String, hint: &str| TargetSetupError::Secret {
-        target: target.to_owned(),
-        reference: reference.to_owned(),
-        reason,
-        hint: hint.to_owned(),
+/// How long reading a secret may take before the target is given up.
+const SECRET_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a secret reference (`env:NAME` or `file:/path`) under `policy`, off
+/// the async runtime. The value is never logged; errors name the reference
+/// only.
+pub async fn resolve_secret(policy: &TargetPolicy, target: &str, reference: &str) -> Result<String, TargetSetupError> {
+    let (p, r) = (policy.clone(), reference.to_owned());
+    let read = tokio::task::spawn_blocking(move || p.resolve_secret(&r));
+    let outcome = match tokio::time::timeout(SECRET_READ_TIMEOUT, read).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => {
+            Err(SecretError::Unreadable { reason: format!("reading failed: {e}"), hint: "see the log".into() })
+        }
+        Err(_) => Err(SecretError::Unreadable {
+            reason: format!("reading took more than {}s", SECRET_READ_TIMEOUT.as_secs()),
+            hint: "check the file system".into(),
+        }),
     };
-    if let Some(name) = reference.strip_prefix("env:") {
-        match std::env::var(name) {
-            Ok(v) if !v.is_empty() => Ok(v),
-            Ok(_) => Err(err("the variable is empty".into(), "set it in the worker's environment")),
-            Err(_) => Err(err("the variable is not set".into(), "set it in the worker's environment")),
+    outcome.map_err(|e| {
+        let hint = e.hint().to_owned();
+        let (target, reference) = (target.to_owned(), reference.to_owned());
+        match e {
+            SecretError::Refused { reason, .. } => TargetSetupError::SecretRefused { target, reference, reason, hint },
+            SecretError::Unreadable { reason, .. } => TargetSetupError::Secret { target, reference, reason, hint },
         }
-    } else if let Some(path) = reference.strip_prefix("file:") {
-        let v = std::fs::read_to_string(path)
-            .map_err(|e| err(e.to_string(), "check the path and that the worker may read it"))?;
-        let v = v.trim_end_matches(['\n', '\r']).to_owned();
-        if v.is_empty() {
-            return Err(err("the file is empty".into(), "write the secret into it"));
-        }
-        Ok(v)
-    } else {
-        Err(err("not env:NAME or file:/path".into(), "SELECT sync.alter_target(name, secret => 'env:NAME')"))
-    }
+    })
 }
 
-/// Builds the adapter for a row of `sync.targets`.
-pub fn build(
+/// Builds the adapter for a row of `sync.targets`: the configuration
+/// (URLs against `policy`) is checked before the secret is read, so a
+/// target pointing anywhere the policy does not allow never gets it.
+/// `shutdown` (true: the worker is stopping) cuts waits short.
+pub async fn build(
     name: &str,
     kind: &str,
     config: &Value,
     secret_ref: Option<&str>,
+    policy: &TargetPolicy,
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<Box<dyn Target>, TargetSetupError> {
     match kind {
         "graph" => {
+            let settings = graph::GraphSettings::from_config(name, config, policy)?;
             let secret = match secret_ref {
-                Some(r) => resolve_secret(name, r)?,
-                None => {
-                    return Err(TargetSetupError::Config {
-                        target: name.to_owned(),
-                        message: "a graph target needs a client secret: SELECT sync.alter_target(name, secret => 'env:GRAPH_CLIENT_SECRET')".into(),
-                    })
-                }
+                Some(r) => resolve_secret(policy, name, r).await?,
+                None => return Err(TargetSetupError::Config {
+                    target: name.to_owned(),
+                    message: format!(
+                        "a graph target needs a client secret: SELECT sync.alter_target(name, secret => 'env:{}GRAPH')",
+                        policy::ENV_PREFIX
+                    ),
+                }),
             };
-            Ok(Box::new(graph::GraphTarget::new(name, config, secret)?))
+            Ok(Box::new(graph::GraphTarget::new(settings, secret, shutdown)?))
         }
         other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),
     }
@@ -301,17 +330,37 @@ pub fn build(
 mod tests {
     use super::*;
 
-    #[test]
-    fn setup_failures_say_whether_the_secret_or_the_configuration_is_wrong() {
+    #[tokio::test]
+    async fn setup_failures_say_whether_the_secret_or_the_configuration_is_wrong() {
         let cfg = serde_json::json!({"tenant_id": "t", "client_id": "c", "site_id": "s"});
-        let status = |kind: &str, secret: Option<&str>| match build("x", kind, &cfg, secret) {
-            Ok(_) => "built",
-            Err(e) => e.status(),
+        let policy = TargetPolicy::default();
+        let status = |kind: &'static str, secret: Option<&'static str>, cfg: Value| {
+            let policy = policy.clone();
+            async move {
+                match build("x", kind, &cfg, secret, &policy, None).await {
+                    Ok(_) => "built",
+                    Err(e) => e.status(),
+                }
+            }
         };
-        assert_eq!(status("github", None), "misconfigured");
-        assert_eq!(status("graph", None), "misconfigured");
-        assert_eq!(status("graph", Some("env:SYNCBRIDGE_TEST_NO_SUCH_VARIABLE")), "auth_failed");
-        assert_eq!(status("graph", Some("file:/nonexistent/syncbridge/secret")), "auth_failed");
+        assert_eq!(status("github", None, cfg.clone()).await, "misconfigured");
+        assert_eq!(status("graph", None, cfg.clone()).await, "misconfigured");
+        // An allowed reference with nothing behind it: the credentials are missing.
+        assert_eq!(
+            status("graph", Some("env:SYNCBRIDGE_SECRET_TEST_NO_SUCH_VARIABLE"), cfg.clone()).await,
+            "auth_failed"
+        );
+        assert_eq!(status("graph", Some("file:/etc/syncbridge/secrets/nonexistent"), cfg.clone()).await, "auth_failed");
+        // References and URLs the worker's policy refuses: the configuration must change.
+        assert_eq!(status("graph", Some("env:SYNCBRIDGE_TEST_NO_SUCH_VARIABLE"), cfg.clone()).await, "misconfigured");
+        assert_eq!(status("graph", Some("env:PGPASSWORD"), cfg.clone()).await, "misconfigured");
+        assert_eq!(status("graph", Some("file:/nonexistent/syncbridge/secret"), cfg.clone()).await, "misconfigured");
+        assert_eq!(status("graph", Some("file:/proc/self/environ"), cfg.clone()).await, "misconfigured");
+        std::env::set_var("SYNCBRIDGE_SECRET_TEST_SETUP", "s");
+        let mut local = cfg.clone();
+        local["authority_url"] = "http://127.0.0.1:9".into();
+        assert_eq!(status("graph", Some("env:SYNCBRIDGE_SECRET_TEST_SETUP"), local).await, "misconfigured");
+        assert_eq!(status("graph", Some("env:SYNCBRIDGE_SECRET_TEST_SETUP"), cfg.clone()).await, "built");
     }
 
     #[test]
@@ -336,17 +385,19 @@ mod tests {
         assert_eq!(r.error.as_deref(), Some("a?b"));
     }
 
-    #[test]
-    fn secrets_come_from_env_or_file_and_errors_never_show_them() {
-        std::env::set_var("SYNCBRIDGE_TEST_SECRET_X", "hunter2");
-        assert_eq!(resolve_secret("t", "env:SYNCBRIDGE_TEST_SECRET_X").unwrap(), "hunter2");
-        let e = resolve_secret("t", "env:SYNCBRIDGE_TEST_SECRET_MISSING").unwrap_err().to_string();
-        assert!(e.contains("env:SYNCBRIDGE_TEST_SECRET_MISSING") && e.contains("not set"), "{e}");
+    #[tokio::test]
+    async fn secrets_come_from_env_or_file_and_errors_never_show_them() {
+        std::env::set_var("SYNCBRIDGE_SECRET_TEST_X", "hunter2");
         let dir = std::env::temp_dir().join(format!("sb-secret-{}", std::process::id()));
-        std::fs::write(&dir, "s3cr3t\n").unwrap();
-        assert_eq!(resolve_secret("t", &format!("file:{}", dir.display())).unwrap(), "s3cr3t");
-        std::fs::remove_file(&dir).unwrap();
-        let e = resolve_secret("t", "plain").unwrap_err().to_string();
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = TargetPolicy { secrets_dir: dir.clone(), ..TargetPolicy::default() };
+        assert_eq!(resolve_secret(&policy, "t", "env:SYNCBRIDGE_SECRET_TEST_X").await.unwrap(), "hunter2");
+        let e = resolve_secret(&policy, "t", "env:SYNCBRIDGE_SECRET_TEST_MISSING").await.unwrap_err().to_string();
+        assert!(e.contains("env:SYNCBRIDGE_SECRET_TEST_MISSING") && e.contains("not set"), "{e}");
+        std::fs::write(dir.join("s"), "s3cr3t\n").unwrap();
+        assert_eq!(resolve_secret(&policy, "t", &format!("file:{}", dir.join("s").display())).await.unwrap(), "s3cr3t");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = resolve_secret(&policy, "t", "plain").await.unwrap_err().to_string();
         assert!(!e.contains("hunter2"));
     }
 }
