@@ -30,16 +30,18 @@ psql=("$PG_BIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d demo -v ON_ERROR_
 dsn="host=127.0.0.1 port=$port user=postgres dbname=demo"
 
 # The emulator plays Microsoft Graph (token endpoint included). The secret
-# reaches the worker through its environment only, never a table.
-export GRAPH_CLIENT_SECRET=demo-secret
+# reaches the worker through its environment only, never a table (the worker
+# reads secrets only from variables named SYNCBRIDGE_SECRET_*).
+export SYNCBRIDGE_SECRET_GRAPH=demo-secret
 "$ROOT/target/debug/graph-emulator" --listen 127.0.0.1:0 --port-file "$dir/emu.port" \
-  --tenant demo-tenant --client-id demo-client --client-secret "$GRAPH_CLIENT_SECRET" >"$dir/emu.log" 2>&1 &
+  --tenant demo-tenant --client-id demo-client --client-secret "$SYNCBRIDGE_SECRET_GRAPH" >"$dir/emu.log" 2>&1 &
 emu_pid=$!
 for _ in $(seq 100); do [ -s "$dir/emu.port" ] && break; sleep 0.1; done
 emu="http://127.0.0.1:$(cat "$dir/emu.port")"
 log "Graph emulator on $emu"
 
-worker() { "$ROOT/target/debug/syncbridge-worker" "$@" --dsn "$dsn" 2>&1 | sed 's/^/    worker: /'; }
+# The emulator listens on loopback, which the worker reaches only when told.
+worker() { "$ROOT/target/debug/syncbridge-worker" "$@" --allow-loopback-targets --dsn "$dsn" 2>&1 | sed 's/^/    worker: /'; }
 show() { echo; echo "== $1"; shift; "${psql[@]}" -q "$@"; }
 
 show "a source table" <<'SQL'
@@ -61,7 +63,7 @@ show "a Graph target, a definition with a mapping and two shards" <<SQL
 SELECT sync.create_target('sharepoint', kind => 'graph',
   config => '{"tenant_id": "demo-tenant", "client_id": "demo-client", "site_id": "contoso.sharepoint.com,demo",
               "base_url": "$emu/v1.0", "authority_url": "$emu"}',
-  secret => 'env:GRAPH_CLIENT_SECRET');
+  secret => 'env:SYNCBRIDGE_SECRET_GRAPH');
 SELECT sync.define('employees_sp', source => 'employees', target => 'sharepoint');
 SELECT sync.map('employees_sp', 'full_name', 'Title');
 SELECT sync.map('employees_sp', 'region', 'Region');

@@ -11,8 +11,9 @@ use crate::graph_emulator::{Emulator, EmulatorConfig};
 use crate::ingest::run_cmd;
 use crate::TestDb;
 
-/// The environment variable the tests' Graph secret travels in.
-pub const SECRET_ENV: &str = "SYNCBRIDGE_TEST_GRAPH_SECRET";
+/// The environment variable the tests' Graph secret travels in (the worker
+/// reads secrets only from `SYNCBRIDGE_SECRET_*`).
+pub const SECRET_ENV: &str = "SYNCBRIDGE_SECRET_TEST_GRAPH";
 
 /// A running emulator with the runtime that serves it.
 pub struct GraphEnv {

@@ -10,10 +10,14 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The path of a freshly built `syncbridge-worker` (built once per test binary,
-/// with the same profile as the tests).
+/// with the same profile as the tests), or of `SYNCBRIDGE_WORKER_BIN` when set
+/// (to run the tests against another build, e.g. an older one).
 pub fn worker_bin() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SYNCBRIDGE_WORKER_BIN") {
+            return PathBuf::from(bin);
+        }
         let root = workspace_root();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let release = !cfg!(debug_assertions);
@@ -31,7 +35,15 @@ pub fn worker_bin() -> &'static PathBuf {
     })
 }
 
-/// A `Command` for the worker binary.
+/// A `Command` for the worker binary. Targets on loopback (the Graph
+/// emulator) are allowed (`SYNCBRIDGE_ALLOW_LOOPBACK_TARGETS`, the
+/// environment form of `--allow-loopback-targets`); remove the variable to
+/// run the worker under its default policy.
 pub fn worker() -> Command {
-    Command::new(worker_bin())
+    let mut c = Command::new(worker_bin());
+    c.env(LOOPBACK_ENV, "1");
+    c
 }
+
+/// The environment variable that allows loopback targets.
+pub const LOOPBACK_ENV: &str = "SYNCBRIDGE_ALLOW_LOOPBACK_TARGETS";

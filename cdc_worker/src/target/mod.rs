@@ -310,16 +310,16 @@ pub async fn build(
     match kind {
         "graph" => {
             let settings = graph::GraphSettings::from_config(name, config, policy)?;
-            let secret = match secret_ref {
-                Some(r) => resolve_secret(policy, name, r).await?,
-                None => return Err(TargetSetupError::Config {
+            let Some(reference) = secret_ref else {
+                let example = format!("env:{}GRAPH", policy::ENV_PREFIX);
+                return Err(TargetSetupError::Config {
                     target: name.to_owned(),
                     message: format!(
-                        "a graph target needs a client secret: SELECT sync.alter_target(name, secret => 'env:{}GRAPH')",
-                        policy::ENV_PREFIX
+                        "a graph target needs a client secret: SELECT sync.alter_target(name, secret => '{example}')"
                     ),
-                }),
+                });
             };
+            let secret = resolve_secret(policy, name, reference).await?;
             Ok(Box::new(graph::GraphTarget::new(settings, secret, shutdown)?))
         }
         other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),

@@ -94,6 +94,12 @@ pub enum Fault {
     /// half of its requests (at least one) is neither executed nor answered;
     /// the rest is processed normally.
     BatchMissingResponses,
+    /// `429` with this `Retry-After` header value, verbatim (`NaN`,
+    /// `1e300`, …: hostile answers); the request is not executed.
+    Throttle(String),
+    /// Answer with this status and this body, verbatim (`text/html`: not
+    /// Graph's JSON error envelope); the request is not executed.
+    Raw(u16, String),
 }
 
 /// One list item as stored.
@@ -427,6 +433,17 @@ async fn serve_http(
             }
             return Ok(to_http(resp, client_request_id.as_deref()));
         }
+        Some(Fault::Throttle(retry_after)) => {
+            state.lock().stats.throttled += 1;
+            let resp = Resp::error(fault_error(429)).with_header("Retry-After", &retry_after);
+            return Ok(to_http(resp, client_request_id.as_deref()));
+        }
+        Some(Fault::Raw(status, body)) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            r.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("valid header"));
+            return Ok(r);
+        }
         Some(Fault::Garbage) => {
             let mut r = Response::new(Full::new(Bytes::from_static(
                 b"<!DOCTYPE html><html><body><h1>Bad gateway</h1><p>upstream said: \x00\xff</p></body></html>",
@@ -592,7 +609,24 @@ fn parse_fault(v: &Value) -> Result<(Fault, u32), String> {
         Some("garbage") => Fault::Garbage,
         Some("truncated") => Fault::Truncated,
         Some("batch_missing") | Some("batch_missing_responses") => Fault::BatchMissingResponses,
-        other => return Err(format!("unknown fault {other:?} (status, drop, garbage, truncated, batch_missing)")),
+        Some("throttle") => Fault::Throttle(
+            v.get("retry_after")
+                .and_then(Value::as_str)
+                .ok_or("'retry_after' (a string) is required for fault 'throttle'")?
+                .to_owned(),
+        ),
+        Some("raw") => {
+            let s = v.get("status").and_then(Value::as_u64).ok_or("'status' is required for fault 'raw'")?;
+            if !(100..=599).contains(&s) {
+                return Err(format!("invalid status {s}"));
+            }
+            Fault::Raw(s as u16, v.get("body").and_then(Value::as_str).unwrap_or("").to_owned())
+        }
+        other => {
+            return Err(format!(
+                "unknown fault {other:?} (status, drop, garbage, truncated, batch_missing, throttle, raw)"
+            ))
+        }
     };
     Ok((fault, count))
 }

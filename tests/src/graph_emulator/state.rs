@@ -456,7 +456,12 @@ impl State {
     pub(crate) fn issue_token(&mut self) -> String {
         let bytes: [u8; 48] = rand::random();
         let token = format!("eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.{}", super::odata::b64_encode(&bytes));
-        let expiry = Instant::now() + Duration::from_secs(self.config.token_lifetime_secs);
+        // A lifetime beyond what an Instant holds (u64::MAX, to test the
+        // worker with it): as good as forever.
+        let now = Instant::now();
+        let expiry = now
+            .checked_add(Duration::from_secs(self.config.token_lifetime_secs))
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         self.tokens.insert(token.clone(), expiry);
         self.stats.tokens_issued += 1;
         token
