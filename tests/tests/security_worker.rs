@@ -138,6 +138,31 @@ fn run_once_with(db: &TestDb, env: &[(&str, &str)], loopback: bool, extra: &[&st
 
 const CANARY_ENV: &str = "SYNCBRIDGE_TEST_CANARY";
 
+/// A running worker with `env` (loopback allowed or not) until its exporter
+/// has refused the target or `l` has heard from it (at most 60 s), then
+/// SIGTERM; returns its log (debug level).
+fn run_until_refused_or_contacted(db: &TestDb, env: &[(&str, &str)], loopback: bool, l: &Listener) -> String {
+    let mut c = run_cmd(db, &[]);
+    c.env("SYNCBRIDGE_LOG", "debug").env(CANARY_ENV, CANARY);
+    if !loopback {
+        c.env_remove(LOOPBACK_ENV);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let (worker, log) = spawn_logged(c);
+    let refused = || log.lock().unwrap_or_else(|p| p.into_inner()).contains("cannot export to this target");
+    wait_until("the target refused or the listener contacted", Duration::from_secs(60), || {
+        refused() || !l.requests().is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (took, _) = sigterm_and_time(worker, Duration::from_secs(20));
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    out
+}
+
 /// A folder removed when dropped.
 struct TempDir(std::path::PathBuf);
 
@@ -157,6 +182,24 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Starts `c` with its stderr collected by a thread (a full pipe would
+/// stall a worker logging at debug level).
+fn spawn_logged(mut c: Command) -> (ChildGuard, Arc<Mutex<String>>) {
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the worker");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (mut err, sink) = (child.stderr.take().expect("stderr"), log.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (ChildGuard::new(child), log)
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -195,8 +238,7 @@ fn a_file_secret_outside_the_secrets_dir_is_never_read_nor_sent() {
     // The audit's attack: the worker's whole environment posted to a listener.
     let l = Listener::start((400, "text/plain", "no"));
     let db = setup("file:/proc/self/environ", &l.url, &format!("{}/v1.0", l.url));
-    let (ok, log) = run_once_with(&db, &[], true, &[]);
-    assert!(ok, "{log}");
+    let log = run_until_refused_or_contacted(&db, &[], true, &l);
     assert!(l.requests().is_empty(), "the listener was contacted: {:?}", l.requests());
     let (status, detail) = target_status(&db);
     assert_eq!(status, "misconfigured", "{detail}");
@@ -208,8 +250,7 @@ fn a_file_secret_outside_the_secrets_dir_is_never_read_nor_sent() {
 fn an_env_secret_without_the_prefix_is_never_read_nor_sent() {
     let l = Listener::start((400, "text/plain", "no"));
     let db = setup("env:PGPASSWORD", &l.url, &format!("{}/v1.0", l.url));
-    let (ok, log) = run_once_with(&db, &[("PGPASSWORD", CANARY)], true, &[]);
-    assert!(ok, "{log}");
+    let log = run_until_refused_or_contacted(&db, &[("PGPASSWORD", CANARY)], true, &l);
     assert!(l.requests().is_empty(), "the listener was contacted: {:?}", l.requests());
     let (status, detail) = target_status(&db);
     assert_eq!(status, "misconfigured", "{detail}");
@@ -222,8 +263,7 @@ fn a_url_the_policy_does_not_allow_never_gets_the_secret() {
     // An allowed secret, but URLs on loopback without --allow-loopback-targets.
     let l = Listener::start((400, "text/plain", "no"));
     let db = setup(&format!("env:{SECRET_ENV}"), &l.url, &format!("{}/v1.0", l.url));
-    let (ok, log) = run_once_with(&db, &[(SECRET_ENV, CANARY)], false, &[]);
-    assert!(ok, "{log}");
+    let log = run_until_refused_or_contacted(&db, &[(SECRET_ENV, CANARY)], false, &l);
     assert!(l.requests().is_empty(), "the listener was contacted: {:?}", l.requests());
     let (status, detail) = target_status(&db);
     assert_eq!(status, "misconfigured", "{detail}");
@@ -232,8 +272,8 @@ fn a_url_the_policy_does_not_allow_never_gets_the_secret() {
     db.psql(
         r#"UPDATE sync.targets SET config = config || '{"authority_url": "http://login.microsoftonline.com"}' WHERE name = 'sp'"#,
     );
-    let (ok, log) = run_once_with(&db, &[(SECRET_ENV, CANARY)], true, &[]);
-    assert!(ok, "{log}");
+    let log = run_until_refused_or_contacted(&db, &[(SECRET_ENV, CANARY)], true, &l);
+    assert!(l.requests().is_empty(), "the listener was contacted: {:?}", l.requests());
     let (status, detail) = target_status(&db);
     assert_eq!(status, "misconfigured", "{detail}");
     assert!(detail.contains("https"), "{detail}");
@@ -249,7 +289,8 @@ fn a_fifo_secret_neither_hangs_the_worker_nor_holds_off_sigterm() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
     let l = Listener::start((400, "text/plain", "no"));
     let db = setup(&format!("file:{}", fifo.display()), &l.url, &format!("{}/v1.0", l.url));
-    let mut cmd = run_cmd(&db, &["--secrets-dir", &dir.secrets().display().to_string()]);
+    let mut cmd = run_cmd(&db, &[]);
+    cmd.env("SYNCBRIDGE_SECRETS_DIR", dir.secrets());
     let worker = ChildGuard::new(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("worker"));
     wait_until("the target marked misconfigured", Duration::from_secs(60), || target_status(&db).0 == "misconfigured");
     assert!(target_status(&db).1.contains("not a regular file"), "{:?}", target_status(&db));
@@ -277,8 +318,8 @@ fn dev_zero_and_links_out_of_the_secrets_dir_are_refused() {
         let db = setup(&reference, &l.url, &format!("{}/v1.0", l.url));
         // /dev/zero read whole would take every byte of memory: bound the
         // worker's address space so today's code fails instead of the machine.
-        let mut c = run_cmd(&db, &["--once", "--secrets-dir", &secrets]);
-        c.env(CANARY_ENV, CANARY);
+        let mut c = run_cmd(&db, &["--once"]);
+        c.env(CANARY_ENV, CANARY).env("SYNCBRIDGE_SECRETS_DIR", &secrets);
         limit_memory(&mut c, 4 << 30);
         let out = wait_with_limit(
             c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("worker"),
@@ -289,6 +330,10 @@ fn dev_zero_and_links_out_of_the_secrets_dir_are_refused() {
         let (status, detail) = target_status(&db);
         assert_eq!(status, "misconfigured", "{reference}: {detail}");
         assert!(!log.contains(CANARY) && !db_texts(&db).contains(CANARY), "{reference}");
+        // Five databases: free their slots (the cluster has 16 for all the tests).
+        db.psql(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database()",
+        );
     }
     assert!(l.requests().is_empty(), "the listener was contacted: {:?}", l.requests());
 }
@@ -315,6 +360,7 @@ fn a_file_secret_below_the_secrets_dir_is_used() {
         .expect("write");
     let db = setup(&format!("file:{}/graph", dir.secrets().display()), &env.emu.authority_url(), &env.emu.base_url());
     let (ok, log) = run_once_with(&db, &[], true, &["--secrets-dir", &dir.secrets().display().to_string()]);
+    // (the flag; the other tests give the directory in SYNCBRIDGE_SECRETS_DIR)
     assert!(ok, "{log}");
     assert_eq!(target_status(&db).0, "ok");
     assert_target_equals_source(&env, &db, "t", &["T"]);
@@ -341,11 +387,22 @@ fn an_echoing_token_endpoint_leaves_no_secret_in_the_database_or_the_log() {
     ] {
         let l = Listener::start(answer);
         let db = setup("env:SYNCBRIDGE_SECRET_ECHO", &l.url, &format!("{}/v1.0", l.url));
-        let (ok, log) = run_once_with(&db, &[("SYNCBRIDGE_SECRET_ECHO", SECRET)], true, &[]);
-        assert!(ok, "{log}");
+        // A running worker (with --once, the items behind the failed
+        // provision would keep it waiting), its whole log at debug level.
+        let mut c = run_cmd(&db, &[]);
+        c.env("SYNCBRIDGE_LOG", "debug").env("SYNCBRIDGE_SECRET_ECHO", SECRET);
+        let (worker, log) = spawn_logged(c);
+        wait_until("the refused token request recorded", Duration::from_secs(60), || {
+            db.psql("SELECT count(*) FROM sync.pending_exports WHERE last_error IS NOT NULL") != "0"
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, detail) = target_status(&db);
+        let (took, _) = sigterm_and_time(worker, Duration::from_secs(20));
+        assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let req = l.requests();
         assert!(!req.is_empty() && req[0].contains("client_secret=Sup3r%2BSecret"), "the echo got the secret: {req:?}");
-        let (status, detail) = target_status(&db);
         assert_eq!(status, "auth_failed", "{detail}");
         assert!(detail.contains("token request refused"), "{detail}");
         if answer.0 == 401 {
@@ -461,7 +518,15 @@ fn list_names_with_ampersand_or_percent_27_are_adopted_exactly() {
     // Only Title (every list has it): the adopted lists need no other column.
     db.psql("SELECT sync.map('rd', 'v', 'Title'), sync.map('steer', 'v', 'Title')");
     db.psql("SELECT sync.provision('rd'), sync.enable('rd'), sync.provision('steer'), sync.enable('steer')");
-    sync_once(&db);
+    let worker =
+        ChildGuard::new(worker_cmd(&db, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker"));
+    let count =
+        |list: &str| env.emu.lists().iter().filter(|l| l.display_name == list).map(|l| l.items.len()).sum::<usize>();
+    wait_until("the items in R&D and in the steering list", Duration::from_secs(60), || {
+        count("R&D") == 3 && count(STEER) == 1
+    });
+    let (took, _) = sigterm_and_time(worker, Duration::from_secs(20));
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
     let adopted = db.psql(
         "SELECT string_agg(definition || '=' || remote_id, ' ' ORDER BY definition) FROM sync.target_list_ids('sp')
           WHERE definition IN ('rd', 'steer')",
