@@ -268,6 +268,7 @@ fn a_url_the_policy_does_not_allow_never_gets_the_secret() {
     let (status, detail) = target_status(&db);
     assert_eq!(status, "misconfigured", "{detail}");
     assert!(detail.contains("--allow-loopback-targets"), "{detail}");
+    assert!(!log.contains(CANARY));
     // And http to any other host is refused even with loopback allowed.
     db.psql(
         r#"UPDATE sync.targets SET config = config || '{"authority_url": "http://login.microsoftonline.com"}' WHERE name = 'sp'"#,
