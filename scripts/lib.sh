@@ -51,6 +51,9 @@ install_ext() {
     cat "$out" >&2; rm -f "$out"; return 1
   fi
   rm -f "$out"
+  # The released versions' install scripts and the upgrade scripts between
+  # them (sql/upgrade), for ALTER EXTENSION syncbridge UPDATE.
+  install -m 0644 "$ROOT"/sql/upgrade/syncbridge--*.sql "$($PG_CONFIG --sharedir)/extension/"
 }
 
 # Fails loudly if any postgres process started from DIR is still running.

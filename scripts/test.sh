@@ -12,6 +12,9 @@ start=$(date +%s)
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
+log "the upgrade script is what scripts/make-upgrade.py makes of sql/"
+python3 "$ROOT/scripts/make-upgrade.py" --check
+
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 

@@ -54,7 +54,7 @@ DECLARE
 BEGIN
     d := sync._def(definition);
     PERFORM sync._backfill_check_chunk(chunk);
-    RETURN QUERY EXECUTE sync._backfill_keyset_sql(d.id) USING after, chunk;
+    RETURN QUERY SELECT * FROM sync._source_keys(d.id, after, chunk);
 END $$;
 COMMENT ON FUNCTION backfill_keys(text, jsonb, int) IS 'The keys of a definition''s next backfill chunk after a given key, read-only (the worker reads them in the slot''s exported snapshot and stages them with backfill_step).';
 
@@ -86,7 +86,6 @@ DECLARE
     total bigint;
     started timestamptz;
     elapsed float8;
-    c sync.compiled;
 BEGIN
     d := sync._def(definition);
     PERFORM sync._backfill_check_chunk(chunk);
@@ -94,6 +93,16 @@ BEGIN
         RAISE EXCEPTION 'chunk_keys must be a JSON array of key objects'
             USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', jsonb_typeof(chunk_keys)),
                   HINT = 'Pass what sync.backfill_keys returned.';
+    END IF;
+    IF chunk_keys IS NOT NULL AND (
+           chunk_last IS NULL AND jsonb_array_length(chunk_keys) > 0
+        OR chunk_last IS NOT NULL AND (jsonb_typeof(chunk_last) <> 'array' OR jsonb_array_length(chunk_last) <> cardinality(d.key_columns)
+                                       OR EXISTS (SELECT 1 FROM jsonb_array_elements(chunk_last) x WHERE jsonb_typeof(x) <> 'string' OR length(x #>> '{}') > 10000))
+        OR chunk_after IS NOT NULL AND (jsonb_typeof(chunk_after) <> 'array' OR jsonb_array_length(chunk_after) <> cardinality(d.key_columns))) THEN
+        RAISE EXCEPTION 'chunk_last and chunk_after must be keys of %', d.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('A key is a JSON array of %s text values (the key columns %s).', cardinality(d.key_columns), array_to_string(d.key_columns, ', ')),
+                  HINT = 'Pass what sync.backfill_keys returned (last_key) and the key it was read after.';
     END IF;
     IF d.state NOT IN ('active', 'paused') OR d.backfill = 'done' THEN
         SELECT cu.position INTO pos FROM sync.cursors cu WHERE cu.kind = 'backfill' AND cu.definition_id = d.id;
@@ -118,7 +127,7 @@ BEGIN
         UPDATE sync.definitions x SET backfill = 'running', updated_at = now() WHERE x.id = d.id;
     END IF;
     IF chunk_keys IS NULL THEN
-        EXECUTE sync._backfill_keyset_sql(d.id) INTO keys, last_key, n USING nullif(pos -> 'last_key', 'null'::jsonb), chunk;
+        SELECT k.keys, k.last_key, k.n INTO keys, last_key, n FROM sync._source_keys(d.id, nullif(pos -> 'last_key', 'null'::jsonb), chunk) k;
     ELSIF chunk_after IS DISTINCT FROM nullif(pos -> 'last_key', 'null'::jsonb) THEN
         RAISE EXCEPTION 'the chunk of % does not follow its recorded progress', d.name
             USING ERRCODE = 'invalid_parameter_value',
@@ -144,11 +153,12 @@ BEGIN
     done := n < chunk;
     IF done THEN
         -- Keys the target holds whose rows are gone or filtered out.
-        c := sync._compile(d.id);
-        EXECUTE format('SELECT coalesce(jsonb_agg(k), ''[]'') FROM (SELECT k FROM jsonb_array_elements(sync._key_objects($1, ARRAY('
-                       'SELECT l.sync_key FROM sync.ledger l WHERE l.definition_id = $1 '
-                       'AND NOT EXISTS (SELECT 1 FROM (%s) r WHERE r.sync_key = l.sync_key)))) k) y', c.rows_all)
-           INTO keys USING d.id;
+        -- (A probe per ledger key: nothing to read when the target holds nothing.)
+        SELECT sync._key_objects(d.id, ARRAY(
+                   SELECT m.sync_key FROM sync._mapped_rows_by_key(d.id, sync._key_objects(d.id, ARRAY(
+                              SELECT l.sync_key FROM sync.ledger l WHERE l.definition_id = d.id))) m
+                    WHERE NOT m.present))
+          INTO keys;
         IF jsonb_array_length(keys) > 0 THEN
             FOR r IN SELECT * FROM sync.stage(d.source_rel, keys, NULL, d.name, run_id) LOOP
                 staged := staged + r.added + r.updated + r.deleted + r.moved;

@@ -131,6 +131,7 @@ DECLARE
     from_rel text;
     filter text;
     select_list text;
+    expr_sql text;
     i int;
 BEGIN
     SELECT * INTO d FROM sync.definitions WHERE id = def_id;
@@ -194,14 +195,15 @@ BEGIN
                       HINT = format('Map the columns explicitly: SELECT sync.map(%L, %L, ''SomeField'');', d.name, f.field);
         END IF;
         IF f.transform IS NOT NULL THEN
-            -- Checked again here: the stored text is what gets embedded.
-            PERFORM sync._check_expression(f.transform, 'transform');
+            -- Analyzed again here, against the table as it is now: what
+            -- gets embedded is PostgreSQL's deparse of a checked expression.
+            expr_sql := (sync._check_row_expression(d.source_rel, f.transform, 'transform', false)).expression;
         END IF;
         pairs := pairs || (quote_literal(f.field) || ', ' || CASE
             WHEN f.reference IS NOT NULL THEN
                 format('CASE WHEN s.%1$I IS NULL THEN NULL ELSE jsonb_build_object(''@ref'', (s.%1$I)::text, ''@def'', %2$L) END', f.column_name, f.reference)
             WHEN f.transform IS NOT NULL THEN
-                sync._json_expr('(' || E'\n' || f.transform || E'\n' || ')', f.typ)
+                sync._json_expr('(' || E'\n' || expr_sql || E'\n' || ')', f.typ)
             ELSE sync._json_expr(format('s.%I', f.column_name), f.typ)
         END);
         fields := fields || jsonb_build_object(
@@ -248,18 +250,16 @@ BEGIN
     END IF;
 
     -- Shards: first matching predicate, else the definition's list.
-    SELECT 'CASE ' || string_agg(format('WHEN (%s) THEN %L', E'\n' || sh.predicate || E'\n', sh.list), ' ' ORDER BY sh.position)
+    SELECT 'CASE ' || string_agg(format('WHEN (%s) THEN %L',
+                                        E'\n' || (sync._check_row_expression(d.source_rel, sh.predicate, 'shard predicate', true)).expression || E'\n',
+                                        sh.list), ' ' ORDER BY sh.position)
            || format(' ELSE %s END', coalesce(quote_literal(d.list), 'NULL::text'))
       INTO list_expr
       FROM sync.shards sh WHERE sh.definition_id = def_id;
-    FOR f IN SELECT sh.predicate FROM sync.shards sh WHERE sh.definition_id = def_id LOOP
-        PERFORM sync._check_expression(f.predicate, 'shard predicate');
-    END LOOP;
     list_expr := coalesce(list_expr, coalesce(quote_literal(d.list), 'NULL::text'));
 
     IF d.row_filter IS NOT NULL THEN
-        PERFORM sync._check_expression(d.row_filter, 'row filter');
-        filter := '(' || E'\n' || d.row_filter || E'\n' || ') IS TRUE';
+        filter := '(' || E'\n' || (sync._check_row_expression(d.source_rel, d.row_filter, 'row filter', true)).expression || E'\n' || ') IS TRUE';
     ELSE
         filter := 'true';
     END IF;
@@ -289,16 +289,91 @@ BEGIN
     RETURN c;
 END $$;
 
+-- ---------------------------------------------------------------------------
+-- Evaluation. The compiled SQL (and so every row filter, shard predicate and
+-- transform) runs only here, in functions owned by the role
+-- syncbridge_reader (SECURITY DEFINER; SELECT on the definitions' source
+-- tables and nothing else), never as the caller: whoever calls plan(),
+-- preview() or stage(), a superuser included, an expression cannot act with
+-- their rights. Settings that change a value's text form are pinned, so the
+-- same row always maps and hashes the same.
+-- ---------------------------------------------------------------------------
+
+-- Every row of the definition's table that is sent: key, list, fields, hash.
+CREATE FUNCTION _mapped_rows_all(def_id int)
+RETURNS TABLE (sync_key text, list text, fields jsonb, hash bytea)
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+SET jit = off
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE (sync._compile(def_id)).rows_all;
+END $$;
+
+-- The rows of the given keys (a JSON array of objects {column: text}, as
+-- the worker decodes them): one row per distinct key, present = false when
+-- the row is gone or not sent (filtered out, no list). A key whose text does
+-- not fit its column's type is refused (22023), before anything is read.
+CREATE FUNCTION _mapped_rows_by_key(def_id int, keys jsonb)
+RETURNS TABLE (sync_key text, present boolean, list text, fields jsonb, hash bytea)
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+-- Index probes by key, whatever stale statistics suggest; no JIT (see _stage_def).
+SET enable_seqscan = off SET jit = off
+AS $$
+DECLARE
+    c sync.compiled := sync._compile(def_id);
+    sync_keys text[];
+    key_objs jsonb[];
+    msg text;
+BEGIN
+    BEGIN
+        EXECUTE format('SELECT array_agg(sync_key), array_agg(_syncbridge_k) FROM ('
+                       'SELECT DISTINCT ON (1) %s AS sync_key, _syncbridge_k FROM (%s) AS _syncbridge_keys) k',
+                       c.key_of_json, c.keys_sql)
+           INTO sync_keys, key_objs USING keys;
+    EXCEPTION WHEN data_exception THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        RAISE EXCEPTION 'invalid key: %', msg
+            USING ERRCODE = 'invalid_parameter_value', CONSTRAINT = 'syncbridge_key',
+                  DETAIL = 'A key value does not fit its column''s type; nothing was staged.',
+                  HINT = 'Keys are objects mapping key columns to their text values as the table holds them: [{"id": "42"}].';
+    END;
+    RETURN QUERY EXECUTE format(
+        'SELECT k.sync_key, w.sync_key IS NOT NULL, w.list, w.fields, w.hash '
+        'FROM unnest($1, $2) AS k(sync_key, _syncbridge_k) '
+        -- one index probe per key (LATERAL ... LIMIT 1), whatever the
+        -- planner guesses of the size of the key set
+        'LEFT JOIN LATERAL (SELECT w.* FROM (SELECT k._syncbridge_k) AS _syncbridge_keys, LATERAL (%s) AS w LIMIT 1) w ON true',
+        c.rows_by_key)
+      USING coalesce(sync_keys, '{}'), coalesce(key_objs, '{}');
+END $$;
+
+-- A chunk of the table's keys in key order after `after` (a JSON array of
+-- key texts, NULL for the start): the backfill's keyset scan.
+CREATE FUNCTION _source_keys(def_id int, after jsonb, chunk int)
+RETURNS TABLE (keys jsonb, last_key jsonb, n bigint)
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE sync._backfill_keyset_sql(def_id) USING after, chunk;
+END $$;
+
 -- What a definition sends for a few rows (or all): key, list, fields, hash.
 -- For looking at the mapping before enabling it.
 CREATE FUNCTION preview(definition text, "limit" int DEFAULT 10)
 RETURNS TABLE (sync_key text, list text, fields jsonb, hash text)
-LANGUAGE plpgsql
-SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
-    c sync.compiled := sync._compile((sync._def(definition)).id);
+    d sync.definitions := sync._def(definition);
 BEGIN
-    RETURN QUERY EXECUTE format('SELECT sync_key, list, fields, encode(hash, ''hex'') FROM (%s) r ORDER BY sync_key LIMIT %s',
-                                c.rows_all, coalesce("limit"::text, 'ALL'));
+    IF "limit" IS NOT NULL AND "limit" < 0 THEN
+        RAISE EXCEPTION 'invalid limit %', "limit"
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'limit is a number of rows, 0 or more (NULL: all).',
+                  HINT = format('SELECT * FROM sync.preview(%L, 10);', definition);
+    END IF;
+    PERFORM sync._check_may_read(d.source_rel);
+    RETURN QUERY SELECT r.sync_key, r.list, r.fields, encode(r.hash, 'hex')
+                   FROM sync._mapped_rows_all(d.id) r ORDER BY r.sync_key LIMIT "limit";
 END $$;

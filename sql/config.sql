@@ -72,27 +72,24 @@ BEGIN
     RETURN d;
 END $$;
 
--- Resolves a table name given as text (possibly schema-qualified and quoted)
--- to a regclass, with clear errors for a bad name, a missing table or a
--- relation that is not a table.
-CREATE FUNCTION _resolve_table(source text) RETURNS regclass
+-- Checks a table resolved from a name given as text (by sync.define, in the
+-- caller's search_path and rights): clear errors for a bad name, a missing
+-- table or a relation that is not a table.
+CREATE FUNCTION _resolve_table(source text, rel regclass, resolve_error text, caller_path text) RETURNS regclass
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    rel regclass;
     kind "char";
 BEGIN
-    BEGIN
-        rel := to_regclass(source);
-    EXCEPTION WHEN invalid_name OR syntax_error OR invalid_parameter_value OR feature_not_supported OR name_too_long THEN
+    IF resolve_error IS NOT NULL THEN
         RAISE EXCEPTION 'invalid table name %', coalesce(quote_literal(source), 'NULL')
             USING ERRCODE = 'invalid_name',
-                  DETAIL = SQLERRM,
+                  DETAIL = resolve_error,
                   HINT = 'Name the table as in SQL: schema.table, with double quotes around names that need them.';
-    END;
+    END IF;
     IF rel IS NULL THEN
         RAISE EXCEPTION 'table % does not exist', coalesce(quote_literal(source), 'NULL')
             USING ERRCODE = 'undefined_table',
-                  DETAIL = format('No relation of that name is visible with search_path = %s.', current_setting('search_path')),
+                  DETAIL = format('No relation of that name is visible with search_path = %s.', caller_path),
                   HINT = 'Qualify the name with its schema (hr.employees) and check the spelling and quoting.';
     END IF;
     SELECT relkind INTO kind FROM pg_class WHERE oid = rel;
@@ -103,6 +100,20 @@ BEGIN
                   HINT = 'Sync the table the view or the materialized view reads from.';
     END IF;
     RETURN rel;
+END $$;
+
+-- Whoever makes or enables a definition must be able to read its table
+-- (its rows leave for the target). session_user: these functions run as
+-- syncbridge_owner, and the identity that logged in is who asks.
+CREATE FUNCTION _check_may_read(rel regclass) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT has_table_privilege(session_user, rel, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied: % may not read %', session_user, rel
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A sync definition sends the rows of its table to a target: whoever defines or enables it must be allowed to read the table.',
+                  HINT = format('As the table''s owner: GRANT SELECT ON %s TO %I;', rel, session_user);
+    END IF;
 END $$;
 
 -- The columns of a table, for hints.
@@ -126,35 +137,29 @@ BEGIN
     RETURN col::name;
 END $$;
 
--- Checks a row filter, shard predicate or transform against the table:
--- PostgreSQL's parser must see exactly one expression (sync._check_expression),
--- and it must plan against the table (columns exist, types fit). Returns the
--- expression's type. Runs as the caller; LIMIT 0, so no row is read.
-CREATE FUNCTION _check_row_expression(rel regclass, expr text, what text, want_boolean boolean) RETURNS regtype
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- Checks a row filter, shard predicate or transform against the table
+-- (sync._analyze_expression: one expression over the row's columns calling
+-- immutable functions and operators of pg_catalog only) and returns it as
+-- PostgreSQL deparses it (what is stored and later embedded) and its type.
+-- Nothing is evaluated.
+CREATE FUNCTION _check_row_expression(rel regclass, expr text, what text, want_boolean boolean,
+                                      OUT expression text, OUT typ regtype)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
-    typ regtype;
     msg text;
     det text;
 BEGIN
     BEGIN
-        PERFORM sync._check_expression(expr, what);
-    EXCEPTION WHEN syntax_error THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
-        RAISE EXCEPTION 'invalid %', what
-            USING ERRCODE = 'syntax_error',
-                  DETAIL = CASE WHEN msg LIKE 'invalid %' THEN det ELSE format('%s does not parse: %s.', upper(left(what, 1)) || substr(what, 2), msg) END,
-                  HINT = format('A %s is one SQL expression over the source row''s columns, e.g. region = ''EU'' AND NOT secret.', what);
-    END;
-    BEGIN
-        -- A temporary view plans the expression against the table and records
-        -- its type, without reading a row.
-        EXECUTE format('CREATE TEMP VIEW pg_temp._syncbridge_expr AS SELECT (%s) AS v FROM ONLY %s',
-                       E'\n' || expr || E'\n', rel);
-        SELECT atttypid::regtype INTO typ FROM pg_attribute
-         WHERE attrelid = 'pg_temp._syncbridge_expr'::regclass AND attname = 'v';
-        DROP VIEW pg_temp._syncbridge_expr;
+        SELECT a.expression, a.type_oid::regtype INTO expression, typ FROM sync._analyze_expression(rel::oid, expr, what) a;
     EXCEPTION
+        WHEN syntax_error THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION 'invalid %', what
+                USING ERRCODE = 'syntax_error',
+                      DETAIL = CASE WHEN msg LIKE 'invalid %' THEN det ELSE format('%s does not parse: %s.', upper(left(what, 1)) || substr(what, 2), msg) END,
+                      HINT = format('A %s is one SQL expression over the source row''s columns, e.g. region = ''EU'' AND NOT secret.', what);
+        WHEN insufficient_privilege OR feature_not_supported THEN
+            RAISE;   -- syncbridge's own refusals carry their detail and hint
         WHEN undefined_column THEN
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
             RAISE EXCEPTION 'invalid %: %', what, msg
@@ -174,7 +179,6 @@ BEGIN
                   DETAIL = format('A %s decides whether a row is taken, so it must be true or false.', what),
                   HINT = 'Compare the value, e.g. region = ''EU'' or shareable IS TRUE.';
     END IF;
-    RETURN typ;
 END $$;
 
 -- Marks a definition changed: compiled SQL is rebuilt on next use.
@@ -194,7 +198,9 @@ DECLARE
     k sync.target_kinds;
     missing text[];
     unknown text[];
-    url text;
+    kv record;
+    rule text;
+    ok boolean;
 BEGIN
     SELECT * INTO k FROM sync.target_kinds WHERE target_kinds.kind = _check_target_config.kind;
     IF config IS NULL OR jsonb_typeof(config) <> 'object' THEN
@@ -206,7 +212,7 @@ BEGIN
     END IF;
     PERFORM sync._check_config(config);
     SELECT array_agg(r ORDER BY r) INTO missing
-      FROM unnest(k.required_config) r WHERE NOT config ? r OR config->>r = '';
+      FROM unnest(k.required_config) r WHERE NOT config ? r OR config->>r = '' OR jsonb_typeof(config->r) = 'null';
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'target configuration lacks %', array_to_string(missing, ', ')
             USING ERRCODE = 'invalid_parameter_value',
@@ -221,22 +227,56 @@ BEGIN
                   DETAIL = format('A %s target takes %s.', kind, array_to_string(k.required_config || k.optional_config, ', ')),
                   HINT = 'Check the spelling; secrets never go into config (use secret => ''env:NAME'').';
     END IF;
-    FOREACH url IN ARRAY ARRAY[config->>'base_url', config->>'authority_url', config->>'url'] LOOP
-        IF url IS NOT NULL AND url !~ '^https?://[^[:space:]/?#]+(/[^[:space:]]*)?$' THEN
-            RAISE EXCEPTION 'invalid URL %', quote_literal(url)
+    -- Each value: its type and bounds (one rule per key name, whatever the kind).
+    FOR kv IN SELECT e.key, e.value FROM jsonb_each(config) e ORDER BY e.key LOOP
+        rule := CASE
+            WHEN kv.key IN ('base_url', 'authority_url', 'url') THEN 'url'
+            WHEN kv.key = 'budget_per_min' THEN 'number 1 1000000'
+            WHEN kv.key = 'writes_per_second' THEN 'number 0.01 10000'
+            WHEN kv.key = 'timeout_ms' THEN 'integer 100 600000'
+            WHEN kv.key = 'max_concurrent_batches' THEN 'integer 1 16'
+            ELSE 'text' END;
+        ok := CASE split_part(rule, ' ', 1)
+            WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
+                            AND (kv.value #>> '{}') ~ '^https?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~!$&''()*+,;=:@%/-]*)?$'
+            WHEN 'number' THEN jsonb_typeof(kv.value) = 'number'
+                            AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
+            WHEN 'integer' THEN jsonb_typeof(kv.value) = 'number' AND (kv.value #>> '{}') ~ '^[0-9]{1,9}$'
+                            AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
+            ELSE jsonb_typeof(kv.value) = 'string' AND (kv.value #>> '{}') <> '' AND length(kv.value #>> '{}') <= 500
+                 AND (kv.value #>> '{}') !~ '[[:cntrl:]]'
+        END;
+        IF NOT ok THEN
+            -- The value is not shown: a URL refused for its user info may hold a password.
+            RAISE EXCEPTION 'invalid value for configuration key %', kv.key
                 USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'URLs in a target configuration are absolute http:// or https:// URLs.',
-                      HINT = 'Example: "base_url": "https://graph.microsoft.com/v1.0".';
+                      DETAIL = CASE split_part(rule, ' ', 1)
+                          WHEN 'url' THEN format('%s is an absolute http:// or https:// URL without user name, password, query or fragment.', kv.key)
+                          WHEN 'number' THEN format('%s is a number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
+                          WHEN 'integer' THEN format('%s is a whole number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
+                          ELSE format('%s is a non-empty string of at most 500 characters, without control characters.', kv.key) END,
+                      HINT = CASE kv.key
+                          WHEN 'budget_per_min' THEN format('The default for %s is %s %s a minute.', kind, k.default_budget_per_min, k.cost_unit)
+                          WHEN 'base_url' THEN 'Example: "base_url": "https://graph.microsoft.com/v1.0". Secrets never go into a URL: use secret => ''env:NAME''.'
+                          ELSE 'See the README''s configuration table for the kind.' END;
         END IF;
     END LOOP;
-    IF config ? 'budget_per_min' AND (jsonb_typeof(config->'budget_per_min') <> 'number' OR (config->>'budget_per_min')::numeric <= 0) THEN
-        RAISE EXCEPTION 'invalid budget_per_min %', config->'budget_per_min'
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('budget_per_min is the target''s API budget per minute in %s, a positive number.', k.cost_unit),
-                  HINT = format('The default for %s is %s.', kind, k.default_budget_per_min);
-    END IF;
     RETURN config;
 END $$;
+
+-- Every write of a target is checked, whoever makes it (the functions
+-- below check first, to say more; a superuser's UPDATE is checked too).
+CREATE FUNCTION _targets_check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM sync._check_target_config(NEW.kind, NEW.config);
+    IF NEW.secret_ref IS NOT NULL THEN
+        PERFORM sync._check_secret_ref(NEW.secret_ref);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER targets_check BEFORE INSERT OR UPDATE OF kind, config, secret_ref ON targets
+    FOR EACH ROW EXECUTE FUNCTION _targets_check();
 
 CREATE FUNCTION create_target(name text, kind text, config jsonb DEFAULT '{}', secret text DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql AS $$
@@ -402,6 +442,10 @@ BEGIN
     END IF;
 END $$;
 
+-- The table name is resolved here, as the caller, in the caller's
+-- search_path (a name is never looked up with more rights than its giver
+-- has); everything else is sync._define's. Every name in this body is
+-- schema-qualified: it runs with the caller's search_path.
 CREATE FUNCTION define(
     name text,
     source text,
@@ -416,24 +460,54 @@ CREATE FUNCTION define(
     max_attempts int DEFAULT NULL
 ) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
-    rel regclass;
+    rel pg_catalog.regclass;
+    err pg_catalog.text;
+BEGIN
+    BEGIN
+        rel := pg_catalog.to_regclass(source);
+    EXCEPTION WHEN invalid_name OR syntax_error OR invalid_parameter_value OR feature_not_supported OR name_too_long THEN
+        GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+    END;
+    RETURN sync._define(name, source, rel, err, pg_catalog.current_setting('search_path'), target, list, key, direction,
+                        conflict, row_filter, approval, delete_scope, max_attempts);
+END $$;
+
+CREATE FUNCTION _define(
+    name text,
+    source text,
+    rel regclass,
+    resolve_error text,
+    caller_path text,
+    target text,
+    list text,
+    key text[],
+    direction text,
+    conflict text,
+    row_filter text,
+    approval text,
+    delete_scope text,
+    max_attempts int
+) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
     keycols name[];
     new_id int;
+    filter_sql text;
 BEGIN
     PERFORM sync._check_name('definition', name);
-    IF EXISTS (SELECT 1 FROM sync.definitions d WHERE d.name = define.name) THEN
+    IF EXISTS (SELECT 1 FROM sync.definitions d WHERE d.name = _define.name) THEN
         RAISE EXCEPTION 'sync definition % already exists', quote_literal(name)
             USING ERRCODE = 'duplicate_object',
                   DETAIL = 'Definition names are unique.',
                   HINT = 'Choose another name, or remove the old one with sync.undefine(name).';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = define.target) THEN
+    IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = _define.target) THEN
         RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
             USING ERRCODE = 'undefined_object',
                   DETAIL = coalesce('Targets: ' || (SELECT string_agg(t.name, ', ' ORDER BY t.name) FROM sync.targets t) || '.', 'There are no targets yet.'),
                   HINT = 'Create it first with sync.create_target(name, kind => ''graph'', config => ...).';
     END IF;
-    rel := sync._resolve_table(source);
+    rel := sync._resolve_table(source, rel, resolve_error, caller_path);
+    PERFORM sync._check_may_read(rel);
     keycols := sync._check_key(rel, key);
     PERFORM sync._check_replica_identity(rel, keycols);
     PERFORM sync._check_list_name(list);
@@ -441,8 +515,8 @@ BEGIN
     PERFORM sync._check_choice('conflict', conflict, ARRAY['source_wins', 'target_wins', 'newest_wins', 'manual']);
     PERFORM sync._check_choice('approval', approval, ARRAY['none', 'deletes', 'all']);
     PERFORM sync._check_choice('delete_scope', delete_scope, ARRAY['provisioned', 'all', 'none']);
-    IF row_filter IS NOT NULL THEN
-        PERFORM sync._check_row_expression(rel, row_filter, 'row filter', true);
+    IF nullif(btrim(row_filter), '') IS NOT NULL THEN
+        filter_sql := (sync._check_row_expression(rel, row_filter, 'row filter', true)).expression;
     END IF;
     IF max_attempts IS NOT NULL AND max_attempts NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'invalid max_attempts %', max_attempts
@@ -451,7 +525,7 @@ BEGIN
     END IF;
     INSERT INTO sync.definitions (name, source_rel, target, list, key_columns, direction, conflict, row_filter,
                                   approval, delete_scope, max_attempts)
-    VALUES (name, rel, target, list, keycols, direction, conflict, nullif(btrim(row_filter), ''),
+    VALUES (name, rel, target, list, keycols, direction, conflict, filter_sql,
             approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int))
     RETURNING id INTO new_id;
     PERFORM sync._publication_refresh();
@@ -495,6 +569,7 @@ DECLARE
     k sync.target_kinds;
     col name;
     ttype regtype;
+    transform_sql text;
 BEGIN
     d := sync._def(definition);
     SELECT tk.* INTO k FROM sync.target_kinds tk JOIN sync.targets t ON t.kind = tk.kind WHERE t.name = d.target;
@@ -532,7 +607,7 @@ BEGIN
                   HINT = 'sync.map(definition, ''column'', ''Field'', direction => ''pull'').';
     END IF;
     IF transform IS NOT NULL THEN
-        ttype := sync._check_row_expression(d.source_rel, transform, 'transform', false);
+        SELECT x.expression, x.typ INTO transform_sql, ttype FROM sync._check_row_expression(d.source_rel, transform, 'transform', false) x;
     END IF;
     IF reference IS NOT NULL THEN
         SELECT * INTO r FROM sync.definitions x WHERE x.name = reference;
@@ -553,7 +628,7 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO sync.field_maps AS m (definition_id, column_name, field, direction, transform, transform_type, reference, position)
-    VALUES (d.id, col, field, direction, nullif(btrim(transform), ''), ttype, reference,
+    VALUES (d.id, col, field, direction, transform_sql, ttype, reference,
             coalesce((SELECT max(position) + 1 FROM sync.field_maps WHERE definition_id = d.id), 1))
     ON CONFLICT ON CONSTRAINT field_maps_pkey DO UPDATE
        SET column_name = EXCLUDED.column_name, direction = EXCLUDED.direction,
@@ -589,6 +664,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     d sync.definitions;
     pos int;
+    predicate_sql text;
 BEGIN
     d := sync._def(definition);
     IF list IS NULL THEN
@@ -602,10 +678,10 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'The predicate decides which rows go to the list.',
                   HINT = 'Rows matching no shard go to the definition''s own list.';
     END IF;
-    PERFORM sync._check_row_expression(d.source_rel, predicate, 'shard predicate', true);
+    predicate_sql := (sync._check_row_expression(d.source_rel, predicate, 'shard predicate', true)).expression;
     pos := coalesce("position", (SELECT max(s.position) + 1 FROM sync.shards s WHERE s.definition_id = d.id), 1);
     INSERT INTO sync.shards AS s (definition_id, position, predicate, list)
-    VALUES (d.id, pos, btrim(predicate), list)
+    VALUES (d.id, pos, predicate_sql, list)
     ON CONFLICT ON CONSTRAINT shards_pkey DO UPDATE SET predicate = EXCLUDED.predicate, list = EXCLUDED.list;
     PERFORM sync._touch(d.id);
     RETURN pos;
@@ -675,7 +751,12 @@ END $$;
 CREATE FUNCTION pause(definition text, reason text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
-    RETURN sync._set_state(sync._def(definition), 'paused', ARRAY['active'], coalesce(reason, 'paused by ' || current_user));
+    IF length(reason) > 1000 THEN
+        RAISE EXCEPTION 'pause reason too long'
+            USING ERRCODE = 'string_data_right_truncation', DETAIL = format('It has %s characters; at most 1000.', length(reason)),
+                  HINT = 'Say why in a sentence; link to a ticket for more.';
+    END IF;
+    RETURN sync._set_state(sync._def(definition), 'paused', ARRAY['active'], coalesce(reason, 'paused by ' || session_user));
 END $$;
 
 CREATE FUNCTION resume(definition text) RETURNS text
@@ -697,7 +778,7 @@ DECLARE
     d sync.definitions;
 BEGIN
     d := sync._def(definition);
-    PERFORM sync._set_state(d, 'disabled', ARRAY['configuring', 'active', 'paused', 'error'], 'disabled by ' || current_user);
+    PERFORM sync._set_state(d, 'disabled', ARRAY['configuring', 'active', 'paused', 'error'], 'disabled by ' || session_user);
     PERFORM sync._publication_refresh();
     RETURN 'disabled';
 END $$;
@@ -705,6 +786,15 @@ END $$;
 -- ---------------------------------------------------------------------------
 -- The publication: the source tables of all definitions that are not
 -- disabled, each with its key and replica identity columns only.
+--
+-- Owned by the superuser who created the extension (ALTER PUBLICATION needs
+-- rights on every published table), callable by syncbridge_owner only, and
+-- careful with them: a table joins the publication only when the session
+-- user may read it, and never without a replica identity that lets its
+-- UPDATEs and DELETEs go on once published (checked again here: definitions
+-- may be older than an ALTER TABLE ... REPLICA IDENTITY). The role
+-- syncbridge_reader, which evaluates the definitions' expressions, is kept
+-- at SELECT on exactly these tables.
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION _publication_refresh() RETURNS void
@@ -719,6 +809,22 @@ BEGIN
     END IF;
     SELECT array_agg(prrelid::regclass) INTO have
       FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = 'syncbridge_pub';
+    -- Tables that would join: the session user must be able to read them.
+    FOR r IN SELECT DISTINCT d.source_rel AS rel FROM sync.definitions d
+              WHERE d.state <> 'disabled' AND NOT d.source_rel = ANY (coalesce(have, '{}'))
+                AND NOT has_table_privilege(session_user, d.source_rel, 'SELECT') LOOP
+        RAISE EXCEPTION 'permission denied: % may not read %', session_user, r.rel
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Publishing a table sends its changes to syncbridge: whoever causes it must be allowed to read the table.',
+                  HINT = format('As the table''s owner: GRANT SELECT ON %s TO %I;', r.rel, session_user);
+    END LOOP;
+    -- Tables without a usable replica identity stay out (their UPDATE and
+    -- DELETE would fail once published).
+    FOR r IN SELECT DISTINCT d.source_rel AS rel FROM sync.definitions d JOIN pg_class c ON c.oid = d.source_rel
+              WHERE d.state <> 'disabled' AND NOT sync._has_replica_identity(d.source_rel) LOOP
+        RAISE WARNING 'syncbridge: % is not published: it has no replica identity', r.rel
+            USING HINT = format('ALTER TABLE %s REPLICA IDENTITY USING INDEX <a unique index on the key>; (or add a primary key), then SELECT sync.enable(...) again.', r.rel);
+    END LOOP;
     SELECT string_agg(t.spec, ', ') INTO want FROM (
         SELECT format('%s%s', d.rel,
                       CASE WHEN c.relreplident = 'f' THEN ''
@@ -734,6 +840,7 @@ BEGIN
                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                WHERE i.indrelid = d.rel
                  AND CASE WHEN c.relreplident = 'd' THEN i.indisprimary ELSE i.indisreplident END) ri
+         WHERE sync._has_replica_identity(d.rel)
          ORDER BY d.rel::oid) t;
     IF want IS NOT NULL THEN
         EXECUTE 'ALTER PUBLICATION syncbridge_pub SET TABLE ' || want;
@@ -742,4 +849,40 @@ BEGIN
             EXECUTE format('ALTER PUBLICATION syncbridge_pub DROP TABLE %s', r.rel);
         END LOOP;
     END IF;
+    PERFORM sync._reader_grants();
+END $$;
+
+-- Whether UPDATE and DELETE on `rel` still work once it is published.
+CREATE FUNCTION _has_replica_identity(rel regclass) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT CASE c.relreplident
+               WHEN 'f' THEN true
+               WHEN 'n' THEN false
+               WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = rel AND i.indisprimary)
+               ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = rel AND i.indisreplident)
+           END
+      FROM pg_class c WHERE c.oid = rel
+$$;
+
+-- syncbridge_reader may read exactly the source tables of the definitions
+-- (and use their schemas): granted when a definition appears, revoked when
+-- the last one on a table goes. Called by _publication_refresh (as the
+-- superuser owning it: a GRANT by a superuser is made as the table's owner).
+CREATE FUNCTION _reader_grants() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT d.source_rel AS rel, c.relnamespace::regnamespace AS nsp
+               FROM sync.definitions d JOIN pg_class c ON c.oid = d.source_rel
+              WHERE NOT has_table_privilege('syncbridge_reader', d.source_rel, 'SELECT')
+                 OR NOT has_schema_privilege('syncbridge_reader', c.relnamespace, 'USAGE') LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %s TO syncbridge_reader', r.nsp);
+        EXECUTE format('GRANT SELECT ON %s TO syncbridge_reader', r.rel);
+    END LOOP;
+    FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+              WHERE a.grantee = 'syncbridge_reader'::regrole AND c.relkind IN ('r', 'p')
+                AND NOT EXISTS (SELECT 1 FROM sync.definitions d WHERE d.source_rel = c.oid) LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM syncbridge_reader', r.rel);
+    END LOOP;
 END $$;

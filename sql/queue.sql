@@ -23,12 +23,25 @@ LANGUAGE sql STABLE AS $$
                       AND l.pid = pg_backend_pid() AND l.granted)
 $$;
 
+-- A worker's name as it reports it (host:pid): bounded, printable.
+CREATE FUNCTION _check_worker_name(worker text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF worker IS NOT NULL AND (length(worker) > 200 OR worker ~ '[[:cntrl:]]') THEN
+        RAISE EXCEPTION 'invalid worker name'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('A worker name has at most 200 characters and no control characters; got %s characters.', length(worker)),
+                  HINT = 'The worker reports itself as host:pid.';
+    END IF;
+END $$;
+
 CREATE FUNCTION start_run(kind text, definition text DEFAULT NULL, worker text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     id bigint;
 BEGIN
     PERFORM sync._check_choice('run kind', kind, ARRAY['stream', 'backfill', 'export', 'pull', 'reconcile', 'manual']);
+    PERFORM sync._check_worker_name(worker);
     INSERT INTO sync.runs (definition_id, kind, worker)
     VALUES (CASE WHEN definition IS NOT NULL THEN (sync._def(definition)).id END, kind, worker)
     RETURNING runs.id INTO id;
@@ -45,7 +58,7 @@ BEGIN
     IF sync._run_lock_held(run_id) THEN
         PERFORM pg_advisory_unlock(1937337957, sync._run_lock_key(run_id));
     END IF;
-    UPDATE sync.runs r SET status = finish_run.status, error = finish_run.error, finished_at = now()
+    UPDATE sync.runs r SET status = finish_run.status, error = left(finish_run.error, 2000), finished_at = now()
      WHERE r.id = run_id AND r.finished_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'run % does not exist or is finished', run_id
@@ -77,6 +90,12 @@ BEGIN
 END $$;
 
 -- Claim ---------------------------------------------------------------------
+
+-- Whether a role (by name) may approve: a superuser or a member of syncbridge_admin.
+CREATE FUNCTION _is_admin(role_name name) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT r.rolsuper OR pg_has_role(r.oid, 'syncbridge_admin', 'USAGE') FROM pg_roles r WHERE r.rolname = role_name
+$$;
 
 -- Exports whose lease expired are reopened (or given up after max_attempts);
 -- their outcome is unknown, so they are marked verify (look up before create).
@@ -142,6 +161,13 @@ BEGIN
         RAISE EXCEPTION 'invalid claim size %', coalesce(n::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A claim takes 1 to 1000 exports.', HINT = 'Claim a batch: n => 20.';
     END IF;
+    IF lease_seconds IS NOT NULL AND lease_seconds NOT BETWEEN 1 AND 86400 THEN
+        RAISE EXCEPTION 'invalid lease_seconds %', lease_seconds
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A lease lasts 1 to 86400 seconds; a lease in the past would hand an export to two workers.',
+                  HINT = format('The default is %s (setting sync.lease_seconds).', sync._setting('lease_seconds'));
+    END IF;
+    PERFORM sync._check_worker_name(worker);
     lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
     PERFORM sync._recover_expired(target);
     -- The target's active definitions, the one whose oldest due export has
@@ -191,6 +217,32 @@ BEGIN
              LIMIT n - cardinality(ids)
                FOR UPDATE OF e SKIP LOCKED);
     END LOOP;
+    -- What leaves is checked once more against the definition, whoever
+    -- wrote the queue: a delete within the delete scope, an approval by a
+    -- member of syncbridge_admin where one is needed.
+    WITH chk AS (
+        SELECT e.id,
+               CASE WHEN e.op = 'delete'
+                         AND NOT (d.delete_scope = 'all' OR (d.delete_scope = 'provisioned' AND l.join_type = 'provisioned'))
+                    THEN 'scope'
+                    WHEN (d.approval = 'all' OR (d.approval = 'deletes' AND e.op = 'delete'))
+                         AND NOT coalesce(sync._is_admin(e.approved_by), false)
+                    THEN 'approval' END AS refusal
+          FROM sync.pending_exports e
+          JOIN sync.definitions d ON d.id = e.definition_id
+          LEFT JOIN sync.ledger l ON l.definition_id = e.definition_id AND l.sync_key = e.sync_key
+         WHERE e.id = ANY (ids)
+    ), refused AS (
+        UPDATE sync.pending_exports e
+           SET status = CASE chk.refusal WHEN 'scope' THEN 'cancelled' ELSE 'awaiting_approval' END,
+               approved_by = NULL, approved_at = NULL, updated_at = now(),
+               last_error = CASE chk.refusal
+                   WHEN 'scope' THEN 'refused: a delete of an item beyond the definition''s delete_scope'
+                   ELSE 'refused: not approved by a member of syncbridge_admin' END
+          FROM chk WHERE chk.refusal IS NOT NULL AND e.id = chk.id
+        RETURNING e.id
+    )
+    SELECT ARRAY(SELECT x FROM unnest(ids) x WHERE x <> ALL (ARRAY(SELECT r.id FROM refused r))) INTO ids;
     IF cardinality(ids) = 0 THEN
         RETURN;
     END IF;
@@ -203,12 +255,17 @@ BEGIN
         RETURNING e.*
     )
     SELECT c.id, d.name, c.op, c.sync_key, c.list, c.from_list, l.target_id, l.etag,
-           -- reference fields carry the referenced item's id when it is known
-           (SELECT jsonb_object_agg(f.key, CASE WHEN jsonb_typeof(f.value) = 'object' AND f.value ? '@ref'
+           -- reference fields carry the referenced item's id when it is known;
+           -- only fields mapped with reference => that definition, on this
+           -- target, are references (any other value is sent as it is)
+           (SELECT jsonb_object_agg(f.key, CASE WHEN rd.id IS NOT NULL
                                                 THEN f.value || jsonb_build_object('target_id', rl.target_id)
                                                 ELSE f.value END)
               FROM jsonb_each(c.payload) f
-              LEFT JOIN sync.definitions rd ON jsonb_typeof(f.value) = 'object' AND rd.name = f.value ->> '@def'
+              LEFT JOIN sync.field_maps m
+                     ON jsonb_typeof(f.value) = 'object' AND m.definition_id = c.definition_id AND m.field = f.key
+                    AND m.reference = f.value ->> '@def'
+              LEFT JOIN sync.definitions rd ON rd.name = m.reference AND rd.target = claim.target
               LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = f.value ->> '@ref'),
            c.previous, c.attempts, c.verify, c.lease_until
       FROM claimed c
@@ -222,12 +279,19 @@ COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due ex
 -- `--once` knows when to stop) and the remote ids of the target's lists.
 CREATE FUNCTION export_backlog(target text, within_seconds double precision DEFAULT 60)
 RETURNS TABLE (open bigint, due_later bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF within_seconds IS NULL OR within_seconds = 'NaN' OR within_seconds NOT BETWEEN 0 AND 31536000 THEN
+        RAISE EXCEPTION 'invalid within_seconds %', coalesce(within_seconds::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'within_seconds is 0 to 31536000 (a year).',
+                  HINT = 'The default is 60.';
+    END IF;
+    RETURN QUERY
     SELECT count(*),
            count(*) FILTER (WHERE e.status = 'failed' AND e.next_attempt_at > now() + make_interval(secs => within_seconds))
       FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
-     WHERE d.target = export_backlog.target AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing')
-$$;
+     WHERE d.target = export_backlog.target AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing');
+END $$;
 COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease), and how many of them will not be retried within within_seconds.';
 
 CREATE FUNCTION target_list_ids(target text)
@@ -238,6 +302,18 @@ LANGUAGE sql STABLE AS $$
      WHERE tl.remote_id IS NOT NULL AND d.target = target_list_ids.target
      ORDER BY d.name, tl.list
 $$;
+-- The worker's report of a target's health (the worker writes no table).
+CREATE FUNCTION report_target_status(target text, status text, detail text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM sync._check_choice('target status', status, ARRAY['unknown', 'ok', 'throttled', 'unreachable', 'auth_failed', 'misconfigured']);
+    UPDATE sync.targets t
+       SET status = report_target_status.status, status_detail = left(nullif(detail, ''), 1000), updated_at = now()
+     WHERE t.name = report_target_status.target
+       AND (t.status, t.status_detail) IS DISTINCT FROM (report_target_status.status, left(nullif(detail, ''), 1000));
+END $$;
+COMMENT ON FUNCTION report_target_status(text, text, text) IS 'The worker reports what it last saw of a target: ok, throttled, unreachable, auth_failed, misconfigured, and a detail (at most 1000 characters).';
+
 COMMENT ON FUNCTION target_list_ids(text) IS 'The provisioned lists of a target''s definitions and their ids on the target.';
 
 -- Complete ------------------------------------------------------------------
@@ -268,16 +344,18 @@ BEGIN
     END IF;
     SELECT min(o) INTO bad FROM jsonb_array_elements(results) WITH ORDINALITY r(v, o)
      WHERE jsonb_typeof(v) <> 'object' OR jsonb_typeof(v -> 'id') <> 'number' OR jsonb_typeof(v -> 'ok') <> 'boolean'
+        OR NOT (v ->> 'id') ~ '^[0-9]{1,18}$'
         OR (v ? 'class' AND NOT (v ->> 'class') = ANY (ARRAY['transient', 'throttled', 'auth', 'definite']))
-        OR (v ? 'retry_after' AND jsonb_typeof(v -> 'retry_after') <> 'number')
+        OR (v ? 'retry_after' AND (jsonb_typeof(v -> 'retry_after') <> 'number' OR (v ->> 'retry_after')::numeric NOT BETWEEN 0 AND 86400))
         OR (v ? 'join_type' AND NOT (v ->> 'join_type') = ANY (ARRAY['provisioned', 'joined']))
         OR (v ? 'sent' AND jsonb_typeof(v -> 'sent') <> 'boolean');
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'result % is malformed', bad
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = format('It is %s.', left((results -> (bad - 1)::int)::text, 200)),
-                  HINT = 'Each result has a numeric id and a boolean ok; class is transient, throttled, auth or definite; retry_after is a number of seconds.';
+                  HINT = 'Each result has an integer id and a boolean ok; class is transient, throttled, auth or definite; retry_after is a number of seconds from 0 to 86400.';
     END IF;
+    PERFORM sync._check_worker_name(worker);
     SELECT count(*) INTO total FROM jsonb_array_elements(results);
     IF (SELECT count(DISTINCT (v ->> 'id')) FROM jsonb_array_elements(results) v) <> total THEN
         RAISE EXCEPTION 'results hold an export twice'
@@ -423,7 +501,7 @@ BEGIN
                   HINT = 'SELECT * FROM sync.pending_exports WHERE status = ''awaiting_approval'';';
     END IF;
     UPDATE sync.pending_exports
-       SET status = 'pending', approved_by = current_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
+       SET status = 'pending', approved_by = session_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
      WHERE id = export_id;
     RETURN 'pending';
 END $$;
@@ -434,7 +512,7 @@ DECLARE
     n bigint;
 BEGIN
     UPDATE sync.pending_exports e
-       SET status = 'pending', approved_by = current_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
+       SET status = 'pending', approved_by = session_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
      WHERE e.status = 'awaiting_approval'
        AND (approve_all.definition IS NULL OR e.definition_id = (sync._def(approve_all.definition)).id);
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -451,7 +529,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Only exports not yet sent can be rejected.',
                   HINT = 'An executing export finishes first; exported ones are history.';
     END IF;
-    UPDATE sync.pending_exports SET status = 'cancelled', last_error = 'rejected by ' || current_user, updated_at = now()
+    UPDATE sync.pending_exports SET status = 'cancelled', last_error = 'rejected by ' || session_user, updated_at = now()
      WHERE id = export_id;
     RETURN 'cancelled';
 END $$;
@@ -500,7 +578,7 @@ BEGIN
         RETURN 'the whole table will be reconciled again';
     ELSIF "to" = 'now' THEN
         -- Forget what is queued and not sent; follow changes from now on.
-        UPDATE sync.pending_exports SET status = 'cancelled', last_error = 'cursor reset to now by ' || current_user, updated_at = now()
+        UPDATE sync.pending_exports SET status = 'cancelled', last_error = 'cursor reset to now by ' || session_user, updated_at = now()
          WHERE definition_id = d.id AND status IN ('pending', 'awaiting_approval', 'failed', 'error');
         GET DIAGNOSTICS n = ROW_COUNT;
         UPDATE sync.definitions SET backfill = 'done', start_lsn = pg_current_wal_lsn(), updated_at = now() WHERE id = d.id;
@@ -589,6 +667,11 @@ BEGIN
     exports := 0;
     runs := 0;
     abandoned := 0;
+    IF older_than > interval '1000 years' THEN
+        RAISE EXCEPTION 'older_than % is too far back', older_than
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'older_than is at most 1000 years.',
+                  HINT = 'sync.purge(''7 days'') deletes finished exports and runs older than a week; 0 days in sync.history_retention_days keeps them.';
+    END IF;
     IF older_than < interval '0' THEN
         RAISE EXCEPTION 'older_than must not be negative'
             USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', older_than),

@@ -1,20 +1,36 @@
--- syncbridge: privileges, applied last (after every function exists).
+-- syncbridge: privileges, applied last (after every object exists). The
+-- threat model is SECURITY.md's; in short:
 --
---   syncbridge_admin   configures and operates: every sync.* function, all
---                      configuration and state tables.
---   syncbridge_worker  what the worker needs: read configuration, stage,
---                      claim, complete, checkpoint, runs. Grant SELECT on the
---                      source tables and give the login role REPLICATION
---                      (a role attribute, not inherited):
+--   syncbridge_admin   configures and operates through the sync.* functions
+--                      (create_target, define, map, plan, approve, ...);
+--                      reads every table; writes none directly.
+--   syncbridge_worker  what the worker needs: stage, claim, complete,
+--                      checkpoint, runs, report_target_status; reads every
+--                      table; writes none directly. Grant the login role
+--                      REPLICATION (a role attribute, not inherited):
 --                        CREATE ROLE sb_worker LOGIN REPLICATION IN ROLE syncbridge_worker;
---                        GRANT SELECT ON hr.employees TO sb_worker;
+--   syncbridge_owner   (nobody logs in as it, nobody is a member) owns the
+--                      tables and the functions; the functions run as it
+--                      (SECURITY DEFINER, search_path pinned), so every
+--                      write goes through their checks. It has no right on
+--                      any other table.
+--   syncbridge_reader  (nobody logs in as it, nobody is a member) evaluates
+--                      row filters, shard predicates and transforms: it owns
+--                      sync._mapped_rows_all / _mapped_rows_by_key /
+--                      _source_keys and may SELECT the definitions' source
+--                      tables (granted and revoked by syncbridge as
+--                      definitions come and go), nothing else.
+--
+-- Only sync._publication_refresh and sync._reader_grants stay the installing
+-- superuser's: they alter the publication and grant the reader its SELECTs,
+-- and check the session user's rights first.
 -- Roles are cluster-wide: created once, kept when the extension is dropped.
 
 DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['syncbridge_admin', 'syncbridge_worker'] LOOP
+    FOREACH r IN ARRAY ARRAY['syncbridge_admin', 'syncbridge_worker', 'syncbridge_owner', 'syncbridge_reader'] LOOP
         -- Two databases creating the extension at once race here: the loser
         -- finds the role made by the winner.
         BEGIN
@@ -26,56 +42,81 @@ BEGIN
     END LOOP;
 END $$;
 
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
-REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC;
-GRANT USAGE ON SCHEMA @extschema@ TO syncbridge_admin, syncbridge_worker;
+-- Ownership and rights of execution.
+DO $$
+DECLARE
+    o record;
+BEGIN
+    FOR o IN SELECT c.oid::regclass AS rel FROM pg_class c
+              WHERE c.relnamespace = '@extschema@'::regnamespace AND c.relkind IN ('r', 'p', 'v') LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO syncbridge_owner', o.rel);
+    END LOOP;
+    FOR o IN SELECT p.oid::regprocedure AS fn, p.proname
+               FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+              WHERE p.pronamespace = '@extschema@'::regnamespace AND l.lanname IN ('plpgsql', 'sql') LOOP
+        IF o.proname = 'define' THEN
+            -- Runs as its caller, in the caller's search_path: it only
+            -- resolves the table name, then calls sync._define.
+            EXECUTE format('ALTER FUNCTION %s OWNER TO syncbridge_owner', o.fn);
+            CONTINUE;
+        END IF;
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', o.fn);
+        EXECUTE format('ALTER FUNCTION %s SET standard_conforming_strings = on', o.fn);
+        CONTINUE WHEN o.proname IN ('_publication_refresh', '_reader_grants');
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', o.fn);
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %s', o.fn,
+                       CASE WHEN o.proname IN ('_mapped_rows_all', '_mapped_rows_by_key', '_source_keys')
+                            THEN 'syncbridge_reader' ELSE 'syncbridge_owner' END);
+    END LOOP;
+END $$;
 
--- Read-only for everyone with the schema: the version and the settings.
+-- From nothing (this file also runs in upgrades, where older grants exist).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader;
+REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader;
+GRANT USAGE ON SCHEMA @extschema@ TO syncbridge_admin, syncbridge_worker, syncbridge_owner, syncbridge_reader;
+
+-- The version, for whoever may use the schema.
 GRANT EXECUTE ON FUNCTION @extschema@.version() TO PUBLIC;
 
--- admin: everything.
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ TO syncbridge_admin;
-GRANT SELECT, INSERT, UPDATE, DELETE ON targets, definitions, field_maps, shards, target_lists,
-      ledger, pending_exports, cursors, runs, conflicts TO syncbridge_admin;
-GRANT SELECT ON target_kinds, compiled, status TO syncbridge_admin;
+-- owner: every function (its own, the checks written in Rust, the reader's
+-- and the publication's).
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ TO syncbridge_owner;
 
--- worker: read the configuration, write the state.
-GRANT SELECT ON target_kinds, targets, definitions, field_maps, shards, compiled, status TO syncbridge_worker;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ledger, pending_exports, cursors, runs, target_lists, conflicts TO syncbridge_worker;
-GRANT UPDATE (state, state_reason, updated_at, backfill) ON definitions TO syncbridge_worker;
-GRANT UPDATE (status, status_detail, updated_at) ON targets TO syncbridge_worker;
+-- reader: compiling a definition (as syncbridge_owner) and nothing else of ours.
+GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._backfill_keyset_sql(int) TO syncbridge_reader;
+
+-- admin: the functions of the SQL surface (and _define, which define calls
+-- as its caller), read-only access to every table.
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+              WHERE p.pronamespace = '@extschema@'::regnamespace
+                AND (left(p.proname, 1) <> '_' OR p.proname = '_define') LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO syncbridge_admin', f.fn);
+    END LOOP;
+END $$;
+GRANT SELECT ON ALL TABLES IN SCHEMA @extschema@ TO syncbridge_admin, syncbridge_worker;
+-- (sync.status reads a setting; a view's functions run as its reader)
+GRANT EXECUTE ON FUNCTION @extschema@._setting(text) TO syncbridge_admin;
+
+-- worker: what it calls.
 GRANT EXECUTE ON FUNCTION
     @extschema@.stage(regclass, jsonb, pg_lsn, text, bigint),
     @extschema@.stage_truncate(regclass, pg_lsn),
     @extschema@.checkpoint(pg_lsn, text),
     @extschema@.backfill_step(text, int, bigint, jsonb, jsonb, jsonb),
     @extschema@.backfill_keys(text, jsonb, int),
-    @extschema@._backfill_check_chunk(int),
     @extschema@.backfills_pending(),
-    @extschema@._backfill_keyset_sql(int),
     @extschema@.claim(text, int, int, text, bigint),
     @extschema@.complete(jsonb, text),
     @extschema@.export_backlog(text, double precision),
     @extschema@.target_list_ids(text),
+    @extschema@.report_target_status(text, text, text),
     @extschema@.purge(interval),
-    @extschema@._reap_runs(),
-    @extschema@._run_lock_key(bigint),
-    @extschema@._run_lock_held(bigint),
     @extschema@.start_run(text, text, text),
     @extschema@.finish_run(bigint, text, text),
     @extschema@.settings(),
-    @extschema@._setting(text),
-    @extschema@._stage_def(int, jsonb, pg_lsn, bigint),
-    @extschema@._stage_sql(),
-    @extschema@._compile(int),
-    @extschema@._rebase(int, text[]),
-    @extschema@._key_objects(int, text[]),
-    @extschema@._recover_expired(text),
-    @extschema@._backoff(int),
-    @extschema@._def(text),
-    @extschema@._check_choice(text, text, text[]),
-    @extschema@._check_expression(text, text),
-    @extschema@._json_expr(text, regtype),
-    @extschema@._field_kind(regtype),
-    @extschema@._fingerprint(regclass)
+    @extschema@._setting(text)
   TO syncbridge_worker;

@@ -38,7 +38,7 @@ COMMENT ON COLUMN target_kinds.field_name_pattern IS 'Regular expression a targe
 INSERT INTO target_kinds (kind, description, implemented, required_config, optional_config,
                           batch_size, cost_per_write, cost_per_read, cost_unit, default_budget_per_min, default_writes_per_second, field_name_pattern) VALUES
  ('graph',   'SharePoint / Teams lists through Microsoft Graph', true,
-   '{tenant_id,client_id,site_id}', '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms}',
+   '{tenant_id,client_id,site_id}', '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches}',
    20, 2, 1, 'RU', 1250, 10, '^[A-Za-z_][A-Za-z0-9_]{0,254}$'),
  ('github',  'GitHub Issues (REST)', false, '{owner,repo}', '{base_url,budget_per_min}',
    1, 1, 1, 'requests', 80, 1, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),

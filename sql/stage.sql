@@ -5,32 +5,38 @@
 
 -- The slot cursor only moves forward.
 CREATE FUNCTION checkpoint(lsn pg_lsn, slot text DEFAULT NULL) RETURNS pg_lsn
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    done pg_lsn;
+BEGIN
+    IF slot IS NOT NULL AND slot !~ '^[a-z0-9_]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid slot name %', to_json(left(slot, 100))
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'Replication slot names have 1 to 63 lower-case letters, digits and underscores.',
+                  HINT = 'Leave slot out to use the setting sync.slot_name.';
+    END IF;
     INSERT INTO sync.cursors AS c (kind, scope, lsn)
     VALUES ('slot', coalesce(slot, sync._setting('slot_name')), lsn)
     ON CONFLICT (kind, scope) DO UPDATE
        SET lsn = EXCLUDED.lsn, updated_at = now()
      WHERE c.lsn IS NULL OR c.lsn < EXCLUDED.lsn
-    RETURNING lsn;
-$$;
+    RETURNING c.lsn INTO done;
+    RETURN done;
+END $$;
 COMMENT ON FUNCTION checkpoint(pg_lsn, text) IS 'Records that everything up to lsn is durably staged for the slot (default: setting sync.slot_name); never moves back.';
 
 -- The statement staging one definition's keys. Parameters:
 --   $1 keys jsonb, $2 definition id, $3 lsn, $4 run id, $5 approval, $6 delete scope.
--- %1$s: the compiled rows_by_key (one key, from _syncbridge_keys._syncbridge_k),
--- %2$s: keys_sql, %3$s: key_of_json.
+-- The rows are read, mapped and hashed by sync._mapped_rows_by_key (as the
+-- role syncbridge_reader); this statement compares them and writes the queue.
 --
 -- The base a row is compared with is what the target will hold once the
 -- export in flight for the key (if any) lands, else the ledger; when that
 -- export completes, sync.complete re-stages the key against the new ledger.
 CREATE FUNCTION _stage_sql() RETURNS text
 LANGUAGE sql IMMUTABLE AS $outer$ SELECT $sql$
-WITH asked AS MATERIALIZED (
-    SELECT DISTINCT ON (1) %3$s AS sync_key, _syncbridge_k FROM (%2$s) AS _syncbridge_keys
-),
-cur AS (
-    SELECT k.sync_key, w.list, w.fields, w.hash,
-           (w.sync_key IS NOT NULL) AS present,
+WITH cur AS (
+    SELECT k.sync_key, k.list, k.fields, k.hash, k.present,
            CASE WHEN ex.op IS NOT NULL THEN ex.op <> 'delete' ELSE l.sync_key IS NOT NULL END AS known,
            coalesce(ex.list, l.list) AS base_list,
            CASE WHEN ex.op IS NOT NULL THEN ex.hash ELSE l.hash END AS base_hash,
@@ -38,11 +44,8 @@ cur AS (
                 WHEN ex.op = 'update' THEN coalesce(l.fields, '{}') || ex.payload
                 ELSE l.fields END AS base_fields,
            coalesce(l.join_type, 'provisioned') AS join_type
-      FROM asked AS k
-      -- Each lookup is a per-key index probe (LATERAL ... LIMIT 1), whatever
-      -- the planner guesses of the size of the key set.
-      LEFT JOIN LATERAL (
-          SELECT w.* FROM (SELECT k._syncbridge_k) AS _syncbridge_keys, LATERAL (%1$s) AS w LIMIT 1) w ON true
+      FROM sync._mapped_rows_by_key($2, $1) AS k
+      -- Each lookup is a per-key index probe (LATERAL ... LIMIT 1).
       LEFT JOIN LATERAL (
           SELECT l.sync_key, l.list, l.hash, l.fields, l.join_type FROM sync.ledger l
            WHERE l.definition_id = $2 AND l.sync_key = k.sync_key LIMIT 1) l ON true
@@ -139,7 +142,6 @@ SET enable_seqscan = off SET jit = off
 AS $$
 DECLARE
     d sync.definitions;
-    c sync.compiled;
 BEGIN
     -- Staging of one definition is serialized until commit: the statement
     -- below takes its snapshot after the lock, so it sees what the previous
@@ -154,8 +156,7 @@ BEGIN
         added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
         RETURN;
     END IF;
-    c := sync._compile(def_id);
-    EXECUTE format(sync._stage_sql(), c.rows_by_key, c.keys_sql, c.key_of_json)
+    EXECUTE sync._stage_sql()
        INTO added, updated, deleted, moved, unchanged, cancelled
       USING keys, def_id, lsn, run_id, d.approval, d.delete_scope;
 END $$;
@@ -221,6 +222,19 @@ BEGIN
                 UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = run_id;
             END IF;
         EXCEPTION
+        WHEN invalid_parameter_value THEN
+            -- A key that does not fit its column (sync._mapped_rows_by_key)
+            -- is the caller's mistake, not the definition's: refused whole.
+            GET STACKED DIAGNOSTICS msg = CONSTRAINT_NAME;
+            IF msg = 'syncbridge_key' THEN
+                RAISE;
+            END IF;
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            UPDATE sync.definitions SET state = 'error', state_reason = left('staging failed: ' || msg, 1000), updated_at = now() WHERE id = d.id;
+            RAISE WARNING 'syncbridge: definition % stopped: staging failed: %', d.name, msg
+                USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
+            definition := d.name; added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
+            error := msg;
         WHEN transaction_rollback OR lock_not_available OR insufficient_resources OR operator_intervention THEN
             -- Deadlocks, serialization failures, lock timeouts, a full disk:
             -- nothing is wrong with the definition; the caller retries.
@@ -230,7 +244,7 @@ BEGIN
             -- transform failing on a row) stops alone; the others go on, and
             -- sync.resume() reconciles the whole table once it is fixed.
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            UPDATE sync.definitions SET state = 'error', state_reason = 'staging failed: ' || msg, updated_at = now() WHERE id = d.id;
+            UPDATE sync.definitions SET state = 'error', state_reason = left('staging failed: ' || msg, 1000), updated_at = now() WHERE id = d.id;
             RAISE WARNING 'syncbridge: definition % stopped: staging failed: %', d.name, msg
                 USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
             definition := d.name; added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;

@@ -183,13 +183,7 @@ async fn purge(dsn: &Dsn) {
 }
 
 async fn set_status(db: &Client, target: &str, status: &str, detail: &str) {
-    let r = db
-        .execute(
-            "UPDATE sync.targets SET status = $2, status_detail = nullif($3, ''), updated_at = now()
-              WHERE name = $1 AND (status, coalesce(status_detail, '')) IS DISTINCT FROM ($2, $3)",
-            &[&target, &status, &detail],
-        )
-        .await;
+    let r = db.execute("SELECT sync.report_target_status($1, $2, $3)", &[&target, &status, &detail]).await;
     if let Err(e) = r {
         tracing::debug!(error = %crate::pgerror::Described(&e), "could not record the target's status");
     }

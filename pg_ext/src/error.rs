@@ -13,9 +13,17 @@ pub enum SyncError {
     BadSecretRef { given: String },
     /// A configuration key holds what looks like a secret.
     SecretInConfig { key: String },
+    /// A configuration that is not a flat object of plain keys.
+    BadConfig { key: Option<String>, reason: String },
     /// An SQL expression (row filter, shard predicate, transform) that is not
     /// one plain expression.
     BadExpression { what: String, reason: String },
+    /// An expression that calls or reads what expressions may not: a
+    /// function outside pg_catalog, a volatile or stable one, a system
+    /// column, a session value.
+    ForbiddenInExpression { what: String, reason: String },
+    /// An aggregate, window or set-returning function: one row maps to one value.
+    UnsupportedInExpression { what: String, reason: String },
     /// An unknown setting name.
     UnknownSetting { name: String },
 }
@@ -40,20 +48,48 @@ impl SyncError {
                     "A secret reference is env:NAME (NAME: letters, digits, underscores) or file:/absolute/path; got {}.",
                     redact(given)
                 ),
-                "Example: secret => 'env:SP_CLIENT_SECRET'.".into(),
+                "Example: secret => 'env:SYNCBRIDGE_SECRET_SP' (the worker reads only variables named SYNCBRIDGE_SECRET_*).".into(),
             ),
             SyncError::SecretInConfig { key } => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("configuration key \"{key}\" looks like a secret"),
+                format!("configuration key {} looks like a secret", serde_json::Value::String(key.clone())),
                 "Target configuration is stored in sync.targets in plain text; secrets are refused there.".into(),
                 "Remove the key from config and pass the secret as a reference: secret => 'env:NAME' or 'file:/path'."
                     .into(),
+            ),
+            SyncError::BadConfig { key, reason } => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                match key {
+                    Some(k) => format!("invalid configuration key {}", serde_json::Value::String(k.clone())),
+                    None => "invalid target configuration".into(),
+                },
+                format!("In a target configuration, {reason}."),
+                "Example: config => '{\"tenant_id\": \"...\", \"budget_per_min\": 1250}'.".into(),
             ),
             SyncError::BadExpression { what, reason } => (
                 ERRCODE_SYNTAX_ERROR,
                 format!("invalid {what}"),
                 reason.clone(),
                 format!("A {what} is one SQL expression over the source row's columns, e.g. region = 'EU' AND NOT secret."),
+            ),
+            SyncError::ForbiddenInExpression { what, reason } => (
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("{what} refused: {reason}"),
+                "Row filters, shard predicates and transforms may use the source row's columns, constants, and \
+                 immutable functions and operators of pg_catalog only (not pg_*, lo_*, *_to_xml, volatile or stable \
+                 functions, nothing outside pg_catalog); they are evaluated by the role syncbridge_reader."
+                    .into(),
+                "Use built-in immutable functions (upper, coalesce, round, ...); compute anything else in a \
+                 generated column of the table and map that column."
+                    .into(),
+            ),
+            SyncError::UnsupportedInExpression { what, reason } => (
+                ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("{what} refused: {reason}"),
+                "Each row maps to one value: aggregates, window functions and set-returning functions have no \
+                 meaning there."
+                    .into(),
+                "Compute the value per row, or in a generated column of the table.".into(),
             ),
             SyncError::UnknownSetting { name } => (
                 ERRCODE_UNDEFINED_OBJECT,

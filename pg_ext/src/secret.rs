@@ -42,31 +42,107 @@ fn looks_like_a_scheme(s: &str) -> bool {
     }
 }
 
-/// Key names that hold secrets in every API syncbridge talks to.
-const SECRET_KEY_WORDS: &[&str] =
-    &["secret", "password", "passwd", "token", "apikey", "api_key", "private_key", "privatekey", "credential"];
+/// Words that name secrets in every API syncbridge talks to, as they read
+/// once a key is normalized (see `normalize_key`).
+const SECRET_KEY_WORDS: &[&str] = &[
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "token",
+    "apikey",
+    "privatekey",
+    "accesskey",
+    "signingkey",
+    "credential",
+    "bearer",
+    "cookie",
+    "sessionid",
+    "assertion",
+];
+
+/// Latin letters that Cyrillic and Greek letters are made to look like.
+fn unconfuse(c: char) -> char {
+    match c {
+        'а' | 'α' => 'a',
+        'в' | 'β' => 'b',
+        'с' | 'ϲ' => 'c',
+        'ԁ' => 'd',
+        'е' | 'ε' => 'e',
+        'һ' => 'h',
+        'і' | 'ι' | 'ӏ' => 'i',
+        'ј' => 'j',
+        'к' | 'κ' => 'k',
+        'м' => 'm',
+        'п' | 'η' => 'n',
+        'о' | 'ο' | 'σ' => 'o',
+        'р' | 'ρ' => 'p',
+        'ԛ' => 'q',
+        'ѕ' => 's',
+        'т' | 'τ' => 't',
+        'υ' | 'ս' => 'u',
+        'ѵ' | 'ν' => 'v',
+        'ԝ' | 'ω' => 'w',
+        'х' | 'χ' => 'x',
+        'у' | 'γ' => 'y',
+        other => other,
+    }
+}
+
+/// A key as a person reads it: compatibility-normalized (fullwidth letters
+/// become ASCII), invisible characters dropped, look-alike letters mapped to
+/// Latin, lower-cased, only letters and digits kept.
+fn normalize_key(key: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    key.nfkc().flat_map(char::to_lowercase).map(unconfuse).filter(|c| c.is_alphanumeric()).collect()
+}
 
 fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase().replace('-', "_");
+    let k = normalize_key(key);
     SECRET_KEY_WORDS.iter().any(|w| k.contains(w))
 }
 
-/// Looks through a configuration object for secrets: a key named like a
-/// secret, whatever its value (a reference goes to `secret =>`, not config).
-pub fn check_config(config: &serde_json::Value) -> Result<(), SyncError> {
-    match config {
+/// A key named like a secret anywhere inside a nested value.
+fn nested_secret_key(v: &serde_json::Value) -> Option<String> {
+    match v {
         serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                if is_secret_key(k) {
-                    return Err(SyncError::SecretInConfig { key: k.clone() });
-                }
-                check_config(v)?;
-            }
-            Ok(())
+            map.iter().find_map(|(k, inner)| if is_secret_key(k) { Some(k.clone()) } else { nested_secret_key(inner) })
         }
-        serde_json::Value::Array(items) => items.iter().try_for_each(check_config),
-        _ => Ok(()),
+        serde_json::Value::Array(items) => items.iter().find_map(nested_secret_key),
+        _ => None,
     }
+}
+
+/// Looks through a configuration object for secrets: a key named like a
+/// secret, whatever its value (a reference goes to `secret =>`, not config),
+/// however it is spelled; values are scalars (nothing can hide in a nested
+/// object).
+pub fn check_config(config: &serde_json::Value) -> Result<(), SyncError> {
+    let serde_json::Value::Object(map) = config else {
+        return Err(SyncError::BadConfig { key: None, reason: "the configuration is not a JSON object".into() });
+    };
+    for (k, v) in map {
+        if is_secret_key(k) {
+            return Err(SyncError::SecretInConfig { key: k.clone() });
+        }
+        if normalize_key(k) != k.to_ascii_lowercase().replace(['_', '-'], "") || !k.is_ascii() {
+            return Err(SyncError::BadConfig {
+                key: Some(k.clone()),
+                reason: "configuration keys are plain ASCII names (letters, digits, _)".into(),
+            });
+        }
+        if v.is_object() || v.is_array() {
+            if let Some(hidden) = nested_secret_key(v) {
+                return Err(SyncError::SecretInConfig { key: hidden });
+            }
+            return Err(SyncError::BadConfig {
+                key: Some(k.clone()),
+                reason: "configuration values are strings, numbers or booleans, not objects or arrays".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `sync._check_secret_ref(ref)`: raises unless `ref` is a valid secret reference.
@@ -111,11 +187,39 @@ mod tests {
 
     #[test]
     fn config_with_secret_keys_fails() {
-        let ok = serde_json::json!({"tenant_id": "t", "client_id": "c", "nested": [{"site_id": "s"}]});
+        let ok = serde_json::json!({"tenant_id": "t", "client_id": "c", "site_id": "s", "budget_per_min": 1250,
+                                    "authority_url": "https://login.microsoftonline.com", "project_key": "HR"});
         assert!(check_config(&ok).is_ok());
-        for key in ["client_secret", "Password", "api-key", "accessToken", "private_key"] {
-            let bad = serde_json::json!({ "x": { key: "v" } });
+        for key in [
+            "client_secret",
+            "Password",
+            "api-key",
+            "accessToken",
+            "private_key",
+            // Cyrillic с and е, fullwidth letters, a zero-width space, a Greek omicron
+            "\u{0441}lient_s\u{0435}cret",
+            "ｃｌｉｅｎｔ＿ｓｅｃｒｅｔ",
+            "client_sec\u{200b}ret",
+            "t\u{03bf}ken",
+            "PASS-WORD",
+        ] {
+            let bad = serde_json::json!({ key: "v" });
             assert!(matches!(check_config(&bad), Err(SyncError::SecretInConfig { .. })), "{key}");
+        }
+    }
+
+    #[test]
+    fn config_values_are_flat_and_keys_plain() {
+        for bad in [
+            serde_json::json!({"tenant_id": {"client_secret": "x"}}),
+            serde_json::json!({"tenant_id": ["a"]}),
+            serde_json::json!({"tenant\u{200b}_id": "t"}),
+            serde_json::json!("not an object"),
+        ] {
+            assert!(
+                matches!(check_config(&bad), Err(SyncError::BadConfig { .. } | SyncError::SecretInConfig { .. })),
+                "{bad}"
+            );
         }
     }
 }

@@ -90,3 +90,100 @@ fn check_reports_an_unreachable_server_with_exit_code_2() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid connection string"));
 }
+
+/// Everything `CREATE EXTENSION` makes in schema sync, one line per fact
+/// (functions with their body, rights, owner and settings; tables, columns,
+/// constraints, indexes, triggers, views, comments, reference data, grants).
+fn catalog(db: &syncbridge_tests::TestDb) -> std::collections::BTreeSet<String> {
+    db.psql(
+        r#"SELECT x FROM (
+  SELECT format('function %s -> %s lang=%s secdef=%s owner=%s config=%s acl=%s vol=%s strict=%s src=%s comment=%s',
+                p.oid::regprocedure, pg_get_function_result(p.oid), l.lanname, p.prosecdef, p.proowner::regrole,
+                p.proconfig, p.proacl, p.provolatile, p.proisstrict, md5(p.prosrc), obj_description(p.oid, 'pg_proc'))
+    FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.pronamespace = 'sync'::regnamespace
+  UNION ALL
+  SELECT format('relation %s kind=%s owner=%s acl=%s comment=%s', c.relname, c.relkind, c.relowner::regrole, c.relacl,
+                obj_description(c.oid, 'pg_class'))
+    FROM pg_class c WHERE c.relnamespace = 'sync'::regnamespace
+  UNION ALL
+  SELECT format('column %s.%s %s notnull=%s identity=%s default=%s acl=%s comment=%s', c.relname, a.attname,
+                format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity, pg_get_expr(d.adbin, d.adrelid),
+                a.attacl, col_description(c.oid, a.attnum))
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+   WHERE c.relnamespace = 'sync'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT format('constraint %s on %s: %s', conname, conrelid::regclass, pg_get_constraintdef(oid))
+    FROM pg_constraint WHERE connamespace = 'sync'::regnamespace
+  UNION ALL
+  SELECT format('index %s', pg_get_indexdef(i.indexrelid))
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'sync'::regnamespace
+  UNION ALL
+  SELECT format('trigger %s', pg_get_triggerdef(t.oid))
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = 'sync'::regnamespace AND NOT t.tgisinternal
+  UNION ALL
+  SELECT format('view %s: %s', c.relname, pg_get_viewdef(c.oid))
+    FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = 'sync'::regnamespace
+  UNION ALL
+  SELECT format('target kind %s', to_jsonb(k)) FROM sync.target_kinds k
+  UNION ALL
+  SELECT format('schema acl %s', nspacl) FROM pg_namespace WHERE nspname = 'sync'
+  UNION ALL
+  SELECT format('extension %s config %s', extversion, extconfig::regclass[]) FROM pg_extension WHERE extname = 'syncbridge'
+) s(x) ORDER BY x"#,
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// The upgrade from the last released version: a database made with
+/// 0.1.0's install script (sql/upgrade/syncbridge--0.1.0.sql) and updated
+/// holds what a fresh install holds, object for object; its stored
+/// expressions are carried over as 0.2.0 stores them, and a definition whose
+/// expression 0.2.0 refuses is stopped with the reason.
+#[test]
+fn upgrade_from_the_last_release_equals_a_fresh_install() {
+    let setup = "CREATE TABLE public.emp (id int PRIMARY KEY, name text, code varchar(5));
+        INSERT INTO public.emp VALUES (1, 'Ada', 'EU'), (2, 'Grace', 'US');
+        SELECT sync.create_target('t', kind => 'graph', config => '{\"tenant_id\": \"t\", \"client_id\": \"c\", \"site_id\": \"s\"}');
+        SELECT sync.define('d', source => 'public.emp', target => 't', list => 'L', row_filter => 'id > 0');
+        SELECT sync.map('d', 'name', 'Title', transform => 'upper(name)');
+        SELECT sync.map('d', 'code', 'Code');
+        SELECT sync.shard('d', $$code = 'EU'$$, list => 'EU');";
+    let old = cluster().new_empty_db("upgrade old");
+    old.psql("CREATE EXTENSION syncbridge VERSION '0.1.0'");
+    old.psql(setup);
+    old.psql(
+        "SELECT sync.define('bad', source => 'public.emp', target => 't', list => 'B');
+         SELECT sync.map('bad', NULL, 'When', transform => 'now()::text');",
+    );
+    old.psql("ALTER EXTENSION syncbridge UPDATE");
+    assert_eq!(old.psql("SELECT sync.version()"), syncbridge_worker::VERSION);
+
+    let fresh = cluster().new_db("upgrade fresh");
+    fresh.psql(setup);
+    let (a, b) = (catalog(&old), catalog(&fresh));
+    let only_upgraded: Vec<_> = a.difference(&b).collect();
+    let only_fresh: Vec<_> = b.difference(&a).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "the upgraded schema differs from a fresh install\nonly after the upgrade:\n{}\nonly in a fresh install:\n{}",
+        only_upgraded.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+        only_fresh.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+
+    // Expressions are stored as 0.2.0 stores them, and still work.
+    let stored = "SELECT d.row_filter || ' | ' || m.transform || ' | ' || s.predicate
+                    FROM sync.definitions d JOIN sync.field_maps m ON m.definition_id = d.id AND m.field = 'Title'
+                    JOIN sync.shards s ON s.definition_id = d.id WHERE d.name = 'd'";
+    assert_eq!(old.psql(stored), fresh.psql(stored));
+    let preview =
+        "SELECT string_agg(list || ':' || (fields ->> 'Title'), ',' ORDER BY sync_key) FROM sync.preview('d')";
+    assert_eq!(old.psql(preview), "EU:ADA,L:GRACE");
+    assert_eq!(old.psql(preview), fresh.psql(preview));
+    let bad = old.psql("SELECT state || ': ' || state_reason FROM sync.definitions WHERE name = 'bad'");
+    assert!(bad.starts_with("error: upgrade to 0.2.0: transform refused: "), "{bad}");
+    // The evaluating role may read the definitions' table.
+    assert_eq!(old.psql("SELECT has_table_privilege('syncbridge_reader', 'public.emp', 'SELECT')"), "t");
+}
