@@ -1971,9 +1971,14 @@ BEGIN
     SELECT count(*),
            count(*) FILTER (WHERE e.status = 'failed' AND e.next_attempt_at > now() + make_interval(secs => within_seconds))
       FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
-     WHERE d.target = export_backlog.target AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing');
+     WHERE d.target = export_backlog.target AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing')
+       -- not behind a list that waits for a person (its creation failed for
+       -- good, or awaits approval): like those, they wait for sync.retry/approve
+       AND NOT EXISTS (SELECT 1 FROM sync.pending_exports x
+                        WHERE x.definition_id = e.definition_id AND x.op = 'provision' AND e.op <> 'provision'
+                          AND x.list IN (e.list, e.from_list) AND x.status IN ('error', 'awaiting_approval'));
 END $$;
-COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease), and how many of them will not be retried within within_seconds.';
+COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval), and how many of them will not be retried within within_seconds.';
 
 CREATE OR REPLACE FUNCTION target_list_ids(target text)
 RETURNS TABLE (definition text, list text, remote_id text)

@@ -130,4 +130,15 @@ SELECT count(*) AS orphans FROM sync.pending_exports WHERE id = -10;
 \x on
 SELECT * FROM regress.err($sql$SELECT sync.purge('-1 day')$sql$);
 \x off
+-- Items behind a list whose creation failed for good wait for a person, as
+-- exports in error do: the backlog export --once waits for leaves them out.
+CREATE TABLE hr.rooms (id int PRIMARY KEY, name text);
+INSERT INTO hr.rooms VALUES (1, 'Blue'), (2, 'Red');
+SELECT sync.define('rooms', source => 'hr.rooms', target => 'sp_hr', list => 'Rooms') > 0 AS defined;
+SELECT sync.provision('rooms'), sync.enable('rooms');
+SELECT added FROM sync.stage('hr.rooms', '[{"id": "1"}, {"id": "2"}]');
+SELECT * FROM sync.export_backlog('sp_hr') \gset before_
+SELECT sync.complete(jsonb_agg(jsonb_build_object('id', c.id, 'ok', false, 'class', 'definite', 'error', 'list refused')))
+  FROM sync.claim('sp_hr', 100, worker => 'w') c WHERE c.op = 'provision';
+SELECT :before_open - open AS no_longer_open FROM sync.export_backlog('sp_hr');
 ROLLBACK;

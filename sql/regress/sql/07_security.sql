@@ -120,6 +120,13 @@ SELECT * FROM regress.err($sql$INSERT INTO sync.ledger (definition_id, sync_key,
 SELECT * FROM regress.err($sql$UPDATE sync.targets SET status = 'ok'$sql$);
 \x off
 SELECT count(*) AS claimed_unapproved_delete FROM sync.claim('sp_hr', 10, worker => 'w1');
+-- The worker needs no right on the source table: rows are read by syncbridge_reader.
+RESET SESSION AUTHORIZATION;
+REVOKE SELECT ON hr.employees FROM regress_sb_worker;
+UPDATE hr.employees SET full_name = 'Ada King' WHERE id = 1;
+SET SESSION AUTHORIZATION regress_sb_worker;
+SELECT has_table_privilege('hr.employees', 'SELECT') AS worker_reads_source, updated
+  FROM sync.stage('hr.employees', '[{"id": "1"}]');
 SELECT sync.report_target_status('sp_hr', 'ok', 'fine');
 RESET SESSION AUTHORIZATION;
 SELECT status, status_detail FROM sync.targets;
