@@ -222,24 +222,17 @@ BEGIN
                 UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = run_id;
             END IF;
         EXCEPTION
-        WHEN invalid_parameter_value THEN
+        WHEN transaction_rollback OR lock_not_available OR insufficient_resources OR operator_intervention THEN
+            -- Deadlocks, serialization failures, lock timeouts, a full disk:
+            -- nothing is wrong with the definition; the caller retries.
+            RAISE;
+        WHEN OTHERS THEN
             -- A key that does not fit its column (sync._mapped_rows_by_key)
             -- is the caller's mistake, not the definition's: refused whole.
             GET STACKED DIAGNOSTICS msg = CONSTRAINT_NAME;
             IF msg = 'syncbridge_key' THEN
                 RAISE;
             END IF;
-            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            UPDATE sync.definitions SET state = 'error', state_reason = left('staging failed: ' || msg, 1000), updated_at = now() WHERE id = d.id;
-            RAISE WARNING 'syncbridge: definition % stopped: staging failed: %', d.name, msg
-                USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
-            definition := d.name; added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
-            error := msg;
-        WHEN transaction_rollback OR lock_not_available OR insufficient_resources OR operator_intervention THEN
-            -- Deadlocks, serialization failures, lock timeouts, a full disk:
-            -- nothing is wrong with the definition; the caller retries.
-            RAISE;
-        WHEN OTHERS THEN
             -- A definition that no longer fits its table (a dropped column, a
             -- transform failing on a row) stops alone; the others go on, and
             -- sync.resume() reconciles the whole table once it is fixed.
