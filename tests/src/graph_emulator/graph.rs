@@ -21,6 +21,8 @@ pub(crate) const DEFAULT_PAGE: usize = 200;
 const MAX_PAGE: usize = 5000;
 const HOST: &str = "emulator.sharepoint.com";
 const NON_INDEXED_PREFER: &str = "HonorNonIndexedQueriesWarningMayFailRandomly";
+/// Graph's answer to a `$batch` mixing parallel and sequenced requests.
+pub(crate) const SHAPE_REFUSED: &str = "Batch should be either fully sequential or fully parallel.";
 
 /// One Graph request (top-level or inside a `$batch`).
 #[derive(Debug, Clone)]
@@ -866,6 +868,18 @@ pub(crate) fn serve_batch(state: &mut State, req: &Req, drop_half: bool) -> Resp
             return batch_error(format!("Request id '{}' depends on an unknown request id '{d}'.", r.id));
         }
     }
+    // Graph runs a batch either fully in parallel (no dependsOn) or fully in
+    // sequence (each request after the one before it), and refuses anything
+    // else as a whole.
+    if inners.iter().any(|r| !r.depends_on.is_empty()) {
+        let sequential = inners.iter().enumerate().all(|(i, r)| match i {
+            0 => r.depends_on.is_empty(),
+            _ => r.depends_on.len() == 1 && r.depends_on[0] == inners[i - 1].id,
+        });
+        if !sequential {
+            return batch_error(SHAPE_REFUSED);
+        }
+    }
     let omit_from = if drop_half { inners.len() - (inners.len() / 2).max(1) } else { inners.len() };
     let mut results: HashMap<String, Option<Resp>> = HashMap::new();
     while results.len() < inners.len() {
@@ -911,7 +925,7 @@ pub(crate) fn serve_batch(state: &mut State, req: &Req, drop_half: bool) -> Resp
             results.insert(r.id.clone(), Some(resp));
         }
     }
-    let responses: Vec<Value> = inners
+    let mut responses: Vec<Value> = inners
         .iter()
         .filter_map(|r| {
             let resp = results.get(&r.id)?.as_ref()?;
@@ -928,6 +942,8 @@ pub(crate) fn serve_batch(state: &mut State, req: &Req, drop_half: bool) -> Resp
             Some(out)
         })
         .collect();
+    // "Individual responses might appear in a different order than the requests."
+    rand::seq::SliceRandom::shuffle(responses.as_mut_slice(), &mut state.rng);
     Resp::json(200, json!({"responses": responses}))
 }
 

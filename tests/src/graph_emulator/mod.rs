@@ -9,12 +9,17 @@
 //!   `fields` update, delete, `If-Match`), `$filter` with Graph's
 //!   non-indexed-column refusal, paging with `@odata.nextLink`, item delta
 //!   with tokens;
-//! - `POST /v1.0/$batch` (at most 20 requests, `dependsOn`, per-request
-//!   throttling);
+//! - `POST /v1.0/$batch` (at most 20 requests, fully parallel or fully
+//!   sequential `dependsOn` chains, anything else refused with Graph's 400;
+//!   responses in a seeded shuffled order; per-request throttling);
+//! - values held to their column's JSON type, single-line text to 255
+//!   characters, read-only and unknown fields refused, dates and times kept
+//!   to whole seconds;
 //! - resource-unit throttling over a sliding 60 s window (`429` with
 //!   `Retry-After`), and injectable faults (error statuses, dropped
 //!   connections, garbage or truncated bodies, `$batch` answers missing
-//!   responses, latency);
+//!   responses, latency, and requests that run and then lose their answer),
+//!   once, n times or on every n-th request;
 //! - `/_emulator/...`: inspection and control without authentication.
 //!
 //! Every site id is accepted; a site exists implicitly per id string (and
@@ -63,6 +68,9 @@ pub struct EmulatorConfig {
     pub token_lifetime_secs: u64,
     /// Resource units allowed per sliding 60 s window; `None` = unlimited.
     pub budget_per_min: Option<u32>,
+    /// Seeds the order `$batch` responses come back in (Graph answers them
+    /// in any order): the same seed, the same order.
+    pub seed: u64,
 }
 
 impl Default for EmulatorConfig {
@@ -73,6 +81,7 @@ impl Default for EmulatorConfig {
             client_secret: "secret".into(),
             token_lifetime_secs: 3600,
             budget_per_min: None,
+            seed: 14,
         }
     }
 }
@@ -100,6 +109,17 @@ pub enum Fault {
     /// Answer with this status and this body, verbatim (`text/html`: not
     /// Graph's JSON error envelope); the request is not executed.
     Raw(u16, String),
+    /// Execute the request (a whole `$batch`: every request in it), then
+    /// lose the answer: answer this status with a Graph error body instead
+    /// (503 and 429 carry `Retry-After: 1`).
+    RunThenStatus(u16),
+    /// Execute the request (or the whole `$batch`), then close the
+    /// connection without an answer.
+    RunThenDrop,
+    /// Execute the request (or the whole `$batch`), then hold the
+    /// connection this many milliseconds (past the client's timeout) and
+    /// close it without an answer.
+    RunThenStall(u64),
 }
 
 /// One list item as stored.
@@ -186,6 +206,12 @@ impl EmulatorState {
         if count > 0 {
             self.lock().faults.push_back((fault, count));
         }
+    }
+
+    /// Applies `fault` to every `every`-th Graph request from now on (after
+    /// any pending faults; token requests are not counted); `None` stops it.
+    pub fn inject_every(&self, fault: Option<Fault>, every: u32) {
+        self.lock().periodic = fault.filter(|_| every > 0).map(|f| (f, every, 0));
     }
 
     /// Delays every Graph request by `ms` milliseconds.
@@ -277,6 +303,11 @@ impl Emulator {
     /// Applies `fault` to the next `count` Graph requests.
     pub fn inject(&self, fault: Fault, count: u32) {
         self.state.inject(fault, count)
+    }
+
+    /// See [`EmulatorState::inject_every`].
+    pub fn inject_every(&self, fault: Option<Fault>, every: u32) {
+        self.state.inject_every(fault, every)
     }
 
     /// Delays every Graph request by `ms` milliseconds.
@@ -474,6 +505,22 @@ async fn serve_http(
             Ok(()) => graph::serve(&mut st, &req),
         }
     };
+    // The work is done; the answer may still be lost.
+    match fault {
+        Some(Fault::RunThenDrop) => return Err(std::io::Error::other("injected fault: ran it, then dropped")),
+        Some(Fault::RunThenStall(ms)) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return Err(std::io::Error::other("injected fault: ran it, then stalled"));
+        }
+        Some(Fault::RunThenStatus(status)) => {
+            let mut lost = Resp::error(fault_error(status));
+            if status == 503 || status == 429 {
+                lost = lost.with_header("Retry-After", "1");
+            }
+            return Ok(to_http(lost, client_request_id.as_deref()));
+        }
+        _ => {}
+    }
     let mut http = to_http(resp, client_request_id.as_deref());
     if fault == Some(Fault::Truncated) {
         let full = http.body_mut().collect().await.map(|b| b.to_bytes()).unwrap_or_else(|e: Infallible| match e {});
@@ -615,6 +662,18 @@ fn parse_fault(v: &Value) -> Result<(Fault, u32), String> {
                 .ok_or("'retry_after' (a string) is required for fault 'throttle'")?
                 .to_owned(),
         ),
+        Some("run_then_status") => {
+            let s =
+                v.get("status").and_then(Value::as_u64).ok_or("'status' is required for fault 'run_then_status'")?;
+            if !(100..=599).contains(&s) {
+                return Err(format!("invalid status {s}"));
+            }
+            Fault::RunThenStatus(s as u16)
+        }
+        Some("run_then_drop") => Fault::RunThenDrop,
+        Some("run_then_stall") => Fault::RunThenStall(
+            v.get("ms").and_then(Value::as_u64).ok_or("'ms' is required for fault 'run_then_stall'")?,
+        ),
         Some("raw") => {
             let s = v.get("status").and_then(Value::as_u64).ok_or("'status' is required for fault 'raw'")?;
             if !(100..=599).contains(&s) {
@@ -624,7 +683,8 @@ fn parse_fault(v: &Value) -> Result<(Fault, u32), String> {
         }
         other => {
             return Err(format!(
-                "unknown fault {other:?} (status, drop, garbage, truncated, batch_missing, throttle, raw)"
+                "unknown fault {other:?} (status, drop, garbage, truncated, batch_missing, throttle, raw, \
+                 run_then_status, run_then_drop, run_then_stall)"
             ))
         }
     };
@@ -665,13 +725,20 @@ fn control(state: &EmulatorState, method: &str, what: &str, body: &[u8]) -> Http
             let st = state.lock();
             plain_json(200, &json!({"budget_per_min": st.budget, "latency_ms": st.latency_ms}))
         }
-        ("POST", "fault") => match parsed().and_then(|v| parse_fault(&v)) {
-            Ok((fault, count)) => {
-                state.inject(fault, count);
-                plain_json(200, &json!({"ok": true, "pending": state.lock().faults.len()}))
+        ("POST", "fault") => {
+            match parsed().and_then(|v| Ok((parse_fault(&v)?, v.get("every").and_then(Value::as_u64)))) {
+                // `"every": n`: every n-th request from now on (0 stops it).
+                Ok(((fault, _), Some(every))) => {
+                    state.inject_every(Some(fault), u32::try_from(every).unwrap_or(u32::MAX));
+                    plain_json(200, &json!({"ok": true, "every": every}))
+                }
+                Ok(((fault, count), None)) => {
+                    state.inject(fault, count);
+                    plain_json(200, &json!({"ok": true, "pending": state.lock().faults.len()}))
+                }
+                Err(e) => bad(e),
             }
-            Err(e) => bad(e),
-        },
+        }
         ("POST", "expire_tokens") => {
             state.expire_tokens();
             plain_json(200, &json!({"ok": true}))
@@ -1065,6 +1132,8 @@ mod tests {
         assert!(r.message().contains("Nope"), "{}", r.message());
         for bad in [
             json!({"Age": "abc"}),
+            json!({"Age": "42"}),
+            json!({"Title": 42}),
             json!({"Active": "yes"}),
             json!({"Active": 1}),
             json!({"Born": "not a date"}),
@@ -1078,7 +1147,7 @@ mod tests {
         let r = t
             .create(
                 "Employees",
-                json!({"Title": "B", "Age": "42", "Active": false, "Born": "1990-05-01",
+                json!({"Title": "B", "Age": 42, "Active": false, "Born": "1990-05-01",
                                         "ManagerLookupId": 1}),
             )
             .await;
@@ -1160,21 +1229,28 @@ mod tests {
         assert_eq!(r.status, 400);
         assert_eq!(t.em.lists()[0].items.len(), 20);
 
+        // A sequential batch: a failed request fails every later one (424).
         let mut bad = create_req("1", "bad");
         bad["body"]["fields"]["Nope"] = json!(1);
         let mut dep_on_bad = create_req("2", "never");
         dep_on_bad["dependsOn"] = json!(["1"]);
-        let mut dep_on_good = create_req("4", "after-3");
-        dep_on_good["dependsOn"] = json!(["3"]);
-        let read = json!({"id": "5", "method": "GET", "url": "sites/site1/lists/Employees/items/1?expand=fields"});
-        let r = t.batch(vec![bad, dep_on_bad, create_req("3", "ok"), dep_on_good, read]).await;
+        let r = t.batch(vec![bad, dep_on_bad]).await;
         assert_eq!(r.status, 200);
         let by_id: HashMap<&str, &Value> =
             r.body["responses"].as_array().unwrap().iter().map(|x| (x["id"].as_str().unwrap(), x)).collect();
-        assert_eq!(by_id.len(), 5);
         assert_eq!(by_id["1"]["status"], 400);
         assert_eq!(by_id["2"]["status"], 424);
         assert_eq!(by_id["2"]["body"]["error"]["code"], "failedDependency");
+        // A sequential batch that succeeds, in order.
+        let mut dep_on_good = create_req("4", "after-3");
+        dep_on_good["dependsOn"] = json!(["3"]);
+        let mut read = json!({"id": "5", "method": "GET", "url": "sites/site1/lists/Employees/items/1?expand=fields"});
+        read["dependsOn"] = json!(["4"]);
+        let r = t.batch(vec![create_req("3", "ok"), dep_on_good, read]).await;
+        assert_eq!(r.status, 200);
+        let by_id: HashMap<&str, &Value> =
+            r.body["responses"].as_array().unwrap().iter().map(|x| (x["id"].as_str().unwrap(), x)).collect();
+        assert_eq!(by_id.len(), 3);
         assert_eq!(by_id["3"]["status"], 201);
         assert_eq!(by_id["4"]["status"], 201);
         assert_eq!(by_id["5"]["status"], 200);
@@ -1301,8 +1377,9 @@ mod tests {
         assert_eq!(t.get(&items).await.status, 200);
         let r = t.batch((1..=4).map(|i| create_req(&i.to_string(), &format!("m{i}"))).collect()).await;
         assert_eq!(r.status, 200);
-        let ids: Vec<&str> =
+        let mut ids: Vec<&str> =
             r.body["responses"].as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+        ids.sort();
         assert_eq!(ids, ["1", "2"]);
         assert_eq!(t.em.lists()[0].items.len(), 3);
         assert_eq!(t.batch(vec![create_req("1", "whole")]).await.body["responses"].as_array().unwrap().len(), 1);
@@ -1469,5 +1546,167 @@ mod tests {
         assert_eq!(t.get(&format!("{SITE}/lists")).await.status, 200);
         assert_eq!(t.http.post(ctl("expire_tokens")).send().await.unwrap().status(), 200);
         assert_eq!(t.get(&format!("{SITE}/lists")).await.status, 401);
+    }
+
+    fn batch_ids(r: &Got) -> Vec<String> {
+        r.body["responses"].as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_fully_sequential_or_fully_parallel() {
+        let t = T::new().await;
+        t.employees().await;
+        let items = |t: &T| t.em.lists()[0].items.len();
+        // A move packed with unrelated requests (issue 14): refused whole.
+        let mut delete = json!({"id": "2d", "method": "DELETE", "url": "/sites/site1/lists/Employees/items/1"});
+        delete["dependsOn"] = json!(["2c"]);
+        let r = t.batch(vec![create_req("1", "other"), create_req("2c", "moved"), delete.clone()]).await;
+        assert_eq!((r.status, r.code()), (400, "BadRequest"), "{}", r.body);
+        assert_eq!(r.message(), "Batch should be either fully sequential or fully parallel.");
+        assert_eq!(items(&t), 0, "nothing in a refused batch runs");
+        // Depending on a request other than the one just before: refused too.
+        let mut third = create_req("3", "c");
+        third["dependsOn"] = json!(["1"]);
+        let mut second = create_req("2", "b");
+        second["dependsOn"] = json!(["1"]);
+        let r = t.batch(vec![create_req("1", "a"), second, third]).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        // Fully sequential (the move alone) and fully parallel are fine.
+        let r = t.batch(vec![create_req("2c", "moved"), delete]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = t.batch(vec![create_req("1", "x"), create_req("2", "y")]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(items(&t), 2);
+    }
+
+    #[tokio::test]
+    async fn values_must_have_their_columns_json_type_and_fit() {
+        let t = T::new().await;
+        let r = t
+            .post(
+                &format!("{SITE}/lists"),
+                json!({"displayName": "Types", "columns": [
+                    {"name": "Code", "text": {}}, {"name": "Notes", "text": {"allowMultipleLines": true}},
+                    {"name": "Qty", "number": {}}, {"name": "Ok", "boolean": {}},
+                    {"name": "At", "dateTime": {"format": "dateTime"}}]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        for bad in [
+            json!({"Code": 42}),
+            json!({"Code": true}),
+            json!({"Notes": 42}),
+            json!({"Notes": ["a"]}),
+            json!({"Qty": "42"}),
+            json!({"Qty": true}),
+            json!({"Ok": "true"}),
+            json!({"Ok": 1}),
+            json!({"At": 1_700_000_000}),
+            json!({"At": "yesterday"}),
+            json!({"Code": "x".repeat(256)}),
+            json!({"Title": "x".repeat(256)}),
+            json!({"Unknown": "x"}),
+        ] {
+            let r = t.create("Types", bad.clone()).await;
+            assert_eq!((r.status, r.code()), (400, "invalidRequest"), "{bad}: {}", r.body);
+        }
+        for read_only in ["ID", "id", "Created", "Modified", "Author", "Editor", "_UIVersionString", "AuthorLookupId"] {
+            let r = t.create("Types", json!({ read_only: "1" })).await;
+            assert_eq!((r.status, r.code()), (400, "invalidRequest"), "{read_only}");
+            assert!(r.message().contains("read-only"), "{read_only}: {}", r.message());
+        }
+        assert!(t.em.lists()[0].items.is_empty(), "nothing refused was stored");
+        let r = t
+            .create(
+                "Types",
+                json!({"Title": "t".repeat(255), "Code": "x".repeat(255), "Notes": "n".repeat(300), "Qty": 1.5,
+                       "Ok": true, "At": "2024-05-01T10:00:00.789Z"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        // SharePoint keeps whole seconds.
+        assert_eq!(r.body["fields"]["At"], "2024-05-01T10:00:00Z");
+        assert_eq!(t.em.lists()[0].items[0].fields["At"], "2024-05-01T10:00:00Z");
+        // Updates are held to the same rules.
+        let r = t.patch(&format!("{SITE}/lists/Types/items/1/fields"), json!({"Code": 7}), &[]).await;
+        assert_eq!(r.status, 400);
+        let r = t
+            .patch(&format!("{SITE}/lists/Types/items/1/fields"), json!({"Modified": "2024-01-01T00:00:00Z"}), &[])
+            .await;
+        assert_eq!(r.status, 400);
+    }
+
+    #[tokio::test]
+    async fn batch_responses_come_back_in_an_order_the_seed_decides() {
+        let order = |seed: u64| async move {
+            let t = T::with(EmulatorConfig { seed, ..Default::default() }).await;
+            t.employees().await;
+            let r = t.batch((1..=20).map(|i| create_req(&i.to_string(), "s")).collect()).await;
+            assert_eq!(r.status, 200);
+            batch_ids(&r)
+        };
+        let a = order(7).await;
+        let in_order: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+        assert_ne!(a, in_order, "shuffled");
+        let mut sorted = a.clone();
+        sorted.sort_by_key(|x| x.parse::<u32>().unwrap());
+        assert_eq!(sorted, in_order, "every response once");
+        assert_eq!(order(7).await, a, "the same seed, the same order");
+        assert_ne!(order(8).await, a, "another seed, another order");
+    }
+
+    #[tokio::test]
+    async fn lost_answers_after_the_work_is_done() {
+        let t = T::new().await;
+        t.employees().await;
+        let items = format!("{SITE}/lists/Employees/items");
+        let count = |t: &T| t.em.lists()[0].items.len();
+        // A 5xx instead of the answer: the item was created all the same.
+        t.em.inject(Fault::RunThenStatus(500), 1);
+        let r = t.create("Employees", json!({"Title": "ran"})).await;
+        assert_eq!((r.status, r.code()), (500, "generalException"));
+        assert_eq!(count(&t), 1);
+        t.em.inject(Fault::RunThenStatus(503), 1);
+        let r = t.create("Employees", json!({"Title": "ran too"})).await;
+        assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
+        assert_eq!(count(&t), 2);
+        // A whole $batch runs, then its connection drops.
+        t.em.inject(Fault::RunThenDrop, 1);
+        let reqs: Vec<Value> = (1..=3).map(|i| create_req(&i.to_string(), "b")).collect();
+        let r = t.http.post(t.url("/$batch")).bearer_auth(&t.token).json(&json!({"requests": reqs})).send().await;
+        assert!(r.is_err(), "expected a dropped connection, got {r:?}");
+        assert_eq!(count(&t), 5);
+        // Runs, then answers too late for the client.
+        t.em.inject(Fault::RunThenStall(1500), 1);
+        let r = t
+            .http
+            .post(t.url(&items))
+            .bearer_auth(&t.token)
+            .timeout(Duration::from_millis(300))
+            .json(&json!({"fields": {"Title": "late"}}))
+            .send()
+            .await;
+        assert!(r.is_err_and(|e| e.is_timeout()), "expected a timeout");
+        assert_eq!(count(&t), 6);
+        // At a steady rate: every third Graph request.
+        t.em.inject_every(Some(Fault::RunThenStatus(502)), 3);
+        let mut statuses = Vec::new();
+        for _ in 0..9 {
+            statuses.push(t.get(&items).await.status);
+        }
+        assert_eq!(statuses, [200, 200, 502, 200, 200, 502, 200, 200, 502]);
+        t.em.inject_every(None, 0);
+        assert_eq!(t.get(&items).await.status, 200);
+        // Over HTTP too.
+        let r = t
+            .http
+            .post(format!("{}/_emulator/fault", t.em.authority_url()))
+            .json(&json!({"fault": "run_then_status", "status": 504, "every": 2}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let s: Vec<u16> = [t.get(&items).await.status, t.get(&items).await.status].to_vec();
+        assert_eq!(s, [200, 504]);
     }
 }

@@ -315,15 +315,23 @@ pub(crate) fn normalize(col: &Column, value: &Value) -> Result<Option<Value>, Gr
     if value.is_null() {
         return Ok(None);
     }
-    let mismatch = || GraphError::bad(format!("Invalid value {value} for field '{}'", col.name));
+    let mismatch = || {
+        let want = match col.kind {
+            Kind::Text { .. } | Kind::Choice { .. } => "Edm.String",
+            Kind::Number { .. } | Kind::Currency => "Edm.Double",
+            Kind::Boolean => "Edm.Boolean",
+            Kind::DateTime { .. } => "Edm.DateTimeOffset",
+            Kind::Lookup { .. } => "Edm.Int32",
+        };
+        GraphError::bad(format!("Invalid value {value} for field '{}': a value of type {want} was expected", col.name))
+    };
     let v = match &col.kind {
+        // Graph (OData JSON, IEEE754Compatible=false) takes each type in its
+        // own JSON form only: text a string, a number a number, a boolean a
+        // boolean, a date and time an ISO 8601 string.
         Kind::Text { multi, max_len } => {
-            let s = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                _ => return Err(mismatch()),
-            };
+            let Value::String(s) = value else { return Err(mismatch()) };
+            let s = s.clone();
             if !multi && s.chars().count() > *max_len {
                 return Err(GraphError::bad(format!(
                     "The value of field '{}' exceeds the maximum length of {max_len} characters",
@@ -333,21 +341,8 @@ pub(crate) fn normalize(col: &Column, value: &Value) -> Result<Option<Value>, Gr
             Value::String(s)
         }
         Kind::Number { .. } | Kind::Currency => {
-            let n = match value {
-                Value::Number(n) => n.clone(),
-                Value::String(s) => {
-                    let t = s.trim();
-                    if let Ok(i) = t.parse::<i64>() {
-                        i.into()
-                    } else {
-                        match t.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
-                            Some(n) => n,
-                            None => return Err(mismatch()),
-                        }
-                    }
-                }
-                _ => return Err(mismatch()),
-            };
+            let Value::Number(n) = value else { return Err(mismatch()) };
+            let n = n.clone();
             if let Kind::Number { min, max } = col.kind {
                 let f = n.as_f64().unwrap_or(0.0);
                 if min.is_some_and(|m| f < m) || max.is_some_and(|m| f > m) {
@@ -430,6 +425,11 @@ pub(crate) struct State {
     pub latency_ms: u64,
     /// An outage: every Graph and token request has its connection dropped.
     pub down: bool,
+    /// A fault applied to every n-th Graph request (after the pending ones),
+    /// with how many Graph requests were counted so far.
+    pub periodic: Option<(Fault, u32, u64)>,
+    /// Shuffles `$batch` responses (seeded by the configuration: reproducible).
+    pub rng: rand::rngs::StdRng,
     pub stats: Stats,
     /// Lists by id.
     pub lists: HashMap<String, List>,
@@ -440,6 +440,8 @@ impl State {
     pub(crate) fn new(config: EmulatorConfig) -> Self {
         Self {
             budget: config.budget_per_min,
+            periodic: None,
+            rng: rand::SeedableRng::seed_from_u64(config.seed),
             config,
             tokens: HashMap::new(),
             window: VecDeque::new(),
@@ -481,11 +483,20 @@ impl State {
         }
     }
 
-    /// The next fault for a Graph request; `BatchMissingResponses` waits for a `$batch`.
+    /// The next fault for a Graph request: a pending one first (a
+    /// `BatchMissingResponses` waits for a `$batch`), else the periodic one
+    /// when this request is its n-th.
     pub(crate) fn take_fault(&mut self, is_batch: bool) -> Option<Fault> {
-        let (fault, left) = self.faults.front_mut()?;
+        let periodic = match &mut self.periodic {
+            Some((fault, every, seen)) => {
+                *seen += 1;
+                (*seen % u64::from((*every).max(1)) == 0).then(|| fault.clone())
+            }
+            None => None,
+        };
+        let Some((fault, left)) = self.faults.front_mut() else { return periodic };
         if matches!(fault, Fault::BatchMissingResponses) && !is_batch {
-            return None;
+            return periodic;
         }
         let f = fault.clone();
         *left -= 1;
