@@ -200,6 +200,22 @@ async fn context(db: &Client, target: &str) -> Result<ApplyContext, WorkerError>
         ctx.definition_lists.entry(def.clone()).or_insert_with(|| id.clone());
         ctx.list_ids.insert((def, list), id);
     }
+    // The columns as provisioned: each value goes out in its column's JSON type.
+    let rows = db
+        .query(
+            "SELECT d.name, tl.list, tl.columns::text FROM sync.target_lists tl \
+               JOIN sync.definitions d ON d.id = tl.definition_id \
+              WHERE d.target = $1 AND tl.columns IS NOT NULL",
+            &[&target],
+        )
+        .await
+        .map_err(WorkerError::db("reading the target's columns"))?;
+    for r in rows {
+        let (def, list, columns): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let columns: Value = serde_json::from_str(&columns).unwrap_or(Value::Null);
+        let kinds = columns.as_array().into_iter().flatten().filter_map(crate::target::column_kind).collect();
+        ctx.columns.insert((def, list), kinds);
+    }
     Ok(ctx)
 }
 

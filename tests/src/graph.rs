@@ -115,7 +115,17 @@ pub fn expected(db: &TestDb, definition: &str) -> BTreeMap<String, BTreeMap<Stri
 pub fn assert_target_equals_source(env: &GraphEnv, db: &TestDb, definition: &str, lists: &[&str]) {
     let want = expected(db, definition);
     let have = env.items();
+    let snapshots = env.emu.lists();
     for list in lists {
+        // Text columns take strings only: a JSON scalar bound for one
+        // travels as its JSON text.
+        let text_columns: Vec<String> = snapshots
+            .iter()
+            .filter(|l| l.display_name == *list)
+            .flat_map(|l| l.columns.iter())
+            .filter(|c| c.get("text").is_some())
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect();
         let w = want.get(*list).cloned().unwrap_or_default();
         let h = have.get(*list).cloned().unwrap_or_default();
         let wk: Vec<&String> = w.keys().collect();
@@ -156,6 +166,8 @@ pub fn assert_target_equals_source(env: &GraphEnv, db: &TestDb, definition: &str
                 {
                     // Graph returns dates and times in UTC, ISO 8601 with Z.
                     assert_eq!(a, b, "{list}/{key}: field {f} as a time");
+                } else if (v.is_number() || v.is_boolean()) && text_columns.iter().any(|c| c == f) {
+                    assert_eq!(item.get(f), Some(&Value::String(v.to_string())), "{list}/{key}: field {f} (text)");
                 } else {
                     assert_eq!(item.get(f), Some(v), "{list}/{key}: field {f}");
                 }

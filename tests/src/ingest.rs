@@ -32,21 +32,40 @@ pub fn run_once(db: &TestDb, extra: &[&str], limit: Duration) -> Output {
     wait_with_limit(child, limit)
 }
 
-/// Waits for a child, killing it (and failing) after `limit`.
+/// Waits for a child, killing it (and failing) after `limit`. Its stdout
+/// and stderr are read meanwhile: a child writing more than a pipe holds
+/// would otherwise block on its next log line.
 pub fn wait_with_limit(child: impl Into<ChildGuard>, limit: Duration) -> Output {
+    use std::io::Read;
     let mut child = child.into().into_inner();
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let deadline = Instant::now() + limit;
-    loop {
+    let (status, timed_out) = loop {
         match child.try_wait().expect("poll the worker") {
-            Some(_) => return child.wait_with_output().expect("collect the worker's output"),
+            Some(status) => break (status, false),
             None if Instant::now() > deadline => {
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("collect the worker's output");
-                panic!("the worker did not finish within {limit:?}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+                break (child.wait().expect("reap the worker"), true);
             }
             None => std::thread::sleep(Duration::from_millis(50)),
         }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    if timed_out {
+        panic!("the worker did not finish within {limit:?}\nstderr:\n{}", String::from_utf8_lossy(&stderr));
     }
+    Output { status, stdout, stderr }
 }
 
 /// Runs `--once` and asserts success; returns stderr (the log).

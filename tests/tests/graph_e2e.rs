@@ -412,3 +412,146 @@ fn the_exporter_purges_history_past_its_retention_and_nothing_else() {
     assert_eq!(db.psql("SELECT count(*) FROM sync.ledger"), "20");
     assert_target_equals_source(&env, &db, "t", &["T"]);
 }
+
+// ---------------------------------------------------------------------------
+// Issue 14: the adapter against an emulator as strict as the service.
+
+/// A seed for the randomized tests: SYNCBRIDGE_TEST_SEED, or the clock's.
+fn seed() -> u64 {
+    let s = std::env::var("SYNCBRIDGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(14)
+    });
+    eprintln!("seed {s} (SYNCBRIDGE_TEST_SEED={s} replays this run)");
+    s
+}
+
+/// A small LCG: the test's choices follow from the seed alone.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+const SHARDED: &str = "CREATE TABLE t (id int PRIMARY KEY, v text, region text NOT NULL);";
+
+fn define_sharded(db: &TestDb) {
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T Other')");
+    db.psql("SELECT sync.shard('t', $$region = 'EU'$$, list => 'T EU')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+}
+
+fn errors(db: &TestDb) -> String {
+    db.psql("SELECT count(*) || coalesce(': ' || string_agg(DISTINCT left(last_error, 200), ' / '), '') FROM sync.pending_exports WHERE status = 'error'")
+}
+
+#[test]
+fn moves_mixed_with_other_changes_in_one_claim_all_arrive() {
+    let (env, db) = setup(None, SHARDED);
+    db.psql(
+        "INSERT INTO t SELECT g, 'v' || g, CASE WHEN g % 2 = 0 THEN 'EU' ELSE 'US' END FROM generate_series(1, 40) g",
+    );
+    define_sharded(&db);
+    sync_once(&db);
+    assert_target_equals_source(&env, &db, "t", &["T EU", "T Other"]);
+    // One claim: moves both ways, updates, deletes and inserts together.
+    db.psql(
+        "UPDATE t SET region = CASE region WHEN 'EU' THEN 'US' ELSE 'EU' END WHERE id % 5 = 0;
+         UPDATE t SET v = v || '!' WHERE id % 3 = 0;
+         DELETE FROM t WHERE id % 7 = 0;
+         INSERT INTO t SELECT g, 'n' || g, CASE WHEN g % 2 = 0 THEN 'EU' ELSE 'US' END FROM generate_series(41, 60) g;",
+    );
+    sync_once(&db);
+    assert_eq!(errors(&db), "0", "nothing goes to error");
+    assert_target_equals_source(&env, &db, "t", &["T EU", "T Other"]);
+    let items = env.items();
+    for id in [5, 10, 15, 20, 25, 30, 40] {
+        let (now, old) = if id % 2 == 0 { ("T Other", "T EU") } else { ("T EU", "T Other") };
+        assert!(items[now].contains_key(&id.to_string()), "{id} arrived in {now}");
+        assert!(!items[old].contains_key(&id.to_string()), "{id} left {old}");
+    }
+    assert_eq!(open_count(&db), "0");
+}
+
+#[test]
+fn a_refused_batch_condemns_none_of_the_exports_it_carried() {
+    let (env, db) = setup(None, SHARDED);
+    db.psql("INSERT INTO t VALUES (1, 'one', 'EU')");
+    define_sharded(&db);
+    sync_once(&db);
+    db.psql("INSERT INTO t SELECT g, 'v' || g, 'US' FROM generate_series(2, 15) g; UPDATE t SET v = 'uno'");
+    // The next $batch (all fifteen exports) is refused as a whole.
+    env.emu.inject(Fault::Status(400), 1);
+    sync_once(&db);
+    assert_eq!(errors(&db), "0", "a refused envelope says nothing about its exports");
+    assert_target_equals_source(&env, &db, "t", &["T EU", "T Other"]);
+    assert_eq!(open_count(&db), "0");
+}
+
+#[test]
+fn answers_lost_after_execution_during_a_2000_row_sync_with_moves_make_no_twins() {
+    let seed = seed();
+    let mut rng = Lcg(seed);
+    let env = GraphEnv::start_with(syncbridge_tests::graph_emulator::EmulatorConfig {
+        seed,
+        ..syncbridge_tests::graph_emulator::EmulatorConfig::default()
+    });
+    let db = cluster().new_db("graph lost answers");
+    prepare(&db, SHARDED);
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.backoff_base_seconds = 1", db.name()));
+    env.create_target(&db, "sp", None);
+    db.psql(
+        "INSERT INTO t SELECT g, 'v' || g, CASE WHEN g % 2 = 0 THEN 'EU' ELSE 'US' END FROM generate_series(1, 2000) g",
+    );
+    define_sharded(&db);
+    // Every n-th Graph request runs, then loses its answer.
+    let faults = [Fault::RunThenStatus(500), Fault::RunThenStatus(502), Fault::RunThenStatus(503), Fault::RunThenDrop];
+    let fault = faults[rng.below(faults.len() as u64) as usize].clone();
+    let every = 4 + rng.below(5) as u32;
+    eprintln!("lost answers: {fault:?} on every {every}th request");
+    env.emu.inject_every(Some(fault.clone()), every);
+    sync_once(&db);
+    assert_eq!(env.items().values().map(|l| l.len()).sum::<usize>(), 2000, "exactly one item per row");
+    assert_target_equals_source(&env, &db, "t", &["T EU", "T Other"]);
+    // Moves (a seeded tenth of the rows), updates and inserts, under the same faults.
+    let moved: Vec<String> = (1..=2000).filter(|_| rng.below(10) == 0).map(|i: u32| i.to_string()).collect();
+    db.psql(&format!(
+        "UPDATE t SET region = CASE region WHEN 'EU' THEN 'US' ELSE 'EU' END WHERE id IN ({});
+         UPDATE t SET v = v || '!' WHERE id % 11 = 0;
+         INSERT INTO t SELECT g, 'n' || g, 'EU' FROM generate_series(2001, 2100) g;",
+        moved.join(",")
+    ));
+    sync_once(&db);
+    env.emu.inject_every(None, 0);
+    assert_eq!(errors(&db), "0", "nothing goes to error");
+    let items = env.items(); // panics on a twin within a list
+    assert_eq!(items.values().map(|l| l.len()).sum::<usize>(), 2100, "exactly one item per row, across the lists");
+    assert_target_equals_source(&env, &db, "t", &["T EU", "T Other"]);
+    assert_eq!(open_count(&db), "0");
+}
+
+#[test]
+fn json_scalars_bound_for_text_columns_arrive_as_strings() {
+    let (env, db) = setup(
+        None,
+        "CREATE TABLE t (id int PRIMARY KEY, meta jsonb, doc json);
+         INSERT INTO t VALUES (1, '42', '1.5'), (2, 'true', 'false'), (3, '\"s\"', '\"t\"'), (4, '{\"a\": 1}', '[1, 2]'),
+                              (5, 'null', NULL);",
+    );
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    sync_once(&db);
+    assert_eq!(errors(&db), "0");
+    let items = env.items();
+    let got = |k: &str, f: &str| items["T"][k].get(f).cloned();
+    assert_eq!(got("1", "meta"), Some(serde_json::json!("42")));
+    assert_eq!(got("1", "doc"), Some(serde_json::json!("1.5")));
+    assert_eq!(got("2", "meta"), Some(serde_json::json!("true")));
+    assert_eq!(got("2", "doc"), Some(serde_json::json!("false")));
+    assert_eq!(got("3", "meta"), Some(serde_json::json!("s")));
+    assert_eq!(got("4", "meta"), Some(serde_json::json!("{\"a\":1}")));
+    assert_eq!(got("5", "meta"), None);
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+}

@@ -3,15 +3,23 @@
 //! - Auth: OAuth2 client credentials against `{authority_url}/{tenant_id}/oauth2/v2.0/token`
 //!   (scope `https://graph.microsoft.com/.default`); the token is refreshed five
 //!   minutes before it expires, and at once when Graph answers 401.
-//! - Writes go in JSON `$batch`es of at most 20 requests; a move is a create
-//!   in the new list and a delete in the old one that depends on it.
+//! - Writes go in JSON `$batch`es of at most 20 requests, every one fully
+//!   parallel (Graph refuses a batch mixing `dependsOn` chains with
+//!   independent requests); a move is a create in the new list, then, in a
+//!   later batch once the create succeeded, the delete of the old item.
+//! - Text columns get JSON strings only (numbers and booleans bound for one
+//!   go out as their JSON text).
 //! - A resource-unit rate limiter (GCRA, governor) spends at most the
 //!   target's `budget_per_min` (default 1,250 RU/min: 2 RU per write, 1 per
 //!   read), so a sustained run rarely meets a 429. `Retry-After` (429/503,
 //!   also inside a `$batch`) pauses every request of this target.
-//! - Envelope failures (network, 5xx, garbage) are retried here with capped
-//!   exponential backoff and full jitter; what still fails is classified per
-//!   export (transient / throttled / auth / definite) for `sync.complete`.
+//! - Envelope failures are retried here with capped exponential backoff and
+//!   full jitter, but a `$batch` of writes whose outcome is unknown (5xx,
+//!   timeout, connection lost after sending, a broken answer) is never sent
+//!   again blindly: its creates are looked up by `SyncKey` first. A refused
+//!   envelope (not 200) condemns no export it carried: it is split and each
+//!   export sent alone. What still fails is classified per export
+//!   (transient / throttled / auth / definite) for `sync.complete`.
 //! - An export whose earlier attempt may have reached Graph (`verify`) looks
 //!   its `SyncKey` up first and adopts the item instead of creating a twin.
 //! - Hostile answers (issue 13): `base_url` / `authority_url` are checked
@@ -132,6 +140,69 @@ struct Failure {
 impl Failure {
     fn to_result(&self, id: i64) -> OpResult {
         OpResult { retry_after: self.retry_after, ..OpResult::failed(id, self.class, self.message.clone(), self.sent) }
+    }
+}
+
+/// Where an item export stands within one [`GraphTarget::apply_items`].
+#[derive(Debug)]
+enum Step {
+    /// Its main request is due (a create, an adoption, an update, a delete;
+    /// for a move, the create in the new list).
+    Main,
+    /// A move whose create succeeded (its result): the old item's delete is due.
+    MoveDelete(Box<OpResult>),
+}
+
+impl Step {
+    fn is_main(&self) -> bool {
+        matches!(self, Step::Main)
+    }
+}
+
+/// One item export on its way through the rounds of `$batch`es.
+#[derive(Debug)]
+struct Job<'a> {
+    e: &'a Export,
+    step: Step,
+    /// The item found by SyncKey: adopted (fields written) instead of created.
+    adopt: Option<String>,
+    /// Look the SyncKey up before the next send (an earlier one may have created it).
+    look: bool,
+    /// A send of this job may have reached Graph without an answer.
+    maybe_sent: bool,
+    /// Its own `$batch` (a shared one was refused).
+    alone: bool,
+    /// Sends whose outcome stayed unknown, in this step.
+    tries: u32,
+}
+
+/// After an answer: a result, or the job's next step.
+enum Next<'a> {
+    Done(Box<OpResult>),
+    Again(Box<Job<'a>>),
+}
+
+/// Why a `$batch` gave no answers.
+#[derive(Debug, Clone)]
+enum BatchError {
+    /// Graph answered the envelope with a status other than 200: none of
+    /// its requests ran. `shape`: the refusal is about how the batch was
+    /// put together (sequential and parallel requests mixed).
+    Refused { shape: bool, message: String },
+    /// Anything else (after the retries [`GraphTarget::call`] allows).
+    Failed(Failure),
+}
+
+impl BatchError {
+    /// As a plain failure: a refusal is transient (nothing ran, and it says
+    /// nothing about any one request).
+    fn into_failure(self) -> Failure {
+        match self {
+            BatchError::Failed(f) => f,
+            BatchError::Refused { message, .. } => {
+                Failure { class: ErrorClass::Transient, message, retry_after: None, sent: false }
+            }
+        }
     }
 }
 
@@ -263,8 +334,19 @@ pub fn column_definition(col: &Value, lookup_list: Option<&str>) -> Result<Value
 }
 
 /// The fields Graph receives for a payload: references become
-/// `<Name>LookupId`; on a create, NULLs are left out.
-fn graph_fields(payload: &Value, create: bool) -> Result<Map<String, Value>, String> {
+/// `<Name>LookupId`; on a create, NULLs are left out; every value bound for
+/// a text column (`Title`, text, note; `kinds`: the list's columns as
+/// provisioned) is a JSON string: arrays and documents as their JSON text,
+/// numbers and booleans too (a `jsonb` scalar such as `42`).
+fn graph_fields(
+    payload: &Value,
+    create: bool,
+    kinds: Option<&HashMap<String, String>>,
+) -> Result<Map<String, Value>, String> {
+    let is_text = |k: &str| {
+        k.eq_ignore_ascii_case("Title")
+            || kinds.and_then(|m| m.get(k)).is_some_and(|kind| kind == "text" || kind == "note")
+    };
     let mut out = Map::new();
     let Some(obj) = payload.as_object() else {
         return Ok(out);
@@ -286,6 +368,9 @@ fn graph_fields(payload: &Value, create: bool) -> Result<Map<String, Value>, Str
             Value::Null if create => {}
             // Arrays and JSON documents go into text (note) columns as JSON.
             Value::Array(_) | Value::Object(_) => {
+                out.insert(k.clone(), Value::String(v.to_string()));
+            }
+            Value::Number(_) | Value::Bool(_) if is_text(k) => {
                 out.insert(k.clone(), Value::String(v.to_string()));
             }
             other => {
@@ -557,18 +642,28 @@ impl GraphTarget {
     /// exponential backoff and full jitter, a 401 once after renewing the
     /// token. Returns the status and body of the first answer that is none of
     /// those; a second 401 or a 403 is an `auth` failure.
+    ///
+    /// With `resend_sent` false (writes that are not idempotent, such as a
+    /// `$batch` of creates) a failure after which the request may have run
+    /// (a 5xx or 503, a timeout, a connection lost after sending, an answer
+    /// that broke off) is returned at once instead of being sent again: the
+    /// caller must find out what happened first.
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
         ru: u32,
+        resend_sent: bool,
     ) -> Result<(u16, String), Failure> {
         let url = format!("{}{path}", self.base_url);
         let mut last: Option<Failure> = None;
         let mut refreshed = false;
         let mut attempt = 0;
         while attempt < ENVELOPE_ATTEMPTS {
+            if let Some(l) = last.as_ref().filter(|l| l.sent && !resend_sent) {
+                return Err(l.clone());
+            }
             if attempt > 0 {
                 let d = backoff(attempt);
                 tracing::debug!(target = %self.name, attempt, delay_ms = d.as_millis() as u64, "retrying a Graph request");
@@ -645,17 +740,29 @@ impl GraphTarget {
     }
 
     /// Sends one `$batch` (at most 20 requests). Returns the inner responses
-    /// by request id.
-    async fn send_batch(&self, requests: &[Value], ru: u32) -> Result<HashMap<String, Inner>, Failure> {
+    /// by request id. `resend_sent`: see [`Self::call`] (true only for
+    /// batches of reads).
+    async fn send_batch(
+        &self,
+        requests: &[Value],
+        ru: u32,
+        resend_sent: bool,
+    ) -> Result<HashMap<String, Inner>, BatchError> {
         let envelope = json!({ "requests": requests });
-        let (status, text) = self.call(reqwest::Method::POST, "/$batch", Some(&envelope), ru).await?;
+        let (status, text) = self
+            .call(reqwest::Method::POST, "/$batch", Some(&envelope), ru, resend_sent)
+            .await
+            .map_err(BatchError::Failed)?;
         if status != 200 {
-            // The batch itself was refused: nothing in it ran.
-            return Err(Failure {
-                class: ErrorClass::Definite,
-                message: format!("Graph refused the $batch (HTTP {status}){}", self.api_error_text(&text)),
-                retry_after: None,
-                sent: false,
+            // The envelope was refused: nothing in it ran, and no request in
+            // it was looked at on its own.
+            let detail = self.api_error_text(&text);
+            let shape = graph_envelope(&serde_json::from_str(&text).unwrap_or(Value::Null))
+                .is_some_and(|(_, m)| m.contains("fully sequential") || m.contains("fully parallel"));
+            tracing::warn!(target = %self.name, status, requests = requests.len(), shape, "Graph refused a $batch");
+            return Err(BatchError::Refused {
+                shape,
+                message: format!("Graph refused the $batch (HTTP {status}){detail}"),
             });
         }
         match parse_batch_answer(&text) {
@@ -665,9 +772,14 @@ impl GraphTarget {
             }
             Err(e) => {
                 // The requests may have run: nothing is marked done, and
-                // adds are verified by SyncKey on the next attempt.
+                // creates are looked up by SyncKey before they are sent again.
                 self.set_health(Health::Unreachable, e.clone());
-                Err(Failure { class: ErrorClass::Transient, message: e, retry_after: None, sent: true })
+                Err(BatchError::Failed(Failure {
+                    class: ErrorClass::Transient,
+                    message: e,
+                    retry_after: None,
+                    sent: true,
+                }))
             }
         }
     }
@@ -680,7 +792,9 @@ impl GraphTarget {
         body: Option<&Value>,
         ru: u32,
     ) -> Result<(u16, Value), Failure> {
-        let (status, text) = self.call(method, path, body, ru).await?;
+        // Provisioning may be sent again: a list created by a lost attempt
+        // answers 409 and is adopted.
+        let (status, text) = self.call(method, path, body, ru, true).await?;
         if text.is_empty() {
             return Ok((status, Value::Null));
         }
@@ -774,7 +888,9 @@ impl GraphTarget {
                     })
                 })
                 .collect();
-            let answers = self.send_batch(&reqs, RU_QUERY * chunk.len() as u32).await?;
+            // Reads: sent again as often as the retry policy allows.
+            let answers =
+                self.send_batch(&reqs, RU_QUERY * chunk.len() as u32, true).await.map_err(BatchError::into_failure)?;
             for e in chunk {
                 let a = answers.get(&e.id.to_string()).ok_or_else(|| Failure {
                     class: ErrorClass::Transient,
@@ -797,199 +913,337 @@ impl GraphTarget {
         Ok(found)
     }
 
+    /// Carries out item exports in rounds of `$batch`es, every one of them
+    /// fully parallel (no `dependsOn`: Graph refuses a batch that mixes
+    /// sequenced and parallel requests):
+    ///
+    /// - a move is a create in the new list, then, once that create is
+    ///   known to have succeeded, the old item's delete (in a later round);
+    /// - a `$batch` whose outcome is unknown (a 5xx, a timeout, a connection
+    ///   lost after sending, an answer that broke off or lacks a response)
+    ///   is never sent again blindly: its creates are looked up by SyncKey
+    ///   first and adopted when found; updates and deletes are sent again
+    ///   as they are (a repeated update writes the same values, a repeated
+    ///   delete finds nothing: 404, fine);
+    /// - a refused envelope (not 200) is split into single-export batches,
+    ///   so that each export gets a verdict of its own; only an export
+    ///   refused alone (and not for the batch's shape) is definite.
     async fn apply_items(&self, exports: &[&Export], ctx: &ApplyContext) -> Vec<OpResult> {
         let mut results = Vec::with_capacity(exports.len());
-        // Exports whose earlier attempt may have created the item: look first.
-        let verify: Vec<&Export> =
-            exports.iter().copied().filter(|e| e.verify && matches!(e.op, Op::Add | Op::Move)).collect();
-        let adopted = if verify.is_empty() {
-            HashMap::new()
-        } else {
-            match self.lookup(&verify, ctx).await {
-                Ok(m) => m,
-                Err(f) => {
-                    // Without the lookup nothing may be created: the verified
-                    // exports wait; the others go on.
-                    results.extend(verify.iter().map(|e| Failure { sent: false, ..f.clone() }.to_result(e.id)));
-                    HashMap::new()
+        let mut jobs: Vec<Job> = exports
+            .iter()
+            .map(|e| Job {
+                e,
+                step: Step::Main,
+                adopt: None,
+                // An earlier attempt may have created the item: look first.
+                look: e.verify && matches!(e.op, Op::Add | Op::Move),
+                maybe_sent: false,
+                alone: false,
+                tries: 0,
+            })
+            .collect();
+        let mut round: u32 = 0;
+        while !jobs.is_empty() {
+            if round > 0 && jobs.iter().any(|j| j.tries > 0) {
+                // Something is to be sent again: back off first.
+                let d = backoff(round);
+                if !self.sleep_or_stop(tokio::time::Instant::now() + d).await {
+                    let stop = self.stopping();
+                    results.extend(jobs.iter().map(|j| self.give_up(j, &stop)));
+                    return results;
                 }
             }
-        };
-        // Build each export's requests (1, or 2 for a move).
-        let mut groups: Vec<(&Export, Vec<Value>, u32)> = Vec::new();
-        for e in exports {
-            if e.verify && matches!(e.op, Op::Add | Op::Move) && !adopted.contains_key(&e.id) {
-                continue; // already reported above
+            round += 1;
+            // 1. Creates that may have happened already are looked up.
+            let to_look: Vec<&Export> = jobs.iter().filter(|j| j.look && j.step.is_main()).map(|j| j.e).collect();
+            if !to_look.is_empty() {
+                match self.lookup(&to_look, ctx).await {
+                    Ok(found) => {
+                        let mut adopted = 0;
+                        for j in jobs.iter_mut().filter(|j| j.look && j.step.is_main()) {
+                            j.look = false;
+                            j.adopt = found.get(&j.e.id).cloned().flatten();
+                            adopted += usize::from(j.adopt.is_some());
+                        }
+                        tracing::info!(target = %self.name, looked_up = to_look.len(), adopted,
+                            "looked creates up by SyncKey: the items found are adopted, not created again");
+                    }
+                    Err(f) => {
+                        // Without the look-up nothing may be created: these
+                        // wait for their next attempt (which looks first).
+                        let (waiting, rest): (Vec<Job>, Vec<Job>) =
+                            jobs.into_iter().partition(|j| j.look && j.step.is_main());
+                        results.extend(waiting.iter().map(|j| self.give_up(j, &f)));
+                        jobs = rest;
+                        if jobs.is_empty() {
+                            break;
+                        }
+                    }
+                }
             }
-            match self.requests_for(e, ctx, adopted.get(&e.id).cloned().flatten()) {
-                Ok((reqs, ru)) => groups.push((e, reqs, ru)),
-                Err(r) => results.push(*r),
+            // 2. One request per job.
+            let mut units: Vec<(Job, Value, u32)> = Vec::with_capacity(jobs.len());
+            for j in std::mem::take(&mut jobs) {
+                match self.request_for(&j, ctx) {
+                    Ok((req, ru)) => units.push((j, req, ru)),
+                    Err(r) => results.push(*r),
+                }
+            }
+            // 3. Fully parallel $batches of at most 20; a job whose shared
+            // batch was refused goes alone.
+            let mut batches: Vec<Vec<(Job, Value, u32)>> = Vec::new();
+            let mut shared: Vec<(Job, Value, u32)> = Vec::new();
+            for u in units {
+                if u.0.alone {
+                    batches.push(vec![u]);
+                    continue;
+                }
+                shared.push(u);
+                if shared.len() == BATCH_LIMIT {
+                    batches.push(std::mem::take(&mut shared));
+                }
+            }
+            if !shared.is_empty() {
+                batches.push(shared);
+            }
+            // 4. Up to `concurrency` in flight: the exports of one claim
+            // touch distinct keys, so their order does not matter. The RU
+            // limiter still paces the sum.
+            tracing::debug!(target = %self.name, round, batches = batches.len(),
+                requests = batches.iter().map(Vec::len).sum::<usize>(), "sending a round of $batches");
+            let sends: Vec<_> = batches.into_iter().map(|b| self.send_jobs(b)).collect();
+            let sent = futures_util::stream::iter(sends).buffer_unordered(self.concurrency).collect::<Vec<_>>().await;
+            // 5. Verdicts, or another round.
+            for (b, outcome) in sent {
+                let n = b.len();
+                match outcome {
+                    Ok(answers) => {
+                        for (j, _, _) in b {
+                            match answers.get(&j.e.id.to_string()) {
+                                Some(a) => match self.verdict(j, a) {
+                                    Next::Done(r) => results.push(*r),
+                                    Next::Again(j) => jobs.push(*j),
+                                },
+                                None => {
+                                    let f = Failure {
+                                        class: ErrorClass::Transient,
+                                        message: "the $batch answer lacks this request's response".into(),
+                                        retry_after: None,
+                                        sent: true,
+                                    };
+                                    self.again_or_give_up(j, &f, &mut jobs, &mut results);
+                                }
+                            }
+                        }
+                    }
+                    Err(BatchError::Refused { shape, message }) => {
+                        for (mut j, _, _) in b {
+                            if n > 1 && !j.alone {
+                                // Each export on its own, at once.
+                                j.alone = true;
+                                jobs.push(j);
+                            } else if shape || !j.step.is_main() || j.maybe_sent {
+                                // Not this export's fault, or an earlier send of it may
+                                // have run: transient (and looked up on its next attempt).
+                                let f = Failure {
+                                    class: ErrorClass::Transient,
+                                    message: message.clone(),
+                                    retry_after: None,
+                                    sent: false,
+                                };
+                                results.push(self.give_up(&j, &f));
+                            } else {
+                                // Refused with nothing else in the batch: the refusal is this export's.
+                                results.push(OpResult::failed(j.e.id, ErrorClass::Definite, message.clone(), false));
+                            }
+                        }
+                    }
+                    Err(BatchError::Failed(f)) if f.sent => {
+                        tracing::warn!(target = %self.name, exports = n, error = %f.message,
+                            "the outcome of a $batch is unknown: its creates are looked up before anything is sent again");
+                        for (j, _, _) in b {
+                            self.again_or_give_up(j, &f, &mut jobs, &mut results);
+                        }
+                    }
+                    // Certainly not sent (the retry policy is spent, or the worker stops).
+                    Err(BatchError::Failed(f)) => results.extend(b.iter().map(|(j, _, _)| self.give_up(j, &f))),
+                }
             }
         }
-        // Pack into $batches of at most 20 requests, a move's pair together.
-        let mut batch: Vec<(&Export, Vec<Value>, u32)> = Vec::new();
-        let mut size = 0;
-        let mut pending_batches = Vec::new();
-        for g in groups {
-            if size + g.1.len() > BATCH_LIMIT {
-                pending_batches.push(std::mem::take(&mut batch));
-                size = 0;
-            }
-            size += g.1.len();
-            batch.push(g);
-        }
-        if !batch.is_empty() {
-            pending_batches.push(batch);
-        }
-        // Up to `concurrency` $batches in flight: the exports of one claim
-        // touch distinct keys, so their order does not matter. The RU limiter
-        // still paces the sum.
-        let sends: Vec<_> = pending_batches.into_iter().map(|b| self.send_group(b, &adopted)).collect();
-        let sent =
-            futures_util::stream::iter(sends).buffer_unordered(self.concurrency).collect::<Vec<Vec<OpResult>>>().await;
-        results.extend(sent.into_iter().flatten());
         results
     }
 
-    /// Sends one `$batch` of export groups: one result per export.
-    async fn send_group(
+    /// Sends one `$batch` of jobs' requests (never sent again in place when
+    /// its outcome is unknown): the jobs back, with the outcome.
+    #[allow(clippy::type_complexity)]
+    async fn send_jobs<'a>(
         &self,
-        b: Vec<(&Export, Vec<Value>, u32)>,
-        adopted: &HashMap<i64, Option<String>>,
-    ) -> Vec<OpResult> {
-        let reqs: Vec<Value> = b.iter().flat_map(|g| g.1.iter().cloned()).collect();
-        let ru: u32 = b.iter().map(|g| g.2).sum();
-        match self.send_batch(&reqs, ru).await {
-            Err(f) => b.iter().map(|g| f.to_result(g.0.id)).collect(),
-            Ok(answers) => {
-                b.iter().map(|(e, _, _)| self.result_for(e, &answers, adopted.get(&e.id).cloned().flatten())).collect()
-            }
+        b: Vec<(Job<'a>, Value, u32)>,
+    ) -> (Vec<(Job<'a>, Value, u32)>, Result<HashMap<String, Inner>, BatchError>) {
+        let reqs: Vec<Value> = b.iter().map(|u| u.1.clone()).collect();
+        let ru: u32 = b.iter().map(|u| u.2).sum();
+        let outcome = self.send_batch(&reqs, ru, false).await;
+        (b, outcome)
+    }
+
+    /// A job whose send may have reached Graph: another round (its create
+    /// looked up first), or, its tries spent, a failure that makes the
+    /// export's next attempt look first.
+    fn again_or_give_up<'a>(&self, mut j: Job<'a>, f: &Failure, jobs: &mut Vec<Job<'a>>, results: &mut Vec<OpResult>) {
+        j.tries += 1;
+        j.maybe_sent = true;
+        if j.step.is_main() && j.adopt.is_none() && matches!(j.e.op, Op::Add | Op::Move) {
+            j.look = true;
+        }
+        if j.tries >= ENVELOPE_ATTEMPTS {
+            results.push(self.give_up(&j, f));
+        } else {
+            jobs.push(j);
         }
     }
 
-    /// The `$batch` requests carrying out one export, and their cost.
-    fn requests_for(
-        &self,
-        e: &Export,
-        ctx: &ApplyContext,
-        adopt: Option<String>,
-    ) -> Result<(Vec<Value>, u32), Box<OpResult>> {
+    /// The result of a job that stops here with `f`. When its create may
+    /// have happened (or a move's create did), the failure is `transient`
+    /// and `sent`, so that `sync.complete` marks the export verify and its
+    /// next attempt looks the item up before creating it.
+    fn give_up(&self, j: &Job<'_>, f: &Failure) -> OpResult {
+        let created = !j.step.is_main();
+        let create = j.step.is_main() && matches!(j.e.op, Op::Add | Op::Move);
+        if created || (create && (j.maybe_sent || f.sent)) {
+            let message = match &j.step {
+                Step::MoveDelete(_) => {
+                    format!("moved: created in the new list, the old item not deleted yet: {}", f.message)
+                }
+                Step::Main => f.message.clone(),
+            };
+            OpResult { retry_after: f.retry_after, ..OpResult::failed(j.e.id, ErrorClass::Transient, message, true) }
+        } else if j.e.verify && create {
+            // Its look-up failed: nothing was sent; it stays marked verify.
+            Failure { sent: false, ..f.clone() }.to_result(j.e.id)
+        } else {
+            let mut r = f.to_result(j.e.id);
+            r.sent = Some(f.sent || j.maybe_sent);
+            r
+        }
+    }
+
+    /// The one `$batch` request a job sends in this round, and its cost.
+    fn request_for(&self, j: &Job<'_>, ctx: &ApplyContext) -> Result<(Value, u32), Box<OpResult>> {
+        let e = j.e;
         let id = e.id.to_string();
+        if let Step::MoveDelete(_) = j.step {
+            let (Some(item), Some(from)) = (&e.target_id, &e.from_list) else {
+                return Err(Box::new(OpResult::failed(
+                    e.id,
+                    ErrorClass::Definite,
+                    "a move without its old item",
+                    false,
+                )));
+            };
+            let old = self.items_path(&self.list_ref(ctx, &e.definition, from));
+            return Ok((json!({ "id": id, "method": "DELETE", "url": format!("{old}/{}", seg(item)) }), RU_WRITE));
+        }
         let payload = e.payload.clone().unwrap_or(Value::Null);
         let list = self.items_path(&self.list_ref(ctx, &e.definition, &e.list));
+        let kinds = ctx.columns.get(&(e.definition.clone(), e.list.clone()));
         let definite = |m: String| Box::new(OpResult::failed(e.id, ErrorClass::Definite, m, false));
         let not_yet = |m: String| Box::new(OpResult::failed(e.id, ErrorClass::Transient, m, false));
         let json_headers = json!({ "Content-Type": "application/json" });
-        let create_or_adopt = |rid: String| -> Result<Value, Box<OpResult>> {
-            match &adopt {
-                Some(item) => {
-                    let fields = graph_fields(&payload, false).map_err(not_yet)?;
-                    Ok(json!({ "id": rid, "method": "PATCH", "url": format!("{list}/{}/fields", seg(item)),
-                               "headers": json_headers, "body": fields }))
-                }
-                None => {
-                    let mut fields = graph_fields(&payload, true).map_err(not_yet)?;
-                    fields.insert("SyncKey".into(), Value::String(e.sync_key.clone().unwrap_or_default()));
-                    Ok(
-                        json!({ "id": rid, "method": "POST", "url": list, "headers": json_headers, "body": { "fields": fields } }),
-                    )
-                }
-            }
-        };
         match e.op {
             Op::Provision => Err(definite("a provision in an item batch".into())),
-            Op::Add => Ok((vec![create_or_adopt(id)?], RU_WRITE)),
+            Op::Add | Op::Move => match &j.adopt {
+                Some(item) => {
+                    let fields = graph_fields(&payload, false, kinds).map_err(not_yet)?;
+                    Ok((
+                        json!({ "id": id, "method": "PATCH", "url": format!("{list}/{}/fields", seg(item)),
+                                "headers": json_headers, "body": fields }),
+                        RU_WRITE,
+                    ))
+                }
+                None => {
+                    let mut fields = graph_fields(&payload, true, kinds).map_err(not_yet)?;
+                    fields.insert("SyncKey".into(), Value::String(e.sync_key.clone().unwrap_or_default()));
+                    Ok((
+                        json!({ "id": id, "method": "POST", "url": list, "headers": json_headers, "body": { "fields": fields } }),
+                        RU_WRITE,
+                    ))
+                }
+            },
             Op::Update => {
                 let item = e.target_id.as_deref().ok_or_else(|| definite("an update without the item's id".into()))?;
-                let fields = graph_fields(&payload, false).map_err(not_yet)?;
+                let fields = graph_fields(&payload, false, kinds).map_err(not_yet)?;
                 Ok((
-                    vec![json!({ "id": id, "method": "PATCH", "url": format!("{list}/{}/fields", seg(item)),
-                                 "headers": json_headers, "body": fields })],
+                    json!({ "id": id, "method": "PATCH", "url": format!("{list}/{}/fields", seg(item)),
+                            "headers": json_headers, "body": fields }),
                     RU_WRITE,
                 ))
             }
             Op::Delete => {
                 let item = e.target_id.as_deref().ok_or_else(|| definite("a delete without the item's id".into()))?;
-                Ok((vec![json!({ "id": id, "method": "DELETE", "url": format!("{list}/{}", seg(item)) })], RU_WRITE))
-            }
-            Op::Move => {
-                let create = create_or_adopt(format!("{id}c"))?;
-                match (&e.target_id, &e.from_list) {
-                    (Some(item), Some(from)) => {
-                        let old = self.items_path(&self.list_ref(ctx, &e.definition, from));
-                        Ok((
-                            vec![
-                                create,
-                                json!({ "id": format!("{id}d"), "method": "DELETE", "url": format!("{old}/{}", seg(item)),
-                                        "dependsOn": [format!("{id}c")] }),
-                            ],
-                            2 * RU_WRITE,
-                        ))
-                    }
-                    _ => Ok((vec![create], RU_WRITE)),
-                }
+                Ok((json!({ "id": id, "method": "DELETE", "url": format!("{list}/{}", seg(item)) }), RU_WRITE))
             }
         }
     }
 
-    fn result_for(&self, e: &Export, answers: &HashMap<String, Inner>, adopted: Option<String>) -> OpResult {
-        let id = e.id.to_string();
-        let (main_id, delete_id) = match e.op {
-            Op::Move => (format!("{id}c"), e.target_id.as_ref().and(e.from_list.as_ref()).map(|_| format!("{id}d"))),
-            _ => (id, None),
-        };
-        let Some(a) = answers.get(&main_id) else {
-            return OpResult::failed(
-                e.id,
-                ErrorClass::Transient,
-                "the $batch answer lacks this request's response",
-                true,
-            );
-        };
-        let mut r = self.classify(e, a);
-        if r.ok {
-            match e.op {
-                Op::Add | Op::Move => {
-                    r.target_id =
-                        adopted.clone().or_else(|| a.body.get("id").and_then(Value::as_str).map(str::to_owned));
-                    if r.target_id.is_none() {
-                        return OpResult::failed(e.id, ErrorClass::Transient, "the created item has no id", true);
-                    }
-                    r.etag = a
-                        .body
-                        .get("eTag")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .or_else(|| etag_header(&a.headers));
+    /// What a job's answer means: a result, or (a move whose create
+    /// succeeded) its next step.
+    fn verdict<'a>(&self, j: Job<'a>, a: &Inner) -> Next<'a> {
+        let e = j.e;
+        if let Step::MoveDelete(created) = j.step {
+            // The old item: gone, or already gone, is what we want.
+            return match a.status {
+                200..=299 | 404 => Next::Done(created),
+                _ => {
+                    let mut f = self.classify(e, a);
+                    let message = f.error.take().unwrap_or_default();
+                    let failure =
+                        Failure { class: ErrorClass::Transient, message, retry_after: f.retry_after, sent: true };
+                    Next::Done(Box::new(self.give_up(&Job { step: Step::MoveDelete(created), ..j }, &failure)))
                 }
-                Op::Update => {
-                    r.etag = etag_header(&a.headers)
-                        .or_else(|| a.body.get("@odata.etag").and_then(Value::as_str).map(str::to_owned));
-                }
-                _ => {}
-            }
+            };
         }
-        if let (true, Some(did)) = (r.ok, delete_id) {
-            // The old item of a move: gone or already gone is fine; otherwise
-            // the move is retried (the new item is found by SyncKey).
-            match answers.get(&did) {
-                Some(d) if d.status == 204 || d.status == 200 || d.status == 404 => {}
-                Some(d) => {
-                    let mut f = self.classify(e, d);
-                    f.sent = Some(true);
-                    return f;
+        let mut r = self.classify(e, a);
+        if !r.ok {
+            if j.maybe_sent && matches!(e.op, Op::Add | Op::Move) {
+                // An earlier send may have created it: the next attempt looks first.
+                r.sent = Some(true);
+                if r.class == Some(ErrorClass::Throttled) {
+                    r.class = Some(ErrorClass::Transient);
                 }
-                None => {
-                    return OpResult::failed(
+            }
+            return Next::Done(Box::new(r));
+        }
+        match e.op {
+            Op::Add | Op::Move => {
+                r.target_id = j.adopt.clone().or_else(|| a.body.get("id").and_then(Value::as_str).map(str::to_owned));
+                if r.target_id.is_none() {
+                    return Next::Done(Box::new(OpResult::failed(
                         e.id,
                         ErrorClass::Transient,
-                        "the $batch answer lacks the move's delete",
+                        "the created item has no id",
                         true,
-                    )
+                    )));
+                }
+                r.etag = a
+                    .body
+                    .get("eTag")
+                    .or_else(|| a.body.get("@odata.etag"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| etag_header(&a.headers));
+                if e.op == Op::Move && e.target_id.is_some() && e.from_list.is_some() {
+                    // Created in the new list: now (and only now) the old item goes.
+                    return Next::Again(Box::new(Job { step: Step::MoveDelete(Box::new(r)), tries: 0, ..j }));
                 }
             }
+            Op::Update => {
+                r.etag = etag_header(&a.headers)
+                    .or_else(|| a.body.get("@odata.etag").and_then(Value::as_str).map(str::to_owned));
+            }
+            _ => {}
         }
-        r
+        Next::Done(Box::new(r))
     }
 
     fn classify(&self, e: &Export, a: &Inner) -> OpResult {
@@ -1144,15 +1398,36 @@ mod tests {
     fn references_become_lookup_ids_and_creates_leave_nulls_out() {
         let p = json!({"Title": "x", "Gone": null, "Boss": {"@ref": "7", "@def": "people", "target_id": "42"},
                        "Tags": ["a", "b"], "Meta": {"k": 1}});
-        let f = graph_fields(&p, true).unwrap();
+        let f = graph_fields(&p, true, None).unwrap();
         assert_eq!(
             Value::Object(f),
             json!({"Title": "x", "BossLookupId": "42", "Tags": "[\"a\",\"b\"]", "Meta": "{\"k\":1}"})
         );
-        let f = graph_fields(&p, false).unwrap();
+        let f = graph_fields(&p, false, None).unwrap();
         assert_eq!(f.get("Gone"), Some(&Value::Null));
         let unresolved = json!({"Boss": {"@ref": "7", "@def": "people", "target_id": null}});
-        assert!(graph_fields(&unresolved, true).unwrap_err().contains("not on the target yet"));
+        assert!(graph_fields(&unresolved, true, None).unwrap_err().contains("not on the target yet"));
+    }
+
+    #[test]
+    fn values_bound_for_text_columns_are_strings() {
+        let kinds: HashMap<String, String> = [("Meta", "note"), ("Code", "text"), ("Qty", "number"), ("Ok", "boolean")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let p = json!({"Title": 7, "Meta": 42, "Code": true, "Qty": 42, "Ok": true, "Other": 1.5, "Doc": [1]});
+        let f = graph_fields(&p, true, Some(&kinds)).unwrap();
+        assert_eq!(
+            Value::Object(f),
+            json!({"Title": "7", "Meta": "42", "Code": "true", "Qty": 42, "Ok": true, "Other": 1.5, "Doc": "[1]"})
+        );
+        // Both forms of sync.target_lists.columns give the kinds.
+        let k = |v: Value| crate::target::column_kind(&v).map(|(_, k)| k);
+        assert_eq!(k(json!({"name": "N", "text": {"allowMultipleLines": true}})).as_deref(), Some("note"));
+        assert_eq!(k(json!({"name": "N", "text": {}})).as_deref(), Some("text"));
+        assert_eq!(k(json!({"name": "N", "dateTime": {"format": "dateOnly"}})).as_deref(), Some("date"));
+        assert_eq!(k(json!({"name": "N", "kind": "number"})).as_deref(), Some("number"));
+        assert_eq!(k(json!({"name": "N", "kind": "number", "reference": "people"})).as_deref(), Some("lookup"));
     }
 
     #[test]

@@ -203,6 +203,44 @@ pub struct ApplyContext {
     pub list_ids: std::collections::HashMap<(String, String), String>,
     /// definition → the id of (one of) its lists, for lookup columns.
     pub definition_lists: std::collections::HashMap<String, String>,
+    /// (definition, list name) → the list's columns as provisioned (or
+    /// adopted): field name → kind (`text`, `note`, `number`, `boolean`,
+    /// `dateTime`, `date`, `lookup`), so that each value goes out in the
+    /// JSON type its column takes.
+    pub columns: std::collections::HashMap<(String, String), std::collections::HashMap<String, String>>,
+}
+
+/// The kind of one provisioned column, from either form `sync.target_lists.columns`
+/// holds: syncbridge's (`{"name", "kind", "reference"}`) or the target's
+/// column definition as created (`{"name", "text": {…}}`, `"number"`, …).
+pub fn column_kind(c: &Value) -> Option<(String, String)> {
+    let name = c.get("name")?.as_str()?.to_owned();
+    if c.get("reference").is_some_and(|r| !r.is_null()) || c.get("lookup").is_some() {
+        return Some((name, "lookup".into()));
+    }
+    if let Some(k) = c.get("kind").and_then(Value::as_str) {
+        return Some((name, k.to_owned()));
+    }
+    let kind = if let Some(t) = c.get("text") {
+        if t.get("allowMultipleLines").and_then(Value::as_bool) == Some(true) {
+            "note"
+        } else {
+            "text"
+        }
+    } else if c.get("number").is_some() {
+        "number"
+    } else if c.get("boolean").is_some() {
+        "boolean"
+    } else if let Some(d) = c.get("dateTime") {
+        if d.get("format").and_then(Value::as_str) == Some("dateOnly") {
+            "date"
+        } else {
+            "dateTime"
+        }
+    } else {
+        return None;
+    };
+    Some((name, kind.to_owned()))
 }
 
 /// Why a target could not be set up.
