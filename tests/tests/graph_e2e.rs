@@ -555,3 +555,23 @@ fn json_scalars_bound_for_text_columns_arrive_as_strings() {
     assert_eq!(got("5", "meta"), None);
     assert_target_equals_source(&env, &db, "t", &["T"]);
 }
+
+#[test]
+fn a_batch_that_ran_but_timed_out_is_looked_up_not_sent_again() {
+    let (env, db) = setup(None, SHARDED);
+    db.psql("SELECT sync.alter_target('sp', config => '{\"timeout_ms\": 1000}')");
+    db.psql(
+        "INSERT INTO t SELECT g, 'v' || g, CASE WHEN g % 2 = 0 THEN 'EU' ELSE 'US' END FROM generate_series(1, 30) g",
+    );
+    define_sharded(&db);
+    sync_once(&db); // the lists, then the items
+    db.psql("INSERT INTO t SELECT g, 'n' || g, 'EU' FROM generate_series(31, 60) g; UPDATE t SET region = 'US' WHERE id <= 10");
+    // Each of the next two requests runs, then answers only after the worker gave up waiting.
+    env.emu.inject(Fault::RunThenStall(1500), 2);
+    sync_once(&db);
+    assert_eq!(errors(&db), "0");
+    let items = env.items(); // panics on a twin within a list
+    assert_eq!(items.values().map(|l| l.len()).sum::<usize>(), 60, "exactly one item per row");
+    assert_target_equals_source(&env, &db, "t", &["T EU", "T Other"]);
+    assert_eq!(open_count(&db), "0");
+}
