@@ -8,6 +8,7 @@
 -- Signatures that changed.
 DROP FUNCTION @extschema@._resolve_table(text);
 DROP FUNCTION @extschema@._check_row_expression(regclass, text, text, boolean);
+DROP FUNCTION @extschema@._field_kind(regtype);
 
 -- The configuration key max_concurrent_batches (read by the worker since 0.1.0).
 UPDATE @extschema@.target_kinds
@@ -1001,23 +1002,41 @@ BEGIN
 END $$;
 
 -- The kind of target column a source type provisions as (graph vocabulary:
--- text, number, boolean, dateTime, note (long text), json kept as text).
-CREATE OR REPLACE FUNCTION _field_kind(typ regtype) RETURNS text
+-- text (one line, at most 255 characters), note (multi-line text), number
+-- (a double), boolean, dateTime, date). `typmod` is the column's (-1 for a
+-- transform); a domain's own type modifier counts when the column has none.
+--   number: smallint, integer, bigint, real, double precision, and numeric
+--     with at most 15 digits of precision (a double holds them exactly);
+--     numeric without a precision, or with more, is a note holding its exact
+--     text (nothing is rounded);
+--   text: varchar(n) and char(n) with n <= 255, and types whose text form is
+--     short (uuid, inet, cidr, macaddr, name, time, interval, money, enums);
+--   note: text, varchar without a length or longer than 255, json, jsonb,
+--     arrays, and every other type.
+CREATE OR REPLACE FUNCTION _field_kind(typ regtype, typmod int DEFAULT -1) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE b(oid, typmod, depth) AS (
+        SELECT typ::oid, typmod, 0
+        UNION ALL
+        SELECT t2.typbasetype, CASE WHEN b.typmod >= 0 THEN b.typmod ELSE t2.typtypmod END, b.depth + 1
+          FROM pg_type t2 JOIN b ON t2.oid = b.oid WHERE t2.typtype = 'd'
+    ), base AS (
+        SELECT t.oid, t.typcategory AS cat, t.typtype, b.typmod AS tm
+          FROM b JOIN pg_type t ON t.oid = b.oid WHERE t.typtype <> 'd' ORDER BY b.depth LIMIT 1
+    )
     SELECT CASE
-        WHEN t.typcategory = 'B' THEN 'boolean'
-        WHEN t.typcategory = 'N' AND t.oid NOT IN ('int8'::regtype, 'numeric'::regtype) THEN 'number'
-        WHEN t.oid IN ('int8'::regtype, 'numeric'::regtype) THEN 'number'
-        WHEN t.oid IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN 'dateTime'
-        WHEN t.oid = 'date'::regtype THEN 'date'
-        WHEN t.oid IN ('json'::regtype, 'jsonb'::regtype) OR t.typcategory = 'A' THEN 'note'
-        WHEN t.oid = 'text'::regtype THEN 'note'
-        ELSE 'text'
+        WHEN cat = 'B' THEN 'boolean'
+        WHEN oid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'float4'::regtype, 'float8'::regtype) THEN 'number'
+        WHEN oid = 'numeric'::regtype THEN CASE WHEN tm >= 4 AND ((tm - 4) >> 16) <= 15 THEN 'number' ELSE 'note' END
+        WHEN oid IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN 'dateTime'
+        WHEN oid = 'date'::regtype THEN 'date'
+        WHEN oid IN ('varchar'::regtype, 'bpchar'::regtype) THEN CASE WHEN tm > 4 AND tm - 4 <= 255 THEN 'text' ELSE 'note' END
+        WHEN typtype = 'e' OR oid IN ('uuid'::regtype, 'inet'::regtype, 'cidr'::regtype, 'macaddr'::regtype, 'macaddr8'::regtype,
+                                      'name'::regtype, 'time'::regtype, 'timetz'::regtype, 'interval'::regtype, 'money'::regtype,
+                                      'pg_lsn'::regtype, 'char'::regtype) THEN 'text'
+        ELSE 'note'
     END
-    FROM pg_type t WHERE t.oid = (
-        WITH RECURSIVE b(oid) AS (SELECT typ::oid UNION ALL
-            SELECT t2.typbasetype FROM pg_type t2 JOIN b ON t2.oid = b.oid WHERE t2.typtype = 'd')
-        SELECT b.oid FROM b JOIN pg_type t3 ON t3.oid = b.oid WHERE t3.typtype <> 'd' LIMIT 1)
+    FROM base
 $$;
 
 -- Digest of a table's columns: any ALTER TABLE that adds, drops, renames or
@@ -1090,11 +1109,12 @@ BEGIN
         ), has_maps AS (SELECT EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = def_id) AS yes)
         SELECT maps.field, maps.column_name, maps.transform, maps.reference, maps.position,
                coalesce(maps.transform_type, a.atttypid::regtype) AS typ,
+               CASE WHEN maps.transform_type IS NULL THEN a.atttypmod ELSE -1 END AS typmod,
                (a.attname IS NULL AND maps.column_name IS NOT NULL) AS missing
           FROM maps LEFT JOIN pg_attribute a
             ON a.attrelid = d.source_rel AND a.attname = maps.column_name AND a.attnum > 0 AND NOT a.attisdropped
         UNION ALL
-        SELECT a.attname::text, a.attname, NULL, NULL, a.attnum, a.atttypid::regtype, false
+        SELECT a.attname::text, a.attname, NULL, NULL, a.attnum, a.atttypid::regtype, a.atttypmod, false
           FROM pg_attribute a, has_maps
          WHERE NOT has_maps.yes AND a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped
            -- the key travels as SyncKey; id and SyncKey are the target's own
@@ -1128,7 +1148,7 @@ BEGIN
         END);
         fields := fields || jsonb_build_object(
             'field', f.field, 'column', f.column_name, 'type', f.typ::text,
-            'kind', CASE WHEN f.reference IS NOT NULL THEN 'lookup' ELSE sync._field_kind(f.typ) END,
+            'kind', CASE WHEN f.reference IS NOT NULL THEN 'lookup' ELSE sync._field_kind(f.typ, f.typmod) END,
             'reference', f.reference, 'transform', f.transform);
     END LOOP;
     IF cardinality(pairs) = 0 THEN

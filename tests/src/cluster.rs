@@ -193,7 +193,7 @@ impl Cluster {
             let port = free_port();
             let conf = format!(
                 "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-                 max_replication_slots = 16\nmax_wal_senders = 16\nmax_connections = 100\n\
+                 max_replication_slots = 64\nmax_wal_senders = 32\nmax_connections = 100\n\
                  fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
                  shared_buffers = 64MB\nlog_min_messages = warning\nlc_messages = 'C'\n{}\n",
                 sock.display(),

@@ -248,10 +248,11 @@ fn two_exporters_at_once_never_send_an_export_twice() {
 
 #[test]
 fn a_value_graph_refuses_is_an_error_until_the_data_is_fixed_and_retried() {
-    // A varchar becomes a single line of text: SharePoint takes 255 characters.
+    // Title is always a single line of text: SharePoint takes 255 characters.
     let (env, db) =
         setup(None, "CREATE TABLE t (id int PRIMARY KEY, code varchar(400)); INSERT INTO t VALUES (1, 'ok');");
     db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.map('t', 'code', 'Title')");
     db.psql("SELECT sync.provision('t'), sync.enable('t')");
     sync_once(&db);
     db.psql("INSERT INTO t VALUES (2, repeat('x', 300))");
@@ -266,7 +267,7 @@ fn a_value_graph_refuses_is_an_error_until_the_data_is_fixed_and_retried() {
     db.psql("SELECT sync.retry(id) FROM sync.pending_exports WHERE sync_key = '2' AND status = 'error'");
     sync_once(&db);
     assert_target_equals_source(&env, &db, "t", &["T"]);
-    assert_eq!(env.items()["T"]["2"]["code"], "fixed");
+    assert_eq!(env.items()["T"]["2"]["Title"], "fixed");
 }
 
 #[test]
@@ -574,4 +575,33 @@ fn a_batch_that_ran_but_timed_out_is_looked_up_not_sent_again() {
     assert_eq!(items.values().map(|l| l.len()).sum::<usize>(), 60, "exactly one item per row");
     assert_target_equals_source(&env, &db, "t", &["T EU", "T Other"]);
     assert_eq!(open_count(&db), "0");
+}
+
+/// Issue 14, defects 3 and 5: text that can exceed 255 characters is
+/// provisioned as multi-line text (SharePoint's single-line text holds 255),
+/// and a numeric a double cannot hold exactly as text with every digit;
+/// numeric(12,2) stays a number. Everything arrives unchanged.
+#[test]
+fn long_text_and_precise_numbers_arrive_unchanged() {
+    let (env, db) = setup(
+        None,
+        "CREATE TABLE t (id int PRIMARY KEY, long varchar(400), free varchar, short varchar(40), big numeric, price numeric(12,2));
+         INSERT INTO t VALUES (1, repeat('x', 300), repeat('y', 1000), 'z', 3.14159265358979323846264338327950288, 1234567890.12);",
+    );
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t')"); // compiles the definition
+    let kinds = db.psql(
+        "SELECT string_agg(f->>'field' || ':' || (f->>'kind'), ',' ORDER BY f->>'field')
+           FROM sync.compiled c, jsonb_array_elements(c.fields) f",
+    );
+    assert_eq!(kinds, "big:note,free:note,long:note,price:number,short:text");
+    db.psql("SELECT sync.enable('t')");
+    sync_once(&db);
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    let items = env.items();
+    let item = &items["T"]["1"];
+    assert_eq!(item["long"].as_str().map(str::len), Some(300), "{item:?}");
+    assert_eq!(item["free"].as_str().map(str::len), Some(1000), "{item:?}");
+    assert_eq!(item["big"], "3.14159265358979323846264338327950288", "{item:?}");
+    assert_eq!(item["price"], serde_json::json!(1234567890.12), "{item:?}");
 }

@@ -4,6 +4,7 @@
 -- Signatures that changed.
 DROP FUNCTION @extschema@._resolve_table(text);
 DROP FUNCTION @extschema@._check_row_expression(regclass, text, text, boolean);
+DROP FUNCTION @extschema@._field_kind(regtype);
 
 -- The configuration key max_concurrent_batches (read by the worker since 0.1.0).
 UPDATE @extschema@.target_kinds
