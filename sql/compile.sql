@@ -4,20 +4,23 @@
 -- sync.compiled, and rebuilt when the definition (its revision) or the source
 -- table's columns (their fingerprint) change.
 --
--- Serialization of values (documented in the README, tested by #[pg_test]s):
---   boolean, smallint, integer, real, double precision -> JSON boolean / number
---     (NaN and infinities -> strings "NaN", "Infinity", "-Infinity")
---   bigint      -> number when |x| <= 2^53-1, else a string (JSON readers use doubles)
---   numeric     -> number when a double holds it exactly (15 significant digits), else a
---                  string with every digit; NaN/Infinity -> strings
---   timestamptz -> "YYYY-MM-DDTHH:MI:SS[.ffffff]Z" in UTC
---   timestamp   -> "YYYY-MM-DDTHH:MI:SS[.ffffff]"
---   date        -> "YYYY-MM-DD"; infinite dates and timestamps -> "infinity" / "-infinity"
---   uuid, text, varchar, char, enums, other scalars -> their text form as a JSON string
---   bytea       -> base64 string
---   json, jsonb -> the JSON value itself
---   arrays      -> JSON arrays (elements as to_jsonb renders them, under TimeZone UTC)
---   NULL        -> JSON null (the field is cleared on the target)
+-- Serialization of values (documented in the README, tested by #[pg_test]s
+-- and graph_e2e). By the kind of target column (_field_kind):
+--   text, note  -> always a JSON string: the value's text form; json/jsonb
+--                  scalars as their text, arrays and documents as JSON text
+--   number      -> a JSON number (smallint, integer, bigint, real, double,
+--                  numeric(p <= 15)); a bigint beyond 2^53 stays a number
+--                  (the worker refuses it rather than let a double round it)
+--   boolean     -> a JSON boolean
+--   dateTime, date (the target's time zone, Graph: config time_zone, UTC by
+--                  default) -> "YYYY-MM-DDTHH:MI:SSZ", whole seconds:
+--                  timestamptz in UTC; timestamp read as wall-clock time in
+--                  the time zone; date as its midnight there
+-- Without a target column (no kind): bigint beyond 2^53 and numeric beyond a
+-- double's precision -> strings with every digit; timestamptz ->
+-- "...[.ffffff]Z", timestamp without Z, date "YYYY-MM-DD"; json/jsonb ->
+-- the value; arrays -> JSON arrays; bytea -> base64; NaN, infinities ->
+-- strings; NULL -> JSON null (the field is cleared on the target).
 -- Compiled SQL runs with TimeZone = UTC, DateStyle = ISO, IntervalStyle =
 -- iso_8601 and extra_float_digits = 1 (set on the functions running it), so
 -- that a row always serializes and hashes the same whatever the session says.
@@ -44,8 +47,17 @@ COMMENT ON COLUMN compiled.key_of_json IS 'Expression turning one row _syncbridg
 COMMENT ON COLUMN compiled.compiled_at IS 'When it was compiled.';
 COMMENT ON COLUMN compiled.fields IS 'The fields sent: [{field, column, type, kind, reference}].';
 
--- The JSON serialization of `expr` (SQL text) of type `typ`.
-CREATE FUNCTION _json_expr(expr text, typ regtype) RETURNS text
+-- The JSON serialization of `expr` (SQL text) of type `typ`, bound for a
+-- target column of kind `kind` (see _field_kind; NULL: no column).
+--   kind text or note: always a JSON string (a target's text column takes
+--     strings only): numbers and booleans as their text, json and jsonb
+--     scalars as their text (a string as itself), arrays and documents as
+--     their JSON text;
+--   tz (the site's time zone; NULL: none): dates and times in the form the
+--     target holds: whole seconds (the fraction dropped), a UTC instant with
+--     Z; a timestamp without time zone read as wall-clock time in tz; a date
+--     as the instant of its midnight in tz.
+CREATE FUNCTION _json_expr(expr text, typ regtype, kind text DEFAULT NULL, tz text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     base oid := typ;
@@ -56,10 +68,30 @@ BEGIN
      WHERE t.oid = (WITH RECURSIVE b(oid) AS (SELECT typ::oid UNION ALL
                         SELECT t2.typbasetype FROM pg_type t2 JOIN b ON t2.oid = b.oid WHERE t2.typtype = 'd')
                     SELECT b.oid FROM b JOIN pg_type t3 ON t3.oid = b.oid WHERE t3.typtype <> 'd' LIMIT 1);
+    IF kind IN ('text', 'note') THEN
+        RETURN CASE
+            WHEN base IN ('json'::regtype, 'jsonb'::regtype) THEN format('to_jsonb(((%s)::jsonb) #>> ''{}'')', expr)
+            WHEN cat = 'A' THEN format('to_jsonb((to_jsonb(%s))::text)', expr)
+            WHEN base = 'bytea'::regtype THEN format('to_jsonb(translate(encode(%s, ''base64''), E''\n'', ''''))', expr)
+            ELSE format('to_jsonb((%s)::text)', expr)
+        END;
+    END IF;
+    IF tz IS NOT NULL AND base IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+        RETURN format('(SELECT CASE WHEN NOT isfinite(v) THEN to_jsonb(v::text) '
+                      'ELSE to_jsonb(to_char(%s, ''YYYY-MM-DD"T"HH24:MI:SS"Z"'')) END FROM (SELECT (%s) AS v) x)',
+                      CASE base
+                          WHEN 'timestamptz'::regtype THEN 'date_trunc(''second'', v) AT TIME ZONE ''UTC'''
+                          WHEN 'timestamp'::regtype THEN format('(date_trunc(''second'', v) AT TIME ZONE %L) AT TIME ZONE ''UTC''', tz)
+                          ELSE format('(v::timestamp AT TIME ZONE %L) AT TIME ZONE ''UTC''', tz) END,
+                      expr);
+    END IF;
     RETURN CASE
         WHEN base IN ('bool'::regtype, 'int2'::regtype, 'int4'::regtype, 'jsonb'::regtype) THEN format('to_jsonb(%s)', expr)
         WHEN base IN ('float4'::regtype, 'float8'::regtype) THEN
             format('(SELECT CASE WHEN v IN (''NaN'', ''Infinity'', ''-Infinity'') THEN to_jsonb(v::text) ELSE to_jsonb(v) END FROM (SELECT (%s)::float8 AS v) x)', expr)
+        -- A number column takes every bigint as a number: one a double cannot
+        -- hold exactly is refused by the worker, never rounded (plan() warns).
+        WHEN base = 'int8'::regtype AND kind = 'number' THEN format('to_jsonb(%s)', expr)
         WHEN base = 'int8'::regtype THEN
             format('(SELECT CASE WHEN v BETWEEN -9007199254740991 AND 9007199254740991 THEN to_jsonb(v) ELSE to_jsonb(v::text) END FROM (SELECT (%s) AS v) x)', expr)
         WHEN base = 'numeric'::regtype THEN
@@ -137,6 +169,8 @@ DECLARE
     relkind "char";
     f record;
     fields jsonb := '[]';
+    fkind text;
+    tz text;
     pairs text[] := '{}';
     chunks text[] := '{}';
     bad text;
@@ -169,6 +203,11 @@ BEGIN
         RETURN c;
     END IF;
     SELECT tk.* INTO k FROM sync.target_kinds tk JOIN sync.targets t ON t.kind = tk.kind WHERE t.name = d.target;
+    -- Dates and times go in the form the site holds them, in its time zone
+    -- (a change of the target's configuration bumps the revision).
+    IF k.kind = 'graph' THEN
+        SELECT coalesce(t.config->>'time_zone', 'UTC') INTO tz FROM sync.targets t WHERE t.name = d.target;
+    END IF;
 
     -- Key columns must still exist.
     SELECT string_agg(quote_ident(x), ', ') INTO bad FROM unnest(d.key_columns) x
@@ -218,16 +257,19 @@ BEGIN
             -- gets embedded is PostgreSQL's deparse of a checked expression.
             expr_sql := (sync._check_row_expression(d.source_rel, f.transform, 'transform', false)).expression;
         END IF;
+        -- SharePoint's Title is always single-line text.
+        fkind := CASE WHEN f.reference IS NOT NULL THEN 'lookup'
+                      WHEN k.kind = 'graph' AND lower(f.field) = 'title' THEN 'text'
+                      ELSE sync._field_kind(f.typ, f.typmod) END;
         pairs := pairs || (quote_literal(f.field) || ', ' || CASE
             WHEN f.reference IS NOT NULL THEN
                 format('CASE WHEN s.%1$I IS NULL THEN NULL ELSE jsonb_build_object(''@ref'', (s.%1$I)::text, ''@def'', %2$L) END', f.column_name, f.reference)
             WHEN f.transform IS NOT NULL THEN
-                sync._json_expr('(' || E'\n' || expr_sql || E'\n' || ')', f.typ)
-            ELSE sync._json_expr(format('s.%I', f.column_name), f.typ)
+                sync._json_expr('(' || E'\n' || expr_sql || E'\n' || ')', f.typ, fkind, tz)
+            ELSE sync._json_expr(format('s.%I', f.column_name), f.typ, fkind, tz)
         END);
         fields := fields || jsonb_build_object(
-            'field', f.field, 'column', f.column_name, 'type', f.typ::text,
-            'kind', CASE WHEN f.reference IS NOT NULL THEN 'lookup' ELSE sync._field_kind(f.typ, f.typmod) END,
+            'field', f.field, 'column', f.column_name, 'type', f.typ::text, 'kind', fkind,
             'reference', f.reference, 'transform', f.transform);
     END LOOP;
     IF cardinality(pairs) = 0 THEN

@@ -235,12 +235,15 @@ BEGIN
             WHEN kv.key = 'writes_per_second' THEN 'number 0.01 10000'
             WHEN kv.key = 'timeout_ms' THEN 'integer 100 600000'
             WHEN kv.key = 'max_concurrent_batches' THEN 'integer 1 16'
+            WHEN kv.key = 'time_zone' THEN 'timezone'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
                             AND (kv.value #>> '{}') ~ '^https?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~!$&''()*+,;=:@%/-]*)?$'
             WHEN 'number' THEN jsonb_typeof(kv.value) = 'number'
                             AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
+            WHEN 'timezone' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 100
+                            AND EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = kv.value #>> '{}')
             WHEN 'integer' THEN jsonb_typeof(kv.value) = 'number' AND (kv.value #>> '{}') ~ '^[0-9]{1,9}$'
                             AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
             ELSE jsonb_typeof(kv.value) = 'string' AND (kv.value #>> '{}') <> '' AND length(kv.value #>> '{}') <= 500
@@ -254,9 +257,11 @@ BEGIN
                           WHEN 'url' THEN format('%s is an absolute http:// or https:// URL without user name, password, query or fragment.', kv.key)
                           WHEN 'number' THEN format('%s is a number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'integer' THEN format('%s is a whole number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
+                          WHEN 'timezone' THEN format('%s is the name of a time zone PostgreSQL knows (pg_timezone_names).', kv.key)
                           ELSE format('%s is a non-empty string of at most 500 characters, without control characters.', kv.key) END,
                       HINT = CASE kv.key
                           WHEN 'budget_per_min' THEN format('The default for %s is %s %s a minute.', kind, k.default_budget_per_min, k.cost_unit)
+                          WHEN 'time_zone' THEN 'The site''s time zone as its regional settings show it, e.g. "time_zone": "Europe/Berlin": SELECT name FROM pg_timezone_names;'
                           WHEN 'base_url' THEN 'Example: "base_url": "https://graph.microsoft.com/v1.0". Secrets never go into a URL: use secret => ''env:NAME''.'
                           ELSE 'See the README''s configuration table for the kind.' END;
         END IF;

@@ -3,7 +3,7 @@
 
 CREATE FUNCTION _plan_sql() RETURNS text
 LANGUAGE sql IMMUTABLE AS $outer$ SELECT $sql$
-SELECT x.op, x.sync_key, x.list, x.from_list, x.changed
+SELECT x.op, x.sync_key, x.list, x.from_list, x.changed, x.warning
   FROM (
     SELECT coalesce(w.sync_key, l.sync_key) AS sync_key,
            CASE WHEN l.sync_key IS NULL THEN 'add'
@@ -21,16 +21,42 @@ SELECT x.op, x.sync_key, x.list, x.from_list, x.changed
                         FROM jsonb_each(w.fields) n WHERE n.value IS DISTINCT FROM l.fields -> n.key)
                      || CASE WHEN w.list IS DISTINCT FROM l.list
                              THEN jsonb_build_object('@list', jsonb_build_object('old', l.list, 'new', w.list)) ELSE '{}' END
-           END AS changed
+           END AS changed,
+           CASE WHEN w.sync_key IS NOT NULL THEN sync._unfit(w.fields, $3) END AS warning
       FROM sync._mapped_rows_all($1) w
       FULL JOIN (SELECT * FROM sync.ledger WHERE definition_id = $1) l ON l.sync_key = w.sync_key
   ) x
  WHERE x.op IS NOT NULL
 $sql$ $outer$;
 
+-- What a target column cannot hold, for the values of a row (`kinds`:
+-- field -> kind, as compiled): a warning naming each such field, or NULL.
+-- Graph: single-line text holds 255 characters; a number column is a double
+-- (integers exactly up to 2^53 - 1: the worker refuses a bigger one rather
+-- than let it be rounded); number and date columns take no text.
+CREATE FUNCTION _unfit(fields jsonb, kinds jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(x.msg, '; ' ORDER BY x.key)
+      FROM (SELECT n.key, CASE
+                WHEN kinds->>n.key = 'text' AND jsonb_typeof(n.value) = 'string' AND length(n.value #>> '{}') > 255 THEN
+                    format('%s holds %s characters: a single-line text column holds 255, the target refuses the row',
+                           n.key, length(n.value #>> '{}'))
+                WHEN kinds->>n.key = 'number' AND jsonb_typeof(n.value) = 'number'
+                     AND abs((n.value #>> '{}')::numeric) > 9007199254740991 THEN
+                    format('%s is %s: a number column (a double) cannot hold it exactly, the worker refuses the row rather than round it',
+                           n.key, n.value #>> '{}')
+                WHEN (kinds->>n.key = 'number' AND jsonb_typeof(n.value) = 'string')
+                     OR (kinds->>n.key IN ('dateTime', 'date') AND (n.value #>> '{}') !~ '^[0-9]{4}-') THEN
+                    format('%s is %s: a %s column cannot hold it, the target refuses the row',
+                           n.key, n.value #>> '{}', kinds->>n.key)
+            END AS msg
+              FROM jsonb_each(fields) n) x
+     WHERE x.msg IS NOT NULL
+$$;
+
 CREATE FUNCTION plan(name text DEFAULT NULL)
 RETURNS TABLE (definition text, op text, sync_key text, list text, from_list text, changed jsonb,
-               requests int, cost numeric, queued text, export_id bigint)
+               requests int, cost numeric, queued text, export_id bigint, warning text)
 LANGUAGE plpgsql
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
 AS $$
@@ -49,45 +75,46 @@ BEGIN
             CONTINUE;
         END IF;
         RETURN QUERY EXECUTE format(
-            'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id '
+            'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id, p.warning '
             'FROM (%s) p '
             'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN 2 WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
             'LEFT JOIN sync.pending_exports e ON e.definition_id = $1 AND e.sync_key = p.sync_key '
             '     AND e.status IN (''pending'', ''awaiting_approval'', ''failed'', ''error'', ''executing'') '
             'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''delete'' THEN 4 ELSE 5 END, p.sync_key',
             d.name, d.cost_per_write, sync._plan_sql())
-          USING d.id, d.delete_scope;
+          USING d.id, d.delete_scope,
+                (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f);
         -- Provisioning exports (they have no key) awaiting approval are shown too.
         RETURN QUERY
             SELECT d.name, e.op, e.sync_key, e.list, e.from_list,
                    (SELECT jsonb_object_agg(n.key, jsonb_build_object('new', n.value)) FROM jsonb_each(e.payload) n),
                    CASE e.op WHEN 'move' THEN 2 ELSE 1 END, CASE e.op WHEN 'move' THEN 2 ELSE 1 END * d.cost_per_write,
-                   e.status, e.id
+                   e.status, e.id, NULL::text
               FROM sync.pending_exports e
              WHERE e.definition_id = d.id AND e.status = 'awaiting_approval' AND e.op = 'provision';
     END LOOP;
 END $$;
-COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key. Changes nothing.';
+COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Changes nothing.';
 
 CREATE FUNCTION plan_summary(name text DEFAULT NULL)
 RETURNS TABLE (definition text, target text, adds bigint, updates bigint, deletes bigint, moves bigint,
-               awaiting_approval bigint, requests bigint, batches bigint, cost numeric, cost_unit text,
+               awaiting_approval bigint, warnings bigint, requests bigint, batches bigint, cost numeric, cost_unit text,
                budget_per_min numeric, est_drain interval)
 LANGUAGE sql AS $$
     SELECT p.definition, t.name,
            count(*) FILTER (WHERE p.op = 'add'), count(*) FILTER (WHERE p.op = 'update'),
            count(*) FILTER (WHERE p.op = 'delete'), count(*) FILTER (WHERE p.op = 'move'),
-           count(*) FILTER (WHERE p.queued = 'awaiting_approval'),
+           count(*) FILTER (WHERE p.queued = 'awaiting_approval'), count(*) FILTER (WHERE p.warning IS NOT NULL),
            sum(p.requests), ceil(sum(p.requests)::numeric / k.batch_size)::bigint, sum(p.cost), k.cost_unit,
            b.budget,
            make_interval(secs => greatest(sum(p.cost) / b.budget * 60,
-                                          sum(p.requests) / coalesce((t.config->>'writes_per_second')::numeric, k.default_writes_per_second))::float8)
+                                          sum(p.requests) / (t.config->>'writes_per_second')::numeric)::float8)
       FROM sync.plan($1) p
       JOIN sync.definitions d ON d.name = p.definition
       JOIN sync.targets t ON t.name = d.target
       JOIN sync.target_kinds k ON k.kind = t.kind
       CROSS JOIN LATERAL (SELECT coalesce((t.config->>'budget_per_min')::numeric, k.default_budget_per_min) AS budget) b
-     GROUP BY p.definition, t.name, t.config, k.batch_size, k.cost_unit, k.default_writes_per_second, b.budget
+     GROUP BY p.definition, t.name, t.config, k.batch_size, k.cost_unit, b.budget
      ORDER BY p.definition
 $$;
-COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost and the estimated drain time at the target''s budget (budget_per_min) and write rate.';
+COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost, the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set.';

@@ -18,7 +18,6 @@ CREATE TABLE target_kinds (
     cost_per_read     numeric NOT NULL CHECK (cost_per_read >= 0),
     cost_unit         text NOT NULL,
     default_budget_per_min numeric NOT NULL CHECK (default_budget_per_min > 0),
-    default_writes_per_second numeric NOT NULL CHECK (default_writes_per_second > 0),
     field_name_pattern text NOT NULL
 );
 COMMENT ON TABLE target_kinds IS 'The kinds of target syncbridge knows: required configuration, batch size and API cost model. Read-only reference data.';
@@ -32,24 +31,23 @@ COMMENT ON COLUMN target_kinds.cost_per_write IS 'Cost of one create/update/dele
 COMMENT ON COLUMN target_kinds.cost_per_read IS 'Cost of one single-item read (Graph: 1 resource unit).';
 COMMENT ON COLUMN target_kinds.cost_unit IS 'Unit of the cost model (RU for Graph resource units, requests elsewhere).';
 COMMENT ON COLUMN target_kinds.default_budget_per_min IS 'Budget per minute when the target''s config sets none (Graph: 1250 RU/min, a small tenant).';
-COMMENT ON COLUMN target_kinds.default_writes_per_second IS 'Sustained writes per second the API tolerates when the config sets no writes_per_second (SharePoint: about 10).';
 COMMENT ON COLUMN target_kinds.field_name_pattern IS 'Regular expression a target field name must match.';
 
 INSERT INTO target_kinds (kind, description, implemented, required_config, optional_config,
-                          batch_size, cost_per_write, cost_per_read, cost_unit, default_budget_per_min, default_writes_per_second, field_name_pattern) VALUES
+                          batch_size, cost_per_write, cost_per_read, cost_unit, default_budget_per_min, field_name_pattern) VALUES
  ('graph',   'SharePoint / Teams lists through Microsoft Graph', true,
-   '{tenant_id,client_id,site_id}', '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches}',
-   20, 2, 1, 'RU', 1250, 10, '^[A-Za-z_][A-Za-z0-9_]{0,254}$'),
+   '{tenant_id,client_id,site_id}', '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone}',
+   20, 2, 1, 'RU', 1250, '^[A-Za-z_][A-Za-z0-9_]{0,254}$'),
  ('github',  'GitHub Issues (REST)', false, '{owner,repo}', '{base_url,budget_per_min}',
-   1, 1, 1, 'requests', 80, 1, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),
+   1, 1, 1, 'requests', 80, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),
  ('jira',    'Jira Cloud issues (REST v3)', false, '{site,project_key}', '{base_url,budget_per_min,email}',
-   50, 1, 1, 'requests', 100, 5, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),
+   50, 1, 1, 'requests', 100, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),
  ('linear',  'Linear issues (GraphQL)', false, '{team_id}', '{base_url,budget_per_min}',
-   50, 1, 1, 'requests', 25, 2, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),
+   50, 1, 1, 'requests', 25, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),
  ('webhook', 'Signed HTTP webhooks (HMAC-SHA256)', false, '{url}', '{budget_per_min,timeout_ms}',
-   100, 1, 0, 'requests', 600, 10, '^[A-Za-z_][A-Za-z0-9_.-]{0,99}$'),
+   100, 1, 0, 'requests', 600, '^[A-Za-z_][A-Za-z0-9_.-]{0,99}$'),
  ('ldap',    'LDAP directory provisioning', false, '{url,base_dn}', '{bind_dn,budget_per_min}',
-   1, 1, 1, 'operations', 6000, 100, '^[A-Za-z][A-Za-z0-9-]{0,99}$');
+   1, 1, 1, 'operations', 6000, '^[A-Za-z][A-Za-z0-9-]{0,99}$');
 
 -- ---------------------------------------------------------------------------
 -- Targets

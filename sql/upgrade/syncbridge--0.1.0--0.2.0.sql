@@ -9,11 +9,17 @@
 DROP FUNCTION @extschema@._resolve_table(text);
 DROP FUNCTION @extschema@._check_row_expression(regclass, text, text, boolean);
 DROP FUNCTION @extschema@._field_kind(regtype);
+DROP FUNCTION @extschema@._json_expr(text, regtype);
+DROP FUNCTION @extschema@.plan_summary(text);
+DROP FUNCTION @extschema@.plan(text);
 
--- The configuration key max_concurrent_batches (read by the worker since 0.1.0).
+-- The configuration keys max_concurrent_batches (read by the worker since
+-- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second
+-- is a cap the worker keeps when it is set, without a default.
 UPDATE @extschema@.target_kinds
-   SET optional_config = '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches}'
+   SET optional_config = '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone}'
  WHERE kind = 'graph';
+ALTER TABLE @extschema@.target_kinds DROP COLUMN default_writes_per_second;
 
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
@@ -266,12 +272,15 @@ BEGIN
             WHEN kv.key = 'writes_per_second' THEN 'number 0.01 10000'
             WHEN kv.key = 'timeout_ms' THEN 'integer 100 600000'
             WHEN kv.key = 'max_concurrent_batches' THEN 'integer 1 16'
+            WHEN kv.key = 'time_zone' THEN 'timezone'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
                             AND (kv.value #>> '{}') ~ '^https?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~!$&''()*+,;=:@%/-]*)?$'
             WHEN 'number' THEN jsonb_typeof(kv.value) = 'number'
                             AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
+            WHEN 'timezone' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 100
+                            AND EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = kv.value #>> '{}')
             WHEN 'integer' THEN jsonb_typeof(kv.value) = 'number' AND (kv.value #>> '{}') ~ '^[0-9]{1,9}$'
                             AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
             ELSE jsonb_typeof(kv.value) = 'string' AND (kv.value #>> '{}') <> '' AND length(kv.value #>> '{}') <= 500
@@ -285,9 +294,11 @@ BEGIN
                           WHEN 'url' THEN format('%s is an absolute http:// or https:// URL without user name, password, query or fragment.', kv.key)
                           WHEN 'number' THEN format('%s is a number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'integer' THEN format('%s is a whole number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
+                          WHEN 'timezone' THEN format('%s is the name of a time zone PostgreSQL knows (pg_timezone_names).', kv.key)
                           ELSE format('%s is a non-empty string of at most 500 characters, without control characters.', kv.key) END,
                       HINT = CASE kv.key
                           WHEN 'budget_per_min' THEN format('The default for %s is %s %s a minute.', kind, k.default_budget_per_min, k.cost_unit)
+                          WHEN 'time_zone' THEN 'The site''s time zone as its regional settings show it, e.g. "time_zone": "Europe/Berlin": SELECT name FROM pg_timezone_names;'
                           WHEN 'base_url' THEN 'Example: "base_url": "https://graph.microsoft.com/v1.0". Secrets never go into a URL: use secret => ''env:NAME''.'
                           ELSE 'See the README''s configuration table for the kind.' END;
         END IF;
@@ -925,20 +936,23 @@ END $$;
 -- sync.compiled, and rebuilt when the definition (its revision) or the source
 -- table's columns (their fingerprint) change.
 --
--- Serialization of values (documented in the README, tested by #[pg_test]s):
---   boolean, smallint, integer, real, double precision -> JSON boolean / number
---     (NaN and infinities -> strings "NaN", "Infinity", "-Infinity")
---   bigint      -> number when |x| <= 2^53-1, else a string (JSON readers use doubles)
---   numeric     -> number when a double holds it exactly (15 significant digits), else a
---                  string with every digit; NaN/Infinity -> strings
---   timestamptz -> "YYYY-MM-DDTHH:MI:SS[.ffffff]Z" in UTC
---   timestamp   -> "YYYY-MM-DDTHH:MI:SS[.ffffff]"
---   date        -> "YYYY-MM-DD"; infinite dates and timestamps -> "infinity" / "-infinity"
---   uuid, text, varchar, char, enums, other scalars -> their text form as a JSON string
---   bytea       -> base64 string
---   json, jsonb -> the JSON value itself
---   arrays      -> JSON arrays (elements as to_jsonb renders them, under TimeZone UTC)
---   NULL        -> JSON null (the field is cleared on the target)
+-- Serialization of values (documented in the README, tested by #[pg_test]s
+-- and graph_e2e). By the kind of target column (_field_kind):
+--   text, note  -> always a JSON string: the value's text form; json/jsonb
+--                  scalars as their text, arrays and documents as JSON text
+--   number      -> a JSON number (smallint, integer, bigint, real, double,
+--                  numeric(p <= 15)); a bigint beyond 2^53 stays a number
+--                  (the worker refuses it rather than let a double round it)
+--   boolean     -> a JSON boolean
+--   dateTime, date (the target's time zone, Graph: config time_zone, UTC by
+--                  default) -> "YYYY-MM-DDTHH:MI:SSZ", whole seconds:
+--                  timestamptz in UTC; timestamp read as wall-clock time in
+--                  the time zone; date as its midnight there
+-- Without a target column (no kind): bigint beyond 2^53 and numeric beyond a
+-- double's precision -> strings with every digit; timestamptz ->
+-- "...[.ffffff]Z", timestamp without Z, date "YYYY-MM-DD"; json/jsonb ->
+-- the value; arrays -> JSON arrays; bytea -> base64; NaN, infinities ->
+-- strings; NULL -> JSON null (the field is cleared on the target).
 -- Compiled SQL runs with TimeZone = UTC, DateStyle = ISO, IntervalStyle =
 -- iso_8601 and extra_float_digits = 1 (set on the functions running it), so
 -- that a row always serializes and hashes the same whatever the session says.
@@ -965,8 +979,17 @@ COMMENT ON COLUMN compiled.key_of_json IS 'Expression turning one row _syncbridg
 COMMENT ON COLUMN compiled.compiled_at IS 'When it was compiled.';
 COMMENT ON COLUMN compiled.fields IS 'The fields sent: [{field, column, type, kind, reference}].';
 
--- The JSON serialization of `expr` (SQL text) of type `typ`.
-CREATE OR REPLACE FUNCTION _json_expr(expr text, typ regtype) RETURNS text
+-- The JSON serialization of `expr` (SQL text) of type `typ`, bound for a
+-- target column of kind `kind` (see _field_kind; NULL: no column).
+--   kind text or note: always a JSON string (a target's text column takes
+--     strings only): numbers and booleans as their text, json and jsonb
+--     scalars as their text (a string as itself), arrays and documents as
+--     their JSON text;
+--   tz (the site's time zone; NULL: none): dates and times in the form the
+--     target holds: whole seconds (the fraction dropped), a UTC instant with
+--     Z; a timestamp without time zone read as wall-clock time in tz; a date
+--     as the instant of its midnight in tz.
+CREATE OR REPLACE FUNCTION _json_expr(expr text, typ regtype, kind text DEFAULT NULL, tz text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     base oid := typ;
@@ -977,10 +1000,30 @@ BEGIN
      WHERE t.oid = (WITH RECURSIVE b(oid) AS (SELECT typ::oid UNION ALL
                         SELECT t2.typbasetype FROM pg_type t2 JOIN b ON t2.oid = b.oid WHERE t2.typtype = 'd')
                     SELECT b.oid FROM b JOIN pg_type t3 ON t3.oid = b.oid WHERE t3.typtype <> 'd' LIMIT 1);
+    IF kind IN ('text', 'note') THEN
+        RETURN CASE
+            WHEN base IN ('json'::regtype, 'jsonb'::regtype) THEN format('to_jsonb(((%s)::jsonb) #>> ''{}'')', expr)
+            WHEN cat = 'A' THEN format('to_jsonb((to_jsonb(%s))::text)', expr)
+            WHEN base = 'bytea'::regtype THEN format('to_jsonb(translate(encode(%s, ''base64''), E''\n'', ''''))', expr)
+            ELSE format('to_jsonb((%s)::text)', expr)
+        END;
+    END IF;
+    IF tz IS NOT NULL AND base IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+        RETURN format('(SELECT CASE WHEN NOT isfinite(v) THEN to_jsonb(v::text) '
+                      'ELSE to_jsonb(to_char(%s, ''YYYY-MM-DD"T"HH24:MI:SS"Z"'')) END FROM (SELECT (%s) AS v) x)',
+                      CASE base
+                          WHEN 'timestamptz'::regtype THEN 'date_trunc(''second'', v) AT TIME ZONE ''UTC'''
+                          WHEN 'timestamp'::regtype THEN format('(date_trunc(''second'', v) AT TIME ZONE %L) AT TIME ZONE ''UTC''', tz)
+                          ELSE format('(v::timestamp AT TIME ZONE %L) AT TIME ZONE ''UTC''', tz) END,
+                      expr);
+    END IF;
     RETURN CASE
         WHEN base IN ('bool'::regtype, 'int2'::regtype, 'int4'::regtype, 'jsonb'::regtype) THEN format('to_jsonb(%s)', expr)
         WHEN base IN ('float4'::regtype, 'float8'::regtype) THEN
             format('(SELECT CASE WHEN v IN (''NaN'', ''Infinity'', ''-Infinity'') THEN to_jsonb(v::text) ELSE to_jsonb(v) END FROM (SELECT (%s)::float8 AS v) x)', expr)
+        -- A number column takes every bigint as a number: one a double cannot
+        -- hold exactly is refused by the worker, never rounded (plan() warns).
+        WHEN base = 'int8'::regtype AND kind = 'number' THEN format('to_jsonb(%s)', expr)
         WHEN base = 'int8'::regtype THEN
             format('(SELECT CASE WHEN v BETWEEN -9007199254740991 AND 9007199254740991 THEN to_jsonb(v) ELSE to_jsonb(v::text) END FROM (SELECT (%s) AS v) x)', expr)
         WHEN base = 'numeric'::regtype THEN
@@ -1058,6 +1101,8 @@ DECLARE
     relkind "char";
     f record;
     fields jsonb := '[]';
+    fkind text;
+    tz text;
     pairs text[] := '{}';
     chunks text[] := '{}';
     bad text;
@@ -1090,6 +1135,11 @@ BEGIN
         RETURN c;
     END IF;
     SELECT tk.* INTO k FROM sync.target_kinds tk JOIN sync.targets t ON t.kind = tk.kind WHERE t.name = d.target;
+    -- Dates and times go in the form the site holds them, in its time zone
+    -- (a change of the target's configuration bumps the revision).
+    IF k.kind = 'graph' THEN
+        SELECT coalesce(t.config->>'time_zone', 'UTC') INTO tz FROM sync.targets t WHERE t.name = d.target;
+    END IF;
 
     -- Key columns must still exist.
     SELECT string_agg(quote_ident(x), ', ') INTO bad FROM unnest(d.key_columns) x
@@ -1139,16 +1189,19 @@ BEGIN
             -- gets embedded is PostgreSQL's deparse of a checked expression.
             expr_sql := (sync._check_row_expression(d.source_rel, f.transform, 'transform', false)).expression;
         END IF;
+        -- SharePoint's Title is always single-line text.
+        fkind := CASE WHEN f.reference IS NOT NULL THEN 'lookup'
+                      WHEN k.kind = 'graph' AND lower(f.field) = 'title' THEN 'text'
+                      ELSE sync._field_kind(f.typ, f.typmod) END;
         pairs := pairs || (quote_literal(f.field) || ', ' || CASE
             WHEN f.reference IS NOT NULL THEN
                 format('CASE WHEN s.%1$I IS NULL THEN NULL ELSE jsonb_build_object(''@ref'', (s.%1$I)::text, ''@def'', %2$L) END', f.column_name, f.reference)
             WHEN f.transform IS NOT NULL THEN
-                sync._json_expr('(' || E'\n' || expr_sql || E'\n' || ')', f.typ)
-            ELSE sync._json_expr(format('s.%I', f.column_name), f.typ)
+                sync._json_expr('(' || E'\n' || expr_sql || E'\n' || ')', f.typ, fkind, tz)
+            ELSE sync._json_expr(format('s.%I', f.column_name), f.typ, fkind, tz)
         END);
         fields := fields || jsonb_build_object(
-            'field', f.field, 'column', f.column_name, 'type', f.typ::text,
-            'kind', CASE WHEN f.reference IS NOT NULL THEN 'lookup' ELSE sync._field_kind(f.typ, f.typmod) END,
+            'field', f.field, 'column', f.column_name, 'type', f.typ::text, 'kind', fkind,
             'reference', f.reference, 'transform', f.transform);
     END LOOP;
     IF cardinality(pairs) = 0 THEN
@@ -1602,7 +1655,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION _plan_sql() RETURNS text
 LANGUAGE sql IMMUTABLE AS $outer$ SELECT $sql$
-SELECT x.op, x.sync_key, x.list, x.from_list, x.changed
+SELECT x.op, x.sync_key, x.list, x.from_list, x.changed, x.warning
   FROM (
     SELECT coalesce(w.sync_key, l.sync_key) AS sync_key,
            CASE WHEN l.sync_key IS NULL THEN 'add'
@@ -1620,16 +1673,42 @@ SELECT x.op, x.sync_key, x.list, x.from_list, x.changed
                         FROM jsonb_each(w.fields) n WHERE n.value IS DISTINCT FROM l.fields -> n.key)
                      || CASE WHEN w.list IS DISTINCT FROM l.list
                              THEN jsonb_build_object('@list', jsonb_build_object('old', l.list, 'new', w.list)) ELSE '{}' END
-           END AS changed
+           END AS changed,
+           CASE WHEN w.sync_key IS NOT NULL THEN sync._unfit(w.fields, $3) END AS warning
       FROM sync._mapped_rows_all($1) w
       FULL JOIN (SELECT * FROM sync.ledger WHERE definition_id = $1) l ON l.sync_key = w.sync_key
   ) x
  WHERE x.op IS NOT NULL
 $sql$ $outer$;
 
+-- What a target column cannot hold, for the values of a row (`kinds`:
+-- field -> kind, as compiled): a warning naming each such field, or NULL.
+-- Graph: single-line text holds 255 characters; a number column is a double
+-- (integers exactly up to 2^53 - 1: the worker refuses a bigger one rather
+-- than let it be rounded); number and date columns take no text.
+CREATE OR REPLACE FUNCTION _unfit(fields jsonb, kinds jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(x.msg, '; ' ORDER BY x.key)
+      FROM (SELECT n.key, CASE
+                WHEN kinds->>n.key = 'text' AND jsonb_typeof(n.value) = 'string' AND length(n.value #>> '{}') > 255 THEN
+                    format('%s holds %s characters: a single-line text column holds 255, the target refuses the row',
+                           n.key, length(n.value #>> '{}'))
+                WHEN kinds->>n.key = 'number' AND jsonb_typeof(n.value) = 'number'
+                     AND abs((n.value #>> '{}')::numeric) > 9007199254740991 THEN
+                    format('%s is %s: a number column (a double) cannot hold it exactly, the worker refuses the row rather than round it',
+                           n.key, n.value #>> '{}')
+                WHEN (kinds->>n.key = 'number' AND jsonb_typeof(n.value) = 'string')
+                     OR (kinds->>n.key IN ('dateTime', 'date') AND (n.value #>> '{}') !~ '^[0-9]{4}-') THEN
+                    format('%s is %s: a %s column cannot hold it, the target refuses the row',
+                           n.key, n.value #>> '{}', kinds->>n.key)
+            END AS msg
+              FROM jsonb_each(fields) n) x
+     WHERE x.msg IS NOT NULL
+$$;
+
 CREATE OR REPLACE FUNCTION plan(name text DEFAULT NULL)
 RETURNS TABLE (definition text, op text, sync_key text, list text, from_list text, changed jsonb,
-               requests int, cost numeric, queued text, export_id bigint)
+               requests int, cost numeric, queued text, export_id bigint, warning text)
 LANGUAGE plpgsql
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
 AS $$
@@ -1648,48 +1727,49 @@ BEGIN
             CONTINUE;
         END IF;
         RETURN QUERY EXECUTE format(
-            'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id '
+            'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id, p.warning '
             'FROM (%s) p '
             'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN 2 WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
             'LEFT JOIN sync.pending_exports e ON e.definition_id = $1 AND e.sync_key = p.sync_key '
             '     AND e.status IN (''pending'', ''awaiting_approval'', ''failed'', ''error'', ''executing'') '
             'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''delete'' THEN 4 ELSE 5 END, p.sync_key',
             d.name, d.cost_per_write, sync._plan_sql())
-          USING d.id, d.delete_scope;
+          USING d.id, d.delete_scope,
+                (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f);
         -- Provisioning exports (they have no key) awaiting approval are shown too.
         RETURN QUERY
             SELECT d.name, e.op, e.sync_key, e.list, e.from_list,
                    (SELECT jsonb_object_agg(n.key, jsonb_build_object('new', n.value)) FROM jsonb_each(e.payload) n),
                    CASE e.op WHEN 'move' THEN 2 ELSE 1 END, CASE e.op WHEN 'move' THEN 2 ELSE 1 END * d.cost_per_write,
-                   e.status, e.id
+                   e.status, e.id, NULL::text
               FROM sync.pending_exports e
              WHERE e.definition_id = d.id AND e.status = 'awaiting_approval' AND e.op = 'provision';
     END LOOP;
 END $$;
-COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key. Changes nothing.';
+COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Changes nothing.';
 
 CREATE OR REPLACE FUNCTION plan_summary(name text DEFAULT NULL)
 RETURNS TABLE (definition text, target text, adds bigint, updates bigint, deletes bigint, moves bigint,
-               awaiting_approval bigint, requests bigint, batches bigint, cost numeric, cost_unit text,
+               awaiting_approval bigint, warnings bigint, requests bigint, batches bigint, cost numeric, cost_unit text,
                budget_per_min numeric, est_drain interval)
 LANGUAGE sql AS $$
     SELECT p.definition, t.name,
            count(*) FILTER (WHERE p.op = 'add'), count(*) FILTER (WHERE p.op = 'update'),
            count(*) FILTER (WHERE p.op = 'delete'), count(*) FILTER (WHERE p.op = 'move'),
-           count(*) FILTER (WHERE p.queued = 'awaiting_approval'),
+           count(*) FILTER (WHERE p.queued = 'awaiting_approval'), count(*) FILTER (WHERE p.warning IS NOT NULL),
            sum(p.requests), ceil(sum(p.requests)::numeric / k.batch_size)::bigint, sum(p.cost), k.cost_unit,
            b.budget,
            make_interval(secs => greatest(sum(p.cost) / b.budget * 60,
-                                          sum(p.requests) / coalesce((t.config->>'writes_per_second')::numeric, k.default_writes_per_second))::float8)
+                                          sum(p.requests) / (t.config->>'writes_per_second')::numeric)::float8)
       FROM sync.plan($1) p
       JOIN sync.definitions d ON d.name = p.definition
       JOIN sync.targets t ON t.name = d.target
       JOIN sync.target_kinds k ON k.kind = t.kind
       CROSS JOIN LATERAL (SELECT coalesce((t.config->>'budget_per_min')::numeric, k.default_budget_per_min) AS budget) b
-     GROUP BY p.definition, t.name, t.config, k.batch_size, k.cost_unit, k.default_writes_per_second, b.budget
+     GROUP BY p.definition, t.name, t.config, k.batch_size, k.cost_unit, b.budget
      ORDER BY p.definition
 $$;
-COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost and the estimated drain time at the target''s budget (budget_per_min) and write rate.';
+COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost, the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set.';
 
 -- ===== sql/queue.sql =====
 -- syncbridge: the export queue. Workers claim pending exports with FOR UPDATE

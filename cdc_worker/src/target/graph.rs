@@ -94,6 +94,8 @@ pub struct GraphSettings {
     client_id: String,
     site: String,
     budget: u32,
+    /// Config `writes_per_second`: a cap on write requests (none when unset).
+    writes_per_second: Option<f64>,
     timeout_ms: u64,
     concurrency: usize,
     https_only: bool,
@@ -115,6 +117,9 @@ pub struct GraphTarget {
     shutdown: Option<tokio::sync::watch::Receiver<bool>>,
     limiter: DefaultDirectRateLimiter,
     burst: u32,
+    /// Paces write requests at `writes_per_second` (with a burst of one
+    /// `$batch`, or one second's writes when fewer); None when unset.
+    writes: Option<(DefaultDirectRateLimiter, u32)>,
     /// `$batch` requests in flight at once.
     concurrency: usize,
     pause_until: Mutex<Option<Instant>>,
@@ -305,6 +310,17 @@ pub fn backoff(attempt: u32) -> Duration {
     ceiling.mul_f64(rand::random::<f64>())
 }
 
+/// The write requests a request carries: those of a `$batch` that are not
+/// GETs, else one unless it is a GET.
+fn writes_in(method: &reqwest::Method, path: &str, body: Option<&Value>) -> u32 {
+    if path.ends_with("$batch") {
+        let reqs = body.and_then(|b| b.get("requests")).and_then(Value::as_array);
+        reqs.map_or(0, |r| r.iter().filter(|q| q.get("method").and_then(Value::as_str) != Some("GET")).count() as u32)
+    } else {
+        u32::from(method != reqwest::Method::GET)
+    }
+}
+
 /// The Graph column definition for a syncbridge field kind (see the README's
 /// type mapping).
 pub fn column_definition(col: &Value, lookup_list: Option<&str>) -> Result<Value, String> {
@@ -333,16 +349,31 @@ pub fn column_definition(col: &Value, lookup_list: Option<&str>) -> Result<Value
     Ok(def)
 }
 
+/// The largest integer a number column (a double) holds exactly: 2^53 - 1.
+pub const MAX_EXACT_INTEGER: u64 = (1 << 53) - 1;
+
+/// Why a payload cannot be sent (yet).
+#[derive(Debug, PartialEq)]
+enum FieldError {
+    /// A reference to a row not on the target yet: a later attempt.
+    NotYet(String),
+    /// A value its column cannot hold: never sent as it is (definite).
+    Unfit(String),
+}
+
 /// The fields Graph receives for a payload: references become
 /// `<Name>LookupId`; on a create, NULLs are left out; every value bound for
 /// a text column (`Title`, text, note; `kinds`: the list's columns as
 /// provisioned) is a JSON string: arrays and documents as their JSON text,
-/// numbers and booleans too (a `jsonb` scalar such as `42`).
+/// numbers and booleans too (a `jsonb` scalar such as `42`). A number
+/// column gets numbers only, and none a double would round (sync.plan()
+/// warns of the same values).
 fn graph_fields(
     payload: &Value,
     create: bool,
     kinds: Option<&HashMap<String, String>>,
-) -> Result<Map<String, Value>, String> {
+) -> Result<Map<String, Value>, FieldError> {
+    let is_number = |k: &str| kinds.and_then(|m| m.get(k)).is_some_and(|kind| kind == "number");
     let is_text = |k: &str| {
         k.eq_ignore_ascii_case("Title")
             || kinds.and_then(|m| m.get(k)).is_some_and(|kind| kind == "text" || kind == "note")
@@ -358,14 +389,27 @@ fn graph_fields(
                     out.insert(format!("{k}LookupId"), Value::String(id.to_owned()));
                 }
                 None => {
-                    return Err(format!(
+                    return Err(FieldError::NotYet(format!(
                         "field {k} refers to row {} of definition {}, which is not on the target yet",
                         r.get("@ref").map(Value::to_string).unwrap_or_default(),
                         r.get("@def").and_then(Value::as_str).unwrap_or("?")
-                    ))
+                    )))
                 }
             },
             Value::Null if create => {}
+            Value::Number(n) if is_number(k) && !exact_in_double(n) => {
+                return Err(FieldError::Unfit(format!(
+                    "field {k} is {n}, which a SharePoint number column (a double) cannot hold exactly \
+                     (integers up to 2^53 - 1): not sent, to not have it rounded; send it as text with a \
+                     transform typed text (sync.map(..., transform => '<column>::text')) into a new field"
+                )))
+            }
+            Value::String(v) if is_number(k) => {
+                return Err(FieldError::Unfit(format!(
+                    "field {k} is the text {}, which a SharePoint number column cannot hold: not sent",
+                    bounded(v, 100)
+                )))
+            }
             // Arrays and JSON documents go into text (note) columns as JSON.
             Value::Array(_) | Value::Object(_) => {
                 out.insert(k.clone(), Value::String(v.to_string()));
@@ -379,6 +423,16 @@ fn graph_fields(
         }
     }
     Ok(out)
+}
+
+/// Whether a JSON number is held exactly by a double: integers within
+/// ±(2^53 - 1), and every number that is already a double.
+fn exact_in_double(n: &serde_json::Number) -> bool {
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => u <= MAX_EXACT_INTEGER,
+        (None, Some(i)) => i.unsigned_abs() <= MAX_EXACT_INTEGER,
+        _ => true,
+    }
 }
 
 impl GraphSettings {
@@ -403,6 +457,8 @@ impl GraphSettings {
             .map(|b| b.clamp(1.0, f64::from(u32::MAX)) as u32)
             .unwrap_or(DEFAULT_BUDGET_PER_MIN);
         let timeout_ms = config.get("timeout_ms").and_then(Value::as_u64).unwrap_or(30_000).clamp(1, MAX_TIMEOUT_MS);
+        let writes_per_second =
+            config.get("writes_per_second").and_then(Value::as_f64).filter(|w| w.is_finite() && *w > 0.0);
         let concurrency = config
             .get("max_concurrent_batches")
             .and_then(Value::as_u64)
@@ -415,6 +471,7 @@ impl GraphSettings {
             client_id,
             site,
             budget,
+            writes_per_second,
             timeout_ms,
             concurrency,
             https_only: base.scheme() == "https" && auth.scheme() == "https",
@@ -429,8 +486,26 @@ impl GraphTarget {
         secret: String,
         shutdown: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Result<Self, TargetSetupError> {
-        let GraphSettings { name, base_url, token_url, client_id, site, budget, timeout_ms, concurrency, https_only } =
-            settings;
+        let GraphSettings {
+            name,
+            base_url,
+            token_url,
+            client_id,
+            site,
+            budget,
+            writes_per_second,
+            timeout_ms,
+            concurrency,
+            https_only,
+        } = settings;
+        let writes = writes_per_second.map(|w| {
+            let w = w.clamp(0.01, 10_000.0);
+            let burst = (w.floor() as u32).clamp(1, BATCH_LIMIT as u32);
+            let quota = Quota::with_period(Duration::from_secs_f64(1.0 / w))
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+            (RateLimiter::direct(quota), burst)
+        });
         // A burst of one full batch of writes (at most half the budget). GCRA
         // admits up to burst + rate x 60 s in any minute, and Graph counts a
         // sliding minute: the rate is what the burst leaves, so that no minute
@@ -463,6 +538,7 @@ impl GraphTarget {
             shutdown,
             limiter: RateLimiter::direct(quota),
             burst,
+            writes,
             concurrency,
             pause_until: Mutex::new(None),
             health: Mutex::new((Health::Ok, String::new())),
@@ -544,19 +620,28 @@ impl GraphTarget {
         }
     }
 
-    /// Waits out a pause and the rate limiter; Err when the worker stops meanwhile.
-    async fn wait_turn(&self, ru: u32) -> Result<(), Failure> {
+    /// Waits out a pause, the RU budget and (for `writes` write requests)
+    /// the `writes_per_second` cap; Err when the worker stops meanwhile.
+    async fn wait_turn(&self, ru: u32, writes: u32) -> Result<(), Failure> {
         let until = *self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(until) = until {
             if !self.sleep_or_stop(until.into()).await {
                 return Err(self.stopping());
             }
         }
-        let mut left = ru;
+        if let Some((limiter, burst)) = self.writes.as_ref().filter(|_| writes > 0) {
+            self.take(limiter, *burst, writes).await?;
+        }
+        self.take(&self.limiter, self.burst, ru).await
+    }
+
+    /// Takes `n` cells of a limiter whose burst is `burst`, a burst at a time.
+    async fn take(&self, limiter: &DefaultDirectRateLimiter, burst: u32, n: u32) -> Result<(), Failure> {
+        let mut left = n;
         while left > 0 {
-            let n = NonZeroU32::new(left.min(self.burst)).unwrap_or(NonZeroU32::MIN);
+            let n = NonZeroU32::new(left.min(burst)).unwrap_or(NonZeroU32::MIN);
             // n <= burst: never InsufficientCapacity.
-            let ready = self.limiter.until_n_ready(n);
+            let ready = limiter.until_n_ready(n);
             match self.shutdown.clone() {
                 None => {
                     let _ = ready.await;
@@ -672,7 +757,7 @@ impl GraphTarget {
                 }
             }
             attempt += 1;
-            self.wait_turn(ru).await?;
+            self.wait_turn(ru, writes_in(&method, path, body)).await?;
             let token = self.token(false).await?;
             let mut rb = self.http.request(method.clone(), &url).bearer_auth(&token);
             if let Some(b) = body {
@@ -1148,7 +1233,12 @@ impl GraphTarget {
         let list = self.items_path(&self.list_ref(ctx, &e.definition, &e.list));
         let kinds = ctx.columns.get(&(e.definition.clone(), e.list.clone()));
         let definite = |m: String| Box::new(OpResult::failed(e.id, ErrorClass::Definite, m, false));
-        let not_yet = |m: String| Box::new(OpResult::failed(e.id, ErrorClass::Transient, m, false));
+        let not_yet = |f: FieldError| {
+            Box::new(match f {
+                FieldError::NotYet(m) => OpResult::failed(e.id, ErrorClass::Transient, m, false),
+                FieldError::Unfit(m) => OpResult::failed(e.id, ErrorClass::Definite, m, false),
+            })
+        };
         let json_headers = json!({ "Content-Type": "application/json" });
         match e.op {
             Op::Provision => Err(definite("a provision in an item batch".into())),
@@ -1406,7 +1496,7 @@ mod tests {
         let f = graph_fields(&p, false, None).unwrap();
         assert_eq!(f.get("Gone"), Some(&Value::Null));
         let unresolved = json!({"Boss": {"@ref": "7", "@def": "people", "target_id": null}});
-        assert!(graph_fields(&unresolved, true, None).unwrap_err().contains("not on the target yet"));
+        assert!(matches!(graph_fields(&unresolved, true, None), Err(FieldError::NotYet(m)) if m.contains("not on the target yet")));
     }
 
     #[test]
@@ -1421,6 +1511,15 @@ mod tests {
             Value::Object(f),
             json!({"Title": "7", "Meta": "42", "Code": "true", "Qty": 42, "Ok": true, "Other": 1.5, "Doc": "[1]"})
         );
+        // A number column: numbers a double holds exactly, nothing else.
+        let ok = json!({"Qty": 9007199254740991_i64, "Ok": true});
+        assert_eq!(graph_fields(&ok, true, Some(&kinds)).map(Value::Object), Ok(ok.clone()));
+        assert_eq!(graph_fields(&json!({"Qty": -9007199254740991_i64}), true, Some(&kinds)).map(|f| f.len()), Ok(1));
+        assert_eq!(graph_fields(&json!({"Qty": 0.1}), true, Some(&kinds)).map(|f| f.len()), Ok(1));
+        for bad in [json!({"Qty": 9007199254740993_u64}), json!({"Qty": -9007199254740992_i64}), json!({"Qty": "NaN"})] {
+            let e = graph_fields(&bad, false, Some(&kinds));
+            assert!(matches!(&e, Err(FieldError::Unfit(m)) if m.contains("field Qty")), "{bad}: {e:?}");
+        }
         // Both forms of sync.target_lists.columns give the kinds.
         let k = |v: Value| crate::target::column_kind(&v).map(|(_, k)| k);
         assert_eq!(k(json!({"name": "N", "text": {"allowMultipleLines": true}})).as_deref(), Some("note"));
@@ -1629,7 +1728,7 @@ mod tests {
             tx.send(true).unwrap();
             tx
         });
-        let f = t.wait_turn(RU_WRITE).await.unwrap_err();
+        let f = t.wait_turn(RU_WRITE, 1).await.unwrap_err();
         assert_eq!(f.class, ErrorClass::Throttled);
         assert!(!f.sent);
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());

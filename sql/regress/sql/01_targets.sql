@@ -22,6 +22,14 @@ SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', c
 SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "base_url": "javascript:alert(1)"}')$sql$);
 SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "budget_per_min": -5}')$sql$);
 SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '[1, 2]')$sql$);
+-- Every optional key the worker reads is accepted, with its bounds (issue 14).
+SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s",
+    "max_concurrent_batches": 16, "writes_per_second": 2.5, "time_zone": "Europe/Berlin", "timeout_ms": 100}');
+SELECT sync.drop_target('x');
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "max_concurrent_batches": 17}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "writes_per_second": 0}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "time_zone": "Mars/Olympus"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('x', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "time_zone": 1}')$sql$);
 -- Hostile names: quotes, semicolons, spaces, control characters are refused;
 -- letters of any script are fine.
 SELECT * FROM regress.err($sql$SELECT sync.create_target($$x'; DROP TABLE sync.ledger; --$$, kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s"}')$sql$);

@@ -142,7 +142,7 @@ SELECT count(*) AS claimed FROM sync.claim('sp_hr', 10, worker => 'w1');
 SELECT op, status, last_error FROM sync.pending_exports WHERE op = 'delete';
 
 -- 10. A value shaped like a reference is a reference only in a field mapped
--- with reference => on the same target.
+-- with reference => on the same target; elsewhere it travels as its JSON text.
 CREATE TABLE hr.docs (id int PRIMARY KEY, meta jsonb);
 INSERT INTO hr.docs VALUES (1, '{"@ref": "1", "@def": "emp"}');
 SELECT sync.define('docs', source => 'hr.docs', target => 'sp_hr', list => 'Docs') > 0 AS defined;

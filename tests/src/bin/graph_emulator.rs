@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! graph-emulator [--listen 127.0.0.1:0] [--tenant T] [--client-id C] [--client-secret S]
-//!                [--budget-per-min N] [--token-lifetime-secs N] [--port-file PATH]
+//!                [--budget-per-min N] [--token-lifetime-secs N] [--time-zone TZ] [--port-file PATH]
 //! graph-emulator dump --url http://127.0.0.1:PORT
 //! ```
 //!
@@ -17,7 +17,7 @@ use serde_json::Value;
 use syncbridge_tests::graph_emulator::{Emulator, EmulatorConfig, ListSnapshot};
 
 const USAGE: &str = "usage: graph-emulator [--listen ADDR] [--tenant T] [--client-id C] [--client-secret S] \
-                     [--budget-per-min N] [--token-lifetime-secs N] [--port-file PATH]\n       \
+                     [--budget-per-min N] [--token-lifetime-secs N] [--time-zone TZ] [--port-file PATH]\n       \
                      graph-emulator dump --url http://127.0.0.1:PORT";
 
 struct ServeArgs {
@@ -55,6 +55,7 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs, String> {
                 let v = value()?;
                 out.config.token_lifetime_secs = v.parse().map_err(|e| format!("--token-lifetime-secs {v}: {e}"))?;
             }
+            "--time-zone" => out.config.time_zone = value()?,
             "--port-file" => out.port_file = Some(value()?),
             other => return Err(format!("unknown argument {other}")),
         }

@@ -71,6 +71,9 @@ pub struct EmulatorConfig {
     /// Seeds the order `$batch` responses come back in (Graph answers them
     /// in any order): the same seed, the same order.
     pub seed: u64,
+    /// The site's time zone, an IANA name (default `UTC`): date-only
+    /// columns keep the instant of local midnight in it.
+    pub time_zone: String,
 }
 
 impl Default for EmulatorConfig {
@@ -82,6 +85,7 @@ impl Default for EmulatorConfig {
             token_lifetime_secs: 3600,
             budget_per_min: None,
             seed: 14,
+            time_zone: "UTC".into(),
         }
     }
 }
@@ -253,6 +257,12 @@ impl Emulator {
 
     /// Starts an emulator on `addr`.
     pub async fn start_on(config: EmulatorConfig, addr: SocketAddr) -> std::io::Result<Emulator> {
+        if jiff::tz::TimeZone::get(&config.time_zone).is_err() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("unknown time zone {:?} (an IANA name such as Europe/Berlin)", config.time_zone),
+            ));
+        }
         let listener = TcpListener::bind(addr).await?;
         let mut addr = listener.local_addr()?;
         if addr.ip().is_unspecified() {

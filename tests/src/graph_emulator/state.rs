@@ -198,6 +198,9 @@ pub(crate) struct List {
     pub seq: u64,
     /// Distinguishes this list's delta tokens from other lists'.
     pub delta_tag: String,
+    /// The site's time zone (its regional settings): a date-only column
+    /// holds the instant of local midnight in it.
+    pub time_zone: jiff::tz::TimeZone,
 }
 
 impl List {
@@ -240,7 +243,7 @@ impl List {
             let Some(col) = self.column_for_field(key) else {
                 return Err(GraphError::bad(format!("Field '{key}' is not recognized")));
             };
-            out.push((col.field_name(), normalize(col, value)?));
+            out.push((col.field_name(), normalize(col, value, &self.time_zone)?));
         }
         for col in self.columns.iter().filter(|c| c.enforce_unique) {
             let field = col.field_name();
@@ -310,8 +313,33 @@ fn lookup_id(col: &Column, v: &Value) -> Result<Value, GraphError> {
     }
 }
 
+/// The time zone of a site by its IANA name (the emulator's configuration
+/// was checked when it started).
+pub(crate) fn site_time_zone(name: &str) -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::get(name).unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+/// The instant of local midnight, in `tz`, of the day `secs` (seconds since
+/// the Unix epoch) falls on there: what a date-only column keeps.
+pub(crate) fn local_midnight(secs: i64, tz: &jiff::tz::TimeZone) -> Option<i64> {
+    let ts = jiff::Timestamp::from_second(secs).ok()?;
+    let day = ts.to_zoned(tz.clone()).date();
+    Some(day.to_zoned(tz.clone()).ok()?.timestamp().as_second())
+}
+
+/// A number as SharePoint keeps it: a double (an integer beyond 2^53 comes
+/// back rounded), written without a fraction when it has none.
+fn as_double(n: &serde_json::Number) -> Option<Value> {
+    let f = n.as_f64()?;
+    if f.fract() == 0.0 && f.abs() < 9.2e18 {
+        Some(Value::from(f as i64))
+    } else {
+        serde_json::Number::from_f64(f).map(Value::Number)
+    }
+}
+
 /// Checks a value against a column's type and returns it as stored.
-pub(crate) fn normalize(col: &Column, value: &Value) -> Result<Option<Value>, GraphError> {
+pub(crate) fn normalize(col: &Column, value: &Value, tz: &jiff::tz::TimeZone) -> Result<Option<Value>, GraphError> {
     if value.is_null() {
         return Ok(None);
     }
@@ -342,22 +370,23 @@ pub(crate) fn normalize(col: &Column, value: &Value) -> Result<Option<Value>, Gr
         }
         Kind::Number { .. } | Kind::Currency => {
             let Value::Number(n) = value else { return Err(mismatch()) };
-            let n = n.clone();
+            let stored = as_double(n).ok_or_else(mismatch)?;
             if let Kind::Number { min, max } = col.kind {
                 let f = n.as_f64().unwrap_or(0.0);
                 if min.is_some_and(|m| f < m) || max.is_some_and(|m| f > m) {
                     return Err(GraphError::bad(format!("The value of field '{}' is out of range", col.name)));
                 }
             }
-            Value::Number(n)
+            stored
         }
         Kind::Boolean => match value {
             Value::Bool(b) => Value::Bool(*b),
             _ => return Err(mismatch()),
         },
         Kind::DateTime { date_only } => {
+            // Whole seconds; a value without a zone is read as UTC.
             let Some(secs) = value.as_str().and_then(parse_datetime) else { return Err(mismatch()) };
-            let secs = if *date_only { secs - secs.rem_euclid(86_400) } else { secs };
+            let secs = if *date_only { local_midnight(secs, tz).ok_or_else(mismatch)? } else { secs };
             Value::String(format_unix(secs))
         }
         Kind::Choice { choices, allow_text } => {
@@ -755,6 +784,7 @@ impl State {
                 next_item_id: 1,
                 seq: 0,
                 delta_tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
+                time_zone: site_time_zone(&self.config.time_zone),
             },
         );
         Ok(id)
@@ -765,5 +795,41 @@ impl State {
         let mut lists: Vec<&List> = self.lists.values().collect();
         lists.sort_by_key(|l| l.order);
         lists.into_iter().map(List::snapshot).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(kind: Kind) -> Column {
+        Column { kind, name: "V".into(), ..Column::title() }
+    }
+
+    #[test]
+    fn a_date_only_column_keeps_local_midnight_in_the_site_time_zone() {
+        let date = column(Kind::DateTime { date_only: true });
+        let ny = site_time_zone("America/New_York");
+        let keep = |v: &str, tz: &jiff::tz::TimeZone| normalize(&date, &json!(v), tz).unwrap().unwrap();
+        // Across the start of daylight saving time (2026-03-08).
+        assert_eq!(keep("2026-03-07T05:00:00Z", &ny), json!("2026-03-07T05:00:00Z"));
+        assert_eq!(keep("2026-03-09T04:00:00Z", &ny), json!("2026-03-09T04:00:00Z"));
+        // A zone-less date is read as UTC midnight: the day before in New York.
+        assert_eq!(keep("2026-03-09", &ny), json!("2026-03-08T05:00:00Z"));
+        assert_eq!(keep("2026-03-09", &jiff::tz::TimeZone::UTC), json!("2026-03-09T00:00:00Z"));
+        // Date and time columns keep whole seconds.
+        let at = column(Kind::DateTime { date_only: false });
+        assert_eq!(normalize(&at, &json!("2026-03-09T04:00:01.999Z"), &ny).unwrap(), Some(json!("2026-03-09T04:00:01Z")));
+    }
+
+    #[test]
+    fn a_number_column_keeps_a_double() {
+        let n = column(Kind::Number { min: None, max: None });
+        let utc = jiff::tz::TimeZone::UTC;
+        let keep = |v: Value| normalize(&n, &v, &utc).unwrap().unwrap();
+        assert_eq!(keep(json!(42)), json!(42));
+        assert_eq!(keep(json!(1.5)), json!(1.5));
+        assert_eq!(keep(json!(9007199254740993_u64)), json!(9007199254740992_i64), "rounded as a double");
+        assert!(normalize(&n, &json!("42"), &utc).is_err(), "a string is refused");
     }
 }
