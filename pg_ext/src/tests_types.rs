@@ -128,7 +128,10 @@ mod tests {
         setup("tarr", "text[]");
         assert_eq!(sent("tarr", "ARRAY['a', 'é', NULL]"), r#""[\"a\", \"é\", null]""#);
         setup("jb", "jsonb");
-        assert_eq!(sent("jb", r#"'{"b": [1, {"c": null}], "a": "x"}'"#), r#""{\"a\": \"x\", \"b\": [1, {\"c\": null}]}""#);
+        assert_eq!(
+            sent("jb", r#"'{"b": [1, {"c": null}], "a": "x"}'"#),
+            r#""{\"a\": \"x\", \"b\": [1, {\"c\": null}]}""#
+        );
         assert_eq!(sent("jb", "'42'"), r#""42""#);
         assert_eq!(sent("jb", "'true'"), r#""true""#);
         assert_eq!(sent("jb", r#"'"s"'"#), r#""s""#);

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use syncbridge_tests::graph::{assert_target_equals_source, sync_once, worker_cmd, GraphEnv};
-use syncbridge_tests::graph_emulator::Fault;
+use syncbridge_tests::graph_emulator::{EmulatorConfig, Fault};
 use syncbridge_tests::ingest::{prepare, ChildGuard};
 use syncbridge_tests::{cluster, TestDb};
 
@@ -53,7 +53,12 @@ fn define_employees(db: &TestDb) {
 }
 
 fn setup(budget: Option<u32>, ddl: &str) -> (GraphEnv, TestDb) {
-    let env = GraphEnv::start(budget);
+    setup_with(EmulatorConfig { budget_per_min: budget, ..EmulatorConfig::default() }, ddl)
+}
+
+fn setup_with(config: EmulatorConfig, ddl: &str) -> (GraphEnv, TestDb) {
+    let budget = config.budget_per_min;
+    let env = GraphEnv::start_with(config);
     let db = cluster().new_db("graph");
     prepare(&db, ddl);
     // Quick retries: the tests inject failures on purpose.
@@ -272,7 +277,6 @@ fn a_value_graph_refuses_is_an_error_until_the_data_is_fixed_and_retried() {
 
 #[test]
 fn a_running_worker_renews_its_token_before_it_expires() {
-    use syncbridge_tests::graph_emulator::EmulatorConfig;
     // Tokens live 4 s: the worker must renew them (at half their life).
     let env = GraphEnv::start_with(EmulatorConfig { token_lifetime_secs: 4, ..EmulatorConfig::default() });
     let db = cluster().new_db("graph token");
@@ -552,7 +556,9 @@ fn json_scalars_bound_for_text_columns_arrive_as_strings() {
     assert_eq!(got("2", "meta"), Some(serde_json::json!("true")));
     assert_eq!(got("2", "doc"), Some(serde_json::json!("false")));
     assert_eq!(got("3", "meta"), Some(serde_json::json!("s")));
-    assert_eq!(got("4", "meta"), Some(serde_json::json!("{\"a\":1}")));
+    // A document as its JSON text, as PostgreSQL writes jsonb.
+    assert_eq!(got("4", "meta"), Some(serde_json::json!("{\"a\": 1}")));
+    assert_eq!(got("4", "doc"), Some(serde_json::json!("[1, 2]")));
     assert_eq!(got("5", "meta"), None);
     assert_target_equals_source(&env, &db, "t", &["T"]);
 }
@@ -604,4 +610,101 @@ fn long_text_and_precise_numbers_arrive_unchanged() {
     assert_eq!(item["free"].as_str().map(str::len), Some(1000), "{item:?}");
     assert_eq!(item["big"], "3.14159265358979323846264338327950288", "{item:?}");
     assert_eq!(item["price"], serde_json::json!(1234567890.12), "{item:?}");
+}
+
+/// Issue 14, defect 7: a site in New York shows each date on its day and
+/// each timestamp at its wall-clock time, across the start of daylight
+/// saving time (2026-03-08); SharePoint keeps whole seconds, so a change of
+/// a fraction of a second sends nothing.
+#[test]
+fn dates_and_times_arrive_as_the_sites_time_zone_shows_them() {
+    let (env, db) = setup_with(
+        EmulatorConfig { time_zone: "America/New_York".into(), ..EmulatorConfig::default() },
+        "CREATE TABLE t (id int PRIMARY KEY, day date, at timestamp, stamp timestamptz);
+         INSERT INTO t VALUES (1, '2026-03-07', '2026-03-07 09:30:00', '2026-03-07 14:30:00.25+00'),
+                              (2, '2026-03-09', '2026-03-09 09:30:00.75', '2026-03-09 13:30:00+00');",
+    );
+    db.psql("SELECT sync.alter_target('sp', config => '{\"time_zone\": \"America/New_York\"}')");
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    sync_once(&db);
+    assert_eq!(errors(&db), "0");
+    let items = env.items();
+    let got = |k: &str, f: &str| items["T"][k][f].as_str().unwrap_or_default().to_owned();
+    // Local midnight: EST (UTC-5) before the change, EDT (UTC-4) after.
+    assert_eq!(got("1", "day"), "2026-03-07T05:00:00Z");
+    assert_eq!(got("2", "day"), "2026-03-09T04:00:00Z");
+    assert_eq!(got("1", "at"), "2026-03-07T14:30:00Z");
+    assert_eq!(got("2", "at"), "2026-03-09T13:30:00Z");
+    assert_eq!(got("1", "stamp"), "2026-03-07T14:30:00Z");
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    let writes = env.emu.stats().writes;
+    db.psql("UPDATE t SET stamp = stamp + interval '0.5 seconds', at = at + interval '0.2 seconds' WHERE id = 2");
+    sync_once(&db);
+    assert_eq!(env.emu.stats().writes, writes, "nothing the target would hold changed");
+    assert_eq!(db.psql("SELECT count(*) FROM sync.pending_exports WHERE op = 'update'"), "0");
+}
+
+/// Issue 14, defects 3 and 5: a value its column cannot hold (Title over 255
+/// characters; a bigint a double would round) is named by sync.plan() before
+/// anything is sent, then refused with a definite error; nothing is cut or
+/// rounded, and the other rows arrive.
+#[test]
+fn values_a_column_cannot_hold_are_warned_of_and_refused_never_rounded() {
+    let (env, db) = setup(
+        None,
+        "CREATE TABLE t (id int PRIMARY KEY, name text, big bigint);
+         INSERT INTO t VALUES (1, 'ok', 9007199254740991), (2, repeat('x', 300), 1), (3, 'big', 9007199254740993);",
+    );
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.map('t', 'name', 'Title'), sync.map('t', 'big', 'Big')");
+    db.psql("SELECT sync.provision('t')");
+    let warned = db.psql(
+        "SELECT string_agg(sync_key || ': ' || warning, E'\\n' ORDER BY sync_key) FROM sync.plan('t') WHERE warning IS NOT NULL",
+    );
+    let lines: Vec<&str> = warned.lines().collect();
+    assert_eq!(lines.len(), 2, "{warned}");
+    assert!(lines[0].starts_with("2: Title holds 300 characters"), "{warned}");
+    assert!(lines[1].starts_with("3: Big is 9007199254740993"), "{warned}");
+    assert_eq!(db.psql("SELECT warnings FROM sync.plan_summary('t')"), "2");
+    db.psql("SELECT sync.enable('t')");
+    sync_once(&db);
+    let state = |k: &str| {
+        db.psql(&format!(
+            "SELECT status || '|' || coalesce(error_class, '') || '|' || coalesce(last_error, '') FROM sync.pending_exports
+              WHERE sync_key = '{k}' AND op = 'add'"
+        ))
+    };
+    assert!(state("1").starts_with("exported|"), "{}", state("1"));
+    assert!(state("2").starts_with("error|definite|") && state("2").contains("255"), "{}", state("2"));
+    assert!(state("3").starts_with("error|definite|") && state("3").contains("cannot hold exactly"), "{}", state("3"));
+    let items = env.items();
+    assert_eq!(items["T"].keys().collect::<Vec<_>>(), ["1"], "only the row that fits arrived");
+    assert_eq!(items["T"]["1"]["Big"], serde_json::json!(9007199254740991_i64));
+    // Fixed and retried, everything arrives.
+    db.psql("UPDATE t SET name = 'short' WHERE id = 2; UPDATE t SET big = 42 WHERE id = 3");
+    db.psql("SELECT sync.retry(id) FROM sync.pending_exports WHERE status = 'error'");
+    sync_once(&db);
+    assert_eq!(errors(&db), "0");
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    assert_eq!(db.psql("SELECT count(*) FROM sync.plan('t') WHERE warning IS NOT NULL"), "0");
+}
+
+/// Issue 14, defect 6: `writes_per_second` caps the writes. 60 rows at 10 a
+/// second: a $batch's writes go together once paid for, so no second sees
+/// more than two batches' worth (without the cap all 60 land at once).
+#[test]
+fn writes_per_second_caps_the_write_rate() {
+    let (env, db) = setup(
+        None,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 60) g;",
+    );
+    db.psql("SELECT sync.alter_target('sp', config => '{\"writes_per_second\": 10}')");
+    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
+    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    sync_once(&db);
+    assert_eq!(errors(&db), "0");
+    assert_target_equals_source(&env, &db, "t", &["T"]);
+    let most = env.emu.most_writes_within(Duration::from_secs(1));
+    assert!(most <= 25, "{most} writes within one second at writes_per_second 10");
 }

@@ -1496,7 +1496,9 @@ mod tests {
         let f = graph_fields(&p, false, None).unwrap();
         assert_eq!(f.get("Gone"), Some(&Value::Null));
         let unresolved = json!({"Boss": {"@ref": "7", "@def": "people", "target_id": null}});
-        assert!(matches!(graph_fields(&unresolved, true, None), Err(FieldError::NotYet(m)) if m.contains("not on the target yet")));
+        assert!(
+            matches!(graph_fields(&unresolved, true, None), Err(FieldError::NotYet(m)) if m.contains("not on the target yet"))
+        );
     }
 
     #[test]
@@ -1516,7 +1518,8 @@ mod tests {
         assert_eq!(graph_fields(&ok, true, Some(&kinds)).map(Value::Object), Ok(ok.clone()));
         assert_eq!(graph_fields(&json!({"Qty": -9007199254740991_i64}), true, Some(&kinds)).map(|f| f.len()), Ok(1));
         assert_eq!(graph_fields(&json!({"Qty": 0.1}), true, Some(&kinds)).map(|f| f.len()), Ok(1));
-        for bad in [json!({"Qty": 9007199254740993_u64}), json!({"Qty": -9007199254740992_i64}), json!({"Qty": "NaN"})] {
+        for bad in [json!({"Qty": 9007199254740993_u64}), json!({"Qty": -9007199254740992_i64}), json!({"Qty": "NaN"})]
+        {
             let e = graph_fields(&bad, false, Some(&kinds));
             assert!(matches!(&e, Err(FieldError::Unfit(m)) if m.contains("field Qty")), "{bad}: {e:?}");
         }

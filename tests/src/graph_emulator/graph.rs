@@ -776,6 +776,7 @@ pub(crate) fn serve(state: &mut State, req: &Req) -> Resp {
     let resp = handle(state, req);
     if resp.status < 400 && is_write(&req.method) {
         state.stats.writes += 1;
+        state.write_times.push(std::time::Instant::now());
     }
     resp
 }

@@ -199,6 +199,21 @@ impl EmulatorState {
         self.lock().stats
     }
 
+    /// The most successful writes done within any `window` of time.
+    pub fn most_writes_within(&self, window: Duration) -> usize {
+        let st = self.lock();
+        let t = &st.write_times;
+        let mut most = 0;
+        let mut start = 0;
+        for end in 0..t.len() {
+            while t[end].duration_since(t[start]) >= window {
+                start += 1;
+            }
+            most = most.max(end + 1 - start);
+        }
+        most
+    }
+
     /// Changes the resource-unit budget per sliding minute (`None` = unlimited).
     pub fn set_budget(&self, per_min: Option<u32>) {
         self.lock().budget = per_min;
@@ -303,6 +318,11 @@ impl Emulator {
     /// The counters.
     pub fn stats(&self) -> Stats {
         self.state.stats()
+    }
+
+    /// The most successful writes done within any `window` of time.
+    pub fn most_writes_within(&self, window: Duration) -> usize {
+        self.state.most_writes_within(window)
     }
 
     /// Changes the resource-unit budget per sliding minute (`None` = unlimited).

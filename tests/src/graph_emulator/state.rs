@@ -460,6 +460,8 @@ pub(crate) struct State {
     /// Shuffles `$batch` responses (seeded by the configuration: reproducible).
     pub rng: rand::rngs::StdRng,
     pub stats: Stats,
+    /// When each successful write was done, in order.
+    pub write_times: Vec<Instant>,
     /// Lists by id.
     pub lists: HashMap<String, List>,
     pub list_counter: u64,
@@ -478,6 +480,7 @@ impl State {
             latency_ms: 0,
             down: false,
             stats: Stats::default(),
+            write_times: Vec::new(),
             lists: HashMap::new(),
             list_counter: 0,
         }
@@ -819,7 +822,10 @@ mod tests {
         assert_eq!(keep("2026-03-09", &jiff::tz::TimeZone::UTC), json!("2026-03-09T00:00:00Z"));
         // Date and time columns keep whole seconds.
         let at = column(Kind::DateTime { date_only: false });
-        assert_eq!(normalize(&at, &json!("2026-03-09T04:00:01.999Z"), &ny).unwrap(), Some(json!("2026-03-09T04:00:01Z")));
+        assert_eq!(
+            normalize(&at, &json!("2026-03-09T04:00:01.999Z"), &ny).unwrap(),
+            Some(json!("2026-03-09T04:00:01Z"))
+        );
     }
 
     #[test]
