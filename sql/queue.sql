@@ -439,8 +439,10 @@ BEGIN
                    CASE WHEN f.class IN ('throttled', 'auth') THEN interval '0' ELSE sync._backoff(e.attempts) END,
                    make_interval(secs => coalesce(f.retry_after, 0)::float8)),
                last_error = f.error, error_class = f.class, lease_until = NULL, updated_at = now(),
-               -- a timeout or a 5xx after sending: the create may have happened
-               verify = e.verify OR (f.class = 'transient' AND f.sent AND e.op IN ('add', 'move'))
+               -- a failure after sending that is not a definite answer (a
+               -- timeout, a 5xx, a 503 that throttled a request it may have
+               -- run, ...): the create may have happened
+               verify = e.verify OR (f.sent AND f.class <> 'definite' AND e.op IN ('add', 'move'))
           FROM f WHERE e.id = f.id
         RETURNING e.id, e.status, e.definition_id, e.sync_key, e.verify, e.run_id
     ), counted AS (

@@ -23,13 +23,15 @@ SELECT array_agg(sync_key ORDER BY sync_key) AS w1 FROM sync.claim('sp_hr', 2, w
 SELECT array_agg(sync_key ORDER BY sync_key) AS w2 FROM sync.claim('sp_hr', 10, worker => 'w2');
 SELECT leased_by, array_agg(sync_key ORDER BY sync_key) FROM sync.pending_exports WHERE status = 'executing' GROUP BY 1 ORDER BY 1;
 -- Results: success, a transient failure, a throttled one, a definite one; a
--- result from a worker that no longer holds the lease is ignored.
+-- result from a worker that no longer holds the lease is ignored. A create
+-- that failed after it may have run (sent: the 503, and the throttling 503
+-- that may have run it) is marked verify; a definite answer is not.
 SELECT * FROM sync.complete(jsonb_build_array(
     jsonb_build_object('id', (SELECT id FROM sync.pending_exports WHERE sync_key = '1'), 'ok', true, 'target_id', '17', 'etag', '"e1"'),
     jsonb_build_object('id', (SELECT id FROM sync.pending_exports WHERE sync_key = '2'), 'ok', false, 'error', 'HTTP 503: service unavailable', 'class', 'transient')),
   worker => 'w1');
 SELECT * FROM sync.complete(jsonb_build_array(
-    jsonb_build_object('id', (SELECT id FROM sync.pending_exports WHERE sync_key = '3'), 'ok', false, 'error', 'HTTP 429', 'class', 'throttled', 'retry_after', 30),
+    jsonb_build_object('id', (SELECT id FROM sync.pending_exports WHERE sync_key = '3'), 'ok', false, 'error', 'HTTP 503 throttled', 'class', 'throttled', 'retry_after', 30, 'sent', true),
     jsonb_build_object('id', (SELECT id FROM sync.pending_exports WHERE sync_key = '4'), 'ok', false, 'error', 'HTTP 400: Field ''Title'' is too long', 'class', 'definite'),
     jsonb_build_object('id', (SELECT id FROM sync.pending_exports WHERE sync_key = '1'), 'ok', false, 'error', 'late')),
   worker => 'w2');
