@@ -66,7 +66,9 @@ BEGIN
     IF $1 IS NOT NULL THEN
         PERFORM sync._check_may_read((sync._def($1)).source_rel);
     END IF;
-    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write
+    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write,
+                    -- a move as the kind makes it (NULL: it cannot)
+                    CASE k.moves WHEN 'native' THEN 1 WHEN 'delete_create' THEN 2 END AS move_requests
                FROM sync.definitions x JOIN sync.targets t ON t.name = x.target JOIN sync.target_kinds k ON k.kind = t.kind
               WHERE x.state <> 'disabled' AND ($1 IS NULL OR x.name = $1)
               ORDER BY x.name LOOP
@@ -77,18 +79,18 @@ BEGIN
         RETURN QUERY EXECUTE format(
             'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id, p.warning '
             'FROM (%s) p '
-            'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN 2 WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
+            'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN %s::int WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
             'LEFT JOIN sync.pending_exports e ON e.definition_id = $1 AND e.sync_key = p.sync_key '
             '     AND e.status IN (''pending'', ''awaiting_approval'', ''failed'', ''error'', ''executing'') '
             'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''delete'' THEN 4 ELSE 5 END, p.sync_key',
-            d.name, d.cost_per_write, sync._plan_sql())
+            d.name, d.cost_per_write, sync._plan_sql(), coalesce(d.move_requests::text, 'NULL'))
           USING d.id, d.delete_scope,
                 (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f);
         -- Provisioning exports (they have no key) awaiting approval are shown too.
         RETURN QUERY
             SELECT d.name, e.op, e.sync_key, e.list, e.from_list,
                    (SELECT jsonb_object_agg(n.key, jsonb_build_object('new', n.value)) FROM jsonb_each(e.payload) n),
-                   CASE e.op WHEN 'move' THEN 2 ELSE 1 END, CASE e.op WHEN 'move' THEN 2 ELSE 1 END * d.cost_per_write,
+                   1, d.cost_per_write,
                    e.status, e.id, NULL::text
               FROM sync.pending_exports e
              WHERE e.definition_id = d.id AND e.status = 'awaiting_approval' AND e.op = 'provision';

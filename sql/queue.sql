@@ -300,13 +300,32 @@ END $$;
 COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval), and how many of them will not be retried within within_seconds.';
 
 CREATE FUNCTION target_list_ids(target text)
-RETURNS TABLE (definition text, list text, remote_id text)
+RETURNS TABLE (definition text, list text, remote_id text, columns jsonb)
 LANGUAGE sql STABLE AS $$
-    SELECT d.name, tl.list, tl.remote_id
+    SELECT d.name, tl.list, tl.remote_id, tl.columns
       FROM sync.target_lists tl JOIN sync.definitions d ON d.id = tl.definition_id
      WHERE tl.remote_id IS NOT NULL AND d.target = target_list_ids.target
      ORDER BY d.name, tl.list
 $$;
+
+-- The targets a worker serves: those with an active or paused definition
+-- (only the named ones when `names` is not empty). The worker reads no table.
+CREATE FUNCTION worker_targets(names text[] DEFAULT '{}')
+RETURNS TABLE (name text, kind text, config jsonb, secret_ref text)
+LANGUAGE sql STABLE AS $$
+    SELECT t.name, t.kind, t.config, t.secret_ref FROM sync.targets t
+     WHERE EXISTS (SELECT 1 FROM sync.definitions d WHERE d.target = t.name AND d.state IN ('active', 'paused'))
+       AND (cardinality(coalesce(worker_targets.names, '{}')) = 0 OR t.name = ANY (worker_targets.names))
+     ORDER BY t.name
+$$;
+COMMENT ON FUNCTION worker_targets(text[]) IS 'The targets with an active or paused definition (only those named, when names is not empty): name, kind, configuration and secret reference, for the worker.';
+
+-- The LSN staged durably for a slot (sync.checkpoint moved it), if any.
+CREATE FUNCTION slot_cursor(slot text) RETURNS pg_lsn
+LANGUAGE sql STABLE AS $$
+    SELECT c.lsn FROM sync.cursors c WHERE c.kind = 'slot' AND c.scope = slot_cursor.slot
+$$;
+COMMENT ON FUNCTION slot_cursor(text) IS 'The LSN staged durably for the slot (what sync.checkpoint recorded), NULL before the first checkpoint.';
 -- The worker's report of a target's health (the worker writes no table).
 CREATE FUNCTION report_target_status(target text, status text, detail text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -319,7 +338,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION report_target_status(text, text, text) IS 'The worker reports what it last saw of a target: ok, throttled, unreachable, auth_failed, misconfigured, and a detail (at most 1000 characters).';
 
-COMMENT ON FUNCTION target_list_ids(text) IS 'The provisioned lists of a target''s definitions and their ids on the target.';
+COMMENT ON FUNCTION target_list_ids(text) IS 'The provisioned lists of a target''s definitions, their ids on the target and their columns as provisioned.';
 
 -- Complete ------------------------------------------------------------------
 
@@ -625,7 +644,16 @@ DECLARE
     c sync.compiled := sync._compile(d.id);
     cols jsonb;
     n int;
+    containers text;
 BEGIN
+    SELECT k.containers INTO containers
+      FROM sync.targets t JOIN sync.target_kinds k ON k.kind = t.kind WHERE t.name = d.target;
+    IF containers <> 'provisioned' THEN
+        RAISE EXCEPTION 'the target of definition % makes no containers', quote_literal(definition)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = format('Its kind''s containers are %s (sync.target_kinds.containers): they exist already or there are none.', containers),
+                  HINT = 'Only kinds whose containers are provisioned (graph) are provisioned; enable the definition directly.';
+    END IF;
     SELECT jsonb_agg(jsonb_build_object('name', f ->> 'field', 'kind', f ->> 'kind', 'source_type', f ->> 'type')
                      || CASE WHEN f ->> 'reference' IS NOT NULL THEN jsonb_build_object('reference', f ->> 'reference') ELSE '{}' END)
            || jsonb_build_array(jsonb_build_object('name', 'SyncKey', 'kind', 'text', 'indexed', true, 'hidden', true))

@@ -113,6 +113,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.complete(jsonb, text),
     @extschema@.export_backlog(text, double precision),
     @extschema@.target_list_ids(text),
+    @extschema@.worker_targets(text[]),
+    @extschema@.slot_cursor(text),
     @extschema@.report_target_status(text, text, text),
     @extschema@.purge(interval),
     @extschema@.start_run(text, text, text),

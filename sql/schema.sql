@@ -18,9 +18,13 @@ CREATE TABLE target_kinds (
     cost_per_read     numeric NOT NULL CHECK (cost_per_read >= 0),
     cost_unit         text NOT NULL,
     default_budget_per_min numeric NOT NULL CHECK (default_budget_per_min > 0),
-    field_name_pattern text NOT NULL
+    field_name_pattern text NOT NULL,
+    containers        text NOT NULL CHECK (containers IN ('none', 'existing', 'provisioned')),
+    delete_mode       text NOT NULL CHECK (delete_mode IN ('remove', 'close', 'unsupported')),
+    moves             text NOT NULL CHECK (moves IN ('native', 'delete_create', 'unsupported')),
+    key_lookup        boolean NOT NULL,
+    pull              text NOT NULL CHECK (pull IN ('delta', 'updated_since', 'none'))
 );
-COMMENT ON TABLE target_kinds IS 'The kinds of target syncbridge knows: required configuration, batch size and API cost model. Read-only reference data.';
 COMMENT ON COLUMN target_kinds.kind IS 'Kind name used by sync.create_target(kind => ...).';
 COMMENT ON COLUMN target_kinds.description IS 'What the kind talks to.';
 COMMENT ON COLUMN target_kinds.implemented IS 'Whether the worker has an adapter for this kind yet.';
@@ -32,22 +36,35 @@ COMMENT ON COLUMN target_kinds.cost_per_read IS 'Cost of one single-item read (G
 COMMENT ON COLUMN target_kinds.cost_unit IS 'Unit of the cost model (RU for Graph resource units, requests elsewhere).';
 COMMENT ON COLUMN target_kinds.default_budget_per_min IS 'Budget per minute when the target''s config sets none (Graph: 1250 RU/min, a small tenant).';
 COMMENT ON COLUMN target_kinds.field_name_pattern IS 'Regular expression a target field name must match.';
+COMMENT ON COLUMN target_kinds.containers IS 'Where items live: none (a webhook), existing containers (a repository, a project, an OU), or provisioned ones syncbridge creates with their fields (SharePoint lists, sync.provision).';
+COMMENT ON COLUMN target_kinds.delete_mode IS 'What a delete does: remove (or trash) the item, close it (GitHub), or unsupported.';
+COMMENT ON COLUMN target_kinds.moves IS 'What a move to another container costs: native (one request), delete_create (a create and a delete: two), unsupported.';
+COMMENT ON COLUMN target_kinds.key_lookup IS 'Whether an item can be found by the row''s key, to adopt it rather than create a twin after a create whose answer was lost.';
+COMMENT ON COLUMN target_kinds.pull IS 'How changes are read back for two-way sync: delta (a cursor), updated_since, none.';
+COMMENT ON TABLE target_kinds IS 'The kinds of target syncbridge knows: required configuration, batch size, API cost model and capabilities. Read-only reference data; the worker holds the same facts (a test compares them).';
 
 INSERT INTO target_kinds (kind, description, implemented, required_config, optional_config,
-                          batch_size, cost_per_write, cost_per_read, cost_unit, default_budget_per_min, field_name_pattern) VALUES
+                          batch_size, cost_per_write, cost_per_read, cost_unit, default_budget_per_min, field_name_pattern,
+                          containers, delete_mode, moves, key_lookup, pull) VALUES
  ('graph',   'SharePoint / Teams lists through Microsoft Graph', true,
    '{tenant_id,client_id,site_id}', '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone}',
-   20, 2, 1, 'RU', 1250, '^[A-Za-z_][A-Za-z0-9_]{0,254}$'),
+   20, 2, 1, 'RU', 1250, '^[A-Za-z_][A-Za-z0-9_]{0,254}$',
+   'provisioned', 'remove', 'delete_create', true, 'delta'),
  ('github',  'GitHub Issues (REST)', false, '{owner,repo}', '{base_url,budget_per_min}',
-   1, 1, 1, 'requests', 80, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),
+   1, 1, 1, 'requests', 80, '^[A-Za-z_][A-Za-z0-9_]{0,99}$',
+   'existing', 'close', 'unsupported', true, 'updated_since'),
  ('jira',    'Jira Cloud issues (REST v3)', false, '{site,project_key}', '{base_url,budget_per_min,email}',
-   50, 1, 1, 'requests', 100, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),
+   50, 1, 1, 'requests', 100, '^[A-Za-z_][A-Za-z0-9_]{0,99}$',
+   'existing', 'remove', 'unsupported', true, 'updated_since'),
  ('linear',  'Linear issues (GraphQL)', false, '{team_id}', '{base_url,budget_per_min}',
-   50, 1, 1, 'requests', 25, '^[A-Za-z_][A-Za-z0-9_]{0,99}$'),
+   50, 1, 1, 'requests', 25, '^[A-Za-z_][A-Za-z0-9_]{0,99}$',
+   'existing', 'remove', 'native', true, 'updated_since'),
  ('webhook', 'Signed HTTP webhooks (HMAC-SHA256)', false, '{url}', '{budget_per_min,timeout_ms}',
-   100, 1, 0, 'requests', 600, '^[A-Za-z_][A-Za-z0-9_.-]{0,99}$'),
+   100, 1, 0, 'requests', 600, '^[A-Za-z_][A-Za-z0-9_.-]{0,99}$',
+   'none', 'remove', 'native', false, 'none'),
  ('ldap',    'LDAP directory provisioning', false, '{url,base_dn}', '{bind_dn,budget_per_min}',
-   1, 1, 1, 'operations', 6000, '^[A-Za-z][A-Za-z0-9-]{0,99}$');
+   1, 1, 1, 'operations', 6000, '^[A-Za-z][A-Za-z0-9-]{0,99}$',
+   'existing', 'remove', 'native', true, 'none');
 
 -- ---------------------------------------------------------------------------
 -- Targets

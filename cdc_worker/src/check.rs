@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::dsn::Dsn;
+use crate::pg::dsn::Dsn;
 
 /// The oldest server the worker supports (PG15: publication column lists).
 pub const MIN_SERVER_VERSION_NUM: i32 = 150_000;
@@ -90,9 +90,9 @@ pub enum CheckError {
     Connect {
         target: String,
         #[source]
-        source: crate::dsn::ConnectError,
+        source: crate::pg::dsn::ConnectError,
     },
-    #[error("query against {target} failed: {}", crate::pgerror::Described(source))]
+    #[error("query against {target} failed: {}", crate::pg::sqlstate::Described(source))]
     Query {
         target: String,
         #[source]

@@ -4,17 +4,33 @@
 //! extension (`sync.stage`), confirms LSNs once they are durably staged, and
 //! drains pending exports to the targets. Every decision about *what* must
 //! change is the extension's; this crate only carries.
+//!
+//! The modules follow the data flow, each using only those above it:
+//! - [`error`]: the crate's error type and its restart policy;
+//! - [`pg`]: PostgreSQL plumbing that knows nothing of syncbridge;
+//! - [`source`]: the replication transport, the pgoutput decoder, LSNs;
+//! - [`extension`]: the whole contract with the extension (every `sync.*` call);
+//! - [`target`]: the adapters (the trait, the kind registry, the shared HTTP
+//!   client, Graph);
+//! - [`ingest`]: slot → batches → `sync.stage`, and the initial load;
+//! - [`export`]: `sync.claim` → adapter → `sync.complete`, and the purge;
+//! - [`pull`]: changes read back from targets (two-way; to come);
+//! - [`runtime`]: the worker's name and stop signals;
+//! - [`check`]: `syncbridge-worker check`.
 
 pub mod check;
-pub mod dsn;
+pub mod error;
 pub mod export;
+pub mod extension;
 pub mod ingest;
-pub mod lsn;
-pub mod pgerror;
-pub mod pgoutput;
-pub mod replication;
+pub mod pg;
+pub mod pull;
+pub mod runtime;
+pub mod source;
 pub mod target;
-pub mod tls;
+
+#[cfg(test)]
+mod layout_tests;
 
 /// The worker's version; the extension it talks to should report the same.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use syncbridge_worker::error::WorkerError;
 use syncbridge_worker::export::{self, ExportConfig};
-use syncbridge_worker::ingest::{self, IngestConfig, WorkerError};
+use syncbridge_worker::ingest::{self, IngestConfig};
 use syncbridge_worker::target::policy::{DEFAULT_SECRETS_DIR, ENV_PREFIX};
 use syncbridge_worker::target::TargetPolicy;
-use syncbridge_worker::{check, dsn::Dsn};
+use syncbridge_worker::{check, pg::dsn::Dsn};
 
 #[derive(Parser, Debug)]
 #[command(name = "syncbridge-worker", version, about = "syncbridge CDC worker")]
@@ -366,7 +367,7 @@ where
                 report(&summary);
                 return ExitCode::SUCCESS;
             }
-            Err(e) if e.is_transient() && !*rx.borrow() => {
+            Err(e) if e.should_restart() && !*rx.borrow() => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed; restarting");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));

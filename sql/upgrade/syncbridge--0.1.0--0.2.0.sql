@@ -12,6 +12,7 @@ DROP FUNCTION @extschema@._field_kind(regtype);
 DROP FUNCTION @extschema@._json_expr(text, regtype);
 DROP FUNCTION @extschema@.plan_summary(text);
 DROP FUNCTION @extschema@.plan(text);
+DROP FUNCTION @extschema@.target_list_ids(text);
 
 -- The configuration keys max_concurrent_batches (read by the worker since
 -- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second
@@ -20,6 +21,33 @@ UPDATE @extschema@.target_kinds
    SET optional_config = '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone}'
  WHERE kind = 'graph';
 ALTER TABLE @extschema@.target_kinds DROP COLUMN default_writes_per_second;
+
+-- What each kind can do (the worker's registry states the same facts).
+ALTER TABLE @extschema@.target_kinds
+    ADD COLUMN containers text CHECK (containers IN ('none', 'existing', 'provisioned')),
+    ADD COLUMN delete_mode text CHECK (delete_mode IN ('remove', 'close', 'unsupported')),
+    ADD COLUMN moves text CHECK (moves IN ('native', 'delete_create', 'unsupported')),
+    ADD COLUMN key_lookup boolean,
+    ADD COLUMN pull text CHECK (pull IN ('delta', 'updated_since', 'none'));
+UPDATE @extschema@.target_kinds k
+   SET containers = v.containers, delete_mode = v.delete_mode, moves = v.moves, key_lookup = v.key_lookup, pull = v.pull
+  FROM (VALUES ('graph', 'provisioned', 'remove', 'delete_create', true, 'delta'),
+               ('github', 'existing', 'close', 'unsupported', true, 'updated_since'),
+               ('jira', 'existing', 'remove', 'unsupported', true, 'updated_since'),
+               ('linear', 'existing', 'remove', 'native', true, 'updated_since'),
+               ('webhook', 'none', 'remove', 'native', false, 'none'),
+               ('ldap', 'existing', 'remove', 'native', true, 'none'))
+       AS v(kind, containers, delete_mode, moves, key_lookup, pull)
+ WHERE k.kind = v.kind;
+ALTER TABLE @extschema@.target_kinds
+    ALTER COLUMN containers SET NOT NULL, ALTER COLUMN delete_mode SET NOT NULL, ALTER COLUMN moves SET NOT NULL,
+    ALTER COLUMN key_lookup SET NOT NULL, ALTER COLUMN pull SET NOT NULL;
+COMMENT ON TABLE @extschema@.target_kinds IS 'The kinds of target syncbridge knows: required configuration, batch size, API cost model and capabilities. Read-only reference data; the worker holds the same facts (a test compares them).';
+COMMENT ON COLUMN @extschema@.target_kinds.containers IS 'Where items live: none (a webhook), existing containers (a repository, a project, an OU), or provisioned ones syncbridge creates with their fields (SharePoint lists, sync.provision).';
+COMMENT ON COLUMN @extschema@.target_kinds.delete_mode IS 'What a delete does: remove (or trash) the item, close it (GitHub), or unsupported.';
+COMMENT ON COLUMN @extschema@.target_kinds.moves IS 'What a move to another container costs: native (one request), delete_create (a create and a delete: two), unsupported.';
+COMMENT ON COLUMN @extschema@.target_kinds.key_lookup IS 'Whether an item can be found by the row''s key, to adopt it rather than create a twin after a create whose answer was lost.';
+COMMENT ON COLUMN @extschema@.target_kinds.pull IS 'How changes are read back for two-way sync: delta (a cursor), updated_since, none.';
 
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
@@ -1718,7 +1746,9 @@ BEGIN
     IF $1 IS NOT NULL THEN
         PERFORM sync._check_may_read((sync._def($1)).source_rel);
     END IF;
-    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write
+    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write,
+                    -- a move as the kind makes it (NULL: it cannot)
+                    CASE k.moves WHEN 'native' THEN 1 WHEN 'delete_create' THEN 2 END AS move_requests
                FROM sync.definitions x JOIN sync.targets t ON t.name = x.target JOIN sync.target_kinds k ON k.kind = t.kind
               WHERE x.state <> 'disabled' AND ($1 IS NULL OR x.name = $1)
               ORDER BY x.name LOOP
@@ -1729,18 +1759,18 @@ BEGIN
         RETURN QUERY EXECUTE format(
             'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id, p.warning '
             'FROM (%s) p '
-            'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN 2 WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
+            'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN %s::int WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
             'LEFT JOIN sync.pending_exports e ON e.definition_id = $1 AND e.sync_key = p.sync_key '
             '     AND e.status IN (''pending'', ''awaiting_approval'', ''failed'', ''error'', ''executing'') '
             'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''delete'' THEN 4 ELSE 5 END, p.sync_key',
-            d.name, d.cost_per_write, sync._plan_sql())
+            d.name, d.cost_per_write, sync._plan_sql(), coalesce(d.move_requests::text, 'NULL'))
           USING d.id, d.delete_scope,
                 (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f);
         -- Provisioning exports (they have no key) awaiting approval are shown too.
         RETURN QUERY
             SELECT d.name, e.op, e.sync_key, e.list, e.from_list,
                    (SELECT jsonb_object_agg(n.key, jsonb_build_object('new', n.value)) FROM jsonb_each(e.payload) n),
-                   CASE e.op WHEN 'move' THEN 2 ELSE 1 END, CASE e.op WHEN 'move' THEN 2 ELSE 1 END * d.cost_per_write,
+                   1, d.cost_per_write,
                    e.status, e.id, NULL::text
               FROM sync.pending_exports e
              WHERE e.definition_id = d.id AND e.status = 'awaiting_approval' AND e.op = 'provision';
@@ -2074,13 +2104,32 @@ END $$;
 COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval), and how many of them will not be retried within within_seconds.';
 
 CREATE OR REPLACE FUNCTION target_list_ids(target text)
-RETURNS TABLE (definition text, list text, remote_id text)
+RETURNS TABLE (definition text, list text, remote_id text, columns jsonb)
 LANGUAGE sql STABLE AS $$
-    SELECT d.name, tl.list, tl.remote_id
+    SELECT d.name, tl.list, tl.remote_id, tl.columns
       FROM sync.target_lists tl JOIN sync.definitions d ON d.id = tl.definition_id
      WHERE tl.remote_id IS NOT NULL AND d.target = target_list_ids.target
      ORDER BY d.name, tl.list
 $$;
+
+-- The targets a worker serves: those with an active or paused definition
+-- (only the named ones when `names` is not empty). The worker reads no table.
+CREATE OR REPLACE FUNCTION worker_targets(names text[] DEFAULT '{}')
+RETURNS TABLE (name text, kind text, config jsonb, secret_ref text)
+LANGUAGE sql STABLE AS $$
+    SELECT t.name, t.kind, t.config, t.secret_ref FROM sync.targets t
+     WHERE EXISTS (SELECT 1 FROM sync.definitions d WHERE d.target = t.name AND d.state IN ('active', 'paused'))
+       AND (cardinality(coalesce(worker_targets.names, '{}')) = 0 OR t.name = ANY (worker_targets.names))
+     ORDER BY t.name
+$$;
+COMMENT ON FUNCTION worker_targets(text[]) IS 'The targets with an active or paused definition (only those named, when names is not empty): name, kind, configuration and secret reference, for the worker.';
+
+-- The LSN staged durably for a slot (sync.checkpoint moved it), if any.
+CREATE OR REPLACE FUNCTION slot_cursor(slot text) RETURNS pg_lsn
+LANGUAGE sql STABLE AS $$
+    SELECT c.lsn FROM sync.cursors c WHERE c.kind = 'slot' AND c.scope = slot_cursor.slot
+$$;
+COMMENT ON FUNCTION slot_cursor(text) IS 'The LSN staged durably for the slot (what sync.checkpoint recorded), NULL before the first checkpoint.';
 -- The worker's report of a target's health (the worker writes no table).
 CREATE OR REPLACE FUNCTION report_target_status(target text, status text, detail text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -2093,7 +2142,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION report_target_status(text, text, text) IS 'The worker reports what it last saw of a target: ok, throttled, unreachable, auth_failed, misconfigured, and a detail (at most 1000 characters).';
 
-COMMENT ON FUNCTION target_list_ids(text) IS 'The provisioned lists of a target''s definitions and their ids on the target.';
+COMMENT ON FUNCTION target_list_ids(text) IS 'The provisioned lists of a target''s definitions, their ids on the target and their columns as provisioned.';
 
 -- Complete ------------------------------------------------------------------
 
@@ -2399,7 +2448,16 @@ DECLARE
     c sync.compiled := sync._compile(d.id);
     cols jsonb;
     n int;
+    containers text;
 BEGIN
+    SELECT k.containers INTO containers
+      FROM sync.targets t JOIN sync.target_kinds k ON k.kind = t.kind WHERE t.name = d.target;
+    IF containers <> 'provisioned' THEN
+        RAISE EXCEPTION 'the target of definition % makes no containers', quote_literal(definition)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = format('Its kind''s containers are %s (sync.target_kinds.containers): they exist already or there are none.', containers),
+                  HINT = 'Only kinds whose containers are provisioned (graph) are provisioned; enable the definition directly.';
+    END IF;
     SELECT jsonb_agg(jsonb_build_object('name', f ->> 'field', 'kind', f ->> 'kind', 'source_type', f ->> 'type')
                      || CASE WHEN f ->> 'reference' IS NOT NULL THEN jsonb_build_object('reference', f ->> 'reference') ELSE '{}' END)
            || jsonb_build_array(jsonb_build_object('name', 'SyncKey', 'kind', 'text', 'indexed', true, 'hidden', true))
@@ -2838,6 +2896,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.complete(jsonb, text),
     @extschema@.export_backlog(text, double precision),
     @extschema@.target_list_ids(text),
+    @extschema@.worker_targets(text[]),
+    @extschema@.slot_cursor(text),
     @extschema@.report_target_status(text, text, text),
     @extschema@.purge(interval),
     @extschema@.start_run(text, text, text),

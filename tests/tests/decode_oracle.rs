@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use syncbridge_tests::cluster;
-use syncbridge_worker::pgoutput::{self, Column, Message, RelationColumn, TupleData};
+use syncbridge_worker::source::pgoutput::{self, Column, Message, RelationColumn, TupleData};
 
 const DDL: &str = r#"
 CREATE TABLE t_default (

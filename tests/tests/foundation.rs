@@ -187,3 +187,44 @@ fn upgrade_from_the_last_release_equals_a_fresh_install() {
     // The evaluating role may read the definitions' table.
     assert_eq!(old.psql("SELECT has_table_privilege('syncbridge_reader', 'public.emp', 'SELECT')"), "t");
 }
+
+/// Issue 15: one source of truth for target kinds. The worker's registry
+/// and `sync.target_kinds` state the same facts (configuration keys, batch
+/// size, costs, capabilities, implemented); any difference fails, named.
+#[test]
+fn the_workers_kind_registry_and_sync_target_kinds_agree() {
+    let db = cluster().new_db("kinds");
+    let rows = db.psql("SELECT to_jsonb(k)::text FROM sync.target_kinds k ORDER BY kind");
+    let sql: std::collections::BTreeMap<String, serde_json::Value> = rows
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a kind as JSON");
+            (v["kind"].as_str().expect("kind").to_owned(), v)
+        })
+        .collect();
+    let worker: std::collections::BTreeMap<String, serde_json::Value> = syncbridge_worker::target::registry::as_json()
+        .into_iter()
+        .map(|v| (v["kind"].as_str().expect("kind").to_owned(), v))
+        .collect();
+    assert_eq!(
+        sql.keys().collect::<Vec<_>>(),
+        worker.keys().collect::<Vec<_>>(),
+        "the kinds: sync.target_kinds vs the worker's registry"
+    );
+    let mut differences = Vec::new();
+    for (kind, s) in &sql {
+        let w = &worker[kind];
+        let (s, w) = (s.as_object().expect("object"), w.as_object().expect("object"));
+        for key in s.keys().chain(w.keys()).collect::<std::collections::BTreeSet<_>>() {
+            // Numbers compare as numbers (numeric 2 and 2 are the same fact).
+            let same = match (s.get(key), w.get(key)) {
+                (Some(a), Some(b)) if a.is_number() && b.is_number() => a.as_f64() == b.as_f64(),
+                (a, b) => a == b,
+            };
+            if !same {
+                differences.push(format!("{kind}.{key}: sql {:?} vs worker {:?}", s.get(key), w.get(key)));
+            }
+        }
+    }
+    assert!(differences.is_empty(), "sync.target_kinds and the worker's registry differ:\n{}", differences.join("\n"));
+}

@@ -9,7 +9,7 @@
 //! left before anything is allocated, and every malformed message is a
 //! [`DecodeError`] naming the byte offset where it went wrong.
 
-use crate::lsn::Lsn;
+use crate::source::lsn::Lsn;
 
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq)]

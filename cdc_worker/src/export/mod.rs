@@ -13,8 +13,13 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use crate::dsn::Dsn;
-use crate::ingest::{connect, WorkerError};
+mod purge;
+
+pub use purge::purge_loop;
+
+use crate::error::WorkerError;
+use crate::extension;
+use crate::pg::dsn::Dsn;
 use crate::target::{self, ApplyContext, ErrorClass, Export, Health, OpResult, Target, TargetPolicy};
 
 /// Claim loops per target unless told otherwise.
@@ -49,7 +54,7 @@ impl Default for ExportConfig {
         Self {
             targets: Vec::new(),
             once: false,
-            worker_name: crate::ingest::default_worker_name(),
+            worker_name: crate::runtime::default_worker_name(),
             idle_poll: Duration::from_millis(500),
             lease_seconds: None,
             wake: None,
@@ -77,26 +82,15 @@ pub async fn run(
     config: &ExportConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<ExportSummary, WorkerError> {
-    let db = connect(dsn, "syncbridge-export").await?;
-    let rows = db
-        .query(
-            "SELECT t.name, t.kind, t.config::text, t.secret_ref FROM sync.targets t
-              WHERE EXISTS (SELECT 1 FROM sync.definitions d WHERE d.target = t.name AND d.state IN ('active', 'paused'))
-                AND (cardinality($1::text[]) = 0 OR t.name = ANY ($1))
-              ORDER BY t.name",
-            &[&config.targets],
-        )
-        .await
-        .map_err(WorkerError::db("listing targets"))?;
-    if rows.is_empty() {
+    let db = crate::pg::connect(dsn, "syncbridge-export").await?;
+    let targets = extension::worker_targets(&db, &config.targets).await?;
+    if targets.is_empty() {
         tracing::info!("no target has an active definition: nothing to export");
         return Ok(ExportSummary::default());
     }
     let mut tasks = Vec::new();
-    for r in rows {
-        let (name, kind, cfg, secret): (String, String, String, Option<String>) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        let cfg: Value = serde_json::from_str(&cfg).unwrap_or(Value::Null);
+    for t in targets {
+        let extension::TargetConfig { name, kind, config: cfg, secret_ref: secret } = t;
         let built = target::build(&name, &kind, &cfg, secret.as_deref(), &config.policy, Some(shutdown.clone())).await;
         let adapter = match built {
             Ok(a) => a,
@@ -122,10 +116,7 @@ pub async fn run(
                 first_err.get_or_insert(e);
             }
             Err(e) => {
-                first_err.get_or_insert(WorkerError::NotReady {
-                    message: format!("an exporter task failed: {e}"),
-                    hint: "see the log".into(),
-                });
+                first_err.get_or_insert(WorkerError::internal(format!("an exporter task failed: {e}")));
             }
         }
     }
@@ -135,86 +126,20 @@ pub async fn run(
     }
 }
 
-/// How often a running worker purges history past its retention.
-const PURGE_EVERY: Duration = Duration::from_secs(600);
-
-/// Purges now and, unless `once`, every PURGE_EVERY until shutdown. Each
-/// worker process runs one (`main`), whatever it runs; `sync.purge` lets one
-/// at a time work.
-pub async fn purge_loop(dsn: Dsn, once: bool, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        purge(&dsn).await;
-        if once {
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(PURGE_EVERY) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// `sync.purge()`: finished exports and runs older than
-/// `sync.history_retention_days`, on a session of its own (every few minutes:
-/// a lost connection is only a missed purge). A failure is logged, never fatal.
-async fn purge(dsn: &Dsn) {
-    let db = match connect(dsn, "syncbridge-purge").await {
-        Ok(db) => db,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not purge history (sync.purge): cannot connect");
-            return;
-        }
-    };
-    match db.query_one("SELECT exports, runs, abandoned FROM sync.purge()", &[]).await {
-        Ok(r) => {
-            let (exports, runs, abandoned): (i64, i64, i32) = (r.get(0), r.get(1), r.get(2));
-            if abandoned > 0 {
-                tracing::info!(
-                    runs = abandoned,
-                    "marked failed the runs of sessions that ended without finishing them"
-                );
-            }
-            if exports + runs > 0 {
-                tracing::info!(exports, runs, "purged finished exports and runs past sync.history_retention_days");
-            }
-        }
-        Err(e) => tracing::warn!(error = %crate::pgerror::Described(&e), "could not purge history (sync.purge)"),
-    }
-}
-
 async fn set_status(db: &Client, target: &str, status: &str, detail: &str) {
-    let r = db.execute("SELECT sync.report_target_status($1, $2, $3)", &[&target, &status, &detail]).await;
-    if let Err(e) = r {
-        tracing::debug!(error = %crate::pgerror::Described(&e), "could not record the target's status");
-    }
+    extension::report_target_status(db, target, status, detail).await;
 }
 
 async fn context(db: &Client, target: &str) -> Result<ApplyContext, WorkerError> {
-    let rows = db
-        .query("SELECT definition, list, remote_id FROM sync.target_list_ids($1)", &[&target])
-        .await
-        .map_err(WorkerError::db("reading the target's lists"))?;
     let mut ctx = ApplyContext::default();
-    for r in rows {
-        let (def, list, id): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        ctx.definition_lists.entry(def.clone()).or_insert_with(|| id.clone());
-        ctx.list_ids.insert((def, list), id);
-    }
-    // The columns as provisioned: each value goes out in its column's JSON type.
-    let rows = db
-        .query(
-            "SELECT d.name, tl.list, tl.columns::text FROM sync.target_lists tl \
-               JOIN sync.definitions d ON d.id = tl.definition_id \
-              WHERE d.target = $1 AND tl.columns IS NOT NULL",
-            &[&target],
-        )
-        .await
-        .map_err(WorkerError::db("reading the target's columns"))?;
-    for r in rows {
-        let (def, list, columns): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        let columns: Value = serde_json::from_str(&columns).unwrap_or(Value::Null);
-        let kinds = columns.as_array().into_iter().flatten().filter_map(crate::target::column_kind).collect();
-        ctx.columns.insert((def, list), kinds);
+    for c in extension::target_containers(db, target).await? {
+        ctx.definition_containers.entry(c.definition.clone()).or_insert_with(|| c.remote_id.clone());
+        // The columns as provisioned: each value goes out in its column's JSON type.
+        if let Some(fields) = &c.fields {
+            let kinds = fields.as_array().into_iter().flatten().filter_map(crate::target::column_kind).collect();
+            ctx.fields.insert((c.definition.clone(), c.name.clone()), kinds);
+        }
+        ctx.container_ids.insert((c.definition, c.name), c.remote_id);
     }
     Ok(ctx)
 }
@@ -226,25 +151,21 @@ async fn export_target(
     adapter: Box<dyn Target>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<ExportSummary, WorkerError> {
-    let db = connect(dsn, "syncbridge-export").await?;
-    let run_id: i64 = db
-        .query_one("SELECT sync.start_run('export', NULL, $1)", &[&config.worker_name])
-        .await
-        .map_err(WorkerError::db("recording the export run"))?
-        .get(0);
+    let db = crate::pg::connect(dsn, "syncbridge-export").await?;
+    let run_id = extension::start_run(&db, "export", None, &config.worker_name).await?;
     // Lanes: independent claim -> apply -> complete loops over one adapter
     // (one token, one rate limiter), so that one lane's database round trips
     // overlap another's HTTP.
     // Every lane stops when the worker shuts down, or when another lane
     // fails (each finishes its batch in flight first).
-    let (stop_tx, stop_rx, forward) = crate::ingest::stop_channel(&shutdown);
+    let (stop_tx, stop_rx, forward) = crate::runtime::stop_channel(&shutdown);
     let adapter: Arc<dyn Target> = Arc::from(adapter);
     let mut lanes = tokio::task::JoinSet::new();
     for lane in 0..config.lanes.max(1) {
         let (dsn, config, name, adapter, mut stop) =
             (dsn.clone(), config.clone(), name.to_owned(), adapter.clone(), stop_rx.clone());
         lanes.spawn(async move {
-            let db = connect(&dsn, "syncbridge-export").await?;
+            let db = crate::pg::connect(&dsn, "syncbridge-export").await?;
             tracing::debug!(target = %name, lane, "export lane started");
             // Lane 0 is the primary: with --once it alone waits for what is
             // in flight or due for a retry.
@@ -254,7 +175,7 @@ async fn export_target(
     let mut result = Ok(ExportSummary::default());
     // `db` holds the run (its row and advisory lock) while the lanes work on
     // their own sessions: losing it stops the lanes, and the run restarts.
-    let session_lost = crate::pgerror::session_lost(&db);
+    let session_lost = crate::pg::session::session_lost(&db);
     tokio::pin!(session_lost);
     let mut lost = None;
     loop {
@@ -265,13 +186,11 @@ async fn export_target(
             },
             e = &mut session_lost, if lost.is_none() => {
                 let _ = stop_tx.send(true);
-                lost = Some(e);
+                lost = Some(WorkerError::from(e));
                 continue;
             }
         };
-        let lane = joined.unwrap_or_else(|e| {
-            Err(WorkerError::NotReady { message: format!("an export lane failed: {e}"), hint: "see the log".into() })
-        });
+        let lane = joined.unwrap_or_else(|e| Err(WorkerError::internal(format!("an export lane failed: {e}"))));
         result = match (result, lane) {
             (Ok(a), Ok(b)) => Ok(ExportSummary {
                 claimed: a.claimed + b.claimed,
@@ -292,7 +211,7 @@ async fn export_target(
         Ok(_) => ("succeeded", None),
         Err(e) => ("failed", Some(e.to_string())),
     };
-    crate::pgerror::finish_run(&db, run_id, status, error).await;
+    extension::finish_run(&db, run_id, status, error).await;
     result
 }
 
@@ -312,23 +231,15 @@ async fn export_loop(
             return Ok(summary);
         }
         let started = std::time::Instant::now();
-        let rows = db
-            .query(
-                "SELECT to_jsonb(c)::text FROM sync.claim($1, $2, $3, $4, $5) c",
-                &[&name, &n, &config.lease_seconds, &config.worker_name, &run_id],
-            )
-            .await
-            .map_err(WorkerError::db("claiming exports"))?;
+        let rows = extension::claim(db, name, n, config.lease_seconds, &config.worker_name, run_id).await?;
         let mut exports = Vec::with_capacity(rows.len());
         let mut unreadable = Vec::new();
-        for r in &rows {
-            let text: String = r.get(0);
-            match serde_json::from_str::<Export>(&text) {
+        for text in &rows {
+            match serde_json::from_str::<Export>(text) {
                 Ok(e) => exports.push(e),
                 Err(e) => {
                     // Should not happen; never lose it: report it failed.
-                    let id =
-                        serde_json::from_str::<Value>(&text).ok().and_then(|v| v.get("id").and_then(Value::as_i64));
+                    let id = serde_json::from_str::<Value>(text).ok().and_then(|v| v.get("id").and_then(Value::as_i64));
                     tracing::error!(error = %e, "a claimed export does not parse");
                     if let Some(id) = id {
                         unreadable.push(OpResult::failed(
@@ -393,9 +304,7 @@ async fn export_loop(
         }
         let json = serde_json::to_string(&results).expect("results serialize");
         let completing = std::time::Instant::now();
-        db.query("SELECT * FROM sync.complete($1::text::jsonb, $2)", &[&json, &config.worker_name])
-            .await
-            .map_err(WorkerError::db("recording export results"))?;
+        extension::complete(db, &json, &config.worker_name).await?;
         let (h, msg) = adapter.health();
         set_status(db, name, h.as_str(), &msg).await;
         if ok == 0 && h == Health::Unreachable && !wait_for_target(db, config, name, adapter, shutdown).await {
@@ -454,10 +363,5 @@ const ONCE_MAX_WAIT: Duration = Duration::from_secs(60);
 /// retry, or executing under someone's lease), and how many of them will not
 /// be retried within `wait`.
 async fn open_work(db: &Client, target: &str, wait: Duration) -> Result<(bool, i64), WorkerError> {
-    let secs = wait.as_secs_f64();
-    let row = db
-        .query_one("SELECT open > 0, due_later FROM sync.export_backlog($1, $2)", &[&target, &secs])
-        .await
-        .map_err(WorkerError::db("looking for open exports"))?;
-    Ok((row.get(0), row.get(1)))
+    extension::export_backlog(db, target, wait.as_secs_f64()).await
 }

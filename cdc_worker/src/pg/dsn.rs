@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use tokio_postgres::config::Host;
 
-use crate::tls::{RootCert, SslMode, TlsOptions};
+use crate::pg::tls::{RootCert, SslMode, TlsOptions};
 
 /// A parsed connection string.
 #[derive(Clone)]
@@ -144,9 +144,9 @@ impl fmt::Debug for Dsn {
 pub enum ConnectError {
     /// TLS could not be set up (a missing root certificate file, …).
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsSetupError),
+    Tls(#[from] crate::pg::tls::TlsSetupError),
     /// The server or the network refused.
-    #[error("{}", crate::pgerror::Described(.0))]
+    #[error("{}", crate::pg::sqlstate::Described(.0))]
     Db(#[from] tokio_postgres::Error),
 }
 

@@ -20,9 +20,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 
-use crate::dsn::Dsn;
-use crate::lsn::Lsn;
-use crate::tls::SslMode;
+use crate::pg::dsn::Dsn;
+use crate::pg::tls::SslMode;
+use crate::source::lsn::Lsn;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -73,7 +73,7 @@ impl ReplError {
         match self {
             ReplError::Io { .. } => true,
             // 55006: the slot is active for another process.
-            ReplError::Server(e) => crate::pgerror::transient_sqlstate(&e.code) || e.code == "55006",
+            ReplError::Server(e) => crate::pg::sqlstate::transient_sqlstate(&e.code) || e.code == "55006",
             _ => false,
         }
     }

@@ -1,0 +1,289 @@
+//! The worker's whole contract with the extension: one typed function per
+//! `sync.*` call. No other module names a `sync` object in SQL, and the
+//! worker reads or writes no `sync` table directly: what it needs to know, and
+//! every change it reports, goes through a function the extension offers
+//! (and grants to `syncbridge_worker`).
+
+use serde_json::Value;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::error::WorkerError;
+use crate::pg::sqlstate::Described;
+
+// ---------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------
+
+/// `sync.start_run(kind, definition, worker)`: records a run (its row and
+/// advisory lock belong to this session) and returns its id.
+pub async fn start_run(db: &Client, kind: &str, definition: Option<&str>, worker: &str) -> Result<i64, WorkerError> {
+    let what = match kind {
+        "stream" => "recording the run",
+        "backfill" => "recording the backfill run",
+        _ => "recording the export run",
+    };
+    Ok(db
+        .query_one("SELECT sync.start_run($1, $2, $3)", &[&kind, &definition, &worker])
+        .await
+        .map_err(WorkerError::db(what))?
+        .get(0))
+}
+
+/// Records the end of a run in `sync.runs` (`sync.start_run` began it). A
+/// failure to record is logged, never raised: the run's work is done.
+pub async fn finish_run(db: &Client, run_id: i64, status: &str, error: Option<String>) {
+    if let Err(e) = db.execute("SELECT sync.finish_run($1, $2, $3)", &[&run_id, &status, &error]).await {
+        tracing::warn!(run = run_id, error = %Described(&e), "could not record the end of the run");
+    }
+}
+
+/// `sync.purge()`: finished exports and runs past their retention, and runs
+/// whose session ended without finishing them: (exports, runs, abandoned).
+pub async fn purge(db: &Client) -> Result<(i64, i64, i32), tokio_postgres::Error> {
+    let r = db.query_one("SELECT exports, runs, abandoned FROM sync.purge()", &[]).await?;
+    Ok((r.get(0), r.get(1), r.get(2)))
+}
+
+// ---------------------------------------------------------------------------
+// Ingest
+// ---------------------------------------------------------------------------
+
+/// The installed version of the extension, None when it is not installed.
+pub async fn installed_version(db: &Client) -> Result<Option<String>, WorkerError> {
+    Ok(db
+        .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'syncbridge'", &[])
+        .await
+        .map_err(WorkerError::db("looking for the extension"))?
+        .map(|r| r.get(0)))
+}
+
+/// The setting `sync.slot_name`.
+pub async fn slot_name(db: &Client) -> Result<String, WorkerError> {
+    Ok(db
+        .query_one("SELECT sync._setting('slot_name')", &[])
+        .await
+        .map_err(WorkerError::db("reading sync.slot_name"))?
+        .get(0))
+}
+
+/// `sync.slot_cursor(slot)`: the LSN staged durably for the slot (text), if any.
+pub async fn slot_cursor(db: &Client, slot: &str) -> Result<Option<String>, WorkerError> {
+    Ok(db
+        .query_one("SELECT sync.slot_cursor($1)::text", &[&slot])
+        .await
+        .map_err(WorkerError::db("reading the slot cursor"))?
+        .get(0))
+}
+
+/// `sync.stage(relation, keys)` for the relation with this oid: per
+/// definition, the changes staged and the error that stopped it, if any.
+pub async fn stage<C: GenericClient>(
+    db: &C,
+    rel_oid: i64,
+    keys_json: &str,
+    run_id: i64,
+) -> Result<Vec<(String, i32, Option<String>)>, WorkerError> {
+    let rows = db
+        .query(
+            "SELECT definition, added + updated + deleted + moved, error
+               FROM sync.stage(($1::bigint)::oid::regclass, $2::text::jsonb, NULL, NULL, $3)",
+            &[&rel_oid, &keys_json, &run_id],
+        )
+        .await
+        .map_err(WorkerError::db("staging keys"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+/// `sync.stage_truncate(relation)` for the relation with this oid.
+pub async fn stage_truncate<C: GenericClient>(db: &C, rel_oid: i64) -> Result<(), WorkerError> {
+    db.query("SELECT * FROM sync.stage_truncate(($1::bigint)::oid::regclass, NULL)", &[&rel_oid])
+        .await
+        .map_err(WorkerError::db("staging a truncate"))?;
+    Ok(())
+}
+
+/// `sync.checkpoint(lsn, slot)`: the LSN is durably staged for the slot.
+pub async fn checkpoint<C: GenericClient>(db: &C, lsn: &str, slot: &str) -> Result<(), WorkerError> {
+    db.execute("SELECT sync.checkpoint($1::text::pg_lsn, $2)", &[&lsn, &slot])
+        .await
+        .map_err(WorkerError::db("recording the LSN"))?;
+    Ok(())
+}
+
+/// `sync.backfills_pending()`: the definitions waiting for their initial load.
+pub async fn backfills_pending(db: &Client) -> Result<Vec<String>, WorkerError> {
+    Ok(db
+        .query("SELECT definition FROM sync.backfills_pending()", &[])
+        .await
+        .map_err(WorkerError::db("listing pending backfills"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// One step of a backfill: (done, rows done, rows total).
+pub type BackfillProgress = (bool, i64, i64);
+
+/// `sync.backfill_step(definition, chunk, run)`: reads and stages the next
+/// chunk of keys itself.
+pub async fn backfill_step(db: &Client, def: &str, chunk: i32, run_id: i64) -> Result<BackfillProgress, WorkerError> {
+    let row = db
+        .query_one("SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3)", &[&def, &chunk, &run_id])
+        .await
+        .map_err(WorkerError::db("backfill step"))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// `sync.backfill_step` with the chunk's keys read beforehand (in the slot's
+/// snapshot): keys, the key it started after and its last key, JSON text.
+pub async fn backfill_step_keys(
+    db: &Client,
+    def: &str,
+    chunk: i32,
+    run_id: i64,
+    keys: &str,
+    after: Option<&str>,
+    last: Option<&str>,
+) -> Result<BackfillProgress, WorkerError> {
+    let row = db
+        .query_one(
+            "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3,
+               chunk_keys => $4::text::jsonb, chunk_after => $5::text::jsonb, chunk_last => $6::text::jsonb)",
+            &[&def, &chunk, &run_id, &keys, &after, &last],
+        )
+        .await
+        .map_err(WorkerError::db("backfill step"))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// `sync.backfill_keys(definition, after, chunk)`: the keys of the next
+/// chunk, read in the caller's transaction (the slot's snapshot): (keys,
+/// last key), JSON text.
+pub async fn backfill_keys(
+    db: &Client,
+    def: &str,
+    after: Option<&str>,
+    chunk: i32,
+) -> Result<(String, Option<String>), tokio_postgres::Error> {
+    let row = db
+        .query_one(
+            "SELECT keys::text, last_key::text FROM sync.backfill_keys($1, $2::text::jsonb, $3)",
+            &[&def, &after, &chunk],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+// ---------------------------------------------------------------------------
+// Export
+// ---------------------------------------------------------------------------
+
+/// A target the exporter serves, as `sync.worker_targets` gives it.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// Its name.
+    pub name: String,
+    /// Its kind (`graph`, ...).
+    pub kind: String,
+    /// Its configuration (no secret in it).
+    pub config: Value,
+    /// The reference to its secret, read by the worker under its own policy.
+    pub secret_ref: Option<String>,
+}
+
+/// `sync.worker_targets(only)`: the targets with an active or paused
+/// definition (only those named, when `only` is not empty).
+pub async fn worker_targets(db: &Client, only: &[String]) -> Result<Vec<TargetConfig>, WorkerError> {
+    let rows = db
+        .query("SELECT name, kind, config::text, secret_ref FROM sync.worker_targets($1)", &[&only])
+        .await
+        .map_err(WorkerError::db("listing targets"))?;
+    Ok(rows
+        .iter()
+        .map(|r| TargetConfig {
+            name: r.get(0),
+            kind: r.get(1),
+            config: serde_json::from_str(&r.get::<_, String>(2)).unwrap_or(Value::Null),
+            secret_ref: r.get(3),
+        })
+        .collect())
+}
+
+/// `sync.report_target_status(target, status, detail)`: the target's health
+/// as `sync.targets` shows it. A failure is logged, never raised.
+pub async fn report_target_status(db: &Client, target: &str, status: &str, detail: &str) {
+    let r = db.execute("SELECT sync.report_target_status($1, $2, $3)", &[&target, &status, &detail]).await;
+    if let Err(e) = r {
+        tracing::debug!(error = %Described(&e), "could not record the target's status");
+    }
+}
+
+/// A container (list) of a target as provisioned: its definition, its name,
+/// its remote id, and its fields as created (JSON), when known.
+#[derive(Debug, Clone)]
+pub struct TargetContainer {
+    /// The definition it belongs to.
+    pub definition: String,
+    /// Its name (the list's display name).
+    pub name: String,
+    /// The target's id for it.
+    pub remote_id: String,
+    /// The fields provisioned in it (`[{name, kind, ...}]`), if recorded.
+    pub fields: Option<Value>,
+}
+
+/// `sync.target_list_ids(target)`: the target's containers created so far.
+pub async fn target_containers(db: &Client, target: &str) -> Result<Vec<TargetContainer>, WorkerError> {
+    let rows = db
+        .query("SELECT definition, list, remote_id, columns::text FROM sync.target_list_ids($1)", &[&target])
+        .await
+        .map_err(WorkerError::db("reading the target's lists"))?;
+    Ok(rows
+        .iter()
+        .map(|r| TargetContainer {
+            definition: r.get(0),
+            name: r.get(1),
+            remote_id: r.get(2),
+            fields: r.get::<_, Option<String>>(3).and_then(|c| serde_json::from_str(&c).ok()),
+        })
+        .collect())
+}
+
+/// `sync.claim(target, n, lease_seconds, worker, run)`: up to `n` due exports,
+/// leased to `worker`, each as its JSON text.
+pub async fn claim(
+    db: &Client,
+    target: &str,
+    n: i32,
+    lease_seconds: Option<i32>,
+    worker: &str,
+    run_id: i64,
+) -> Result<Vec<String>, WorkerError> {
+    let rows = db
+        .query(
+            "SELECT to_jsonb(c)::text FROM sync.claim($1, $2, $3, $4, $5) c",
+            &[&target, &n, &lease_seconds, &worker, &run_id],
+        )
+        .await
+        .map_err(WorkerError::db("claiming exports"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// `sync.complete(results, worker)`: the outcome of claimed exports (a JSON
+/// array of results).
+pub async fn complete(db: &Client, results_json: &str, worker: &str) -> Result<(), WorkerError> {
+    db.query("SELECT * FROM sync.complete($1::text::jsonb, $2)", &[&results_json, &worker])
+        .await
+        .map_err(WorkerError::db("recording export results"))?;
+    Ok(())
+}
+
+/// `sync.export_backlog(target, within)`: whether the target still has open
+/// exports, and how many of them will not be retried within `within_secs`.
+pub async fn export_backlog(db: &Client, target: &str, within_secs: f64) -> Result<(bool, i64), WorkerError> {
+    let row = db
+        .query_one("SELECT open > 0, due_later FROM sync.export_backlog($1, $2)", &[&target, &within_secs])
+        .await
+        .map_err(WorkerError::db("looking for open exports"))?;
+    Ok((row.get(0), row.get(1)))
+}

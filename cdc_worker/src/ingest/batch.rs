@@ -1,0 +1,114 @@
+//! Changed keys collected from the stream, deduplicated per relation.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use crate::source::pgoutput::{Column, TupleData};
+
+/// A relation as the stream described it.
+#[derive(Debug, Clone)]
+pub(super) struct RelationInfo {
+    pub(super) name: String,
+    pub(super) columns: Vec<String>,
+    /// Positions of the key (replica identity) columns; all when none is flagged.
+    pub(super) key_positions: Vec<usize>,
+}
+
+/// Changed keys waiting to be staged.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) keys: HashMap<u32, HashSet<String>>,
+    pub(super) truncates: Vec<u32>,
+    pub(super) count: usize,
+    pub(super) since: Option<Instant>,
+}
+
+impl Batch {
+    pub(super) fn is_empty(&self) -> bool {
+        self.count == 0 && self.truncates.is_empty()
+    }
+
+    pub(super) fn touch(&mut self) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+        }
+    }
+
+    pub(super) fn add(&mut self, rel: u32, key: String) {
+        self.touch();
+        if self.keys.entry(rel).or_default().insert(key) {
+            self.count += 1;
+        }
+    }
+
+    pub(super) fn truncate(&mut self, rel: u32) {
+        self.touch();
+        if !self.truncates.contains(&rel) {
+            self.truncates.push(rel);
+        }
+    }
+}
+
+/// The key object `{"col": "text", …}` of a tuple, or None when a key column
+/// carries no text value (NULL, unchanged TOAST).
+pub(super) fn key_object(rel: &RelationInfo, tuple: &TupleData<'_>) -> Option<String> {
+    let mut out = String::with_capacity(32);
+    out.push('{');
+    for (n, &i) in rel.key_positions.iter().enumerate() {
+        let value = match tuple.columns.get(i)? {
+            Column::Text(b) => std::str::from_utf8(b).ok()?,
+            _ => return None,
+        };
+        if n > 0 {
+            out.push(',');
+        }
+        json_string(&mut out, rel.columns.get(i)?);
+        out.push(':');
+        json_string(&mut out, value);
+    }
+    out.push('}');
+    Some(out)
+}
+
+pub(super) fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_what_json_requires() {
+        let mut s = String::new();
+        json_string(&mut s, "a\"b\\c\nd\u{1}é東");
+        assert_eq!(s, r#""a\"b\\c\nd\u0001é東""#);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v, serde_json::json!("a\"b\\c\nd\u{1}é東"));
+    }
+
+    #[test]
+    fn batches_deduplicate_keys() {
+        let mut b = Batch::default();
+        b.add(1, "{\"id\":\"1\"}".into());
+        b.add(1, "{\"id\":\"1\"}".into());
+        b.add(2, "{\"id\":\"1\"}".into());
+        assert_eq!(b.count, 2);
+        assert!(!b.is_empty());
+    }
+}
