@@ -1549,7 +1549,7 @@ BEGIN
     -- below takes its snapshot after the lock, so it sees what the previous
     -- stager committed, and an older read never overwrites a newer one (the
     -- stream, sync.complete's re-staging and a backfill may run at once).
-    PERFORM pg_advisory_xact_lock(1937337955, def_id);   -- 1937337698: 'sync' as int4
+    PERFORM pg_advisory_xact_lock(1937337955, def_id);   -- 1937337955: 'sync' as int4
     -- FOR KEY SHARE: what a foreign key would take per exported row, once
     -- (the definition cannot be deleted before this commits).
     SELECT * INTO d FROM sync.definitions WHERE id = def_id FOR KEY SHARE;

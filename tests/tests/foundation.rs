@@ -228,3 +228,55 @@ fn the_workers_kind_registry_and_sync_target_kinds_agree() {
     }
     assert!(differences.is_empty(), "sync.target_kinds and the worker's registry differ:\n{}", differences.join("\n"));
 }
+
+/// Issue 15: the spellings both sides use agree: the target statuses the
+/// worker reports, the error classes it sends `sync.complete`, and the
+/// secret references the extension accepts (the worker never refuses one of
+/// those for its form, nor reads one the extension would refuse).
+#[test]
+fn the_worker_and_the_extension_spell_statuses_classes_and_secret_references_alike() {
+    use syncbridge_worker::target::{ErrorClass, Health, TargetPolicy};
+    let db = cluster().new_db("spellings");
+    db.psql(
+        "SELECT sync.create_target('t', kind => 'graph', config => '{\"tenant_id\": \"a\", \"client_id\": \"b\", \"site_id\": \"c\"}')",
+    );
+    let checks = |constraint: &str| {
+        db.psql(&format!("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = '{constraint}'"))
+    };
+    let quoted = |def: &str| -> std::collections::BTreeSet<String> {
+        def.split('\'').skip(1).step_by(2).map(str::to_owned).collect()
+    };
+    // Statuses: what the table allows is what the worker reports, plus
+    // unknown (before any report) and misconfigured (a target it cannot set up).
+    let mut worker: std::collections::BTreeSet<String> = Health::ALL.iter().map(|h| h.as_str().to_owned()).collect();
+    worker.extend(["unknown".to_owned(), "misconfigured".to_owned()]);
+    assert_eq!(quoted(&checks("targets_status_check")), worker, "sync.targets.status");
+    for h in &worker {
+        db.psql(&format!("SELECT sync.report_target_status('t', '{h}', NULL)"));
+    }
+    // Error classes.
+    let worker: std::collections::BTreeSet<String> =
+        ErrorClass::ALL.iter().map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_owned()).collect();
+    assert_eq!(quoted(&checks("pending_exports_error_class_check")), worker, "pending_exports.error_class");
+    // Secret references.
+    let policy = TargetPolicy::default();
+    for r in [
+        "env:SYNCBRIDGE_SECRET_X",
+        "env:OTHER",
+        "file:/etc/syncbridge/secrets/x",
+        "file:relative",
+        "env:",
+        "env:1X",
+        "vault:kv/x",
+        "plain-secret-value",
+        "file:/",
+    ] {
+        let sql = db.try_psql(&format!("SELECT sync._check_secret_ref('{r}')")).is_ok();
+        let worker_form = !matches!(policy.resolve_secret(r), Err(e) if e.to_string().contains("a secret reference is env:NAME or file:/path"));
+        if sql {
+            assert!(worker_form, "{r}: the extension accepts it, the worker refuses its form");
+        } else {
+            assert!(policy.resolve_secret(r).is_err(), "{r}: the extension refuses it, the worker would read it");
+        }
+    }
+}

@@ -43,12 +43,12 @@ use crate::source::replication::ReplicationConnection;
 /// ingest skips transactions carrying it.
 pub const SYNCBRIDGE_ORIGIN: &str = "syncbridge";
 
-/// Namespace of syncbridge's advisory locks ('sync' as an int4): with a
-/// definition id, staging's; with -1, sync.purge's.
-pub const LOCK_NAMESPACE: i32 = 1_937_337_955;
 /// Namespace of the slot readers' session locks (with `hashtext(slot)`): its
-/// own, so that a slot's hash can never equal a definition id, whose staging
-/// lock (on the stager's session) would then wait for the ingest forever.
+/// own, one above the extension's (1937337955, 'sync' as an int4, with a
+/// definition id for staging and -1 for sync.purge: the worker never takes
+/// those), so that a slot's hash can never equal a definition id, whose
+/// staging lock (on the stager's session) would then wait for the ingest
+/// forever.
 pub const SLOT_LOCK_NAMESPACE: i32 = 1_937_337_956;
 
 /// How the ingest runs.

@@ -68,6 +68,12 @@ pub enum ErrorClass {
     Definite,
 }
 
+impl ErrorClass {
+    /// Every class, as `sync.pending_exports.error_class` spells them.
+    pub const ALL: [ErrorClass; 4] =
+        [ErrorClass::Transient, ErrorClass::Throttled, ErrorClass::Auth, ErrorClass::Definite];
+}
+
 /// The outcome of one export, as `sync.complete` takes it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct OpResult {
@@ -155,6 +161,10 @@ pub enum Health {
 }
 
 impl Health {
+    /// Every health (`sync.targets.status` also holds `unknown`, before any
+    /// report, and `misconfigured`, a target the worker cannot set up).
+    pub const ALL: [Health; 4] = [Health::Ok, Health::Throttled, Health::Unreachable, Health::AuthFailed];
+
     /// The `sync.targets.status` spelling.
     pub fn as_str(self) -> &'static str {
         match self {
