@@ -103,3 +103,21 @@ impl From<SessionLost> for WorkerError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_failures_restart_configuration_errors_do_not() {
+        assert!(WorkerError::internal("the staging task failed: panicked").should_restart());
+        assert!(!WorkerError::internal("x").is_transient(), "not transient: a backfill does not retry it in place");
+        assert!(WorkerError::Unresponsive("silent".into()).should_restart());
+        let config =
+            WorkerError::Config { message: "no extension".into(), hint: "CREATE EXTENSION syncbridge;".into() };
+        assert!(!config.should_restart());
+        assert!(config.to_string().contains("(hint: CREATE EXTENSION syncbridge;)"));
+        let decode = WorkerError::Decode { lsn: Lsn::ZERO, source: DecodeError::Empty };
+        assert!(!decode.should_restart(), "the same message would come again");
+    }
+}
