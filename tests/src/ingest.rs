@@ -16,6 +16,11 @@ pub fn prepare(db: &TestDb, ddl: &str) {
     );
 }
 
+/// How many exports are neither exported nor cancelled, as text.
+pub fn open_count(db: &TestDb) -> String {
+    db.psql("SELECT count(*) FROM sync.pending_exports WHERE status NOT IN ('exported', 'cancelled')")
+}
+
 /// The open pending exports of a definition as `(sync_key, op)` sorted by key.
 pub fn open_exports(db: &TestDb, definition: &str) -> Vec<(String, String)> {
     let out = db.psql(&format!(
