@@ -2,9 +2,8 @@
 
 use crate::TestDb;
 
-// The process helpers moved to `crate::process`; here for the callers
-// that import them from this module (bench/ among them).
-pub use crate::process::{run_cmd, run_once, run_once_ok, signal, wait_with_limit, ChildGuard};
+// `run_cmd` moved to `crate::process`; here too for bench/, which imports it from this module.
+pub use crate::process::run_cmd;
 
 /// Makes `db` ready for streaming: its own slot name (slots are cluster-wide),
 /// a Graph target `t`, and the given definitions' tables created by `ddl`.

@@ -458,3 +458,187 @@ async fn serve_http<A: Api>(
     }
     Ok(http)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The harness with a toy API plugged in: what it does is the harness's
+    //! whatever the API (Graph's own tests are in `crate::graph_emulator`).
+
+    use super::*;
+    use reqwest::Client;
+    use serde_json::json;
+
+    /// Items posted to `/items` (or several at once to `/batch`), behind a
+    /// token from `/token`.
+    #[derive(Debug, Default)]
+    struct Echo {
+        meter: Meter,
+        token_valid: bool,
+        items: Vec<Value>,
+    }
+
+    impl Api for Echo {
+        const CONTENT_TYPE: &'static str = "application/json";
+        const CONTROL_ROUTES: &'static [&'static str] = &["GET items"];
+
+        fn route(&mut self, req: &Request) -> Route {
+            match req.path.as_str() {
+                "/token" => {
+                    self.token_valid = true;
+                    self.meter.stats.tokens_issued += 1;
+                    Route::Answer(json_response(200, &json!({"token": "t"})))
+                }
+                "/items" => Route::Serve { batch: false },
+                "/batch" => {
+                    self.meter.stats.batch_requests += 1;
+                    Route::Serve { batch: true }
+                }
+                other => Route::Answer(json_response(404, &json!({"error": format!("no {other}")}))),
+            }
+        }
+
+        fn serve(&mut self, req: &Request, fault: Option<&Fault>) -> HttpResponse {
+            if !self.token_valid || req.header("authorization") != Some("Bearer t") {
+                self.meter.stats.unauthorized += 1;
+                return json_response(401, &json!({"error": "token"}));
+            }
+            if req.method == "GET" {
+                return json_response(200, &json!({"items": self.items}));
+            }
+            let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let mut new = if req.path == "/batch" { body.as_array().cloned().unwrap_or_default() } else { vec![body] };
+            if fault == Some(&Fault::BatchMissingResponses) {
+                new.truncate(new.len() / 2);
+            }
+            for item in &new {
+                self.items.push(item.clone());
+                self.meter.wrote();
+            }
+            json_response(201, &json!({"created": new}))
+        }
+
+        fn error(status: u16, _req: &Request) -> HttpResponse {
+            json_response(status, &json!({"error": status}))
+        }
+
+        fn expire_tokens(&mut self) {
+            self.token_valid = false;
+        }
+
+        fn configure(&mut self, _config: &Value) -> Result<Map<String, Value>, String> {
+            Ok(Map::new())
+        }
+
+        fn control(&mut self, method: &str, route: &str, _body: &[u8]) -> Option<HttpResponse> {
+            (method, route).eq(&("GET", "items")).then(|| json_response(200, &json!(self.items)))
+        }
+
+        fn meter(&self) -> &Meter {
+            &self.meter
+        }
+
+        fn meter_mut(&mut self) -> &mut Meter {
+            &mut self.meter
+        }
+    }
+
+    async fn post(http: &Client, url: &str, body: Value) -> reqwest::Result<reqwest::Response> {
+        http.post(url).bearer_auth("t").json(&body).send().await
+    }
+
+    #[tokio::test]
+    async fn faults_latency_outages_and_control_for_any_api() {
+        let em = Emulator::launch(Echo::default(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
+        let http = Client::new();
+        let url = |p: &str| format!("{}{p}", em.authority_url());
+        let count = || em.state().lock().api.items.len();
+        // Answered by the API itself: never faulted.
+        em.inject(Fault::Status(500), 1);
+        assert_eq!(http.post(url("/token")).send().await.unwrap().status(), 200);
+        assert_eq!(post(&http, &url("/items"), json!(1)).await.unwrap().status(), 500);
+        assert_eq!(count(), 0, "a status fault stops the request");
+
+        // Before the request runs: the API's error body, Retry-After.
+        em.inject(Fault::Status(503), 1);
+        let r = post(&http, &url("/items"), json!(1)).await.unwrap();
+        assert_eq!((r.status().as_u16(), r.headers()["retry-after"].to_str().unwrap()), (503, "1"));
+        assert_eq!(r.json::<Value>().await.unwrap(), json!({"error": 503}));
+        em.inject(Fault::Throttle("NaN".into()), 1);
+        let r = post(&http, &url("/items"), json!(1)).await.unwrap();
+        assert_eq!((r.status().as_u16(), r.headers()["retry-after"].to_str().unwrap()), (429, "NaN"));
+        em.inject(Fault::Drop, 1);
+        assert!(post(&http, &url("/items"), json!(1)).await.is_err());
+        em.inject(Fault::Garbage, 1);
+        let r = post(&http, &url("/items"), json!(1)).await.unwrap();
+        assert_eq!((r.status().as_u16(), r.headers()["content-type"].to_str().unwrap()), (200, "application/json"));
+        assert!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).is_err());
+        em.inject(Fault::Raw(502, "<html>".into()), 1);
+        let r = post(&http, &url("/items"), json!(1)).await.unwrap();
+        assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (502, "<html>".to_string()));
+        assert_eq!(count(), 0, "none of them ran");
+
+        // After it ran: the answer cut or lost.
+        em.inject(Fault::Truncated, 1);
+        let r = post(&http, &url("/items"), json!("cut")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(serde_json::from_str::<Value>(&r.text().await.unwrap()).is_err());
+        em.inject(Fault::RunThenStatus(502), 1);
+        assert_eq!(post(&http, &url("/items"), json!("lost")).await.unwrap().status(), 502);
+        em.inject(Fault::RunThenDrop, 1);
+        assert!(post(&http, &url("/items"), json!("dropped")).await.is_err());
+        assert_eq!(count(), 3, "all of them ran");
+
+        // A batch fault waits for a batch; the API applies it.
+        em.inject(Fault::BatchMissingResponses, 1);
+        assert_eq!(post(&http, &url("/items"), json!("single")).await.unwrap().status(), 201);
+        let r = post(&http, &url("/batch"), json!([1, 2, 3, 4])).await.unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap(), json!({"created": [1, 2]}));
+        assert_eq!(count(), 6);
+
+        // Every n-th request.
+        em.inject_every(Some(Fault::Status(504)), 2);
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(http.get(url("/items")).bearer_auth("t").send().await.unwrap().status().as_u16());
+        }
+        assert_eq!(statuses, [200, 504, 200, 504]);
+        em.inject_every(None, 0);
+
+        em.set_latency(120);
+        let start = Instant::now();
+        assert_eq!(http.get(url("/items")).bearer_auth("t").send().await.unwrap().status(), 200);
+        assert!(start.elapsed() >= Duration::from_millis(120));
+        em.set_latency(0);
+
+        // An outage drops everything, the API's own answers included; the
+        // control plane still answers.
+        let before = em.stats();
+        em.set_down(true);
+        assert!(http.post(url("/token")).send().await.is_err());
+        assert!(post(&http, &url("/items"), json!("x")).await.is_err());
+        let stats: Stats = http.get(url("/_emulator/stats")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(stats, before, "nothing counted during the outage");
+        em.set_down(false);
+
+        // The control plane: the harness's routes and the API's.
+        let ctl = |p: &str| url(&format!("/_emulator/{p}"));
+        let items: Value = http.get(ctl("items")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(items, json!(["cut", "lost", "dropped", "single", 1, 2]));
+        let r = http.get(ctl("nope")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        assert!(r.text().await.unwrap().contains("try GET items, GET stats"));
+        let r = http.post(ctl("config")).json(&json!({"latency_ms": 0})).send().await.unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap(), json!({"latency_ms": 0}));
+        let r = http.post(ctl("fault")).json(&json!({"fault": "status", "status": 418})).send().await.unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap(), json!({"ok": true, "pending": 1}));
+        assert_eq!(post(&http, &url("/items"), json!("x")).await.unwrap().status(), 418);
+        assert_eq!(http.post(ctl("expire_tokens")).send().await.unwrap().status(), 200);
+        assert_eq!(post(&http, &url("/items"), json!("x")).await.unwrap().status(), 401);
+
+        let s = em.stats();
+        assert_eq!((s.tokens_issued, s.batch_requests, s.throttled, s.unauthorized, s.writes), (1, 1, 1, 1, 6));
+        // Every request but the two during the outage and the control plane's.
+        assert_eq!(s.requests, 19);
+        assert_eq!(em.most_writes_within(Duration::from_secs(60)), 6);
+    }
+}
