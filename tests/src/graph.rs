@@ -1,14 +1,17 @@
 //! Helpers for end-to-end tests through the Graph emulator: a target
-//! pointing at it, the worker with the secret in its environment, and the
-//! emulator's lists next to what the extension says the rows map to.
+//! pointing at it, the worker with the secret in its environment, the
+//! emulator's lists next to what the extension says the rows map to, and
+//! Graph's [`TargetEnv`] ([`GraphTargetEnv`]).
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use serde_json::{Map, Value};
 
+use crate::emulator::{Fault, Stats};
 use crate::graph_emulator::{Emulator, EmulatorConfig};
-use crate::ingest::run_cmd;
+use crate::process::{run_cmd, run_to_end};
+use crate::target_env::{EnvOptions, TargetEnv};
 use crate::TestDb;
 
 /// The environment variable the tests' Graph secret travels in (the worker
@@ -81,16 +84,7 @@ pub fn worker_cmd(db: &TestDb, extra: &[&str]) -> Command {
 
 /// `run --once` (ingest, then export until nothing is left); returns the log.
 pub fn sync_once(db: &TestDb) -> String {
-    let child = worker_cmd(db, &["--once"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the worker");
-    let limit = std::env::var("SYNCBRIDGE_SYNC_LIMIT_S").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
-    let out = crate::ingest::wait_with_limit(child, std::time::Duration::from_secs(limit));
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "worker failed ({:?}):\n{log}", out.status);
-    log
+    run_to_end(worker_cmd(db, &["--once"]))
 }
 
 /// What the extension says each row maps to: list → SyncKey → fields.
@@ -190,4 +184,83 @@ fn instant(s: &str) -> Option<String> {
     let t = s.replacen(' ', "T", 1);
     let t = t.strip_suffix('Z').or_else(|| t.strip_suffix("+00:00")).or_else(|| t.strip_suffix("+00"))?;
     Some(t.to_owned())
+}
+
+/// Graph as a [`TargetEnv`]: a [`GraphEnv`], its containers lists, its
+/// rate limit a resource-unit budget.
+pub struct GraphTargetEnv {
+    /// The emulator and its runtime.
+    pub env: GraphEnv,
+    /// The budget in RU per minute the emulator and the targets get.
+    budget: Option<u32>,
+}
+
+/// Resource units an item write costs.
+const RU_PER_WRITE: u32 = 2;
+
+impl TargetEnv for GraphTargetEnv {
+    const KIND: &'static str = "graph";
+    // Client-credentials tokens with a lifetime, revocable.
+    const EXPIRING_TOKENS: bool = true;
+    // Writes go in `$batch`es.
+    const BATCHES: bool = true;
+    // A list is created with its columns in one request.
+    const PROVISION_WRITES: u64 = 1;
+    // The Graph adapter claims five `$batch`es of 20 at a time.
+    const CLAIM_SIZE: u64 = 100;
+
+    fn start(options: EnvOptions) -> Self {
+        let budget = options.writes_per_min.map(|w| w * RU_PER_WRITE);
+        let mut config = EmulatorConfig { budget_per_min: budget, ..EmulatorConfig::default() };
+        if let Some(secs) = options.token_lifetime_secs {
+            config.token_lifetime_secs = secs;
+        }
+        Self { env: GraphEnv::start_with(config), budget }
+    }
+
+    fn create_target(&self, db: &TestDb, name: &str) {
+        self.env.create_target(db, name, self.budget);
+    }
+
+    fn define(&self, db: &TestDb, definition: &str, source: &str, target: &str, container: &str) {
+        db.psql(&format!(
+            "SELECT sync.define('{definition}', source => '{source}', target => '{target}', list => '{container}')"
+        ));
+    }
+
+    fn add_secret<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env(SECRET_ENV, EmulatorConfig::default().client_secret)
+    }
+
+    fn items(&self, container: &str) -> BTreeMap<String, Map<String, Value>> {
+        self.env.items().remove(container).unwrap_or_else(|| panic!("there is no list {container}"))
+    }
+
+    fn count(&self, container: &str) -> usize {
+        self.env.emu.lists().iter().find(|l| l.display_name == container).map_or(0, |l| l.items.len())
+    }
+
+    fn assert_target_equals_source(&self, db: &TestDb, definition: &str, containers: &[&str]) {
+        assert_target_equals_source(&self.env, db, definition, containers);
+    }
+
+    fn inject(&self, fault: Fault, count: u32) {
+        self.env.emu.inject(fault, count);
+    }
+
+    fn set_latency(&self, ms: u64) {
+        self.env.emu.set_latency(ms);
+    }
+
+    fn set_down(&self, down: bool) {
+        self.env.emu.set_down(down);
+    }
+
+    fn expire_tokens(&self) {
+        self.env.emu.expire_tokens();
+    }
+
+    fn stats(&self) -> Stats {
+        self.env.emu.stats()
+    }
 }

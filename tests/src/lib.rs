@@ -1,11 +1,16 @@
 //! Test support for syncbridge: a throwaway PostgreSQL cluster per test
-//! binary (real server, `wal_level = logical`), a database per test, and a
-//! way to run the worker binary.
+//! binary (real server, `wal_level = logical`), a database per test, ways to
+//! run the worker binary, the emulator harness with the target APIs plugged
+//! into it, and a target-neutral environment for tests written once for
+//! every target kind.
 
 pub mod cluster;
+pub mod emulator;
 pub mod graph;
 pub mod graph_emulator;
 pub mod ingest;
+pub mod process;
+pub mod target_env;
 pub mod worker;
 
 pub use cluster::{cluster, Cluster, ClusterOptions, TestDb};

@@ -7,7 +7,8 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use syncbridge_tests::ingest::{prepare, wait_with_limit};
+use syncbridge_tests::ingest::prepare;
+use syncbridge_tests::process::wait_with_limit;
 use syncbridge_tests::{worker::worker, Cluster, ClusterOptions, TestDb};
 
 struct Pki {

@@ -1,13 +1,15 @@
 //! Issue 5: source → worker → Graph emulator, end to end. The emulator's
 //! items must equal the mapped source rows (sync.preview) after every kind of
-//! change, and nothing may be lost or sent twice when anything fails.
+//! change, and nothing may be lost or sent twice when anything fails. The
+//! scenarios every target kind shares (injected failures, throttling,
+//! killed workers, concurrent exporters, outages, tokens) are in
+//! `robustness.rs`; what is Graph's own stays here.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use syncbridge_tests::graph::{assert_target_equals_source, sync_once, worker_cmd, GraphEnv};
+use syncbridge_tests::graph::{assert_target_equals_source, sync_once, GraphEnv};
 use syncbridge_tests::graph_emulator::{EmulatorConfig, Fault};
-use syncbridge_tests::ingest::{prepare, ChildGuard};
+use syncbridge_tests::ingest::{open_count, prepare};
 use syncbridge_tests::{cluster, TestDb};
 
 const EMPLOYEES: &str = "
@@ -67,10 +69,6 @@ fn setup_with(config: EmulatorConfig, ddl: &str) -> (GraphEnv, TestDb) {
     (env, db)
 }
 
-fn open_count(db: &TestDb) -> String {
-    db.psql("SELECT count(*) FROM sync.pending_exports WHERE status NOT IN ('exported', 'cancelled')")
-}
-
 #[test]
 fn rows_appear_change_move_and_disappear_in_sharepoint_lists() {
     let (env, db) = setup(None, EMPLOYEES);
@@ -110,148 +108,6 @@ fn rows_appear_change_move_and_disappear_in_sharepoint_lists() {
 }
 
 #[test]
-fn injected_5xx_and_dropped_connections_are_retried_then_succeed() {
-    let (env, db) = setup(
-        None,
-        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 60) g;",
-    );
-    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
-    env.emu.inject(Fault::Status(503), 2);
-    env.emu.inject(Fault::Drop, 2);
-    env.emu.inject(Fault::Status(500), 2);
-    sync_once(&db);
-    assert_target_equals_source(&env, &db, "t", &["T"]);
-    assert_eq!(open_count(&db), "0");
-}
-
-#[test]
-fn a_permanent_400_ends_in_error_visible_from_sql_and_retry_delivers() {
-    let (env, db) = setup(None, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one');");
-    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
-    sync_once(&db); // the list and item 1
-    db.psql("INSERT INTO t VALUES (2, 'two')");
-    env.emu.inject(Fault::Status(400), 1);
-    sync_once(&db);
-    let err = db.psql(
-        "SELECT status || '|' || error_class || '|' || last_error FROM sync.pending_exports WHERE sync_key = '2'",
-    );
-    assert!(err.starts_with("error|definite|") && err.contains("400"), "{err}");
-    let st = db.psql("SELECT error FROM sync.status WHERE definition = 't'");
-    assert_eq!(st, "1", "sync.status counts the error");
-    assert!(!env.items()["T"].contains_key("2"));
-    db.psql("SELECT sync.retry(id) FROM sync.pending_exports WHERE sync_key = '2' AND status = 'error'");
-    sync_once(&db);
-    assert_target_equals_source(&env, &db, "t", &["T"]);
-}
-
-#[test]
-fn garbage_answers_are_classified_and_nothing_is_marked_exported_that_was_not() {
-    let (env, db) = setup(
-        None,
-        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
-    );
-    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
-    sync_once(&db);
-    db.psql("UPDATE t SET v = v || '!'; INSERT INTO t SELECT g, 'n' || g FROM generate_series(101, 160) g;");
-    for f in [
-        Fault::Garbage,
-        Fault::Truncated,
-        Fault::BatchMissingResponses,
-        Fault::Garbage,
-        Fault::Truncated,
-        Fault::BatchMissingResponses,
-    ] {
-        env.emu.inject(f, 1);
-    }
-    sync_once(&db);
-    assert_target_equals_source(&env, &db, "t", &["T"]);
-    // The ledger agrees with the target: every exported row's item exists.
-    let ledger = db.psql("SELECT count(*) FROM sync.ledger WHERE target_id IS NOT NULL");
-    assert_eq!(ledger, "160");
-}
-
-#[test]
-fn a_throttled_target_gets_everything_once_with_few_429s() {
-    // 2,400 RU/min on both sides: 2,000 creates cost 4,000 RU (~100 s).
-    let (env, db) =
-        setup(Some(2400), "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 2000) g;");
-    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
-    let started = Instant::now();
-    sync_once(&db);
-    let stats = env.emu.stats();
-    eprintln!(
-        "throttled run: {} requests, {} batches, {} 429s, {} RU, {:.0} s",
-        stats.requests,
-        stats.batch_requests,
-        stats.throttled,
-        stats.ru_used,
-        started.elapsed().as_secs_f64()
-    );
-    assert_target_equals_source(&env, &db, "t", &["T"]);
-    assert_eq!(stats.writes, 2001, "one create per row (and the list), nothing twice");
-    assert!(stats.throttled * 100 <= stats.requests, "429s: {} of {} requests", stats.throttled, stats.requests);
-}
-
-#[test]
-fn killing_the_worker_mid_batch_ten_times_leaves_exactly_5000_items() {
-    let (env, db) =
-        setup(None, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 5000) g;");
-    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
-    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.lease_seconds = 2", db.name()));
-    env.emu.set_latency(40);
-    for kill in 0..10 {
-        let child =
-            ChildGuard::new(worker_cmd(&db, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker"));
-        std::thread::sleep(Duration::from_millis(700 + 137 * kill));
-        drop(child); // SIGKILL, whatever it was doing
-    }
-    env.emu.set_latency(0);
-    std::thread::sleep(Duration::from_secs(3)); // the last leases expire
-    sync_once(&db);
-    let items = env.items();
-    assert_eq!(items["T"].len(), 5000, "exactly 5,000 items, no twins (a twin would have failed items())");
-    // The kills did land mid-request: leases expired and were taken over
-    // with a SyncKey lookup first.
-    let recovered = db.psql("SELECT count(*) FROM sync.pending_exports WHERE status = 'exported' AND verify");
-    assert_ne!(recovered, "0", "no export was recovered from a killed worker's lease");
-    eprintln!("{recovered} exports recovered from expired leases");
-    assert_target_equals_source(&env, &db, "t", &["T"]);
-}
-
-#[test]
-fn two_exporters_at_once_never_send_an_export_twice() {
-    let (env, db) =
-        setup(None, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 1500) g;");
-    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
-    // Stage only; then two exporters drain the queue together.
-    let out = worker_cmd(&db, &["--once", "--no-export"]).output().expect("ingest");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    env.emu.set_latency(5);
-    let exporters: Vec<ChildGuard> = (0..2)
-        .map(|_| {
-            let mut c = syncbridge_tests::worker::worker();
-            c.args(["export", "--once", "--dsn", &db.dsn()]).env(syncbridge_tests::graph::SECRET_ENV, "secret");
-            ChildGuard::new(c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("exporter"))
-        })
-        .collect();
-    for e in exporters {
-        let out = syncbridge_tests::ingest::wait_with_limit(e, Duration::from_secs(300));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let stats = env.emu.stats();
-    assert_eq!(stats.writes, 1501, "each export sent once (and the list created once)");
-    assert_target_equals_source(&env, &db, "t", &["T"]);
-    let both = db.psql("SELECT count(DISTINCT leased_by) FROM sync.pending_exports WHERE status = 'exported'");
-    assert_eq!(both, "2", "both exporters took part");
-}
-
-#[test]
 fn a_value_graph_refuses_is_an_error_until_the_data_is_fixed_and_retried() {
     // Title is always a single line of text: SharePoint takes 255 characters.
     let (env, db) =
@@ -273,116 +129,6 @@ fn a_value_graph_refuses_is_an_error_until_the_data_is_fixed_and_retried() {
     sync_once(&db);
     assert_target_equals_source(&env, &db, "t", &["T"]);
     assert_eq!(env.items()["T"]["2"]["Title"], "fixed");
-}
-
-#[test]
-fn a_running_worker_renews_its_token_before_it_expires() {
-    // Tokens live 4 s: the worker must renew them (at half their life).
-    let env = GraphEnv::start_with(EmulatorConfig { token_lifetime_secs: 4, ..EmulatorConfig::default() });
-    let db = cluster().new_db("graph token");
-    prepare(&db, "CREATE TABLE t (id int PRIMARY KEY, v text)");
-    env.create_target(&db, "sp", None);
-    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
-    let _worker =
-        ChildGuard::new(worker_cmd(&db, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker"));
-    let wait_for = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while env.emu.lists().iter().find(|l| l.display_name == "T").map_or(0, |l| l.items.len()) < n {
-            assert!(Instant::now() < deadline, "the items did not arrive");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    for wave in 0..3 {
-        db.psql(&format!(
-            "INSERT INTO t SELECT g, 'w{wave}' FROM generate_series({}, {}) g",
-            wave * 10 + 1,
-            wave * 10 + 10
-        ));
-        wait_for(wave * 10 + 10);
-        // Past the renewal point (half of 4 s): the next request renews first.
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    assert_target_equals_source(&env, &db, "t", &["T"]);
-    let stats = env.emu.stats();
-    assert!(
-        stats.tokens_issued >= 3,
-        "only {} tokens for three waves 3 s apart with 4-second tokens",
-        stats.tokens_issued
-    );
-    // Renewed ahead of time: no request ever went out with an expired token.
-    assert_eq!(stats.unauthorized, 0, "the worker waited for 401s instead of renewing");
-}
-
-#[test]
-fn a_revoked_token_is_renewed_on_the_next_401() {
-    // Tokens live an hour: only a 401 can make the worker renew in time.
-    let (env, db) = setup(None, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one');");
-    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
-    let _worker =
-        ChildGuard::new(worker_cmd(&db, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker"));
-    let count = || env.emu.lists().iter().find(|l| l.display_name == "T").map_or(0, |l| l.items.len());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count() < 1 {
-        assert!(Instant::now() < deadline, "the first item did not arrive");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let before = env.emu.stats().tokens_issued;
-    env.emu.expire_tokens();
-    db.psql("INSERT INTO t VALUES (2, 'two')");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while count() < 2 {
-        assert!(Instant::now() < deadline, "after a revocation the worker did not renew its token");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let stats = env.emu.stats();
-    assert_eq!(stats.tokens_issued, before + 1, "one new token");
-    assert!(stats.unauthorized >= 1, "the renewal came from a 401");
-    assert_target_equals_source(&env, &db, "t", &["T"]);
-}
-
-#[test]
-fn an_outage_spends_no_attempts_and_everything_arrives_once_it_ends() {
-    let (env, db) = setup(None, "CREATE TABLE t (id int PRIMARY KEY, v text)");
-    db.psql("SELECT sync.define('t', source => 't', target => 'sp', list => 'T')");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
-    sync_once(&db); // the slot and the list
-    let _worker =
-        ChildGuard::new(worker_cmd(&db, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker"));
-    env.emu.set_down(true);
-    db.psql("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 2000) g");
-    let wait = |what: &str, sql: &str, want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while db.psql(sql) != want {
-            assert!(Instant::now() < deadline, "{what}: {sql} is not {want}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait("the outage is seen", "SELECT status FROM sync.targets WHERE name = 'sp'", "unreachable");
-    wait("everything is staged", "SELECT count(*) FROM sync.pending_exports WHERE sync_key IS NOT NULL", "2000");
-    // Several probe rounds while the target is down.
-    std::thread::sleep(Duration::from_secs(4));
-    let detail = db.psql("SELECT status_detail FROM sync.targets WHERE name = 'sp'");
-    assert!(detail.contains("unreachable"), "sync.targets.status_detail says why: {detail}");
-    // Only the batches in flight when it went down failed (two lanes of at
-    // most 100); the rest was not claimed, and kept every attempt.
-    let tried = db.psql("SELECT count(*) FROM sync.pending_exports WHERE sync_key IS NOT NULL AND attempts > 0");
-    let tried: u64 = tried.parse().expect("count");
-    assert!(tried <= 200, "{tried} exports spent attempts on a target that was down");
-    assert_eq!(
-        db.psql("SELECT count(*) FROM sync.pending_exports WHERE status = 'exported' AND sync_key IS NOT NULL"),
-        "0"
-    );
-    env.emu.set_down(false);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.emu.lists().iter().find(|l| l.display_name == "T").map_or(0, |l| l.items.len()) < 2000 {
-        assert!(Instant::now() < deadline, "the backlog did not drain after the outage");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    wait("the target is healthy again", "SELECT status FROM sync.targets WHERE name = 'sp'", "ok");
-    assert_target_equals_source(&env, &db, "t", &["T"]);
-    assert_eq!(db.psql("SELECT max(attempts) <= 2 FROM sync.pending_exports WHERE sync_key IS NOT NULL"), "t");
 }
 
 /// History retention: the exporter purges finished exports and runs older

@@ -6,9 +6,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use syncbridge_tests::ingest::{
-    open_exports, prepare, run_cmd, run_once, run_once_ok, signal, wait_with_limit, ChildGuard,
-};
+use syncbridge_tests::ingest::{open_exports, prepare};
+use syncbridge_tests::process::{run_cmd, run_once, run_once_ok, signal, wait_with_limit, ChildGuard};
 use syncbridge_tests::{cluster, worker::worker, Cluster, ClusterOptions};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text, qty int);

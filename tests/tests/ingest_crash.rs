@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use syncbridge_tests::ingest::{complete_all, prepare, run_cmd, run_once_ok, ChildGuard};
+use syncbridge_tests::ingest::{complete_all, prepare};
+use syncbridge_tests::process::{run_cmd, run_once_ok, ChildGuard};
 use syncbridge_tests::{cluster, Cluster, ClusterOptions, TestDb};
 
 /// Mismatches between the queue and the table, as readable lines (empty: consistent).
@@ -246,7 +247,7 @@ fn backfills_of_100000_rows_racing_writes_end_exactly_as_the_table() {
     );
     assert_eq!(progress, "t|t|t");
 
-    syncbridge_tests::ingest::signal(&worker, libc::SIGTERM);
+    syncbridge_tests::process::signal(&worker, libc::SIGTERM);
     let status = worker.into_inner().wait().expect("wait for the worker");
     assert!(status.success(), "worker exit {status:?}");
     run_once_ok(&db);

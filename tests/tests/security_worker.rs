@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use syncbridge_tests::graph::{assert_target_equals_source, sync_once, worker_cmd, GraphEnv, SECRET_ENV};
 use syncbridge_tests::graph_emulator::{EmulatorConfig, Fault};
-use syncbridge_tests::ingest::{prepare, run_cmd, signal, wait_with_limit, ChildGuard};
+use syncbridge_tests::ingest::prepare;
+use syncbridge_tests::process::{run_cmd, signal, wait_with_limit, ChildGuard};
 use syncbridge_tests::worker::{worker, LOOPBACK_ENV};
 use syncbridge_tests::{cluster, TestDb};
 

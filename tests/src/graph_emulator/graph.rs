@@ -1,7 +1,8 @@
 //! The Graph routes: sites, lists, columns, items, delta and `$batch`.
 //!
 //! Everything here is synchronous and runs with the state's lock held; the
-//! HTTP layer in `mod.rs` does the waiting (latency) and the faults.
+//! emulator harness (`crate::emulator`) does the waiting (latency) and the
+//! faults.
 
 use std::collections::{HashMap, HashSet};
 
@@ -775,8 +776,7 @@ pub(crate) fn serve(state: &mut State, req: &Req) -> Resp {
     }
     let resp = handle(state, req);
     if resp.status < 400 && is_write(&req.method) {
-        state.stats.writes += 1;
-        state.write_times.push(std::time::Instant::now());
+        state.meter.wrote();
     }
     resp
 }
@@ -902,7 +902,7 @@ pub(crate) fn serve_batch(state: &mut State, req: &Req, drop_half: bool) -> Resp
                 .depends_on
                 .iter()
                 .any(|d| results.get(d).is_none_or(|res| res.as_ref().is_none_or(|res| res.status >= 400)));
-            state.stats.requests += 1;
+            state.meter.stats.requests += 1;
             let resp = if failed {
                 Resp::error(GraphError::new(424, "failedDependency", "The request depends on a request that failed."))
             } else {

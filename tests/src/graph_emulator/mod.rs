@@ -1,5 +1,7 @@
 //! A local emulator of the Microsoft Graph SharePoint-lists API, for testing
-//! the Graph target without a tenant.
+//! the Graph target without a tenant: the first API plugged into the
+//! emulator harness (`crate::emulator`), which serves it and does the
+//! faults, latency, outages, counters and `/_emulator` control routes.
 //!
 //! It serves, over plain HTTP on loopback:
 //!
@@ -16,11 +18,13 @@
 //!   characters, read-only and unknown fields refused, dates and times kept
 //!   to whole seconds;
 //! - resource-unit throttling over a sliding 60 s window (`429` with
-//!   `Retry-After`), and injectable faults (error statuses, dropped
-//!   connections, garbage or truncated bodies, `$batch` answers missing
-//!   responses, latency, and requests that run and then lose their answer),
-//!   once, n times or on every n-th request;
-//! - `/_emulator/...`: inspection and control without authentication.
+//!   `Retry-After`), and the harness's injectable faults (error statuses
+//!   with Graph's error body, dropped connections, garbage or truncated
+//!   bodies, `$batch` answers missing responses, latency, and requests that
+//!   run and then lose their answer), once, n times or on every n-th
+//!   request;
+//! - `/_emulator/...`: inspection and control without authentication (the
+//!   harness's routes, `GET lists`, and `budget_per_min` in `POST config`).
 //!
 //! Every site id is accepted; a site exists implicitly per id string (and
 //! `sites/{hostname}:/{path}:` maps to a stable composite id).
@@ -30,23 +34,16 @@ mod odata;
 mod state;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use serde_json::{json, Map, Value};
 
+use crate::emulator::{self, json_response, Api, HttpResponse, Meter, Request, Route};
+pub use crate::emulator::{Fault, Stats};
 use graph::{Req, Resp};
 use state::{GraphError, State};
 
@@ -90,42 +87,6 @@ impl Default for EmulatorConfig {
     }
 }
 
-/// A fault to inject into the next Graph requests (token requests are never
-/// affected; a `$batch` envelope counts as one request).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
-    /// Answer with this status and a Graph error body (503 and 429 carry
-    /// `Retry-After: 1`); the request is not executed.
-    Status(u16),
-    /// Close the connection without any response; the request is not executed.
-    Drop,
-    /// `200` with a body that is not JSON; the request is not executed.
-    Garbage,
-    /// Execute the request, then answer `200` with its JSON body cut in half.
-    Truncated,
-    /// For the next `$batch` envelope (other requests pass it by): the last
-    /// half of its requests (at least one) is neither executed nor answered;
-    /// the rest is processed normally.
-    BatchMissingResponses,
-    /// `429` with this `Retry-After` header value, verbatim (`NaN`,
-    /// `1e300`, …: hostile answers); the request is not executed.
-    Throttle(String),
-    /// Answer with this status and this body, verbatim (`text/html`: not
-    /// Graph's JSON error envelope); the request is not executed.
-    Raw(u16, String),
-    /// Execute the request (a whole `$batch`: every request in it), then
-    /// lose the answer: answer this status with a Graph error body instead
-    /// (503 and 429 carry `Retry-After: 1`).
-    RunThenStatus(u16),
-    /// Execute the request (or the whole `$batch`), then close the
-    /// connection without an answer.
-    RunThenDrop,
-    /// Execute the request (or the whole `$batch`), then hold the
-    /// connection this many milliseconds (past the client's timeout) and
-    /// close it without an answer.
-    RunThenStall(u64),
-}
-
 /// One list item as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemSnapshot {
@@ -156,111 +117,27 @@ pub struct ListSnapshot {
     pub items: Vec<ItemSnapshot>,
 }
 
-/// Counters since the emulator started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Every HTTP request (token requests, `$batch` envelopes and each of
-    /// their inner requests included; `/_emulator` requests excluded).
-    pub requests: u64,
-    /// `$batch` envelopes.
-    pub batch_requests: u64,
-    /// `429` answers, inside `$batch` included.
-    pub throttled: u64,
-    /// Resource units charged (1 per throttled request).
-    pub ru_used: u64,
-    /// Tokens issued.
-    pub tokens_issued: u64,
-    /// `401` answers (no, an unknown or an expired token).
-    #[serde(default)]
-    pub unauthorized: u64,
-    /// Successful creates, updates and deletes (lists, columns and items).
-    pub writes: u64,
-}
-
-/// The shared state of a running emulator, for inspection and control from
-/// sync or async code.
+/// The Graph API as an emulator plug-in: the app registration and its
+/// tokens, the budget, and the SharePoint sites, lists and items.
 #[derive(Debug)]
-pub struct EmulatorState {
-    inner: Mutex<State>,
-}
+pub struct Graph(State);
+
+/// A running Graph emulator; dropping it stops the server.
+pub type Emulator = emulator::Emulator<Graph>;
+
+/// The shared state of a running Graph emulator, for inspection and control
+/// from sync or async code.
+pub type EmulatorState = emulator::EmulatorState<Graph>;
 
 impl EmulatorState {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Every list with its columns and items, in creation order.
     pub fn lists(&self) -> Vec<ListSnapshot> {
-        self.lock().snapshots()
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> Stats {
-        self.lock().stats
-    }
-
-    /// The most successful writes done within any `window` of time.
-    pub fn most_writes_within(&self, window: Duration) -> usize {
-        let st = self.lock();
-        let t = &st.write_times;
-        let mut most = 0;
-        let mut start = 0;
-        for end in 0..t.len() {
-            while t[end].duration_since(t[start]) >= window {
-                start += 1;
-            }
-            most = most.max(end + 1 - start);
-        }
-        most
+        self.lock().api.0.snapshots()
     }
 
     /// Changes the resource-unit budget per sliding minute (`None` = unlimited).
     pub fn set_budget(&self, per_min: Option<u32>) {
-        self.lock().budget = per_min;
-    }
-
-    /// Applies `fault` to the next `count` Graph requests (after any faults
-    /// already pending).
-    pub fn inject(&self, fault: Fault, count: u32) {
-        if count > 0 {
-            self.lock().faults.push_back((fault, count));
-        }
-    }
-
-    /// Applies `fault` to every `every`-th Graph request from now on (after
-    /// any pending faults; token requests are not counted); `None` stops it.
-    pub fn inject_every(&self, fault: Option<Fault>, every: u32) {
-        self.lock().periodic = fault.filter(|_| every > 0).map(|f| (f, every, 0));
-    }
-
-    /// Delays every Graph request by `ms` milliseconds.
-    pub fn set_latency(&self, ms: u64) {
-        self.lock().latency_ms = ms;
-    }
-
-    /// Invalidates every token issued so far (they get `401` from now on).
-    pub fn expire_tokens(&self) {
-        self.lock().tokens.clear();
-    }
-
-    /// Starts (`true`) or ends an outage: meanwhile every request, token
-    /// requests included, has its connection dropped without an answer.
-    pub fn set_down(&self, down: bool) {
-        self.lock().down = down;
-    }
-}
-
-/// A running emulator; dropping it stops the server.
-#[derive(Debug)]
-pub struct Emulator {
-    state: Arc<EmulatorState>,
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.lock().api.0.budget = per_min;
     }
 }
 
@@ -278,20 +155,7 @@ impl Emulator {
                 format!("unknown time zone {:?} (an IANA name such as Europe/Berlin)", config.time_zone),
             ));
         }
-        let listener = TcpListener::bind(addr).await?;
-        let mut addr = listener.local_addr()?;
-        if addr.ip().is_unspecified() {
-            let ip = if addr.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
-            addr.set_ip(ip);
-        }
-        let state = Arc::new(EmulatorState { inner: Mutex::new(State::new(config)) });
-        let task = tokio::spawn(accept_loop(listener, state.clone()));
-        Ok(Emulator { state, addr, task })
-    }
-
-    /// The address the server listens on (loopback if bound to all addresses).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        Self::launch(Graph(State::new(config)), addr).await
     }
 
     /// `http://127.0.0.1:PORT/v1.0`.
@@ -299,96 +163,117 @@ impl Emulator {
         format!("{}/v1.0", self.authority_url())
     }
 
-    /// `http://127.0.0.1:PORT`; the token endpoint is
-    /// `{authority}/{tenant}/oauth2/v2.0/token`.
-    pub fn authority_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The shared state, usable after the `Emulator` is moved elsewhere.
-    pub fn state(&self) -> Arc<EmulatorState> {
-        self.state.clone()
-    }
-
     /// Every list with its columns and items, in creation order.
     pub fn lists(&self) -> Vec<ListSnapshot> {
-        self.state.lists()
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> Stats {
-        self.state.stats()
-    }
-
-    /// The most successful writes done within any `window` of time.
-    pub fn most_writes_within(&self, window: Duration) -> usize {
-        self.state.most_writes_within(window)
+        self.state().lists()
     }
 
     /// Changes the resource-unit budget per sliding minute (`None` = unlimited).
     pub fn set_budget(&self, per_min: Option<u32>) {
-        self.state.set_budget(per_min)
-    }
-
-    /// Applies `fault` to the next `count` Graph requests.
-    pub fn inject(&self, fault: Fault, count: u32) {
-        self.state.inject(fault, count)
-    }
-
-    /// See [`EmulatorState::inject_every`].
-    pub fn inject_every(&self, fault: Option<Fault>, every: u32) {
-        self.state.inject_every(fault, every)
-    }
-
-    /// Delays every Graph request by `ms` milliseconds.
-    pub fn set_latency(&self, ms: u64) {
-        self.state.set_latency(ms)
-    }
-
-    /// See [`EmulatorState::set_down`].
-    pub fn set_down(&self, down: bool) {
-        self.state.set_down(down)
-    }
-
-    /// Invalidates every token issued so far.
-    pub fn expire_tokens(&self) {
-        self.state.expire_tokens()
+        self.state().set_budget(per_min)
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<EmulatorState>) {
-    // Connections live in the set, so aborting this task closes them all.
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let local = stream.local_addr().ok();
-                conns.spawn(async move {
-                    let svc = service_fn(move |req| serve_http(state.clone(), local, req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
+/// The path after `/v1.0` (empty or starting with `/`), or None for a path
+/// outside the API. The token endpoint's address is
+/// `{authority}/{tenant}/oauth2/v2.0/token`.
+fn graph_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1.0").filter(|p| p.is_empty() || p.starts_with('/'))
+}
+
+fn is_batch(path: &str) -> bool {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    matches!(segs.as_slice(), ["v1.0", b] if *b == "$batch" || b.eq_ignore_ascii_case("%24batch"))
+}
+
+impl Api for Graph {
+    const CONTENT_TYPE: &'static str = GRAPH_CONTENT_TYPE;
+    const CONTROL_ROUTES: &'static [&'static str] = &["GET lists"];
+
+    fn route(&mut self, req: &Request) -> Route {
+        let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+        if let [tenant, "oauth2", "v2.0", "token"] = segs.as_slice() {
+            return Route::Answer(token(&mut self.0, &req.method, tenant, &req.headers, &req.body));
+        }
+        if graph_path(&req.path).is_none() {
+            let e = GraphError::new(400, "BadRequest", format!("Invalid version or resource: '{}'.", req.path));
+            return Route::Answer(to_http(Resp::error(e), None));
+        }
+        let batch = is_batch(&req.path);
+        if batch {
+            self.0.meter.stats.batch_requests += 1;
+        }
+        Route::Serve { batch }
+    }
+
+    fn serve(&mut self, req: &Request, fault: Option<&Fault>) -> HttpResponse {
+        let body = if req.body.is_empty() {
+            Ok(None)
+        } else {
+            serde_json::from_slice::<Value>(&req.body).map(Some).map_err(|e| e.to_string())
+        };
+        let graph_req = Req {
+            method: req.method.clone(),
+            path: graph_path(&req.path).unwrap_or_default().to_string(),
+            query: odata::parse_query(&req.query),
+            headers: req.headers.clone(),
+            body,
+            origin: req.origin.clone(),
+        };
+        let is_batch = is_batch(&req.path);
+        let st = &mut self.0;
+        let resp = match st.check_auth(req.header("authorization")) {
+            Err(e) => {
+                st.meter.stats.unauthorized += 1;
+                Resp::error(e)
+                .with_header("WWW-Authenticate", "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"")
             }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Ok(()) if is_batch && graph_req.method != "POST" => {
+                Resp::error(GraphError::new(405, "methodNotAllowed", "The $batch endpoint only accepts POST."))
+            }
+            Ok(()) if is_batch => graph::serve_batch(st, &graph_req, fault == Some(&Fault::BatchMissingResponses)),
+            Ok(()) => graph::serve(st, &graph_req),
+        };
+        to_http(resp, req.header("client-request-id"))
+    }
+
+    fn error(status: u16, req: &Request) -> HttpResponse {
+        to_http(Resp::error(fault_error(status)), req.header("client-request-id"))
+    }
+
+    fn expire_tokens(&mut self) {
+        self.0.tokens.clear();
+    }
+
+    fn configure(&mut self, config: &Value) -> Result<Map<String, Value>, String> {
+        if let Some(b) = config.get("budget_per_min") {
+            match b {
+                Value::Null => self.0.budget = None,
+                b => match b.as_u64().and_then(|b| u32::try_from(b).ok()) {
+                    Some(b) => self.0.budget = Some(b),
+                    None => return Err("'budget_per_min' must be a non-negative integer or null".into()),
+                },
+            }
+        }
+        let mut settings = Map::new();
+        settings.insert("budget_per_min".into(), json!(self.0.budget));
+        Ok(settings)
+    }
+
+    fn control(&mut self, method: &str, route: &str, _body: &[u8]) -> Option<HttpResponse> {
+        match (method, route) {
+            ("GET", "lists") => Some(json_response(200, &serde_json::to_value(self.0.snapshots()).unwrap_or_default())),
+            _ => None,
         }
     }
-}
 
-type HttpResponse = Response<Full<Bytes>>;
+    fn meter(&self) -> &Meter {
+        &self.0.meter
+    }
 
-fn plain_json(status: u16, body: &Value) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert("content-type", "application/json; charset=utf-8".parse().expect("valid header"));
-    r
+    fn meter_mut(&mut self) -> &mut Meter {
+        &mut self.0.meter
+    }
 }
 
 fn to_http(resp: Resp, client_request_id: Option<&str>) -> HttpResponse {
@@ -434,150 +319,15 @@ fn fault_error(status: u16) -> GraphError {
     GraphError::new(status, code, format!("Injected fault: the service answered {status}."))
 }
 
-async fn serve_http(
-    state: Arc<EmulatorState>,
-    local: Option<SocketAddr>,
-    req: Request<Incoming>,
-) -> Result<HttpResponse, std::io::Error> {
-    let (parts, body) = req.into_parts();
-    let bytes = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
-    let mut headers = HashMap::new();
-    for (k, v) in &parts.headers {
-        headers.insert(k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned());
-    }
-    let path = parts.uri.path().to_string();
-    let query = parts.uri.query().unwrap_or("").to_string();
-    let method = parts.method.as_str().to_ascii_uppercase();
-    let origin = match headers.get("host") {
-        Some(h) => format!("http://{h}"),
-        None => format!("http://{}", local.map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string())),
-    };
-    if let Some(rest) = path.strip_prefix("/_emulator/") {
-        return Ok(control(&state, &method, rest, &bytes));
-    }
-    if state.lock().down {
-        return Err(std::io::Error::other("outage: drop the connection"));
-    }
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if let [tenant, "oauth2", "v2.0", "token"] = segs.as_slice() {
-        return Ok(token(&state, &method, tenant, &headers, &bytes));
-    }
-    let Some(graph_path) = path.strip_prefix("/v1.0").filter(|p| p.is_empty() || p.starts_with('/')) else {
-        let mut st = state.lock();
-        st.stats.requests += 1;
-        drop(st);
-        let e = GraphError::new(400, "BadRequest", format!("Invalid version or resource: '{path}'."));
-        return Ok(to_http(Resp::error(e), None));
-    };
-    let is_batch = matches!(segs.as_slice(), ["v1.0", b] if *b == "$batch" || b.eq_ignore_ascii_case("%24batch"));
-    let (latency, fault) = {
-        let mut st = state.lock();
-        st.stats.requests += 1;
-        if is_batch {
-            st.stats.batch_requests += 1;
-        }
-        (st.latency_ms, st.take_fault(is_batch))
-    };
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
-    }
-    let client_request_id = headers.get("client-request-id").cloned();
-    match fault {
-        Some(Fault::Drop) => return Err(std::io::Error::other("injected fault: drop the connection")),
-        Some(Fault::Status(status)) => {
-            let mut resp = Resp::error(fault_error(status));
-            if status == 503 || status == 429 {
-                resp = resp.with_header("Retry-After", "1");
-            }
-            if status == 429 {
-                state.lock().stats.throttled += 1;
-            }
-            return Ok(to_http(resp, client_request_id.as_deref()));
-        }
-        Some(Fault::Throttle(retry_after)) => {
-            state.lock().stats.throttled += 1;
-            let resp = Resp::error(fault_error(429)).with_header("Retry-After", &retry_after);
-            return Ok(to_http(resp, client_request_id.as_deref()));
-        }
-        Some(Fault::Raw(status, body)) => {
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            r.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("valid header"));
-            return Ok(r);
-        }
-        Some(Fault::Garbage) => {
-            let mut r = Response::new(Full::new(Bytes::from_static(
-                b"<!DOCTYPE html><html><body><h1>Bad gateway</h1><p>upstream said: \x00\xff</p></body></html>",
-            )));
-            r.headers_mut().insert("content-type", GRAPH_CONTENT_TYPE.parse().expect("valid header"));
-            return Ok(r);
-        }
-        _ => {}
-    }
-    let body = if bytes.is_empty() {
-        Ok(None)
-    } else {
-        serde_json::from_slice::<Value>(&bytes).map(Some).map_err(|e| e.to_string())
-    };
-    let req = Req { method, path: graph_path.to_string(), query: odata::parse_query(&query), headers, body, origin };
-    let resp = {
-        let mut st = state.lock();
-        match st.check_auth(req.headers.get("authorization").map(String::as_str)) {
-            Err(e) => {
-                st.stats.unauthorized += 1;
-                Resp::error(e)
-                .with_header("WWW-Authenticate", "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"")
-            }
-            Ok(()) if is_batch && req.method != "POST" => {
-                Resp::error(GraphError::new(405, "methodNotAllowed", "The $batch endpoint only accepts POST."))
-            }
-            Ok(()) if is_batch => graph::serve_batch(&mut st, &req, fault == Some(Fault::BatchMissingResponses)),
-            Ok(()) => graph::serve(&mut st, &req),
-        }
-    };
-    // The work is done; the answer may still be lost.
-    match fault {
-        Some(Fault::RunThenDrop) => return Err(std::io::Error::other("injected fault: ran it, then dropped")),
-        Some(Fault::RunThenStall(ms)) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            return Err(std::io::Error::other("injected fault: ran it, then stalled"));
-        }
-        Some(Fault::RunThenStatus(status)) => {
-            let mut lost = Resp::error(fault_error(status));
-            if status == 503 || status == 429 {
-                lost = lost.with_header("Retry-After", "1");
-            }
-            return Ok(to_http(lost, client_request_id.as_deref()));
-        }
-        _ => {}
-    }
-    let mut http = to_http(resp, client_request_id.as_deref());
-    if fault == Some(Fault::Truncated) {
-        let full = http.body_mut().collect().await.map(|b| b.to_bytes()).unwrap_or_else(|e: Infallible| match e {});
-        let full = if full.len() < 2 { Bytes::from_static(b"{\"value\":[{\"id\":\"1\"}]}") } else { full };
-        *http.status_mut() = StatusCode::OK;
-        http.headers_mut().insert("content-type", GRAPH_CONTENT_TYPE.parse().expect("valid header"));
-        *http.body_mut() = Full::new(full.slice(..full.len() / 2));
-    }
-    Ok(http)
-}
-
 fn token_error(status: u16, error: &str, description: &str) -> HttpResponse {
     let body = json!({"error": error, "error_description": description, "error_codes": [],
         "timestamp": odata::now_iso().replace('T', " "), "trace_id": odata::guid(),
         "correlation_id": odata::guid()});
-    plain_json(status, &body)
+    json_response(status, &body)
 }
 
-fn token(
-    state: &EmulatorState,
-    method: &str,
-    tenant: &str,
-    headers: &HashMap<String, String>,
-    body: &[u8],
-) -> HttpResponse {
-    let mut st = state.lock();
-    st.stats.requests += 1;
+/// The token endpoint (the harness counted the request).
+fn token(st: &mut State, method: &str, tenant: &str, headers: &HashMap<String, String>, body: &[u8]) -> HttpResponse {
     if method != "POST" {
         return token_error(405, "invalid_request", "AADSTS900561: The endpoint only accepts POST requests.");
     }
@@ -662,123 +412,11 @@ fn token(
     }
     let lifetime = st.config.token_lifetime_secs;
     let access_token = st.issue_token();
-    plain_json(
+    json_response(
         200,
         &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
                 "access_token": access_token}),
     )
-}
-
-fn parse_fault(v: &Value) -> Result<(Fault, u32), String> {
-    let count = match v.get("count") {
-        None | Some(Value::Null) => 1,
-        Some(c) => c.as_u64().and_then(|c| u32::try_from(c).ok()).ok_or("'count' must be a non-negative integer")?,
-    };
-    let fault = match v.get("fault").and_then(Value::as_str) {
-        Some("status") => {
-            let s = v.get("status").and_then(Value::as_u64).ok_or("'status' is required for fault 'status'")?;
-            if !(100..=599).contains(&s) {
-                return Err(format!("invalid status {s}"));
-            }
-            Fault::Status(s as u16)
-        }
-        Some("drop") => Fault::Drop,
-        Some("garbage") => Fault::Garbage,
-        Some("truncated") => Fault::Truncated,
-        Some("batch_missing") | Some("batch_missing_responses") => Fault::BatchMissingResponses,
-        Some("throttle") => Fault::Throttle(
-            v.get("retry_after")
-                .and_then(Value::as_str)
-                .ok_or("'retry_after' (a string) is required for fault 'throttle'")?
-                .to_owned(),
-        ),
-        Some("run_then_status") => {
-            let s =
-                v.get("status").and_then(Value::as_u64).ok_or("'status' is required for fault 'run_then_status'")?;
-            if !(100..=599).contains(&s) {
-                return Err(format!("invalid status {s}"));
-            }
-            Fault::RunThenStatus(s as u16)
-        }
-        Some("run_then_drop") => Fault::RunThenDrop,
-        Some("run_then_stall") => Fault::RunThenStall(
-            v.get("ms").and_then(Value::as_u64).ok_or("'ms' is required for fault 'run_then_stall'")?,
-        ),
-        Some("raw") => {
-            let s = v.get("status").and_then(Value::as_u64).ok_or("'status' is required for fault 'raw'")?;
-            if !(100..=599).contains(&s) {
-                return Err(format!("invalid status {s}"));
-            }
-            Fault::Raw(s as u16, v.get("body").and_then(Value::as_str).unwrap_or("").to_owned())
-        }
-        other => {
-            return Err(format!(
-                "unknown fault {other:?} (status, drop, garbage, truncated, batch_missing, throttle, raw, \
-                 run_then_status, run_then_drop, run_then_stall)"
-            ))
-        }
-    };
-    Ok((fault, count))
-}
-
-fn control(state: &EmulatorState, method: &str, what: &str, body: &[u8]) -> HttpResponse {
-    let parsed = || -> Result<Value, String> {
-        if body.is_empty() {
-            return Ok(json!({}));
-        }
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))
-    };
-    let bad = |msg: String| plain_json(400, &json!({"error": msg}));
-    match (method, what.trim_end_matches('/')) {
-        ("GET", "lists") => plain_json(200, &serde_json::to_value(state.lists()).unwrap_or_default()),
-        ("GET", "stats") => plain_json(200, &serde_json::to_value(state.stats()).unwrap_or_default()),
-        ("POST", "config") => {
-            let v = match parsed() {
-                Ok(v) => v,
-                Err(e) => return bad(e),
-            };
-            if let Some(b) = v.get("budget_per_min") {
-                match b {
-                    Value::Null => state.set_budget(None),
-                    b => match b.as_u64().and_then(|b| u32::try_from(b).ok()) {
-                        Some(b) => state.set_budget(Some(b)),
-                        None => return bad("'budget_per_min' must be a non-negative integer or null".into()),
-                    },
-                }
-            }
-            if let Some(l) = v.get("latency_ms") {
-                match l.as_u64() {
-                    Some(ms) => state.set_latency(ms),
-                    None => return bad("'latency_ms' must be a non-negative integer".into()),
-                }
-            }
-            let st = state.lock();
-            plain_json(200, &json!({"budget_per_min": st.budget, "latency_ms": st.latency_ms}))
-        }
-        ("POST", "fault") => {
-            match parsed().and_then(|v| Ok((parse_fault(&v)?, v.get("every").and_then(Value::as_u64)))) {
-                // `"every": n`: every n-th request from now on (0 stops it).
-                Ok(((fault, _), Some(every))) => {
-                    state.inject_every(Some(fault), u32::try_from(every).unwrap_or(u32::MAX));
-                    plain_json(200, &json!({"ok": true, "every": every}))
-                }
-                Ok(((fault, count), None)) => {
-                    state.inject(fault, count);
-                    plain_json(200, &json!({"ok": true, "pending": state.lock().faults.len()}))
-                }
-                Err(e) => bad(e),
-            }
-        }
-        ("POST", "expire_tokens") => {
-            state.expire_tokens();
-            plain_json(200, &json!({"ok": true}))
-        }
-        _ => plain_json(
-            404,
-            &json!({"error": format!("unknown control route {method} /_emulator/{what}; try GET lists, GET stats, \
-                    POST config, POST fault, POST expire_tokens")}),
-        ),
-    }
 }
 
 #[cfg(test)]
@@ -786,7 +424,7 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderMap;
     use reqwest::{Client, Method};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     const SITE: &str = "/sites/site1";
 

@@ -1,5 +1,5 @@
-//! The emulator's state: tokens, the throttling window, pending faults, and
-//! the SharePoint sites, lists, columns and items.
+//! The Graph emulator's state: tokens, the throttling window, the counters,
+//! and the SharePoint sites, lists, columns and items.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::odata::{format_unix, guid, now_iso, parse_datetime};
-use super::{EmulatorConfig, Fault, ItemSnapshot, ListSnapshot, Stats};
+use super::{EmulatorConfig, ItemSnapshot, ListSnapshot};
+use crate::emulator::Meter;
 
 /// The sliding window the budget applies to.
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);
@@ -449,19 +450,10 @@ pub(crate) struct State {
     pub budget: Option<u32>,
     /// Resource units spent, with when.
     pub window: VecDeque<(Instant, u32)>,
-    /// Pending faults, each with how many more requests it applies to.
-    pub faults: VecDeque<(Fault, u32)>,
-    pub latency_ms: u64,
-    /// An outage: every Graph and token request has its connection dropped.
-    pub down: bool,
-    /// A fault applied to every n-th Graph request (after the pending ones),
-    /// with how many Graph requests were counted so far.
-    pub periodic: Option<(Fault, u32, u64)>,
     /// Shuffles `$batch` responses (seeded by the configuration: reproducible).
     pub rng: rand::rngs::StdRng,
-    pub stats: Stats,
-    /// When each successful write was done, in order.
-    pub write_times: Vec<Instant>,
+    /// The counters, and when each successful write was done.
+    pub meter: Meter,
     /// Lists by id.
     pub lists: HashMap<String, List>,
     pub list_counter: u64,
@@ -471,16 +463,11 @@ impl State {
     pub(crate) fn new(config: EmulatorConfig) -> Self {
         Self {
             budget: config.budget_per_min,
-            periodic: None,
             rng: rand::SeedableRng::seed_from_u64(config.seed),
             config,
             tokens: HashMap::new(),
             window: VecDeque::new(),
-            faults: VecDeque::new(),
-            latency_ms: 0,
-            down: false,
-            stats: Stats::default(),
-            write_times: Vec::new(),
+            meter: Meter::default(),
             lists: HashMap::new(),
             list_counter: 0,
         }
@@ -497,7 +484,7 @@ impl State {
             .checked_add(Duration::from_secs(self.config.token_lifetime_secs))
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         self.tokens.insert(token.clone(), expiry);
-        self.stats.tokens_issued += 1;
+        self.meter.stats.tokens_issued += 1;
         token
     }
 
@@ -515,29 +502,6 @@ impl State {
         }
     }
 
-    /// The next fault for a Graph request: a pending one first (a
-    /// `BatchMissingResponses` waits for a `$batch`), else the periodic one
-    /// when this request is its n-th.
-    pub(crate) fn take_fault(&mut self, is_batch: bool) -> Option<Fault> {
-        let periodic = match &mut self.periodic {
-            Some((fault, every, seen)) => {
-                *seen += 1;
-                (*seen % u64::from((*every).max(1)) == 0).then(|| fault.clone())
-            }
-            None => None,
-        };
-        let Some((fault, left)) = self.faults.front_mut() else { return periodic };
-        if matches!(fault, Fault::BatchMissingResponses) && !is_batch {
-            return periodic;
-        }
-        let f = fault.clone();
-        *left -= 1;
-        if *left == 0 {
-            self.faults.pop_front();
-        }
-        Some(f)
-    }
-
     /// Charges `cost` resource units, or refuses (charging 1) and returns the
     /// `Retry-After` seconds.
     pub(crate) fn charge(&mut self, cost: u32) -> Result<(), u64> {
@@ -547,19 +511,19 @@ impl State {
         }
         let Some(budget) = self.budget else {
             self.window.push_back((now, cost));
-            self.stats.ru_used += u64::from(cost);
+            self.meter.stats.ru_used += u64::from(cost);
             return Ok(());
         };
         let used: u32 = self.window.iter().map(|(_, c)| c).sum();
         if used + cost <= budget {
             self.window.push_back((now, cost));
-            self.stats.ru_used += u64::from(cost);
+            self.meter.stats.ru_used += u64::from(cost);
             return Ok(());
         }
         // Refused: the attempt itself costs 1 RU, as in Graph.
         self.window.push_back((now, 1));
-        self.stats.ru_used += 1;
-        self.stats.throttled += 1;
+        self.meter.stats.ru_used += 1;
+        self.meter.stats.throttled += 1;
         let mut used = used + 1;
         let mut wait = WINDOW;
         for (t, c) in &self.window {
