@@ -207,7 +207,7 @@ impl TargetEnv for GraphTargetEnv {
     // A list is created with its columns in one request.
     const PROVISION_WRITES: u64 = 1;
     // The Graph adapter claims five `$batch`es of 20 at a time.
-    const CLAIM_SIZE: u64 = 100;
+    const CLAIM_SIZE: u64 = 5 * syncbridge_worker::target::graph::BATCH_LIMIT as u64;
 
     fn start(options: EnvOptions) -> Self {
         let budget = options.writes_per_min.map(|w| w * RU_PER_WRITE);

@@ -57,7 +57,7 @@ robustness!(graph, GraphTargetEnv);
 const TARGET: &str = "tgt";
 
 /// The worker's export lanes (its default).
-const LANES: u64 = 2;
+const LANES: u64 = syncbridge_worker::export::DEFAULT_LANES as u64;
 
 /// A started environment and a database with `ddl` run and the target created.
 fn setup<E: TargetEnv>(options: EnvOptions, ddl: &str) -> (E, TestDb) {
