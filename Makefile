@@ -1,5 +1,5 @@
 # syncbridge: every developer task has one entry point here; the work is in scripts/.
-.PHONY: setup test demo bench install-ext lint regress pg-start pg-stop psql
+.PHONY: setup test demo bench install-ext lint regress isolation pg-start pg-stop psql
 
 setup:        ## install what a fresh machine lacks (idempotent)
 	scripts/setup.sh
@@ -15,6 +15,8 @@ lint:
 	cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings
 regress:      ## only the pg_regress suite
 	scripts/regress.sh
+isolation:    ## only the isolation specs (races of the export queue)
+	scripts/isolation.sh
 pg-start:     ## developer cluster under .dev/pg
 	scripts/pg.sh start
 pg-stop:

@@ -36,6 +36,9 @@ install_ext
 log "tier 3: pg_regress suite (sql/regress)"
 "$ROOT/scripts/regress.sh"
 
+log "tier 3b: isolation specs, the races of the export queue (sql/isolation)"
+"$ROOT/scripts/isolation.sh"
+
 log "tier 4: integration tests (tests/)"
 cargo test -p syncbridge-tests --quiet -- --test-threads="${SYNCBRIDGE_TEST_THREADS:-2}"
 
