@@ -360,6 +360,7 @@ DECLARE
     bad bigint;
     total int;
     rebase record;
+    def int;
 BEGIN
     IF results IS NULL OR jsonb_typeof(results) <> 'array' THEN
         RAISE EXCEPTION 'results must be a JSON array'
@@ -385,6 +386,19 @@ BEGIN
         RAISE EXCEPTION 'results hold an export twice'
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Each export gets one result.', HINT = 'Report each claimed export once.';
     END IF;
+
+    -- Serialized with staging, definition by definition (the lock
+    -- _stage_def holds), in id order: a change of one of these keys staged
+    -- meanwhile is decided either before this commits (and is rebased
+    -- below) or after it (against what the target holds now), never against
+    -- an export still in flight, however its result turns out.
+    FOR def IN
+        SELECT DISTINCT e.definition_id FROM sync.pending_exports e
+         WHERE e.id IN (SELECT (v ->> 'id')::bigint FROM jsonb_array_elements(results) v)
+         ORDER BY 1
+    LOOP
+        PERFORM pg_advisory_xact_lock(1937337955, def);
+    END LOOP;
 
     -- Successes: the ledger learns what the target holds.
     WITH r AS (
