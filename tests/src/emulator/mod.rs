@@ -166,18 +166,15 @@ impl Meter {
         self.write_times.push(Instant::now());
     }
 
-    /// The most successful writes done within any `window` of time.
-    pub fn most_writes_within(&self, window: Duration) -> usize {
+    /// The successful writes done so far, and the time from the first to
+    /// the last of them.
+    pub fn write_span(&self) -> (usize, Duration) {
         let t = &self.write_times;
-        let mut most = 0;
-        let mut start = 0;
-        for end in 0..t.len() {
-            while t[end].duration_since(t[start]) >= window {
-                start += 1;
-            }
-            most = most.max(end + 1 - start);
-        }
-        most
+        let span = match (t.first(), t.last()) {
+            (Some(a), Some(b)) => b.duration_since(*a),
+            _ => Duration::ZERO,
+        };
+        (t.len(), span)
     }
 }
 
@@ -210,9 +207,10 @@ impl<A: Api> EmulatorState<A> {
         self.lock().api.meter().stats
     }
 
-    /// The most successful writes done within any `window` of time.
-    pub fn most_writes_within(&self, window: Duration) -> usize {
-        self.lock().api.meter().most_writes_within(window)
+    /// The successful writes done so far, and the time from the first to
+    /// the last of them.
+    pub fn write_span(&self) -> (usize, Duration) {
+        self.lock().api.meter().write_span()
     }
 
     /// Applies `fault` to the next `count` API requests (after any faults
@@ -295,9 +293,10 @@ impl<A: Api> Emulator<A> {
         self.state.stats()
     }
 
-    /// The most successful writes done within any `window` of time.
-    pub fn most_writes_within(&self, window: Duration) -> usize {
-        self.state.most_writes_within(window)
+    /// The successful writes done so far, and the time from the first to
+    /// the last of them.
+    pub fn write_span(&self) -> (usize, Duration) {
+        self.state.write_span()
     }
 
     /// Applies `fault` to the next `count` API requests.
@@ -639,6 +638,8 @@ mod tests {
         assert_eq!((s.tokens_issued, s.batch_requests, s.throttled, s.unauthorized, s.writes), (1, 1, 1, 1, 6));
         // Every request but the two during the outage and the control plane's.
         assert_eq!(s.requests, 19);
-        assert_eq!(em.most_writes_within(Duration::from_secs(60)), 6);
+        let (writes, span) = em.write_span();
+        assert_eq!(writes, 6);
+        assert!(span < Duration::from_secs(60), "{span:?}");
     }
 }
