@@ -13,7 +13,7 @@ use super::odata::{
     b64_decode, b64_encode, encode_query, guid, now_iso, parse_datetime, parse_filter, parse_query, query_get,
     stable_guid, CmpOp, Literal, Pred,
 };
-use super::state::{system_columns, GraphError, Item, Kind, List, State};
+use super::state::{system_columns, GraphError, Item, Kind, List, State, APP_USER};
 
 /// The most requests one `$batch` may carry.
 pub(crate) const BATCH_LIMIT: usize = 20;
@@ -398,8 +398,8 @@ pub(crate) fn fields_json(list: &List, item: &Item, select: Option<&[String]>) -
     m.insert("ContentType".into(), json!("Item"));
     m.insert("Modified".into(), json!(item.modified));
     m.insert("Created".into(), json!(item.created));
-    m.insert("AuthorLookupId".into(), json!("1073741822"));
-    m.insert("EditorLookupId".into(), json!("1073741822"));
+    m.insert("AuthorLookupId".into(), json!(item.author.to_string()));
+    m.insert("EditorLookupId".into(), json!(item.editor.to_string()));
     m.insert("AppAuthorLookupId".into(), json!("5"));
     m.insert("AppEditorLookupId".into(), json!("5"));
     m.insert("_UIVersionString".into(), json!(format!("{}.0", item.version)));
@@ -665,6 +665,8 @@ fn create_item(state: &mut State, req: &Req, list_id: &str) -> Result<Resp, Grap
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         seq: list.seq,
+        author: APP_USER,
+        editor: APP_USER,
     };
     for (k, v) in changes {
         if let Some(v) = v {
@@ -686,6 +688,19 @@ fn update_item(state: &mut State, req: &Req, list_id: &str, id: u64) -> Result<R
     let list = state.lists.get_mut(list_id).expect("list exists");
     check_if_match(req, &list.items[&id])?;
     let changes = list.validate_fields(fields, Some(id), Some(&list.items[&id].fields))?;
+    let current = &list.items[&id].fields;
+    let unchanged = changes.iter().all(|(k, v)| current.get(k) == v.as_ref());
+    apply_edit(list, id, changes, APP_USER);
+    if unchanged {
+        state.unchanged_writes += 1;
+    }
+    let (list, item) = (&state.lists[list_id], &state.lists[list_id].items[&id]);
+    Ok(Resp::json(200, Value::Object(fields_json(list, item, None))).with_header("ETag", item.etag()))
+}
+
+/// Writes validated changes to an item as `editor`: a new version, eTag and
+/// `Modified`, and a place in the list's delta.
+fn apply_edit(list: &mut List, id: u64, changes: Vec<(String, Option<Value>)>, editor: u64) {
     list.seq += 1;
     let seq = list.seq;
     let item = list.items.get_mut(&id).expect("item exists");
@@ -698,9 +713,77 @@ fn update_item(state: &mut State, req: &Req, list_id: &str, id: u64) -> Result<R
     item.version += 1;
     item.modified = now_iso();
     item.seq = seq;
+    item.editor = editor;
     list.modified = item.modified.clone();
-    let (list, item) = (&state.lists[list_id], &state.lists[list_id].items[&id]);
-    Ok(Resp::json(200, Value::Object(fields_json(list, item, None))).with_header("ETag", item.etag()))
+}
+
+/// The list with this display name and the item with this `SyncKey`.
+fn person_target<'a>(state: &'a mut State, list: &str, sync_key: &str) -> Result<(&'a mut List, u64), String> {
+    let l = state.lists.values_mut().find(|l| l.display_name == list).ok_or(format!("no list {list}"))?;
+    let id = l
+        .items
+        .values()
+        .find(|i| i.fields.get("SyncKey").and_then(Value::as_str) == Some(sync_key))
+        .map(|i| i.id)
+        .ok_or(format!("no item with SyncKey {sync_key} in {list}"))?;
+    Ok((l, id))
+}
+
+/// A person edits an item "in SharePoint" (not through the app): the fields
+/// are checked as for any write, the version, eTag and `Modified` move on,
+/// and `EditorLookupId` becomes the person's.
+pub(crate) fn person_edit(
+    state: &mut State,
+    list: &str,
+    sync_key: &str,
+    fields: &Map<String, Value>,
+    person: u64,
+) -> Result<(), String> {
+    let (l, id) = person_target(state, list, sync_key)?;
+    let changes = l.validate_fields(fields, Some(id), Some(&l.items[&id].fields)).map_err(|e| e.message)?;
+    apply_edit(l, id, changes, person);
+    Ok(())
+}
+
+/// A person creates an item in the list (it has no `SyncKey` unless given).
+pub(crate) fn person_create(
+    state: &mut State,
+    list: &str,
+    fields: &Map<String, Value>,
+    person: u64,
+) -> Result<u64, String> {
+    let l = state.lists.values_mut().find(|l| l.display_name == list).ok_or(format!("no list {list}"))?;
+    let changes = l.validate_fields(fields, None, None).map_err(|e| e.message)?;
+    let id = l.next_item_id;
+    l.next_item_id += 1;
+    l.seq += 1;
+    let now = now_iso();
+    let mut item = Item {
+        id,
+        guid: guid(),
+        version: 1,
+        fields: Map::new(),
+        created: now.clone(),
+        modified: now,
+        created_ms: 0,
+        seq: l.seq,
+        author: person,
+        editor: person,
+    };
+    for (k, v) in changes.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))) {
+        item.fields.insert(k, v);
+    }
+    l.items.insert(id, item);
+    Ok(id)
+}
+
+/// A person deletes an item from the list.
+pub(crate) fn person_delete(state: &mut State, list: &str, sync_key: &str) -> Result<(), String> {
+    let (l, id) = person_target(state, list, sync_key)?;
+    l.items.remove(&id);
+    l.seq += 1;
+    l.tombstones.insert(id, l.seq);
+    Ok(())
 }
 
 fn delete_item(state: &mut State, req: &Req, list_id: &str, id: u64) -> Result<Resp, GraphError> {

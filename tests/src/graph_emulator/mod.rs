@@ -139,6 +139,34 @@ impl EmulatorState {
     pub fn set_budget(&self, per_min: Option<u32>) {
         self.lock().api.0.budget = per_min;
     }
+
+    /// A person (site user id `person`) edits the item with this `SyncKey`
+    /// in the list with this display name, "in SharePoint": checked like any
+    /// write; version, eTag, `Modified` and `EditorLookupId` move on.
+    pub fn person_edit(
+        &self,
+        list: &str,
+        sync_key: &str,
+        fields: &Map<String, Value>,
+        person: u64,
+    ) -> Result<(), String> {
+        graph::person_edit(&mut self.lock().api.0, list, sync_key, fields, person)
+    }
+
+    /// A person creates an item; returns its id.
+    pub fn person_create(&self, list: &str, fields: &Map<String, Value>, person: u64) -> Result<u64, String> {
+        graph::person_create(&mut self.lock().api.0, list, fields, person)
+    }
+
+    /// A person deletes the item with this `SyncKey`.
+    pub fn person_delete(&self, list: &str, sync_key: &str) -> Result<(), String> {
+        graph::person_delete(&mut self.lock().api.0, list, sync_key)
+    }
+
+    /// App writes that changed nothing on their item: echoes.
+    pub fn unchanged_writes(&self) -> u64 {
+        self.lock().api.0.unchanged_writes
+    }
 }
 
 impl Emulator {
@@ -172,6 +200,32 @@ impl Emulator {
     pub fn set_budget(&self, per_min: Option<u32>) {
         self.state().set_budget(per_min)
     }
+
+    /// See [`EmulatorState::person_edit`].
+    pub fn person_edit(
+        &self,
+        list: &str,
+        sync_key: &str,
+        fields: &Map<String, Value>,
+        person: u64,
+    ) -> Result<(), String> {
+        self.state().person_edit(list, sync_key, fields, person)
+    }
+
+    /// See [`EmulatorState::person_create`].
+    pub fn person_create(&self, list: &str, fields: &Map<String, Value>, person: u64) -> Result<u64, String> {
+        self.state().person_create(list, fields, person)
+    }
+
+    /// See [`EmulatorState::person_delete`].
+    pub fn person_delete(&self, list: &str, sync_key: &str) -> Result<(), String> {
+        self.state().person_delete(list, sync_key)
+    }
+
+    /// App writes that changed nothing on their item: echoes.
+    pub fn unchanged_writes(&self) -> u64 {
+        self.state().unchanged_writes()
+    }
 }
 
 /// The path after `/v1.0` (empty or starting with `/`), or None for a path
@@ -188,7 +242,7 @@ fn is_batch(path: &str) -> bool {
 
 impl Api for Graph {
     const CONTENT_TYPE: &'static str = GRAPH_CONTENT_TYPE;
-    const CONTROL_ROUTES: &'static [&'static str] = &["GET lists"];
+    const CONTROL_ROUTES: &'static [&'static str] = &["GET lists", "POST edit", "POST create", "POST delete"];
 
     fn route(&mut self, req: &Request) -> Route {
         let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
@@ -260,9 +314,33 @@ impl Api for Graph {
         Ok(settings)
     }
 
-    fn control(&mut self, method: &str, route: &str, _body: &[u8]) -> Option<HttpResponse> {
+    fn control(&mut self, method: &str, route: &str, body: &[u8]) -> Option<HttpResponse> {
+        // A person's edits "in SharePoint": {"list", "sync_key", "fields", "editor"}.
+        let person = |body: &[u8]| -> Result<(String, String, Map<String, Value>, u64), String> {
+            let v: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+            let list = v.get("list").and_then(Value::as_str).ok_or("list is required")?.to_owned();
+            let key = v.get("sync_key").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let fields = v.get("fields").and_then(Value::as_object).cloned().unwrap_or_default();
+            let editor = v.get("editor").and_then(Value::as_u64).unwrap_or(7);
+            Ok((list, key, fields, editor))
+        };
+        let answer = |r: Result<Value, String>| match r {
+            Ok(v) => json_response(200, &v),
+            Err(e) => json_response(400, &json!({"error": e})),
+        };
         match (method, route) {
             ("GET", "lists") => Some(json_response(200, &serde_json::to_value(self.0.snapshots()).unwrap_or_default())),
+            ("POST", "edit") => Some(answer(person(body).and_then(|(l, k, f, e)| {
+                graph::person_edit(&mut self.0, &l, &k, &f, e).map(|()| json!({"ok": true}))
+            }))),
+            ("POST", "create") => Some(answer(
+                person(body)
+                    .and_then(|(l, _, f, e)| graph::person_create(&mut self.0, &l, &f, e).map(|id| json!({"id": id}))),
+            )),
+            ("POST", "delete") => Some(answer(
+                person(body)
+                    .and_then(|(l, k, _, _)| graph::person_delete(&mut self.0, &l, &k).map(|()| json!({"ok": true}))),
+            )),
             _ => None,
         }
     }
@@ -722,6 +800,56 @@ mod tests {
         assert_eq!(snap[1].display_name, "Employees");
         assert_eq!(snap[1].columns.len(), 9);
         assert_eq!(snap[1].items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_person_edits_creates_and_deletes_in_sharepoint_and_echoes_are_counted() {
+        let t = T::new().await;
+        t.employees().await;
+        let items = format!("{SITE}/lists/Employees/items");
+        let r = t.create("Employees", json!({"Title": "Alice", "Age": 30, "SyncKey": "k1"})).await;
+        assert_eq!(r.body["fields"]["EditorLookupId"], "1073741822", "the app");
+        let etag1 = r.body["eTag"].as_str().unwrap().to_string();
+        // The token of now, then a person's edit: version, eTag, Modified, editor.
+        let latest = t.get(&format!("{items}/delta?token=latest")).await;
+        let link = latest.body["@odata.deltaLink"].as_str().unwrap().to_string();
+        let f = json!({"Title": "Alicia"});
+        t.em.person_edit("Employees", "k1", f.as_object().unwrap(), 7).unwrap();
+        let r = t.get(&format!("{items}/1?expand=fields")).await;
+        assert_eq!(r.body["fields"]["Title"], "Alicia");
+        assert_eq!(r.body["fields"]["EditorLookupId"], "7");
+        assert_eq!(r.body["fields"]["AuthorLookupId"], "1073741822");
+        assert_eq!(etag_version(r.header("etag").unwrap()), 2);
+        assert_ne!(r.header("etag"), Some(etag1.as_str()));
+        // The edit is in the delta since the token.
+        let path = link.split("/v1.0").nth(1).unwrap().to_string();
+        let d = t.get(&format!("{path}&$expand=fields")).await;
+        assert_eq!(d.body["value"].as_array().map(Vec::len), Some(1), "{}", d.body);
+        assert_eq!(d.body["value"][0]["fields"]["Title"], "Alicia");
+        // A person's write is checked like any write.
+        let bad = json!({"Age": "thirty"});
+        assert!(t.em.person_edit("Employees", "k1", bad.as_object().unwrap(), 7).unwrap_err().contains("Edm.Double"));
+        assert!(t.em.person_edit("Employees", "nope", f.as_object().unwrap(), 7).is_err());
+        // The app writing back what the item holds changes nothing: an echo.
+        assert_eq!(t.em.unchanged_writes(), 0);
+        let r = t.patch(&format!("{items}/1/fields"), json!({"Title": "Alicia", "Age": 30}), &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(t.em.unchanged_writes(), 1);
+        let r = t.patch(&format!("{items}/1/fields"), json!({"Age": 31}), &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(t.em.unchanged_writes(), 1, "a real change is no echo");
+        // Created and deleted by a person, also over the control plane.
+        let new = json!({"Title": "From SharePoint"});
+        let id = t.em.person_create("Employees", new.as_object().unwrap(), 9).unwrap();
+        let r = t.get(&format!("{items}/{id}?expand=fields")).await;
+        assert_eq!((r.body["fields"]["AuthorLookupId"].clone(), r.body["fields"].get("SyncKey")), (json!("9"), None));
+        let ctl = format!("{}/_emulator/delete", t.em.authority_url());
+        let r = t.http.post(&ctl).json(&json!({"list": "Employees", "sync_key": "k1"})).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(t.get(&format!("{items}/1")).await.status, 404);
+        let ctl = format!("{}/_emulator/edit", t.em.authority_url());
+        let r = t.http.post(&ctl).json(&json!({"list": "Nope", "sync_key": "k1", "fields": {}})).send().await.unwrap();
+        assert_eq!(r.status(), 400);
     }
 
     #[tokio::test]

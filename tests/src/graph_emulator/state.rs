@@ -168,7 +168,16 @@ pub(crate) struct Item {
     pub created_ms: u64,
     /// The list's change sequence number at this item's last change.
     pub seq: u64,
+    /// Who created it and who changed it last (site user ids:
+    /// [`APP_USER`] for the app, a person's id for an edit made "in
+    /// SharePoint").
+    pub author: u64,
+    pub editor: u64,
 }
+
+/// The site user id SharePoint shows for writes of an app-only token
+/// ("SharePoint App").
+pub const APP_USER: u64 = 1_073_741_822;
 
 impl Item {
     /// `"guid,version"`, quotes included, as Graph writes eTags.
@@ -454,6 +463,10 @@ pub(crate) struct State {
     pub rng: rand::rngs::StdRng,
     /// The counters, and when each successful write was done.
     pub meter: Meter,
+    /// App writes that changed nothing on their item (every field already
+    /// held the value written): what an echo of a change pulled from the
+    /// list looks like.
+    pub unchanged_writes: u64,
     /// Lists by id.
     pub lists: HashMap<String, List>,
     pub list_counter: u64,
@@ -468,6 +481,7 @@ impl State {
             tokens: HashMap::new(),
             window: VecDeque::new(),
             meter: Meter::default(),
+            unchanged_writes: 0,
             lists: HashMap::new(),
             list_counter: 0,
         }
