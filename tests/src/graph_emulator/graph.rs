@@ -777,6 +777,20 @@ pub(crate) fn person_create(
     Ok(id)
 }
 
+/// The service resets the list's delta state: every token issued so far is
+/// answered `410 Gone` with `code` (one of the resync codes of the
+/// listitem-delta page and the Graph errors page).
+pub(crate) fn reset_delta(state: &mut State, list: &str, code: &str) -> Result<(), String> {
+    const CODES: [&str; 4] =
+        ["resyncRequired", "resyncChangesApplyDifferences", "resyncChangesUploadDifferences", "syncStateNotFound"];
+    let code = CODES.into_iter().find(|c| *c == code).ok_or(format!("unknown resync code {code}: one of {CODES:?}"))?;
+    let l = state.lists.values_mut().find(|l| l.display_name == list).ok_or(format!("no list {list}"))?;
+    let tag: [u8; 4] = rand::random();
+    l.delta_tag = tag.iter().map(|b| format!("{b:02x}")).collect();
+    l.resync_code = code;
+    Ok(())
+}
+
 /// A person deletes an item from the list.
 pub(crate) fn person_delete(state: &mut State, list: &str, sync_key: &str) -> Result<(), String> {
     let (l, id) = person_target(state, list, sync_key)?;
@@ -817,15 +831,28 @@ fn delta(state: &State, req: &Req, list_id: &str) -> Result<Resp, GraphError> {
                 json!({"value": [], "@odata.deltaLink": link_with(req, "token", &delta_token(list, list.seq))}),
             ));
         }
-        Some(t) => Some(parse_delta_token(list, t).ok_or_else(|| {
-            GraphError::new(
-                410,
-                "resyncRequired",
-                "Resync required. Replace any local items with the server's version (including deletes) if you're \
-                 sure that the service was up to date with your local changes when you last sync'd. Upload any \
-                 local changes that the server doesn't know about.",
-            )
-        })?),
+        Some(t) => match parse_delta_token(list, t) {
+            Some(seq) => Some(seq),
+            None => {
+                // 410 Gone, with the resync code and a Location that starts a
+                // fresh enumeration (the listitem-delta page).
+                let e = GraphError::new(
+                    410,
+                    list.resync_code,
+                    "Resync required. Replace any local items with the server's version (including deletes) if you're \
+                     sure that the service was up to date with your local changes when you last sync'd. Upload any \
+                     local changes that the server doesn't know about.",
+                );
+                let fresh: Vec<(String, String)> =
+                    req.query.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("token")).cloned().collect();
+                let location = if fresh.is_empty() {
+                    format!("{}/v1.0{}", req.origin, req.path)
+                } else {
+                    format!("{}/v1.0{}?{}", req.origin, req.path, encode_query(&fresh))
+                };
+                return Ok(Resp::error(e).with_header("Location", location));
+            }
+        },
     };
     // Each entry: (change seq, item id, the item if it still exists).
     let mut entries: Vec<(u64, u64, Option<&Item>)> =

@@ -167,6 +167,14 @@ impl EmulatorState {
     pub fn unchanged_writes(&self) -> u64 {
         self.lock().api.0.unchanged_writes
     }
+
+    /// Every delta token of the list so far is answered `410 Gone` with
+    /// `code` (`resyncRequired`, `resyncChangesApplyDifferences`,
+    /// `resyncChangesUploadDifferences`, `syncStateNotFound`) and a
+    /// `Location` starting a fresh enumeration.
+    pub fn reset_delta(&self, list: &str, code: &str) -> Result<(), String> {
+        graph::reset_delta(&mut self.lock().api.0, list, code)
+    }
 }
 
 impl Emulator {
@@ -226,6 +234,11 @@ impl Emulator {
     pub fn unchanged_writes(&self) -> u64 {
         self.state().unchanged_writes()
     }
+
+    /// See [`EmulatorState::reset_delta`].
+    pub fn reset_delta(&self, list: &str, code: &str) -> Result<(), String> {
+        self.state().reset_delta(list, code)
+    }
 }
 
 /// The path after `/v1.0` (empty or starting with `/`), or None for a path
@@ -242,7 +255,8 @@ fn is_batch(path: &str) -> bool {
 
 impl Api for Graph {
     const CONTENT_TYPE: &'static str = GRAPH_CONTENT_TYPE;
-    const CONTROL_ROUTES: &'static [&'static str] = &["GET lists", "POST edit", "POST create", "POST delete"];
+    const CONTROL_ROUTES: &'static [&'static str] =
+        &["GET lists", "POST edit", "POST create", "POST delete", "POST reset_delta"];
 
     fn route(&mut self, req: &Request) -> Route {
         let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
@@ -337,6 +351,10 @@ impl Api for Graph {
                 person(body)
                     .and_then(|(l, _, f, e)| graph::person_create(&mut self.0, &l, &f, e).map(|id| json!({"id": id}))),
             )),
+            ("POST", "reset_delta") => Some(answer(person(body).and_then(|(l, _, f, _)| {
+                let code = f.get("code").and_then(Value::as_str).unwrap_or("resyncRequired").to_owned();
+                graph::reset_delta(&mut self.0, &l, &code).map(|()| json!({"ok": true}))
+            }))),
             ("POST", "delete") => Some(answer(
                 person(body)
                     .and_then(|(l, k, _, _)| graph::person_delete(&mut self.0, &l, &k).map(|()| json!({"ok": true}))),
@@ -850,6 +868,21 @@ mod tests {
         let ctl = format!("{}/_emulator/edit", t.em.authority_url());
         let r = t.http.post(&ctl).json(&json!({"list": "Nope", "sync_key": "k1", "fields": {}})).send().await.unwrap();
         assert_eq!(r.status(), 400);
+        // The service resets the delta state: the old token is answered 410
+        // with the code and a Location starting afresh (fields kept).
+        t.em.reset_delta("Employees", "resyncChangesApplyDifferences").unwrap();
+        assert!(t.em.reset_delta("Employees", "pleaseResync").is_err());
+        let gone = t.get(&format!("{path}&$expand=fields")).await;
+        assert_eq!((gone.status, gone.code()), (410, "resyncChangesApplyDifferences"));
+        let location = gone.header("location").unwrap().to_string();
+        assert!(
+            location.ends_with("/items/delta?%24expand=fields") || location.ends_with("/items/delta?$expand=fields"),
+            "{location}"
+        );
+        let fresh = t.get(location.split("/v1.0").nth(1).unwrap()).await;
+        assert_eq!(fresh.status, 200);
+        assert_eq!(fresh.body["value"].as_array().map(Vec::len), Some(1), "the one item left: {}", fresh.body);
+        assert!(fresh.body["@odata.deltaLink"].is_string());
     }
 
     #[tokio::test]

@@ -206,8 +206,12 @@ pub(crate) struct List {
     pub next_item_id: u64,
     /// Bumped by every item change; delta tokens name a value of it.
     pub seq: u64,
-    /// Distinguishes this list's delta tokens from other lists'.
+    /// Distinguishes this list's delta tokens from other lists' (and from
+    /// its own before a reset).
     pub delta_tag: String,
+    /// The code a delta answers a token of before the last reset with
+    /// (`resyncRequired` unless a reset said otherwise).
+    pub resync_code: &'static str,
     /// The site's time zone (its regional settings): a date-only column
     /// holds the instant of local midnight in it.
     pub time_zone: jiff::tz::TimeZone,
@@ -765,6 +769,7 @@ impl State {
                 next_item_id: 1,
                 seq: 0,
                 delta_tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
+                resync_code: "resyncRequired",
                 time_zone: site_time_zone(&self.config.time_zone),
             },
         );
