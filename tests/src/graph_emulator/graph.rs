@@ -649,31 +649,7 @@ fn create_item(state: &mut State, req: &Req, list_id: &str) -> Result<Resp, Grap
     }
     let list = state.lists.get_mut(list_id).expect("list exists");
     let changes = list.validate_fields(&fields, None, None)?;
-    let id = list.next_item_id;
-    list.next_item_id += 1;
-    list.seq += 1;
-    let now = now_iso();
-    let mut item = Item {
-        id,
-        guid: guid(),
-        version: 1,
-        fields: Map::new(),
-        created: now.clone(),
-        modified: now,
-        created_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        seq: list.seq,
-        author: APP_USER,
-        editor: APP_USER,
-    };
-    for (k, v) in changes {
-        if let Some(v) = v {
-            item.fields.insert(k, v);
-        }
-    }
-    list.items.insert(id, item);
+    let id = insert_item(list, changes, APP_USER);
     let (list, item) = (&state.lists[list_id], &state.lists[list_id].items[&id]);
     Ok(Resp::json(201, item_json(list, item, &FieldsMode::All))
         .with_header("ETag", item.etag())
@@ -696,6 +672,42 @@ fn update_item(state: &mut State, req: &Req, list_id: &str, id: u64) -> Result<R
     }
     let (list, item) = (&state.lists[list_id], &state.lists[list_id].items[&id]);
     Ok(Resp::json(200, Value::Object(fields_json(list, item, None))).with_header("ETag", item.etag()))
+}
+
+/// Adds an item made of validated changes, created by `author`: version 1,
+/// a place in the list's delta. Returns its id.
+fn insert_item(list: &mut List, changes: Vec<(String, Option<Value>)>, author: u64) -> u64 {
+    let id = list.next_item_id;
+    list.next_item_id += 1;
+    list.seq += 1;
+    let now = now_iso();
+    let mut item = Item {
+        id,
+        guid: guid(),
+        version: 1,
+        fields: Map::new(),
+        created: now.clone(),
+        modified: now,
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        seq: list.seq,
+        author,
+        editor: author,
+    };
+    for (k, v) in changes.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))) {
+        item.fields.insert(k, v);
+    }
+    list.items.insert(id, item);
+    id
+}
+
+/// Removes an item, leaving a tombstone for the delta.
+fn remove_item(list: &mut List, id: u64) {
+    list.items.remove(&id);
+    list.seq += 1;
+    list.tombstones.insert(id, list.seq);
 }
 
 /// Writes validated changes to an item as `editor`: a new version, eTag and
@@ -754,27 +766,7 @@ pub(crate) fn person_create(
 ) -> Result<u64, String> {
     let l = state.lists.values_mut().find(|l| l.display_name == list).ok_or(format!("no list {list}"))?;
     let changes = l.validate_fields(fields, None, None).map_err(|e| e.message)?;
-    let id = l.next_item_id;
-    l.next_item_id += 1;
-    l.seq += 1;
-    let now = now_iso();
-    let mut item = Item {
-        id,
-        guid: guid(),
-        version: 1,
-        fields: Map::new(),
-        created: now.clone(),
-        modified: now,
-        created_ms: 0,
-        seq: l.seq,
-        author: person,
-        editor: person,
-    };
-    for (k, v) in changes.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))) {
-        item.fields.insert(k, v);
-    }
-    l.items.insert(id, item);
-    Ok(id)
+    Ok(insert_item(l, changes, person))
 }
 
 /// The service resets the list's delta state: every token issued so far is
@@ -794,18 +786,14 @@ pub(crate) fn reset_delta(state: &mut State, list: &str, code: &str) -> Result<(
 /// A person deletes an item from the list.
 pub(crate) fn person_delete(state: &mut State, list: &str, sync_key: &str) -> Result<(), String> {
     let (l, id) = person_target(state, list, sync_key)?;
-    l.items.remove(&id);
-    l.seq += 1;
-    l.tombstones.insert(id, l.seq);
+    remove_item(l, id);
     Ok(())
 }
 
 fn delete_item(state: &mut State, req: &Req, list_id: &str, id: u64) -> Result<Resp, GraphError> {
     let list = state.lists.get_mut(list_id).expect("list exists");
     check_if_match(req, &list.items[&id])?;
-    list.items.remove(&id);
-    list.seq += 1;
-    list.tombstones.insert(id, list.seq);
+    remove_item(list, id);
     Ok(Resp::empty(204))
 }
 

@@ -73,7 +73,26 @@ pub(crate) fn without_url(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn hostile_retry_after_values_are_ignored_or_capped() {
+        assert_eq!(parse_retry_after("2.5"), Some(2.5));
+        assert_eq!(parse_retry_after(" 0 "), Some(0.0));
+        assert_eq!(parse_retry_after("1e300"), Some(MAX_PAUSE.as_secs_f64()));
+        for bad in ["NaN", "nan", "inf", "-inf", "-1", "", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(parse_retry_after(bad), None, "{bad}");
+        }
+        let mut h = Map::new();
+        h.insert("Retry-After".into(), json!("NaN"));
+        assert_eq!(retry_after_of(&h), None);
+        h.insert("Retry-After".into(), json!(1e300));
+        assert_eq!(retry_after_of(&h), Some(MAX_PAUSE.as_secs_f64()));
+        h.insert("Retry-After".into(), json!(3));
+        assert_eq!(retry_after_of(&h), Some(3.0));
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {
