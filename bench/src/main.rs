@@ -101,7 +101,7 @@ fn worker_decode(db: &TestDb, slot: &str, decode_only: bool) -> Command {
     if decode_only {
         args.push("--decode-only");
     }
-    let mut c = syncbridge_tests::ingest::run_cmd(db, &args);
+    let mut c = syncbridge_tests::process::run_cmd(db, &args);
     c.env("SYNCBRIDGE_LOG", "warn");
     c
 }

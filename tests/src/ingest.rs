@@ -2,9 +2,6 @@
 
 use crate::TestDb;
 
-// `run_cmd` moved to `crate::process`; here too for bench/, which imports it from this module.
-pub use crate::process::run_cmd;
-
 /// Makes `db` ready for streaming: its own slot name (slots are cluster-wide),
 /// a Graph target `t`, and the given definitions' tables created by `ddl`.
 pub fn prepare(db: &TestDb, ddl: &str) {
