@@ -34,7 +34,8 @@ CREATE TABLE compiled (
     keys_sql      text NOT NULL,
     key_of_json   text NOT NULL,
     fields        jsonb NOT NULL,
-    compiled_at   timestamptz NOT NULL DEFAULT now()
+    compiled_at   timestamptz NOT NULL DEFAULT now(),
+    inbound       jsonb NOT NULL DEFAULT '[]'
 );
 COMMENT ON TABLE compiled IS 'Cache of the SQL each definition compiles into (rebuilt on a new revision or when the table''s columns change). Written only by sync._compile(); shown for investigation.';
 COMMENT ON COLUMN compiled.definition_id IS 'The definition (sync.definitions.id).';
@@ -46,6 +47,7 @@ COMMENT ON COLUMN compiled.keys_sql IS 'SELECT of the elements of $1 holding all
 COMMENT ON COLUMN compiled.key_of_json IS 'Expression turning one row _syncbridge_k of keys_sql into a sync_key.';
 COMMENT ON COLUMN compiled.compiled_at IS 'When it was compiled.';
 COMMENT ON COLUMN compiled.fields IS 'The fields sent: [{field, column, type, kind, reference}].';
+COMMENT ON COLUMN compiled.inbound IS 'The fields read back from the target (two-way, and pull-only mappings): [{field, column, type, typmod, kind, direction}]; direction push: a remote change is put back, both: merged, pull: applied.';
 
 -- The JSON serialization of `expr` (SQL text) of type `typ`, bound for a
 -- target column of kind `kind` (see _field_kind; NULL: no column).
@@ -169,6 +171,7 @@ DECLARE
     relkind "char";
     f record;
     fields jsonb := '[]';
+    inbound jsonb := '[]';
     fkind text;
     tz text;
     pairs text[] := '{}';
@@ -222,23 +225,34 @@ BEGIN
     -- Fields: the explicit mappings (push and both), else every column under its own name.
     FOR f IN
         WITH maps AS (
-            SELECT m.field, m.column_name, m.transform, m.transform_type, m.reference, m.position
+            SELECT m.field, m.column_name, m.transform, m.transform_type, m.reference, m.position, m.direction
               FROM sync.field_maps m WHERE m.definition_id = def_id AND m.direction IN ('push', 'both')
+               AND d.direction <> 'pull'
         ), has_maps AS (SELECT EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = def_id) AS yes)
-        SELECT maps.field, maps.column_name, maps.transform, maps.reference, maps.position,
+        SELECT maps.field, maps.column_name, maps.transform, maps.reference, maps.position, maps.direction,
                coalesce(maps.transform_type, a.atttypid::regtype) AS typ,
                CASE WHEN maps.transform_type IS NULL THEN a.atttypmod ELSE -1 END AS typmod,
                (a.attname IS NULL AND maps.column_name IS NOT NULL) AS missing
           FROM maps LEFT JOIN pg_attribute a
             ON a.attrelid = d.source_rel AND a.attname = maps.column_name AND a.attnum > 0 AND NOT a.attisdropped
         UNION ALL
-        SELECT a.attname::text, a.attname, NULL, NULL, a.attnum, a.atttypid::regtype, a.atttypmod, false
+        SELECT a.attname::text, a.attname, NULL, NULL, a.attnum, d.direction, a.atttypid::regtype, a.atttypmod, false
           FROM pg_attribute a, has_maps
-         WHERE NOT has_maps.yes AND a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE NOT has_maps.yes AND d.direction <> 'pull' AND a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped
            -- the key travels as SyncKey; id and SyncKey are the target's own
            AND lower(a.attname) NOT IN ('id', 'synckey')
         ORDER BY 5
     LOOP
+        -- What comes back: a field merged both ways, or one the database
+        -- owns (a remote change of it is put back). References and
+        -- transforms are the database's alone.
+        IF d.direction <> 'push' AND f.transform IS NULL AND f.reference IS NULL AND NOT f.missing THEN
+            inbound := inbound || jsonb_build_object('field', f.field, 'column', f.column_name, 'type', f.typ::text,
+                'typmod', f.typmod, 'kind', CASE WHEN k.kind = 'graph' AND lower(f.field) = 'title' THEN 'text'
+                                                 ELSE sync._field_kind(f.typ, f.typmod) END,
+                -- a key column is never changed from the target: put back
+                'direction', CASE WHEN f.direction = 'both' AND NOT f.column_name = ANY (d.key_columns) THEN 'both' ELSE 'push' END);
+        END IF;
         IF f.missing THEN
             RAISE EXCEPTION 'mapped column % no longer exists in %', quote_ident(f.column_name), d.source_rel
                 USING ERRCODE = 'undefined_column',
@@ -272,7 +286,32 @@ BEGIN
             'field', f.field, 'column', f.column_name, 'type', f.typ::text, 'kind', fkind,
             'reference', f.reference, 'transform', f.transform);
     END LOOP;
-    IF cardinality(pairs) = 0 THEN
+    -- Pulled alone: the pull mappings, and for a pull definition without
+    -- any mapping every column under its own name.
+    FOR f IN
+        SELECT m.field, m.column_name, a.atttypid::regtype AS typ, a.atttypmod AS typmod, (a.attname IS NULL) AS missing
+          FROM sync.field_maps m LEFT JOIN pg_attribute a
+            ON a.attrelid = d.source_rel AND a.attname = m.column_name AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE m.definition_id = def_id AND (m.direction = 'pull' OR d.direction = 'pull') AND m.column_name IS NOT NULL
+        UNION ALL
+        SELECT a.attname::text, a.attname, a.atttypid::regtype, a.atttypmod, false
+          FROM pg_attribute a
+         WHERE d.direction = 'pull' AND NOT EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = def_id)
+           AND a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped
+           AND lower(a.attname) NOT IN ('id', 'synckey') AND a.attname <> ALL (d.key_columns)
+    LOOP
+        IF f.missing THEN
+            RAISE EXCEPTION 'mapped column % no longer exists in %', quote_ident(f.column_name), d.source_rel
+                USING ERRCODE = 'undefined_column',
+                      DETAIL = format('Field %s of definition %s is pulled into it.', f.field, d.name),
+                      HINT = format('SELECT sync.unmap(%L, %L); or map the field to another column.', d.name, f.field);
+        END IF;
+        inbound := inbound || jsonb_build_object('field', f.field, 'column', f.column_name, 'type', f.typ::text,
+            'typmod', f.typmod, 'kind', sync._field_kind(f.typ, f.typmod), 'direction', 'pull');
+    END LOOP;
+    IF cardinality(pairs) = 0 AND d.direction = 'pull' THEN
+        pairs := ARRAY[]::text[];
+    ELSIF cardinality(pairs) = 0 THEN
         RAISE EXCEPTION 'definition % sends no field', quote_literal(d.name)
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'All its mappings are pulled from the target; nothing would be written.',
@@ -284,7 +323,7 @@ BEGIN
         chunks := chunks || ('jsonb_build_object(' || array_to_string(pairs[i:i + 49], ', ') || ')')::text;
         i := i + 50;
     END LOOP;
-    fields_expr := array_to_string(chunks, ' || ');
+    fields_expr := coalesce(nullif(array_to_string(chunks, ' || '), ''), '''{}''::jsonb');
 
     -- Keys arrive as a JSON array of objects {column: text} (what the worker
     -- decoded; it knows nothing of definitions). keys_sql keeps the elements
@@ -331,6 +370,7 @@ BEGIN
     c.revision := d.revision;
     c.fingerprint := fp;
     c.fields := fields;
+    c.inbound := inbound;
     c.key_of_json := key_json;
     c.rows_all := format(
         'SELECT q.sync_key, q.list, q.fields, sha256(convert_to(q.fields::text, ''UTF8'')) AS hash FROM ('
@@ -346,7 +386,7 @@ BEGIN
     ON CONFLICT (definition_id) DO UPDATE
        SET revision = EXCLUDED.revision, fingerprint = EXCLUDED.fingerprint, rows_all = EXCLUDED.rows_all,
            rows_by_key = EXCLUDED.rows_by_key, keys_sql = EXCLUDED.keys_sql, key_of_json = EXCLUDED.key_of_json, fields = EXCLUDED.fields,
-           compiled_at = EXCLUDED.compiled_at;
+           compiled_at = EXCLUDED.compiled_at, inbound = EXCLUDED.inbound;
     RETURN c;
 END $$;
 

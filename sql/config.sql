@@ -116,6 +116,28 @@ BEGIN
     END IF;
 END $$;
 
+-- Whoever makes a definition or a mapping bring values back into a table
+-- must be allowed to write them there (the role syncbridge_writer then does,
+-- for them): UPDATE of the column, or of the table; INSERT and DELETE too
+-- for a two-way or pull definition (items created and deleted remotely).
+CREATE FUNCTION _check_may_write(rel regclass, direction text, col name DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    missing text;
+BEGIN
+    SELECT string_agg(p, ', ') INTO missing FROM unnest(
+        CASE WHEN col IS NULL THEN ARRAY['UPDATE', 'INSERT', 'DELETE'] ELSE ARRAY['UPDATE'] END) p
+     WHERE NOT CASE WHEN col IS NULL THEN has_table_privilege(session_user, rel, p)
+                    ELSE has_column_privilege(session_user, rel, col, p) END;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'permission denied: % may not % %', session_user, lower(missing), rel
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('Direction %s writes what comes from the target into the table: whoever asks for it must be allowed to (%s).',
+                                  direction, missing),
+                  HINT = format('As the table''s owner: GRANT %s ON %s TO %I;', missing, rel, session_user);
+    END IF;
+END $$;
+
 -- The columns of a table, for hints.
 CREATE FUNCTION _columns_of(rel regclass) RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -236,6 +258,7 @@ BEGIN
             WHEN kv.key = 'timeout_ms' THEN 'integer 100 600000'
             WHEN kv.key = 'max_concurrent_batches' THEN 'integer 1 16'
             WHEN kv.key = 'time_zone' THEN 'timezone'
+            WHEN kv.key = 'pull_interval' THEN 'number 1 86400'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
@@ -261,6 +284,7 @@ BEGIN
                           ELSE format('%s is a non-empty string of at most 500 characters, without control characters.', kv.key) END,
                       HINT = CASE kv.key
                           WHEN 'budget_per_min' THEN format('The default for %s is %s %s a minute.', kind, k.default_budget_per_min, k.cost_unit)
+                          WHEN 'pull_interval' THEN 'Seconds between two pulls of a list of a two-way definition; the default is 60.'
                           WHEN 'time_zone' THEN 'The site''s time zone as its regional settings show it, e.g. "time_zone": "Europe/Berlin": SELECT name FROM pg_timezone_names;'
                           WHEN 'base_url' THEN 'Example: "base_url": "https://graph.microsoft.com/v1.0". Secrets never go into a URL: use secret => ''env:NAME''.'
                           ELSE 'See the README''s configuration table for the kind.' END;
@@ -462,7 +486,9 @@ CREATE FUNCTION define(
     row_filter text DEFAULT NULL,
     approval text DEFAULT 'none',
     delete_scope text DEFAULT 'provisioned',
-    max_attempts int DEFAULT NULL
+    max_attempts int DEFAULT NULL,
+    inbound_deletes text DEFAULT 'approve',
+    inbound_inserts text DEFAULT 'apply'
 ) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     rel pg_catalog.regclass;
@@ -474,7 +500,7 @@ BEGIN
         GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
     END;
     RETURN sync._define(name, source, rel, err, pg_catalog.current_setting('search_path'), target, list, key, direction,
-                        conflict, row_filter, approval, delete_scope, max_attempts);
+                        conflict, row_filter, approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts);
 END $$;
 
 CREATE FUNCTION _define(
@@ -491,7 +517,9 @@ CREATE FUNCTION _define(
     row_filter text,
     approval text,
     delete_scope text,
-    max_attempts int
+    max_attempts int,
+    inbound_deletes text,
+    inbound_inserts text
 ) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     keycols name[];
@@ -520,6 +548,20 @@ BEGIN
     PERFORM sync._check_choice('conflict', conflict, ARRAY['source_wins', 'target_wins', 'newest_wins', 'manual']);
     PERFORM sync._check_choice('approval', approval, ARRAY['none', 'deletes', 'all']);
     PERFORM sync._check_choice('delete_scope', delete_scope, ARRAY['provisioned', 'all', 'none']);
+    PERFORM sync._check_choice('inbound_deletes', inbound_deletes, ARRAY['apply', 'approve', 'ignore']);
+    PERFORM sync._check_choice('inbound_inserts', inbound_inserts, ARRAY['apply', 'approve', 'ignore']);
+    IF direction <> 'push' THEN
+        -- What comes back is written into the table: whoever makes it so
+        -- must be allowed to.
+        PERFORM sync._check_may_write(rel, direction);
+        IF (SELECT k.pull FROM sync.target_kinds k JOIN sync.targets t ON t.kind = k.kind WHERE t.name = _define.target) = 'none' THEN
+            RAISE EXCEPTION 'target % cannot be read back', quote_literal(target)
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = format('Its kind (%s) has no way to read changes (sync.target_kinds.pull = none).',
+                                      (SELECT t.kind FROM sync.targets t WHERE t.name = _define.target)),
+                      HINT = 'Use direction => ''push''.';
+        END IF;
+    END IF;
     IF nullif(btrim(row_filter), '') IS NOT NULL THEN
         filter_sql := (sync._check_row_expression(rel, row_filter, 'row filter', true)).expression;
     END IF;
@@ -529,9 +571,9 @@ BEGIN
                   HINT = format('The default is %s (setting sync.max_attempts).', sync._setting('max_attempts'));
     END IF;
     INSERT INTO sync.definitions (name, source_rel, target, list, key_columns, direction, conflict, row_filter,
-                                  approval, delete_scope, max_attempts)
+                                  approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts)
     VALUES (name, rel, target, list, keycols, direction, conflict, filter_sql,
-            approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int))
+            approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int), inbound_deletes, inbound_inserts)
     RETURNING id INTO new_id;
     PERFORM sync._publication_refresh();
     RETURN new_id;
@@ -564,7 +606,7 @@ CREATE FUNCTION map(
     definition text,
     "column" text,
     field text,
-    direction text DEFAULT 'push',
+    direction text DEFAULT NULL,
     transform text DEFAULT NULL,
     reference text DEFAULT NULL
 ) RETURNS text LANGUAGE plpgsql AS $$
@@ -593,13 +635,33 @@ BEGIN
                   DETAIL = format('%s fields match %s.', k.kind, k.field_name_pattern),
                   HINT = 'Use the field''s internal name (for SharePoint: letters, digits and _, e.g. FullName).';
     END IF;
-    IF lower(field) IN ('synckey', 'id') THEN
+    -- (the item's id may be read into a column: pull-only)
+    IF lower(field) = 'synckey' OR (lower(field) = 'id' AND coalesce(direction, d.direction) <> 'pull') THEN
         RAISE EXCEPTION 'field % is reserved', quote_literal(field)
             USING ERRCODE = 'reserved_name',
                   DETAIL = 'SyncKey holds the row''s key and id the item''s id; syncbridge maintains both.',
-                  HINT = 'Map the column to another field name.';
+                  HINT = 'Map the column to another field name (the item''s ID may be read into a column with direction => ''pull'').';
     END IF;
+    -- By default a field goes the definition's way.
+    direction := coalesce(direction, d.direction);
     PERFORM sync._check_choice('direction', direction, ARRAY['push', 'pull', 'both']);
+    IF direction = 'both' AND d.direction <> 'both' THEN
+        RAISE EXCEPTION 'definition % is not two-way', quote_literal(definition)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Its direction is %s: a field mapped both ways would only go %s.', d.direction, d.direction),
+                  HINT = format('Map it with direction => %L, or define the sync with direction => ''both''.', d.direction);
+    END IF;
+    IF direction = 'push' AND d.direction = 'pull' THEN
+        RAISE EXCEPTION 'definition % only pulls', quote_literal(definition)
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Nothing of a pull definition is sent to the target.',
+                  HINT = 'Map it with direction => ''pull'', or define the sync with direction => ''both''.';
+    END IF;
+    IF direction <> 'push' AND col = ANY (d.key_columns) THEN
+        RAISE EXCEPTION 'key column % cannot be written from the target', quote_ident(col)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The key identifies the row; a change from the target would make it another row.',
+                  HINT = 'Map the key column with direction => ''push'' (it also travels as SyncKey).';
+    END IF;
     IF direction <> 'push' AND transform IS NOT NULL THEN
         RAISE EXCEPTION 'a transformed field cannot be pulled'
             USING ERRCODE = 'invalid_parameter_value',
@@ -610,6 +672,9 @@ BEGIN
         RAISE EXCEPTION 'a pulled field needs a column'
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'The pulled value is written into that column.',
                   HINT = 'sync.map(definition, ''column'', ''Field'', direction => ''pull'').';
+    END IF;
+    IF direction <> 'push' THEN
+        PERFORM sync._check_may_write(d.source_rel, direction, col);
     END IF;
     IF transform IS NOT NULL THEN
         SELECT x.expression, x.typ INTO transform_sql, ttype FROM sync._check_row_expression(d.source_rel, transform, 'transform', false) x;
@@ -639,6 +704,10 @@ BEGIN
        SET column_name = EXCLUDED.column_name, direction = EXCLUDED.direction,
            transform = EXCLUDED.transform, transform_type = EXCLUDED.transform_type, reference = EXCLUDED.reference;
     PERFORM sync._touch(d.id);
+    IF direction <> 'push' THEN
+        -- the writing role gets its rights on the table
+        PERFORM sync._publication_refresh();
+    END IF;
     RETURN field;
 END $$;
 
@@ -877,6 +946,7 @@ CREATE FUNCTION _reader_grants() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
+    seq record;
 BEGIN
     FOR r IN SELECT DISTINCT d.source_rel AS rel, c.relnamespace::regnamespace AS nsp
                FROM sync.definitions d JOIN pg_class c ON c.oid = d.source_rel
@@ -889,5 +959,30 @@ BEGIN
               WHERE a.grantee = 'syncbridge_reader'::regrole AND c.relkind IN ('r', 'p')
                 AND NOT EXISTS (SELECT 1 FROM sync.definitions d WHERE d.source_rel = c.oid) LOOP
         EXECUTE format('REVOKE ALL ON %s FROM syncbridge_reader', r.rel);
+    END LOOP;
+    -- syncbridge_writer writes what comes from targets into exactly the
+    -- tables of definitions that bring values back (their definers were
+    -- checked for the same rights by sync.define / sync.map).
+    FOR r IN SELECT DISTINCT d.source_rel AS rel, c.relnamespace::regnamespace AS nsp
+               FROM sync.definitions d JOIN pg_class c ON c.oid = d.source_rel
+              WHERE (d.direction <> 'push' OR EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'push'))
+                AND (NOT has_table_privilege('syncbridge_writer', d.source_rel, 'DELETE')
+                     OR NOT has_schema_privilege('syncbridge_writer', c.relnamespace, 'USAGE')) LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %s TO syncbridge_writer', r.nsp);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO syncbridge_writer', r.rel);
+        -- the sequences of its serial columns (a row inserted takes its key
+        -- from the table's defaults)
+        FOR seq IN SELECT dep.objid::regclass AS s FROM pg_depend dep JOIN pg_class sc ON sc.oid = dep.objid
+                    WHERE dep.refobjid = r.rel AND dep.classid = 'pg_class'::regclass AND sc.relkind = 'S' LOOP
+            EXECUTE format('GRANT USAGE ON SEQUENCE %s TO syncbridge_writer', seq.s);
+        END LOOP;
+    END LOOP;
+    FOR r IN SELECT DISTINCT c.oid::regclass AS rel FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+              WHERE a.grantee = 'syncbridge_writer'::regrole AND c.relkind IN ('r', 'p')
+                AND c.relnamespace <> 'sync'::regnamespace
+                AND NOT EXISTS (SELECT 1 FROM sync.definitions d WHERE d.source_rel = c.oid
+                                   AND (d.direction <> 'push' OR EXISTS (SELECT 1 FROM sync.field_maps m
+                                                                          WHERE m.definition_id = d.id AND m.direction <> 'push'))) LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM syncbridge_writer', r.rel);
     END LOOP;
 END $$;

@@ -66,7 +66,7 @@ BEGIN
     IF $1 IS NOT NULL THEN
         PERFORM sync._check_may_read((sync._def($1)).source_rel);
     END IF;
-    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write,
+    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write, x.direction,
                     -- a move as the kind makes it (NULL: it cannot)
                     CASE k.moves WHEN 'native' THEN 1 WHEN 'delete_create' THEN 2 END AS move_requests
                FROM sync.definitions x JOIN sync.targets t ON t.name = x.target JOIN sync.target_kinds k ON k.kind = t.kind
@@ -76,6 +76,25 @@ BEGIN
             RAISE NOTICE 'definition % left out: % may not read %', d.name, session_user, d.source_rel;
             CONTINUE;
         END IF;
+        -- Inbound changes read from the target, not yet decided or waiting
+        -- for a person: what they would do to the row (sync.apply_imports
+        -- decides field by field; see the README).
+        RETURN QUERY
+            SELECT d.name,
+                   CASE WHEN i.deleted THEN 'inbound_delete' WHEN l.sync_key IS NULL THEN 'inbound_insert' ELSE 'inbound_update' END,
+                   coalesce(i.sync_key, l.sync_key), i.list, NULL::text,
+                   CASE WHEN i.deleted THEN NULL
+                        ELSE (SELECT jsonb_object_agg(e->>'field', jsonb_build_object('old', l.fields -> (e->>'field'), 'new', coalesce(i.remote -> (e->>'field'), 'null')))
+                                FROM jsonb_array_elements((sync._compile(d.id)).inbound) e
+                               WHERE coalesce(i.remote -> (e->>'field'), 'null') IS DISTINCT FROM coalesce(l.fields -> (e->>'field'), 'null')
+                                 AND (i.origin = 'write') = (e->>'direction' = 'pull')) END,
+                   0, 0::numeric, 'import ' || i.status, NULL::bigint,
+                   concat_ws('; ', 'import ' || i.id, i.decision, i.last_error)
+              FROM sync.pending_imports i
+              LEFT JOIN sync.ledger l ON l.definition_id = d.id AND l.target_id = i.target_id AND l.list = i.list
+             WHERE i.definition_id = d.id AND i.status IN ('pending', 'conflict', 'awaiting_approval', 'failed')
+             ORDER BY i.id;
+        CONTINUE WHEN d.direction = 'pull';
         RETURN QUERY EXECUTE format(
             'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id, p.warning '
             'FROM (%s) p '
@@ -96,7 +115,7 @@ BEGIN
              WHERE e.definition_id = d.id AND e.status = 'awaiting_approval' AND e.op = 'provision';
     END LOOP;
 END $$;
-COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Changes nothing.';
+COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Two-way: inbound changes read from the target and not yet applied (inbound_update, inbound_insert, inbound_delete: the fields that differ from the ledger, old -> new; queued the import''s status, warning its id and decision). Changes nothing.';
 
 CREATE FUNCTION plan_summary(name text DEFAULT NULL)
 RETURNS TABLE (definition text, target text, adds bigint, updates bigint, deletes bigint, moves bigint,

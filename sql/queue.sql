@@ -137,7 +137,7 @@ END $$;
 
 CREATE FUNCTION claim(target text, n int DEFAULT 20, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, run_id bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, definition text, op text, sync_key text, list text, from_list text, target_id text,
-               etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz)
+               etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz, read_back text[])
 LANGUAGE plpgsql
 -- The ledger and the queue grow by thousands of rows between two analyzes
 -- while a backlog drains; a plan made on the old statistics (a sequential
@@ -213,6 +213,12 @@ BEGIN
                         SELECT 1 FROM sync.pending_exports x
                          WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'executing'
                         OFFSET 0)
+               -- not while a change of the item read from the target waits
+               -- to be decided (or for a person, in conflict)
+               AND NOT EXISTS (
+                        SELECT 1 FROM sync.pending_imports x
+                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status IN ('pending', 'conflict')
+                        OFFSET 0)
              ORDER BY e.next_attempt_at, e.id
              LIMIT n - cardinality(ids)
                FOR UPDATE OF e SKIP LOCKED);
@@ -254,7 +260,10 @@ BEGIN
          WHERE e.id = ANY (ids)
         RETURNING e.*
     )
-    SELECT c.id, d.name, c.op, c.sync_key, c.list, c.from_list, l.target_id, l.etag,
+    SELECT c.id, d.name, c.op, c.sync_key, c.list, c.from_list, l.target_id,
+           -- If-Match for two-way definitions: a change made on the target
+           -- since is pulled and decided, not overwritten
+           CASE WHEN d.direction = 'both' THEN l.etag END,
            -- reference fields carry the referenced item's id when it is known;
            -- only fields mapped with reference => that definition, on this
            -- target, are references (any other value is sent as it is)
@@ -267,13 +276,17 @@ BEGIN
                     AND m.reference = f.value ->> '@def'
               LEFT JOIN sync.definitions rd ON rd.name = m.reference AND rd.target = claim.target
               LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = f.value ->> '@ref'),
-           c.previous, c.attempts, c.verify, c.lease_until
+           c.previous, c.attempts, c.verify, c.lease_until,
+           -- fields the write's answer brings back (pull-only mappings:
+           -- Modified, ID, ... into columns, without a request of their own)
+           nullif(ARRAY(SELECT e->>'field' FROM jsonb_array_elements((sync._compile(c.definition_id)).inbound) e
+                         WHERE e->>'direction' = 'pull' ORDER BY 1), '{}')
       FROM claimed c
       JOIN sync.definitions d ON d.id = c.definition_id
       LEFT JOIN sync.ledger l ON l.definition_id = c.definition_id AND l.sync_key = c.sync_key
      ORDER BY (c.op = 'provision') DESC, c.id;
 END $$;
-COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due exports of a target (FOR UPDATE SKIP LOCKED) and leases them to the caller: status executing, attempts + 1. Expired leases are recovered first. Lists are provisioned before items go into them, and one change per key is in flight at a time.';
+COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due exports of a target (FOR UPDATE SKIP LOCKED) and leases them to the caller: status executing, attempts + 1. Expired leases are recovered first. Lists are provisioned before items go into them, one change per key is in flight at a time, and none while a change of the item read from the target waits to be decided. etag (two-way definitions) goes with If-Match; read_back names the fields to report from the write''s answer.';
 
 -- What an exporter needs besides claim: whether work is left (so that
 -- `--once` knows when to stop) and the remote ids of the target's lists.
@@ -370,7 +383,8 @@ BEGIN
     SELECT min(o) INTO bad FROM jsonb_array_elements(results) WITH ORDINALITY r(v, o)
      WHERE jsonb_typeof(v) <> 'object' OR jsonb_typeof(v -> 'id') <> 'number' OR jsonb_typeof(v -> 'ok') <> 'boolean'
         OR NOT (v ->> 'id') ~ '^[0-9]{1,18}$'
-        OR (v ? 'class' AND NOT (v ->> 'class') = ANY (ARRAY['transient', 'throttled', 'auth', 'definite']))
+        OR (v ? 'class' AND NOT (v ->> 'class') = ANY (ARRAY['transient', 'throttled', 'auth', 'definite', 'conflict']))
+        OR (v ? 'fields' AND jsonb_typeof(v -> 'fields') NOT IN ('object', 'null'))
         OR (v ? 'retry_after' AND (jsonb_typeof(v -> 'retry_after') <> 'number' OR (v ->> 'retry_after')::numeric NOT BETWEEN 0 AND 86400))
         OR (v ? 'join_type' AND NOT (v ->> 'join_type') = ANY (ARRAY['provisioned', 'joined']))
         OR (v ? 'sent' AND jsonb_typeof(v -> 'sent') <> 'boolean');
@@ -378,7 +392,7 @@ BEGIN
         RAISE EXCEPTION 'result % is malformed', bad
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = format('It is %s.', left((results -> (bad - 1)::int)::text, 200)),
-                  HINT = 'Each result has an integer id and a boolean ok; class is transient, throttled, auth or definite; retry_after is a number of seconds from 0 to 86400.';
+                  HINT = 'Each result has an integer id and a boolean ok; class is transient, throttled, auth, definite or conflict; retry_after is a number of seconds from 0 to 86400; fields is an object.';
     END IF;
     PERFORM sync._check_worker_name(worker);
     SELECT count(*) INTO total FROM jsonb_array_elements(results);
@@ -403,7 +417,8 @@ BEGIN
     -- Successes: the ledger learns what the target holds.
     WITH r AS (
         SELECT (v ->> 'id')::bigint AS id, v ->> 'target_id' AS target_id, v ->> 'etag' AS etag,
-               v ->> 'join_type' AS join_type, v ->> 'list_id' AS list_id, v -> 'columns' AS columns
+               v ->> 'join_type' AS join_type, v ->> 'list_id' AS list_id, v -> 'columns' AS columns,
+               CASE WHEN jsonb_typeof(v -> 'fields') = 'object' THEN v -> 'fields' END AS fields
           FROM jsonb_array_elements(results) v WHERE (v ->> 'ok')::boolean
     ), done AS (
         UPDATE sync.pending_exports e
@@ -411,11 +426,22 @@ BEGIN
                target_id = coalesce(r.target_id, e.target_id), etag = r.etag, last_error = NULL, error_class = NULL
           FROM r
          WHERE e.id = r.id AND e.status = 'executing' AND (complete.worker IS NULL OR e.leased_by = complete.worker)
-        RETURNING e.*, r.join_type AS result_join_type, r.list_id, r.columns AS result_columns
+        RETURNING e.*, r.join_type AS result_join_type, r.list_id, r.columns AS result_columns, r.fields AS result_fields
+    ), read_back AS (
+        -- What the answer says of the item's read-only fields: applied to
+        -- the row by the next sync.apply_imports (under the origin).
+        INSERT INTO sync.pending_imports AS i (definition_id, list, target_id, sync_key, etag, remote, origin)
+        SELECT x.definition_id, x.list, x.target_id, x.sync_key, x.etag, x.result_fields, 'write'
+          FROM done x WHERE x.result_fields IS NOT NULL AND x.target_id IS NOT NULL AND x.op IN ('add', 'update', 'move')
+        ON CONFLICT (definition_id, list, target_id) WHERE status = 'pending'
+        DO UPDATE SET etag = EXCLUDED.etag, remote = coalesce(i.remote, '{}') || EXCLUDED.remote, updated_at = now()
+        RETURNING 1
     ), upserted AS (
         INSERT INTO sync.ledger AS l (definition_id, sync_key, list, target_id, etag, fields, hash, join_type, provenance)
         SELECT x.definition_id, x.sync_key, x.list, x.target_id, x.etag,
-               CASE WHEN x.op = 'update' THEN coalesce(ol.fields, '{}') || x.payload ELSE x.payload END,
+               -- (SyncKey is the target's own field, written back to items
+               -- created there: not one of the row's)
+               (CASE WHEN x.op = 'update' THEN coalesce(ol.fields, '{}') || x.payload ELSE x.payload END) - 'SyncKey',
                x.hash, coalesce(x.result_join_type, ol.join_type, 'provisioned'), 'push'
           FROM done x LEFT JOIN sync.ledger ol ON ol.definition_id = x.definition_id AND ol.sync_key = x.sync_key
          WHERE x.op IN ('add', 'update', 'move')
@@ -463,6 +489,7 @@ BEGIN
         UPDATE sync.pending_exports e
            SET status = CASE WHEN f.superseded THEN 'cancelled'
                              WHEN f.class = 'definite' THEN 'error'
+                             WHEN f.class = 'conflict' AND e.attempts < f.max_attempts THEN 'failed'
                              WHEN f.class IN ('throttled', 'auth') THEN 'failed'
                              WHEN e.attempts >= f.max_attempts THEN 'error'
                              ELSE 'failed' END,
@@ -477,7 +504,13 @@ BEGIN
                -- run, ...): the create may have happened
                verify = e.verify OR (f.sent AND f.class <> 'definite' AND e.op IN ('add', 'move'))
           FROM f WHERE e.id = f.id
-        RETURNING e.id, e.status, e.definition_id, e.sync_key, e.verify, e.run_id
+        RETURNING e.id, e.status, e.definition_id, e.sync_key, e.verify, e.run_id, e.list, e.error_class
+    ), pull_soon AS (
+        -- 412: the item changed on the target; its list is read now, and
+        -- the change decided before this export goes again.
+        UPDATE sync.pulls p SET next_pull_at = least(p.next_pull_at, now())
+          FROM upd WHERE upd.error_class = 'conflict' AND p.definition_id = upd.definition_id AND p.list = upd.list
+        RETURNING 1
     ), counted AS (
         UPDATE sync.runs u SET failed = u.failed + c.n
           FROM (SELECT run_id, count(*) AS n FROM upd WHERE run_id IS NOT NULL GROUP BY run_id) c

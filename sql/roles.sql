@@ -14,6 +14,12 @@
 --                      (SECURITY DEFINER, search_path pinned), so every
 --                      write goes through their checks. It has no right on
 --                      any other table.
+--   syncbridge_writer  (nobody logs in as it, nobody is a member) writes
+--                      what comes back from targets (two-way sync) into
+--                      the source tables: it owns sync._source_write and may
+--                      SELECT, INSERT, UPDATE and DELETE the tables of the
+--                      definitions that bring values back (granted once the
+--                      definer was checked for the same rights), nothing else.
 --   syncbridge_reader  (nobody logs in as it, nobody is a member) evaluates
 --                      row filters, shard predicates and transforms: it owns
 --                      sync._mapped_rows_all / _mapped_rows_by_key /
@@ -30,7 +36,7 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['syncbridge_admin', 'syncbridge_worker', 'syncbridge_owner', 'syncbridge_reader'] LOOP
+    FOREACH r IN ARRAY ARRAY['syncbridge_admin', 'syncbridge_worker', 'syncbridge_owner', 'syncbridge_reader', 'syncbridge_writer'] LOOP
         -- Two databases creating the extension at once race here: the loser
         -- finds the role made by the winner.
         BEGIN
@@ -66,14 +72,16 @@ BEGIN
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', o.fn);
         EXECUTE format('ALTER FUNCTION %s OWNER TO %s', o.fn,
                        CASE WHEN o.proname IN ('_mapped_rows_all', '_mapped_rows_by_key', '_source_keys')
-                            THEN 'syncbridge_reader' ELSE 'syncbridge_owner' END);
+                            THEN 'syncbridge_reader'
+                            WHEN o.proname = '_source_write' THEN 'syncbridge_writer'
+                            ELSE 'syncbridge_owner' END);
     END LOOP;
 END $$;
 
 -- From nothing (this file also runs in upgrades, where older grants exist).
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader;
-REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader;
-GRANT USAGE ON SCHEMA @extschema@ TO syncbridge_admin, syncbridge_worker, syncbridge_owner, syncbridge_reader;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader, syncbridge_writer;
+REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader, syncbridge_writer;
+GRANT USAGE ON SCHEMA @extschema@ TO syncbridge_admin, syncbridge_worker, syncbridge_owner, syncbridge_reader, syncbridge_writer;
 
 -- The version, for whoever may use the schema.
 GRANT EXECUTE ON FUNCTION @extschema@.version() TO PUBLIC;
@@ -84,6 +92,11 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ TO syncbridge_owner;
 
 -- reader: compiling a definition (as syncbridge_owner) and nothing else of ours.
 GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._backfill_keyset_sql(int) TO syncbridge_reader;
+
+-- writer: compiling a definition, and the conversions its statements call.
+GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._from_json_expr(text, regtype, text, text),
+    @extschema@._whole(text) TO syncbridge_writer;
+GRANT SELECT ON @extschema@.definitions, @extschema@.targets TO syncbridge_writer;
 
 -- admin: the functions of the SQL surface (and _define, which define calls
 -- as its caller), read-only access to every table.
@@ -120,5 +133,24 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.start_run(text, text, text),
     @extschema@.finish_run(bigint, text, text),
     @extschema@.settings(),
-    @extschema@._setting(text)
+    @extschema@._setting(text),
+    @extschema@.pull_claim(text, int, int, text, boolean),
+    @extschema@.pull_page(text, text, bigint, jsonb, text, boolean, text),
+    @extschema@.pull_failed(text, text, bigint, text, text, boolean, double precision, text),
+    @extschema@.pull_due(text),
+    @extschema@.apply_imports(text, int, text)
   TO syncbridge_worker;
+
+-- Two-way sync: the worker applies inbound changes in sessions under the
+-- replication origin syncbridge (the stream skips what such sessions
+-- commit). The origin is cluster-wide, made once; the worker may set up and
+-- reset its session's origin, nothing else of replication origins.
+DO $$
+BEGIN
+    IF pg_catalog.pg_replication_origin_oid('syncbridge') IS NULL THEN
+        PERFORM pg_catalog.pg_replication_origin_create('syncbridge');
+    END IF;
+EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
+END $$;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_replication_origin_session_setup(text),
+    pg_catalog.pg_replication_origin_session_reset() TO syncbridge_worker;

@@ -47,7 +47,7 @@ INSERT INTO target_kinds (kind, description, implemented, required_config, optio
                           batch_size, cost_per_write, cost_per_read, cost_unit, default_budget_per_min, field_name_pattern,
                           containers, delete_mode, moves, key_lookup, pull) VALUES
  ('graph',   'SharePoint / Teams lists through Microsoft Graph', true,
-   '{tenant_id,client_id,site_id}', '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone}',
+   '{tenant_id,client_id,site_id}', '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone,pull_interval}',
    20, 2, 1, 'RU', 1250, '^[A-Za-z_][A-Za-z0-9_]{0,254}$',
    'provisioned', 'remove', 'delete_create', true, 'delta'),
  ('github',  'GitHub Issues (REST)', false, '{owner,repo}', '{base_url,budget_per_min}',
@@ -111,7 +111,9 @@ CREATE TABLE definitions (
     start_lsn     pg_lsn,
     backfill      text NOT NULL DEFAULT 'needed' CHECK (backfill IN ('needed', 'running', 'done')),
     created_at    timestamptz NOT NULL DEFAULT now(),
-    updated_at    timestamptz NOT NULL DEFAULT now()
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    inbound_deletes text NOT NULL DEFAULT 'approve' CHECK (inbound_deletes IN ('apply', 'approve', 'ignore')),
+    inbound_inserts text NOT NULL DEFAULT 'apply' CHECK (inbound_inserts IN ('apply', 'approve', 'ignore'))
 );
 CREATE INDEX definitions_source_rel_idx ON definitions (source_rel);
 COMMENT ON TABLE definitions IS 'Sync definitions: which table goes to which target list, keyed how, filtered how, under which policies. Create with sync.define().';
@@ -134,6 +136,8 @@ COMMENT ON COLUMN definitions.start_lsn IS 'Changes committed before this LSN ar
 COMMENT ON COLUMN definitions.backfill IS 'Initial load of the whole table: needed, running, done.';
 COMMENT ON COLUMN definitions.created_at IS 'When the definition was created.';
 COMMENT ON COLUMN definitions.updated_at IS 'When the definition was last changed.';
+COMMENT ON COLUMN definitions.inbound_deletes IS 'Two-way: what an item deleted on the target does to its row: apply (the row is deleted), approve (it waits for sync.approve_import; the default: an external change never removes local data without a person''s say), ignore (the row stays).';
+COMMENT ON COLUMN definitions.inbound_inserts IS 'Two-way: what an item created on the target (without a SyncKey) does: apply (a row is inserted, its key from the table''s defaults, and the item gets its SyncKey), approve (it waits for sync.approve_import), ignore.';
 
 -- ---------------------------------------------------------------------------
 -- Field mappings
@@ -286,7 +290,7 @@ CREATE TABLE pending_exports (
     lease_until   timestamptz,
     leased_by     text,
     last_error    text,
-    error_class   text CHECK (error_class IN ('transient', 'throttled', 'auth', 'definite')),
+    error_class   text CHECK (error_class IN ('transient', 'throttled', 'auth', 'definite', 'conflict')),
     approved_by   name,
     approved_at   timestamptz,
     lsn           pg_lsn,
@@ -343,7 +347,7 @@ COMMENT ON COLUMN pending_exports.next_attempt_at IS 'Not claimed before this ti
 COMMENT ON COLUMN pending_exports.lease_until IS 'While executing: the claim expires at this time and the export becomes claimable again (recovered safely).';
 COMMENT ON COLUMN pending_exports.leased_by IS 'Which worker holds the claim.';
 COMMENT ON COLUMN pending_exports.last_error IS 'The target''s last error message.';
-COMMENT ON COLUMN pending_exports.error_class IS 'How the last error was classified: transient, throttled, auth, definite.';
+COMMENT ON COLUMN pending_exports.error_class IS 'How the last error was classified: transient, throttled, auth, definite, conflict (the item changed on the target: 412 to If-Match; its change is pulled and decided first).';
 COMMENT ON COLUMN pending_exports.approved_by IS 'Who approved it (approval mode).';
 COMMENT ON COLUMN pending_exports.approved_at IS 'When it was approved.';
 COMMENT ON COLUMN pending_exports.lsn IS 'LSN of the last change staged into it.';
@@ -387,10 +391,14 @@ CREATE TABLE conflicts (
     local_value   jsonb,
     remote_value  jsonb,
     detected_at   timestamptz NOT NULL DEFAULT now(),
-    resolution    text CHECK (resolution IN ('local', 'remote', 'custom')),
+    resolution    text CHECK (resolution IN ('local', 'remote', 'custom', 'superseded')),
     resolved_value jsonb,
     resolved_by   name,
-    resolved_at   timestamptz
+    resolved_at   timestamptz,
+    import_id     bigint,
+    target_id     text,
+    local_time    timestamptz,
+    remote_time   timestamptz
 );
 CREATE INDEX conflicts_open_idx ON conflicts (definition_id, detected_at) WHERE resolution IS NULL;
 COMMENT ON TABLE conflicts IS 'Fields changed on both sides since the last sync (two-way definitions with conflict => manual): both values, awaiting sync.resolve().';
@@ -402,10 +410,14 @@ COMMENT ON COLUMN conflicts.base_value IS 'The value both sides last agreed on (
 COMMENT ON COLUMN conflicts.local_value IS 'The database''s value.';
 COMMENT ON COLUMN conflicts.remote_value IS 'The target''s value.';
 COMMENT ON COLUMN conflicts.detected_at IS 'When the conflict was detected.';
-COMMENT ON COLUMN conflicts.resolution IS 'local, remote or custom; NULL while open.';
+COMMENT ON COLUMN conflicts.resolution IS 'local, remote or custom (sync.resolve), superseded (a newer change of the item replaced it); NULL while open.';
 COMMENT ON COLUMN conflicts.resolved_value IS 'The value chosen.';
 COMMENT ON COLUMN conflicts.resolved_by IS 'Who resolved it.';
 COMMENT ON COLUMN conflicts.resolved_at IS 'When it was resolved.';
+COMMENT ON COLUMN conflicts.import_id IS 'The inbound change it came with (sync.pending_imports.id).';
+COMMENT ON COLUMN conflicts.target_id IS 'The item''s id on the target.';
+COMMENT ON COLUMN conflicts.local_time IS 'When the database''s value was committed (or staged, or first seen: see the README on newest_wins).';
+COMMENT ON COLUMN conflicts.remote_time IS 'When the target''s value was written (its Modified).';
 
 -- The configuration is part of a dump of the database; the state tables too,
 -- so that a restored database knows what is already on the targets.

@@ -151,7 +151,8 @@ BEGIN
     -- FOR KEY SHARE: what a foreign key would take per exported row, once
     -- (the definition cannot be deleted before this commits).
     SELECT * INTO d FROM sync.definitions WHERE id = def_id FOR KEY SHARE;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR d.direction = 'pull' THEN
+        -- (a pull definition sends nothing)
         -- Dropped since the caller chose it: nothing to stage.
         added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
         RETURN;

@@ -22,7 +22,17 @@ SELECT d.name AS definition,
        CASE WHEN pg_is_in_recovery() THEN NULL
             ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint END AS slot_lag_bytes,
        bf.position AS backfill_progress,
-       lr.finished_at AS last_run_at
+       lr.finished_at AS last_run_at,
+       d.direction,
+       coalesce(im.pending, 0) AS imports_pending,
+       coalesce(im.applied, 0) AS imports_applied,
+       coalesce(im.awaiting_approval, 0) AS imports_awaiting_approval,
+       coalesce(im.failed, 0) AS imports_failed,
+       (SELECT count(*) FROM sync.conflicts c WHERE c.definition_id = d.id AND c.resolution IS NULL) AS conflicts_open,
+       pl.last_pull_at,
+       pl.next_pull_at,
+       pl.pull_state,
+       pl.pull_error
   FROM sync.definitions d
   LEFT JOIN LATERAL (
       SELECT count(*) FILTER (WHERE e.status = 'pending') AS pending,
@@ -40,5 +50,19 @@ SELECT d.name AS definition,
   LEFT JOIN sync.cursors cur ON cur.kind = 'slot' AND cur.scope = sync._setting('slot_name')
   LEFT JOIN pg_replication_slots s ON s.slot_name = sync._setting('slot_name')
   LEFT JOIN sync.cursors bf ON bf.kind = 'backfill' AND bf.definition_id = d.id
-  LEFT JOIN LATERAL (SELECT r.finished_at FROM sync.runs r WHERE r.definition_id = d.id ORDER BY r.id DESC LIMIT 1) lr ON true;
-COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress.';
+  LEFT JOIN LATERAL (SELECT r.finished_at FROM sync.runs r WHERE r.definition_id = d.id ORDER BY r.id DESC LIMIT 1) lr ON true
+  LEFT JOIN LATERAL (
+      SELECT count(*) FILTER (WHERE i.status = 'pending') AS pending,
+             count(*) FILTER (WHERE i.status IN ('applied', 'echo')) AS applied,
+             count(*) FILTER (WHERE i.status = 'awaiting_approval') AS awaiting_approval,
+             count(*) FILTER (WHERE i.status = 'failed') AS failed
+        FROM sync.pending_imports i WHERE i.definition_id = d.id) im ON true
+  LEFT JOIN LATERAL (
+      SELECT min(p.last_pull_at) AS last_pull_at, min(p.next_pull_at) AS next_pull_at,
+             -- per list: reading (leased), full read due, delta (a link held)
+             string_agg(format('%s: %s%s', p.list,
+                               CASE WHEN p.lease_until > now() THEN 'reading' WHEN p.link IS NULL THEN 'full read due' ELSE 'delta' END,
+                               CASE WHEN p.resyncs > 0 THEN format(' (%s resyncs)', p.resyncs) ELSE '' END), ', ' ORDER BY p.list) AS pull_state,
+             string_agg(p.list || ': ' || p.last_error, '; ' ORDER BY p.list) AS pull_error
+        FROM sync.pulls p WHERE p.definition_id = d.id) pl ON true;
+COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress; two-way: inbound changes pending, applied, awaiting approval and failed, open conflicts, the last and next pull and each list''s delta state and pull error.';

@@ -31,7 +31,8 @@ extension_sql_file!("../../sql/compile.sql", name = "compile", requires = ["conf
 extension_sql_file!("../../sql/stage.sql", name = "stage", requires = ["compile"]);
 extension_sql_file!("../../sql/plan.sql", name = "plan", requires = ["stage"]);
 extension_sql_file!("../../sql/queue.sql", name = "queue", requires = ["stage"]);
-extension_sql_file!("../../sql/backfill.sql", name = "backfill", requires = ["queue"]);
+extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["queue"]);
+extension_sql_file!("../../sql/backfill.sql", name = "backfill", requires = ["pull"]);
 extension_sql_file!("../../sql/status.sql", name = "status", requires = ["backfill"]);
 extension_sql_file!("../../sql/roles.sql", name = "roles", finalize);
 

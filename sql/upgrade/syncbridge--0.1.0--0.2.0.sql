@@ -13,12 +13,15 @@ DROP FUNCTION @extschema@._json_expr(text, regtype);
 DROP FUNCTION @extschema@.plan_summary(text);
 DROP FUNCTION @extschema@.plan(text);
 DROP FUNCTION @extschema@.target_list_ids(text);
+DROP FUNCTION @extschema@.claim(text, int, int, text, bigint);
+DROP FUNCTION @extschema@.define(text, text, text, text, text[], text, text, text, text, text, int);
+DROP FUNCTION @extschema@.map(text, text, text, text, text, text);
 
 -- The configuration keys max_concurrent_batches (read by the worker since
 -- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second
 -- is a cap the worker keeps when it is set, without a default.
 UPDATE @extschema@.target_kinds
-   SET optional_config = '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone}'
+   SET optional_config = '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone,pull_interval}'
  WHERE kind = 'graph';
 ALTER TABLE @extschema@.target_kinds DROP COLUMN default_writes_per_second;
 
@@ -61,6 +64,31 @@ CREATE FUNCTION @extschema@."_analyze_expression"(
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'analyze_expression_sql_wrapper';
+
+-- Two-way sync: what inbound deletes and creates do, conflicts with their
+-- item and times, the export class conflict (412 to If-Match), the compiled
+-- inbound fields.
+ALTER TABLE @extschema@.definitions
+    ADD COLUMN inbound_deletes text NOT NULL DEFAULT 'approve' CHECK (inbound_deletes IN ('apply', 'approve', 'ignore')),
+    ADD COLUMN inbound_inserts text NOT NULL DEFAULT 'apply' CHECK (inbound_inserts IN ('apply', 'approve', 'ignore'));
+COMMENT ON COLUMN @extschema@.definitions.inbound_deletes IS 'Two-way: what an item deleted on the target does to its row: apply (the row is deleted), approve (it waits for sync.approve_import; the default: an external change never removes local data without a person''s say), ignore (the row stays).';
+COMMENT ON COLUMN @extschema@.definitions.inbound_inserts IS 'Two-way: what an item created on the target (without a SyncKey) does: apply (a row is inserted, its key from the table''s defaults, and the item gets its SyncKey), approve (it waits for sync.approve_import), ignore.';
+ALTER TABLE @extschema@.pending_exports DROP CONSTRAINT pending_exports_error_class_check,
+    ADD CONSTRAINT pending_exports_error_class_check CHECK (error_class IN ('transient', 'throttled', 'auth', 'definite', 'conflict'));
+COMMENT ON COLUMN @extschema@.pending_exports.error_class IS 'How the last error was classified: transient, throttled, auth, definite, conflict (the item changed on the target: 412 to If-Match; its change is pulled and decided first).';
+ALTER TABLE @extschema@.conflicts DROP CONSTRAINT conflicts_resolution_check,
+    ADD CONSTRAINT conflicts_resolution_check CHECK (resolution IN ('local', 'remote', 'custom', 'superseded')),
+    ADD COLUMN import_id bigint,
+    ADD COLUMN target_id text,
+    ADD COLUMN local_time timestamptz,
+    ADD COLUMN remote_time timestamptz;
+COMMENT ON COLUMN @extschema@.conflicts.resolution IS 'local, remote or custom (sync.resolve), superseded (a newer change of the item replaced it); NULL while open.';
+COMMENT ON COLUMN @extschema@.conflicts.import_id IS 'The inbound change it came with (sync.pending_imports.id).';
+COMMENT ON COLUMN @extschema@.conflicts.target_id IS 'The item''s id on the target.';
+COMMENT ON COLUMN @extschema@.conflicts.local_time IS 'When the database''s value was committed (or staged, or first seen: see the README on newest_wins).';
+COMMENT ON COLUMN @extschema@.conflicts.remote_time IS 'When the target''s value was written (its Modified).';
+DELETE FROM @extschema@.compiled;
+ALTER TABLE @extschema@.compiled ADD COLUMN inbound jsonb NOT NULL DEFAULT '[]';
 
 -- ===== sql/config.sql =====
 -- syncbridge: the configuration surface (targets, definitions, mappings,
@@ -178,6 +206,28 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'A sync definition sends the rows of its table to a target: whoever defines or enables it must be allowed to read the table.',
                   HINT = format('As the table''s owner: GRANT SELECT ON %s TO %I;', rel, session_user);
+    END IF;
+END $$;
+
+-- Whoever makes a definition or a mapping bring values back into a table
+-- must be allowed to write them there (the role syncbridge_writer then does,
+-- for them): UPDATE of the column, or of the table; INSERT and DELETE too
+-- for a two-way or pull definition (items created and deleted remotely).
+CREATE OR REPLACE FUNCTION _check_may_write(rel regclass, direction text, col name DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    missing text;
+BEGIN
+    SELECT string_agg(p, ', ') INTO missing FROM unnest(
+        CASE WHEN col IS NULL THEN ARRAY['UPDATE', 'INSERT', 'DELETE'] ELSE ARRAY['UPDATE'] END) p
+     WHERE NOT CASE WHEN col IS NULL THEN has_table_privilege(session_user, rel, p)
+                    ELSE has_column_privilege(session_user, rel, col, p) END;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'permission denied: % may not % %', session_user, lower(missing), rel
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('Direction %s writes what comes from the target into the table: whoever asks for it must be allowed to (%s).',
+                                  direction, missing),
+                  HINT = format('As the table''s owner: GRANT %s ON %s TO %I;', missing, rel, session_user);
     END IF;
 END $$;
 
@@ -301,6 +351,7 @@ BEGIN
             WHEN kv.key = 'timeout_ms' THEN 'integer 100 600000'
             WHEN kv.key = 'max_concurrent_batches' THEN 'integer 1 16'
             WHEN kv.key = 'time_zone' THEN 'timezone'
+            WHEN kv.key = 'pull_interval' THEN 'number 1 86400'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
@@ -326,6 +377,7 @@ BEGIN
                           ELSE format('%s is a non-empty string of at most 500 characters, without control characters.', kv.key) END,
                       HINT = CASE kv.key
                           WHEN 'budget_per_min' THEN format('The default for %s is %s %s a minute.', kind, k.default_budget_per_min, k.cost_unit)
+                          WHEN 'pull_interval' THEN 'Seconds between two pulls of a list of a two-way definition; the default is 60.'
                           WHEN 'time_zone' THEN 'The site''s time zone as its regional settings show it, e.g. "time_zone": "Europe/Berlin": SELECT name FROM pg_timezone_names;'
                           WHEN 'base_url' THEN 'Example: "base_url": "https://graph.microsoft.com/v1.0". Secrets never go into a URL: use secret => ''env:NAME''.'
                           ELSE 'See the README''s configuration table for the kind.' END;
@@ -527,7 +579,9 @@ CREATE OR REPLACE FUNCTION define(
     row_filter text DEFAULT NULL,
     approval text DEFAULT 'none',
     delete_scope text DEFAULT 'provisioned',
-    max_attempts int DEFAULT NULL
+    max_attempts int DEFAULT NULL,
+    inbound_deletes text DEFAULT 'approve',
+    inbound_inserts text DEFAULT 'apply'
 ) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     rel pg_catalog.regclass;
@@ -539,7 +593,7 @@ BEGIN
         GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
     END;
     RETURN sync._define(name, source, rel, err, pg_catalog.current_setting('search_path'), target, list, key, direction,
-                        conflict, row_filter, approval, delete_scope, max_attempts);
+                        conflict, row_filter, approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts);
 END $$;
 
 CREATE OR REPLACE FUNCTION _define(
@@ -556,7 +610,9 @@ CREATE OR REPLACE FUNCTION _define(
     row_filter text,
     approval text,
     delete_scope text,
-    max_attempts int
+    max_attempts int,
+    inbound_deletes text,
+    inbound_inserts text
 ) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     keycols name[];
@@ -585,6 +641,20 @@ BEGIN
     PERFORM sync._check_choice('conflict', conflict, ARRAY['source_wins', 'target_wins', 'newest_wins', 'manual']);
     PERFORM sync._check_choice('approval', approval, ARRAY['none', 'deletes', 'all']);
     PERFORM sync._check_choice('delete_scope', delete_scope, ARRAY['provisioned', 'all', 'none']);
+    PERFORM sync._check_choice('inbound_deletes', inbound_deletes, ARRAY['apply', 'approve', 'ignore']);
+    PERFORM sync._check_choice('inbound_inserts', inbound_inserts, ARRAY['apply', 'approve', 'ignore']);
+    IF direction <> 'push' THEN
+        -- What comes back is written into the table: whoever makes it so
+        -- must be allowed to.
+        PERFORM sync._check_may_write(rel, direction);
+        IF (SELECT k.pull FROM sync.target_kinds k JOIN sync.targets t ON t.kind = k.kind WHERE t.name = _define.target) = 'none' THEN
+            RAISE EXCEPTION 'target % cannot be read back', quote_literal(target)
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = format('Its kind (%s) has no way to read changes (sync.target_kinds.pull = none).',
+                                      (SELECT t.kind FROM sync.targets t WHERE t.name = _define.target)),
+                      HINT = 'Use direction => ''push''.';
+        END IF;
+    END IF;
     IF nullif(btrim(row_filter), '') IS NOT NULL THEN
         filter_sql := (sync._check_row_expression(rel, row_filter, 'row filter', true)).expression;
     END IF;
@@ -594,9 +664,9 @@ BEGIN
                   HINT = format('The default is %s (setting sync.max_attempts).', sync._setting('max_attempts'));
     END IF;
     INSERT INTO sync.definitions (name, source_rel, target, list, key_columns, direction, conflict, row_filter,
-                                  approval, delete_scope, max_attempts)
+                                  approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts)
     VALUES (name, rel, target, list, keycols, direction, conflict, filter_sql,
-            approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int))
+            approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int), inbound_deletes, inbound_inserts)
     RETURNING id INTO new_id;
     PERFORM sync._publication_refresh();
     RETURN new_id;
@@ -629,7 +699,7 @@ CREATE OR REPLACE FUNCTION map(
     definition text,
     "column" text,
     field text,
-    direction text DEFAULT 'push',
+    direction text DEFAULT NULL,
     transform text DEFAULT NULL,
     reference text DEFAULT NULL
 ) RETURNS text LANGUAGE plpgsql AS $$
@@ -658,13 +728,33 @@ BEGIN
                   DETAIL = format('%s fields match %s.', k.kind, k.field_name_pattern),
                   HINT = 'Use the field''s internal name (for SharePoint: letters, digits and _, e.g. FullName).';
     END IF;
-    IF lower(field) IN ('synckey', 'id') THEN
+    -- (the item's id may be read into a column: pull-only)
+    IF lower(field) = 'synckey' OR (lower(field) = 'id' AND coalesce(direction, d.direction) <> 'pull') THEN
         RAISE EXCEPTION 'field % is reserved', quote_literal(field)
             USING ERRCODE = 'reserved_name',
                   DETAIL = 'SyncKey holds the row''s key and id the item''s id; syncbridge maintains both.',
-                  HINT = 'Map the column to another field name.';
+                  HINT = 'Map the column to another field name (the item''s ID may be read into a column with direction => ''pull'').';
     END IF;
+    -- By default a field goes the definition's way.
+    direction := coalesce(direction, d.direction);
     PERFORM sync._check_choice('direction', direction, ARRAY['push', 'pull', 'both']);
+    IF direction = 'both' AND d.direction <> 'both' THEN
+        RAISE EXCEPTION 'definition % is not two-way', quote_literal(definition)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Its direction is %s: a field mapped both ways would only go %s.', d.direction, d.direction),
+                  HINT = format('Map it with direction => %L, or define the sync with direction => ''both''.', d.direction);
+    END IF;
+    IF direction = 'push' AND d.direction = 'pull' THEN
+        RAISE EXCEPTION 'definition % only pulls', quote_literal(definition)
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Nothing of a pull definition is sent to the target.',
+                  HINT = 'Map it with direction => ''pull'', or define the sync with direction => ''both''.';
+    END IF;
+    IF direction <> 'push' AND col = ANY (d.key_columns) THEN
+        RAISE EXCEPTION 'key column % cannot be written from the target', quote_ident(col)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The key identifies the row; a change from the target would make it another row.',
+                  HINT = 'Map the key column with direction => ''push'' (it also travels as SyncKey).';
+    END IF;
     IF direction <> 'push' AND transform IS NOT NULL THEN
         RAISE EXCEPTION 'a transformed field cannot be pulled'
             USING ERRCODE = 'invalid_parameter_value',
@@ -675,6 +765,9 @@ BEGIN
         RAISE EXCEPTION 'a pulled field needs a column'
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'The pulled value is written into that column.',
                   HINT = 'sync.map(definition, ''column'', ''Field'', direction => ''pull'').';
+    END IF;
+    IF direction <> 'push' THEN
+        PERFORM sync._check_may_write(d.source_rel, direction, col);
     END IF;
     IF transform IS NOT NULL THEN
         SELECT x.expression, x.typ INTO transform_sql, ttype FROM sync._check_row_expression(d.source_rel, transform, 'transform', false) x;
@@ -704,6 +797,10 @@ BEGIN
        SET column_name = EXCLUDED.column_name, direction = EXCLUDED.direction,
            transform = EXCLUDED.transform, transform_type = EXCLUDED.transform_type, reference = EXCLUDED.reference;
     PERFORM sync._touch(d.id);
+    IF direction <> 'push' THEN
+        -- the writing role gets its rights on the table
+        PERFORM sync._publication_refresh();
+    END IF;
     RETURN field;
 END $$;
 
@@ -942,6 +1039,7 @@ CREATE OR REPLACE FUNCTION _reader_grants() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
+    seq record;
 BEGIN
     FOR r IN SELECT DISTINCT d.source_rel AS rel, c.relnamespace::regnamespace AS nsp
                FROM sync.definitions d JOIN pg_class c ON c.oid = d.source_rel
@@ -954,6 +1052,31 @@ BEGIN
               WHERE a.grantee = 'syncbridge_reader'::regrole AND c.relkind IN ('r', 'p')
                 AND NOT EXISTS (SELECT 1 FROM sync.definitions d WHERE d.source_rel = c.oid) LOOP
         EXECUTE format('REVOKE ALL ON %s FROM syncbridge_reader', r.rel);
+    END LOOP;
+    -- syncbridge_writer writes what comes from targets into exactly the
+    -- tables of definitions that bring values back (their definers were
+    -- checked for the same rights by sync.define / sync.map).
+    FOR r IN SELECT DISTINCT d.source_rel AS rel, c.relnamespace::regnamespace AS nsp
+               FROM sync.definitions d JOIN pg_class c ON c.oid = d.source_rel
+              WHERE (d.direction <> 'push' OR EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'push'))
+                AND (NOT has_table_privilege('syncbridge_writer', d.source_rel, 'DELETE')
+                     OR NOT has_schema_privilege('syncbridge_writer', c.relnamespace, 'USAGE')) LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %s TO syncbridge_writer', r.nsp);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO syncbridge_writer', r.rel);
+        -- the sequences of its serial columns (a row inserted takes its key
+        -- from the table's defaults)
+        FOR seq IN SELECT dep.objid::regclass AS s FROM pg_depend dep JOIN pg_class sc ON sc.oid = dep.objid
+                    WHERE dep.refobjid = r.rel AND dep.classid = 'pg_class'::regclass AND sc.relkind = 'S' LOOP
+            EXECUTE format('GRANT USAGE ON SEQUENCE %s TO syncbridge_writer', seq.s);
+        END LOOP;
+    END LOOP;
+    FOR r IN SELECT DISTINCT c.oid::regclass AS rel FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+              WHERE a.grantee = 'syncbridge_writer'::regrole AND c.relkind IN ('r', 'p')
+                AND c.relnamespace <> 'sync'::regnamespace
+                AND NOT EXISTS (SELECT 1 FROM sync.definitions d WHERE d.source_rel = c.oid
+                                   AND (d.direction <> 'push' OR EXISTS (SELECT 1 FROM sync.field_maps m
+                                                                          WHERE m.definition_id = d.id AND m.direction <> 'push'))) LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM syncbridge_writer', r.rel);
     END LOOP;
 END $$;
 
@@ -994,7 +1117,8 @@ CREATE TABLE IF NOT EXISTS compiled (
     keys_sql      text NOT NULL,
     key_of_json   text NOT NULL,
     fields        jsonb NOT NULL,
-    compiled_at   timestamptz NOT NULL DEFAULT now()
+    compiled_at   timestamptz NOT NULL DEFAULT now(),
+    inbound       jsonb NOT NULL DEFAULT '[]'
 );
 COMMENT ON TABLE compiled IS 'Cache of the SQL each definition compiles into (rebuilt on a new revision or when the table''s columns change). Written only by sync._compile(); shown for investigation.';
 COMMENT ON COLUMN compiled.definition_id IS 'The definition (sync.definitions.id).';
@@ -1006,6 +1130,7 @@ COMMENT ON COLUMN compiled.keys_sql IS 'SELECT of the elements of $1 holding all
 COMMENT ON COLUMN compiled.key_of_json IS 'Expression turning one row _syncbridge_k of keys_sql into a sync_key.';
 COMMENT ON COLUMN compiled.compiled_at IS 'When it was compiled.';
 COMMENT ON COLUMN compiled.fields IS 'The fields sent: [{field, column, type, kind, reference}].';
+COMMENT ON COLUMN compiled.inbound IS 'The fields read back from the target (two-way, and pull-only mappings): [{field, column, type, typmod, kind, direction}]; direction push: a remote change is put back, both: merged, pull: applied.';
 
 -- The JSON serialization of `expr` (SQL text) of type `typ`, bound for a
 -- target column of kind `kind` (see _field_kind; NULL: no column).
@@ -1129,6 +1254,7 @@ DECLARE
     relkind "char";
     f record;
     fields jsonb := '[]';
+    inbound jsonb := '[]';
     fkind text;
     tz text;
     pairs text[] := '{}';
@@ -1182,23 +1308,34 @@ BEGIN
     -- Fields: the explicit mappings (push and both), else every column under its own name.
     FOR f IN
         WITH maps AS (
-            SELECT m.field, m.column_name, m.transform, m.transform_type, m.reference, m.position
+            SELECT m.field, m.column_name, m.transform, m.transform_type, m.reference, m.position, m.direction
               FROM sync.field_maps m WHERE m.definition_id = def_id AND m.direction IN ('push', 'both')
+               AND d.direction <> 'pull'
         ), has_maps AS (SELECT EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = def_id) AS yes)
-        SELECT maps.field, maps.column_name, maps.transform, maps.reference, maps.position,
+        SELECT maps.field, maps.column_name, maps.transform, maps.reference, maps.position, maps.direction,
                coalesce(maps.transform_type, a.atttypid::regtype) AS typ,
                CASE WHEN maps.transform_type IS NULL THEN a.atttypmod ELSE -1 END AS typmod,
                (a.attname IS NULL AND maps.column_name IS NOT NULL) AS missing
           FROM maps LEFT JOIN pg_attribute a
             ON a.attrelid = d.source_rel AND a.attname = maps.column_name AND a.attnum > 0 AND NOT a.attisdropped
         UNION ALL
-        SELECT a.attname::text, a.attname, NULL, NULL, a.attnum, a.atttypid::regtype, a.atttypmod, false
+        SELECT a.attname::text, a.attname, NULL, NULL, a.attnum, d.direction, a.atttypid::regtype, a.atttypmod, false
           FROM pg_attribute a, has_maps
-         WHERE NOT has_maps.yes AND a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE NOT has_maps.yes AND d.direction <> 'pull' AND a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped
            -- the key travels as SyncKey; id and SyncKey are the target's own
            AND lower(a.attname) NOT IN ('id', 'synckey')
         ORDER BY 5
     LOOP
+        -- What comes back: a field merged both ways, or one the database
+        -- owns (a remote change of it is put back). References and
+        -- transforms are the database's alone.
+        IF d.direction <> 'push' AND f.transform IS NULL AND f.reference IS NULL AND NOT f.missing THEN
+            inbound := inbound || jsonb_build_object('field', f.field, 'column', f.column_name, 'type', f.typ::text,
+                'typmod', f.typmod, 'kind', CASE WHEN k.kind = 'graph' AND lower(f.field) = 'title' THEN 'text'
+                                                 ELSE sync._field_kind(f.typ, f.typmod) END,
+                -- a key column is never changed from the target: put back
+                'direction', CASE WHEN f.direction = 'both' AND NOT f.column_name = ANY (d.key_columns) THEN 'both' ELSE 'push' END);
+        END IF;
         IF f.missing THEN
             RAISE EXCEPTION 'mapped column % no longer exists in %', quote_ident(f.column_name), d.source_rel
                 USING ERRCODE = 'undefined_column',
@@ -1232,7 +1369,32 @@ BEGIN
             'field', f.field, 'column', f.column_name, 'type', f.typ::text, 'kind', fkind,
             'reference', f.reference, 'transform', f.transform);
     END LOOP;
-    IF cardinality(pairs) = 0 THEN
+    -- Pulled alone: the pull mappings, and for a pull definition without
+    -- any mapping every column under its own name.
+    FOR f IN
+        SELECT m.field, m.column_name, a.atttypid::regtype AS typ, a.atttypmod AS typmod, (a.attname IS NULL) AS missing
+          FROM sync.field_maps m LEFT JOIN pg_attribute a
+            ON a.attrelid = d.source_rel AND a.attname = m.column_name AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE m.definition_id = def_id AND (m.direction = 'pull' OR d.direction = 'pull') AND m.column_name IS NOT NULL
+        UNION ALL
+        SELECT a.attname::text, a.attname, a.atttypid::regtype, a.atttypmod, false
+          FROM pg_attribute a
+         WHERE d.direction = 'pull' AND NOT EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = def_id)
+           AND a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped
+           AND lower(a.attname) NOT IN ('id', 'synckey') AND a.attname <> ALL (d.key_columns)
+    LOOP
+        IF f.missing THEN
+            RAISE EXCEPTION 'mapped column % no longer exists in %', quote_ident(f.column_name), d.source_rel
+                USING ERRCODE = 'undefined_column',
+                      DETAIL = format('Field %s of definition %s is pulled into it.', f.field, d.name),
+                      HINT = format('SELECT sync.unmap(%L, %L); or map the field to another column.', d.name, f.field);
+        END IF;
+        inbound := inbound || jsonb_build_object('field', f.field, 'column', f.column_name, 'type', f.typ::text,
+            'typmod', f.typmod, 'kind', sync._field_kind(f.typ, f.typmod), 'direction', 'pull');
+    END LOOP;
+    IF cardinality(pairs) = 0 AND d.direction = 'pull' THEN
+        pairs := ARRAY[]::text[];
+    ELSIF cardinality(pairs) = 0 THEN
         RAISE EXCEPTION 'definition % sends no field', quote_literal(d.name)
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'All its mappings are pulled from the target; nothing would be written.',
@@ -1244,7 +1406,7 @@ BEGIN
         chunks := chunks || ('jsonb_build_object(' || array_to_string(pairs[i:i + 49], ', ') || ')')::text;
         i := i + 50;
     END LOOP;
-    fields_expr := array_to_string(chunks, ' || ');
+    fields_expr := coalesce(nullif(array_to_string(chunks, ' || '), ''), '''{}''::jsonb');
 
     -- Keys arrive as a JSON array of objects {column: text} (what the worker
     -- decoded; it knows nothing of definitions). keys_sql keeps the elements
@@ -1291,6 +1453,7 @@ BEGIN
     c.revision := d.revision;
     c.fingerprint := fp;
     c.fields := fields;
+    c.inbound := inbound;
     c.key_of_json := key_json;
     c.rows_all := format(
         'SELECT q.sync_key, q.list, q.fields, sha256(convert_to(q.fields::text, ''UTF8'')) AS hash FROM ('
@@ -1306,7 +1469,7 @@ BEGIN
     ON CONFLICT (definition_id) DO UPDATE
        SET revision = EXCLUDED.revision, fingerprint = EXCLUDED.fingerprint, rows_all = EXCLUDED.rows_all,
            rows_by_key = EXCLUDED.rows_by_key, keys_sql = EXCLUDED.keys_sql, key_of_json = EXCLUDED.key_of_json, fields = EXCLUDED.fields,
-           compiled_at = EXCLUDED.compiled_at;
+           compiled_at = EXCLUDED.compiled_at, inbound = EXCLUDED.inbound;
     RETURN c;
 END $$;
 
@@ -1553,7 +1716,8 @@ BEGIN
     -- FOR KEY SHARE: what a foreign key would take per exported row, once
     -- (the definition cannot be deleted before this commits).
     SELECT * INTO d FROM sync.definitions WHERE id = def_id FOR KEY SHARE;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR d.direction = 'pull' THEN
+        -- (a pull definition sends nothing)
         -- Dropped since the caller chose it: nothing to stage.
         added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
         RETURN;
@@ -1746,7 +1910,7 @@ BEGIN
     IF $1 IS NOT NULL THEN
         PERFORM sync._check_may_read((sync._def($1)).source_rel);
     END IF;
-    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write,
+    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write, x.direction,
                     -- a move as the kind makes it (NULL: it cannot)
                     CASE k.moves WHEN 'native' THEN 1 WHEN 'delete_create' THEN 2 END AS move_requests
                FROM sync.definitions x JOIN sync.targets t ON t.name = x.target JOIN sync.target_kinds k ON k.kind = t.kind
@@ -1756,6 +1920,25 @@ BEGIN
             RAISE NOTICE 'definition % left out: % may not read %', d.name, session_user, d.source_rel;
             CONTINUE;
         END IF;
+        -- Inbound changes read from the target, not yet decided or waiting
+        -- for a person: what they would do to the row (sync.apply_imports
+        -- decides field by field; see the README).
+        RETURN QUERY
+            SELECT d.name,
+                   CASE WHEN i.deleted THEN 'inbound_delete' WHEN l.sync_key IS NULL THEN 'inbound_insert' ELSE 'inbound_update' END,
+                   coalesce(i.sync_key, l.sync_key), i.list, NULL::text,
+                   CASE WHEN i.deleted THEN NULL
+                        ELSE (SELECT jsonb_object_agg(e->>'field', jsonb_build_object('old', l.fields -> (e->>'field'), 'new', coalesce(i.remote -> (e->>'field'), 'null')))
+                                FROM jsonb_array_elements((sync._compile(d.id)).inbound) e
+                               WHERE coalesce(i.remote -> (e->>'field'), 'null') IS DISTINCT FROM coalesce(l.fields -> (e->>'field'), 'null')
+                                 AND (i.origin = 'write') = (e->>'direction' = 'pull')) END,
+                   0, 0::numeric, 'import ' || i.status, NULL::bigint,
+                   concat_ws('; ', 'import ' || i.id, i.decision, i.last_error)
+              FROM sync.pending_imports i
+              LEFT JOIN sync.ledger l ON l.definition_id = d.id AND l.target_id = i.target_id AND l.list = i.list
+             WHERE i.definition_id = d.id AND i.status IN ('pending', 'conflict', 'awaiting_approval', 'failed')
+             ORDER BY i.id;
+        CONTINUE WHEN d.direction = 'pull';
         RETURN QUERY EXECUTE format(
             'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id, p.warning '
             'FROM (%s) p '
@@ -1776,7 +1959,7 @@ BEGIN
              WHERE e.definition_id = d.id AND e.status = 'awaiting_approval' AND e.op = 'provision';
     END LOOP;
 END $$;
-COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Changes nothing.';
+COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Two-way: inbound changes read from the target and not yet applied (inbound_update, inbound_insert, inbound_delete: the fields that differ from the ledger, old -> new; queued the import''s status, warning its id and decision). Changes nothing.';
 
 CREATE OR REPLACE FUNCTION plan_summary(name text DEFAULT NULL)
 RETURNS TABLE (definition text, target text, adds bigint, updates bigint, deletes bigint, moves bigint,
@@ -1941,7 +2124,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION claim(target text, n int DEFAULT 20, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, run_id bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, definition text, op text, sync_key text, list text, from_list text, target_id text,
-               etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz)
+               etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz, read_back text[])
 LANGUAGE plpgsql
 -- The ledger and the queue grow by thousands of rows between two analyzes
 -- while a backlog drains; a plan made on the old statistics (a sequential
@@ -2017,6 +2200,12 @@ BEGIN
                         SELECT 1 FROM sync.pending_exports x
                          WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'executing'
                         OFFSET 0)
+               -- not while a change of the item read from the target waits
+               -- to be decided (or for a person, in conflict)
+               AND NOT EXISTS (
+                        SELECT 1 FROM sync.pending_imports x
+                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status IN ('pending', 'conflict')
+                        OFFSET 0)
              ORDER BY e.next_attempt_at, e.id
              LIMIT n - cardinality(ids)
                FOR UPDATE OF e SKIP LOCKED);
@@ -2058,7 +2247,10 @@ BEGIN
          WHERE e.id = ANY (ids)
         RETURNING e.*
     )
-    SELECT c.id, d.name, c.op, c.sync_key, c.list, c.from_list, l.target_id, l.etag,
+    SELECT c.id, d.name, c.op, c.sync_key, c.list, c.from_list, l.target_id,
+           -- If-Match for two-way definitions: a change made on the target
+           -- since is pulled and decided, not overwritten
+           CASE WHEN d.direction = 'both' THEN l.etag END,
            -- reference fields carry the referenced item's id when it is known;
            -- only fields mapped with reference => that definition, on this
            -- target, are references (any other value is sent as it is)
@@ -2071,13 +2263,17 @@ BEGIN
                     AND m.reference = f.value ->> '@def'
               LEFT JOIN sync.definitions rd ON rd.name = m.reference AND rd.target = claim.target
               LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = f.value ->> '@ref'),
-           c.previous, c.attempts, c.verify, c.lease_until
+           c.previous, c.attempts, c.verify, c.lease_until,
+           -- fields the write's answer brings back (pull-only mappings:
+           -- Modified, ID, ... into columns, without a request of their own)
+           nullif(ARRAY(SELECT e->>'field' FROM jsonb_array_elements((sync._compile(c.definition_id)).inbound) e
+                         WHERE e->>'direction' = 'pull' ORDER BY 1), '{}')
       FROM claimed c
       JOIN sync.definitions d ON d.id = c.definition_id
       LEFT JOIN sync.ledger l ON l.definition_id = c.definition_id AND l.sync_key = c.sync_key
      ORDER BY (c.op = 'provision') DESC, c.id;
 END $$;
-COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due exports of a target (FOR UPDATE SKIP LOCKED) and leases them to the caller: status executing, attempts + 1. Expired leases are recovered first. Lists are provisioned before items go into them, and one change per key is in flight at a time.';
+COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due exports of a target (FOR UPDATE SKIP LOCKED) and leases them to the caller: status executing, attempts + 1. Expired leases are recovered first. Lists are provisioned before items go into them, one change per key is in flight at a time, and none while a change of the item read from the target waits to be decided. etag (two-way definitions) goes with If-Match; read_back names the fields to report from the write''s answer.';
 
 -- What an exporter needs besides claim: whether work is left (so that
 -- `--once` knows when to stop) and the remote ids of the target's lists.
@@ -2174,7 +2370,8 @@ BEGIN
     SELECT min(o) INTO bad FROM jsonb_array_elements(results) WITH ORDINALITY r(v, o)
      WHERE jsonb_typeof(v) <> 'object' OR jsonb_typeof(v -> 'id') <> 'number' OR jsonb_typeof(v -> 'ok') <> 'boolean'
         OR NOT (v ->> 'id') ~ '^[0-9]{1,18}$'
-        OR (v ? 'class' AND NOT (v ->> 'class') = ANY (ARRAY['transient', 'throttled', 'auth', 'definite']))
+        OR (v ? 'class' AND NOT (v ->> 'class') = ANY (ARRAY['transient', 'throttled', 'auth', 'definite', 'conflict']))
+        OR (v ? 'fields' AND jsonb_typeof(v -> 'fields') NOT IN ('object', 'null'))
         OR (v ? 'retry_after' AND (jsonb_typeof(v -> 'retry_after') <> 'number' OR (v ->> 'retry_after')::numeric NOT BETWEEN 0 AND 86400))
         OR (v ? 'join_type' AND NOT (v ->> 'join_type') = ANY (ARRAY['provisioned', 'joined']))
         OR (v ? 'sent' AND jsonb_typeof(v -> 'sent') <> 'boolean');
@@ -2182,7 +2379,7 @@ BEGIN
         RAISE EXCEPTION 'result % is malformed', bad
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = format('It is %s.', left((results -> (bad - 1)::int)::text, 200)),
-                  HINT = 'Each result has an integer id and a boolean ok; class is transient, throttled, auth or definite; retry_after is a number of seconds from 0 to 86400.';
+                  HINT = 'Each result has an integer id and a boolean ok; class is transient, throttled, auth, definite or conflict; retry_after is a number of seconds from 0 to 86400; fields is an object.';
     END IF;
     PERFORM sync._check_worker_name(worker);
     SELECT count(*) INTO total FROM jsonb_array_elements(results);
@@ -2207,7 +2404,8 @@ BEGIN
     -- Successes: the ledger learns what the target holds.
     WITH r AS (
         SELECT (v ->> 'id')::bigint AS id, v ->> 'target_id' AS target_id, v ->> 'etag' AS etag,
-               v ->> 'join_type' AS join_type, v ->> 'list_id' AS list_id, v -> 'columns' AS columns
+               v ->> 'join_type' AS join_type, v ->> 'list_id' AS list_id, v -> 'columns' AS columns,
+               CASE WHEN jsonb_typeof(v -> 'fields') = 'object' THEN v -> 'fields' END AS fields
           FROM jsonb_array_elements(results) v WHERE (v ->> 'ok')::boolean
     ), done AS (
         UPDATE sync.pending_exports e
@@ -2215,11 +2413,22 @@ BEGIN
                target_id = coalesce(r.target_id, e.target_id), etag = r.etag, last_error = NULL, error_class = NULL
           FROM r
          WHERE e.id = r.id AND e.status = 'executing' AND (complete.worker IS NULL OR e.leased_by = complete.worker)
-        RETURNING e.*, r.join_type AS result_join_type, r.list_id, r.columns AS result_columns
+        RETURNING e.*, r.join_type AS result_join_type, r.list_id, r.columns AS result_columns, r.fields AS result_fields
+    ), read_back AS (
+        -- What the answer says of the item's read-only fields: applied to
+        -- the row by the next sync.apply_imports (under the origin).
+        INSERT INTO sync.pending_imports AS i (definition_id, list, target_id, sync_key, etag, remote, origin)
+        SELECT x.definition_id, x.list, x.target_id, x.sync_key, x.etag, x.result_fields, 'write'
+          FROM done x WHERE x.result_fields IS NOT NULL AND x.target_id IS NOT NULL AND x.op IN ('add', 'update', 'move')
+        ON CONFLICT (definition_id, list, target_id) WHERE status = 'pending'
+        DO UPDATE SET etag = EXCLUDED.etag, remote = coalesce(i.remote, '{}') || EXCLUDED.remote, updated_at = now()
+        RETURNING 1
     ), upserted AS (
         INSERT INTO sync.ledger AS l (definition_id, sync_key, list, target_id, etag, fields, hash, join_type, provenance)
         SELECT x.definition_id, x.sync_key, x.list, x.target_id, x.etag,
-               CASE WHEN x.op = 'update' THEN coalesce(ol.fields, '{}') || x.payload ELSE x.payload END,
+               -- (SyncKey is the target's own field, written back to items
+               -- created there: not one of the row's)
+               (CASE WHEN x.op = 'update' THEN coalesce(ol.fields, '{}') || x.payload ELSE x.payload END) - 'SyncKey',
                x.hash, coalesce(x.result_join_type, ol.join_type, 'provisioned'), 'push'
           FROM done x LEFT JOIN sync.ledger ol ON ol.definition_id = x.definition_id AND ol.sync_key = x.sync_key
          WHERE x.op IN ('add', 'update', 'move')
@@ -2267,6 +2476,7 @@ BEGIN
         UPDATE sync.pending_exports e
            SET status = CASE WHEN f.superseded THEN 'cancelled'
                              WHEN f.class = 'definite' THEN 'error'
+                             WHEN f.class = 'conflict' AND e.attempts < f.max_attempts THEN 'failed'
                              WHEN f.class IN ('throttled', 'auth') THEN 'failed'
                              WHEN e.attempts >= f.max_attempts THEN 'error'
                              ELSE 'failed' END,
@@ -2281,7 +2491,13 @@ BEGIN
                -- run, ...): the create may have happened
                verify = e.verify OR (f.sent AND f.class <> 'definite' AND e.op IN ('add', 'move'))
           FROM f WHERE e.id = f.id
-        RETURNING e.id, e.status, e.definition_id, e.sync_key, e.verify, e.run_id
+        RETURNING e.id, e.status, e.definition_id, e.sync_key, e.verify, e.run_id, e.list, e.error_class
+    ), pull_soon AS (
+        -- 412: the item changed on the target; its list is read now, and
+        -- the change decided before this export goes again.
+        UPDATE sync.pulls p SET next_pull_at = least(p.next_pull_at, now())
+          FROM upd WHERE upd.error_class = 'conflict' AND p.definition_id = upd.definition_id AND p.list = upd.list
+        RETURNING 1
     ), counted AS (
         UPDATE sync.runs u SET failed = u.failed + c.n
           FROM (SELECT run_id, count(*) AS n FROM upd WHERE run_id IS NOT NULL GROUP BY run_id) c
@@ -2556,6 +2772,1034 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION purge(interval) IS 'Deletes finished exports (exported, confirmed, cancelled) and finished runs older than older_than (default: sync.history_retention_days; 0 keeps them), and exports of vanished definitions; never an open export of an existing definition. Marks failed the running runs whose session is gone (abandoned). Returns how many of each.';
 
+-- ===== sql/pull.sql =====
+-- syncbridge: two-way sync. The worker reads each list's changes (Graph
+-- delta pages) and hands every page to sync.pull_page, which stores the
+-- items as pending imports together with the link to the next page, in one
+-- transaction: a crash resumes at the page after the last one stored, and
+-- never loses or half-stores one. sync.apply_imports then decides each item
+-- against the ledger, the common base, field by field (a three-way merge),
+-- and applies what comes in to the source table, with the ledger, in one
+-- transaction: the worker's session runs it under the replication origin
+-- syncbridge, so the stream skips the change; and should it come back all
+-- the same (another origin, a trigger), the ledger already holds it and
+-- nothing is sent.
+--
+-- Decisions per field (inbound directions as compiled, see _compile):
+--   push  a remote change is put back: the ledger learns the remote value
+--         and staging sends the database's again;
+--   both  changed remotely only: applied to the row; changed on both sides
+--         to different values: a conflict, settled by the definition's
+--         policy (source_wins, target_wins, newest_wins, manual);
+--   pull  applied whenever it differs from the row (the target owns it).
+-- An item whose eTag is the ledger's is syncbridge's own write coming back:
+-- only its pull fields are looked at.
+
+-- ---------------------------------------------------------------------------
+-- State
+-- ---------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS pulls (
+    definition_id   int NOT NULL REFERENCES definitions (id) ON DELETE CASCADE,
+    list            text NOT NULL,
+    link            text,
+    page_link       text,
+    round           bigint NOT NULL DEFAULT 0,
+    full_read       boolean NOT NULL DEFAULT true,
+    full_round      bigint,
+    full_started_at timestamptz,
+    next_pull_at    timestamptz NOT NULL DEFAULT now(),
+    lease_until     timestamptz,
+    leased_by       text,
+    last_pull_at    timestamptz,
+    attempts        int NOT NULL DEFAULT 0,
+    last_error      text,
+    error_class     text CHECK (error_class IN ('transient', 'throttled', 'auth', 'definite')),
+    pages           bigint NOT NULL DEFAULT 0,
+    items           bigint NOT NULL DEFAULT 0,
+    resyncs         int NOT NULL DEFAULT 0,
+    PRIMARY KEY (definition_id, list)
+);
+COMMENT ON TABLE pulls IS 'Where each list''s pull stands (two-way definitions): its delta link, the page being read, its lease and its errors. Written by sync.pull_claim / pull_page / pull_failed only.';
+COMMENT ON COLUMN pulls.definition_id IS 'The definition (sync.definitions.id).';
+COMMENT ON COLUMN pulls.list IS 'The list (sync.target_lists.list).';
+COMMENT ON COLUMN pulls.link IS 'The delta link of the last complete round (Graph @odata.deltaLink): the next round starts there. NULL: the next round is a full read.';
+COMMENT ON COLUMN pulls.page_link IS 'The link to the next page of the round in progress (Graph @odata.nextLink), stored with the page before it: a crash resumes there.';
+COMMENT ON COLUMN pulls.round IS 'Bumped by every lease: a page handed over under an older round is refused.';
+COMMENT ON COLUMN pulls.full_read IS 'Whether the round in progress reads the whole list (first pull, or a resync after 410 Gone): at its end, items the ledger knows and the read did not see are remote deletes.';
+COMMENT ON COLUMN pulls.full_round IS 'The round the full read began in.';
+COMMENT ON COLUMN pulls.full_started_at IS 'When the full read began (items written after it are not taken for deleted).';
+COMMENT ON COLUMN pulls.next_pull_at IS 'When the next round is due (last round + the target''s pull_interval, or a backoff after an error).';
+COMMENT ON COLUMN pulls.lease_until IS 'While a worker reads the list: its lease ends at this time (then another may take over).';
+COMMENT ON COLUMN pulls.leased_by IS 'Which worker reads it.';
+COMMENT ON COLUMN pulls.last_pull_at IS 'When the last round completed.';
+COMMENT ON COLUMN pulls.attempts IS 'Failed rounds in a row.';
+COMMENT ON COLUMN pulls.last_error IS 'The last error (cleared by a complete round).';
+COMMENT ON COLUMN pulls.error_class IS 'transient, throttled, auth or definite.';
+COMMENT ON COLUMN pulls.pages IS 'Pages stored, in all.';
+COMMENT ON COLUMN pulls.items IS 'Items stored, in all.';
+COMMENT ON COLUMN pulls.resyncs IS 'Full re-reads after the target refused the delta link (410 Gone).';
+
+CREATE TABLE IF NOT EXISTS pending_imports (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    definition_id int NOT NULL REFERENCES definitions (id) ON DELETE CASCADE,
+    list          text NOT NULL,
+    target_id     text NOT NULL,
+    sync_key      text,
+    etag          text,
+    deleted       boolean NOT NULL DEFAULT false,
+    remote        jsonb,
+    modified      timestamptz,
+    origin        text NOT NULL DEFAULT 'delta' CHECK (origin IN ('delta', 'full', 'resync', 'write')),
+    round         bigint,
+    status        text NOT NULL DEFAULT 'pending'
+                  CHECK (status IN ('pending', 'applied', 'echo', 'conflict', 'awaiting_approval', 'failed', 'ignored', 'rejected', 'superseded')),
+    decision      text,
+    changes       jsonb,
+    resolutions   jsonb,
+    last_error    text,
+    sqlstate      text,
+    attempts      int NOT NULL DEFAULT 0,
+    decided_by    name,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    applied_at    timestamptz
+);
+-- One open change per item: a later page's version of it replaces it.
+CREATE UNIQUE INDEX IF NOT EXISTS pending_imports_open_idx ON pending_imports (definition_id, list, target_id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS pending_imports_status_idx ON pending_imports (definition_id, status);
+CREATE INDEX IF NOT EXISTS pending_imports_key_idx ON pending_imports (definition_id, sync_key) WHERE status IN ('pending', 'conflict', 'awaiting_approval', 'failed');
+CREATE INDEX IF NOT EXISTS pending_imports_round_idx ON pending_imports (definition_id, list, round);
+COMMENT ON TABLE pending_imports IS 'Changes read from the targets (two-way definitions, and the read-only fields of write answers): pending until sync.apply_imports decides them; then applied, echo (syncbridge''s own write), conflict (sync.resolve), awaiting_approval (sync.approve_import), failed (the reason in last_error; sync.retry_import), ignored, rejected or superseded.';
+COMMENT ON COLUMN pending_imports.id IS 'Import id (sync.approve_import, sync.reject_import, sync.retry_import).';
+COMMENT ON COLUMN pending_imports.definition_id IS 'The definition (sync.definitions.id).';
+COMMENT ON COLUMN pending_imports.list IS 'The list the item is in.';
+COMMENT ON COLUMN pending_imports.target_id IS 'The item''s id on the target.';
+COMMENT ON COLUMN pending_imports.sync_key IS 'The row''s key, once known (from the ledger, the item''s SyncKey, or the row inserted for it).';
+COMMENT ON COLUMN pending_imports.etag IS 'The item''s eTag as read.';
+COMMENT ON COLUMN pending_imports.deleted IS 'The item was deleted on the target.';
+COMMENT ON COLUMN pending_imports.remote IS 'The item''s fields as read (a field left out is empty).';
+COMMENT ON COLUMN pending_imports.modified IS 'When the item was last changed on the target (newest_wins compares it).';
+COMMENT ON COLUMN pending_imports.origin IS 'delta (a change read from the delta), full (a full read), resync (a remote delete found by a full read), write (a write''s answer, for pull fields).';
+COMMENT ON COLUMN pending_imports.round IS 'The pull round that stored it.';
+COMMENT ON COLUMN pending_imports.status IS 'pending, applied, echo, conflict, awaiting_approval, failed, ignored, rejected, superseded.';
+COMMENT ON COLUMN pending_imports.decision IS 'What was decided, in words.';
+COMMENT ON COLUMN pending_imports.changes IS 'Per field: {"old": ..., "new": ...} applied to the row, or put back on the target.';
+COMMENT ON COLUMN pending_imports.resolutions IS 'Per field, how its conflicts were resolved (local, remote, or {"value": v}).';
+COMMENT ON COLUMN pending_imports.last_error IS 'Why it failed (a value that does not fit its column, a constraint).';
+COMMENT ON COLUMN pending_imports.sqlstate IS 'The SQLSTATE of that error.';
+COMMENT ON COLUMN pending_imports.attempts IS 'Times it was tried.';
+COMMENT ON COLUMN pending_imports.decided_by IS 'Who approved, rejected or resolved it.';
+COMMENT ON COLUMN pending_imports.created_at IS 'When it was read.';
+COMMENT ON COLUMN pending_imports.updated_at IS 'When it last changed.';
+COMMENT ON COLUMN pending_imports.applied_at IS 'When it was applied.';
+
+SELECT pg_catalog.pg_extension_config_dump('pulls', '');
+SELECT pg_catalog.pg_extension_config_dump('pending_imports', '');
+
+-- ---------------------------------------------------------------------------
+-- Values from the target into columns
+-- ---------------------------------------------------------------------------
+
+-- A JSON number's digits as a whole number, or an error (a fraction is
+-- never rounded into an integer column).
+CREATE OR REPLACE FUNCTION _whole(v text) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    n numeric := v::numeric;
+BEGIN
+    IF n <> trunc(n) THEN
+        RAISE EXCEPTION 'invalid input syntax for an integer: "%"', v
+            USING ERRCODE = 'invalid_text_representation', DETAIL = 'A whole number was expected; nothing is rounded.';
+    END IF;
+    RETURN n;
+END $$;
+
+-- The SQL expression turning `src` (an expression of type jsonb, a value
+-- as the target holds it) into a value of type `typ`: the inverse of
+-- _json_expr for a column of kind `kind` in the time zone `tz`. JSON null
+-- (or no value) is NULL; a value the type cannot take raises the type's
+-- own error.
+CREATE OR REPLACE FUNCTION _from_json_expr(src text, typ regtype, kind text, tz text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    base oid;
+    cat "char";
+    t text := format_type(typ, NULL);
+    v text := format('(%s #>> ''{}'')', src);
+BEGIN
+    SELECT x.oid, x.typcategory INTO base, cat FROM pg_type x
+     WHERE x.oid = (WITH RECURSIVE b(oid) AS (SELECT typ::oid UNION ALL
+                        SELECT t2.typbasetype FROM pg_type t2 JOIN b ON t2.oid = b.oid WHERE t2.typtype = 'd')
+                    SELECT b.oid FROM b JOIN pg_type t3 ON t3.oid = b.oid WHERE t3.typtype <> 'd' LIMIT 1);
+    RETURN format('(CASE WHEN jsonb_typeof(%s) IS DISTINCT FROM ''null'' THEN (%s)::%s END)', src,
+        CASE
+            WHEN base = 'jsonb'::regtype OR base = 'json'::regtype THEN
+                -- a note holds the document's text; a document may also come as itself
+                format('CASE WHEN jsonb_typeof(%1$s) = ''string'' THEN (%2$s)::jsonb ELSE %1$s END', src, v)
+            WHEN cat = 'A' THEN
+                format('CASE WHEN jsonb_typeof(%1$s) = ''string'' AND left(%2$s, 1) = ''['' '
+                       'THEN translate((%2$s)::jsonb::text, ''[]'', ''{}'') ELSE %2$s END', src, v)
+            WHEN base = 'bytea'::regtype THEN format('decode(%s, ''base64'')', v)
+            WHEN base IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) THEN format('sync._whole(%s)', v)
+            WHEN tz IS NOT NULL AND base = 'timestamp'::regtype THEN format('(%s)::timestamptz AT TIME ZONE %L', v, tz)
+            WHEN tz IS NOT NULL AND base = 'date'::regtype AND kind IN ('date', 'dateTime') THEN
+                format('((%s)::timestamptz AT TIME ZONE %L)::date', v, tz)
+            ELSE v
+        END, t);
+END $$;
+
+-- Writes to a definition's source table for sync.apply_imports: the only
+-- function that does, owned by the role syncbridge_writer (it may read and
+-- write exactly the source tables of two-way definitions, granted by
+-- _reader_grants once the definer was checked for the same rights). The SQL
+-- is built from the catalog and the compiled definition: identifiers
+-- quoted, values bound as parameters, never text from a target.
+--   op update: sets the fields of `vals` on the row `key` (only if one
+--              differs); returns {"rows": n}
+--   op insert: inserts a row of `vals` (the key from the table's
+--              defaults); returns {"key": {column: text}}
+--   op delete: deletes the row `key`; returns {"rows": n}
+--   op commit_time: the row's commit time (track_commit_timestamp), or null
+--   op check:  converts `vals` without writing; returns {}
+CREATE OR REPLACE FUNCTION _source_write(def_id int, op text, key jsonb, vals jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+DECLARE
+    d sync.definitions;
+    c sync.compiled := sync._compile(def_id);
+    tz text;
+    rel text;
+    key_join text;
+    key_out text;
+    cols text[];
+    exprs text[];
+    f jsonb;
+    n int;
+    res jsonb;
+BEGIN
+    SELECT * INTO d FROM sync.definitions WHERE id = def_id;
+    SELECT coalesce(t.config->>'time_zone', 'UTC') INTO tz FROM sync.targets t WHERE t.name = d.target;
+    rel := d.source_rel::text;
+    SELECT string_agg(format('%I = ($1->>%L)::%s', a.attname, a.attname, format_type(a.atttypid, a.atttypmod)), ' AND '),
+           'jsonb_build_object(' || string_agg(format('%L, (%I)::text', a.attname, a.attname), ', ') || ')'
+      INTO key_join, key_out
+      FROM unnest(d.key_columns) x JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = x;
+    FOR f IN SELECT e FROM jsonb_array_elements(c.inbound) e WHERE vals ? (e->>'field') LOOP
+        cols := cols || quote_ident(f->>'column');
+        exprs := exprs || sync._from_json_expr(format('($2->%L)', f->>'field'), (f->>'type')::regtype, f->>'kind', tz);
+    END LOOP;
+    CASE op
+    WHEN 'update' THEN
+        IF cardinality(cols) IS NULL THEN
+            RETURN jsonb_build_object('rows', 0);
+        END IF;
+        EXECUTE format('UPDATE ONLY %s SET (%s) = ROW(%s) WHERE %s AND (%2$s) IS DISTINCT FROM (%3$s)',
+                       rel, array_to_string(cols, ', '), array_to_string(exprs, ', '), key_join)
+          USING key, vals;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        RETURN jsonb_build_object('rows', n);
+    WHEN 'insert' THEN
+        EXECUTE format('INSERT INTO %s (%s) VALUES (%s) RETURNING %s', rel,
+                       coalesce(array_to_string(cols, ', '), ''), coalesce(array_to_string(exprs, ', '), ''), key_out)
+           INTO res USING key, vals;
+        RETURN jsonb_build_object('key', res);
+    WHEN 'delete' THEN
+        EXECUTE format('DELETE FROM ONLY %s WHERE %s', rel, key_join) USING key, vals;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        RETURN jsonb_build_object('rows', n);
+    WHEN 'commit_time' THEN
+        IF NOT current_setting('track_commit_timestamp')::boolean THEN
+            RETURN jsonb_build_object('time', NULL);
+        END IF;
+        EXECUTE format('SELECT to_jsonb(pg_xact_commit_timestamp(xmin)) FROM ONLY %s WHERE %s', rel, key_join) INTO res USING key, vals;
+        RETURN jsonb_build_object('time', res);
+    WHEN 'check' THEN
+        IF cardinality(cols) IS NOT NULL THEN
+            EXECUTE format('SELECT ROW(%s)', array_to_string(exprs, ', ')) USING key, vals;
+        END IF;
+        RETURN '{}';
+    END CASE;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Pulling (the worker)
+-- ---------------------------------------------------------------------------
+
+-- Seconds between two pulls of a list: the target's pull_interval, else 60.
+CREATE OR REPLACE FUNCTION _pull_interval(target_name text) RETURNS interval
+LANGUAGE sql STABLE AS $$
+    SELECT make_interval(secs => coalesce((t.config->>'pull_interval')::float8, 60)) FROM sync.targets t WHERE t.name = target_name
+$$;
+
+CREATE OR REPLACE FUNCTION pull_claim(target text, n int DEFAULT 10, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, force boolean DEFAULT false)
+RETURNS TABLE (definition text, list text, list_id text, link text, fields text[], round bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    lease interval;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = pull_claim.target) THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was claimed.', HINT = 'SELECT name FROM sync.targets;';
+    END IF;
+    IF n IS NULL OR n NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'invalid claim size %', coalesce(n::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A pull claim takes 1 to 1000 lists.', HINT = 'n => 10.';
+    END IF;
+    IF lease_seconds IS NOT NULL AND lease_seconds NOT BETWEEN 1 AND 86400 THEN
+        RAISE EXCEPTION 'invalid lease_seconds %', lease_seconds
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A lease lasts 1 to 86400 seconds.',
+                  HINT = format('The default is %s (setting sync.lease_seconds).', sync._setting('lease_seconds'));
+    END IF;
+    PERFORM sync._check_worker_name(worker);
+    lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
+    -- Every provisioned list of the target's pulling definitions has its row.
+    INSERT INTO sync.pulls (definition_id, list)
+    SELECT d.id, tl.list FROM sync.definitions d JOIN sync.target_lists tl ON tl.definition_id = d.id
+     WHERE d.target = pull_claim.target AND d.direction <> 'push' AND tl.remote_id IS NOT NULL
+    ON CONFLICT DO NOTHING;
+    RETURN QUERY
+    WITH due AS (
+        SELECT p.definition_id, p.list FROM sync.pulls p JOIN sync.definitions d ON d.id = p.definition_id
+         WHERE d.target = pull_claim.target AND d.state = 'active' AND d.direction <> 'push'
+           AND (pull_claim.force OR p.next_pull_at <= now())
+           AND (p.lease_until IS NULL OR p.lease_until < now())
+         ORDER BY p.next_pull_at, p.definition_id, p.list
+         LIMIT n
+           FOR UPDATE OF p SKIP LOCKED
+    ), leased AS (
+        UPDATE sync.pulls p
+           SET round = p.round + 1, lease_until = now() + lease, leased_by = pull_claim.worker,
+               -- a round that starts without a link reads the whole list
+               full_read = CASE WHEN p.page_link IS NULL THEN p.link IS NULL ELSE p.full_read END,
+               full_round = CASE WHEN p.page_link IS NULL AND p.link IS NULL THEN p.round + 1 ELSE p.full_round END,
+               full_started_at = CASE WHEN p.page_link IS NULL AND p.link IS NULL THEN now() ELSE p.full_started_at END
+          FROM due WHERE p.definition_id = due.definition_id AND p.list = due.list
+        RETURNING p.*
+    )
+    SELECT d.name, l.list, tl.remote_id, coalesce(l.page_link, l.link),
+           ARRAY['SyncKey'] || ARRAY(SELECT DISTINCT e->>'field' FROM jsonb_array_elements((sync._compile(d.id)).inbound) e
+                                      WHERE e->>'field' <> 'SyncKey' ORDER BY 1),
+           l.round
+      FROM leased l JOIN sync.definitions d ON d.id = l.definition_id
+      JOIN sync.target_lists tl ON tl.definition_id = l.definition_id AND tl.list = l.list
+     ORDER BY d.name, l.list;
+END $$;
+COMMENT ON FUNCTION pull_claim(text, int, int, text, boolean) IS 'Leases up to n lists of a target whose pull is due (force: all) to the caller (FOR UPDATE SKIP LOCKED: two workers never read one list at once): the list''s id, the link to read next (NULL: start a full read), the fields to select, and the round to hand pages over under.';
+
+-- The caller's lease of a list, locked; raises 55000 when it has lost it.
+CREATE OR REPLACE FUNCTION _pull_lease(def_id int, list_name text, lease_round bigint, worker text) RETURNS pulls
+LANGUAGE plpgsql AS $$
+DECLARE
+    p sync.pulls;
+BEGIN
+    SELECT * INTO p FROM sync.pulls x WHERE x.definition_id = def_id AND x.list = list_name FOR UPDATE;
+    IF NOT FOUND OR p.round <> lease_round OR p.leased_by IS DISTINCT FROM worker OR p.lease_until IS NULL THEN
+        RAISE EXCEPTION 'the pull of list % is no longer leased to this worker', quote_literal(list_name)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Round %s; the list''s round is %s, leased by %s.', lease_round, coalesce(p.round::text, 'none'), coalesce(p.leased_by, 'nobody')),
+                  HINT = 'The lease expired and another worker took the list over: leave it.';
+    END IF;
+    RETURN p;
+END $$;
+
+CREATE OR REPLACE FUNCTION pull_page(definition text, list text, round bigint, items jsonb, link text, final boolean, worker text DEFAULT NULL)
+RETURNS int
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    d sync.definitions := sync._def(definition);
+    p sync.pulls;
+    bad bigint;
+    stored int;
+    lease interval := make_interval(secs => sync._setting('lease_seconds')::int);
+BEGIN
+    IF items IS NULL OR jsonb_typeof(items) <> 'array' THEN
+        RAISE EXCEPTION 'items must be a JSON array'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', coalesce(jsonb_typeof(items), 'NULL')),
+                  HINT = 'items is [{"id": "1", "etag": "...", "deleted": false, "modified": "...", "fields": {...}}].';
+    END IF;
+    SELECT min(o) INTO bad FROM jsonb_array_elements(items) WITH ORDINALITY e(v, o)
+     WHERE jsonb_typeof(v) <> 'object' OR jsonb_typeof(v -> 'id') <> 'string' OR (v ->> 'id') !~ '^[A-Za-z0-9._,-]{1,200}$'
+        OR (v ? 'etag' AND jsonb_typeof(v -> 'etag') NOT IN ('string', 'null'))
+        OR (v ? 'deleted' AND jsonb_typeof(v -> 'deleted') <> 'boolean')
+        OR (v ? 'fields' AND jsonb_typeof(v -> 'fields') NOT IN ('object', 'null'))
+        OR (v ? 'modified' AND jsonb_typeof(v -> 'modified') NOT IN ('string', 'null'));
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'item % of the page is malformed', bad
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('It is %s.', left((items -> (bad - 1)::int)::text, 200)),
+                  HINT = 'Each item has a string id; etag and modified are strings, deleted a boolean, fields an object. Nothing of the page was stored.';
+    END IF;
+    IF final IS NULL OR (final AND link IS NULL) THEN
+        RAISE EXCEPTION 'a last page needs its delta link'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'The next round starts at the delta link of the last page.',
+                  HINT = 'Pass the page''s @odata.deltaLink with final => true, or its @odata.nextLink with final => false.';
+    END IF;
+    IF length(link) > 8000 THEN
+        RAISE EXCEPTION 'link too long'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('%s characters; at most 8000.', length(link)), HINT = 'Pass the link the target gave.';
+    END IF;
+    PERFORM sync._check_worker_name(worker);
+    p := sync._pull_lease(d.id, list, round, worker);
+    -- The page's items, the last version of each (an item may come more
+    -- than once in a round: the last counts).
+    WITH page AS (
+        SELECT DISTINCT ON (v ->> 'id') v ->> 'id' AS target_id, v ->> 'etag' AS etag,
+               coalesce((v ->> 'deleted')::boolean, false) AS deleted,
+               CASE WHEN jsonb_typeof(v -> 'fields') = 'object' THEN v -> 'fields' END AS remote,
+               CASE WHEN (v ->> 'modified') ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T' THEN (v ->> 'modified')::timestamptz END AS modified
+          FROM jsonb_array_elements(items) WITH ORDINALITY e(v, o)
+         ORDER BY v ->> 'id', o DESC
+    ), ins AS (
+        INSERT INTO sync.pending_imports AS i (definition_id, list, target_id, sync_key, etag, deleted, remote, modified, origin, round)
+        SELECT d.id, pull_page.list, page.target_id,
+               -- the key, when the item is known: its exports wait for the decision
+               (SELECT l.sync_key FROM sync.ledger l WHERE l.target_id = page.target_id AND l.definition_id = d.id AND l.list = pull_page.list LIMIT 1),
+               page.etag, page.deleted, page.remote, page.modified,
+               CASE WHEN p.full_read THEN 'full' ELSE 'delta' END, pull_page.round
+          FROM page
+        ON CONFLICT (definition_id, list, target_id) WHERE status = 'pending'
+        DO UPDATE SET etag = EXCLUDED.etag, deleted = EXCLUDED.deleted, remote = EXCLUDED.remote, modified = EXCLUDED.modified,
+                      origin = EXCLUDED.origin, round = EXCLUDED.round, sync_key = EXCLUDED.sync_key, updated_at = now()
+        RETURNING 1
+    )
+    SELECT count(*) INTO stored FROM ins;
+    IF final THEN
+        IF p.full_read THEN
+            -- A full read saw every item: the ones the ledger knows in this
+            -- list that it did not see (and that were not written since it
+            -- began) were deleted on the target.
+            INSERT INTO sync.pending_imports AS i (definition_id, list, target_id, sync_key, etag, deleted, origin, round)
+            SELECT d.id, l.list, l.target_id, l.sync_key, NULL, true, 'resync', pull_page.round
+              FROM sync.ledger l
+             WHERE l.definition_id = d.id AND l.list = pull_page.list AND l.target_id IS NOT NULL
+               AND l.last_synced_at < p.full_started_at
+               AND NOT EXISTS (SELECT 1 FROM sync.pending_imports s
+                                WHERE s.definition_id = d.id AND s.list = pull_page.list AND s.target_id = l.target_id
+                                  AND s.round >= p.full_round AND s.origin IN ('full', 'delta'))
+            ON CONFLICT (definition_id, list, target_id) WHERE status = 'pending'
+            DO UPDATE SET deleted = true, remote = NULL, origin = 'resync', round = EXCLUDED.round, updated_at = now();
+        END IF;
+        UPDATE sync.pulls x
+           SET link = pull_page.link, page_link = NULL, full_read = false, full_round = NULL, full_started_at = NULL,
+               last_pull_at = now(), next_pull_at = now() + sync._pull_interval(d.target),
+               lease_until = NULL, leased_by = NULL, attempts = 0, last_error = NULL, error_class = NULL,
+               pages = x.pages + 1, items = x.items + stored
+         WHERE x.definition_id = d.id AND x.list = pull_page.list;
+    ELSE
+        UPDATE sync.pulls x
+           SET page_link = pull_page.link, lease_until = now() + lease, pages = x.pages + 1, items = x.items + stored
+         WHERE x.definition_id = d.id AND x.list = pull_page.list;
+    END IF;
+    RETURN stored;
+END $$;
+COMMENT ON FUNCTION pull_page(text, text, bigint, jsonb, text, boolean, text) IS 'Stores one page of a list''s changes as pending imports together with the link to the next page (final: the delta link the next round starts at), in one transaction. At the end of a full read, items the ledger knows that were not seen become remote deletes. Raises 55000 when the caller no longer holds the list''s lease.';
+
+CREATE OR REPLACE FUNCTION pull_failed(definition text, list text, round bigint, error text, class text, resync boolean DEFAULT false,
+                            retry_after double precision DEFAULT NULL, worker text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions := sync._def(definition);
+    p sync.pulls;
+BEGIN
+    PERFORM sync._check_choice('error class', class, ARRAY['transient', 'throttled', 'auth', 'definite']);
+    IF retry_after IS NOT NULL AND (retry_after = 'NaN' OR retry_after NOT BETWEEN 0 AND 86400) THEN
+        RAISE EXCEPTION 'invalid retry_after %', retry_after
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'retry_after is 0 to 86400 seconds.', HINT = 'Pass the target''s Retry-After.';
+    END IF;
+    PERFORM sync._check_worker_name(worker);
+    p := sync._pull_lease(d.id, list, round, worker);
+    UPDATE sync.pulls x
+       SET lease_until = NULL, leased_by = NULL,
+           -- 410 Gone: the link is dead; the next round reads the whole list
+           link = CASE WHEN resync THEN NULL ELSE x.link END,
+           page_link = CASE WHEN resync THEN NULL ELSE x.page_link END,
+           full_read = CASE WHEN resync THEN true ELSE x.full_read END,
+           resyncs = x.resyncs + resync::int,
+           attempts = CASE WHEN class = 'throttled' OR resync THEN x.attempts ELSE x.attempts + 1 END,
+           last_error = left(coalesce(error, 'failed without a message'), 2000), error_class = class,
+           next_pull_at = now() + greatest(
+               CASE WHEN resync OR class = 'throttled' THEN interval '0' ELSE sync._backoff(x.attempts + 1) END,
+               make_interval(secs => coalesce(retry_after, 0)))
+     WHERE x.definition_id = d.id AND x.list = pull_failed.list;
+END $$;
+COMMENT ON FUNCTION pull_failed(text, text, bigint, text, text, boolean, double precision, text) IS 'The worker reports a failed pull of a list: the lease is released and the next round waits a backoff (or retry_after); resync (410 Gone, or a link refused) starts the next round as a full read.';
+
+CREATE OR REPLACE FUNCTION pull_due(target text) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM sync.pending_imports i JOIN sync.definitions d ON d.id = i.definition_id
+                              WHERE d.target = pull_due.target AND d.state = 'active' AND i.status = 'pending') THEN 0::float8
+    ELSE (SELECT greatest(0, extract(epoch FROM min(coalesce(CASE WHEN p.lease_until > now() THEN greatest(p.lease_until, p.next_pull_at) ELSE p.next_pull_at END, now())) - now()))::float8
+      FROM sync.definitions d
+      JOIN sync.target_lists tl ON tl.definition_id = d.id AND tl.remote_id IS NOT NULL
+      LEFT JOIN sync.pulls p ON p.definition_id = d.id AND p.list = tl.list
+     WHERE d.target = pull_due.target AND d.state = 'active' AND d.direction <> 'push') END
+$$;
+COMMENT ON FUNCTION pull_due(text) IS 'Seconds until a list of the target is due for a pull, or inbound changes wait to be applied (0: now); NULL when the target has no list to pull and nothing waits.';
+
+CREATE OR REPLACE FUNCTION pull_now(definition text) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions := sync._def(definition);
+    n int;
+BEGIN
+    IF d.direction = 'push' THEN
+        RAISE EXCEPTION 'definition % does not pull', quote_literal(definition)
+            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Its direction is push.',
+                  HINT = 'Define it with direction => ''both'' or ''pull'' to read changes back.';
+    END IF;
+    UPDATE sync.pulls SET next_pull_at = now() WHERE definition_id = d.id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION pull_now(text) IS 'Makes every list of a two-way definition due for a pull now. Returns the number of lists.';
+
+CREATE OR REPLACE FUNCTION reset_pull(definition text) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    d sync.definitions := sync._def(definition);
+    n int;
+BEGIN
+    UPDATE sync.pulls SET link = NULL, page_link = NULL, full_read = true, next_pull_at = now() WHERE definition_id = d.id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION reset_pull(text) IS 'Forgets the delta links of a definition''s lists: the next pull reads each list whole and compares it with the ledger (items gone on the target become remote deletes). Returns the number of lists.';
+
+-- ---------------------------------------------------------------------------
+-- Deciding and applying
+-- ---------------------------------------------------------------------------
+
+-- An eTag as Graph spells it in one place or another ("{GUID},N" in a
+-- delta, "guid,N" in an ETag header, W/ and quotes or not): the same text.
+CREATE OR REPLACE FUNCTION _etag_norm(etag text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT lower(translate(regexp_replace(etag, '^W/', ''), '"{}', ''))
+$$;
+
+-- When the row's value of a key last changed here, for newest_wins: its
+-- commit time when track_commit_timestamp is on; else when the change was
+-- staged (the open export of the key: a little after its commit); else (a
+-- change not staged yet) now: the database's change counts as the newer.
+CREATE OR REPLACE FUNCTION _local_time(def_id int, key_obj jsonb, sync_key text) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    t timestamptz;
+BEGIN
+    t := (sync._source_write(def_id, 'commit_time', key_obj, '{}') ->> 'time')::timestamptz;
+    IF t IS NULL THEN
+        SELECT max(e.updated_at) INTO t FROM sync.pending_exports e
+         WHERE e.definition_id = def_id AND e.sync_key = _local_time.sync_key
+           AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error', 'executing');
+    END IF;
+    RETURN coalesce(t, now());
+END $$;
+
+-- Decides one pending import and carries the decision out (the caller holds
+-- the definition's staging lock and runs this in a subtransaction: an error
+-- leaves nothing half-done). Returns the import's new status, or 'waiting'
+-- (an export of the key is in flight: decided later).
+CREATE OR REPLACE FUNCTION _apply_import(imp pending_imports, d definitions) RETURNS text
+LANGUAGE plpgsql
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+DECLARE
+    c sync.compiled := sync._compile(d.id);
+    l sync.ledger;
+    found_ledger boolean;
+    key_obj jsonb;
+    skey text;
+    w record;
+    f jsonb;
+    fname text;
+    dir text;
+    rv jsonb;         -- remote value
+    bv jsonb;         -- base value (ledger)
+    lv jsonb;         -- local value (row)
+    set_vals jsonb := '{}';
+    new_base jsonb := '{}';
+    v_changes jsonb := '{}';
+    putback text[] := '{}';
+    v_conflicts jsonb := '[]';
+    winner text;
+    local_t timestamptz;
+    remote_t timestamptz;
+    res jsonb;
+    new_fields jsonb;
+    echo boolean;
+    v_remote jsonb := coalesce(imp.remote, '{}');
+    outcome text;
+    pulled text[] := '{}';
+BEGIN
+    -- The item: by id in its list, else by its SyncKey.
+    SELECT * INTO l FROM sync.ledger x
+     WHERE x.target_id = imp.target_id AND x.definition_id = d.id AND x.list = imp.list LIMIT 1;
+    found_ledger := FOUND;
+    IF NOT found_ledger AND NOT imp.deleted AND jsonb_typeof(v_remote -> 'SyncKey') = 'string' THEN
+        SELECT * INTO l FROM sync.ledger x WHERE x.definition_id = d.id AND x.sync_key = v_remote ->> 'SyncKey';
+        found_ledger := FOUND;
+    END IF;
+
+    -- Deleted on the target.
+    IF imp.deleted THEN
+        IF NOT found_ledger THEN
+            UPDATE sync.pending_imports SET status = 'ignored', decision = 'deleted on the target: an item syncbridge did not know',
+                   updated_at = now() WHERE id = imp.id;
+            RETURN 'ignored';
+        END IF;
+        IF EXISTS (SELECT 1 FROM sync.pending_exports e WHERE e.definition_id = d.id AND e.sync_key = l.sync_key AND e.status = 'executing') THEN
+            RETURN 'waiting';
+        END IF;
+        key_obj := sync._key_objects(d.id, ARRAY[l.sync_key]) -> 0;
+        IF d.inbound_deletes = 'approve' AND imp.decided_by IS NULL THEN
+            UPDATE sync.pending_imports SET status = 'awaiting_approval', sync_key = l.sync_key,
+                   decision = 'deleted on the target: the row is deleted once approved (sync.approve_import), kept and sent again if rejected (sync.reject_import)',
+                   updated_at = now() WHERE id = imp.id;
+            RETURN 'awaiting_approval';
+        END IF;
+        IF d.inbound_deletes = 'ignore' THEN
+            -- The row stays; the ledger forgets the item (it is created again
+            -- the next time the row v_changes).
+            DELETE FROM sync.ledger x WHERE x.definition_id = d.id AND x.sync_key = l.sync_key;
+            UPDATE sync.pending_imports SET status = 'ignored', sync_key = l.sync_key,
+                   decision = 'deleted on the target: ignored (inbound_deletes = ignore); the row stays', updated_at = now() WHERE id = imp.id;
+            RETURN 'ignored';
+        END IF;
+        res := sync._source_write(d.id, 'delete', key_obj, '{}');
+        DELETE FROM sync.ledger x WHERE x.definition_id = d.id AND x.sync_key = l.sync_key;
+        IF d.direction = 'both' THEN
+            PERFORM sync._stage_def(d.id, jsonb_build_array(key_obj), NULL, NULL);
+        END IF;
+        UPDATE sync.pending_imports SET status = 'applied', sync_key = l.sync_key, applied_at = now(), updated_at = now(),
+               decision = format('deleted on the target: the row was deleted (%s row)', res ->> 'rows'),
+               changes = jsonb_build_object('@deleted', jsonb_build_object('old', l.fields, 'new', NULL))
+         WHERE id = imp.id;
+        RETURN 'applied';
+    END IF;
+
+    -- A new item on the target: a row for it.
+    IF NOT found_ledger THEN
+        IF jsonb_typeof(v_remote -> 'SyncKey') = 'string' AND v_remote ->> 'SyncKey' <> '' THEN
+            UPDATE sync.pending_imports SET status = 'ignored', updated_at = now(),
+                   decision = format('an item with SyncKey %s that the ledger does not know (a drift check tells more)', left(v_remote ->> 'SyncKey', 200))
+             WHERE id = imp.id;
+            RETURN 'ignored';
+        END IF;
+        IF d.inbound_inserts = 'ignore' OR (d.inbound_inserts = 'approve' AND imp.decided_by IS NULL) THEN
+            UPDATE sync.pending_imports
+               SET status = CASE d.inbound_inserts WHEN 'ignore' THEN 'ignored' ELSE 'awaiting_approval' END, updated_at = now(),
+                   decision = CASE d.inbound_inserts WHEN 'ignore' THEN 'created on the target: ignored (inbound_inserts = ignore)'
+                                   ELSE 'created on the target: a row is inserted once approved (sync.approve_import)' END
+             WHERE id = imp.id;
+            RETURN CASE d.inbound_inserts WHEN 'ignore' THEN 'ignored' ELSE 'awaiting_approval' END;
+        END IF;
+        SELECT coalesce(jsonb_object_agg(e->>'field', coalesce(v_remote -> (e->>'field'), 'null')), '{}') INTO set_vals
+          FROM jsonb_array_elements(c.inbound) e;
+        res := sync._source_write(d.id, 'insert', NULL, set_vals);
+        key_obj := res -> 'key';
+        skey := (SELECT x.sync_key FROM sync._mapped_rows_by_key(d.id, jsonb_build_array(key_obj)) x LIMIT 1);
+        SELECT * INTO w FROM sync._mapped_rows_by_key(d.id, jsonb_build_array(key_obj)) LIMIT 1;
+        -- The ledger holds the item as the row now maps (nothing to send
+        -- back), known to have come from the target.
+        INSERT INTO sync.ledger (definition_id, sync_key, list, target_id, etag, fields, hash, join_type, provenance)
+        VALUES (d.id, skey, imp.list, imp.target_id, imp.etag, coalesce(w.fields, '{}'),
+                coalesce(w.hash, sha256(convert_to('{}', 'UTF8'))), 'projected', 'pull');
+        IF d.direction = 'both' THEN
+            -- Whatever the row maps to differently (a shard's list: a move,
+            -- which creates the item anew with its SyncKey) is staged; else
+            -- the item gets its SyncKey written.
+            PERFORM sync._stage_def(d.id, jsonb_build_array(key_obj), NULL, NULL);
+            INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, payload, hash, status)
+            VALUES (d.id, skey, 'update', imp.list, jsonb_build_object('SyncKey', skey), coalesce(w.hash, sha256(convert_to('{}', 'UTF8'))), 'pending')
+            ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
+            DO NOTHING;
+        END IF;
+        UPDATE sync.pending_imports SET status = 'applied', sync_key = skey, applied_at = now(), updated_at = now(),
+               decision = 'created on the target: a row was inserted',
+               changes = (SELECT jsonb_object_agg(k, jsonb_build_object('old', NULL, 'new', v)) FROM jsonb_each(set_vals) s(k, v))
+         WHERE id = imp.id;
+        RETURN 'applied';
+    END IF;
+
+    -- A known item that changed (or syncbridge's own write coming back).
+    IF EXISTS (SELECT 1 FROM sync.pending_exports e WHERE e.definition_id = d.id AND e.sync_key = l.sync_key AND e.status = 'executing') THEN
+        RETURN 'waiting';
+    END IF;
+    key_obj := sync._key_objects(d.id, ARRAY[l.sync_key]) -> 0;
+    SELECT * INTO w FROM sync._mapped_rows_by_key(d.id, jsonb_build_array(key_obj)) LIMIT 1;
+    IF NOT coalesce(w.present, false) AND NOT EXISTS (
+            SELECT 1 FROM jsonb_array_elements(c.inbound) e WHERE e->>'direction' = 'pull') THEN
+        -- The row is gone here (or filtered out): its delete goes (with the
+        -- item's new eTag, so that it is not refused as stale).
+        UPDATE sync.ledger x SET etag = imp.etag WHERE x.definition_id = d.id AND x.sync_key = l.sync_key;
+        UPDATE sync.pending_imports SET status = 'ignored', sync_key = l.sync_key, updated_at = now(),
+               decision = 'the row is no longer sent from here: the database''s delete wins' WHERE id = imp.id;
+        IF d.direction = 'both' THEN
+            PERFORM sync._stage_def(d.id, jsonb_build_array(key_obj), NULL, NULL);
+        END IF;
+        RETURN 'ignored';
+    END IF;
+    echo := imp.etag IS NOT NULL AND sync._etag_norm(imp.etag) = sync._etag_norm(l.etag);
+    FOR f IN SELECT e FROM jsonb_array_elements(c.inbound) e LOOP
+        fname := f->>'field';
+        dir := f->>'direction';
+        rv := coalesce(v_remote -> fname, 'null');
+        IF dir = 'pull' THEN
+            -- The target owns it: taken whenever it differs (the UPDATE
+            -- below v_changes nothing when it does not).
+            IF imp.remote IS NOT NULL THEN
+                set_vals := set_vals || jsonb_build_object(fname, rv);
+                pulled := pulled || fname;
+            END IF;
+            CONTINUE;
+        END IF;
+        bv := coalesce(l.fields -> fname, 'null');
+        lv := coalesce(w.fields -> fname, 'null');
+        IF echo OR rv = bv OR imp.remote IS NULL THEN
+            new_base := new_base || jsonb_build_object(fname, bv);
+        ELSIF dir = 'push' THEN
+            -- The database owns it: put back.
+            new_base := new_base || jsonb_build_object(fname, rv);
+            putback := putback || fname;
+        ELSIF lv = bv OR lv = rv THEN
+            -- Changed on the target only (or the same way on both sides).
+            set_vals := set_vals || jsonb_build_object(fname, rv);
+            new_base := new_base || jsonb_build_object(fname, rv);
+            IF lv <> rv THEN
+                v_changes := v_changes || jsonb_build_object(fname, jsonb_build_object('old', lv, 'new', rv));
+            END IF;
+        ELSE
+            v_conflicts := v_conflicts || jsonb_build_object('field', fname, 'base', bv, 'local', lv, 'remote', rv);
+        END IF;
+    END LOOP;
+
+    -- Fields changed on both sides.
+    IF jsonb_array_length(v_conflicts) > 0 THEN
+        remote_t := coalesce(imp.modified, CASE WHEN (v_remote ->> 'Modified') ~ '^[0-9]{4}-' THEN (v_remote ->> 'Modified')::timestamptz END);
+        IF d.conflict = 'newest_wins' THEN
+            local_t := sync._local_time(d.id, key_obj, l.sync_key);
+        END IF;
+        FOR f IN SELECT e FROM jsonb_array_elements(v_conflicts) e LOOP
+            fname := f->>'field';
+            winner := CASE
+                WHEN imp.resolutions ? fname THEN
+                    CASE WHEN jsonb_typeof(imp.resolutions -> fname) = 'object' THEN 'custom' ELSE imp.resolutions ->> fname END
+                WHEN d.conflict = 'source_wins' THEN 'local'
+                WHEN d.conflict = 'target_wins' THEN 'remote'
+                WHEN d.conflict = 'newest_wins' THEN CASE WHEN remote_t IS NOT NULL AND remote_t > local_t THEN 'remote' ELSE 'local' END
+                ELSE NULL END;
+            CASE winner
+            WHEN 'local' THEN
+                new_base := new_base || jsonb_build_object(fname, f -> 'remote');
+                putback := putback || fname;
+            WHEN 'remote' THEN
+                set_vals := set_vals || jsonb_build_object(fname, f -> 'remote');
+                new_base := new_base || jsonb_build_object(fname, f -> 'remote');
+                v_changes := v_changes || jsonb_build_object(fname, jsonb_build_object('old', f -> 'local', 'new', f -> 'remote'));
+            WHEN 'custom' THEN
+                set_vals := set_vals || jsonb_build_object(fname, imp.resolutions -> fname -> 'value');
+                new_base := new_base || jsonb_build_object(fname, f -> 'remote');
+                v_changes := v_changes || jsonb_build_object(fname, jsonb_build_object('old', f -> 'local', 'new', imp.resolutions -> fname -> 'value'));
+                putback := putback || fname;
+            ELSE
+                -- manual: recorded; the item waits for sync.resolve
+                INSERT INTO sync.conflicts (definition_id, sync_key, field, base_value, local_value, remote_value,
+                                            import_id, local_time, remote_time, target_id)
+                VALUES (d.id, l.sync_key, fname, f -> 'base', f -> 'local', f -> 'remote', imp.id,
+                        sync._local_time(d.id, key_obj, l.sync_key), remote_t, imp.target_id);
+            END CASE;
+        END LOOP;
+        IF EXISTS (SELECT 1 FROM sync.conflicts x WHERE x.import_id = imp.id AND x.resolution IS NULL) THEN
+            UPDATE sync.pending_imports SET status = 'conflict', sync_key = l.sync_key, updated_at = now(),
+                   decision = format('changed on both sides: %s (sync.conflicts; sync.resolve)',
+                                     (SELECT string_agg(x.field, ', ' ORDER BY x.field) FROM sync.conflicts x WHERE x.import_id = imp.id AND x.resolution IS NULL))
+             WHERE id = imp.id;
+            RETURN 'conflict';
+        END IF;
+    END IF;
+
+    -- Apply to the row, then the ledger learns what both sides hold.
+    IF set_vals <> '{}' AND coalesce(w.present, false) THEN
+        res := sync._source_write(d.id, 'update', key_obj, set_vals);
+        SELECT * INTO w FROM sync._mapped_rows_by_key(d.id, jsonb_build_array(key_obj)) LIMIT 1;
+    ELSIF set_vals <> '{}' THEN
+        res := sync._source_write(d.id, 'update', key_obj, set_vals);
+    END IF;
+    outcome := CASE WHEN echo AND coalesce((res ->> 'rows')::int, 0) = 0 AND cardinality(putback) = 0 THEN 'echo' ELSE 'applied' END;
+    -- Per sent field: the row's value where it agrees with the base decided
+    -- above (its exact form, so that staging hashes it the same), else that
+    -- base (staging then sends the row's value: put back, source wins).
+    SELECT coalesce(jsonb_object_agg(s ->> 'field',
+               CASE WHEN NOT new_base ? (s ->> 'field') THEN coalesce(l.fields -> (s ->> 'field'), 'null')
+                    WHEN coalesce(w.fields -> (s ->> 'field'), 'null') = new_base -> (s ->> 'field') THEN coalesce(w.fields -> (s ->> 'field'), 'null')
+                    ELSE new_base -> (s ->> 'field') END), '{}')
+      INTO new_fields
+      FROM jsonb_array_elements(c.fields) s;
+    UPDATE sync.ledger x
+       SET etag = coalesce(imp.etag, x.etag), fields = new_fields, hash = sha256(convert_to(new_fields::text, 'UTF8')),
+           provenance = CASE WHEN v_changes = '{}' THEN x.provenance ELSE 'pull' END, last_synced_at = now()
+     WHERE x.definition_id = d.id AND x.sync_key = l.sync_key;
+    IF d.direction = 'both' THEN
+        PERFORM sync._stage_def(d.id, jsonb_build_array(key_obj), NULL, NULL);
+    END IF;
+    UPDATE sync.pending_imports
+       SET status = outcome, sync_key = l.sync_key, updated_at = now(), applied_at = CASE WHEN outcome = 'applied' THEN now() END,
+           changes = nullif(v_changes, '{}'),
+           decision = CASE
+               WHEN outcome = 'echo' THEN 'syncbridge''s own write coming back: nothing to do'
+               ELSE concat_ws('; ',
+                   CASE WHEN v_changes <> '{}' THEN 'applied to the row: ' || (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(v_changes) k) END,
+                   CASE WHEN cardinality(putback) > 0 THEN 'the database''s value sent again: ' || array_to_string(putback, ', ') END,
+                   CASE WHEN v_changes = '{}' AND cardinality(putback) = 0 THEN 'nothing differs' END) END
+     WHERE id = imp.id;
+    -- Conflicts of this item settled here are closed.
+    UPDATE sync.conflicts x SET resolution = coalesce(x.resolution, 'superseded'), resolved_at = coalesce(x.resolved_at, now())
+     WHERE x.import_id = imp.id AND x.resolution IS NULL;
+    RETURN outcome;
+END $$;
+
+CREATE OR REPLACE FUNCTION apply_imports(target text, n int DEFAULT 500, worker text DEFAULT NULL)
+RETURNS TABLE (applied int, echoes int, conflicts int, awaiting int, failed int, remaining bigint)
+LANGUAGE plpgsql
+SET enable_seqscan = off SET jit = off
+AS $$
+DECLARE
+    d sync.definitions;
+    imp sync.pending_imports;
+    outcome text;
+    msg text;
+    state text;
+    done int := 0;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = apply_imports.target) THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was applied.', HINT = 'SELECT name FROM sync.targets;';
+    END IF;
+    IF n IS NULL OR n NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'invalid batch size %', coalesce(n::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'apply_imports takes 1 to 10000 imports at a time.', HINT = 'n => 500.';
+    END IF;
+    PERFORM sync._check_worker_name(worker);
+    applied := 0; echoes := 0; conflicts := 0; awaiting := 0; failed := 0;
+    FOR d IN SELECT x.* FROM sync.definitions x
+              WHERE x.target = apply_imports.target AND x.state = 'active'
+                AND EXISTS (SELECT 1 FROM sync.pending_imports i WHERE i.definition_id = x.id AND i.status = 'pending')
+              ORDER BY x.id LOOP
+        EXIT WHEN done >= n;
+        -- Serialized with staging and sync.complete for the definition:
+        -- the ledger and the queue do not move under the decision.
+        PERFORM pg_advisory_xact_lock(1937337955, d.id);
+        FOR imp IN SELECT i.* FROM sync.pending_imports i
+                    WHERE i.definition_id = d.id AND i.status = 'pending'
+                    ORDER BY i.id LIMIT n - done
+                      FOR UPDATE SKIP LOCKED LOOP
+            done := done + 1;
+            -- A newer version of an item in conflict replaces the conflict.
+            WITH old AS (
+                UPDATE sync.pending_imports o SET status = 'superseded', updated_at = now(),
+                       decision = coalesce(o.decision, '') || format(' (superseded by import %s)', imp.id)
+                 WHERE o.definition_id = d.id AND o.list = imp.list AND o.target_id = imp.target_id AND o.id < imp.id
+                   AND o.status IN ('conflict', 'awaiting_approval', 'failed')
+                RETURNING o.id
+            )
+            UPDATE sync.conflicts x SET resolution = 'superseded', resolved_at = now()
+              FROM old WHERE x.import_id = old.id AND x.resolution IS NULL;
+            BEGIN
+                outcome := sync._apply_import(imp, d);
+            EXCEPTION
+            WHEN transaction_rollback OR lock_not_available OR insufficient_resources OR operator_intervention THEN
+                RAISE;
+            WHEN OTHERS THEN
+                -- A value that does not fit its column, a constraint, a
+                -- trigger's refusal: the item fails alone, visibly; the row is
+                -- untouched (the subtransaction is rolled back) and the pull
+                -- goes on. sync.retry_import tries again once it is fixed.
+                GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+                UPDATE sync.pending_imports
+                   SET status = 'failed', last_error = left(msg, 2000), sqlstate = state, attempts = attempts + 1, updated_at = now(),
+                       decision = 'could not be applied to the row'
+                 WHERE id = imp.id;
+                outcome := 'failed';
+            END;
+            CASE outcome
+                WHEN 'applied' THEN applied := applied + 1;
+                WHEN 'echo' THEN echoes := echoes + 1;
+                WHEN 'conflict' THEN conflicts := conflicts + 1;
+                WHEN 'awaiting_approval' THEN awaiting := awaiting + 1;
+                WHEN 'failed' THEN failed := failed + 1;
+                WHEN 'ignored' THEN applied := applied + 1;
+                ELSE NULL;  -- waiting: decided later
+            END CASE;
+        END LOOP;
+    END LOOP;
+    SELECT count(*) INTO remaining FROM sync.pending_imports i JOIN sync.definitions x ON x.id = i.definition_id
+     WHERE x.target = apply_imports.target AND x.state = 'active' AND i.status = 'pending';
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION apply_imports(text, int, text) IS 'Decides up to n pending imports of a target''s active definitions against the ledger (three-way, field by field) and applies them to the source tables with the ledger, in one transaction; each item alone fails visibly (status failed, last_error). Run by the worker under the replication origin syncbridge, so the stream skips what it writes. An item whose key has an export in flight waits.';
+
+-- ---------------------------------------------------------------------------
+-- People decide: conflicts, approvals, retries
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION _conflict(conflict_id bigint) RETURNS conflicts
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    c sync.conflicts;
+BEGIN
+    SELECT * INTO c FROM sync.conflicts WHERE id = conflict_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'conflict % does not exist', coalesce(conflict_id::text, 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'It may have been purged, or settled by a newer change of the item.',
+                  HINT = 'SELECT * FROM sync.conflicts WHERE resolution IS NULL;';
+    END IF;
+    IF c.resolution IS NOT NULL THEN
+        RAISE EXCEPTION 'conflict % is already settled (%)', conflict_id, c.resolution
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Settled at %s%s.', c.resolved_at, coalesce(' by ' || c.resolved_by, '')),
+                  HINT = 'SELECT * FROM sync.conflicts WHERE resolution IS NULL;';
+    END IF;
+    RETURN c;
+END $$;
+
+-- Records a resolution; once every conflict of the item is settled, the
+-- item goes back to the queue and the next sync.apply_imports carries it out.
+CREATE OR REPLACE FUNCTION _resolve(c conflicts, how text, val jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    choice jsonb := CASE how WHEN 'custom' THEN jsonb_build_object('value', val) ELSE to_jsonb(how) END;
+BEGIN
+    UPDATE sync.conflicts SET resolution = how, resolved_value = CASE how WHEN 'local' THEN c.local_value
+                                                                          WHEN 'remote' THEN c.remote_value ELSE val END,
+           resolved_by = session_user, resolved_at = now()
+     WHERE id = c.id;
+    UPDATE sync.pending_imports i
+       SET resolutions = coalesce(i.resolutions, '{}') || jsonb_build_object(c.field, choice), updated_at = now(),
+           decided_by = session_user,
+           status = CASE WHEN EXISTS (SELECT 1 FROM sync.conflicts x WHERE x.import_id = i.id AND x.resolution IS NULL)
+                         THEN i.status ELSE 'pending' END
+     WHERE i.id = c.import_id AND i.status = 'conflict';
+    RETURN how;
+END $$;
+
+CREATE OR REPLACE FUNCTION resolve(conflict bigint, choice text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    c sync.conflicts := sync._conflict(conflict);
+BEGIN
+    IF choice IS NULL OR choice NOT IN ('local', 'remote') THEN
+        RAISE EXCEPTION 'invalid resolution %', coalesce(quote_literal(choice), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A conflict is resolved with ''local'' (the database''s value is sent to the target), ''remote'' (the target''s value is written into the row), or a value of the field.',
+                  HINT = format('SELECT sync.resolve(%s, ''local''); or SELECT sync.resolve(%s, ''"a value"''::jsonb);', conflict, conflict);
+    END IF;
+    RETURN sync._resolve(c, choice, NULL);
+END $$;
+COMMENT ON FUNCTION resolve(bigint, text) IS 'Settles a conflict: local (the database''s value wins and is sent to the target) or remote (the target''s value is written into the row). Carried out by the worker''s next apply, once every conflict of the item is settled.';
+
+CREATE OR REPLACE FUNCTION resolve(conflict bigint, value jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    c sync.conflicts := sync._conflict(conflict);
+    msg text;
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION 'a resolution value cannot be SQL NULL'
+            USING ERRCODE = 'null_value_not_allowed', DETAIL = 'To empty the field, resolve with JSON null.',
+                  HINT = format('SELECT sync.resolve(%s, ''null''::jsonb);', conflict);
+    END IF;
+    -- The value must fit the column it goes into.
+    BEGIN
+        PERFORM sync._source_write(c.definition_id, 'check', NULL, jsonb_build_object(c.field, value));
+    EXCEPTION WHEN data_exception OR invalid_text_representation THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        RAISE EXCEPTION 'value % does not fit field %', left(value::text, 100), c.field
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = msg,
+                  HINT = format('Give a value of the column''s type, as JSON (the local value is %s, the remote %s).',
+                                left(c.local_value::text, 100), left(c.remote_value::text, 100));
+    END;
+    RETURN sync._resolve(c, 'custom', value);
+END $$;
+COMMENT ON FUNCTION resolve(bigint, jsonb) IS 'Settles a conflict with a value of one''s own (JSON, checked against the column): written into the row and sent to the target.';
+
+CREATE OR REPLACE FUNCTION _import(import_id bigint, want text[]) RETURNS pending_imports
+LANGUAGE plpgsql AS $$
+DECLARE
+    i sync.pending_imports;
+BEGIN
+    SELECT * INTO i FROM sync.pending_imports WHERE id = import_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'import % does not exist', coalesce(import_id::text, 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'It may have been purged.', HINT = 'SELECT * FROM sync.pending_imports;';
+    END IF;
+    IF NOT i.status = ANY (want) THEN
+        RAISE EXCEPTION 'import % is %', import_id, i.status
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Only an import that is %s can be changed so.', array_to_string(want, ' or ')),
+                  HINT = format('SELECT status, decision, last_error FROM sync.pending_imports WHERE id = %s;', import_id);
+    END IF;
+    RETURN i;
+END $$;
+
+CREATE OR REPLACE FUNCTION approve_import(import_id bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    i sync.pending_imports := sync._import(import_id, ARRAY['awaiting_approval']);
+BEGIN
+    UPDATE sync.pending_imports SET status = 'pending', decided_by = session_user, updated_at = now() WHERE id = i.id;
+    RETURN 'pending';
+END $$;
+COMMENT ON FUNCTION approve_import(bigint) IS 'Approves an inbound delete or create that waits for a person: the worker''s next apply carries it out.';
+
+CREATE OR REPLACE FUNCTION reject_import(import_id bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    i sync.pending_imports := sync._import(import_id, ARRAY['awaiting_approval', 'failed']);
+    d sync.definitions;
+BEGIN
+    SELECT * INTO d FROM sync.definitions WHERE id = i.definition_id;
+    PERFORM pg_advisory_xact_lock(1937337955, d.id);
+    UPDATE sync.pending_imports SET status = 'rejected', decided_by = session_user, updated_at = now(),
+           decision = coalesce(decision, '') || ' — rejected: the database''s row stands' WHERE id = i.id;
+    IF i.sync_key IS NOT NULL AND i.deleted THEN
+        -- The item is gone: the ledger forgets it and the row is sent again.
+        DELETE FROM sync.ledger WHERE definition_id = d.id AND sync_key = i.sync_key;
+    ELSIF i.sync_key IS NOT NULL THEN
+        -- The target's version is not taken: the ledger learns it, so that
+        -- the row's values are sent over it.
+        UPDATE sync.ledger l SET etag = coalesce(i.etag, l.etag),
+               fields = l.fields || (SELECT coalesce(jsonb_object_agg(k, coalesce(i.remote -> k, 'null')), '{}')
+                                       FROM jsonb_object_keys(l.fields) k),
+               hash = sha256(convert_to((l.fields || (SELECT coalesce(jsonb_object_agg(k, coalesce(i.remote -> k, 'null')), '{}')
+                                                        FROM jsonb_object_keys(l.fields) k))::text, 'UTF8'))
+         WHERE l.definition_id = d.id AND l.sync_key = i.sync_key AND i.remote IS NOT NULL;
+    END IF;
+    IF i.sync_key IS NOT NULL AND d.direction = 'both' THEN
+        PERFORM sync._stage_def(d.id, sync._key_objects(d.id, ARRAY[i.sync_key]), NULL, NULL);
+    END IF;
+    RETURN 'rejected';
+END $$;
+COMMENT ON FUNCTION reject_import(bigint) IS 'Rejects an inbound change that waits for approval or failed: the database''s row stands and is sent to the target again (a rejected delete re-creates the item).';
+
+CREATE OR REPLACE FUNCTION retry_import(import_id bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    i sync.pending_imports := sync._import(import_id, ARRAY['failed']);
+BEGIN
+    -- Only if no newer version of the item is queued (that one counts).
+    IF EXISTS (SELECT 1 FROM sync.pending_imports o WHERE o.definition_id = i.definition_id AND o.list = i.list
+                  AND o.target_id = i.target_id AND o.status = 'pending') THEN
+        UPDATE sync.pending_imports SET status = 'superseded', updated_at = now() WHERE id = i.id;
+        RETURN 'superseded';
+    END IF;
+    UPDATE sync.pending_imports SET status = 'pending', last_error = NULL, sqlstate = NULL, updated_at = now() WHERE id = i.id;
+    RETURN 'pending';
+END $$;
+COMMENT ON FUNCTION retry_import(bigint) IS 'Queues a failed import again (after the table or the mapping was fixed); the worker''s next apply tries it.';
+
 -- ===== sql/backfill.sql =====
 -- syncbridge: the initial load (backfill) of a definition, one chunk per call.
 --
@@ -2773,7 +4017,17 @@ SELECT d.name AS definition,
        CASE WHEN pg_is_in_recovery() THEN NULL
             ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint END AS slot_lag_bytes,
        bf.position AS backfill_progress,
-       lr.finished_at AS last_run_at
+       lr.finished_at AS last_run_at,
+       d.direction,
+       coalesce(im.pending, 0) AS imports_pending,
+       coalesce(im.applied, 0) AS imports_applied,
+       coalesce(im.awaiting_approval, 0) AS imports_awaiting_approval,
+       coalesce(im.failed, 0) AS imports_failed,
+       (SELECT count(*) FROM sync.conflicts c WHERE c.definition_id = d.id AND c.resolution IS NULL) AS conflicts_open,
+       pl.last_pull_at,
+       pl.next_pull_at,
+       pl.pull_state,
+       pl.pull_error
   FROM sync.definitions d
   LEFT JOIN LATERAL (
       SELECT count(*) FILTER (WHERE e.status = 'pending') AS pending,
@@ -2791,8 +4045,22 @@ SELECT d.name AS definition,
   LEFT JOIN sync.cursors cur ON cur.kind = 'slot' AND cur.scope = sync._setting('slot_name')
   LEFT JOIN pg_replication_slots s ON s.slot_name = sync._setting('slot_name')
   LEFT JOIN sync.cursors bf ON bf.kind = 'backfill' AND bf.definition_id = d.id
-  LEFT JOIN LATERAL (SELECT r.finished_at FROM sync.runs r WHERE r.definition_id = d.id ORDER BY r.id DESC LIMIT 1) lr ON true;
-COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress.';
+  LEFT JOIN LATERAL (SELECT r.finished_at FROM sync.runs r WHERE r.definition_id = d.id ORDER BY r.id DESC LIMIT 1) lr ON true
+  LEFT JOIN LATERAL (
+      SELECT count(*) FILTER (WHERE i.status = 'pending') AS pending,
+             count(*) FILTER (WHERE i.status IN ('applied', 'echo')) AS applied,
+             count(*) FILTER (WHERE i.status = 'awaiting_approval') AS awaiting_approval,
+             count(*) FILTER (WHERE i.status = 'failed') AS failed
+        FROM sync.pending_imports i WHERE i.definition_id = d.id) im ON true
+  LEFT JOIN LATERAL (
+      SELECT min(p.last_pull_at) AS last_pull_at, min(p.next_pull_at) AS next_pull_at,
+             -- per list: reading (leased), full read due, delta (a link held)
+             string_agg(format('%s: %s%s', p.list,
+                               CASE WHEN p.lease_until > now() THEN 'reading' WHEN p.link IS NULL THEN 'full read due' ELSE 'delta' END,
+                               CASE WHEN p.resyncs > 0 THEN format(' (%s resyncs)', p.resyncs) ELSE '' END), ', ' ORDER BY p.list) AS pull_state,
+             string_agg(p.list || ': ' || p.last_error, '; ' ORDER BY p.list) AS pull_error
+        FROM sync.pulls p WHERE p.definition_id = d.id) pl ON true;
+COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress; two-way: inbound changes pending, applied, awaiting approval and failed, open conflicts, the last and next pull and each list''s delta state and pull error.';
 
 -- ===== sql/roles.sql =====
 -- syncbridge: privileges, applied last (after every object exists). The
@@ -2811,6 +4079,12 @@ COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaitin
 --                      (SECURITY DEFINER, search_path pinned), so every
 --                      write goes through their checks. It has no right on
 --                      any other table.
+--   syncbridge_writer  (nobody logs in as it, nobody is a member) writes
+--                      what comes back from targets (two-way sync) into
+--                      the source tables: it owns sync._source_write and may
+--                      SELECT, INSERT, UPDATE and DELETE the tables of the
+--                      definitions that bring values back (granted once the
+--                      definer was checked for the same rights), nothing else.
 --   syncbridge_reader  (nobody logs in as it, nobody is a member) evaluates
 --                      row filters, shard predicates and transforms: it owns
 --                      sync._mapped_rows_all / _mapped_rows_by_key /
@@ -2827,7 +4101,7 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['syncbridge_admin', 'syncbridge_worker', 'syncbridge_owner', 'syncbridge_reader'] LOOP
+    FOREACH r IN ARRAY ARRAY['syncbridge_admin', 'syncbridge_worker', 'syncbridge_owner', 'syncbridge_reader', 'syncbridge_writer'] LOOP
         -- Two databases creating the extension at once race here: the loser
         -- finds the role made by the winner.
         BEGIN
@@ -2863,14 +4137,16 @@ BEGIN
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', o.fn);
         EXECUTE format('ALTER FUNCTION %s OWNER TO %s', o.fn,
                        CASE WHEN o.proname IN ('_mapped_rows_all', '_mapped_rows_by_key', '_source_keys')
-                            THEN 'syncbridge_reader' ELSE 'syncbridge_owner' END);
+                            THEN 'syncbridge_reader'
+                            WHEN o.proname = '_source_write' THEN 'syncbridge_writer'
+                            ELSE 'syncbridge_owner' END);
     END LOOP;
 END $$;
 
 -- From nothing (this file also runs in upgrades, where older grants exist).
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader;
-REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader;
-GRANT USAGE ON SCHEMA @extschema@ TO syncbridge_admin, syncbridge_worker, syncbridge_owner, syncbridge_reader;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader, syncbridge_writer;
+REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC, syncbridge_admin, syncbridge_worker, syncbridge_reader, syncbridge_writer;
+GRANT USAGE ON SCHEMA @extschema@ TO syncbridge_admin, syncbridge_worker, syncbridge_owner, syncbridge_reader, syncbridge_writer;
 
 -- The version, for whoever may use the schema.
 GRANT EXECUTE ON FUNCTION @extschema@.version() TO PUBLIC;
@@ -2881,6 +4157,11 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ TO syncbridge_owner;
 
 -- reader: compiling a definition (as syncbridge_owner) and nothing else of ours.
 GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._backfill_keyset_sql(int) TO syncbridge_reader;
+
+-- writer: compiling a definition, and the conversions its statements call.
+GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._from_json_expr(text, regtype, text, text),
+    @extschema@._whole(text) TO syncbridge_writer;
+GRANT SELECT ON @extschema@.definitions, @extschema@.targets TO syncbridge_writer;
 
 -- admin: the functions of the SQL surface (and _define, which define calls
 -- as its caller), read-only access to every table.
@@ -2917,8 +4198,27 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.start_run(text, text, text),
     @extschema@.finish_run(bigint, text, text),
     @extschema@.settings(),
-    @extschema@._setting(text)
+    @extschema@._setting(text),
+    @extschema@.pull_claim(text, int, int, text, boolean),
+    @extschema@.pull_page(text, text, bigint, jsonb, text, boolean, text),
+    @extschema@.pull_failed(text, text, bigint, text, text, boolean, double precision, text),
+    @extschema@.pull_due(text),
+    @extschema@.apply_imports(text, int, text)
   TO syncbridge_worker;
+
+-- Two-way sync: the worker applies inbound changes in sessions under the
+-- replication origin syncbridge (the stream skips what such sessions
+-- commit). The origin is cluster-wide, made once; the worker may set up and
+-- reset its session's origin, nothing else of replication origins.
+DO $$
+BEGIN
+    IF pg_catalog.pg_replication_origin_oid('syncbridge') IS NULL THEN
+        PERFORM pg_catalog.pg_replication_origin_create('syncbridge');
+    END IF;
+EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
+END $$;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_replication_origin_session_setup(text),
+    pg_catalog.pg_replication_origin_session_reset() TO syncbridge_worker;
 
 -- ===== sql/upgrade/0.1.0--0.2.0/tail.sql =====
 -- Data: 0.1.0 stored expressions as they were given; 0.2.0 stores

@@ -9,12 +9,15 @@ DROP FUNCTION @extschema@._json_expr(text, regtype);
 DROP FUNCTION @extschema@.plan_summary(text);
 DROP FUNCTION @extschema@.plan(text);
 DROP FUNCTION @extschema@.target_list_ids(text);
+DROP FUNCTION @extschema@.claim(text, int, int, text, bigint);
+DROP FUNCTION @extschema@.define(text, text, text, text, text[], text, text, text, text, text, int);
+DROP FUNCTION @extschema@.map(text, text, text, text, text, text);
 
 -- The configuration keys max_concurrent_batches (read by the worker since
 -- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second
 -- is a cap the worker keeps when it is set, without a default.
 UPDATE @extschema@.target_kinds
-   SET optional_config = '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone}'
+   SET optional_config = '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone,pull_interval}'
  WHERE kind = 'graph';
 ALTER TABLE @extschema@.target_kinds DROP COLUMN default_writes_per_second;
 
@@ -57,3 +60,28 @@ CREATE FUNCTION @extschema@."_analyze_expression"(
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'analyze_expression_sql_wrapper';
+
+-- Two-way sync: what inbound deletes and creates do, conflicts with their
+-- item and times, the export class conflict (412 to If-Match), the compiled
+-- inbound fields.
+ALTER TABLE @extschema@.definitions
+    ADD COLUMN inbound_deletes text NOT NULL DEFAULT 'approve' CHECK (inbound_deletes IN ('apply', 'approve', 'ignore')),
+    ADD COLUMN inbound_inserts text NOT NULL DEFAULT 'apply' CHECK (inbound_inserts IN ('apply', 'approve', 'ignore'));
+COMMENT ON COLUMN @extschema@.definitions.inbound_deletes IS 'Two-way: what an item deleted on the target does to its row: apply (the row is deleted), approve (it waits for sync.approve_import; the default: an external change never removes local data without a person''s say), ignore (the row stays).';
+COMMENT ON COLUMN @extschema@.definitions.inbound_inserts IS 'Two-way: what an item created on the target (without a SyncKey) does: apply (a row is inserted, its key from the table''s defaults, and the item gets its SyncKey), approve (it waits for sync.approve_import), ignore.';
+ALTER TABLE @extschema@.pending_exports DROP CONSTRAINT pending_exports_error_class_check,
+    ADD CONSTRAINT pending_exports_error_class_check CHECK (error_class IN ('transient', 'throttled', 'auth', 'definite', 'conflict'));
+COMMENT ON COLUMN @extschema@.pending_exports.error_class IS 'How the last error was classified: transient, throttled, auth, definite, conflict (the item changed on the target: 412 to If-Match; its change is pulled and decided first).';
+ALTER TABLE @extschema@.conflicts DROP CONSTRAINT conflicts_resolution_check,
+    ADD CONSTRAINT conflicts_resolution_check CHECK (resolution IN ('local', 'remote', 'custom', 'superseded')),
+    ADD COLUMN import_id bigint,
+    ADD COLUMN target_id text,
+    ADD COLUMN local_time timestamptz,
+    ADD COLUMN remote_time timestamptz;
+COMMENT ON COLUMN @extschema@.conflicts.resolution IS 'local, remote or custom (sync.resolve), superseded (a newer change of the item replaced it); NULL while open.';
+COMMENT ON COLUMN @extschema@.conflicts.import_id IS 'The inbound change it came with (sync.pending_imports.id).';
+COMMENT ON COLUMN @extschema@.conflicts.target_id IS 'The item''s id on the target.';
+COMMENT ON COLUMN @extschema@.conflicts.local_time IS 'When the database''s value was committed (or staged, or first seen: see the README on newest_wins).';
+COMMENT ON COLUMN @extschema@.conflicts.remote_time IS 'When the target''s value was written (its Modified).';
+DELETE FROM @extschema@.compiled;
+ALTER TABLE @extschema@.compiled ADD COLUMN inbound jsonb NOT NULL DEFAULT '[]';
