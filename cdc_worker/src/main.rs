@@ -322,7 +322,15 @@ fn report_ingest(summary: &ingest::IngestSummary) {
 }
 
 fn report_export(summary: &export::ExportSummary) {
-    tracing::info!(claimed = summary.claimed, exported = summary.exported, failed = summary.failed, "export stopped");
+    tracing::info!(
+        claimed = summary.claimed,
+        exported = summary.exported,
+        failed = summary.failed,
+        conflicts = summary.conflicts,
+        pulled = summary.pulled,
+        imported = summary.imported,
+        "export stopped"
+    );
 }
 
 /// A watch that turns true on SIGTERM or SIGINT.
