@@ -1269,7 +1269,7 @@ mod tests {
         t.create("Employees", json!({"Title": "two"})).await;
 
         // A full enumeration, one item per page.
-        let r = t.get(&format!("{delta}?$top=1")).await;
+        let r = t.get(&format!("{delta}?$expand=fields&$top=1")).await;
         assert_eq!(r.body["value"].as_array().unwrap().len(), 1);
         assert_eq!(r.body["value"][0]["fields"]["Title"], "one");
         let next = r.body["@odata.nextLink"].as_str().unwrap().to_string();
@@ -1279,7 +1279,7 @@ mod tests {
         assert!(r.body.get("@odata.nextLink").is_none());
         assert!(r.body["@odata.deltaLink"].as_str().is_some());
 
-        let r = t.get(&format!("{delta}?token=latest")).await;
+        let r = t.get(&format!("{delta}?$expand=fields&token=latest")).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body["value"], json!([]));
         let link = r.body["@odata.deltaLink"].as_str().unwrap().to_string();
@@ -1311,6 +1311,43 @@ mod tests {
         let other_link = t.get(&format!("{SITE}/lists/Other/items/delta?token=latest")).await;
         let token = other_link.body["@odata.deltaLink"].as_str().unwrap().split("token=").nth(1).unwrap().to_string();
         assert_eq!(t.get(&format!("{delta}?token={token}")).await.status, 410);
+    }
+
+    #[tokio::test]
+    async fn delta_honors_expand_and_select_and_its_links_keep_them() {
+        let t = T::new().await;
+        t.employees().await;
+        let delta = format!("{SITE}/lists/Employees/items/delta");
+        for i in 1..=3 {
+            t.create("Employees", json!({"Title": format!("n{i}"), "Age": i, "SyncKey": format!("k{i}")})).await;
+        }
+        // Without $expand: no fields, as Graph.
+        let r = t.get(&format!("{delta}?$top=5")).await;
+        assert!(r.body["value"][0].get("fields").is_none(), "{}", r.body);
+        assert!(r.body["value"][0]["eTag"].is_string());
+        // $select: the fields named (and the eTag annotation), nothing else;
+        // every page of the read keeps the options.
+        let before = t.em.stats().ru_used;
+        let r = t.get(&format!("{delta}?$expand=fields($select=Title,SyncKey,Modified)&$top=2")).await;
+        assert_eq!(t.em.stats().ru_used - before, 2, "a delta without a token costs 2 RU");
+        let keys = |v: &Value| {
+            let mut k: Vec<String> = v["fields"].as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&r.body["value"][0]), ["@odata.etag", "Modified", "SyncKey", "Title"]);
+        let next = r.body["@odata.nextLink"].as_str().unwrap().to_string();
+        let before = t.em.stats().ru_used;
+        let r = t.get(&next).await;
+        assert_eq!(t.em.stats().ru_used - before, 1, "a delta with a token costs 1 RU");
+        assert_eq!(r.body["value"].as_array().unwrap().len(), 1);
+        assert_eq!(keys(&r.body["value"][0]), ["@odata.etag", "Modified", "SyncKey", "Title"]);
+        let link = r.body["@odata.deltaLink"].as_str().unwrap().to_string();
+        t.patch(&format!("{SITE}/lists/Employees/items/2/fields"), json!({"Age": 20}), &[]).await;
+        let r = t.get(&link).await;
+        assert_eq!(r.body["value"].as_array().unwrap().len(), 1);
+        assert_eq!(r.body["value"][0]["fields"]["SyncKey"], "k2");
+        assert!(r.body["value"][0]["fields"].get("Age").is_none(), "not selected: {}", r.body);
     }
 
     #[tokio::test]
