@@ -35,8 +35,9 @@ pub const DEFAULT_LANES: usize = 2;
 pub struct ExportConfig {
     /// Only these targets (all with an active definition when empty).
     pub targets: Vec<String>,
-    /// Stop when nothing is left to send (exports in `error` or awaiting
-    /// approval do not count).
+    /// Pull every two-way list once and apply what came, then stop when
+    /// nothing is left to send (exports in `error` or awaiting approval do
+    /// not count).
     pub once: bool,
     /// The name recorded in leases and runs.
     pub worker_name: String,

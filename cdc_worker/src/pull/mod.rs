@@ -34,8 +34,8 @@ use crate::error::WorkerError;
 use crate::extension::{self, Lease, PullClaim, PullFailure};
 use crate::target::{PullError, PullRequest, Target};
 
-/// Lists leased per `sync.pull_claim`.
-pub const LISTS_PER_CLAIM: i32 = 10;
+/// The most lists one round reads (and one forced claim leases).
+pub const MAX_LISTS_PER_ROUND: i32 = 1000;
 /// Items asked for per page.
 pub const DEFAULT_PAGE_SIZE: u32 = 200;
 /// Inbound changes decided per `sync.apply_imports`.
@@ -118,7 +118,7 @@ pub async fn run(
             return Ok(summary);
         }
         for pass in 0..=ONCE_RESYNC_ROUNDS {
-            let resyncs = round(db, config, target, adapter, true, stop, &mut summary).await?.1;
+            let resyncs = round(db, config, target, adapter, true, stop, &mut summary).await?.resyncs;
             apply_all(db, config, target, &mut summary).await?;
             if resyncs == 0 || *stop.borrow() {
                 break;
@@ -136,11 +136,14 @@ pub async fn run(
             None => MAX_IDLE,
             Some(s) if s > 0.0 => Duration::try_from_secs_f64(s).unwrap_or(MAX_IDLE).min(MAX_IDLE),
             Some(_) => {
-                let (claimed, _) = round(db, config, target, adapter, false, stop, &mut summary).await?;
+                let r = round(db, config, target, adapter, false, stop, &mut summary).await?;
                 apply_all(db, config, target, &mut summary).await?;
-                if claimed > 0 {
+                if r.claimed > r.failed {
                     continue;
                 }
+                // Nothing claimed (another worker holds the due lists) or
+                // every read failed (the extension schedules the retries):
+                // no busy loop.
                 MIN_IDLE
             }
         };
@@ -159,8 +162,21 @@ async fn sleep_or_wake(d: Duration, wake: Option<&Notify>, stop: &mut watch::Rec
     }
 }
 
-/// One round: claims lists and reads each. Returns (lists claimed, lists
-/// whose read must start over).
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Round {
+    /// Lists claimed.
+    claimed: usize,
+    /// Of those, lists whose pull failed.
+    failed: usize,
+    /// Of those, lists whose read must start over (a 410, a refused link).
+    resyncs: u32,
+}
+
+/// One round: claims lists and reads each. Due lists are claimed one at a
+/// time, so that each lease starts when its read does (a long read does not
+/// eat the lease of the lists after it), at most [`MAX_LISTS_PER_ROUND`];
+/// with `force`, every pullable list in one claim.
 async fn round(
     db: &Client,
     config: &PullConfig,
@@ -169,38 +185,46 @@ async fn round(
     force: bool,
     stop: &mut watch::Receiver<bool>,
     summary: &mut PullSummary,
-) -> Result<(usize, u32), WorkerError> {
-    let claims =
-        extension::pull_claim(db, target, LISTS_PER_CLAIM, config.lease_seconds, &config.worker_name, force).await?;
+) -> Result<Round, WorkerError> {
+    let (lease, worker) = (config.lease_seconds, config.worker_name.as_str());
+    let n = if force { MAX_LISTS_PER_ROUND } else { 1 };
+    let mut claims = extension::pull_claim(db, target, n, lease, worker, force).await?;
     if claims.is_empty() {
-        return Ok((0, 0));
+        return Ok(Round::default());
     }
-    let run_id = extension::start_run(db, "pull", None, &config.worker_name).await?;
-    let mut resyncs = 0;
-    let mut outcome = Ok(());
-    for c in &claims {
-        if *stop.borrow() {
-            break;
-        }
-        match pull_list(db, config, adapter, c, stop, summary).await {
-            Ok(ListEnd::Done) => summary.lists += 1,
-            Ok(ListEnd::Failed { resync }) => {
-                summary.failed += 1;
-                resyncs += u32::from(resync);
+    let run_id = extension::start_run(db, "pull", None, worker).await?;
+    let mut done = Round::default();
+    let outcome: Result<(), WorkerError> = async {
+        while !claims.is_empty() {
+            for c in &claims {
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                done.claimed += 1;
+                match pull_list(db, config, adapter, c, stop, summary).await? {
+                    ListEnd::Done => summary.lists += 1,
+                    ListEnd::Failed { resync } => {
+                        summary.failed += 1;
+                        done.failed += 1;
+                        done.resyncs += u32::from(resync);
+                    }
+                    ListEnd::Dropped => {}
+                }
             }
-            Ok(ListEnd::Dropped) => {}
-            Err(e) => {
-                outcome = Err(e);
-                break;
+            if force || done.claimed >= MAX_LISTS_PER_ROUND as usize {
+                return Ok(());
             }
+            claims = extension::pull_claim(db, target, 1, lease, worker, false).await?;
         }
+        Ok(())
     }
+    .await;
     let (status, error) = match &outcome {
         Ok(()) => ("succeeded", None),
         Err(e) => ("failed", Some(e.to_string())),
     };
     extension::finish_run(db, run_id, status, error).await;
-    outcome.map(|()| (claims.len(), resyncs))
+    outcome.map(|()| done)
 }
 
 /// Reads one leased list page by page to its final link.
