@@ -20,6 +20,7 @@ pub async fn start_run(db: &Client, kind: &str, definition: Option<&str>, worker
     let what = match kind {
         "stream" => "recording the run",
         "backfill" => "recording the backfill run",
+        "pull" => "recording the pull run",
         _ => "recording the export run",
     };
     Ok(db
@@ -286,4 +287,195 @@ pub async fn export_backlog(db: &Client, target: &str, within_secs: f64) -> Resu
         .await
         .map_err(WorkerError::db("looking for open exports"))?;
     Ok((row.get(0), row.get(1)))
+}
+
+// ---------------------------------------------------------------------------
+// Pull (two-way sync)
+// ---------------------------------------------------------------------------
+
+/// A list leased for pulling (a row of `sync.pull_claim`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullClaim {
+    /// The definition it belongs to.
+    pub definition: String,
+    /// The list's name.
+    pub list: String,
+    /// The list's id on the target.
+    pub list_id: String,
+    /// The link to replay (None: a fresh, full read).
+    pub link: Option<String>,
+    /// The fields to read.
+    pub fields: Vec<String>,
+    /// The round the pages belong to.
+    pub round: i64,
+}
+
+/// `sync.pull_claim(target, n, lease_seconds, worker, force)`: up to `n`
+/// lists whose pull is due (with `force`: every pullable list), leased.
+pub async fn pull_claim(
+    db: &Client,
+    target: &str,
+    n: i32,
+    lease_seconds: Option<i32>,
+    worker: &str,
+    force: bool,
+) -> Result<Vec<PullClaim>, WorkerError> {
+    let rows = db
+        .query(
+            "SELECT definition, list, list_id, link, fields, round FROM sync.pull_claim($1, $2, $3, $4, $5)",
+            &[&target, &n, &lease_seconds, &worker, &force],
+        )
+        .await
+        .map_err(WorkerError::db("claiming lists to pull"))?;
+    Ok(rows
+        .iter()
+        .map(|r| PullClaim {
+            definition: r.get(0),
+            list: r.get(1),
+            list_id: r.get(2),
+            link: r.get(3),
+            fields: r.get::<_, Option<Vec<String>>>(4).unwrap_or_default(),
+            round: r.get(5),
+        })
+        .collect())
+}
+
+/// Whether a list's lease is still the caller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// The call went through.
+    Held,
+    /// Another worker holds the list now (SQLSTATE 55000): drop it.
+    Lost,
+}
+
+/// A call refused because the caller's lease is gone: [`Lease::Lost`].
+fn lease_of(r: Result<(), tokio_postgres::Error>, what: &'static str) -> Result<Lease, WorkerError> {
+    match r {
+        Ok(()) => Ok(Lease::Held),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+            tracing::debug!(error = %Described(&e), "the list's lease is gone");
+            Ok(Lease::Lost)
+        }
+        Err(e) => Err(WorkerError::db(what)(e)),
+    }
+}
+
+/// `sync.pull_page(definition, list, round, items, link, final, worker)`:
+/// one page of a list's changes (items: a JSON array as text), stored with
+/// its link in one transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn pull_page(
+    db: &Client,
+    definition: &str,
+    list: &str,
+    round: i64,
+    items_json: &str,
+    link: &str,
+    last: bool,
+    worker: &str,
+) -> Result<Lease, WorkerError> {
+    let r = db
+        .query_one(
+            "SELECT sync.pull_page($1, $2, $3, $4::text::jsonb, $5, $6, $7)",
+            &[&definition, &list, &round, &items_json, &link, &last, &worker],
+        )
+        .await
+        .map(drop);
+    lease_of(r, "storing a pulled page")
+}
+
+/// Why a list's pull failed, as `sync.pull_failed` takes it.
+#[derive(Debug, Clone)]
+pub struct PullFailure<'a> {
+    /// What happened.
+    pub error: &'a str,
+    /// `transient`, `throttled`, `auth` or `definite`.
+    pub class: &'a str,
+    /// The next read is a fresh, full one (the link is thrown away).
+    pub resync: bool,
+    /// Seconds the target asked us to wait.
+    pub retry_after: Option<f64>,
+}
+
+/// `sync.pull_failed(definition, list, round, error, class, resync, retry_after, worker)`.
+pub async fn pull_failed(
+    db: &Client,
+    definition: &str,
+    list: &str,
+    round: i64,
+    failure: &PullFailure<'_>,
+    worker: &str,
+) -> Result<Lease, WorkerError> {
+    let r = db
+        .query_one(
+            "SELECT sync.pull_failed($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &definition,
+                &list,
+                &round,
+                &failure.error,
+                &failure.class,
+                &failure.resync,
+                &failure.retry_after,
+                &worker,
+            ],
+        )
+        .await
+        .map(drop);
+    lease_of(r, "recording a failed pull")
+}
+
+/// What one `sync.apply_imports` call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportTally {
+    /// Remote changes written to the source tables.
+    pub applied: i32,
+    /// Our own writes coming back: nothing to do.
+    pub echoes: i32,
+    /// Changed on both sides: settled by policy or left for a person.
+    pub conflicts: i32,
+    /// Waiting for an approval (deletes) or a resolution.
+    pub awaiting: i32,
+    /// Could not be applied (the reason is recorded).
+    pub failed: i32,
+    /// Still to decide after this call.
+    pub remaining: i64,
+}
+
+impl ImportTally {
+    /// Inbound changes this call settled one way or another.
+    pub fn progress(&self) -> i64 {
+        [self.applied, self.echoes, self.conflicts, self.awaiting, self.failed].iter().map(|n| i64::from(*n)).sum()
+    }
+}
+
+/// `sync.apply_imports(target, n, worker)`: decides and applies up to `n`
+/// stored inbound changes of the target.
+pub async fn apply_imports(db: &Client, target: &str, n: i32, worker: &str) -> Result<ImportTally, WorkerError> {
+    let r = db
+        .query_one(
+            "SELECT applied, echoes, conflicts, awaiting, failed, remaining FROM sync.apply_imports($1, $2, $3)",
+            &[&target, &n, &worker],
+        )
+        .await
+        .map_err(WorkerError::db("applying pulled changes"))?;
+    Ok(ImportTally {
+        applied: r.get(0),
+        echoes: r.get(1),
+        conflicts: r.get(2),
+        awaiting: r.get(3),
+        failed: r.get(4),
+        remaining: r.get(5),
+    })
+}
+
+/// `sync.pull_due(target)`: seconds until a list of the target is due for
+/// a pull (0: now), None when the target has no list to pull.
+pub async fn pull_due(db: &Client, target: &str) -> Result<Option<f64>, WorkerError> {
+    Ok(db
+        .query_one("SELECT sync.pull_due($1)", &[&target])
+        .await
+        .map_err(WorkerError::db("asking when the next pull is due"))?
+        .get(0))
 }

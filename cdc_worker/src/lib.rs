@@ -13,8 +13,10 @@
 //! - [`target`]: the adapters (the trait, the kind registry, the shared HTTP
 //!   client, Graph);
 //! - [`ingest`]: slot → batches → `sync.stage`, and the initial load;
-//! - [`export`]: `sync.claim` → adapter → `sync.complete`, and the purge;
-//! - [`pull`]: changes read back from targets (two-way; to come);
+//! - [`export`]: `sync.claim` → adapter → `sync.complete` (and each target's
+//!   puller beside), and the purge;
+//! - [`pull`]: changes read back from targets (two-way): `sync.pull_claim` →
+//!   adapter → `sync.pull_page`, then `sync.apply_imports`;
 //! - [`runtime`]: the worker's name and stop signals;
 //! - [`check`]: `syncbridge-worker check`.
 

@@ -118,13 +118,14 @@ enum Command {
         #[command(flatten)]
         policy: PolicyArgs,
     },
-    /// Send staged exports to their targets (claim → target → complete).
-    /// Any number may run at once, on any number of machines.
+    /// Send staged exports to their targets (claim → target → complete),
+    /// and pull two-way lists back (pull_claim → target → pull_page →
+    /// apply_imports). Any number may run at once, on any number of machines.
     Export {
         /// Connection string (libpq key=value or postgres:// URL).
         #[arg(long, env = "SYNCBRIDGE_DSN")]
         dsn: String,
-        /// Stop when nothing is left to send.
+        /// Pull every two-way list once and apply, then stop when nothing is left to send.
         #[arg(long)]
         once: bool,
         /// Only this target (repeatable; default: every target with an active definition).
@@ -322,7 +323,15 @@ fn report_ingest(summary: &ingest::IngestSummary) {
 }
 
 fn report_export(summary: &export::ExportSummary) {
-    tracing::info!(claimed = summary.claimed, exported = summary.exported, failed = summary.failed, "export stopped");
+    tracing::info!(
+        claimed = summary.claimed,
+        exported = summary.exported,
+        failed = summary.failed,
+        conflicts = summary.conflicts,
+        pulled = summary.pulled,
+        imported = summary.imported,
+        "export stopped"
+    );
 }
 
 /// A watch that turns true on SIGTERM or SIGINT.

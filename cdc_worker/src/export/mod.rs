@@ -4,6 +4,10 @@
 //! so an export is sent by one of them only; an export whose lease expired
 //! (its worker died mid-request) is claimed again with `verify`, and the
 //! adapter looks its SyncKey up before creating anything.
+//!
+//! Each target's exporter also runs its puller ([`crate::pull`]) over the
+//! same adapter; with `--once` it pulls and applies first, then exports
+//! until the backlog is empty (what applying staged included).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ pub use purge::purge_loop;
 use crate::error::WorkerError;
 use crate::extension;
 use crate::pg::dsn::Dsn;
+use crate::pull::{PullConfig, PullSummary};
 use crate::target::{self, ApplyContext, ErrorClass, Export, Health, OpResult, Target, TargetPolicy};
 
 /// Claim loops per target unless told otherwise.
@@ -30,8 +35,9 @@ pub const DEFAULT_LANES: usize = 2;
 pub struct ExportConfig {
     /// Only these targets (all with an active definition when empty).
     pub targets: Vec<String>,
-    /// Stop when nothing is left to send (exports in `error` or awaiting
-    /// approval do not count).
+    /// Pull every two-way list once and apply what came, then stop when
+    /// nothing is left to send (exports in `error` or awaiting approval do
+    /// not count).
     pub once: bool,
     /// The name recorded in leases and runs.
     pub worker_name: String,
@@ -73,6 +79,12 @@ pub struct ExportSummary {
     pub exported: u64,
     /// Exports that failed (to be retried, or in error).
     pub failed: u64,
+    /// Of those, exports that met a remote change (a 412 to their `If-Match`).
+    pub conflicts: u64,
+    /// Items read back from the targets (two-way definitions).
+    pub pulled: u64,
+    /// Inbound changes applied to the source tables.
+    pub imported: u64,
 }
 
 /// Runs the exporter for every target (or `config.targets`) until shutdown,
@@ -108,9 +120,7 @@ pub async fn run(
     for t in tasks {
         match t.await {
             Ok(Ok(s)) => {
-                summary.claimed += s.claimed;
-                summary.exported += s.exported;
-                summary.failed += s.failed;
+                summary = merge(Ok(summary), Ok(s))?;
             }
             Ok(Err(e)) => {
                 first_err.get_or_insert(e);
@@ -144,6 +154,13 @@ async fn context(db: &Client, target: &str) -> Result<ApplyContext, WorkerError>
     Ok(ctx)
 }
 
+/// With `--once`: pull → apply → export cycles at most, repeated while the
+/// exports met conflicts (a 412: the remote change is pulled and decided,
+/// and what that staged is sent).
+const ONCE_CYCLES: u32 = 3;
+
+type Tasks = tokio::task::JoinSet<Result<ExportSummary, WorkerError>>;
+
 async fn export_target(
     dsn: &Dsn,
     config: &ExportConfig,
@@ -155,53 +172,78 @@ async fn export_target(
     let run_id = extension::start_run(&db, "export", None, &config.worker_name).await?;
     // Lanes: independent claim -> apply -> complete loops over one adapter
     // (one token, one rate limiter), so that one lane's database round trips
-    // overlap another's HTTP.
-    // Every lane stops when the worker shuts down, or when another lane
-    // fails (each finishes its batch in flight first).
+    // overlap another's HTTP. The puller reads changes back through the
+    // same adapter: pulls are paid from the same budget as writes.
+    // Every task stops when the worker shuts down, or when another task
+    // fails (each lane finishes its batch in flight first).
     let (stop_tx, stop_rx, forward) = crate::runtime::stop_channel(&shutdown);
     let adapter: Arc<dyn Target> = Arc::from(adapter);
-    let mut lanes = tokio::task::JoinSet::new();
-    for lane in 0..config.lanes.max(1) {
-        let (dsn, config, name, adapter, mut stop) =
-            (dsn.clone(), config.clone(), name.to_owned(), adapter.clone(), stop_rx.clone());
-        lanes.spawn(async move {
-            let db = crate::pg::connect(&dsn, "syncbridge-export").await?;
-            tracing::debug!(target = %name, lane, "export lane started");
-            // Lane 0 is the primary: with --once it alone waits for what is
-            // in flight or due for a retry.
-            export_loop(&db, &config, &name, adapter.as_ref(), run_id, lane == 0, &mut stop).await
-        });
-    }
-    let mut result = Ok(ExportSummary::default());
-    // `db` holds the run (its row and advisory lock) while the lanes work on
-    // their own sessions: losing it stops the lanes, and the run restarts.
+    // An export that meets a conflict wakes the puller: the remote change is read now.
+    let conflicts = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Tasks::new();
+    // `db` holds the run (its row and advisory lock) while the tasks work on
+    // their own sessions: losing it stops them, and the run restarts.
     let session_lost = crate::pg::session::session_lost(&db);
     tokio::pin!(session_lost);
     let mut lost = None;
-    loop {
-        let joined = tokio::select! {
-            joined = lanes.join_next() => match joined {
-                Some(joined) => joined,
-                None => break,
-            },
-            e = &mut session_lost, if lost.is_none() => {
-                let _ = stop_tx.send(true);
-                lost = Some(WorkerError::from(e));
-                continue;
-            }
+    let spawn_lanes = |tasks: &mut Tasks| {
+        for lane in 0..config.lanes.max(1) {
+            let (dsn, config, name, adapter, mut stop, wake) =
+                (dsn.clone(), config.clone(), name.to_owned(), adapter.clone(), stop_rx.clone(), conflicts.clone());
+            tasks.spawn(async move {
+                let db = crate::pg::connect(&dsn, "syncbridge-export").await?;
+                tracing::debug!(target = %name, lane, "export lane started");
+                // Lane 0 is the primary: with --once it alone waits for what is
+                // in flight or due for a retry.
+                let lane = Lane { primary: lane == 0, run_id, conflicts: &wake };
+                export_loop(&db, &config, &name, adapter.as_ref(), lane, &mut stop).await
+            });
+        }
+    };
+    let spawn_puller = |tasks: &mut Tasks| {
+        let (dsn, name, adapter, mut stop) = (dsn.clone(), name.to_owned(), adapter.clone(), stop_rx.clone());
+        let pull_config = PullConfig {
+            worker_name: config.worker_name.clone(),
+            once: config.once,
+            lease_seconds: config.lease_seconds,
+            page_size: PullConfig::PAGE_SIZE,
+            wake: Some(conflicts.clone()),
         };
-        let lane = joined.unwrap_or_else(|e| Err(WorkerError::internal(format!("an export lane failed: {e}"))));
-        result = match (result, lane) {
-            (Ok(a), Ok(b)) => Ok(ExportSummary {
-                claimed: a.claimed + b.claimed,
-                exported: a.exported + b.exported,
-                failed: a.failed + b.failed,
-            }),
-            (Err(e), _) | (_, Err(e)) => {
-                let _ = stop_tx.send(true);
-                Err(e)
+        tasks.spawn(async move {
+            let db = crate::pg::connect(&dsn, "syncbridge-pull").await?;
+            let s = crate::pull::run(&db, &pull_config, &name, adapter.as_ref(), &mut stop).await?;
+            if s != PullSummary::default() {
+                tracing::info!(target = %name, lists = s.lists, pages = s.pages, items = s.items, failed = s.failed,
+                    applied = s.applied, conflicts = s.conflicts, "puller stopped");
             }
-        };
+            Ok(ExportSummary { pulled: s.items, imported: s.applied, ..ExportSummary::default() })
+        });
+    };
+    let mut result = Ok(ExportSummary::default());
+    if config.once {
+        // Pull once and apply, then export until the backlog is empty (what
+        // applying staged included); again while exports met conflicts.
+        for cycle in 1..=ONCE_CYCLES {
+            spawn_puller(&mut tasks);
+            result = merge(result, drive(&mut tasks, &stop_tx, session_lost.as_mut(), &mut lost).await);
+            if result.is_err() || lost.is_some() || *stop_rx.borrow() {
+                break;
+            }
+            spawn_lanes(&mut tasks);
+            let exported = drive(&mut tasks, &stop_tx, session_lost.as_mut(), &mut lost).await;
+            let conflicted = exported.as_ref().map_or(0, |s| s.conflicts);
+            result = merge(result, exported);
+            if conflicted == 0 || result.is_err() || lost.is_some() || *stop_rx.borrow() {
+                break;
+            }
+            if cycle < ONCE_CYCLES {
+                tracing::info!(target = %name, conflicts = conflicted, "exports met remote changes: pulling again (--once)");
+            }
+        }
+    } else {
+        spawn_puller(&mut tasks);
+        spawn_lanes(&mut tasks);
+        result = drive(&mut tasks, &stop_tx, session_lost.as_mut(), &mut lost).await;
     }
     forward.abort();
     if let Some(e) = lost {
@@ -215,15 +257,80 @@ async fn export_target(
     result
 }
 
+/// Waits for every task, summing what they did; the first failure stops
+/// the others (they finish what is in flight), and so does the loss of the
+/// run's session (recorded in `lost`).
+async fn drive<F: std::future::Future<Output = crate::pg::session::SessionLost>>(
+    tasks: &mut Tasks,
+    stop_tx: &watch::Sender<bool>,
+    mut session_lost: std::pin::Pin<&mut F>,
+    lost: &mut Option<WorkerError>,
+) -> Result<ExportSummary, WorkerError> {
+    let mut result = Ok(ExportSummary::default());
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(joined) => joined,
+                None => break,
+            },
+            e = &mut session_lost, if lost.is_none() => {
+                stop_all(stop_tx);
+                *lost = Some(WorkerError::from(e));
+                continue;
+            }
+        };
+        let task = joined.unwrap_or_else(|e| Err(WorkerError::internal(format!("an export task failed: {e}"))));
+        if task.is_err() {
+            stop_all(stop_tx);
+        }
+        result = merge(result, task);
+    }
+    result
+}
+
+fn stop_all(stop_tx: &watch::Sender<bool>) {
+    if stop_tx.send(true).is_err() {
+        tracing::debug!("every export task had stopped already");
+    }
+}
+
+/// Two outcomes as one: the sum, or the first error.
+fn merge(
+    a: Result<ExportSummary, WorkerError>,
+    b: Result<ExportSummary, WorkerError>,
+) -> Result<ExportSummary, WorkerError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok(ExportSummary {
+            claimed: a.claimed + b.claimed,
+            exported: a.exported + b.exported,
+            failed: a.failed + b.failed,
+            conflicts: a.conflicts + b.conflicts,
+            pulled: a.pulled + b.pulled,
+            imported: a.imported + b.imported,
+        }),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+/// What a lane is within its target's run.
+struct Lane<'a> {
+    /// With --once, the primary alone waits for what is in flight or retried.
+    primary: bool,
+    /// The export run the claims are recorded under.
+    run_id: i64,
+    /// Notified when an export meets a conflict (the puller wakes).
+    conflicts: &'a tokio::sync::Notify,
+}
+
 async fn export_loop(
     db: &Client,
     config: &ExportConfig,
     name: &str,
     adapter: &dyn Target,
-    run_id: i64,
-    primary: bool,
+    lane: Lane<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<ExportSummary, WorkerError> {
+    let Lane { primary, run_id, conflicts } = lane;
     let mut summary = ExportSummary::default();
     let n = i32::try_from(adapter.batch_size().clamp(1, 1000)).unwrap_or(100);
     loop {
@@ -302,9 +409,15 @@ async fn export_loop(
         for r in results.iter().filter(|r| !r.ok) {
             tracing::debug!(export = r.id, class = ?r.class, error = r.error.as_deref().unwrap_or(""), "export failed");
         }
+        let conflicted = results.iter().filter(|r| r.class == Some(ErrorClass::Conflict)).count() as u64;
+        summary.conflicts += conflicted;
         let json = serde_json::to_string(&results).expect("results serialize");
         let completing = std::time::Instant::now();
         extension::complete(db, &json, &config.worker_name).await?;
+        if conflicted > 0 {
+            // Recorded: the puller reads the remote changes now.
+            conflicts.notify_one();
+        }
         let (h, msg) = adapter.health();
         set_status(db, name, h.as_str(), &msg).await;
         if ok == 0 && h == Health::Unreachable && !wait_for_target(db, config, name, adapter, shutdown).await {

@@ -11,7 +11,10 @@ pub mod model;
 pub mod policy;
 pub mod registry;
 
-pub use model::{clean_message, column_kind, ApplyContext, ErrorClass, Export, Health, Op, OpResult};
+pub use model::{
+    clean_message, column_kind, ApplyContext, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage,
+    PullRequest,
+};
 pub use policy::{Redactor, SecretError, TargetPolicy};
 pub use registry::build;
 
@@ -40,6 +43,18 @@ pub trait Target: Send + Sync {
     /// an outage (the exporter claims nothing meanwhile). Err: why not.
     fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// Reads ONE page of a container's changes (two-way sync), paid from
+    /// the same budget as the writes. Kinds that cannot pull refuse.
+    fn pull<'a>(&'a self, _request: &'a PullRequest) -> BoxFuture<'a, Result<PullPage, PullError>> {
+        Box::pin(async {
+            Err(PullError::Failed {
+                class: ErrorClass::Definite,
+                message: "this kind of target cannot read changes back".into(),
+                retry_after: None,
+            })
+        })
     }
 }
 
@@ -184,6 +199,29 @@ mod tests {
             serde_json::to_value(&f).unwrap(),
             serde_json::json!({"id": 4, "ok": false, "error": "slow down", "class": "throttled", "retry_after": 2.0, "sent": false})
         );
+    }
+
+    #[test]
+    fn error_classes_are_spelled_as_serialized() {
+        for c in ErrorClass::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        assert!(ErrorClass::ALL.contains(&ErrorClass::Conflict));
+        let r = OpResult {
+            fields: Some(serde_json::Map::from_iter([("ID".to_owned(), serde_json::json!(5))])),
+            ..OpResult::ok(1)
+        };
+        assert_eq!(serde_json::to_value(&r).unwrap(), serde_json::json!({"id": 1, "ok": true, "fields": {"ID": 5}}));
+    }
+
+    #[test]
+    fn pull_errors_say_whether_the_next_read_is_full() {
+        let resync = PullError::Resync("410".into());
+        assert_eq!((resync.class(), resync.resync()), (ErrorClass::Transient, true));
+        let refused = PullError::LinkRefused("elsewhere".into());
+        assert_eq!((refused.class(), refused.resync()), (ErrorClass::Definite, true));
+        let slow = PullError::Failed { class: ErrorClass::Throttled, message: "429".into(), retry_after: Some(3.0) };
+        assert_eq!((slow.class(), slow.resync(), slow.retry_after()), (ErrorClass::Throttled, false, Some(3.0)));
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub struct Export {
     pub from_container: Option<String>,
     /// The item's id on the target, when it has one.
     pub target_id: Option<String>,
-    /// The item's last known eTag.
+    /// The item's last known eTag: set for two-way definitions only, and
+    /// then sent as `If-Match` with updates and deletes.
     pub etag: Option<String>,
     /// Fields to write (target column names → values); references are
     /// objects `{"@ref": key, "@def": definition, "target_id": id}`; for a
@@ -52,6 +53,15 @@ pub struct Export {
     pub attempts: i32,
     /// An earlier attempt may have reached the target: look before creating.
     pub verify: bool,
+    /// Fields whose values the write's answer should report back
+    /// ([`OpResult::fields`]): pull-only system fields mapped to columns.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub read_back: Vec<String>,
+}
+
+/// A JSON array of strings, with NULL (absent) read as empty.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// How a failure should be treated (`sync.complete`'s `class`).
@@ -66,12 +76,26 @@ pub enum ErrorClass {
     Auth,
     /// Retrying will not help until the data or the configuration changes.
     Definite,
+    /// The item changed on the target since its last known eTag (412 to an
+    /// `If-Match`): not a failure but a remote change, to pull and decide.
+    Conflict,
 }
 
 impl ErrorClass {
     /// Every class, as `sync.pending_exports.error_class` spells them.
-    pub const ALL: [ErrorClass; 4] =
-        [ErrorClass::Transient, ErrorClass::Throttled, ErrorClass::Auth, ErrorClass::Definite];
+    pub const ALL: [ErrorClass; 5] =
+        [ErrorClass::Transient, ErrorClass::Throttled, ErrorClass::Auth, ErrorClass::Definite, ErrorClass::Conflict];
+
+    /// The spelling `sync.complete` and `sync.pull_failed` take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Throttled => "throttled",
+            ErrorClass::Auth => "auth",
+            ErrorClass::Definite => "definite",
+            ErrorClass::Conflict => "conflict",
+        }
+    }
 }
 
 /// The outcome of one export, as `sync.complete` takes it.
@@ -96,6 +120,10 @@ pub struct OpResult {
     /// For a provision: the columns as created.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub columns: Option<Value>,
+    /// The export's `read_back` fields as the write's answer gave them (a
+    /// field the answer lacks: null); None when none were asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Map<String, Value>>,
     /// The target's message, for a failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -121,6 +149,7 @@ impl OpResult {
             join_type: None,
             list_id: None,
             columns: None,
+            fields: None,
             error: None,
             class: None,
             retry_after: None,
@@ -222,4 +251,79 @@ pub fn column_kind(c: &Value) -> Option<(String, String)> {
         return None;
     };
     Some((name, kind.to_owned()))
+}
+
+/// What one pull request asks for: the next page of a container's changes.
+#[derive(Debug, Clone)]
+pub struct PullRequest {
+    /// The container's id on the target (Graph: the list's id).
+    pub container_id: String,
+    /// The link the target gave last time (a next page, or the changes since
+    /// the last complete read), replayed as it is; None: a fresh, full read.
+    pub link: Option<String>,
+    /// The fields to read (None or empty: all of them).
+    pub fields: Vec<String>,
+    /// Items per page asked for (the target may give fewer).
+    pub page_size: u32,
+}
+
+/// One page of a container's changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullPage {
+    /// The items, in the target-neutral form `sync.pull_page` takes:
+    /// `{"id", "etag", "deleted", "modified", "fields"}`.
+    pub items: Vec<Value>,
+    /// The link to replay next: the next page's (`last` false), or the one
+    /// that reads the changes after this read (`last` true).
+    pub link: String,
+    /// This page ends the read.
+    pub last: bool,
+}
+
+/// Why a pull request gave no page.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PullError {
+    /// The target no longer knows the link's state (Graph: 410 Gone): the
+    /// next read is a fresh, full one.
+    #[error("{0}")]
+    Resync(String),
+    /// A link that leads elsewhere than the target's own API: never
+    /// followed (the token would go with it), and thrown away.
+    #[error("{0}")]
+    LinkRefused(String),
+    /// Anything else, classified as export failures are.
+    #[error("{message}")]
+    Failed {
+        /// How to treat it.
+        class: ErrorClass,
+        /// What happened (no secret, no token).
+        message: String,
+        /// Seconds the target asked us to wait.
+        retry_after: Option<f64>,
+    },
+}
+
+impl PullError {
+    /// The class `sync.pull_failed` records: a resync is transient (the
+    /// fresh read follows at once), a refused link definite.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PullError::Resync(_) => ErrorClass::Transient,
+            PullError::LinkRefused(_) => ErrorClass::Definite,
+            PullError::Failed { class, .. } => *class,
+        }
+    }
+
+    /// Whether the stored link must be thrown away (the next read is full).
+    pub fn resync(&self) -> bool {
+        matches!(self, PullError::Resync(_) | PullError::LinkRefused(_))
+    }
+
+    /// Seconds the target asked us to wait.
+    pub fn retry_after(&self) -> Option<f64> {
+        match self {
+            PullError::Failed { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }

@@ -111,7 +111,15 @@ pub(crate) fn cost(req: &Req) -> u32 {
     }
     let segs = segments(&req.path);
     match segs.last().map(String::as_str) {
-        Some("delta") | Some("delta()") => 1,
+        // A delta with a token 1 RU, without (a full enumeration) 2 (the
+        // SharePoint throttling page's table).
+        Some("delta") | Some("delta()") => {
+            if query_get(&req.query, "token").is_some() {
+                1
+            } else {
+                2
+            }
+        }
         Some("lists") | Some("items") | Some("columns") => 2,
         _ => {
             if query_get(&req.query, "filter").is_some() {
@@ -850,10 +858,13 @@ fn delta(state: &State, req: &Req, list_id: &str) -> Result<Resp, GraphError> {
     }
     entries.sort_by_key(|e| e.0);
     let page = &entries[..entries.len().min(top)];
+    // `fields` only when expanded, and then only those selected (the query
+    // options live on in the links).
+    let mode = fields_mode(&req.query);
     let value: Vec<Value> = page
         .iter()
         .map(|(_, id, item)| match item {
-            Some(item) => item_json(list, item, &FieldsMode::All),
+            Some(item) => item_json(list, item, &mode),
             None => json!({"id": id.to_string(), "deleted": {"state": "deleted"}}),
         })
         .collect();

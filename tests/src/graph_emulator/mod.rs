@@ -1269,7 +1269,7 @@ mod tests {
         t.create("Employees", json!({"Title": "two"})).await;
 
         // A full enumeration, one item per page.
-        let r = t.get(&format!("{delta}?$top=1")).await;
+        let r = t.get(&format!("{delta}?$expand=fields&$top=1")).await;
         assert_eq!(r.body["value"].as_array().unwrap().len(), 1);
         assert_eq!(r.body["value"][0]["fields"]["Title"], "one");
         let next = r.body["@odata.nextLink"].as_str().unwrap().to_string();
@@ -1279,7 +1279,7 @@ mod tests {
         assert!(r.body.get("@odata.nextLink").is_none());
         assert!(r.body["@odata.deltaLink"].as_str().is_some());
 
-        let r = t.get(&format!("{delta}?token=latest")).await;
+        let r = t.get(&format!("{delta}?$expand=fields&token=latest")).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body["value"], json!([]));
         let link = r.body["@odata.deltaLink"].as_str().unwrap().to_string();
@@ -1311,6 +1311,160 @@ mod tests {
         let other_link = t.get(&format!("{SITE}/lists/Other/items/delta?token=latest")).await;
         let token = other_link.body["@odata.deltaLink"].as_str().unwrap().split("token=").nth(1).unwrap().to_string();
         assert_eq!(t.get(&format!("{delta}?token={token}")).await.status, 410);
+    }
+
+    #[tokio::test]
+    async fn delta_honors_expand_and_select_and_its_links_keep_them() {
+        let t = T::new().await;
+        t.employees().await;
+        let delta = format!("{SITE}/lists/Employees/items/delta");
+        for i in 1..=3 {
+            t.create("Employees", json!({"Title": format!("n{i}"), "Age": i, "SyncKey": format!("k{i}")})).await;
+        }
+        // Without $expand: no fields, as Graph.
+        let r = t.get(&format!("{delta}?$top=5")).await;
+        assert!(r.body["value"][0].get("fields").is_none(), "{}", r.body);
+        assert!(r.body["value"][0]["eTag"].is_string());
+        // $select: the fields named (and the eTag annotation), nothing else;
+        // every page of the read keeps the options.
+        let before = t.em.stats().ru_used;
+        let r = t.get(&format!("{delta}?$expand=fields($select=Title,SyncKey,Modified)&$top=2")).await;
+        assert_eq!(t.em.stats().ru_used - before, 2, "a delta without a token costs 2 RU");
+        let keys = |v: &Value| {
+            let mut k: Vec<String> = v["fields"].as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&r.body["value"][0]), ["@odata.etag", "Modified", "SyncKey", "Title"]);
+        let next = r.body["@odata.nextLink"].as_str().unwrap().to_string();
+        let before = t.em.stats().ru_used;
+        let r = t.get(&next).await;
+        assert_eq!(t.em.stats().ru_used - before, 1, "a delta with a token costs 1 RU");
+        assert_eq!(r.body["value"].as_array().unwrap().len(), 1);
+        assert_eq!(keys(&r.body["value"][0]), ["@odata.etag", "Modified", "SyncKey", "Title"]);
+        let link = r.body["@odata.deltaLink"].as_str().unwrap().to_string();
+        t.patch(&format!("{SITE}/lists/Employees/items/2/fields"), json!({"Age": 20}), &[]).await;
+        let r = t.get(&link).await;
+        assert_eq!(r.body["value"].as_array().unwrap().len(), 1);
+        assert_eq!(r.body["value"][0]["fields"]["SyncKey"], "k2");
+        assert!(r.body["value"][0]["fields"].get("Age").is_none(), "not selected: {}", r.body);
+    }
+
+    /// The worker's Graph adapter, pointed at `em`.
+    fn worker_target(em: &Emulator) -> syncbridge_worker::target::graph::GraphTarget {
+        use syncbridge_worker::target::graph::{GraphSettings, GraphTarget};
+        use syncbridge_worker::target::TargetPolicy;
+        let policy = TargetPolicy { allow_loopback: true, ..TargetPolicy::default() };
+        let cfg = json!({"tenant_id": "tenant", "client_id": "client", "site_id": "site1",
+                         "base_url": em.base_url(), "authority_url": em.authority_url(), "timeout_ms": 5000});
+        GraphTarget::new(GraphSettings::from_config("t", &cfg, &policy).unwrap(), "secret".into(), None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_workers_adapter_pulls_delta_pages_and_refuses_foreign_links() {
+        use syncbridge_worker::target::{ErrorClass, PullError, PullRequest, Target};
+        let t = T::new().await;
+        let list_id = t.employees().await;
+        for i in 1..=3 {
+            t.create("Employees", json!({"Title": format!("n{i}"), "Age": i, "SyncKey": format!("k{i}")})).await;
+        }
+        let g = worker_target(&t.em);
+        let fields = vec!["Title".to_string(), "SyncKey".to_string()];
+        let mut req = PullRequest { container_id: list_id.clone(), link: None, fields, page_size: 2 };
+        // A fresh read: 2 RU, the selected fields only, a next page.
+        let ru = t.em.stats().ru_used;
+        let p1 = g.pull(&req).await.unwrap();
+        assert_eq!(t.em.stats().ru_used - ru, 2);
+        assert!(!p1.last);
+        assert_eq!(p1.items.len(), 2);
+        let i1 = &p1.items[0];
+        assert_eq!((i1["id"].as_str(), i1["deleted"].as_bool()), (Some("1"), Some(false)));
+        assert!(i1["etag"].is_string() && i1["modified"].is_string(), "{i1}");
+        let mut keys: Vec<&String> = i1["fields"].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["@odata.etag", "SyncKey", "Title"]);
+        // The next page by its link: 1 RU, the options kept, the final link.
+        req.link = Some(p1.link.clone());
+        let ru = t.em.stats().ru_used;
+        let p2 = g.pull(&req).await.unwrap();
+        assert_eq!(t.em.stats().ru_used - ru, 1);
+        assert!(p2.last);
+        assert_eq!(p2.items[0]["fields"], json!({"@odata.etag": p2.items[0]["etag"], "Title": "n3", "SyncKey": "k3"}));
+        // Changes since: an edit and a delete (the deleted facet, no fields).
+        let edit = json!({"Title": "edited"});
+        t.em.person_edit("Employees", "k1", edit.as_object().unwrap(), 7).unwrap();
+        t.em.person_delete("Employees", "k2").unwrap();
+        req.link = Some(p2.link.clone());
+        let p3 = g.pull(&req).await.unwrap();
+        assert!(p3.last);
+        let by_id = |id: &str| p3.items.iter().find(|i| i["id"] == id).unwrap().clone();
+        assert_eq!(by_id("1")["fields"]["Title"], "edited");
+        assert_eq!(by_id("2"), json!({"id": "2", "etag": null, "deleted": true, "modified": null, "fields": null}));
+        // A link elsewhere is never followed (no request reaches anyone).
+        let requests = t.em.stats().requests;
+        for foreign in [
+            p3.link.replace("127.0.0.1", "localhost"),
+            p3.link.replace("/v1.0/", "/beta/"),
+            "https://graph.microsoft.com/v1.0/sites/site1/lists/x/items/delta?token=a".to_string(),
+        ] {
+            req.link = Some(foreign.clone());
+            let e = g.pull(&req).await.unwrap_err();
+            assert!(matches!(&e, PullError::LinkRefused(m) if m.contains("refused")), "{foreign}: {e:?}");
+            assert!(e.resync() && e.class() == ErrorClass::Definite);
+        }
+        assert_eq!(t.em.stats().requests, requests);
+        // The service forgets the delta state: 410, a resync.
+        t.em.reset_delta("Employees", "resyncChangesApplyDifferences").unwrap();
+        req.link = Some(p3.link.clone());
+        let e = g.pull(&req).await.unwrap_err();
+        assert!(matches!(&e, PullError::Resync(m) if m.contains("resyncChangesApplyDifferences")), "{e:?}");
+        // An unknown list: definite.
+        let e = g.pull(&PullRequest { container_id: "nope".into(), link: None, fields: vec![], page_size: 10 }).await;
+        assert!(matches!(e, Err(PullError::Failed { class: ErrorClass::Definite, .. })), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn the_workers_adapter_sends_if_match_and_meets_412_as_a_conflict() {
+        use syncbridge_worker::target::{ApplyContext, ErrorClass, Export, Target};
+        let t = T::new().await;
+        t.employees().await;
+        let r = t.create("Employees", json!({"Title": "a", "SyncKey": "k1"})).await;
+        let etag1 = r.body["eTag"].as_str().unwrap().to_string();
+        t.create("Employees", json!({"Title": "b", "SyncKey": "k2"})).await;
+        let g = worker_target(&t.em);
+        let ctx = ApplyContext::default();
+        let export = |id: i64, op: &str, item: &str, etag: &str, payload: Value| -> Export {
+            serde_json::from_value(json!({"id": id, "definition": "d", "op": op, "sync_key": "k", "list": "Employees",
+                "from_list": null, "target_id": item, "etag": etag, "payload": payload, "attempts": 1,
+                "verify": false, "read_back": ["Modified", "_UIVersionString", "EditorLookupId", "Nope"]}))
+            .unwrap()
+        };
+        // The eTag last seen: written, the new eTag and the fields read back.
+        let r = g.apply(&[export(1, "update", "1", &etag1, json!({"Title": "a2"}))], &ctx).await;
+        assert!(r[0].ok, "{r:?}");
+        let etag2 = r[0].etag.clone().unwrap();
+        assert_ne!(etag2, etag1);
+        let f = r[0].fields.clone().unwrap();
+        assert_eq!(f["_UIVersionString"], "2.0");
+        assert_eq!(f["EditorLookupId"], "1073741822");
+        assert!(f["Modified"].is_string());
+        assert_eq!(f["Nope"], Value::Null);
+        // A person edits it meanwhile: the stale eTag meets a 412, a conflict.
+        t.em.person_edit("Employees", "k1", json!({"Title": "theirs"}).as_object().unwrap(), 7).unwrap();
+        let r = g.apply(&[export(2, "update", "1", &etag2, json!({"Title": "ours"}))], &ctx).await;
+        assert_eq!((r[0].ok, r[0].class), (false, Some(ErrorClass::Conflict)), "{r:?}");
+        let r = g.apply(&[export(3, "delete", "1", &etag2, Value::Null)], &ctx).await;
+        assert_eq!(r[0].class, Some(ErrorClass::Conflict), "{r:?}");
+        assert_eq!(
+            t.get(&format!("{SITE}/lists/Employees/items/1?expand=fields")).await.body["fields"]["Title"],
+            "theirs"
+        );
+        // Without an eTag (a push-only definition): no If-Match, written.
+        let mut e = export(4, "delete", "2", "", Value::Null);
+        e.etag = None;
+        let r = g.apply(&[e], &ctx).await;
+        assert!(r[0].ok, "{r:?}");
+        assert_eq!(r[0].fields, None, "a delete reads nothing back");
     }
 
     #[tokio::test]

@@ -32,6 +32,10 @@
 //!   any pause is capped at [`MAX_PAUSE`] and cut short by shutdown; a
 //!   token's lifetime is capped; bodies are read up to [`MAX_BODY`].
 
+mod pull;
+
+pub use pull::{check_link, MAX_PAGE_SIZE, RU_DELTA_FRESH, RU_DELTA_LINK};
+
 use std::collections::HashMap;
 
 use futures_util::StreamExt;
@@ -44,7 +48,8 @@ use super::http::{
 };
 use super::policy::bounded;
 use super::{
-    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, Target, TargetPolicy, TargetSetupError,
+    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage, PullRequest, Target,
+    TargetPolicy, TargetSetupError,
 };
 
 /// Graph's `$batch` limit.
@@ -836,15 +841,24 @@ impl GraphTarget {
             Op::Update => {
                 let item = e.target_id.as_deref().ok_or_else(|| definite("an update without the item's id".into()))?;
                 let fields = graph_fields(&payload, false, kinds).map_err(not_yet)?;
+                let mut headers = json_headers;
+                if let Some(etag) = &e.etag {
+                    // Two-way: the write only lands on the version last seen (412 otherwise).
+                    headers["If-Match"] = Value::String(etag.clone());
+                }
                 Ok((
                     json!({ "id": id, "method": "PATCH", "url": format!("{list}/{}/fields", seg(item)),
-                            "headers": json_headers, "body": fields }),
+                            "headers": headers, "body": fields }),
                     RU_WRITE,
                 ))
             }
             Op::Delete => {
                 let item = e.target_id.as_deref().ok_or_else(|| definite("a delete without the item's id".into()))?;
-                Ok((json!({ "id": id, "method": "DELETE", "url": format!("{list}/{}", seg(item)) }), RU_WRITE))
+                let mut req = json!({ "id": id, "method": "DELETE", "url": format!("{list}/{}", seg(item)) });
+                if let Some(etag) = &e.etag {
+                    req["headers"] = json!({ "If-Match": etag });
+                }
+                Ok((req, RU_WRITE))
             }
         }
     }
@@ -895,6 +909,12 @@ impl GraphTarget {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .or_else(|| etag_header(&a.headers));
+                // A create answers the listItem (its fields inside), an
+                // adoption's PATCH …/fields the field set itself.
+                r.fields = match &j.adopt {
+                    Some(_) => read_back(&e.read_back, &a.body),
+                    None => read_back(&e.read_back, a.body.get("fields").unwrap_or(&Value::Null)),
+                };
                 if e.op == Op::Move && e.target_id.is_some() && e.from_container.is_some() {
                     // Created in the new list: now (and only now) the old item goes.
                     return Next::Again(Box::new(Job { step: Step::MoveDelete(Box::new(r)), tries: 0, ..j }));
@@ -903,6 +923,7 @@ impl GraphTarget {
             Op::Update => {
                 r.etag = etag_header(&a.headers)
                     .or_else(|| a.body.get("@odata.etag").and_then(Value::as_str).map(str::to_owned));
+                r.fields = read_back(&e.read_back, &a.body);
             }
             _ => {}
         }
@@ -917,9 +938,10 @@ impl GraphTarget {
             404 => {
                 OpResult::failed(e.id, ErrorClass::Definite, format!("404 item not found on the target{}", msg()), true)
             }
+            // An If-Match that no longer matches: a remote change, not an error.
             412 => OpResult::failed(
                 e.id,
-                ErrorClass::Definite,
+                ErrorClass::Conflict,
                 format!("412 the item changed on the target{}", msg()),
                 true,
             ),
@@ -943,6 +965,15 @@ impl GraphTarget {
             s => OpResult::failed(e.id, ErrorClass::Definite, format!("HTTP {s}{}", msg()), true),
         }
     }
+}
+
+/// The `read_back` fields from a write's answer (`fields`: the item's field
+/// set): each name's value, null when the answer lacks it. None when none
+/// is asked for, or when the answer carries no field set at all (nothing is
+/// known: better no value than nulls).
+fn read_back(names: &[String], fields: &Value) -> Option<Map<String, Value>> {
+    let set = fields.as_object().filter(|_| !names.is_empty())?;
+    Some(names.iter().map(|n| (n.clone(), set.get(n).cloned().unwrap_or(Value::Null))).collect())
 }
 
 fn etag_header(h: &Map<String, Value>) -> Option<String> {
@@ -1017,6 +1048,10 @@ impl Target for GraphTarget {
 
     fn health(&self) -> (Health, String) {
         self.client.health()
+    }
+
+    fn pull<'a>(&'a self, request: &'a PullRequest) -> BoxFuture<'a, Result<PullPage, PullError>> {
+        Box::pin(self.pull_page(request))
     }
 }
 
@@ -1135,6 +1170,117 @@ mod tests {
         assert_eq!(decode("x%27 or 1 eq 1"), "displayName eq 'x%27 or 1 eq 1'");
         assert_eq!(decode("O'Brien's #1 = ok?"), "displayName eq 'O''Brien''s #1 = ok?'");
         assert_eq!(decode("Ünïcödé list"), "displayName eq 'Ünïcödé list'");
+    }
+
+    fn export(v: Value) -> Export {
+        let mut base = json!({"id": 1, "definition": "d", "op": "update", "sync_key": "k1", "list": "L",
+                              "from_list": null, "target_id": "7", "etag": null, "payload": {"Title": "x"},
+                              "attempts": 1, "verify": false});
+        for (k, x) in v.as_object().unwrap() {
+            base[k] = x.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn job(e: &Export) -> Job<'_> {
+        Job { e, step: Step::Main, adopt: None, look: false, maybe_sent: false, alone: false, tries: 0 }
+    }
+
+    #[test]
+    fn updates_and_deletes_carry_if_match_only_with_an_etag() {
+        let t = target_for("http://127.0.0.1:9", "s");
+        let ctx = ApplyContext::default();
+        let if_match = |e: &Export| {
+            let (req, _) = t.request_for(&job(e), &ctx).unwrap();
+            req.pointer("/headers/If-Match").and_then(Value::as_str).map(str::to_owned)
+        };
+        let etag = json!("\"{A},3\"");
+        for op in ["update", "delete"] {
+            assert_eq!(if_match(&export(json!({"op": op, "etag": etag}))).as_deref(), Some("\"{A},3\""), "{op}");
+            assert_eq!(if_match(&export(json!({"op": op}))), None, "{op} without an etag");
+        }
+        // A create, and an adoption's PATCH, never: there is no version to match.
+        let add = export(json!({"op": "add", "target_id": null, "etag": etag}));
+        assert_eq!(if_match(&add), None);
+        let adopt = Job { adopt: Some("9".into()), ..job(&add) };
+        assert_eq!(t.request_for(&adopt, &ctx).unwrap().0.pointer("/headers/If-Match"), None);
+        // The update keeps its content type beside If-Match.
+        let (req, _) = t.request_for(&job(&export(json!({"etag": etag}))), &ctx).unwrap();
+        assert_eq!(req["headers"]["Content-Type"], "application/json");
+        // A claimed export's read_back: NULL or absent is empty.
+        assert!(export(json!({"read_back": null})).read_back.is_empty());
+        assert_eq!(export(json!({"read_back": ["ID", "Modified"]})).read_back, ["ID", "Modified"]);
+    }
+
+    #[test]
+    fn a_412_is_a_conflict() {
+        let t = target_for("http://127.0.0.1:9", "s");
+        let e = export(json!({"etag": "\"e,1\""}));
+        let body = json!({"error": {"code": "preconditionFailed", "message": "ETag mismatch"}});
+        let a = Inner { status: 412, headers: Map::new(), body };
+        let Next::Done(r) = t.verdict(job(&e), &a) else { panic!("a result") };
+        assert_eq!((r.ok, r.class), (false, Some(ErrorClass::Conflict)));
+        assert!(r.error.as_deref().unwrap().contains("preconditionFailed"), "{r:?}");
+        assert_eq!(serde_json::to_value(&r).unwrap()["class"], "conflict");
+        let d = export(json!({"op": "delete", "etag": "\"e,1\""}));
+        let Next::Done(r) = t.verdict(job(&d), &a) else { panic!("a result") };
+        assert_eq!(r.class, Some(ErrorClass::Conflict));
+    }
+
+    #[test]
+    fn read_back_fields_come_from_the_writes_answer() {
+        let t = target_for("http://127.0.0.1:9", "s");
+        let names = json!(["ID", "Modified", "_UIVersionString"]);
+        // A create: the listItem, its fields inside.
+        let add = export(json!({"op": "add", "target_id": null, "read_back": names}));
+        let created = json!({"id": "12", "eTag": "\"{A},1\"",
+                             "fields": {"ID": 12, "Modified": "2024-01-02T03:04:05Z", "Title": "x"}});
+        let a = Inner { status: 201, headers: Map::new(), body: created.clone() };
+        let Next::Done(r) = t.verdict(job(&add), &a) else { panic!("a result") };
+        assert_eq!(r.target_id.as_deref(), Some("12"));
+        assert_eq!(
+            Value::Object(r.fields.clone().unwrap()),
+            json!({"ID": 12, "Modified": "2024-01-02T03:04:05Z", "_UIVersionString": null})
+        );
+        let out = serde_json::to_value(&*r).unwrap();
+        assert_eq!(out["fields"]["ID"], 12);
+        // An update: PATCH …/fields answers the field set itself.
+        let upd = export(json!({"read_back": ["Modified", "EditorLookupId"]}));
+        let answer = json!({"@odata.etag": "\"a,2\"", "Modified": "2024-01-03T00:00:00Z", "EditorLookupId": "6"});
+        let a = Inner { status: 200, headers: Map::new(), body: answer.clone() };
+        let Next::Done(r) = t.verdict(job(&upd), &a) else { panic!("a result") };
+        assert_eq!(
+            Value::Object(r.fields.unwrap()),
+            json!({"Modified": "2024-01-03T00:00:00Z", "EditorLookupId": "6"})
+        );
+        // An adoption: the PATCH's field set too.
+        let adopt = Job { adopt: Some("9".into()), ..job(&add) };
+        let Next::Done(r) = t.verdict(adopt, &Inner { status: 200, headers: Map::new(), body: answer }) else {
+            panic!("a result")
+        };
+        assert_eq!(r.target_id.as_deref(), Some("9"));
+        assert_eq!(r.fields.unwrap()["Modified"], "2024-01-03T00:00:00Z");
+        // A move: the create's answer, kept through the old item's delete.
+        let mv = export(json!({"op": "move", "list": "New", "from_list": "Old", "read_back": ["ID"]}));
+        let a = Inner { status: 201, headers: Map::new(), body: created };
+        let Next::Again(j) = t.verdict(job(&mv), &a) else { panic!("the delete next") };
+        let gone = Inner { status: 204, headers: Map::new(), body: Value::Null };
+        let Next::Done(r) = t.verdict(*j, &gone) else { panic!("a result") };
+        assert_eq!(Value::Object(r.fields.unwrap()), json!({"ID": 12}));
+        // Nothing asked: no fields key; a delete: none.
+        let Next::Done(r) =
+            t.verdict(job(&export(json!({}))), &Inner { status: 200, headers: Map::new(), body: json!({"ID": 1}) })
+        else {
+            panic!("a result")
+        };
+        assert_eq!(r.fields, None);
+        assert!(serde_json::to_value(&*r).unwrap().get("fields").is_none());
+        let del = export(json!({"op": "delete", "read_back": ["ID"]}));
+        let Next::Done(r) = t.verdict(job(&del), &gone) else { panic!("a result") };
+        assert_eq!(r.fields, None);
+        // An answer without a field set: nothing is known, no nulls.
+        let Next::Done(r) = t.verdict(job(&upd), &gone) else { panic!("a result") };
+        assert_eq!(r.fields, None);
     }
 
     fn target_for(url: &str, secret: &str) -> GraphTarget {

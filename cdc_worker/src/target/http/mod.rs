@@ -229,6 +229,20 @@ impl HttpClient {
         resend_sent: bool,
     ) -> Result<(u16, String), Failure> {
         let url = format!("{}{path}", self.base_url);
+        self.call_url(method, &url, body, cost, resend_sent).await
+    }
+
+    /// [`Self::call`] to a whole URL: one the API gave (a next page's link),
+    /// which the caller has checked leads to `base_url` (the token goes with
+    /// the request).
+    pub(crate) async fn call_url(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        cost: Cost,
+        resend_sent: bool,
+    ) -> Result<(u16, String), Failure> {
         let mut last: Option<Failure> = None;
         let mut refreshed = false;
         let mut attempt = 0;
@@ -246,7 +260,7 @@ impl HttpClient {
             attempt += 1;
             self.wait_turn(cost.units, cost.writes).await?;
             let token = self.token(false).await?;
-            let mut rb = self.http.request(method.clone(), &url).bearer_auth(&token);
+            let mut rb = self.http.request(method.clone(), url).bearer_auth(&token);
             if let Some(b) = body {
                 rb = rb.json(b);
             }
