@@ -475,6 +475,9 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Its direction is push.',
                   HINT = 'Define it with direction => ''both'' or ''pull'' to read changes back.';
     END IF;
+    INSERT INTO sync.pulls (definition_id, list)
+    SELECT d.id, tl.list FROM sync.target_lists tl WHERE tl.definition_id = d.id AND tl.remote_id IS NOT NULL
+    ON CONFLICT DO NOTHING;
     UPDATE sync.pulls SET next_pull_at = now() WHERE definition_id = d.id;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
@@ -502,6 +505,14 @@ COMMENT ON FUNCTION reset_pull(text) IS 'Forgets the delta links of a definition
 CREATE FUNCTION _etag_norm(etag text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT lower(translate(regexp_replace(etag, '^W/', ''), '"{}', ''))
+$$;
+
+-- A field's value in a field set as the target gives it (JSON null when
+-- absent: a field left out is empty). Names match as SharePoint matches
+-- them, without case: a mapping of ID reads the id every field set has.
+CREATE FUNCTION _field_of(fields jsonb, name text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(fields -> name, (SELECT f.value FROM jsonb_each(fields) f WHERE lower(f.key) = lower(name) LIMIT 1), 'null')
 $$;
 
 -- When the row's value of a key last changed here, for newest_wins: its
@@ -620,7 +631,7 @@ BEGIN
              WHERE id = imp.id;
             RETURN CASE d.inbound_inserts WHEN 'ignore' THEN 'ignored' ELSE 'awaiting_approval' END;
         END IF;
-        SELECT coalesce(jsonb_object_agg(e->>'field', coalesce(v_remote -> (e->>'field'), 'null')), '{}') INTO set_vals
+        SELECT coalesce(jsonb_object_agg(e->>'field', sync._field_of(v_remote, e->>'field')), '{}') INTO set_vals
           FROM jsonb_array_elements(c.inbound) e;
         res := sync._source_write(d.id, 'insert', NULL, set_vals);
         key_obj := res -> 'key';
@@ -670,7 +681,7 @@ BEGIN
     FOR f IN SELECT e FROM jsonb_array_elements(c.inbound) e LOOP
         fname := f->>'field';
         dir := f->>'direction';
-        rv := coalesce(v_remote -> fname, 'null');
+        rv := sync._field_of(v_remote, fname);
         IF dir = 'pull' THEN
             -- The target owns it: taken whenever it differs (the UPDATE
             -- below v_changes nothing when it does not).

@@ -308,9 +308,12 @@ BEGIN
        -- good, or awaits approval): like those, they wait for sync.retry/approve
        AND NOT EXISTS (SELECT 1 FROM sync.pending_exports x
                         WHERE x.definition_id = e.definition_id AND x.op = 'provision' AND e.op <> 'provision'
-                          AND x.list IN (e.list, e.from_list) AND x.status IN ('error', 'awaiting_approval'));
+                          AND x.list IN (e.list, e.from_list) AND x.status IN ('error', 'awaiting_approval'))
+       -- nor those of an item in conflict (they wait for sync.resolve)
+       AND NOT EXISTS (SELECT 1 FROM sync.pending_imports x
+                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'conflict');
 END $$;
-COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval), and how many of them will not be retried within within_seconds.';
+COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval, nor those of an item in conflict), and how many of them will not be retried within within_seconds.';
 
 CREATE FUNCTION target_list_ids(target text)
 RETURNS TABLE (definition text, list text, remote_id text, columns jsonb)

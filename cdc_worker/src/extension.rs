@@ -452,14 +452,41 @@ impl ImportTally {
 
 /// `sync.apply_imports(target, n, worker)`: decides and applies up to `n`
 /// stored inbound changes of the target.
+///
+/// It runs under the replication origin `syncbridge` (the stream skips what
+/// such a session commits): set up for this one statement, which commits
+/// before the origin is reset. PostgreSQL 15 lets one session at a time use
+/// an origin: another worker's apply is waited for (briefly, and only for
+/// as long as one apply transaction lasts).
 pub async fn apply_imports(db: &Client, target: &str, n: i32, worker: &str) -> Result<ImportTally, WorkerError> {
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match db.execute("SELECT pg_catalog.pg_replication_origin_session_setup('syncbridge')", &[]).await {
+            Ok(_) => break,
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && waited < std::time::Duration::from_secs(60) =>
+            {
+                let pause = std::time::Duration::from_millis(20);
+                tokio::time::sleep(pause).await;
+                waited += pause;
+            }
+            Err(e) => return Err(WorkerError::db("setting up the replication origin syncbridge")(e)),
+        }
+    }
     let r = db
         .query_one(
             "SELECT applied, echoes, conflicts, awaiting, failed, remaining FROM sync.apply_imports($1, $2, $3)",
             &[&target, &n, &worker],
         )
         .await
-        .map_err(WorkerError::db("applying pulled changes"))?;
+        .map_err(WorkerError::db("applying pulled changes"));
+    let reset = db
+        .execute("SELECT pg_catalog.pg_replication_origin_session_reset()", &[])
+        .await
+        .map_err(WorkerError::db("resetting the replication origin"));
+    let r = r?;
+    reset?;
     Ok(ImportTally {
         applied: r.get(0),
         echoes: r.get(1),

@@ -2295,9 +2295,12 @@ BEGIN
        -- good, or awaits approval): like those, they wait for sync.retry/approve
        AND NOT EXISTS (SELECT 1 FROM sync.pending_exports x
                         WHERE x.definition_id = e.definition_id AND x.op = 'provision' AND e.op <> 'provision'
-                          AND x.list IN (e.list, e.from_list) AND x.status IN ('error', 'awaiting_approval'));
+                          AND x.list IN (e.list, e.from_list) AND x.status IN ('error', 'awaiting_approval'))
+       -- nor those of an item in conflict (they wait for sync.resolve)
+       AND NOT EXISTS (SELECT 1 FROM sync.pending_imports x
+                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'conflict');
 END $$;
-COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval), and how many of them will not be retried within within_seconds.';
+COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval, nor those of an item in conflict), and how many of them will not be retried within within_seconds.';
 
 CREATE OR REPLACE FUNCTION target_list_ids(target text)
 RETURNS TABLE (definition text, list text, remote_id text, columns jsonb)
@@ -3250,6 +3253,9 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Its direction is push.',
                   HINT = 'Define it with direction => ''both'' or ''pull'' to read changes back.';
     END IF;
+    INSERT INTO sync.pulls (definition_id, list)
+    SELECT d.id, tl.list FROM sync.target_lists tl WHERE tl.definition_id = d.id AND tl.remote_id IS NOT NULL
+    ON CONFLICT DO NOTHING;
     UPDATE sync.pulls SET next_pull_at = now() WHERE definition_id = d.id;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
@@ -3277,6 +3283,14 @@ COMMENT ON FUNCTION reset_pull(text) IS 'Forgets the delta links of a definition
 CREATE OR REPLACE FUNCTION _etag_norm(etag text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT lower(translate(regexp_replace(etag, '^W/', ''), '"{}', ''))
+$$;
+
+-- A field's value in a field set as the target gives it (JSON null when
+-- absent: a field left out is empty). Names match as SharePoint matches
+-- them, without case: a mapping of ID reads the id every field set has.
+CREATE OR REPLACE FUNCTION _field_of(fields jsonb, name text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(fields -> name, (SELECT f.value FROM jsonb_each(fields) f WHERE lower(f.key) = lower(name) LIMIT 1), 'null')
 $$;
 
 -- When the row's value of a key last changed here, for newest_wins: its
@@ -3395,7 +3409,7 @@ BEGIN
              WHERE id = imp.id;
             RETURN CASE d.inbound_inserts WHEN 'ignore' THEN 'ignored' ELSE 'awaiting_approval' END;
         END IF;
-        SELECT coalesce(jsonb_object_agg(e->>'field', coalesce(v_remote -> (e->>'field'), 'null')), '{}') INTO set_vals
+        SELECT coalesce(jsonb_object_agg(e->>'field', sync._field_of(v_remote, e->>'field')), '{}') INTO set_vals
           FROM jsonb_array_elements(c.inbound) e;
         res := sync._source_write(d.id, 'insert', NULL, set_vals);
         key_obj := res -> 'key';
@@ -3445,7 +3459,7 @@ BEGIN
     FOR f IN SELECT e FROM jsonb_array_elements(c.inbound) e LOOP
         fname := f->>'field';
         dir := f->>'direction';
-        rv := coalesce(v_remote -> fname, 'null');
+        rv := sync._field_of(v_remote, fname);
         IF dir = 'pull' THEN
             -- The target owns it: taken whenever it differs (the UPDATE
             -- below v_changes nothing when it does not).

@@ -414,6 +414,11 @@ async fn export_loop(
         let json = serde_json::to_string(&results).expect("results serialize");
         let completing = std::time::Instant::now();
         extension::complete(db, &json, &config.worker_name).await?;
+        if results.iter().any(|r| r.fields.is_some()) {
+            // The answers' read-only fields (pull-only mappings) go into
+            // their rows now, under the origin syncbridge, not a pull later.
+            extension::apply_imports(db, name, 1000, &config.worker_name).await?;
+        }
         if conflicted > 0 {
             // Recorded: the puller reads the remote changes now.
             conflicts.notify_one();

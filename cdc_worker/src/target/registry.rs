@@ -141,6 +141,7 @@ pub static KINDS: &[KindSpec] = &[
             "timeout_ms",
             "max_concurrent_batches",
             "time_zone",
+            "pull_interval",
         ],
         batch_size: graph::BATCH_LIMIT as u32,
         cost_per_write: graph::RU_WRITE,

@@ -253,7 +253,13 @@ fn list_route(state: &mut State, req: &Req, list_id: &str, tail: &[&str]) -> Res
             _ => Err(method_not_allowed(m)),
         },
         ["items", "delta" | "delta()"] => match m {
-            "GET" => delta(state, req, list_id),
+            "GET" => {
+                let r = delta(state, req, list_id);
+                if r.as_ref().is_ok_and(|r| r.status == 200) {
+                    state.delta_pages += 1;
+                }
+                r
+            }
             _ => Err(method_not_allowed(m)),
         },
         ["items", id, rest @ ..] => {

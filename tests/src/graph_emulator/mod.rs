@@ -168,6 +168,11 @@ impl EmulatorState {
         self.lock().api.0.unchanged_writes
     }
 
+    /// Delta pages served.
+    pub fn delta_pages(&self) -> u64 {
+        self.lock().api.0.delta_pages
+    }
+
     /// Every delta token of the list so far is answered `410 Gone` with
     /// `code` (`resyncRequired`, `resyncChangesApplyDifferences`,
     /// `resyncChangesUploadDifferences`, `syncStateNotFound`) and a
@@ -233,6 +238,11 @@ impl Emulator {
     /// App writes that changed nothing on their item: echoes.
     pub fn unchanged_writes(&self) -> u64 {
         self.state().unchanged_writes()
+    }
+
+    /// Delta pages served.
+    pub fn delta_pages(&self) -> u64 {
+        self.state().delta_pages()
     }
 
     /// See [`EmulatorState::reset_delta`].

@@ -471,6 +471,8 @@ pub(crate) struct State {
     /// held the value written): what an echo of a change pulled from the
     /// list looks like.
     pub unchanged_writes: u64,
+    /// Delta pages served (each page a worker read).
+    pub delta_pages: u64,
     /// Lists by id.
     pub lists: HashMap<String, List>,
     pub list_counter: u64,
@@ -486,6 +488,7 @@ impl State {
             window: VecDeque::new(),
             meter: Meter::default(),
             unchanged_writes: 0,
+            delta_pages: 0,
             lists: HashMap::new(),
             list_counter: 0,
         }

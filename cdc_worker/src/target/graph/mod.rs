@@ -973,7 +973,10 @@ impl GraphTarget {
 /// known: better no value than nulls).
 fn read_back(names: &[String], fields: &Value) -> Option<Map<String, Value>> {
     let set = fields.as_object().filter(|_| !names.is_empty())?;
-    Some(names.iter().map(|n| (n.clone(), set.get(n).cloned().unwrap_or(Value::Null))).collect())
+    // Field names are matched as SharePoint matches them, without case: a
+    // mapping of `ID` reads the `id` every field set carries.
+    let get = |n: &str| set.get(n).or_else(|| set.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v));
+    Some(names.iter().map(|n| (n.clone(), get(n).cloned().unwrap_or(Value::Null))).collect())
 }
 
 fn etag_header(h: &Map<String, Value>) -> Option<String> {
@@ -1234,16 +1237,16 @@ mod tests {
         // A create: the listItem, its fields inside.
         let add = export(json!({"op": "add", "target_id": null, "read_back": names}));
         let created = json!({"id": "12", "eTag": "\"{A},1\"",
-                             "fields": {"ID": 12, "Modified": "2024-01-02T03:04:05Z", "Title": "x"}});
+                             "fields": {"id": "12", "Modified": "2024-01-02T03:04:05Z", "Title": "x"}});
         let a = Inner { status: 201, headers: Map::new(), body: created.clone() };
         let Next::Done(r) = t.verdict(job(&add), &a) else { panic!("a result") };
         assert_eq!(r.target_id.as_deref(), Some("12"));
         assert_eq!(
             Value::Object(r.fields.clone().unwrap()),
-            json!({"ID": 12, "Modified": "2024-01-02T03:04:05Z", "_UIVersionString": null})
+            json!({"ID": "12", "Modified": "2024-01-02T03:04:05Z", "_UIVersionString": null})
         );
         let out = serde_json::to_value(&*r).unwrap();
-        assert_eq!(out["fields"]["ID"], 12);
+        assert_eq!(out["fields"]["ID"], "12", "ID read from the field set's id, whatever its case");
         // An update: PATCH …/fields answers the field set itself.
         let upd = export(json!({"read_back": ["Modified", "EditorLookupId"]}));
         let answer = json!({"@odata.etag": "\"a,2\"", "Modified": "2024-01-03T00:00:00Z", "EditorLookupId": "6"});
