@@ -780,6 +780,17 @@ BEGIN
     IF d.direction = 'both' THEN
         PERFORM sync._stage_def(d.id, jsonb_build_array(key_obj), NULL, NULL);
     END IF;
+    IF v_remote ->> 'SyncKey' = l.sync_key THEN
+        -- The item has its SyncKey (a write-back whose answer was lost):
+        -- never written again.
+        UPDATE sync.pending_exports e
+           SET payload = e.payload - 'SyncKey', updated_at = now(),
+               status = CASE WHEN e.op = 'update' AND e.payload - 'SyncKey' = '{}' THEN 'cancelled' ELSE e.status END,
+               last_error = CASE WHEN e.op = 'update' AND e.payload - 'SyncKey' = '{}'
+                                 THEN 'cancelled: the item has its SyncKey' ELSE e.last_error END
+         WHERE e.definition_id = d.id AND e.sync_key = l.sync_key AND e.payload ? 'SyncKey'
+           AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error');
+    END IF;
     UPDATE sync.pending_imports
        SET status = outcome, sync_key = l.sync_key, updated_at = now(), applied_at = CASE WHEN outcome = 'applied' THEN now() END,
            changes = nullif(v_changes, '{}'),
@@ -818,6 +829,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'apply_imports takes 1 to 10000 imports at a time.', HINT = 'n => 500.';
     END IF;
     PERFORM sync._check_worker_name(worker);
+    -- An export whose worker vanished no longer holds its key's changes.
+    PERFORM sync._recover_expired(target);
     applied := 0; echoes := 0; conflicts := 0; awaiting := 0; failed := 0;
     FOR d IN SELECT x.* FROM sync.definitions x
               WHERE x.target = apply_imports.target AND x.state = 'active'

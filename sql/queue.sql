@@ -309,11 +309,12 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM sync.pending_exports x
                         WHERE x.definition_id = e.definition_id AND x.op = 'provision' AND e.op <> 'provision'
                           AND x.list IN (e.list, e.from_list) AND x.status IN ('error', 'awaiting_approval'))
-       -- nor those of an item in conflict (they wait for sync.resolve)
+       -- nor those of an item whose change from the target waits to be
+       -- applied (sync.apply_imports) or for sync.resolve
        AND NOT EXISTS (SELECT 1 FROM sync.pending_imports x
-                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'conflict');
+                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status IN ('pending', 'conflict'));
 END $$;
-COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval, nor those of an item in conflict), and how many of them will not be retried within within_seconds.';
+COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
 
 CREATE FUNCTION target_list_ids(target text)
 RETURNS TABLE (definition text, list text, remote_id text, columns jsonb)

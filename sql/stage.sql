@@ -84,7 +84,10 @@ cancelled AS (
                     SELECT o.id FROM sync.pending_exports o
                      WHERE o.definition_id = $2 AND o.sync_key = x.sync_key
                        AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error') LIMIT 1) o
-                WHERE x.op IS NULL OR x.op = 'forget'))
+                WHERE x.op = 'forget'
+                   -- (an item created on the target still gets its SyncKey)
+                   OR (x.op IS NULL AND NOT EXISTS (SELECT 1 FROM sync.pending_exports w
+                                                     WHERE w.id = o.id AND w.payload ? 'SyncKey'))))
     RETURNING p.id
 ),
 staged AS (
@@ -108,7 +111,10 @@ staged AS (
      WHERE x.op IN ('add', 'update', 'delete', 'move')
     ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
     DO UPDATE SET
-        op = EXCLUDED.op, list = EXCLUDED.list, from_list = EXCLUDED.from_list, payload = EXCLUDED.payload,
+        op = EXCLUDED.op, list = EXCLUDED.list, from_list = EXCLUDED.from_list,
+        -- an update keeps the SyncKey an item created on the target waits for
+        payload = CASE WHEN EXCLUDED.op = 'update' AND p.payload ? 'SyncKey'
+                       THEN EXCLUDED.payload || jsonb_build_object('SyncKey', p.payload -> 'SyncKey') ELSE EXCLUDED.payload END,
         previous = EXCLUDED.previous, hash = EXCLUDED.hash,
         status = CASE WHEN EXCLUDED.status = 'awaiting_approval' AND p.approved_at IS NOT NULL AND p.op = EXCLUDED.op
                       THEN 'pending' ELSE EXCLUDED.status END,

@@ -1649,7 +1649,10 @@ cancelled AS (
                     SELECT o.id FROM sync.pending_exports o
                      WHERE o.definition_id = $2 AND o.sync_key = x.sync_key
                        AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error') LIMIT 1) o
-                WHERE x.op IS NULL OR x.op = 'forget'))
+                WHERE x.op = 'forget'
+                   -- (an item created on the target still gets its SyncKey)
+                   OR (x.op IS NULL AND NOT EXISTS (SELECT 1 FROM sync.pending_exports w
+                                                     WHERE w.id = o.id AND w.payload ? 'SyncKey'))))
     RETURNING p.id
 ),
 staged AS (
@@ -1673,7 +1676,10 @@ staged AS (
      WHERE x.op IN ('add', 'update', 'delete', 'move')
     ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
     DO UPDATE SET
-        op = EXCLUDED.op, list = EXCLUDED.list, from_list = EXCLUDED.from_list, payload = EXCLUDED.payload,
+        op = EXCLUDED.op, list = EXCLUDED.list, from_list = EXCLUDED.from_list,
+        -- an update keeps the SyncKey an item created on the target waits for
+        payload = CASE WHEN EXCLUDED.op = 'update' AND p.payload ? 'SyncKey'
+                       THEN EXCLUDED.payload || jsonb_build_object('SyncKey', p.payload -> 'SyncKey') ELSE EXCLUDED.payload END,
         previous = EXCLUDED.previous, hash = EXCLUDED.hash,
         status = CASE WHEN EXCLUDED.status = 'awaiting_approval' AND p.approved_at IS NOT NULL AND p.op = EXCLUDED.op
                       THEN 'pending' ELSE EXCLUDED.status END,
@@ -2296,11 +2302,12 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM sync.pending_exports x
                         WHERE x.definition_id = e.definition_id AND x.op = 'provision' AND e.op <> 'provision'
                           AND x.list IN (e.list, e.from_list) AND x.status IN ('error', 'awaiting_approval'))
-       -- nor those of an item in conflict (they wait for sync.resolve)
+       -- nor those of an item whose change from the target waits to be
+       -- applied (sync.apply_imports) or for sync.resolve
        AND NOT EXISTS (SELECT 1 FROM sync.pending_imports x
-                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'conflict');
+                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status IN ('pending', 'conflict'));
 END $$;
-COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval, nor those of an item in conflict), and how many of them will not be retried within within_seconds.';
+COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
 
 CREATE OR REPLACE FUNCTION target_list_ids(target text)
 RETURNS TABLE (definition text, list text, remote_id text, columns jsonb)
@@ -3558,6 +3565,17 @@ BEGIN
     IF d.direction = 'both' THEN
         PERFORM sync._stage_def(d.id, jsonb_build_array(key_obj), NULL, NULL);
     END IF;
+    IF v_remote ->> 'SyncKey' = l.sync_key THEN
+        -- The item has its SyncKey (a write-back whose answer was lost):
+        -- never written again.
+        UPDATE sync.pending_exports e
+           SET payload = e.payload - 'SyncKey', updated_at = now(),
+               status = CASE WHEN e.op = 'update' AND e.payload - 'SyncKey' = '{}' THEN 'cancelled' ELSE e.status END,
+               last_error = CASE WHEN e.op = 'update' AND e.payload - 'SyncKey' = '{}'
+                                 THEN 'cancelled: the item has its SyncKey' ELSE e.last_error END
+         WHERE e.definition_id = d.id AND e.sync_key = l.sync_key AND e.payload ? 'SyncKey'
+           AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error');
+    END IF;
     UPDATE sync.pending_imports
        SET status = outcome, sync_key = l.sync_key, updated_at = now(), applied_at = CASE WHEN outcome = 'applied' THEN now() END,
            changes = nullif(v_changes, '{}'),
@@ -3596,6 +3614,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'apply_imports takes 1 to 10000 imports at a time.', HINT = 'n => 500.';
     END IF;
     PERFORM sync._check_worker_name(worker);
+    -- An export whose worker vanished no longer holds its key's changes.
+    PERFORM sync._recover_expired(target);
     applied := 0; echoes := 0; conflicts := 0; awaiting := 0; failed := 0;
     FOR d IN SELECT x.* FROM sync.definitions x
               WHERE x.target = apply_imports.target AND x.state = 'active'

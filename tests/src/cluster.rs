@@ -29,9 +29,15 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
-    /// `wal_level = logical`, trust authentication on loopback and the socket.
+    /// `wal_level = logical`, `track_commit_timestamp = on`, trust
+    /// authentication on loopback and the socket.
     pub fn logical() -> Self {
-        Self { conf: vec!["wal_level = logical".into()], hba: Vec::new(), files: Vec::new() }
+        // Commit times: how two-way sync's newest_wins knows when a row changed.
+        Self {
+            conf: vec!["wal_level = logical".into(), "track_commit_timestamp = on".into()],
+            hba: Vec::new(),
+            files: Vec::new(),
+        }
     }
 }
 

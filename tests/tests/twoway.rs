@@ -5,7 +5,7 @@
 
 use serde_json::{json, Map, Value};
 use syncbridge_tests::graph::{sync_once, worker_cmd, GraphEnv};
-use syncbridge_tests::graph_emulator::EmulatorConfig;
+use syncbridge_tests::graph_emulator::{EmulatorConfig, Fault};
 use syncbridge_tests::ingest::prepare;
 use syncbridge_tests::{cluster, TestDb};
 
@@ -249,4 +249,421 @@ fn two_workers_pulling_at_once_read_each_page_once() {
         "3"
     );
     assert_eq!(db.psql("SELECT string_agg(status, ',' ORDER BY id) FROM tasks"), "remote 1,remote 2,remote 3");
+}
+
+// ---------------------------------------------------------------------------
+// Convergence: random concurrent edits on both sides, with faults and killed
+// workers; afterwards both sides hold what the policy says, by an oracle
+// computed from the recorded history alone.
+
+/// A seed for the randomized tests: SYNCBRIDGE_TEST_SEED, or the clock's.
+fn seed() -> u64 {
+    let s = std::env::var("SYNCBRIDGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(16)
+    });
+    eprintln!("seed {s} (SYNCBRIDGE_TEST_SEED={s} replays this run)");
+    s
+}
+
+/// A small LCG: the test's choices follow from the seed alone.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The three fields both sides edit: Title (a), Points (b), Note (c).
+type Vals = [Value; 3];
+const FIELDS: [&str; 3] = ["Title", "Points", "Note"];
+const COLUMNS: [&str; 3] = ["a", "b", "c"];
+
+/// One row-and-item, as the oracle knows it.
+#[derive(Debug, Clone)]
+struct Ent {
+    /// The row's id (a remote create gets it when it is synced).
+    key: Option<i64>,
+    /// What both sides agree on after the last round.
+    base: Vals,
+    /// Created locally (only those are deleted locally: a delete of an
+    /// item created remotely is beyond delete_scope => provisioned).
+    local_origin: bool,
+}
+
+fn random_value(rng: &mut Lcg, field: usize, round: usize) -> Value {
+    match field {
+        0 => json!(format!("t{round}-{}", rng.below(1000))),
+        1 => json!(rng.below(100) as i64),
+        _ => {
+            if rng.chance(20) {
+                Value::Null
+            } else {
+                json!(format!("note {round} {}", rng.below(1000)))
+            }
+        }
+    }
+}
+
+fn sql_value(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        other => other.to_string(),
+    }
+}
+
+/// The database's rows: id → values.
+fn db_rows(db: &TestDb) -> std::collections::BTreeMap<i64, Vals> {
+    let out = db.psql("SELECT json_build_array(id, a, b, c)::text FROM items ORDER BY id");
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("row");
+            (v[0].as_i64().expect("id"), [v[1].clone(), v[2].clone(), v[3].clone()])
+        })
+        .collect()
+}
+
+/// The emulator's items: SyncKey → (item id, values).
+fn remote_items(env: &GraphEnv) -> std::collections::BTreeMap<String, (u64, Vals)> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in env.emu.lists().into_iter().filter(|l| l.display_name == "Items") {
+        for i in l.items {
+            let key = i.fields.get("SyncKey").and_then(Value::as_str).unwrap_or("").to_owned();
+            let pts = match i.fields.get("Points") {
+                Some(Value::Number(n)) => json!(n.as_f64().expect("a double") as i64),
+                _ => Value::Null,
+            };
+            let vals = [
+                i.fields.get("Title").cloned().unwrap_or(Value::Null),
+                pts,
+                i.fields.get("Note").cloned().unwrap_or(Value::Null),
+            ];
+            let id: u64 = i.id.parse().expect("a numeric item id");
+            assert!(out.insert(key.clone(), (id, vals)).is_none(), "two items with SyncKey {key:?}");
+        }
+    }
+    out
+}
+
+/// Runs the worker until nothing is left to do (manual: resolving the
+/// conflicts the oracle predicts, as it chose); returns the rounds it took.
+fn settle(db: &TestDb, resolve: &mut dyn FnMut(&TestDb) -> bool) {
+    for _ in 0..8 {
+        sync_once(db);
+        let resolved = resolve(db);
+        let open = db.psql(
+            "SELECT (SELECT count(*) FROM sync.pending_imports WHERE status = 'pending')
+                  + (SELECT count(*) FROM sync.pending_exports WHERE status IN ('pending', 'failed', 'executing'))
+                  + (SELECT count(*) FROM sync.conflicts WHERE resolution IS NULL)",
+        );
+        if open == "0" && !resolved {
+            return;
+        }
+    }
+    panic!(
+        "not settled after 8 rounds: imports {} exports {}",
+        db.psql("SELECT string_agg(concat_ws(':', id, sync_key, status, decision, last_error), ' | ') FROM sync.pending_imports WHERE status NOT IN ('applied', 'echo', 'ignored', 'superseded')"),
+        db.psql("SELECT string_agg(concat_ws(':', id, sync_key, op, status, error_class, last_error), ' | ') FROM sync.pending_exports WHERE status NOT IN ('exported', 'confirmed', 'cancelled')")
+    );
+}
+
+fn converge(policy: &str) {
+    let seed = seed();
+    let mut rng = Lcg(seed ^ policy.len() as u64);
+    let env = GraphEnv::start_with(EmulatorConfig::default());
+    let db = cluster().new_db("converge");
+    prepare(&db, "CREATE TABLE items (id serial PRIMARY KEY, a text NOT NULL, b int, c text);");
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.backoff_base_seconds = 0.2", db.name()));
+    // A killed worker's leases expire soon (its exports are sent again).
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.lease_seconds = 5", db.name()));
+    env.create_target(&db, "sp", None);
+    db.psql(&format!(
+        "SELECT sync.define('items_sp', source => 'items', target => 'sp', list => 'Items', direction => 'both',
+                            conflict => '{policy}', inbound_deletes => 'apply')"
+    ));
+    for (col, field) in COLUMNS.iter().zip(FIELDS) {
+        db.psql(&format!("SELECT sync.map('items_sp', '{col}', '{field}')"));
+    }
+    db.psql("SELECT sync.provision('items_sp'); SELECT sync.enable('items_sp');");
+
+    let mut ents: Vec<Ent> = Vec::new();
+    let mut next_local_id = 100_000i64;
+    // Round 0 seeds a few rows.
+    for _ in 0..4 {
+        let vals: Vals = [random_value(&mut rng, 0, 0), random_value(&mut rng, 1, 0), random_value(&mut rng, 2, 0)];
+        db.psql(&format!(
+            "INSERT INTO items VALUES ({next_local_id}, {}, {}, {})",
+            sql_value(&vals[0]),
+            sql_value(&vals[1]),
+            sql_value(&vals[2])
+        ));
+        ents.push(Ent { key: Some(next_local_id), base: vals, local_origin: true });
+        next_local_id += 1;
+    }
+    settle(&db, &mut |_| false);
+
+    for round in 1..=6 {
+        let alive: Vec<usize> = (0..ents.len()).collect();
+        let mut local: std::collections::HashMap<usize, [Option<Value>; 3]> = Default::default();
+        let mut remote: std::collections::HashMap<usize, [Option<Value>; 3]> = Default::default();
+        let mut local_deleted = std::collections::HashSet::new();
+        let mut remote_deleted = std::collections::HashSet::new();
+        let mut local_sql = Vec::new();
+        let mut remote_ops: Vec<Box<dyn Fn(&GraphEnv)>> = Vec::new();
+        let mut new_ents = Vec::new();
+        for _ in 0..rng.below(4) + 1 {
+            let e = alive[rng.below(alive.len() as u64) as usize];
+            let f = rng.below(3) as usize;
+            let v = random_value(&mut rng, f, round);
+            local.entry(e).or_default()[f] = Some(v.clone());
+            local_sql.push(format!(
+                "UPDATE items SET {} = {} WHERE id = {}",
+                COLUMNS[f],
+                sql_value(&v),
+                ents[e].key.unwrap()
+            ));
+        }
+        for _ in 0..rng.below(4) + 1 {
+            let e = alive[rng.below(alive.len() as u64) as usize];
+            let f = rng.below(3) as usize;
+            let v = random_value(&mut rng, f, round);
+            remote.entry(e).or_default()[f] = Some(v.clone());
+            let key = ents[e].key.unwrap().to_string();
+            remote_ops.push(Box::new(move |env: &GraphEnv| {
+                // (an item already deleted remotely this round is not edited)
+                let _ = env.emu.person_edit("Items", &key, &fields(json!({ FIELDS[f]: v.clone() })), 7);
+            }));
+        }
+        if rng.chance(40) {
+            let vals: Vals =
+                [random_value(&mut rng, 0, round), random_value(&mut rng, 1, round), random_value(&mut rng, 2, round)];
+            local_sql.push(format!(
+                "INSERT INTO items VALUES ({next_local_id}, {}, {}, {})",
+                sql_value(&vals[0]),
+                sql_value(&vals[1]),
+                sql_value(&vals[2])
+            ));
+            new_ents.push(Ent { key: Some(next_local_id), base: vals, local_origin: true });
+            next_local_id += 1;
+        }
+        let remote_create: Option<Vals> = rng.chance(40).then(|| {
+            [random_value(&mut rng, 0, round), random_value(&mut rng, 1, round), random_value(&mut rng, 2, round)]
+        });
+        if alive.len() > 3 && rng.chance(30) {
+            let locals: Vec<usize> = alive.iter().copied().filter(|e| ents[*e].local_origin).collect();
+            if !locals.is_empty() {
+                let e = locals[rng.below(locals.len() as u64) as usize];
+                local_deleted.insert(e);
+                local_sql.push(format!("DELETE FROM items WHERE id = {}", ents[e].key.unwrap()));
+            }
+        }
+        if alive.len() > 3 && rng.chance(30) {
+            let e = alive[rng.below(alive.len() as u64) as usize];
+            remote_deleted.insert(e);
+            let key = ents[e].key.unwrap().to_string();
+            remote_ops.push(Box::new(move |env: &GraphEnv| {
+                let _ = env.emu.person_delete("Items", &key);
+            }));
+        }
+        // The two sides edit; under newest_wins a second apart, in a random
+        // order (SharePoint's Modified has whole seconds).
+        let local_first = rng.chance(50);
+        let run_local = |db: &TestDb| {
+            if !local_sql.is_empty() {
+                db.psql(&format!("BEGIN; {}; COMMIT;", local_sql.join("; ")));
+            }
+        };
+        let mut created_item = None;
+        let mut run_remote = |env: &GraphEnv| {
+            for op in &remote_ops {
+                op(env);
+            }
+            if let Some(vals) = &remote_create {
+                let mut f = Map::new();
+                for (i, name) in FIELDS.iter().enumerate() {
+                    if !vals[i].is_null() {
+                        f.insert((*name).into(), vals[i].clone());
+                    }
+                }
+                created_item = Some(env.emu.person_create("Items", &f, 7).expect("person_create"));
+            }
+        };
+        let gap = std::time::Duration::from_millis(if policy == "newest_wins" { 1100 } else { 0 });
+        if local_first {
+            run_local(&db);
+            std::thread::sleep(gap);
+            run_remote(&env);
+        } else {
+            run_remote(&env);
+            std::thread::sleep(gap);
+            run_local(&db);
+        }
+
+        // The oracle, from the history alone.
+        let mut expected: Vec<(usize, Vals)> = Vec::new();
+        let mut predicted_conflicts: Vec<(i64, &str, bool)> = Vec::new();
+        for &e in &alive {
+            if local_deleted.contains(&e) || remote_deleted.contains(&e) {
+                continue;
+            }
+            let mut vals = ents[e].base.clone();
+            let l = local.get(&e).cloned().unwrap_or_default();
+            let r = remote.get(&e).cloned().unwrap_or_default();
+            for f in 0..3 {
+                let lc = l[f].as_ref().filter(|v| **v != ents[e].base[f]);
+                let rc = r[f].as_ref().filter(|v| **v != ents[e].base[f]);
+                vals[f] = match (lc, rc) {
+                    (Some(lv), Some(rv)) if lv != rv => {
+                        let local_wins = match policy {
+                            "source_wins" => true,
+                            "target_wins" => false,
+                            "newest_wins" => !local_first,
+                            _ => {
+                                let pick_local = rng.chance(50);
+                                predicted_conflicts.push((ents[e].key.unwrap(), FIELDS[f], pick_local));
+                                pick_local
+                            }
+                        };
+                        if local_wins {
+                            lv.clone()
+                        } else {
+                            rv.clone()
+                        }
+                    }
+                    (Some(lv), _) => lv.clone(),
+                    (None, Some(rv)) => rv.clone(),
+                    (None, None) => ents[e].base[f].clone(),
+                };
+            }
+            expected.push((e, vals));
+        }
+
+        // Faults and a killed worker now and then.
+        if rng.chance(30) {
+            let f = [Fault::Status(429), Fault::Status(503), Fault::RunThenStatus(500), Fault::RunThenDrop]
+                [rng.below(4) as usize]
+                .clone();
+            env.emu.inject(f, 1 + rng.below(3) as u32);
+        }
+        if round == 3 {
+            env.emu.reset_delta("Items", ["resyncRequired", "syncStateNotFound"][rng.below(2) as usize]).unwrap();
+        }
+        if rng.chance(30) {
+            let mut w = worker_cmd(&db, &[]).spawn().expect("worker");
+            std::thread::sleep(std::time::Duration::from_millis(200 + rng.below(1500)));
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let mut conflicts_seen = false;
+        settle(&db, &mut |db: &TestDb| {
+            let open = db.psql(
+                "SELECT string_agg(concat_ws(':', id, sync_key, field), ' ' ORDER BY sync_key, field) FROM sync.conflicts WHERE resolution IS NULL",
+            );
+            if open.is_empty() {
+                return false;
+            }
+            let mut want: Vec<String> = predicted_conflicts.iter().map(|(k, f, _)| format!("{k}:{f}")).collect();
+            want.sort();
+            let mut have: Vec<String> = open.split(' ').map(|c| c.split_once(':').unwrap().1.to_owned()).collect();
+            have.sort();
+            assert_eq!(have, want, "the conflicts are the fields changed on both sides (seed {seed}, round {round})");
+            for c in open.split(' ') {
+                let (id, rest) = c.split_once(':').unwrap();
+                let pick = predicted_conflicts.iter().find(|(k, f, _)| format!("{k}:{f}") == rest).unwrap().2;
+                db.psql(&format!("SELECT sync.resolve({id}, '{}')", if pick { "local" } else { "remote" }));
+            }
+            conflicts_seen = true;
+            true
+        });
+        assert!(
+            policy != "manual" || predicted_conflicts.is_empty() || conflicts_seen,
+            "conflicts expected (seed {seed}, round {round})"
+        );
+
+        // Link the remote create to its row by the SyncKey it got.
+        let items = remote_items(&env);
+        if let (Some(vals), Some(item_id)) = (remote_create, created_item) {
+            let key = items
+                .iter()
+                .find(|(_, (id, _))| *id == item_id)
+                .map(|(k, _)| {
+                    k.parse::<i64>().unwrap_or_else(|_| {
+                        panic!(
+                            "the created item {item_id} has no SyncKey (seed {seed}, round {round}): imports {} exports {}",
+                            db.psql("SELECT string_agg(concat_ws(':', id, target_id, sync_key, origin, status, decision, last_error), ' | ') FROM sync.pending_imports"),
+                            db.psql("SELECT string_agg(concat_ws(':', id, sync_key, op, status, payload, error_class, last_error), ' | ') FROM sync.pending_exports WHERE op <> 'provision'")
+                        )
+                    })
+                })
+                .unwrap_or_else(|| panic!("the created item is gone (seed {seed}, round {round})"));
+            ents.push(Ent { key: Some(key), base: vals.clone(), local_origin: false });
+            expected.push((ents.len() - 1, vals));
+        }
+        for n in new_ents {
+            ents.push(n.clone());
+            expected.push((ents.len() - 1, n.base.clone()));
+        }
+
+        // Both sides and the ledger hold exactly what the oracle says.
+        let rows = db_rows(&db);
+        let want_rows: std::collections::BTreeMap<i64, Vals> =
+            expected.iter().map(|(e, v)| (ents[*e].key.unwrap(), v.clone())).collect();
+        assert_eq!(rows, want_rows, "the table (policy {policy}, seed {seed}, round {round})");
+        let want_items: std::collections::BTreeMap<String, Vals> =
+            want_rows.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let have_items: std::collections::BTreeMap<String, Vals> =
+            items.into_iter().map(|(k, (_, v))| (k, v)).collect();
+        assert_eq!(have_items, want_items, "the list (policy {policy}, seed {seed}, round {round})");
+        let ledger = db.psql("SELECT string_agg(sync_key || '=' || (fields->>'Title') || '/' || coalesce(fields->>'Points', '-') || '/' || coalesce(fields->>'Note', '-'), ' ' ORDER BY sync_key::int) FROM sync.ledger");
+        let want_ledger = want_rows
+            .iter()
+            .map(|(k, v)| {
+                let s = |x: &Value| {
+                    x.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| if x.is_null() { "-".into() } else { x.to_string() })
+                };
+                format!("{k}={}/{}/{}", s(&v[0]), s(&v[1]), s(&v[2]))
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(ledger, want_ledger, "the ledger (policy {policy}, seed {seed}, round {round})");
+        assert_eq!(
+            env.emu.unchanged_writes(),
+            0,
+            "echo writes (policy {policy}, seed {seed}, round {round}): exports {} imports {}",
+            db.psql("SELECT string_agg(concat_ws(':', id, sync_key, op, status, payload, error_class, last_error), E' |\n' ORDER BY id) FROM sync.pending_exports WHERE op <> 'provision'"),
+            db.psql("SELECT string_agg(concat_ws(':', id, target_id, sync_key, origin, status, etag, remote, decision), E' |\n' ORDER BY id) FROM sync.pending_imports")
+        );
+
+        // What both sides hold is the next round's base.
+        let kept: Vec<Ent> = expected.iter().map(|(e, v)| Ent { base: v.clone(), ..ents[*e].clone() }).collect();
+        ents = kept;
+    }
+}
+
+#[test]
+fn converges_under_source_wins() {
+    converge("source_wins");
+}
+
+#[test]
+fn converges_under_target_wins() {
+    converge("target_wins");
+}
+
+#[test]
+fn converges_under_newest_wins() {
+    converge("newest_wins");
+}
+
+#[test]
+fn converges_under_manual() {
+    converge("manual");
 }

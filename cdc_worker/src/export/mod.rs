@@ -233,7 +233,13 @@ async fn export_target(
             let exported = drive(&mut tasks, &stop_tx, session_lost.as_mut(), &mut lost).await;
             let conflicted = exported.as_ref().map_or(0, |s| s.conflicts);
             result = merge(result, exported);
-            if conflicted == 0 || result.is_err() || lost.is_some() || *stop_rx.borrow() {
+            if result.is_err() || lost.is_some() || *stop_rx.borrow() {
+                break;
+            }
+            // Changes pulled but not applied yet (an export of their key was
+            // in flight) hold their key's exports back: another cycle.
+            let waiting = extension::pull_due(&db, name).await? == Some(0.0);
+            if conflicted == 0 && !waiting {
                 break;
             }
             if cycle < ONCE_CYCLES {

@@ -536,8 +536,31 @@ impl GraphTarget {
         ctx.container_ids.get(&(definition.to_owned(), list.to_owned())).cloned().unwrap_or_else(|| list.to_owned())
     }
 
-    /// Looks the SyncKeys of `exports` up in their lists: export id → item id.
-    async fn lookup(&self, exports: &[&Export], ctx: &ApplyContext) -> Result<HashMap<i64, Option<String>>, Failure> {
+    /// Whether a looked-up item already holds every field of the export's
+    /// payload (numbers compared as the doubles SharePoint keeps; an empty
+    /// field and a missing one are the same).
+    fn holds_payload(&self, e: &Export, item: &Value, ctx: &ApplyContext) -> bool {
+        let kinds = ctx.fields.get(&(e.definition.clone(), e.container.clone()));
+        let Ok(want) = graph_fields(e.payload.as_ref().unwrap_or(&Value::Null), false, kinds) else {
+            return false;
+        };
+        let have = item.get("fields").and_then(Value::as_object);
+        want.iter().all(|(k, v)| {
+            let h = have.and_then(|f| f.get(k)).unwrap_or(&Value::Null);
+            match (v, h) {
+                (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+                _ => v == h,
+            }
+        })
+    }
+
+    /// Looks the SyncKeys of `exports` up in their lists: export id → the
+    /// item found (its id, and the item with its fields).
+    async fn lookup(
+        &self,
+        exports: &[&Export],
+        ctx: &ApplyContext,
+    ) -> Result<HashMap<i64, Option<(String, Value)>>, Failure> {
         let mut found = HashMap::new();
         for chunk in exports.chunks(BATCH_LIMIT) {
             let reqs: Vec<Value> = chunk
@@ -569,8 +592,9 @@ impl GraphTarget {
                         sent: false,
                     });
                 }
-                let id = a.body.pointer("/value/0/id").and_then(Value::as_str).map(str::to_owned);
-                found.insert(e.id, id);
+                let item = a.body.pointer("/value/0").cloned();
+                let id = item.as_ref().and_then(|i| i.get("id")).and_then(Value::as_str).map(str::to_owned);
+                found.insert(e.id, id.zip(item));
             }
         }
         Ok(found)
@@ -624,11 +648,37 @@ impl GraphTarget {
                 match self.lookup(&to_look, ctx).await {
                     Ok(found) => {
                         let mut adopted = 0;
-                        for j in jobs.iter_mut().filter(|j| j.look && j.step.is_main()) {
+                        let mut kept = Vec::with_capacity(jobs.len());
+                        for mut j in std::mem::take(&mut jobs) {
+                            if !(j.look && j.step.is_main()) {
+                                kept.push(j);
+                                continue;
+                            }
                             j.look = false;
-                            j.adopt = found.get(&j.e.id).cloned().flatten();
-                            adopted += usize::from(j.adopt.is_some());
+                            let Some((id, item)) = found.get(&j.e.id).cloned().flatten() else {
+                                kept.push(j);
+                                continue;
+                            };
+                            adopted += 1;
+                            // The lost create did happen and the item holds
+                            // every value already: adopted without a write
+                            // (which would change nothing on the item).
+                            if j.e.op == Op::Add && self.holds_payload(j.e, &item, ctx) {
+                                let mut r = OpResult::ok(j.e.id);
+                                r.target_id = Some(id);
+                                r.etag = item
+                                    .get("eTag")
+                                    .or_else(|| item.get("@odata.etag"))
+                                    .and_then(Value::as_str)
+                                    .map(str::to_owned);
+                                r.fields = read_back(&j.e.read_back, item.get("fields").unwrap_or(&Value::Null));
+                                results.push(r);
+                                continue;
+                            }
+                            j.adopt = Some(id);
+                            kept.push(j);
                         }
+                        jobs = kept;
                         tracing::info!(target = %self.client.name, looked_up = to_look.len(), adopted,
                             "looked creates up by SyncKey: the items found are adopted, not created again");
                     }
