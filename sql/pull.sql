@@ -685,7 +685,9 @@ BEGIN
         IF dir = 'pull' THEN
             -- The target owns it: taken whenever it differs (the UPDATE
             -- below v_changes nothing when it does not).
-            IF imp.remote IS NOT NULL THEN
+            -- (a field the answer leaves out is not known to be empty here:
+            -- Graph leaves out empty fields, and also fields a list lacks)
+            IF imp.remote IS NOT NULL AND EXISTS (SELECT 1 FROM jsonb_object_keys(v_remote) k WHERE lower(k) = lower(fname)) THEN
                 set_vals := set_vals || jsonb_build_object(fname, rv);
                 pulled := pulled || fname;
             END IF;

@@ -231,6 +231,41 @@ BEGIN
     END IF;
 END $$;
 
+-- A read-only SharePoint field mapped into a column must fit it: a sample
+-- of the field's form (as Graph gives it) is converted to the column's type.
+CREATE OR REPLACE FUNCTION _check_system_field(rel regclass, col name, field text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    sample jsonb;
+    what text;
+    typ regtype;
+    msg text;
+BEGIN
+    SELECT v.sample, v.what INTO sample, what
+      FROM (VALUES ('id', '"12"'::jsonb, 'the item''s id (a whole number, as text)'),
+                   ('created', '"2024-01-02T03:04:05Z"', 'a date and time (UTC)'),
+                   ('modified', '"2024-01-02T03:04:05Z"', 'a date and time (UTC)'),
+                   ('authorlookupid', '"6"', 'a site user''s id (a whole number, as text)'),
+                   ('editorlookupid', '"6"', 'a site user''s id (a whole number, as text)'),
+                   ('_uiversionstring', '"2.0"', 'a version such as 2.0 (text)')) v(name, sample, what)
+     WHERE v.name = lower(field);
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT a.atttypid::regtype INTO typ FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col;
+    BEGIN
+        EXECUTE format('SELECT %s', sync._from_json_expr('$1', typ, sync._field_kind(typ), 'UTC')) USING sample;
+    EXCEPTION WHEN data_exception OR invalid_text_representation OR datatype_mismatch OR cannot_coerce THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        RAISE EXCEPTION 'column % (%) cannot take SharePoint''s %', quote_ident(col), format_type(typ, NULL), field
+            USING ERRCODE = 'datatype_mismatch',
+                  DETAIL = format('%s is %s; converting %s failed: %s.', field, what, sample, msg),
+                  HINT = CASE WHEN lower(field) IN ('created', 'modified') THEN 'Pull it into a timestamptz (or text) column.'
+                              WHEN lower(field) = '_uiversionstring' THEN 'Pull it into a text (or numeric) column.'
+                              ELSE 'Pull it into an integer (or text) column.' END;
+    END;
+END $$;
+
 -- The columns of a table, for hints.
 CREATE OR REPLACE FUNCTION _columns_of(rel regclass) RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -768,6 +803,9 @@ BEGIN
     END IF;
     IF direction <> 'push' THEN
         PERFORM sync._check_may_write(d.source_rel, direction, col);
+    END IF;
+    IF direction = 'pull' AND k.kind = 'graph' THEN
+        PERFORM sync._check_system_field(d.source_rel, col, field);
     END IF;
     IF transform IS NOT NULL THEN
         SELECT x.expression, x.typ INTO transform_sql, ttype FROM sync._check_row_expression(d.source_rel, transform, 'transform', false) x;
@@ -3470,7 +3508,9 @@ BEGIN
         IF dir = 'pull' THEN
             -- The target owns it: taken whenever it differs (the UPDATE
             -- below v_changes nothing when it does not).
-            IF imp.remote IS NOT NULL THEN
+            -- (a field the answer leaves out is not known to be empty here:
+            -- Graph leaves out empty fields, and also fields a list lacks)
+            IF imp.remote IS NOT NULL AND EXISTS (SELECT 1 FROM jsonb_object_keys(v_remote) k WHERE lower(k) = lower(fname)) THEN
                 set_vals := set_vals || jsonb_build_object(fname, rv);
                 pulled := pulled || fname;
             END IF;

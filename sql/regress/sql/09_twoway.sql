@@ -23,6 +23,8 @@ SELECT sync.map('tasks_sp', 'title', 'Title'), sync.map('tasks_sp', 'status', 'S
 SELECT field, column_name, direction FROM sync.field_maps ORDER BY position;
 -- Bad input.
 SELECT * FROM regress.err($$SELECT sync.map('tasks_sp', 'id', 'RowId', direction => 'both')$$);
+SELECT * FROM regress.err($$SELECT sync.map('tasks_sp', 'points', 'Modified', direction => 'pull')$$);
+SELECT * FROM regress.err($$SELECT sync.map('tasks_sp', 'done', 'EditorLookupId', direction => 'pull')$$);
 SELECT * FROM regress.err($$SELECT sync.define('x', source => 'hr.tasks', target => 'sp', list => 'X', direction => 'both', inbound_deletes => 'maybe')$$);
 SELECT * FROM regress.err($$SELECT sync.create_target('sp2', kind => 'graph', config => '{"tenant_id": "t", "client_id": "c", "site_id": "s", "pull_interval": 0}')$$);
 SELECT sync.enable('tasks_sp');
