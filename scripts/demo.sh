@@ -100,6 +100,50 @@ echo; echo "== the SharePoint lists (as the Graph emulator holds them)"
 show "the source table" <<'SQL'
 SELECT * FROM employees ORDER BY id;
 SQL
+# ---------------------------------------------------------------------------
+# Two-way: a task list people also edit in SharePoint.
+show "two-way: a task table, synced both ways, conflicts settled by a person" <<'SQL'
+CREATE TABLE tasks (id serial PRIMARY KEY, title text NOT NULL, status text NOT NULL DEFAULT 'open',
+                    sp_modified timestamptz, sp_editor int);
+INSERT INTO tasks (title) VALUES ('Write the release notes'), ('Fix the login bug'), ('Plan the offsite');
+\set ECHO queries
+\o /dev/null
+SELECT sync.define('tasks_sp', source => 'tasks', target => 'sharepoint', list => 'Tasks',
+                   direction => 'both', conflict => 'manual');
+SELECT sync.map('tasks_sp', 'title', 'Title');
+SELECT sync.map('tasks_sp', 'status', 'Status');
+SELECT sync.map('tasks_sp', 'sp_modified', 'Modified', direction => 'pull');
+SELECT sync.map('tasks_sp', 'sp_editor', 'EditorLookupId', direction => 'pull');
+SELECT sync.provision('tasks_sp'), sync.enable('tasks_sp');
+SQL
+echo; echo "== syncbridge-worker run --once  (the tasks go to SharePoint)"
+worker run --once
+
+echo; echo "== a person edits task 2 in SharePoint: Status 'doing'"
+"$ROOT/target/debug/graph-emulator" edit --url "$emu" --list Tasks --key 2 --fields '{"Status": "doing"}'
+echo; echo "== meanwhile, both sides change task 1's title"
+"$ROOT/target/debug/graph-emulator" edit --url "$emu" --list Tasks --key 1 --fields '{"Title": "Write the 2.0 release notes"}'
+"${psql[@]}" -q -c "UPDATE tasks SET title = 'Write release notes (draft)' WHERE id = 1"
+
+echo; echo "== syncbridge-worker run --once  (pulls the list's delta, applies, meets the conflict)"
+worker run --once
+show "the edit made in SharePoint is in the table (with who and when); task 1 waits for a person" <<'SQL'
+SELECT id, title, status, sp_editor, sp_modified IS NOT NULL AS has_modified FROM tasks ORDER BY id;
+SELECT id, sync_key, field, base_value, local_value, remote_value FROM sync.conflicts WHERE resolution IS NULL;
+SELECT definition, imports_applied, conflicts_open, pull_state FROM sync.status WHERE definition = 'tasks_sp';
+SQL
+show "SELECT sync.resolve(<conflict>, 'remote');  -- SharePoint's title wins" <<'SQL'
+SELECT sync.resolve(id, 'remote') FROM sync.conflicts WHERE resolution IS NULL;
+SQL
+echo; echo "== syncbridge-worker run --once"
+worker run --once
+show "settled: the table and the list agree" <<'SQL'
+SELECT id, title, status FROM tasks ORDER BY id;
+SELECT count(*) AS open_conflicts FROM sync.conflicts WHERE resolution IS NULL;
+SQL
+echo; echo "== the Tasks list"
+"$ROOT/target/debug/graph-emulator" dump --url "$emu" | sed -n '/Tasks/,$p'
+
 show "SELECT * FROM sync.status;" <<'SQL'
 \x on
 SELECT * FROM sync.status;

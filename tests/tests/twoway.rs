@@ -224,6 +224,22 @@ fn inbound_deletes_wait_for_approval_and_a_410_resync_finds_them() {
 }
 
 #[test]
+fn a_tampered_delta_link_is_refused_before_any_request_and_the_list_read_in_full() {
+    let (env, db) = setup("source_wins", "");
+    sync_once(&db);
+    env.emu.person_edit("Tasks", "1", &fields(json!({"Status": "remote"})), 7).unwrap();
+    // A stored link leading elsewhere (a row written around the functions,
+    // as only a superuser could): the worker's bearer token never goes there.
+    db.psql("SELECT sync.pull_now('tasks_sp')");
+    db.psql("UPDATE sync.pulls SET link = 'https://attacker.example/v1.0/sites/x/lists/y/items/delta?token=1'");
+    let log = sync_once(&db);
+    assert!(log.contains("was refused") && log.contains("attacker.example"), "{log}");
+    assert_eq!(db.psql("SELECT concat_ws(' ', resyncs, link LIKE 'http://127.0.0.1:%') FROM sync.pulls"), "1 t");
+    // The list was read again in full from the target's own base URL.
+    assert_eq!(row(&db, 1), "Write docs|remote|3|f");
+}
+
+#[test]
 fn two_workers_pulling_at_once_read_each_page_once() {
     let (env, db) = setup("source_wins", "");
     sync_once(&db);
@@ -277,6 +293,10 @@ impl Lcg {
         self.below(100) < percent
     }
 }
+
+/// A person's edit or delete "in SharePoint", done when the round's remote
+/// side acts.
+type RemoteOp = Box<dyn Fn(&GraphEnv)>;
 
 /// The three fields both sides edit: Title (a), Points (b), Note (c).
 type Vals = [Value; 3];
@@ -415,7 +435,7 @@ fn converge(policy: &str) {
         let mut local_deleted = std::collections::HashSet::new();
         let mut remote_deleted = std::collections::HashSet::new();
         let mut local_sql = Vec::new();
-        let mut remote_ops: Vec<Box<dyn Fn(&GraphEnv)>> = Vec::new();
+        let mut remote_ops: Vec<RemoteOp> = Vec::new();
         let mut new_ents = Vec::new();
         for _ in 0..rng.below(4) + 1 {
             let e = alive[rng.below(alive.len() as u64) as usize];

@@ -243,7 +243,8 @@ async fn export_target(
                 break;
             }
             if cycle < ONCE_CYCLES {
-                tracing::info!(target = %name, conflicts = conflicted, "exports met remote changes: pulling again (--once)");
+                tracing::info!(target = %name, conflicts = conflicted, lists_or_imports_due = waiting,
+                    "pulling again (--once): exports met remote changes, or lists or pulled changes are due");
             }
         }
     } else {

@@ -4,11 +4,14 @@
 //! graph-emulator [--listen 127.0.0.1:0] [--tenant T] [--client-id C] [--client-secret S]
 //!                [--budget-per-min N] [--token-lifetime-secs N] [--time-zone TZ] [--port-file PATH]
 //! graph-emulator dump --url http://127.0.0.1:PORT
+//! graph-emulator edit --url http://127.0.0.1:PORT --list L --key K --fields '{"Title": "…"}' [--editor N]
 //! ```
 //!
 //! The first form serves until SIGTERM or SIGINT and prints
 //! `graph emulator listening on http://127.0.0.1:PORT`; the second prints
-//! the emulator's lists and items as text tables.
+//! the emulator's lists and items as text tables; the third is a person
+//! editing the item with SyncKey K "in SharePoint" (as site user N, 7 by
+//! default): its version, eTag, Modified and editor move on.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -18,7 +21,8 @@ use syncbridge_tests::graph_emulator::{Emulator, EmulatorConfig, ListSnapshot};
 
 const USAGE: &str = "usage: graph-emulator [--listen ADDR] [--tenant T] [--client-id C] [--client-secret S] \
                      [--budget-per-min N] [--token-lifetime-secs N] [--time-zone TZ] [--port-file PATH]\n       \
-                     graph-emulator dump --url http://127.0.0.1:PORT";
+                     graph-emulator dump --url http://127.0.0.1:PORT\n       \
+                     graph-emulator edit --url http://127.0.0.1:PORT --list L --key K --fields JSON [--editor N]";
 
 struct ServeArgs {
     listen: SocketAddr,
@@ -180,11 +184,46 @@ async fn dump(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+async fn edit(args: &[String]) -> Result<(), String> {
+    let (mut url, mut list, mut key, mut fields, mut editor) = (None, None, None, None, 7u64);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--url" => url = Some(value()?),
+            "--list" => list = Some(value()?),
+            "--key" => key = Some(value()?),
+            "--fields" => fields = Some(value()?),
+            "--editor" => editor = value()?.parse().map_err(|e| format!("--editor: {e}"))?,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let url = url.ok_or("edit needs --url")?;
+    let fields: Value = serde_json::from_str(&fields.ok_or("edit needs --fields")?)
+        .map_err(|e| format!("--fields is not JSON: {e}"))?;
+    let base = url.trim_end_matches('/').trim_end_matches("/v1.0").trim_end_matches('/');
+    let body = serde_json::json!({"list": list.ok_or("edit needs --list")?, "sync_key": key.ok_or("edit needs --key")?,
+                                  "fields": fields, "editor": editor});
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/_emulator/edit"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("{base}: {e}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(format!("{base}/_emulator/edit: HTTP {status}: {text}"));
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("dump") => dump(&args[1..]).await,
+        Some("edit") => edit(&args[1..]).await,
         _ => match parse_serve(&args) {
             Ok(a) => serve(a).await,
             Err(e) if e.is_empty() => {
