@@ -278,11 +278,18 @@ BEGIN
     END IF;
     PERFORM sync._check_worker_name(worker);
     lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
-    -- Every provisioned list of the target's pulling definitions has its row.
-    INSERT INTO sync.pulls (definition_id, list)
-    SELECT d.id, tl.list FROM sync.definitions d JOIN sync.target_lists tl ON tl.definition_id = d.id
-     WHERE d.target = pull_claim.target AND d.direction <> 'push' AND tl.remote_id IS NOT NULL
-    ON CONFLICT DO NOTHING;
+    -- Every provisioned list of the target's pulling definitions has its row
+    -- (made when the list is provisioned; here for lists that lack it). One
+    -- worker at a time adds them: another would wait on its uncommitted rows.
+    IF pg_try_advisory_xact_lock(1937337956, hashtext(pull_claim.target))
+       AND EXISTS (SELECT 1 FROM sync.definitions d JOIN sync.target_lists tl ON tl.definition_id = d.id
+                    WHERE d.target = pull_claim.target AND d.direction <> 'push' AND tl.remote_id IS NOT NULL
+                      AND NOT EXISTS (SELECT 1 FROM sync.pulls p WHERE p.definition_id = d.id AND p.list = tl.list)) THEN
+        INSERT INTO sync.pulls (definition_id, list)
+        SELECT d.id, tl.list FROM sync.definitions d JOIN sync.target_lists tl ON tl.definition_id = d.id
+         WHERE d.target = pull_claim.target AND d.direction <> 'push' AND tl.remote_id IS NOT NULL
+        ON CONFLICT DO NOTHING;
+    END IF;
     RETURN QUERY
     WITH due AS (
         SELECT p.definition_id, p.list FROM sync.pulls p JOIN sync.definitions d ON d.id = p.definition_id

@@ -466,6 +466,13 @@ BEGIN
            SET remote_id = coalesce(EXCLUDED.remote_id, t.remote_id), provisioned_at = coalesce(t.provisioned_at, now()),
                columns = EXCLUDED.columns
         RETURNING 1
+    ), pull_rows AS (
+        -- a list of a two-way definition is read back from now on
+        INSERT INTO sync.pulls (definition_id, list)
+        SELECT x.definition_id, x.list FROM done x JOIN sync.definitions d ON d.id = x.definition_id
+         WHERE x.op = 'provision' AND d.direction <> 'push'
+        ON CONFLICT DO NOTHING
+        RETURNING 1
     ), counted AS (
         UPDATE sync.runs u SET exported = u.exported + c.n
           FROM (SELECT run_id, count(*) AS n FROM done WHERE run_id IS NOT NULL GROUP BY run_id) c

@@ -2497,6 +2497,13 @@ BEGIN
            SET remote_id = coalesce(EXCLUDED.remote_id, t.remote_id), provisioned_at = coalesce(t.provisioned_at, now()),
                columns = EXCLUDED.columns
         RETURNING 1
+    ), pull_rows AS (
+        -- a list of a two-way definition is read back from now on
+        INSERT INTO sync.pulls (definition_id, list)
+        SELECT x.definition_id, x.list FROM done x JOIN sync.definitions d ON d.id = x.definition_id
+         WHERE x.op = 'provision' AND d.direction <> 'push'
+        ON CONFLICT DO NOTHING
+        RETURNING 1
     ), counted AS (
         UPDATE sync.runs u SET exported = u.exported + c.n
           FROM (SELECT run_id, count(*) AS n FROM done WHERE run_id IS NOT NULL GROUP BY run_id) c
@@ -3101,11 +3108,18 @@ BEGIN
     END IF;
     PERFORM sync._check_worker_name(worker);
     lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
-    -- Every provisioned list of the target's pulling definitions has its row.
-    INSERT INTO sync.pulls (definition_id, list)
-    SELECT d.id, tl.list FROM sync.definitions d JOIN sync.target_lists tl ON tl.definition_id = d.id
-     WHERE d.target = pull_claim.target AND d.direction <> 'push' AND tl.remote_id IS NOT NULL
-    ON CONFLICT DO NOTHING;
+    -- Every provisioned list of the target's pulling definitions has its row
+    -- (made when the list is provisioned; here for lists that lack it). One
+    -- worker at a time adds them: another would wait on its uncommitted rows.
+    IF pg_try_advisory_xact_lock(1937337956, hashtext(pull_claim.target))
+       AND EXISTS (SELECT 1 FROM sync.definitions d JOIN sync.target_lists tl ON tl.definition_id = d.id
+                    WHERE d.target = pull_claim.target AND d.direction <> 'push' AND tl.remote_id IS NOT NULL
+                      AND NOT EXISTS (SELECT 1 FROM sync.pulls p WHERE p.definition_id = d.id AND p.list = tl.list)) THEN
+        INSERT INTO sync.pulls (definition_id, list)
+        SELECT d.id, tl.list FROM sync.definitions d JOIN sync.target_lists tl ON tl.definition_id = d.id
+         WHERE d.target = pull_claim.target AND d.direction <> 'push' AND tl.remote_id IS NOT NULL
+        ON CONFLICT DO NOTHING;
+    END IF;
     RETURN QUERY
     WITH due AS (
         SELECT p.definition_id, p.list FROM sync.pulls p JOIN sync.definitions d ON d.id = p.definition_id

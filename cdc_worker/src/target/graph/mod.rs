@@ -1319,7 +1319,7 @@ mod tests {
         let Next::Again(j) = t.verdict(job(&mv), &a) else { panic!("the delete next") };
         let gone = Inner { status: 204, headers: Map::new(), body: Value::Null };
         let Next::Done(r) = t.verdict(*j, &gone) else { panic!("a result") };
-        assert_eq!(Value::Object(r.fields.unwrap()), json!({"ID": 12}));
+        assert_eq!(Value::Object(r.fields.unwrap()), json!({"ID": "12"}));
         // Nothing asked: no fields key; a delete: none.
         let Next::Done(r) =
             t.verdict(job(&export(json!({}))), &Inner { status: 200, headers: Map::new(), body: json!({"ID": 1}) })
