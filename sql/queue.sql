@@ -712,8 +712,15 @@ BEGIN
                   DETAIL = format('Its kind''s containers are %s (sync.target_kinds.containers): they exist already or there are none.', containers),
                   HINT = 'Only kinds whose containers are provisioned (graph) are provisioned; enable the definition directly.';
     END IF;
-    SELECT jsonb_agg(jsonb_build_object('name', f ->> 'field', 'kind', f ->> 'kind', 'source_type', f ->> 'type')
-                     || CASE WHEN f ->> 'reference' IS NOT NULL THEN jsonb_build_object('reference', f ->> 'reference') ELSE '{}' END)
+    SELECT coalesce(jsonb_agg(jsonb_build_object('name', f ->> 'field', 'kind', f ->> 'kind', 'source_type', f ->> 'type')
+                     || CASE WHEN f ->> 'reference' IS NOT NULL THEN jsonb_build_object('reference', f ->> 'reference') ELSE '{}' END), '[]')
+           -- fields only pulled have their columns too (not the list's own
+           -- read-only fields: ID, Created, Modified, ...)
+           || coalesce((SELECT jsonb_agg(jsonb_build_object('name', i ->> 'field', 'kind', i ->> 'kind', 'source_type', i ->> 'type'))
+                          FROM jsonb_array_elements(c.inbound) i
+                         WHERE i ->> 'direction' = 'pull'
+                           AND lower(i ->> 'field') NOT IN ('id', 'created', 'modified', 'author', 'editor', 'authorlookupid', 'editorlookupid',
+                                                            '_uiversionstring', 'contenttype', 'attachments', 'appauthorlookupid', 'appeditorlookupid')), '[]')
            || jsonb_build_array(jsonb_build_object('name', 'SyncKey', 'kind', 'text', 'indexed', true, 'hidden', true))
       INTO cols FROM jsonb_array_elements(c.fields) f;
     -- Keeps the definition until this commits (pending_exports has no foreign key).
@@ -742,7 +749,7 @@ BEGIN
     END IF;
     RETURN n;
 END $$;
-COMMENT ON FUNCTION provision(text) IS 'Queues creating the definition''s lists (its list and its shards'') with a column per mapped field plus a hidden indexed SyncKey; lists already provisioned are skipped. Returns the number queued.';
+COMMENT ON FUNCTION provision(text) IS 'Queues creating the definition''s lists (its list and its shards'') with a column per mapped field (pulled ones too, but the list''s own read-only fields) plus a hidden indexed SyncKey; lists already provisioned are skipped. Returns the number queued.';
 
 -- History retention: exported, confirmed and cancelled exports, and finished
 -- runs, older than `older_than` (default: setting sync.history_retention_days;

@@ -687,3 +687,41 @@ fn converges_under_newest_wins() {
 fn converges_under_manual() {
     converge("manual");
 }
+
+#[test]
+fn a_pull_definition_reads_the_list_into_the_table_and_sends_nothing() {
+    let env = GraphEnv::start_with(EmulatorConfig::default());
+    let db = cluster().new_db("pullonly");
+    prepare(&db, "CREATE TABLE contacts (id serial PRIMARY KEY, name text NOT NULL, phone text, sp_editor int);");
+    env.create_target(&db, "sp", None);
+    db.psql(
+        "SELECT sync.define('contacts_sp', source => 'contacts', target => 'sp', list => 'Contacts', direction => 'pull',
+                            inbound_deletes => 'apply');
+         SELECT sync.map('contacts_sp', 'name', 'Title');
+         SELECT sync.map('contacts_sp', 'phone', 'Phone');
+         SELECT sync.map('contacts_sp', 'sp_editor', 'EditorLookupId');
+         SELECT sync.provision('contacts_sp'); SELECT sync.enable('contacts_sp');",
+    );
+    assert_eq!(db.psql("SELECT string_agg(direction, ',' ORDER BY position) FROM sync.field_maps"), "pull,pull,pull");
+    sync_once(&db);
+    // The list has the pulled columns (not the read-only EditorLookupId).
+    let list = env.emu.lists().into_iter().find(|l| l.display_name == "Contacts").expect("the list");
+    let names: Vec<&str> = list.columns.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert!(names.contains(&"Title") && names.contains(&"Phone") && !names.contains(&"EditorLookupId"), "{names:?}");
+    env.emu.person_create("Contacts", &fields(json!({"Title": "Ada", "Phone": "+44 1"})), 7).unwrap();
+    env.emu.person_create("Contacts", &fields(json!({"Title": "Grace"})), 8).unwrap();
+    sync_once(&db);
+    assert_eq!(
+        db.psql("SELECT string_agg(concat_ws('|', name, phone, sp_editor), ',' ORDER BY id) FROM contacts"),
+        "Ada|+44 1|7,Grace|8"
+    );
+    // Local changes are never sent; remote ones keep coming.
+    let writes = env.emu.stats().writes;
+    db.psql("UPDATE contacts SET phone = 'local' WHERE name = 'Grace'");
+    db.psql("INSERT INTO contacts (name) VALUES ('Local only')");
+    let keyed = env.emu.lists().into_iter().flat_map(|l| l.items).filter(|i| i.fields.contains_key("SyncKey")).count();
+    assert_eq!(keyed, 0, "a pull definition writes nothing, not even a SyncKey");
+    sync_once(&db);
+    assert_eq!(env.emu.stats().writes, writes, "nothing sent");
+    assert_eq!(db.psql("SELECT count(*) FROM contacts"), "3");
+}
