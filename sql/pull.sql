@@ -463,7 +463,8 @@ CREATE FUNCTION pull_due(target text) RETURNS double precision
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN EXISTS (SELECT 1 FROM sync.pending_imports i JOIN sync.definitions d ON d.id = i.definition_id
                               WHERE d.target = pull_due.target AND d.state = 'active' AND i.status = 'pending') THEN 0::float8
-    ELSE (SELECT greatest(0, extract(epoch FROM min(coalesce(CASE WHEN p.lease_until > now() THEN greatest(p.lease_until, p.next_pull_at) ELSE p.next_pull_at END, now())) - now()))::float8
+    -- (greatest() skips a NULL: a target without lists must stay NULL)
+    ELSE (SELECT CASE WHEN count(*) > 0 THEN greatest(0, extract(epoch FROM min(coalesce(CASE WHEN p.lease_until > now() THEN greatest(p.lease_until, p.next_pull_at) ELSE p.next_pull_at END, now())) - now()))::float8 END
       FROM sync.definitions d
       JOIN sync.target_lists tl ON tl.definition_id = d.id AND tl.remote_id IS NOT NULL
       LEFT JOIN sync.pulls p ON p.definition_id = d.id AND p.list = tl.list

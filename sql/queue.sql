@@ -279,8 +279,10 @@ BEGIN
            c.previous, c.attempts, c.verify, c.lease_until,
            -- fields the write's answer brings back (pull-only mappings:
            -- Modified, ID, ... into columns, without a request of their own)
-           nullif(ARRAY(SELECT e->>'field' FROM jsonb_array_elements((sync._compile(c.definition_id)).inbound) e
-                         WHERE e->>'direction' = 'pull' ORDER BY 1), '{}')
+           -- (from the mappings: an index probe, not a compile per row)
+           nullif(ARRAY(SELECT m.field FROM sync.field_maps m
+                         WHERE m.definition_id = c.definition_id AND m.direction = 'pull' AND m.column_name IS NOT NULL
+                         ORDER BY 1), '{}')
       FROM claimed c
       JOIN sync.definitions d ON d.id = c.definition_id
       LEFT JOIN sync.ledger l ON l.definition_id = c.definition_id AND l.sync_key = c.sync_key

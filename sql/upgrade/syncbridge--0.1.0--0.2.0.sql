@@ -2310,8 +2310,10 @@ BEGIN
            c.previous, c.attempts, c.verify, c.lease_until,
            -- fields the write's answer brings back (pull-only mappings:
            -- Modified, ID, ... into columns, without a request of their own)
-           nullif(ARRAY(SELECT e->>'field' FROM jsonb_array_elements((sync._compile(c.definition_id)).inbound) e
-                         WHERE e->>'direction' = 'pull' ORDER BY 1), '{}')
+           -- (from the mappings: an index probe, not a compile per row)
+           nullif(ARRAY(SELECT m.field FROM sync.field_maps m
+                         WHERE m.definition_id = c.definition_id AND m.direction = 'pull' AND m.column_name IS NOT NULL
+                         ORDER BY 1), '{}')
       FROM claimed c
       JOIN sync.definitions d ON d.id = c.definition_id
       LEFT JOIN sync.ledger l ON l.definition_id = c.definition_id AND l.sync_key = c.sync_key
@@ -3300,7 +3302,8 @@ CREATE OR REPLACE FUNCTION pull_due(target text) RETURNS double precision
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN EXISTS (SELECT 1 FROM sync.pending_imports i JOIN sync.definitions d ON d.id = i.definition_id
                               WHERE d.target = pull_due.target AND d.state = 'active' AND i.status = 'pending') THEN 0::float8
-    ELSE (SELECT greatest(0, extract(epoch FROM min(coalesce(CASE WHEN p.lease_until > now() THEN greatest(p.lease_until, p.next_pull_at) ELSE p.next_pull_at END, now())) - now()))::float8
+    -- (greatest() skips a NULL: a target without lists must stay NULL)
+    ELSE (SELECT CASE WHEN count(*) > 0 THEN greatest(0, extract(epoch FROM min(coalesce(CASE WHEN p.lease_until > now() THEN greatest(p.lease_until, p.next_pull_at) ELSE p.next_pull_at END, now())) - now()))::float8 END
       FROM sync.definitions d
       JOIN sync.target_lists tl ON tl.definition_id = d.id AND tl.remote_id IS NOT NULL
       LEFT JOIN sync.pulls p ON p.definition_id = d.id AND p.list = tl.list

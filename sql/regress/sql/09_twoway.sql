@@ -48,6 +48,7 @@ SELECT id, title, sp_modified, sp_id FROM hr.tasks ORDER BY id;
 SELECT target_id, status, decision, last_error FROM sync.pending_imports ORDER BY id;
 
 -- Pulling: one worker leases the list; a second gets nothing.
+SELECT sync.pull_due('sp') AS due_now, sync.pull_due('sp_nothing_to_pull') AS no_lists;
 SELECT definition, list, list_id, link, fields, round FROM sync.pull_claim('sp', worker => 'w1');
 SELECT count(*) AS second_worker FROM sync.pull_claim('sp', worker => 'w2', force => true);
 -- A page under another worker's name or an old round is refused.
