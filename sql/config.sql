@@ -851,6 +851,13 @@ BEGIN
                   HINT = 'SELECT kind, implemented FROM sync.target_kinds;';
     END IF;
     PERFORM sync._compile(d.id);   -- raises if the mapping no longer fits the table
+    -- What comes back is written into the table: whoever enables it must
+    -- be allowed to (the writing role then gets the same rights).
+    IF d.direction <> 'push' THEN
+        PERFORM sync._check_may_write(d.source_rel, d.direction);
+    END IF;
+    PERFORM sync._check_may_write(d.source_rel, 'pull', m.column_name)
+       FROM sync.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'push' AND m.column_name IS NOT NULL;
     IF d.state IN ('configuring', 'disabled', 'error') THEN
         UPDATE sync.definitions SET backfill = 'needed' WHERE id = d.id;
         DELETE FROM sync.cursors WHERE kind = 'backfill' AND definition_id = d.id;
@@ -1004,6 +1011,7 @@ BEGIN
     FOR r IN SELECT DISTINCT d.source_rel AS rel, c.relnamespace::regnamespace AS nsp
                FROM sync.definitions d JOIN pg_class c ON c.oid = d.source_rel
               WHERE (d.direction <> 'push' OR EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'push'))
+                AND d.state <> 'error'
                 AND (NOT has_table_privilege('syncbridge_writer', d.source_rel, 'DELETE')
                      OR NOT has_schema_privilege('syncbridge_writer', c.relnamespace, 'USAGE')) LOOP
         EXECUTE format('GRANT USAGE ON SCHEMA %s TO syncbridge_writer', r.nsp);
@@ -1018,7 +1026,7 @@ BEGIN
     FOR r IN SELECT DISTINCT c.oid::regclass AS rel FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
               WHERE a.grantee = 'syncbridge_writer'::regrole AND c.relkind IN ('r', 'p')
                 AND c.relnamespace <> 'sync'::regnamespace
-                AND NOT EXISTS (SELECT 1 FROM sync.definitions d WHERE d.source_rel = c.oid
+                AND NOT EXISTS (SELECT 1 FROM sync.definitions d WHERE d.source_rel = c.oid AND d.state <> 'error'
                                    AND (d.direction <> 'push' OR EXISTS (SELECT 1 FROM sync.field_maps m
                                                                           WHERE m.definition_id = d.id AND m.direction <> 'push'))) LOOP
         EXECUTE format('REVOKE ALL ON %s FROM syncbridge_writer', r.rel);

@@ -214,10 +214,12 @@ BEGIN
                          WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'executing'
                         OFFSET 0)
                -- not while a change of the item read from the target waits
-               -- to be decided (or for a person, in conflict)
+               -- to be decided, or for a person (a conflict, an approval, a
+               -- failed import to retry or reject)
                AND NOT EXISTS (
                         SELECT 1 FROM sync.pending_imports x
-                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status IN ('pending', 'conflict')
+                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key
+                           AND x.status IN ('pending', 'conflict', 'awaiting_approval', 'failed')
                         OFFSET 0)
              ORDER BY e.next_attempt_at, e.id
              LIMIT n - cardinality(ids)
@@ -314,7 +316,8 @@ BEGIN
        -- nor those of an item whose change from the target waits to be
        -- applied (sync.apply_imports) or for sync.resolve
        AND NOT EXISTS (SELECT 1 FROM sync.pending_imports x
-                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status IN ('pending', 'conflict'));
+                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key
+                          AND x.status IN ('pending', 'conflict', 'awaiting_approval', 'failed'));
 END $$;
 COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
 
@@ -441,6 +444,8 @@ BEGIN
           FROM done x WHERE x.result_fields IS NOT NULL AND x.target_id IS NOT NULL AND x.op IN ('add', 'update', 'move')
         ON CONFLICT (definition_id, list, target_id) WHERE status = 'pending'
         DO UPDATE SET etag = EXCLUDED.etag, remote = coalesce(i.remote, '{}') || EXCLUDED.remote, updated_at = now()
+         -- (a change pulled meanwhile is newer than this answer: it stays)
+         WHERE i.origin = 'write'
         RETURNING 1
     ), upserted AS (
         INSERT INTO sync.ledger AS l (definition_id, sync_key, list, target_id, etag, fields, hash, join_type, provenance)

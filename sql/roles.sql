@@ -4,7 +4,8 @@
 --   syncbridge_admin   configures and operates through the sync.* functions
 --                      (create_target, define, map, plan, approve, ...);
 --                      reads every table; writes none directly.
---   syncbridge_worker  what the worker needs: stage, claim, complete,
+--   syncbridge_worker  what the worker needs: stage, claim, complete, the
+--                      pulls (pull_claim, pull_page, apply_imports, ...),
 --                      checkpoint, runs, report_target_status; reads every
 --                      table; writes none directly. Grant the login role
 --                      REPLICATION (a role attribute, not inherited):
@@ -152,5 +153,8 @@ BEGIN
     END IF;
 EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
 END $$;
+-- Only through sync._origin_setup / _origin_reset (the origin syncbridge,
+-- no other: a subscription's origin stays out of the worker's reach).
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_replication_origin_session_setup(text),
-    pg_catalog.pg_replication_origin_session_reset() TO syncbridge_worker;
+    pg_catalog.pg_replication_origin_session_reset() TO syncbridge_owner;
+GRANT EXECUTE ON FUNCTION @extschema@._origin_setup(), @extschema@._origin_reset() TO syncbridge_worker;

@@ -461,7 +461,7 @@ impl ImportTally {
 pub async fn apply_imports(db: &Client, target: &str, n: i32, worker: &str) -> Result<ImportTally, WorkerError> {
     let mut waited = std::time::Duration::ZERO;
     loop {
-        match db.execute("SELECT pg_catalog.pg_replication_origin_session_setup('syncbridge')", &[]).await {
+        match db.execute("SELECT sync._origin_setup()", &[]).await {
             Ok(_) => break,
             Err(e)
                 if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
@@ -482,7 +482,7 @@ pub async fn apply_imports(db: &Client, target: &str, n: i32, worker: &str) -> R
         .await
         .map_err(WorkerError::db("applying pulled changes"));
     let reset = db
-        .execute("SELECT pg_catalog.pg_replication_origin_session_reset()", &[])
+        .execute("SELECT sync._origin_reset()", &[])
         .await
         .map_err(WorkerError::db("resetting the replication origin"));
     let r = r?;

@@ -944,6 +944,13 @@ BEGIN
                   HINT = 'SELECT kind, implemented FROM sync.target_kinds;';
     END IF;
     PERFORM sync._compile(d.id);   -- raises if the mapping no longer fits the table
+    -- What comes back is written into the table: whoever enables it must
+    -- be allowed to (the writing role then gets the same rights).
+    IF d.direction <> 'push' THEN
+        PERFORM sync._check_may_write(d.source_rel, d.direction);
+    END IF;
+    PERFORM sync._check_may_write(d.source_rel, 'pull', m.column_name)
+       FROM sync.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'push' AND m.column_name IS NOT NULL;
     IF d.state IN ('configuring', 'disabled', 'error') THEN
         UPDATE sync.definitions SET backfill = 'needed' WHERE id = d.id;
         DELETE FROM sync.cursors WHERE kind = 'backfill' AND definition_id = d.id;
@@ -1097,6 +1104,7 @@ BEGIN
     FOR r IN SELECT DISTINCT d.source_rel AS rel, c.relnamespace::regnamespace AS nsp
                FROM sync.definitions d JOIN pg_class c ON c.oid = d.source_rel
               WHERE (d.direction <> 'push' OR EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'push'))
+                AND d.state <> 'error'
                 AND (NOT has_table_privilege('syncbridge_writer', d.source_rel, 'DELETE')
                      OR NOT has_schema_privilege('syncbridge_writer', c.relnamespace, 'USAGE')) LOOP
         EXECUTE format('GRANT USAGE ON SCHEMA %s TO syncbridge_writer', r.nsp);
@@ -1111,7 +1119,7 @@ BEGIN
     FOR r IN SELECT DISTINCT c.oid::regclass AS rel FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
               WHERE a.grantee = 'syncbridge_writer'::regrole AND c.relkind IN ('r', 'p')
                 AND c.relnamespace <> 'sync'::regnamespace
-                AND NOT EXISTS (SELECT 1 FROM sync.definitions d WHERE d.source_rel = c.oid
+                AND NOT EXISTS (SELECT 1 FROM sync.definitions d WHERE d.source_rel = c.oid AND d.state <> 'error'
                                    AND (d.direction <> 'push' OR EXISTS (SELECT 1 FROM sync.field_maps m
                                                                           WHERE m.definition_id = d.id AND m.direction <> 'push'))) LOOP
         EXECUTE format('REVOKE ALL ON %s FROM syncbridge_writer', r.rel);
@@ -2245,10 +2253,12 @@ BEGIN
                          WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status = 'executing'
                         OFFSET 0)
                -- not while a change of the item read from the target waits
-               -- to be decided (or for a person, in conflict)
+               -- to be decided, or for a person (a conflict, an approval, a
+               -- failed import to retry or reject)
                AND NOT EXISTS (
                         SELECT 1 FROM sync.pending_imports x
-                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status IN ('pending', 'conflict')
+                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key
+                           AND x.status IN ('pending', 'conflict', 'awaiting_approval', 'failed')
                         OFFSET 0)
              ORDER BY e.next_attempt_at, e.id
              LIMIT n - cardinality(ids)
@@ -2345,7 +2355,8 @@ BEGIN
        -- nor those of an item whose change from the target waits to be
        -- applied (sync.apply_imports) or for sync.resolve
        AND NOT EXISTS (SELECT 1 FROM sync.pending_imports x
-                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key AND x.status IN ('pending', 'conflict'));
+                        WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key
+                          AND x.status IN ('pending', 'conflict', 'awaiting_approval', 'failed'));
 END $$;
 COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
 
@@ -2472,6 +2483,8 @@ BEGIN
           FROM done x WHERE x.result_fields IS NOT NULL AND x.target_id IS NOT NULL AND x.op IN ('add', 'update', 'move')
         ON CONFLICT (definition_id, list, target_id) WHERE status = 'pending'
         DO UPDATE SET etag = EXCLUDED.etag, remote = coalesce(i.remote, '{}') || EXCLUDED.remote, updated_at = now()
+         -- (a change pulled meanwhile is newer than this answer: it stays)
+         WHERE i.origin = 'write'
         RETURNING 1
     ), upserted AS (
         INSERT INTO sync.ledger AS l (definition_id, sync_key, list, target_id, etag, fields, hash, join_type, provenance)
@@ -3096,26 +3109,35 @@ LANGUAGE sql STABLE AS $$
     SELECT make_interval(secs => coalesce((t.config->>'pull_interval')::float8, 60)) FROM sync.targets t WHERE t.name = target_name
 $$;
 
+-- The arguments the worker's calls on a target share: the target exists,
+-- a batch size within 1..max_n, the worker's name. Raises 42704 / 22023.
+CREATE OR REPLACE FUNCTION _check_target_call(target_name text, n int, max_n int, what text, nothing text, worker text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = target_name) THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target_name), 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = nothing, HINT = 'SELECT name FROM sync.targets;';
+    END IF;
+    IF n IS NULL OR n NOT BETWEEN 1 AND max_n THEN
+        RAISE EXCEPTION 'invalid batch size %', coalesce(n::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('%s takes 1 to %s at a time.', what, max_n),
+                  HINT = 'Leave n out for the default.';
+    END IF;
+    PERFORM sync._check_worker_name(worker);
+END $$;
+
 CREATE OR REPLACE FUNCTION pull_claim(target text, n int DEFAULT 10, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, force boolean DEFAULT false)
 RETURNS TABLE (definition text, list text, list_id text, link text, fields text[], round bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     lease interval;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = pull_claim.target) THEN
-        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
-            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was claimed.', HINT = 'SELECT name FROM sync.targets;';
-    END IF;
-    IF n IS NULL OR n NOT BETWEEN 1 AND 1000 THEN
-        RAISE EXCEPTION 'invalid claim size %', coalesce(n::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A pull claim takes 1 to 1000 lists.', HINT = 'n => 10.';
-    END IF;
+    PERFORM sync._check_target_call(target, n, 1000, 'A pull claim (lists)', 'Nothing was claimed.', worker);
     IF lease_seconds IS NOT NULL AND lease_seconds NOT BETWEEN 1 AND 86400 THEN
         RAISE EXCEPTION 'invalid lease_seconds %', lease_seconds
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A lease lasts 1 to 86400 seconds.',
                   HINT = format('The default is %s (setting sync.lease_seconds).', sync._setting('lease_seconds'));
     END IF;
-    PERFORM sync._check_worker_name(worker);
     lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
     -- Every provisioned list of the target's pulling definitions has its row
     -- (made when the list is provisioned; here for lists that lack it). One
@@ -3347,6 +3369,22 @@ COMMENT ON FUNCTION reset_pull(text) IS 'Forgets the delta links of a definition
 -- Deciding and applying
 -- ---------------------------------------------------------------------------
 
+-- The worker's session takes the replication origin syncbridge before it
+-- calls sync.apply_imports (the stream skips what such a session commits)
+-- and gives it back after; PostgreSQL 15 lets one session at a time hold it
+-- (55006 object_in_use: the worker waits and tries again).
+CREATE OR REPLACE FUNCTION _origin_setup() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_replication_origin_session_setup('syncbridge');
+END $$;
+
+CREATE OR REPLACE FUNCTION _origin_reset() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_replication_origin_session_reset();
+END $$;
+
 -- An eTag as Graph spells it in one place or another ("{GUID},N" in a
 -- delta, "guid,N" in an ETag header, W/ and quotes or not): the same text.
 CREATE OR REPLACE FUNCTION _etag_norm(etag text) RETURNS text
@@ -3421,7 +3459,12 @@ BEGIN
      WHERE x.target_id = imp.target_id AND x.definition_id = d.id AND x.list = imp.list LIMIT 1;
     found_ledger := FOUND;
     IF NOT found_ledger AND NOT imp.deleted AND jsonb_typeof(v_remote -> 'SyncKey') = 'string' THEN
-        SELECT * INTO l FROM sync.ledger x WHERE x.definition_id = d.id AND x.sync_key = v_remote ->> 'SyncKey';
+        -- (only in the item's own list, and only a ledger entry without an
+        -- item or with this one: a SyncKey typed into another item never
+        -- reaches a row of another list, or takes over a row's item)
+        SELECT * INTO l FROM sync.ledger x
+         WHERE x.definition_id = d.id AND x.sync_key = v_remote ->> 'SyncKey' AND x.list = imp.list
+           AND (x.target_id IS NULL OR x.target_id = imp.target_id);
         found_ledger := FOUND;
     END IF;
 
@@ -3542,7 +3585,8 @@ BEGIN
         END IF;
         bv := coalesce(l.fields -> fname, 'null');
         lv := coalesce(w.fields -> fname, 'null');
-        IF echo OR rv = bv OR imp.remote IS NULL THEN
+        -- (a write's answer brings the read-only fields only)
+        IF echo OR rv = bv OR imp.remote IS NULL OR imp.origin = 'write' THEN
             new_base := new_base || jsonb_build_object(fname, bv);
         ELSIF dir = 'push' THEN
             -- The database owns it: put back.
@@ -3669,15 +3713,7 @@ DECLARE
     state text;
     done int := 0;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = apply_imports.target) THEN
-        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
-            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was applied.', HINT = 'SELECT name FROM sync.targets;';
-    END IF;
-    IF n IS NULL OR n NOT BETWEEN 1 AND 10000 THEN
-        RAISE EXCEPTION 'invalid batch size %', coalesce(n::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'apply_imports takes 1 to 10000 imports at a time.', HINT = 'n => 500.';
-    END IF;
-    PERFORM sync._check_worker_name(worker);
+    PERFORM sync._check_target_call(target, n, 10000, 'apply_imports (imports)', 'Nothing was applied.', worker);
     -- An export whose worker vanished no longer holds its key's changes.
     PERFORM sync._recover_expired(target);
     applied := 0; echoes := 0; conflicts := 0; awaiting := 0; failed := 0;
@@ -3769,6 +3805,15 @@ LANGUAGE plpgsql AS $$
 DECLARE
     choice jsonb := CASE how WHEN 'custom' THEN jsonb_build_object('value', val) ELSE to_jsonb(how) END;
 BEGIN
+    -- The definition's staging lock first, as sync.apply_imports takes it
+    -- (then the conflict and the import: the same order, no deadlock).
+    PERFORM pg_advisory_xact_lock(1937337955, c.definition_id);
+    PERFORM 1 FROM sync.conflicts x WHERE x.id = c.id AND x.resolution IS NULL FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'conflict % is already settled', c.id
+            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'A newer change of the item replaced it meanwhile.',
+                  HINT = 'SELECT * FROM sync.conflicts WHERE resolution IS NULL;';
+    END IF;
     UPDATE sync.conflicts SET resolution = how, resolved_value = CASE how WHEN 'local' THEN c.local_value
                                                                           WHEN 'remote' THEN c.remote_value ELSE val END,
            resolved_by = session_user, resolved_at = now()
@@ -3777,9 +3822,25 @@ BEGIN
        SET resolutions = coalesce(i.resolutions, '{}') || jsonb_build_object(c.field, choice), updated_at = now(),
            decided_by = session_user,
            status = CASE WHEN EXISTS (SELECT 1 FROM sync.conflicts x WHERE x.import_id = i.id AND x.resolution IS NULL)
-                         THEN i.status ELSE 'pending' END
+                         THEN i.status
+                         -- a newer version of the item waits already: it counts
+                         WHEN EXISTS (SELECT 1 FROM sync.pending_imports o WHERE o.definition_id = i.definition_id AND o.list = i.list
+                                         AND o.target_id = i.target_id AND o.status = 'pending') THEN 'superseded'
+                         ELSE 'pending' END
      WHERE i.id = c.import_id AND i.status = 'conflict';
     RETURN how;
+END $$;
+
+-- Whoever settles a conflict writes the field's column (a person's say is
+-- their own rights', never syncbridge_writer's).
+CREATE OR REPLACE FUNCTION _check_may_settle(c conflicts) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    col name;
+BEGIN
+    SELECT (e ->> 'column')::name INTO col FROM sync.definitions d, jsonb_array_elements((sync._compile(d.id)).inbound) e
+     WHERE d.id = c.definition_id AND e ->> 'field' = c.field;
+    PERFORM sync._check_may_write(d.source_rel, 'both', col) FROM sync.definitions d WHERE d.id = c.definition_id AND col IS NOT NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION resolve(conflict bigint, choice text) RETURNS text
@@ -3787,6 +3848,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     c sync.conflicts := sync._conflict(conflict);
 BEGIN
+    PERFORM sync._check_may_settle(c);
     IF choice IS NULL OR choice NOT IN ('local', 'remote') THEN
         RAISE EXCEPTION 'invalid resolution %', coalesce(quote_literal(choice), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
@@ -3803,6 +3865,7 @@ DECLARE
     c sync.conflicts := sync._conflict(conflict);
     msg text;
 BEGIN
+    PERFORM sync._check_may_settle(c);
     IF value IS NULL THEN
         RAISE EXCEPTION 'a resolution value cannot be SQL NULL'
             USING ERRCODE = 'null_value_not_allowed', DETAIL = 'To empty the field, resolve with JSON null.',
@@ -3828,6 +3891,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     i sync.pending_imports;
 BEGIN
+    -- The definition's staging lock first, as sync.apply_imports takes it.
+    PERFORM pg_advisory_xact_lock(1937337955, x.definition_id) FROM sync.pending_imports x WHERE x.id = import_id;
     SELECT * INTO i FROM sync.pending_imports WHERE id = import_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'import % does not exist', coalesce(import_id::text, 'NULL')
@@ -3847,6 +3912,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     i sync.pending_imports := sync._import(import_id, ARRAY['awaiting_approval']);
 BEGIN
+    -- Approving deletes or inserts a row: the approver's own rights.
+    PERFORM sync._check_may_write(d.source_rel, 'both') FROM sync.definitions d WHERE d.id = i.definition_id;
+    IF EXISTS (SELECT 1 FROM sync.pending_imports o WHERE o.definition_id = i.definition_id AND o.list = i.list
+                  AND o.target_id = i.target_id AND o.status = 'pending') THEN
+        UPDATE sync.pending_imports SET status = 'superseded', updated_at = now() WHERE id = i.id;
+        RETURN 'superseded';
+    END IF;
     UPDATE sync.pending_imports SET status = 'pending', decided_by = session_user, updated_at = now() WHERE id = i.id;
     RETURN 'pending';
 END $$;
@@ -3887,6 +3959,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     i sync.pending_imports := sync._import(import_id, ARRAY['failed']);
 BEGIN
+    PERFORM sync._check_may_write(d.source_rel, 'both') FROM sync.definitions d WHERE d.id = i.definition_id;
     -- Only if no newer version of the item is queued (that one counts).
     IF EXISTS (SELECT 1 FROM sync.pending_imports o WHERE o.definition_id = i.definition_id AND o.list = i.list
                   AND o.target_id = i.target_id AND o.status = 'pending') THEN
@@ -4167,7 +4240,8 @@ COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaitin
 --   syncbridge_admin   configures and operates through the sync.* functions
 --                      (create_target, define, map, plan, approve, ...);
 --                      reads every table; writes none directly.
---   syncbridge_worker  what the worker needs: stage, claim, complete,
+--   syncbridge_worker  what the worker needs: stage, claim, complete, the
+--                      pulls (pull_claim, pull_page, apply_imports, ...),
 --                      checkpoint, runs, report_target_status; reads every
 --                      table; writes none directly. Grant the login role
 --                      REPLICATION (a role attribute, not inherited):
@@ -4315,8 +4389,11 @@ BEGIN
     END IF;
 EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL;
 END $$;
+-- Only through sync._origin_setup / _origin_reset (the origin syncbridge,
+-- no other: a subscription's origin stays out of the worker's reach).
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_replication_origin_session_setup(text),
-    pg_catalog.pg_replication_origin_session_reset() TO syncbridge_worker;
+    pg_catalog.pg_replication_origin_session_reset() TO syncbridge_owner;
+GRANT EXECUTE ON FUNCTION @extschema@._origin_setup(), @extschema@._origin_reset() TO syncbridge_worker;
 
 -- ===== sql/upgrade/0.1.0--0.2.0/tail.sql =====
 -- Data: 0.1.0 stored expressions as they were given; 0.2.0 stores
@@ -4359,6 +4436,16 @@ BEGIN
     UPDATE @extschema@.definitions SET revision = revision + 1;
     DELETE FROM @extschema@.compiled;
 END $$;
+
+-- 0.1.0 took direction both/pull without checking that the definer may
+-- write the table; 0.2.0 writes what comes back. Such definitions stop (the
+-- writing role gets no right on their tables) until sync.enable, which
+-- checks the caller's rights, starts them again.
+UPDATE @extschema@.definitions d
+   SET state = 'error', updated_at = now(),
+       state_reason = 'upgrade to 0.2.0: two-way sync writes into the table: SELECT sync.enable(' || quote_literal(d.name) || ') as a role that may INSERT, UPDATE and DELETE it'
+ WHERE d.direction <> 'push'
+    OR EXISTS (SELECT 1 FROM @extschema@.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'push');
 
 -- The evaluating role gets SELECT on the definitions' tables.
 SELECT @extschema@._publication_refresh();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use syncbridge_tests::graph::{assert_target_equals_source, sync_once, GraphEnv};
 use syncbridge_tests::graph_emulator::{EmulatorConfig, Fault};
 use syncbridge_tests::ingest::{open_count, prepare};
+use syncbridge_tests::random::{seed, Lcg};
 use syncbridge_tests::{cluster, TestDb};
 
 const EMPLOYEES: &str = "
@@ -166,25 +167,6 @@ fn the_exporter_purges_history_past_its_retention_and_nothing_else() {
 
 // ---------------------------------------------------------------------------
 // Issue 14: the adapter against an emulator as strict as the service.
-
-/// A seed for the randomized tests: SYNCBRIDGE_TEST_SEED, or the clock's.
-fn seed() -> u64 {
-    let s = std::env::var("SYNCBRIDGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(14)
-    });
-    eprintln!("seed {s} (SYNCBRIDGE_TEST_SEED={s} replays this run)");
-    s
-}
-
-/// A small LCG: the test's choices follow from the seed alone.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
 
 const SHARDED: &str = "CREATE TABLE t (id int PRIMARY KEY, v text, region text NOT NULL);";
 

@@ -7,10 +7,11 @@
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use syncbridge_tests::ingest::{complete_all, prepare};
 use syncbridge_tests::process::{run_cmd, run_once_ok, ChildGuard};
+use syncbridge_tests::random::{seed, Lcg};
 use syncbridge_tests::{cluster, Cluster, ClusterOptions, TestDb};
 
 /// Mismatches between the queue and the table, as readable lines (empty: consistent).
@@ -37,26 +38,6 @@ fn mismatches(db: &TestDb, definition: &str) -> Vec<String> {
          LIMIT 20"
     ));
     out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
-}
-
-/// A small deterministic generator (no test needs real randomness, only spread).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn seed() -> u64 {
-    let s = std::env::var("SYNCBRIDGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
-    });
-    eprintln!("seed {s} (SYNCBRIDGE_TEST_SEED={s} reproduces the kill schedule)");
-    s
 }
 
 /// Writes `changes` row changes in transactions of 100 (60 updates, 20
@@ -118,7 +99,7 @@ fn kill_9_twenty_times_while_50000_changes_stream_loses_and_doubles_nothing() {
     let mut rng = Lcg(seed());
     let done = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (dsn, done, r) = (db.dsn(), done.clone(), Lcg(rng.next()));
+        let (dsn, done, r) = (db.dsn(), done.clone(), Lcg(rng.next_u64()));
         std::thread::spawn(move || write_changes(dsn, 50_000, r, done))
     };
     let mut kills = 0;
@@ -217,7 +198,7 @@ fn backfills_of_100000_rows_racing_writes_end_exactly_as_the_table() {
     wait_for(&db, "SELECT backfill FROM sync.definitions WHERE name = 'big'", "running", Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
     let churner = {
-        let (dsn, stop, r) = (db.dsn(), stop.clone(), Lcg(rng.next()));
+        let (dsn, stop, r) = (db.dsn(), stop.clone(), Lcg(rng.next_u64()));
         std::thread::spawn(move || churn(dsn, "big", 100_000, stop, r))
     };
     wait_for(&db, "SELECT backfill FROM sync.definitions WHERE name = 'big'", "done", Duration::from_secs(300));
@@ -232,7 +213,7 @@ fn backfills_of_100000_rows_racing_writes_end_exactly_as_the_table() {
     db.psql("SELECT sync.enable('later')");
     let stop = Arc::new(AtomicBool::new(false));
     let churner = {
-        let (dsn, stop, r) = (db.dsn(), stop.clone(), Lcg(rng.next()));
+        let (dsn, stop, r) = (db.dsn(), stop.clone(), Lcg(rng.next_u64()));
         std::thread::spawn(move || churn(dsn, "later", 100_000, stop, r))
     };
     wait_for(&db, "SELECT backfill FROM sync.definitions WHERE name = 'later'", "done", Duration::from_secs(300));

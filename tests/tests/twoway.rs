@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 use syncbridge_tests::graph::{sync_once, worker_cmd, GraphEnv};
 use syncbridge_tests::graph_emulator::{EmulatorConfig, Fault};
 use syncbridge_tests::ingest::prepare;
+use syncbridge_tests::random::{seed, Lcg};
 use syncbridge_tests::{cluster, TestDb};
 
 const TASKS: &str = "
@@ -271,28 +272,6 @@ fn two_workers_pulling_at_once_read_each_page_once() {
 // Convergence: random concurrent edits on both sides, with faults and killed
 // workers; afterwards both sides hold what the policy says, by an oracle
 // computed from the recorded history alone.
-
-/// A seed for the randomized tests: SYNCBRIDGE_TEST_SEED, or the clock's.
-fn seed() -> u64 {
-    let s = std::env::var("SYNCBRIDGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(16)
-    });
-    eprintln!("seed {s} (SYNCBRIDGE_TEST_SEED={s} replays this run)");
-    s
-}
-
-/// A small LCG: the test's choices follow from the seed alone.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// A person's edit or delete "in SharePoint", done when the round's remote
 /// side acts.

@@ -94,6 +94,14 @@ SELECT definition, imports_pending, imports_awaiting_approval, conflicts_open, p
 -- Resolving: a value of the wrong shape is refused; 'remote' takes the target's.
 SELECT * FROM regress.err($$SELECT sync.resolve((SELECT id FROM sync.conflicts WHERE resolution IS NULL), 'mine')$$);
 SELECT * FROM regress.err($$SELECT sync.resolve((SELECT id FROM sync.conflicts WHERE resolution IS NULL), 'nope')$$);
+-- An admin who may read the table but not write it cannot settle it: a
+-- person's say is made with their own rights, never syncbridge_writer's.
+CREATE ROLE regress_tw_reader IN ROLE syncbridge_admin;
+GRANT USAGE ON SCHEMA hr TO regress_tw_reader;
+GRANT SELECT ON hr.tasks TO regress_tw_reader;
+SET SESSION AUTHORIZATION regress_tw_reader;
+SELECT * FROM regress.err($$SELECT sync.resolve((SELECT id FROM sync.conflicts WHERE resolution IS NULL), 'remote')$$);
+RESET SESSION AUTHORIZATION;
 SELECT sync.resolve((SELECT id FROM sync.conflicts WHERE resolution IS NULL), 'remote');
 SELECT * FROM sync.apply_imports('sp', worker => 'w1');
 SELECT id, title, status, points FROM hr.tasks WHERE id = 1;

@@ -39,5 +39,15 @@ BEGIN
     DELETE FROM @extschema@.compiled;
 END $$;
 
+-- 0.1.0 took direction both/pull without checking that the definer may
+-- write the table; 0.2.0 writes what comes back. Such definitions stop (the
+-- writing role gets no right on their tables) until sync.enable, which
+-- checks the caller's rights, starts them again.
+UPDATE @extschema@.definitions d
+   SET state = 'error', updated_at = now(),
+       state_reason = 'upgrade to 0.2.0: two-way sync writes into the table: SELECT sync.enable(' || quote_literal(d.name) || ') as a role that may INSERT, UPDATE and DELETE it'
+ WHERE d.direction <> 'push'
+    OR EXISTS (SELECT 1 FROM @extschema@.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'push');
+
 -- The evaluating role gets SELECT on the definitions' tables.
 SELECT @extschema@._publication_refresh();
