@@ -673,8 +673,8 @@ BEGIN
           FROM jsonb_array_elements(c.inbound) e;
         res := sync._source_write(d.id, 'insert', NULL, set_vals);
         key_obj := res -> 'key';
-        skey := (SELECT x.sync_key FROM sync._mapped_rows_by_key(d.id, jsonb_build_array(key_obj)) x LIMIT 1);
         SELECT * INTO w FROM sync._mapped_rows_by_key(d.id, jsonb_build_array(key_obj)) LIMIT 1;
+        skey := w.sync_key;
         -- The ledger holds the item as the row now maps (nothing to send
         -- back), known to have come from the target.
         INSERT INTO sync.ledger (definition_id, sync_key, list, target_id, etag, fields, hash, join_type, provenance)

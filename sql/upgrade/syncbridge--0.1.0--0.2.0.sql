@@ -1958,6 +1958,7 @@ SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' S
 AS $$
 DECLARE
     d record;
+    inbound jsonb;
 BEGIN
     IF $1 IS NOT NULL THEN
         PERFORM sync._check_may_read((sync._def($1)).source_rel);
@@ -1972,6 +1973,7 @@ BEGIN
             RAISE NOTICE 'definition % left out: % may not read %', d.name, session_user, d.source_rel;
             CONTINUE;
         END IF;
+        inbound := (sync._compile(d.id)).inbound;
         -- Inbound changes read from the target, not yet decided or waiting
         -- for a person: what they would do to the row (sync.apply_imports
         -- decides field by field; see the README).
@@ -1981,7 +1983,7 @@ BEGIN
                    coalesce(i.sync_key, l.sync_key), i.list, NULL::text,
                    CASE WHEN i.deleted THEN NULL
                         ELSE (SELECT jsonb_object_agg(e->>'field', jsonb_build_object('old', l.fields -> (e->>'field'), 'new', coalesce(i.remote -> (e->>'field'), 'null')))
-                                FROM jsonb_array_elements((sync._compile(d.id)).inbound) e
+                                FROM jsonb_array_elements(inbound) e
                                WHERE coalesce(i.remote -> (e->>'field'), 'null') IS DISTINCT FROM coalesce(l.fields -> (e->>'field'), 'null')
                                  AND (i.origin = 'write') = (e->>'direction' = 'pull')) END,
                    0, 0::numeric, 'import ' || i.status, NULL::bigint,
@@ -3525,8 +3527,8 @@ BEGIN
           FROM jsonb_array_elements(c.inbound) e;
         res := sync._source_write(d.id, 'insert', NULL, set_vals);
         key_obj := res -> 'key';
-        skey := (SELECT x.sync_key FROM sync._mapped_rows_by_key(d.id, jsonb_build_array(key_obj)) x LIMIT 1);
         SELECT * INTO w FROM sync._mapped_rows_by_key(d.id, jsonb_build_array(key_obj)) LIMIT 1;
+        skey := w.sync_key;
         -- The ledger holds the item as the row now maps (nothing to send
         -- back), known to have come from the target.
         INSERT INTO sync.ledger (definition_id, sync_key, list, target_id, etag, fields, hash, join_type, provenance)
