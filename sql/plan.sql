@@ -107,6 +107,20 @@ BEGIN
             d.name, d.cost_per_write, sync._plan_sql(), coalesce(d.move_requests::text, 'NULL'))
           USING d.id, d.delete_scope,
                 (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f);
+        -- Exports a rollback or a reconcile staged that the comparison of
+        -- the rows with the ledger does not show (a rollback's inverse, an
+        -- orphan's delete).
+        RETURN QUERY
+            SELECT d.name, e.op, e.sync_key, e.list, e.from_list,
+                   CASE WHEN e.op = 'delete' THEN (SELECT jsonb_object_agg(o.key, jsonb_build_object('old', o.value)) FROM jsonb_each(e.previous) o)
+                        ELSE (SELECT jsonb_object_agg(n.key, jsonb_build_object('old', e.previous -> n.key, 'new', n.value)) FROM jsonb_each(e.payload) n) END,
+                   CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END,
+                   CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END * d.cost_per_write,
+                   e.status, e.id, format('%s run %s', r.kind, r.id)
+              FROM sync.pending_exports e JOIN sync.runs r ON r.id = e.run_id AND r.kind IN ('rollback', 'reconcile')
+             WHERE e.definition_id = d.id AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
+               AND (r.kind = 'rollback' OR e.sync_key LIKE '#orphan:%')
+             ORDER BY e.id;
         -- Provisioning exports (they have no key) awaiting approval are shown too.
         RETURN QUERY
             SELECT d.name, e.op, e.sync_key, e.list, e.from_list,
@@ -122,22 +136,36 @@ COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete
 CREATE FUNCTION plan_summary(name text DEFAULT NULL)
 RETURNS TABLE (definition text, target text, adds bigint, updates bigint, deletes bigint, moves bigint,
                awaiting_approval bigint, warnings bigint, requests bigint, batches bigint, cost numeric, cost_unit text,
-               budget_per_min numeric, est_drain interval)
+               budget_per_min numeric, est_drain interval,
+               drift_check_requests bigint, drift_check_cost numeric, drift_check_time interval)
 LANGUAGE sql AS $$
-    SELECT p.definition, t.name,
-           count(*) FILTER (WHERE p.op = 'add'), count(*) FILTER (WHERE p.op = 'update'),
-           count(*) FILTER (WHERE p.op = 'delete'), count(*) FILTER (WHERE p.op = 'move'),
-           count(*) FILTER (WHERE p.queued = 'awaiting_approval'), count(*) FILTER (WHERE p.warning IS NOT NULL),
-           sum(p.requests), ceil(sum(p.requests)::numeric / k.batch_size)::bigint, sum(p.cost), k.cost_unit,
+    WITH a AS (
+        SELECT p.definition,
+               count(*) FILTER (WHERE p.op = 'add') AS adds, count(*) FILTER (WHERE p.op = 'update') AS updates,
+               count(*) FILTER (WHERE p.op = 'delete') AS deletes, count(*) FILTER (WHERE p.op = 'move') AS moves,
+               count(*) FILTER (WHERE p.queued = 'awaiting_approval') AS awaiting, count(*) FILTER (WHERE p.warning IS NOT NULL) AS warnings,
+               coalesce(sum(p.requests), 0) AS requests, coalesce(sum(p.cost), 0) AS cost
+          FROM sync.plan($1) p GROUP BY p.definition)
+    SELECT d.name, t.name, coalesce(a.adds, 0), coalesce(a.updates, 0), coalesce(a.deletes, 0), coalesce(a.moves, 0),
+           coalesce(a.awaiting, 0), coalesce(a.warnings, 0), coalesce(a.requests, 0),
+           ceil(coalesce(a.requests, 0)::numeric / k.batch_size)::bigint, coalesce(a.cost, 0), k.cost_unit,
            b.budget,
-           make_interval(secs => greatest(sum(p.cost) / b.budget * 60,
-                                          sum(p.requests) / (t.config->>'writes_per_second')::numeric)::float8)
-      FROM sync.plan($1) p
-      JOIN sync.definitions d ON d.name = p.definition
+           make_interval(secs => greatest(coalesce(a.cost, 0) / b.budget * 60,
+                                          coalesce(a.requests, 0) / (t.config->>'writes_per_second')::numeric)::float8),
+           dr.requests, dr.cost, make_interval(secs => (dr.cost / b.budget * 60)::float8)
+      FROM sync.definitions d
       JOIN sync.targets t ON t.name = d.target
       JOIN sync.target_kinds k ON k.kind = t.kind
+      LEFT JOIN a ON a.definition = d.name
       CROSS JOIN LATERAL (SELECT coalesce((t.config->>'budget_per_min')::numeric, k.default_budget_per_min) AS budget) b
-     GROUP BY p.definition, t.name, t.config, k.batch_size, k.cost_unit, b.budget
-     ORDER BY p.definition
+      -- A drift check reads each list whole, 200 items a page; the first
+      -- page of a read without a link costs twice (Graph's delta).
+      CROSS JOIN LATERAL (
+          SELECT coalesce(sum(x.pages), 0)::bigint AS requests, coalesce(sum(x.pages + 1), 0) * k.cost_per_read AS cost
+            FROM (SELECT greatest(1, ceil((SELECT count(*) FROM sync.ledger l WHERE l.definition_id = d.id AND l.list = tl.list) / 200.0)) AS pages
+                    FROM sync.target_lists tl WHERE tl.definition_id = d.id AND tl.remote_id IS NOT NULL) x) dr
+     WHERE d.state <> 'disabled' AND ($1 IS NULL OR d.name = $1)
+       AND (a.definition IS NOT NULL OR d.direction <> 'pull' OR dr.requests > 0)
+     ORDER BY d.name
 $$;
-COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost, the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set.';
+COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost, the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set; and what a drift check (sync.check_drift) would cost: requests, cost and time at the budget.';

@@ -344,16 +344,12 @@ BEGIN
     RETURN p;
 END $$;
 
-CREATE FUNCTION pull_page(definition text, list text, round bigint, items jsonb, link text, final boolean, worker text DEFAULT NULL)
-RETURNS int
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
+-- A page of items as the worker hands it over (sync.pull_page, and
+-- sync.drift_page): raises 22023, nothing stored, when it is malformed.
+CREATE FUNCTION _check_page(items jsonb, link text, final boolean) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    d sync.definitions := sync._def(definition);
-    p sync.pulls;
     bad bigint;
-    stored int;
-    lease interval := make_interval(secs => sync._setting('lease_seconds')::int);
 BEGIN
     IF items IS NULL OR jsonb_typeof(items) <> 'array' THEN
         RAISE EXCEPTION 'items must be a JSON array'
@@ -381,6 +377,19 @@ BEGIN
         RAISE EXCEPTION 'link too long'
             USING ERRCODE = 'invalid_parameter_value', DETAIL = format('%s characters; at most 8000.', length(link)), HINT = 'Pass the link the target gave.';
     END IF;
+END $$;
+
+CREATE FUNCTION pull_page(definition text, list text, round bigint, items jsonb, link text, final boolean, worker text DEFAULT NULL)
+RETURNS int
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    d sync.definitions := sync._def(definition);
+    p sync.pulls;
+    stored int;
+    lease interval := make_interval(secs => sync._setting('lease_seconds')::int);
+BEGIN
+    PERFORM sync._check_page(items, link, final);
     PERFORM sync._check_worker_name(worker);
     p := sync._pull_lease(d.id, list, round, worker);
     -- The page's items, the last version of each (an item may come more

@@ -42,8 +42,8 @@ DECLARE
 BEGIN
     PERFORM sync._check_choice('run kind', kind, ARRAY['stream', 'backfill', 'export', 'pull', 'reconcile', 'manual']);
     PERFORM sync._check_worker_name(worker);
-    INSERT INTO sync.runs (definition_id, kind, worker)
-    VALUES (CASE WHEN definition IS NOT NULL THEN (sync._def(definition)).id END, kind, worker)
+    INSERT INTO sync.runs (definition_id, kind, worker, started_by)
+    VALUES (CASE WHEN definition IS NOT NULL THEN (sync._def(definition)).id END, kind, worker, coalesce(worker, session_user::text))
     RETURNING runs.id INTO id;
     PERFORM pg_advisory_lock(1937337957, sync._run_lock_key(id));
     RETURN id;
@@ -74,7 +74,9 @@ DECLARE
     r record;
     n int := 0;
 BEGIN
-    FOR r IN SELECT x.id FROM sync.runs x WHERE x.status = 'running' ORDER BY x.id LOOP
+    -- (a drift check's run is held by its report, not by a session: its
+    -- report finishes it, or sync.cancel_drift)
+    FOR r IN SELECT x.id FROM sync.runs x WHERE x.status = 'running' AND x.kind <> 'drift' ORDER BY x.id LOOP
         CONTINUE WHEN sync._run_lock_held(r.id);
         IF pg_try_advisory_xact_lock(1937337957, sync._run_lock_key(r.id)) THEN
             UPDATE sync.runs x
@@ -152,6 +154,8 @@ DECLARE
     defs int[];
     def int;
     ids bigint[];
+    rollbacks bigint[];
+    paused int[];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target) THEN
         RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
@@ -170,6 +174,11 @@ BEGIN
     PERFORM sync._check_worker_name(worker);
     lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
     PERFORM sync._recover_expired(target);
+    -- A paused definition sends only what a rollback staged (sync.rollback
+    -- paused it so that nothing else goes).
+    rollbacks := ARRAY(SELECT r.id FROM sync.runs r JOIN sync.definitions d ON d.id = r.definition_id
+                        WHERE r.kind = 'rollback' AND d.target = claim.target AND d.state = 'paused');
+    paused := ARRAY(SELECT DISTINCT r.definition_id FROM sync.runs r WHERE r.id = ANY (rollbacks));
     -- The target's active definitions, the one whose oldest due export has
     -- waited longest first (one index probe each).
     defs := ARRAY(
@@ -177,8 +186,9 @@ BEGIN
           CROSS JOIN LATERAL (
               SELECT e.next_attempt_at FROM sync.pending_exports e
                WHERE e.definition_id = d.id AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
+                 AND (d.state = 'active' OR e.run_id = ANY (rollbacks))
                ORDER BY e.next_attempt_at, e.id LIMIT 1) oldest
-         WHERE d.target = claim.target AND d.state = 'active'
+         WHERE d.target = claim.target AND (d.state = 'active' OR (d.state = 'paused' AND cardinality(rollbacks) > 0))
          ORDER BY oldest.next_attempt_at, d.id);
     IF cardinality(defs) = 0 THEN
         RETURN;
@@ -202,6 +212,7 @@ BEGIN
             SELECT e.id FROM sync.pending_exports e
              WHERE e.definition_id = def AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
                AND e.op <> 'provision'
+               AND (NOT def = ANY (paused) OR e.run_id = ANY (rollbacks))
                -- not into a list still being created
                AND NOT EXISTS (
                         SELECT 1 FROM sync.pending_exports x
@@ -231,7 +242,10 @@ BEGIN
     WITH chk AS (
         SELECT e.id,
                CASE WHEN e.op = 'delete'
-                         AND NOT (d.delete_scope = 'all' OR (d.delete_scope = 'provisioned' AND l.join_type = 'provisioned'))
+                         AND NOT (d.delete_scope = 'all' OR (d.delete_scope = 'provisioned' AND l.join_type = 'provisioned')
+                                  -- a duplicate of one of syncbridge's items (sync.reconcile, mirror)
+                                  OR (d.delete_scope = 'provisioned' AND l.sync_key IS NULL AND e.sync_key LIKE '#orphan:%'
+                                      AND jsonb_typeof(sync._field_of(e.previous, 'SyncKey')) = 'string'))
                     THEN 'scope'
                     WHEN (d.approval = 'all' OR (d.approval = 'deletes' AND e.op = 'delete'))
                          AND NOT coalesce(sync._is_admin(e.approved_by), false)
@@ -258,11 +272,13 @@ BEGIN
     WITH claimed AS (
         UPDATE sync.pending_exports e
            SET status = 'executing', attempts = e.attempts + 1, lease_until = now() + lease,
-               leased_by = claim.worker, run_id = coalesce(claim.run_id, e.run_id), updated_at = now()
+               leased_by = claim.worker, sent_run = coalesce(claim.run_id, e.sent_run), updated_at = now()
          WHERE e.id = ANY (ids)
         RETURNING e.*
     )
-    SELECT c.id, d.name, c.op, c.sync_key, c.list, c.from_list, l.target_id,
+    SELECT c.id, d.name, c.op, c.sync_key, c.list, c.from_list,
+           -- (an orphan's delete, sync.reconcile: an item the ledger does not hold)
+           coalesce(l.target_id, c.target_id),
            -- If-Match for two-way definitions: a change made on the target
            -- since is pulled and decided, not overwritten
            CASE WHEN d.direction = 'both' THEN l.etag END,
@@ -307,7 +323,9 @@ BEGIN
     SELECT count(*),
            count(*) FILTER (WHERE e.status = 'failed' AND e.next_attempt_at > now() + make_interval(secs => within_seconds))
       FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
-     WHERE d.target = export_backlog.target AND d.state = 'active' AND e.status IN ('pending', 'failed', 'executing')
+     WHERE d.target = export_backlog.target AND e.status IN ('pending', 'failed', 'executing')
+       AND (d.state = 'active'
+            OR (d.state = 'paused' AND EXISTS (SELECT 1 FROM sync.runs r WHERE r.id = e.run_id AND r.kind = 'rollback')))
        -- not behind a list that waits for a person (its creation failed for
        -- good, or awaits approval): like those, they wait for sync.retry/approve
        AND NOT EXISTS (SELECT 1 FROM sync.pending_exports x
@@ -482,8 +500,8 @@ BEGIN
         RETURNING 1
     ), counted AS (
         UPDATE sync.runs u SET exported = u.exported + c.n
-          FROM (SELECT run_id, count(*) AS n FROM done WHERE run_id IS NOT NULL GROUP BY run_id) c
-         WHERE u.id = c.run_id
+          FROM (SELECT sent_run, count(*) AS n FROM done WHERE sent_run IS NOT NULL GROUP BY sent_run) c
+         WHERE u.id = c.sent_run
         RETURNING 1
     )
     SELECT count(*) INTO exported FROM done;
@@ -522,7 +540,7 @@ BEGIN
                -- run, ...): the create may have happened
                verify = e.verify OR (f.sent AND f.class <> 'definite' AND e.op IN ('add', 'move'))
           FROM f WHERE e.id = f.id
-        RETURNING e.id, e.status, e.definition_id, e.sync_key, e.verify, e.run_id, e.list, e.error_class
+        RETURNING e.id, e.status, e.definition_id, e.sync_key, e.verify, e.sent_run, e.list, e.error_class
     ), pull_soon AS (
         -- 412: the item changed on the target; its list is read now, and
         -- the change decided before this export goes again.
@@ -531,8 +549,8 @@ BEGIN
         RETURNING 1
     ), counted AS (
         UPDATE sync.runs u SET failed = u.failed + c.n
-          FROM (SELECT run_id, count(*) AS n FROM upd WHERE run_id IS NOT NULL GROUP BY run_id) c
-         WHERE u.id = c.run_id
+          FROM (SELECT sent_run, count(*) AS n FROM upd WHERE sent_run IS NOT NULL GROUP BY sent_run) c
+         WHERE u.id = c.sent_run
         RETURNING 1
     ), inherit AS (
         UPDATE sync.pending_exports o SET verify = true

@@ -6,6 +6,8 @@
 --                      reads every table; writes none directly.
 --   syncbridge_worker  what the worker needs: stage, claim, complete, the
 --                      pulls (pull_claim, pull_page, apply_imports, ...),
+--                      drift reads (drift_claim, drift_page, drift_failed),
+--                      scheduled jobs (run_jobs, jobs_due),
 --                      checkpoint, runs, report_target_status; reads every
 --                      table; writes none directly. Grant the login role
 --                      REPLICATION (a role attribute, not inherited):
@@ -139,7 +141,13 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.pull_page(text, text, bigint, jsonb, text, boolean, text),
     @extschema@.pull_failed(text, text, bigint, text, text, boolean, double precision, text),
     @extschema@.pull_due(text),
-    @extschema@.apply_imports(text, int, text)
+    @extschema@.apply_imports(text, int, text),
+    @extschema@.drift_claim(text, int, int, text),
+    @extschema@.drift_due(text),
+    @extschema@.drift_page(bigint, text, bigint, jsonb, text, boolean, text),
+    @extschema@.drift_failed(bigint, text, bigint, text, text, boolean, double precision, text),
+    @extschema@.run_jobs(text),
+    @extschema@.jobs_due()
   TO syncbridge_worker;
 
 -- Two-way sync: the worker applies inbound changes in sessions under the

@@ -204,7 +204,7 @@ COMMENT ON COLUMN target_lists.columns IS 'Columns as provisioned: [{name, type,
 CREATE TABLE runs (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     definition_id int REFERENCES definitions (id) ON DELETE SET NULL,
-    kind          text NOT NULL CHECK (kind IN ('stream', 'backfill', 'export', 'pull', 'reconcile', 'manual')),
+    kind          text NOT NULL CHECK (kind IN ('stream', 'backfill', 'export', 'pull', 'reconcile', 'manual', 'drift', 'rollback', 'job')),
     worker        text,
     started_at    timestamptz NOT NULL DEFAULT now(),
     finished_at   timestamptz,
@@ -213,13 +213,21 @@ CREATE TABLE runs (
     exported      bigint NOT NULL DEFAULT 0,
     failed        bigint NOT NULL DEFAULT 0,
     requests      bigint NOT NULL DEFAULT 0,
-    error         text
+    error         text,
+    started_by    text,
+    job_id        bigint,
+    scheduled_for timestamptz,
+    detail        jsonb
 );
 CREATE INDEX runs_definition_idx ON runs (definition_id, started_at DESC);
+-- A scheduled job's occurrence runs once, whichever worker claims it.
+CREATE UNIQUE INDEX runs_job_occurrence_idx ON runs (job_id, scheduled_for) WHERE job_id IS NOT NULL;
+-- Claim looks up the rollbacks of paused definitions.
+CREATE INDEX runs_rollback_idx ON runs (definition_id) WHERE kind = 'rollback';
 COMMENT ON TABLE runs IS 'One row per sync run (a backfill, a stream session, an exporter session): counts, timings, errors.';
 COMMENT ON COLUMN runs.id IS 'Run id (referenced by pending exports it staged or sent).';
 COMMENT ON COLUMN runs.definition_id IS 'The definition, when the run concerns one.';
-COMMENT ON COLUMN runs.kind IS 'stream, backfill, export, pull, reconcile or manual.';
+COMMENT ON COLUMN runs.kind IS 'stream, backfill, export, pull, drift (a drift check), reconcile, rollback, job (a scheduled job''s occurrence) or manual.';
 COMMENT ON COLUMN runs.worker IS 'Which worker ran it (host:pid).';
 COMMENT ON COLUMN runs.started_at IS 'Start time.';
 COMMENT ON COLUMN runs.finished_at IS 'End time (NULL while running).';
@@ -229,6 +237,10 @@ COMMENT ON COLUMN runs.exported IS 'Exports the run delivered.';
 COMMENT ON COLUMN runs.failed IS 'Exports that failed during the run.';
 COMMENT ON COLUMN runs.requests IS 'Requests sent to the target.';
 COMMENT ON COLUMN runs.error IS 'Why the run failed.';
+COMMENT ON COLUMN runs.started_by IS 'Who or what started it: a role (sync.check_drift, sync.reconcile, sync.rollback), worker host:pid, or job:<name> (a scheduled job).';
+COMMENT ON COLUMN runs.job_id IS 'For kind job, and for what a job started: the scheduled job (sync.schedules.id).';
+COMMENT ON COLUMN runs.scheduled_for IS 'For kind job: the occurrence it ran (unique per job: each runs once).';
+COMMENT ON COLUMN runs.detail IS 'What the run did beyond the counts (a drift check''s findings, a reconcile''s or rollback''s staged operations, a job''s result).';
 
 -- ---------------------------------------------------------------------------
 -- Ledger
@@ -301,6 +313,7 @@ CREATE TABLE pending_exports (
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     exported_at   timestamptz,
+    sent_run      bigint,
     CHECK ((op = 'provision') = (sync_key IS NULL)),
     CHECK (op <> 'move' OR from_list IS NOT NULL)
 );
@@ -352,7 +365,8 @@ COMMENT ON COLUMN pending_exports.approved_by IS 'Who approved it (approval mode
 COMMENT ON COLUMN pending_exports.approved_at IS 'When it was approved.';
 COMMENT ON COLUMN pending_exports.lsn IS 'LSN of the last change staged into it.';
 COMMENT ON COLUMN pending_exports.verify IS 'An earlier attempt may have reached the target (its outcome is unknown): the exporter looks the item up by SyncKey first and adopts it instead of creating a twin.';
-COMMENT ON COLUMN pending_exports.run_id IS 'The run that staged or last sent it (sync.runs.id; not a foreign key, for staging speed: it may name a purged run).';
+COMMENT ON COLUMN pending_exports.run_id IS 'The run that staged it (its last change: a stream, a backfill, a reconcile, a rollback; sync.runs.id, not a foreign key, for staging speed: it may name a purged run).';
+COMMENT ON COLUMN pending_exports.sent_run IS 'The exporter run that last sent it (sync.runs.id).';
 COMMENT ON COLUMN pending_exports.created_at IS 'When it was first staged.';
 COMMENT ON COLUMN pending_exports.updated_at IS 'When it last changed (a coalesced change, a claim, a result).';
 COMMENT ON COLUMN pending_exports.exported_at IS 'When the target accepted it.';

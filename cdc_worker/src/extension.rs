@@ -308,6 +308,9 @@ pub struct PullClaim {
     pub fields: Vec<String>,
     /// The round the pages belong to.
     pub round: i64,
+    /// Some: a drift check's read of the list (its report id): its pages go
+    /// to `sync.drift_page`, not to the pull path.
+    pub report: Option<i64>,
 }
 
 /// `sync.pull_claim(target, n, lease_seconds, worker, force)`: up to `n`
@@ -336,6 +339,7 @@ pub async fn pull_claim(
             link: r.get(3),
             fields: r.get::<_, Option<Vec<String>>>(4).unwrap_or_default(),
             round: r.get(5),
+            report: None,
         })
         .collect())
 }
@@ -363,26 +367,35 @@ fn lease_of(r: Result<(), tokio_postgres::Error>, what: &'static str) -> Result<
 
 /// `sync.pull_page(definition, list, round, items, link, final, worker)`:
 /// one page of a list's changes (items: a JSON array as text), stored with
-/// its link in one transaction.
-#[allow(clippy::too_many_arguments)]
+/// its link in one transaction. A drift check's page (`claim.report`) goes
+/// to `sync.drift_page(report, list, round, items, link, final, worker)`.
 pub async fn pull_page(
     db: &Client,
-    definition: &str,
-    list: &str,
-    round: i64,
+    claim: &PullClaim,
     items_json: &str,
     link: &str,
     last: bool,
     worker: &str,
 ) -> Result<Lease, WorkerError> {
-    let r = db
-        .query_one(
-            "SELECT sync.pull_page($1, $2, $3, $4::text::jsonb, $5, $6, $7)",
-            &[&definition, &list, &round, &items_json, &link, &last, &worker],
-        )
-        .await
-        .map(drop);
-    lease_of(r, "storing a pulled page")
+    let (list, round) = (&claim.list, &claim.round);
+    let r = match claim.report {
+        None => {
+            db.query_one(
+                "SELECT sync.pull_page($1, $2, $3, $4::text::jsonb, $5, $6, $7)",
+                &[&claim.definition, list, round, &items_json, &link, &last, &worker],
+            )
+            .await
+        }
+        Some(report) => {
+            db.query_one(
+                "SELECT sync.drift_page($1, $2, $3, $4::text::jsonb, $5, $6, $7)",
+                &[&report, list, round, &items_json, &link, &last, &worker],
+            )
+            .await
+        }
+    }
+    .map(drop);
+    lease_of(r, "storing a page read from the target")
 }
 
 /// Why a list's pull failed, as `sync.pull_failed` takes it.
@@ -398,32 +411,86 @@ pub struct PullFailure<'a> {
     pub retry_after: Option<f64>,
 }
 
-/// `sync.pull_failed(definition, list, round, error, class, resync, retry_after, worker)`.
+/// `sync.pull_failed(definition, list, round, error, class, resync, retry_after, worker)`;
+/// for a drift check's read `sync.drift_failed(report, list, round, error,
+/// class, restart, retry_after, worker)`.
 pub async fn pull_failed(
     db: &Client,
-    definition: &str,
-    list: &str,
-    round: i64,
+    claim: &PullClaim,
     failure: &PullFailure<'_>,
     worker: &str,
 ) -> Result<Lease, WorkerError> {
-    let r = db
-        .query_one(
-            "SELECT sync.pull_failed($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &definition,
-                &list,
-                &round,
-                &failure.error,
-                &failure.class,
-                &failure.resync,
-                &failure.retry_after,
-                &worker,
-            ],
+    let (list, round) = (&claim.list, &claim.round);
+    let (error, class, resync, retry_after) = (&failure.error, &failure.class, &failure.resync, &failure.retry_after);
+    let r = match claim.report {
+        None => {
+            db.query_one(
+                "SELECT sync.pull_failed($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[&claim.definition, list, round, error, class, resync, retry_after, &worker],
+            )
+            .await
+        }
+        Some(report) => {
+            db.query_one(
+                "SELECT sync.drift_failed($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[&report, list, round, error, class, resync, retry_after, &worker],
+            )
+            .await
+        }
+    }
+    .map(drop);
+    lease_of(r, "recording a failed read")
+}
+
+/// `sync.drift_claim(target, n, lease_seconds, worker)`: up to `n` lists
+/// that drift checks still have to read, leased.
+pub async fn drift_claim(
+    db: &Client,
+    target: &str,
+    n: i32,
+    lease_seconds: Option<i32>,
+    worker: &str,
+) -> Result<Vec<PullClaim>, WorkerError> {
+    let rows = db
+        .query(
+            "SELECT definition, list, list_id, link, fields, round, report FROM sync.drift_claim($1, $2, $3, $4)",
+            &[&target, &n, &lease_seconds, &worker],
         )
         .await
-        .map(drop);
-    lease_of(r, "recording a failed pull")
+        .map_err(WorkerError::db("claiming lists for a drift check"))?;
+    Ok(rows
+        .iter()
+        .map(|r| PullClaim {
+            definition: r.get(0),
+            list: r.get(1),
+            list_id: r.get(2),
+            link: r.get(3),
+            fields: r.get::<_, Option<Vec<String>>>(4).unwrap_or_default(),
+            round: r.get(5),
+            report: Some(r.get(6)),
+        })
+        .collect())
+}
+
+/// `sync.drift_due(target)`: seconds until a drift check's list of the
+/// target may be read (0: now), None when no check is reading.
+pub async fn drift_due(db: &Client, target: &str) -> Result<Option<f64>, WorkerError> {
+    Ok(db
+        .query_one("SELECT sync.drift_due($1)", &[&target])
+        .await
+        .map_err(WorkerError::db("asking whether a drift check waits"))?
+        .get(0))
+}
+
+/// `sync.run_jobs(worker)`: runs the scheduled jobs that are due (each by
+/// exactly one worker); how many ran.
+pub async fn run_jobs(db: &Client, worker: &str) -> Result<i32, tokio_postgres::Error> {
+    Ok(db.query_one("SELECT sync.run_jobs($1)", &[&worker]).await?.get(0))
+}
+
+/// `sync.jobs_due()`: seconds until the next scheduled job is due (None: none).
+pub async fn jobs_due(db: &Client) -> Result<Option<f64>, tokio_postgres::Error> {
+    Ok(db.query_one("SELECT sync.jobs_due()", &[]).await?.get(0))
 }
 
 /// What one `sync.apply_imports` call did.

@@ -183,7 +183,7 @@ async fn main() -> ExitCode {
             let config =
                 ExportConfig { targets, once, lease_seconds, lanes: lanes as usize, policy, ..ExportConfig::default() };
             let rx = shutdown_signal();
-            let purger = tokio::spawn(export::purge_loop(dsn.clone(), once, rx.clone()));
+            let purger = tokio::spawn(export::housekeeping(dsn.clone(), once, rx.clone()));
             let code = supervise("export", rx.clone(), || export::run(&dsn, &config, rx.clone()), report_export).await;
             end_purger(purger, once).await;
             code
@@ -232,7 +232,7 @@ async fn main() -> ExitCode {
             // History past its retention: one purge loop per process (none
             // for a decode-only or a staging-only --once run).
             let purger = (!(decode_only || once && no_export))
-                .then(|| tokio::spawn(export::purge_loop(dsn.clone(), once, rx.clone())));
+                .then(|| tokio::spawn(export::housekeeping(dsn.clone(), once, rx.clone())));
             let ingest = supervise("ingest", rx.clone(), || ingest::run(&dsn, &config, rx.clone()), report_ingest);
             if no_export || decode_only {
                 let code = ingest.await;

@@ -26,6 +26,10 @@ pub enum SyncError {
     UnsupportedInExpression { what: String, reason: String },
     /// An unknown setting name.
     UnknownSetting { name: String },
+    /// A cron expression that does not parse (or never fires).
+    BadCron { expr: String, reason: String },
+    /// A time zone the schedule evaluator does not know.
+    UnknownTimeZone { name: String },
 }
 
 impl SyncError {
@@ -96,6 +100,20 @@ impl SyncError {
                 format!("unknown syncbridge setting \"{name}\""),
                 "syncbridge's settings are listed by SELECT * FROM sync.settings().".into(),
                 "Use one of the names sync.settings() shows, without the sync. prefix.".into(),
+            ),
+            SyncError::BadCron { expr, reason } => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid cron expression {}", serde_json::Value::String(expr.chars().take(100).collect())),
+                format!("{reason}."),
+                "Five fields as in crontab(5): minute hour day-of-month month day-of-week, e.g. '30 2 * * *' (02:30 \
+                 every day) or '*/15 * * * 1-5'; or @hourly, @daily, @weekly, @monthly, @yearly."
+                    .into(),
+            ),
+            SyncError::UnknownTimeZone { name } => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("unknown time zone {}", serde_json::Value::String(name.chars().take(100).collect())),
+                "Schedules are read in an IANA time zone (tz database name).".into(),
+                "SELECT name FROM pg_timezone_names; e.g. Europe/Paris, America/New_York, UTC.".into(),
             ),
         }
     }

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod error;
 mod expr;
 mod guc;
+mod schedule;
 mod secret;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -33,7 +34,8 @@ extension_sql_file!("../../sql/plan.sql", name = "plan", requires = ["stage"]);
 extension_sql_file!("../../sql/queue.sql", name = "queue", requires = ["stage"]);
 extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["queue"]);
 extension_sql_file!("../../sql/backfill.sql", name = "backfill", requires = ["pull"]);
-extension_sql_file!("../../sql/status.sql", name = "status", requires = ["backfill"]);
+extension_sql_file!("../../sql/ops.sql", name = "ops", requires = ["backfill", schedule::_cron_next_epoch]);
+extension_sql_file!("../../sql/status.sql", name = "status", requires = ["ops"]);
 extension_sql_file!("../../sql/roles.sql", name = "roles", finalize);
 
 /// The extension's version, as built (the `default_version` of the control file).

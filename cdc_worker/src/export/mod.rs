@@ -17,9 +17,10 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
+mod jobs;
 mod purge;
 
-pub use purge::purge_loop;
+pub use purge::{housekeeping, purge_loop};
 
 use crate::error::WorkerError;
 use crate::extension;

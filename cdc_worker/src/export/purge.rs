@@ -11,6 +11,13 @@ use crate::pg::dsn::Dsn;
 /// How often a running worker purges history past its retention.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
+/// What every worker process runs beside its work, until shutdown (with
+/// `once`: once): the history purge and the scheduled jobs.
+pub async fn housekeeping(dsn: Dsn, once: bool, shutdown: watch::Receiver<bool>) {
+    let worker = crate::runtime::default_worker_name();
+    tokio::join!(purge_loop(dsn.clone(), once, shutdown.clone()), super::jobs::jobs_loop(dsn, once, worker, shutdown));
+}
+
 /// Purges now and, unless `once`, every PURGE_EVERY until shutdown. Each
 /// worker process runs one (`main`), whatever it runs; `sync.purge` lets one
 /// at a time work.

@@ -23,6 +23,12 @@
 //!
 //! With `once` the puller reads every pullable list once (`force`), applies,
 //! and returns; the exporter then drains what applying staged.
+//!
+//! The puller also carries out drift checks (`sync.check_drift`): before
+//! each round it leases the lists a check still has to read
+//! (`sync.drift_claim`) and reads them whole the same way, page by page,
+//! handing the pages to `sync.drift_page` (the extension compares once the
+//! last list is read). The same adapter, so the same budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +97,8 @@ pub struct PullSummary {
     pub applied: u64,
     /// Inbound changes that met a local change.
     pub conflicts: u64,
+    /// Lists read whole for a drift check.
+    pub drift_lists: u64,
 }
 
 /// How one list's pull ended.
@@ -114,6 +122,7 @@ pub async fn run(
 ) -> Result<PullSummary, WorkerError> {
     let mut summary = PullSummary::default();
     if config.once {
+        drift_reads(db, config, target, adapter, stop, &mut summary).await?;
         if extension::pull_due(db, target).await?.is_none() {
             return Ok(summary);
         }
@@ -131,10 +140,18 @@ pub async fn run(
         if *stop.borrow() {
             return Ok(summary);
         }
+        drift_reads(db, config, target, adapter, stop, &mut summary).await?;
+        // A drift check waiting for a list (a backoff, another worker's
+        // lease) shortens the sleep.
+        let drift_wait = extension::drift_due(db, target)
+            .await?
+            .map(|s| Duration::try_from_secs_f64(s).unwrap_or(MAX_IDLE).clamp(MIN_IDLE, MAX_IDLE));
         let wait = match extension::pull_due(db, target).await? {
             // Nothing to pull on this target (yet): look again later.
-            None => MAX_IDLE,
-            Some(s) if s > 0.0 => Duration::try_from_secs_f64(s).unwrap_or(MAX_IDLE).min(MAX_IDLE),
+            None => drift_wait.unwrap_or(MAX_IDLE),
+            Some(s) if s > 0.0 => {
+                Duration::try_from_secs_f64(s).unwrap_or(MAX_IDLE).min(MAX_IDLE).min(drift_wait.unwrap_or(MAX_IDLE))
+            }
             Some(_) => {
                 let r = round(db, config, target, adapter, false, stop, &mut summary).await?;
                 apply_all(db, config, target, &mut summary).await?;
@@ -151,6 +168,34 @@ pub async fn run(
             return Ok(summary);
         }
     }
+}
+
+/// Reads the lists drift checks of the target still have to read, one
+/// lease at a time, until none is left to claim now.
+async fn drift_reads(
+    db: &Client,
+    config: &PullConfig,
+    target: &str,
+    adapter: &dyn Target,
+    stop: &mut watch::Receiver<bool>,
+    summary: &mut PullSummary,
+) -> Result<(), WorkerError> {
+    let (lease, worker) = (config.lease_seconds, config.worker_name.as_str());
+    for _ in 0..MAX_LISTS_PER_ROUND {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let Some(c) = extension::drift_claim(db, target, 1, lease, worker).await?.into_iter().next() else {
+            return Ok(());
+        };
+        tracing::info!(definition = %c.definition, list = %c.list, report = c.report, "reading a list for a drift check");
+        match pull_list(db, config, adapter, &c, stop, summary).await? {
+            ListEnd::Done => summary.drift_lists += 1,
+            ListEnd::Failed { .. } => summary.failed += 1,
+            ListEnd::Dropped => {}
+        }
+    }
+    Ok(())
 }
 
 /// Sleeps `d`, or less when woken; false when the worker stops.
@@ -256,8 +301,7 @@ async fn pull_list(
         };
         let items = serde_json::to_string(&page.items)
             .map_err(|e| WorkerError::internal(format!("a pulled page does not serialize: {e}")))?;
-        let lease =
-            extension::pull_page(db, &c.definition, &c.list, c.round, &items, &page.link, page.last, worker).await?;
+        let lease = extension::pull_page(db, c, &items, &page.link, page.last, worker).await?;
         if lease == Lease::Lost {
             tracing::info!(definition = %c.definition, list = %c.list, "another worker holds the list now: dropped");
             return Ok(ListEnd::Dropped);
@@ -289,7 +333,7 @@ async fn failed(
         error = %message, "pulling a list failed");
     let failure =
         PullFailure { error: &message, class: e.class().as_str(), resync: e.resync(), retry_after: e.retry_after() };
-    match extension::pull_failed(db, &c.definition, &c.list, c.round, &failure, worker).await? {
+    match extension::pull_failed(db, c, &failure, worker).await? {
         Lease::Held => Ok(ListEnd::Failed { resync: e.resync() }),
         Lease::Lost => Ok(ListEnd::Dropped),
     }

@@ -85,3 +85,36 @@ COMMENT ON COLUMN @extschema@.conflicts.local_time IS 'When the database''s valu
 COMMENT ON COLUMN @extschema@.conflicts.remote_time IS 'When the target''s value was written (its Modified).';
 DELETE FROM @extschema@.compiled;
 ALTER TABLE @extschema@.compiled ADD COLUMN inbound jsonb NOT NULL DEFAULT '[]';
+
+-- Operating from SQL: the run history says who started each run and what it
+-- did; an export keeps the run that staged it (run_id) apart from the one
+-- that sent it (sent_run); scheduled jobs' occurrences are runs.
+ALTER TABLE @extschema@.runs DROP CONSTRAINT runs_kind_check,
+    ADD CONSTRAINT runs_kind_check CHECK (kind IN ('stream', 'backfill', 'export', 'pull', 'reconcile', 'manual', 'drift', 'rollback', 'job')),
+    ADD COLUMN started_by text,
+    ADD COLUMN job_id bigint,
+    ADD COLUMN scheduled_for timestamptz,
+    ADD COLUMN detail jsonb;
+CREATE UNIQUE INDEX runs_job_occurrence_idx ON @extschema@.runs (job_id, scheduled_for) WHERE job_id IS NOT NULL;
+CREATE INDEX runs_rollback_idx ON @extschema@.runs (definition_id) WHERE kind = 'rollback';
+UPDATE @extschema@.runs SET started_by = worker WHERE started_by IS NULL;
+COMMENT ON COLUMN @extschema@.runs.kind IS 'stream, backfill, export, pull, drift (a drift check), reconcile, rollback, job (a scheduled job''s occurrence) or manual.';
+COMMENT ON COLUMN @extschema@.runs.started_by IS 'Who or what started it: a role (sync.check_drift, sync.reconcile, sync.rollback), worker host:pid, or job:<name> (a scheduled job).';
+COMMENT ON COLUMN @extschema@.runs.job_id IS 'For kind job, and for what a job started: the scheduled job (sync.schedules.id).';
+COMMENT ON COLUMN @extschema@.runs.scheduled_for IS 'For kind job: the occurrence it ran (unique per job: each runs once).';
+COMMENT ON COLUMN @extschema@.runs.detail IS 'What the run did beyond the counts (a drift check''s findings, a reconcile''s or rollback''s staged operations, a job''s result).';
+ALTER TABLE @extschema@.pending_exports ADD COLUMN sent_run bigint;
+UPDATE @extschema@.pending_exports e SET sent_run = e.run_id
+  FROM @extschema@.runs r WHERE r.id = e.run_id AND r.kind = 'export';
+COMMENT ON COLUMN @extschema@.pending_exports.run_id IS 'The run that staged it (its last change: a stream, a backfill, a reconcile, a rollback; sync.runs.id, not a foreign key, for staging speed: it may name a purged run).';
+COMMENT ON COLUMN @extschema@.pending_exports.sent_run IS 'The exporter run that last sent it (sync.runs.id).';
+
+-- Cron expressions are evaluated in Rust.
+CREATE FUNCTION @extschema@."_cron_next_epoch"(
+	"cron" TEXT,
+	"time_zone" TEXT,
+	"after" bigint
+) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_cron_next_epoch_wrapper';
