@@ -17,13 +17,16 @@ fn _cron_next_epoch(cron: &str, time_zone: &str, after: i64) -> i64 {
 fn next_epoch(cron: &str, time_zone: &str, after: i64) -> Result<i64, SyncError> {
     let schedule = syncbridge_cron::Schedule::parse(cron)
         .map_err(|e| SyncError::BadCron { expr: cron.to_owned(), reason: e.to_string() })?;
-    let tz = syncbridge_cron::time_zone(time_zone).map_err(|_| SyncError::UnknownTimeZone { name: time_zone.to_owned() })?;
-    let after = jiff::Timestamp::from_second(after)
-        .map_err(|e| SyncError::BadCron { expr: cron.to_owned(), reason: format!("the time to start from is out of range: {e}") })?;
-    schedule
-        .next_after(&tz, after)
-        .map(|t| t.as_second())
-        .ok_or_else(|| SyncError::BadCron { expr: cron.to_owned(), reason: "it never fires in the next five years".into() })
+    let tz =
+        syncbridge_cron::time_zone(time_zone).map_err(|_| SyncError::UnknownTimeZone { name: time_zone.to_owned() })?;
+    let after = jiff::Timestamp::from_second(after).map_err(|e| SyncError::BadCron {
+        expr: cron.to_owned(),
+        reason: format!("the time to start from is out of range: {e}"),
+    })?;
+    schedule.next_after(&tz, after).map(|t| t.as_second()).ok_or_else(|| SyncError::BadCron {
+        expr: cron.to_owned(),
+        reason: "it never fires in the next five years".into(),
+    })
 }
 
 #[cfg(any(test, feature = "pg_test"))]
