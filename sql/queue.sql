@@ -49,7 +49,7 @@ BEGIN
     RETURN id;
 END $$;
 
-CREATE FUNCTION finish_run(run_id bigint, status text DEFAULT 'succeeded', error text DEFAULT NULL) RETURNS void
+CREATE FUNCTION finish_run(run_id bigint, status text DEFAULT 'succeeded', error text DEFAULT NULL, detail jsonb DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM sync._check_choice('run status', status, ARRAY['succeeded', 'failed', 'cancelled']);
@@ -58,7 +58,13 @@ BEGIN
     IF sync._run_lock_held(run_id) THEN
         PERFORM pg_advisory_unlock(1937337957, sync._run_lock_key(run_id));
     END IF;
-    UPDATE sync.runs r SET status = finish_run.status, error = left(finish_run.error, 2000), finished_at = now()
+    IF detail IS NOT NULL AND (jsonb_typeof(detail) NOT IN ('object', 'null') OR length(detail::text) > 10000) THEN
+        RAISE EXCEPTION 'invalid run detail'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A run''s detail is a JSON object of at most 10000 characters.',
+                  HINT = 'Pass the run''s counts: {"exported": 10, ...}.';
+    END IF;
+    UPDATE sync.runs r SET status = finish_run.status, error = left(finish_run.error, 2000), finished_at = now(),
+           detail = CASE WHEN jsonb_typeof(finish_run.detail) = 'object' THEN coalesce(r.detail, '{}') || finish_run.detail ELSE r.detail END
      WHERE r.id = run_id AND r.finished_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'run % does not exist or is finished', run_id

@@ -134,7 +134,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.report_target_status(text, text, text),
     @extschema@.purge(interval),
     @extschema@.start_run(text, text, text),
-    @extschema@.finish_run(bigint, text, text),
+    @extschema@.finish_run(bigint, text, text, jsonb),
     @extschema@.settings(),
     @extschema@._setting(text),
     @extschema@.pull_claim(text, int, int, text, boolean),

@@ -30,10 +30,14 @@ pub async fn start_run(db: &Client, kind: &str, definition: Option<&str>, worker
         .get(0))
 }
 
-/// Records the end of a run in `sync.runs` (`sync.start_run` began it). A
-/// failure to record is logged, never raised: the run's work is done.
-pub async fn finish_run(db: &Client, run_id: i64, status: &str, error: Option<String>) {
-    if let Err(e) = db.execute("SELECT sync.finish_run($1, $2, $3)", &[&run_id, &status, &error]).await {
+/// Records the end of a run in `sync.runs` (`sync.start_run` began it),
+/// with what it did (`detail`: its counts). A failure to record is logged,
+/// never raised: the run's work is done.
+pub async fn finish_run(db: &Client, run_id: i64, status: &str, error: Option<String>, detail: serde_json::Value) {
+    let detail = detail.to_string();
+    if let Err(e) =
+        db.execute("SELECT sync.finish_run($1, $2, $3, $4::text::jsonb)", &[&run_id, &status, &error, &detail]).await
+    {
         tracing::warn!(run = run_id, error = %Described(&e), "could not record the end of the run");
     }
 }

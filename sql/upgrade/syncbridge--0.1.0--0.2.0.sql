@@ -16,6 +16,7 @@ DROP FUNCTION @extschema@.target_list_ids(text);
 DROP FUNCTION @extschema@.claim(text, int, int, text, bigint);
 DROP FUNCTION @extschema@.define(text, text, text, text, text[], text, text, text, text, text, int);
 DROP FUNCTION @extschema@.map(text, text, text, text, text, text);
+DROP FUNCTION @extschema@.finish_run(bigint, text, text);
 
 -- The configuration keys max_concurrent_batches (read by the worker since
 -- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second
@@ -2151,7 +2152,7 @@ BEGIN
     RETURN id;
 END $$;
 
-CREATE OR REPLACE FUNCTION finish_run(run_id bigint, status text DEFAULT 'succeeded', error text DEFAULT NULL) RETURNS void
+CREATE OR REPLACE FUNCTION finish_run(run_id bigint, status text DEFAULT 'succeeded', error text DEFAULT NULL, detail jsonb DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM sync._check_choice('run status', status, ARRAY['succeeded', 'failed', 'cancelled']);
@@ -2160,7 +2161,13 @@ BEGIN
     IF sync._run_lock_held(run_id) THEN
         PERFORM pg_advisory_unlock(1937337957, sync._run_lock_key(run_id));
     END IF;
-    UPDATE sync.runs r SET status = finish_run.status, error = left(finish_run.error, 2000), finished_at = now()
+    IF detail IS NOT NULL AND (jsonb_typeof(detail) NOT IN ('object', 'null') OR length(detail::text) > 10000) THEN
+        RAISE EXCEPTION 'invalid run detail'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A run''s detail is a JSON object of at most 10000 characters.',
+                  HINT = 'Pass the run''s counts: {"exported": 10, ...}.';
+    END IF;
+    UPDATE sync.runs r SET status = finish_run.status, error = left(finish_run.error, 2000), finished_at = now(),
+           detail = CASE WHEN jsonb_typeof(finish_run.detail) = 'object' THEN coalesce(r.detail, '{}') || finish_run.detail ELSE r.detail END
      WHERE r.id = run_id AND r.finished_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'run % does not exist or is finished', run_id
@@ -5584,7 +5591,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.report_target_status(text, text, text),
     @extschema@.purge(interval),
     @extschema@.start_run(text, text, text),
-    @extschema@.finish_run(bigint, text, text),
+    @extschema@.finish_run(bigint, text, text, jsonb),
     @extschema@.settings(),
     @extschema@._setting(text),
     @extschema@.pull_claim(text, int, int, text, boolean),

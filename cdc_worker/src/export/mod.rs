@@ -261,7 +261,12 @@ async fn export_target(
         Ok(_) => ("succeeded", None),
         Err(e) => ("failed", Some(e.to_string())),
     };
-    extension::finish_run(&db, run_id, status, error).await;
+    let detail = match &result {
+        Ok(s) => serde_json::json!({"claimed": s.claimed, "exported": s.exported, "failed": s.failed,
+                                    "conflicts": s.conflicts, "pulled": s.pulled, "imported": s.imported}),
+        Err(_) => serde_json::Value::Null,
+    };
+    extension::finish_run(&db, run_id, status, error, detail).await;
     result
 }
 

@@ -24,13 +24,14 @@ pub(super) async fn backfill_all(
     let mut steps = 0u64;
     for def in defs {
         let run_id = extension::start_run(db, "backfill", Some(&def), &config.worker_name).await?;
+        let steps_before = steps;
         let result = backfill_one(db, config, snapshot, &def, run_id, shutdown, &mut steps).await;
         let (status, error) = match &result {
             Ok(true) => ("succeeded", None),
             Ok(false) => ("cancelled", None),
             Err(e) => ("failed", Some(e.to_string())),
         };
-        extension::finish_run(db, run_id, status, error).await;
+        extension::finish_run(db, run_id, status, error, serde_json::json!({"steps": steps - steps_before})).await;
         if !result? {
             break;
         }

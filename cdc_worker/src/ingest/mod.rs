@@ -259,7 +259,7 @@ pub async fn run(
     let (stream, start, target_lsn, summary, stager) = match prepared {
         Ok(p) => p,
         Err(e) => {
-            extension::finish_run(&db, run_id, "failed", Some(e.to_string())).await;
+            extension::finish_run(&db, run_id, "failed", Some(e.to_string()), serde_json::Value::Null).await;
             return Err(e);
         }
     };
@@ -320,7 +320,10 @@ pub async fn run(
         }
     }
     drop(ingest);
-    extension::finish_run(&db, run_id, status, error).await;
+    let detail = serde_json::json!({"transactions": summary.transactions, "changes": summary.changes,
+        "keys_staged": summary.keys_staged, "batches": summary.batches, "skipped_own": summary.skipped_own,
+        "backfill_steps": summary.backfill_steps, "confirmed": summary.confirmed.to_string()});
+    extension::finish_run(&db, run_id, status, error, detail).await;
     result.map(|()| summary)
 }
 

@@ -268,7 +268,8 @@ async fn round(
         Ok(()) => ("succeeded", None),
         Err(e) => ("failed", Some(e.to_string())),
     };
-    extension::finish_run(db, run_id, status, error).await;
+    let detail = serde_json::json!({"lists": done.claimed, "failed": done.failed, "resyncs": done.resyncs});
+    extension::finish_run(db, run_id, status, error, detail).await;
     outcome.map(|()| done)
 }
 

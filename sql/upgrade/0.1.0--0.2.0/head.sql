@@ -12,6 +12,7 @@ DROP FUNCTION @extschema@.target_list_ids(text);
 DROP FUNCTION @extschema@.claim(text, int, int, text, bigint);
 DROP FUNCTION @extschema@.define(text, text, text, text, text[], text, text, text, text, text, int);
 DROP FUNCTION @extschema@.map(text, text, text, text, text, text);
+DROP FUNCTION @extschema@.finish_run(bigint, text, text);
 
 -- The configuration keys max_concurrent_batches (read by the worker since
 -- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second
