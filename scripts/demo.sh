@@ -144,6 +144,26 @@ SQL
 echo; echo "== the Tasks list"
 "$ROOT/target/debug/graph-emulator" dump --url "$emu" | sed -n '/Tasks/,$p'
 
+echo; echo "== drift: someone changes Ada's Salary in SharePoint, behind syncbridge's back"
+"$ROOT/target/debug/graph-emulator" edit --url "$emu" --list 'Employees EU' --key 1 --fields '{"Salary": 99999}'
+show "a drift check: its cost first, then SELECT sync.check_drift('employees_sp')" <<'SQL'
+SELECT definition, drift_check_requests, drift_check_cost, drift_check_time FROM sync.plan_summary('employees_sp');
+SELECT sync.check_drift('employees_sp') AS report;
+SQL
+echo; echo "== syncbridge-worker run --once  (reads the lists whole, the extension compares)"
+worker run --once
+show "the report; SELECT * FROM sync.reconcile(<report>)" <<'SQL'
+SELECT definition, status, in_sync, orphans, adoptable, missing, drifted FROM sync.drift WHERE definition = 'employees_sp';
+SELECT kind, list, sync_key, field, expected, actual FROM sync.drift_items
+ WHERE report_id = (SELECT report FROM sync.drift WHERE definition = 'employees_sp');
+SELECT added, updated, deleted, adopted FROM sync.reconcile((SELECT report FROM sync.drift WHERE definition = 'employees_sp'));
+SQL
+echo; echo "== syncbridge-worker run --once  (one update: the Salary written back)"
+worker run --once
+show "the run history" <<'SQL'
+SELECT id, kind, status, started_by, staged, exported FROM sync.runs ORDER BY id DESC LIMIT 5;
+SQL
+
 show "SELECT * FROM sync.status;" <<'SQL'
 \x on
 SELECT * FROM sync.status;
