@@ -402,17 +402,20 @@ BEGIN
     UPDATE sync.runs x SET staged = n_staged, detail = jsonb_build_object('rolls_back', run, 'staged', n_staged, 'skipped', n_skipped, 'force', force)
      WHERE x.id = rb;
     -- Paused, so that the next staging does not send again what was rolled
-    -- back (the rollback's own exports still go once approved).
+    -- back (the rollback's own exports still go once approved). Nothing
+    -- staged: nothing to protect, the definition goes on.
     UPDATE sync.definitions x
        SET state = CASE WHEN x.state = 'active' THEN 'paused' ELSE x.state END,
            state_reason = CASE WHEN x.state IN ('active', 'paused')
                                THEN format('rolled back run %s (rollback run %s): fix the data or the mapping, then sync.resume', run, rb)
                                ELSE x.state_reason END,
            updated_at = now()
-     WHERE x.id = d.id;
+     WHERE x.id = d.id AND n_staged > 0;
     sync_key := NULL; action := 'run'; op := NULL;
-    detail := format('rollback run %s: %s staged (awaiting approval: SELECT sync.approve_all(%L)), %s skipped; definition %s is paused',
-                     rb, n_staged, d.name, n_skipped, d.name);
+    detail := CASE WHEN n_staged > 0
+                   THEN format('rollback run %s: %s staged (awaiting approval: SELECT sync.approve_all(%L)), %s skipped; definition %s is paused',
+                               rb, n_staged, d.name, n_skipped, d.name)
+                   ELSE format('rollback run %s: nothing staged, %s skipped; definition %s goes on', rb, n_skipped, d.name) END;
     RETURN NEXT;
 END $$;
 COMMENT ON FUNCTION rollback(text, bigint, boolean) IS 'Stages the inverse of what a run changed on the target for a definition (created: deleted; updated: the previous values; deleted: created again; moved: moved back) as a rollback run of its own, every export awaiting approval (sync.plan shows them). An item changed after the run is listed and skipped unless force. The definition is paused, so that staging does not redo it; its rollback exports are still sent once approved.';
@@ -737,7 +740,15 @@ BEGIN
     PERFORM sync._notify(jsonb_build_object('event', 'drift_done', 'definition', d.name, 'report', rep.id,
         'drifted', rep.drifted, 'missing', rep.missing, 'orphans', rep.orphans + rep.duplicates, 'adoptable', rep.adoptable));
     IF rep.auto_reconcile IS NOT NULL THEN
-        PERFORM sync._reconcile(rep, rep.auto_reconcile, rep.requested_by);
+        -- (a reconcile job: its failure is the job's, recorded and sent as
+        -- an event; the report and the worker's page stand)
+        BEGIN
+            PERFORM sync._reconcile(rep, rep.auto_reconcile, rep.requested_by);
+        EXCEPTION WHEN OTHERS THEN
+            UPDATE sync.drift_reports r SET error = left('reconcile failed: ' || SQLERRM, 2000) WHERE r.id = rep.id;
+            PERFORM sync._notify(jsonb_build_object('event', 'job_failed', 'job', substr(rep.requested_by, 5), 'report', rep.id,
+                                                    'error', left('reconcile failed: ' || SQLERRM, 500)));
+        END;
     END IF;
 END $$;
 
@@ -800,11 +811,12 @@ BEGIN
         WHEN EXISTS (SELECT 1 FROM sync.drift_reports x WHERE x.definition_id = d.id AND x.id > rep.id AND x.status IN ('reading', 'done'))
             THEN 'a newer drift check of the definition exists'
         WHEN d.revision <> rep.revision THEN 'the definition changed since (its mappings, shards or filter)'
-        WHEN EXISTS (SELECT 1 FROM sync.ledger l WHERE l.definition_id = d.id AND l.last_synced_at >= rep.requested_at)
-            THEN 'syncbridge wrote to the target since the check began'
-        WHEN EXISTS (SELECT 1 FROM sync.pending_exports e WHERE e.definition_id = d.id AND e.status IN ('exported', 'confirmed')
-                        AND e.exported_at >= rep.requested_at)
-            THEN 'syncbridge wrote to the target since the check began'
+        -- (only the report's items: a busy definition's other rows go on)
+        WHEN EXISTS (SELECT 1 FROM sync.drift_items i JOIN sync.ledger l ON l.definition_id = d.id AND l.sync_key = i.sync_key
+                      WHERE i.report_id = rep.id AND l.last_synced_at >= rep.requested_at)
+          OR EXISTS (SELECT 1 FROM sync.drift_items i JOIN sync.pending_exports e ON e.definition_id = d.id AND e.sync_key = i.sync_key
+                      WHERE i.report_id = rep.id AND e.status IN ('exported', 'confirmed') AND e.exported_at >= rep.requested_at)
+            THEN 'syncbridge wrote items of the report to the target since the check began'
         END;
     IF why IS NOT NULL THEN
         RAISE EXCEPTION 'drift report % is stale', rep.id
