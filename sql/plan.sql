@@ -116,10 +116,10 @@ BEGIN
                         ELSE (SELECT jsonb_object_agg(n.key, jsonb_build_object('old', e.previous -> n.key, 'new', n.value)) FROM jsonb_each(e.payload) n) END,
                    CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END,
                    CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END * d.cost_per_write,
-                   e.status, e.id, format('%s run %s', r.kind, r.id)
-              FROM sync.pending_exports e JOIN sync.runs r ON r.id = e.run_id AND r.kind IN ('rollback', 'reconcile')
+                   e.status, e.id, format('%s run %s', CASE WHEN e.rollback THEN 'rollback' ELSE 'reconcile' END, e.run_id)
+              FROM sync.pending_exports e
              WHERE e.definition_id = d.id AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
-               AND (r.kind = 'rollback' OR e.sync_key LIKE '#orphan:%')
+               AND (e.rollback OR (e.sync_key IS NULL AND e.op = 'delete'))
              ORDER BY e.id;
         -- Provisioning exports (they have no key) awaiting approval are shown too.
         RETURN QUERY
@@ -166,6 +166,8 @@ LANGUAGE sql AS $$
                     FROM sync.target_lists tl WHERE tl.definition_id = d.id AND tl.remote_id IS NOT NULL) x) dr
      WHERE d.state <> 'disabled' AND ($1 IS NULL OR d.name = $1)
        AND (a.definition IS NOT NULL OR d.direction <> 'pull' OR dr.requests > 0)
+       -- (as plan(): not the definitions of tables the caller may not read)
+       AND has_table_privilege(session_user, d.source_rel, 'SELECT')
      ORDER BY d.name
 $$;
 COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost, the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set; and what a drift check (sync.check_drift) would cost: requests, cost and time at the budget.';

@@ -80,9 +80,11 @@ DECLARE
     r record;
     n int := 0;
 BEGIN
-    -- (a drift check's run is held by its report, not by a session: its
-    -- report finishes it, or sync.cancel_drift)
-    FOR r IN SELECT x.id FROM sync.runs x WHERE x.status = 'running' AND x.kind <> 'drift' ORDER BY x.id LOOP
+    -- (a drift check's run is held by its report while it reads, not by a
+    -- session: the report finishes it)
+    FOR r IN SELECT x.id FROM sync.runs x WHERE x.status = 'running'
+                AND NOT EXISTS (SELECT 1 FROM sync.drift_reports d WHERE d.run_id = x.id AND d.status = 'reading')
+              ORDER BY x.id LOOP
         CONTINUE WHEN sync._run_lock_held(r.id);
         IF pg_try_advisory_xact_lock(1937337957, sync._run_lock_key(r.id)) THEN
             UPDATE sync.runs x
@@ -160,7 +162,6 @@ DECLARE
     defs int[];
     def int;
     ids bigint[];
-    rollbacks bigint[];
     paused int[];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target) THEN
@@ -182,9 +183,10 @@ BEGIN
     PERFORM sync._recover_expired(target);
     -- A paused definition sends only what a rollback staged (sync.rollback
     -- paused it so that nothing else goes).
-    rollbacks := ARRAY(SELECT r.id FROM sync.runs r JOIN sync.definitions d ON d.id = r.definition_id
-                        WHERE r.kind = 'rollback' AND d.target = claim.target AND d.state = 'paused');
-    paused := ARRAY(SELECT DISTINCT r.definition_id FROM sync.runs r WHERE r.id = ANY (rollbacks));
+    paused := ARRAY(SELECT d.id FROM sync.definitions d
+                     WHERE d.target = claim.target AND d.state = 'paused'
+                       AND EXISTS (SELECT 1 FROM sync.pending_exports e
+                                    WHERE e.definition_id = d.id AND e.rollback AND e.status IN ('pending', 'failed')));
     -- The target's active definitions, the one whose oldest due export has
     -- waited longest first (one index probe each).
     defs := ARRAY(
@@ -192,9 +194,9 @@ BEGIN
           CROSS JOIN LATERAL (
               SELECT e.next_attempt_at FROM sync.pending_exports e
                WHERE e.definition_id = d.id AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
-                 AND (d.state = 'active' OR e.run_id = ANY (rollbacks))
+                 AND (d.state = 'active' OR e.rollback)
                ORDER BY e.next_attempt_at, e.id LIMIT 1) oldest
-         WHERE d.target = claim.target AND (d.state = 'active' OR (d.state = 'paused' AND cardinality(rollbacks) > 0))
+         WHERE d.target = claim.target AND (d.state = 'active' OR d.id = ANY (paused))
          ORDER BY oldest.next_attempt_at, d.id);
     IF cardinality(defs) = 0 THEN
         RETURN;
@@ -218,7 +220,7 @@ BEGIN
             SELECT e.id FROM sync.pending_exports e
              WHERE e.definition_id = def AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
                AND e.op <> 'provision'
-               AND (NOT def = ANY (paused) OR e.run_id = ANY (rollbacks))
+               AND (NOT def = ANY (paused) OR e.rollback)
                -- not into a list still being created
                AND NOT EXISTS (
                         SELECT 1 FROM sync.pending_exports x
@@ -250,7 +252,7 @@ BEGIN
                CASE WHEN e.op = 'delete'
                          AND NOT (d.delete_scope = 'all' OR (d.delete_scope = 'provisioned' AND l.join_type = 'provisioned')
                                   -- a duplicate of one of syncbridge's items (sync.reconcile, mirror)
-                                  OR (d.delete_scope = 'provisioned' AND l.sync_key IS NULL AND e.sync_key LIKE '#orphan:%'
+                                  OR (d.delete_scope = 'provisioned' AND e.sync_key IS NULL
                                       AND jsonb_typeof(sync._field_of(e.previous, 'SyncKey')) = 'string'))
                     THEN 'scope'
                     WHEN (d.approval = 'all' OR (d.approval = 'deletes' AND e.op = 'delete'))
@@ -331,7 +333,7 @@ BEGIN
       FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
      WHERE d.target = export_backlog.target AND e.status IN ('pending', 'failed', 'executing')
        AND (d.state = 'active'
-            OR (d.state = 'paused' AND EXISTS (SELECT 1 FROM sync.runs r WHERE r.id = e.run_id AND r.kind = 'rollback')))
+            OR (d.state = 'paused' AND e.rollback))
        -- not behind a list that waits for a person (its creation failed for
        -- good, or awaits approval): like those, they wait for sync.retry/approve
        AND NOT EXISTS (SELECT 1 FROM sync.pending_exports x
@@ -578,9 +580,12 @@ BEGIN
           FROM jsonb_array_elements(results) v
           JOIN sync.pending_exports e ON e.id = (v ->> 'id')::bigint
          WHERE e.sync_key IS NOT NULL
-           AND EXISTS (SELECT 1 FROM sync.pending_exports o
-                        WHERE o.definition_id = e.definition_id AND o.sync_key = e.sync_key AND o.id > e.id
-                          AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error'))
+           AND (EXISTS (SELECT 1 FROM sync.pending_exports o
+                         WHERE o.definition_id = e.definition_id AND o.sync_key = e.sync_key AND o.id > e.id
+                           AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error'))
+                -- a rollback's export sent: a change of the row made since
+                -- it was staged is staged now (it waits while paused)
+                OR (e.rollback AND e.changed_since AND e.status = 'exported'))
          GROUP BY e.definition_id
     LOOP
         PERFORM sync._rebase(rebase.definition_id, rebase.keys);
@@ -831,5 +836,9 @@ BEGIN
             OR e.definition_id NOT IN (SELECT d.id FROM sync.definitions d)
         RETURNING 1)
     SELECT count(*) INTO exports FROM gone;
+    -- Drift reports past the retention (the latest of each definition stays).
+    DELETE FROM sync.drift_reports r
+     WHERE r.status <> 'reading' AND coalesce(r.finished_at, r.requested_at) < cutoff
+       AND r.id <> (SELECT max(x.id) FROM sync.drift_reports x WHERE x.definition_id = r.definition_id);
 END $$;
 COMMENT ON FUNCTION purge(interval) IS 'Deletes finished exports (exported, confirmed, cancelled) and finished runs older than older_than (default: sync.history_retention_days; 0 keeps them), and exports of vanished definitions; never an open export of an existing definition. Marks failed the running runs whose session is gone (abandoned). Returns how many of each.';

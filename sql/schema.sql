@@ -222,8 +222,6 @@ CREATE TABLE runs (
 CREATE INDEX runs_definition_idx ON runs (definition_id, started_at DESC);
 -- A scheduled job's occurrence runs once, whichever worker claims it.
 CREATE UNIQUE INDEX runs_job_occurrence_idx ON runs (job_id, scheduled_for) WHERE job_id IS NOT NULL;
--- Claim looks up the rollbacks of paused definitions.
-CREATE INDEX runs_rollback_idx ON runs (definition_id) WHERE kind = 'rollback';
 COMMENT ON TABLE runs IS 'One row per sync run (a backfill, a stream session, an exporter session): counts, timings, errors.';
 COMMENT ON COLUMN runs.id IS 'Run id (referenced by pending exports it staged or sent).';
 COMMENT ON COLUMN runs.definition_id IS 'The definition, when the run concerns one.';
@@ -314,7 +312,11 @@ CREATE TABLE pending_exports (
     updated_at    timestamptz NOT NULL DEFAULT now(),
     exported_at   timestamptz,
     sent_run      bigint,
-    CHECK ((op = 'provision') = (sync_key IS NULL)),
+    rollback      boolean NOT NULL DEFAULT false,
+    changed_since boolean NOT NULL DEFAULT false,
+    -- (no key: a provision, or the delete of an item no row owns, staged by
+    -- a mirror reconcile)
+    CHECK (CASE WHEN op = 'provision' THEN sync_key IS NULL ELSE sync_key IS NOT NULL OR op = 'delete' END),
     CHECK (op <> 'move' OR from_list IS NOT NULL)
 );
 -- At most one open (not yet sent) export per key: later changes coalesce into it.
@@ -330,6 +332,12 @@ CREATE INDEX pending_exports_lease_idx ON pending_exports (lease_until) WHERE st
 -- Staging compares a key with the export in flight for it.
 CREATE INDEX pending_exports_executing_key_idx ON pending_exports (definition_id, sync_key, id) WHERE status = 'executing';
 CREATE INDEX pending_exports_status_idx ON pending_exports (definition_id, status);
+-- A rollback's exports: claimed while their definition is paused; staging
+-- leaves their keys alone.
+CREATE INDEX pending_exports_rollback_idx ON pending_exports (definition_id, next_attempt_at, id)
+    WHERE rollback AND status IN ('pending', 'failed');
+CREATE INDEX pending_exports_rollback_key_idx ON pending_exports (definition_id, sync_key)
+    WHERE rollback AND status IN ('pending', 'awaiting_approval', 'failed', 'error');
 
 CREATE FUNCTION _delete_exports_of_definition() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -345,7 +353,7 @@ CREATE TRIGGER definitions_delete_exports AFTER DELETE ON definitions
 COMMENT ON TABLE pending_exports IS 'The export queue. Lifecycle: pending -> (awaiting_approval ->) executing -> exported -> confirmed; on failure failed -> pending with backoff until max_attempts, then error (sync.retry re-queues).';
 COMMENT ON COLUMN pending_exports.id IS 'Export id (used by sync.approve, sync.retry).';
 COMMENT ON COLUMN pending_exports.definition_id IS 'The definition (sync.definitions.id).';
-COMMENT ON COLUMN pending_exports.sync_key IS 'The row''s key (NULL for provision).';
+COMMENT ON COLUMN pending_exports.sync_key IS 'The row''s key (NULL for provision, and for the delete of an item no row owns: a mirror reconcile''s orphan).';
 COMMENT ON COLUMN pending_exports.op IS 'add, update, delete, move (delete from from_list + create in list, one export), provision (create the list and its columns).';
 COMMENT ON COLUMN pending_exports.list IS 'Target list.';
 COMMENT ON COLUMN pending_exports.from_list IS 'For a move: the list the item leaves.';
@@ -367,6 +375,8 @@ COMMENT ON COLUMN pending_exports.lsn IS 'LSN of the last change staged into it.
 COMMENT ON COLUMN pending_exports.verify IS 'An earlier attempt may have reached the target (its outcome is unknown): the exporter looks the item up by SyncKey first and adopts it instead of creating a twin.';
 COMMENT ON COLUMN pending_exports.run_id IS 'The run that staged it (its last change: a stream, a backfill, a reconcile, a rollback; sync.runs.id, not a foreign key, for staging speed: it may name a purged run).';
 COMMENT ON COLUMN pending_exports.sent_run IS 'The exporter run that last sent it (sync.runs.id).';
+COMMENT ON COLUMN pending_exports.rollback IS 'Staged by sync.rollback: sent (once approved) while its definition is paused; staging does not merge a change of the row into it.';
+COMMENT ON COLUMN pending_exports.changed_since IS 'A rollback export whose row changed after it was staged: the row is staged again once it is sent.';
 COMMENT ON COLUMN pending_exports.created_at IS 'When it was first staged.';
 COMMENT ON COLUMN pending_exports.updated_at IS 'When it last changed (a coalesced change, a claim, a result).';
 COMMENT ON COLUMN pending_exports.exported_at IS 'When the target accepted it.';

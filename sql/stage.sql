@@ -43,7 +43,7 @@ WITH cur AS (
            CASE WHEN ex.op IN ('add', 'move') THEN ex.payload
                 WHEN ex.op = 'update' THEN coalesce(l.fields, '{}') || ex.payload
                 ELSE l.fields END AS base_fields,
-           coalesce(l.join_type, 'provisioned') AS join_type
+           coalesce(l.join_type, 'provisioned') AS join_type, rb.id AS held_by
       FROM sync._mapped_rows_by_key($2, $1) AS k
       -- Each lookup is a per-key index probe (LATERAL ... LIMIT 1).
       LEFT JOIN LATERAL (
@@ -53,6 +53,13 @@ WITH cur AS (
           SELECT e.op, e.list, e.hash, e.payload FROM sync.pending_exports e
            WHERE e.definition_id = $2 AND e.sync_key = k.sync_key AND e.status = 'executing'
            ORDER BY e.id DESC LIMIT 1) ex ON true
+      -- A rollback's export waiting for the key is left alone (a probe of a
+      -- small partial index): the row is staged again once it is sent.
+      LEFT JOIN LATERAL (
+          SELECT e.id FROM sync.pending_exports e
+           WHERE e.definition_id = $2 AND e.sync_key = k.sync_key AND e.rollback
+             AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
+           LIMIT 1) rb ON true
 ),
 decided AS (
     SELECT cur.*, CASE
@@ -71,7 +78,7 @@ decided AS (
 -- `sync_key = ANY (...)` a scan of the definition's whole open queue.
 forgotten AS (
     DELETE FROM sync.ledger l
-     WHERE l.definition_id = $2 AND l.sync_key = ANY (ARRAY(SELECT x.sync_key FROM decided x WHERE x.op = 'forget'))
+     WHERE l.definition_id = $2 AND l.sync_key = ANY (ARRAY(SELECT x.sync_key FROM decided x WHERE x.op = 'forget' AND x.held_by IS NULL))
     RETURNING l.sync_key
 ),
 cancelled AS (
@@ -84,10 +91,16 @@ cancelled AS (
                     SELECT o.id FROM sync.pending_exports o
                      WHERE o.definition_id = $2 AND o.sync_key = x.sync_key
                        AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error') LIMIT 1) o
-                WHERE x.op = 'forget'
+                WHERE x.held_by IS NULL AND (x.op = 'forget'
                    -- (an item created on the target still gets its SyncKey)
                    OR (x.op IS NULL AND NOT EXISTS (SELECT 1 FROM sync.pending_exports w
-                                                     WHERE w.id = o.id AND w.payload ? 'SyncKey'))))
+                                                     WHERE w.id = o.id AND w.payload ? 'SyncKey')))))
+    RETURNING p.id
+),
+held AS (
+    UPDATE sync.pending_exports p SET changed_since = true, updated_at = now()
+     WHERE p.id = ANY (ARRAY(SELECT x.held_by FROM decided x WHERE x.held_by IS NOT NULL AND x.op IN ('add', 'update', 'delete', 'move')))
+       AND NOT p.changed_since
     RETURNING p.id
 ),
 staged AS (
@@ -108,7 +121,7 @@ staged AS (
            CASE WHEN $5 = 'all' OR ($5 = 'deletes' AND x.op = 'delete') THEN 'awaiting_approval' ELSE 'pending' END,
            $3, $4
       FROM decided x
-     WHERE x.op IN ('add', 'update', 'delete', 'move')
+     WHERE x.op IN ('add', 'update', 'delete', 'move') AND x.held_by IS NULL
     ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
     DO UPDATE SET
         op = EXCLUDED.op, list = EXCLUDED.list, from_list = EXCLUDED.from_list,

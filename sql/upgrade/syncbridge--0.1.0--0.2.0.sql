@@ -101,14 +101,24 @@ ALTER TABLE @extschema@.runs DROP CONSTRAINT runs_kind_check,
     ADD COLUMN scheduled_for timestamptz,
     ADD COLUMN detail jsonb;
 CREATE UNIQUE INDEX runs_job_occurrence_idx ON @extschema@.runs (job_id, scheduled_for) WHERE job_id IS NOT NULL;
-CREATE INDEX runs_rollback_idx ON @extschema@.runs (definition_id) WHERE kind = 'rollback';
 UPDATE @extschema@.runs SET started_by = worker WHERE started_by IS NULL;
 COMMENT ON COLUMN @extschema@.runs.kind IS 'stream, backfill, export, pull, drift (a drift check), reconcile, rollback, job (a scheduled job''s occurrence) or manual.';
 COMMENT ON COLUMN @extschema@.runs.started_by IS 'Who or what started it: a role (sync.check_drift, sync.reconcile, sync.rollback), worker host:pid, or job:<name> (a scheduled job).';
 COMMENT ON COLUMN @extschema@.runs.job_id IS 'For kind job, and for what a job started: the scheduled job (sync.schedules.id).';
 COMMENT ON COLUMN @extschema@.runs.scheduled_for IS 'For kind job: the occurrence it ran (unique per job: each runs once).';
 COMMENT ON COLUMN @extschema@.runs.detail IS 'What the run did beyond the counts (a drift check''s findings, a reconcile''s or rollback''s staged operations, a job''s result).';
-ALTER TABLE @extschema@.pending_exports ADD COLUMN sent_run bigint;
+ALTER TABLE @extschema@.pending_exports ADD COLUMN sent_run bigint,
+    ADD COLUMN rollback boolean NOT NULL DEFAULT false,
+    ADD COLUMN changed_since boolean NOT NULL DEFAULT false,
+    DROP CONSTRAINT pending_exports_check,
+    ADD CONSTRAINT pending_exports_check CHECK (CASE WHEN op = 'provision' THEN sync_key IS NULL ELSE sync_key IS NOT NULL OR op = 'delete' END);
+CREATE INDEX pending_exports_rollback_idx ON @extschema@.pending_exports (definition_id, next_attempt_at, id)
+    WHERE rollback AND status IN ('pending', 'failed');
+CREATE INDEX pending_exports_rollback_key_idx ON @extschema@.pending_exports (definition_id, sync_key)
+    WHERE rollback AND status IN ('pending', 'awaiting_approval', 'failed', 'error');
+COMMENT ON COLUMN @extschema@.pending_exports.rollback IS 'Staged by sync.rollback: sent (once approved) while its definition is paused; staging does not merge a change of the row into it.';
+COMMENT ON COLUMN @extschema@.pending_exports.changed_since IS 'A rollback export whose row changed after it was staged: the row is staged again once it is sent.';
+COMMENT ON COLUMN @extschema@.pending_exports.sync_key IS 'The row''s key (NULL for provision, and for the delete of an item no row owns: a mirror reconcile''s orphan).';
 UPDATE @extschema@.pending_exports e SET sent_run = e.run_id
   FROM @extschema@.runs r WHERE r.id = e.run_id AND r.kind = 'export';
 COMMENT ON COLUMN @extschema@.pending_exports.run_id IS 'The run that staged it (its last change: a stream, a backfill, a reconcile, a rollback; sync.runs.id, not a foreign key, for staging speed: it may name a purged run).';
@@ -1688,7 +1698,7 @@ WITH cur AS (
            CASE WHEN ex.op IN ('add', 'move') THEN ex.payload
                 WHEN ex.op = 'update' THEN coalesce(l.fields, '{}') || ex.payload
                 ELSE l.fields END AS base_fields,
-           coalesce(l.join_type, 'provisioned') AS join_type
+           coalesce(l.join_type, 'provisioned') AS join_type, rb.id AS held_by
       FROM sync._mapped_rows_by_key($2, $1) AS k
       -- Each lookup is a per-key index probe (LATERAL ... LIMIT 1).
       LEFT JOIN LATERAL (
@@ -1698,6 +1708,13 @@ WITH cur AS (
           SELECT e.op, e.list, e.hash, e.payload FROM sync.pending_exports e
            WHERE e.definition_id = $2 AND e.sync_key = k.sync_key AND e.status = 'executing'
            ORDER BY e.id DESC LIMIT 1) ex ON true
+      -- A rollback's export waiting for the key is left alone (a probe of a
+      -- small partial index): the row is staged again once it is sent.
+      LEFT JOIN LATERAL (
+          SELECT e.id FROM sync.pending_exports e
+           WHERE e.definition_id = $2 AND e.sync_key = k.sync_key AND e.rollback
+             AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
+           LIMIT 1) rb ON true
 ),
 decided AS (
     SELECT cur.*, CASE
@@ -1716,7 +1733,7 @@ decided AS (
 -- `sync_key = ANY (...)` a scan of the definition's whole open queue.
 forgotten AS (
     DELETE FROM sync.ledger l
-     WHERE l.definition_id = $2 AND l.sync_key = ANY (ARRAY(SELECT x.sync_key FROM decided x WHERE x.op = 'forget'))
+     WHERE l.definition_id = $2 AND l.sync_key = ANY (ARRAY(SELECT x.sync_key FROM decided x WHERE x.op = 'forget' AND x.held_by IS NULL))
     RETURNING l.sync_key
 ),
 cancelled AS (
@@ -1729,10 +1746,16 @@ cancelled AS (
                     SELECT o.id FROM sync.pending_exports o
                      WHERE o.definition_id = $2 AND o.sync_key = x.sync_key
                        AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error') LIMIT 1) o
-                WHERE x.op = 'forget'
+                WHERE x.held_by IS NULL AND (x.op = 'forget'
                    -- (an item created on the target still gets its SyncKey)
                    OR (x.op IS NULL AND NOT EXISTS (SELECT 1 FROM sync.pending_exports w
-                                                     WHERE w.id = o.id AND w.payload ? 'SyncKey'))))
+                                                     WHERE w.id = o.id AND w.payload ? 'SyncKey')))))
+    RETURNING p.id
+),
+held AS (
+    UPDATE sync.pending_exports p SET changed_since = true, updated_at = now()
+     WHERE p.id = ANY (ARRAY(SELECT x.held_by FROM decided x WHERE x.held_by IS NOT NULL AND x.op IN ('add', 'update', 'delete', 'move')))
+       AND NOT p.changed_since
     RETURNING p.id
 ),
 staged AS (
@@ -1753,7 +1776,7 @@ staged AS (
            CASE WHEN $5 = 'all' OR ($5 = 'deletes' AND x.op = 'delete') THEN 'awaiting_approval' ELSE 'pending' END,
            $3, $4
       FROM decided x
-     WHERE x.op IN ('add', 'update', 'delete', 'move')
+     WHERE x.op IN ('add', 'update', 'delete', 'move') AND x.held_by IS NULL
     ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
     DO UPDATE SET
         op = EXCLUDED.op, list = EXCLUDED.list, from_list = EXCLUDED.from_list,
@@ -2046,10 +2069,10 @@ BEGIN
                         ELSE (SELECT jsonb_object_agg(n.key, jsonb_build_object('old', e.previous -> n.key, 'new', n.value)) FROM jsonb_each(e.payload) n) END,
                    CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END,
                    CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END * d.cost_per_write,
-                   e.status, e.id, format('%s run %s', r.kind, r.id)
-              FROM sync.pending_exports e JOIN sync.runs r ON r.id = e.run_id AND r.kind IN ('rollback', 'reconcile')
+                   e.status, e.id, format('%s run %s', CASE WHEN e.rollback THEN 'rollback' ELSE 'reconcile' END, e.run_id)
+              FROM sync.pending_exports e
              WHERE e.definition_id = d.id AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
-               AND (r.kind = 'rollback' OR e.sync_key LIKE '#orphan:%')
+               AND (e.rollback OR (e.sync_key IS NULL AND e.op = 'delete'))
              ORDER BY e.id;
         -- Provisioning exports (they have no key) awaiting approval are shown too.
         RETURN QUERY
@@ -2096,6 +2119,8 @@ LANGUAGE sql AS $$
                     FROM sync.target_lists tl WHERE tl.definition_id = d.id AND tl.remote_id IS NOT NULL) x) dr
      WHERE d.state <> 'disabled' AND ($1 IS NULL OR d.name = $1)
        AND (a.definition IS NOT NULL OR d.direction <> 'pull' OR dr.requests > 0)
+       -- (as plan(): not the definitions of tables the caller may not read)
+       AND has_table_privilege(session_user, d.source_rel, 'SELECT')
      ORDER BY d.name
 $$;
 COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost, the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set; and what a drift check (sync.check_drift) would cost: requests, cost and time at the budget.';
@@ -2183,9 +2208,11 @@ DECLARE
     r record;
     n int := 0;
 BEGIN
-    -- (a drift check's run is held by its report, not by a session: its
-    -- report finishes it, or sync.cancel_drift)
-    FOR r IN SELECT x.id FROM sync.runs x WHERE x.status = 'running' AND x.kind <> 'drift' ORDER BY x.id LOOP
+    -- (a drift check's run is held by its report while it reads, not by a
+    -- session: the report finishes it)
+    FOR r IN SELECT x.id FROM sync.runs x WHERE x.status = 'running'
+                AND NOT EXISTS (SELECT 1 FROM sync.drift_reports d WHERE d.run_id = x.id AND d.status = 'reading')
+              ORDER BY x.id LOOP
         CONTINUE WHEN sync._run_lock_held(r.id);
         IF pg_try_advisory_xact_lock(1937337957, sync._run_lock_key(r.id)) THEN
             UPDATE sync.runs x
@@ -2263,7 +2290,6 @@ DECLARE
     defs int[];
     def int;
     ids bigint[];
-    rollbacks bigint[];
     paused int[];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target) THEN
@@ -2285,9 +2311,10 @@ BEGIN
     PERFORM sync._recover_expired(target);
     -- A paused definition sends only what a rollback staged (sync.rollback
     -- paused it so that nothing else goes).
-    rollbacks := ARRAY(SELECT r.id FROM sync.runs r JOIN sync.definitions d ON d.id = r.definition_id
-                        WHERE r.kind = 'rollback' AND d.target = claim.target AND d.state = 'paused');
-    paused := ARRAY(SELECT DISTINCT r.definition_id FROM sync.runs r WHERE r.id = ANY (rollbacks));
+    paused := ARRAY(SELECT d.id FROM sync.definitions d
+                     WHERE d.target = claim.target AND d.state = 'paused'
+                       AND EXISTS (SELECT 1 FROM sync.pending_exports e
+                                    WHERE e.definition_id = d.id AND e.rollback AND e.status IN ('pending', 'failed')));
     -- The target's active definitions, the one whose oldest due export has
     -- waited longest first (one index probe each).
     defs := ARRAY(
@@ -2295,9 +2322,9 @@ BEGIN
           CROSS JOIN LATERAL (
               SELECT e.next_attempt_at FROM sync.pending_exports e
                WHERE e.definition_id = d.id AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
-                 AND (d.state = 'active' OR e.run_id = ANY (rollbacks))
+                 AND (d.state = 'active' OR e.rollback)
                ORDER BY e.next_attempt_at, e.id LIMIT 1) oldest
-         WHERE d.target = claim.target AND (d.state = 'active' OR (d.state = 'paused' AND cardinality(rollbacks) > 0))
+         WHERE d.target = claim.target AND (d.state = 'active' OR d.id = ANY (paused))
          ORDER BY oldest.next_attempt_at, d.id);
     IF cardinality(defs) = 0 THEN
         RETURN;
@@ -2321,7 +2348,7 @@ BEGIN
             SELECT e.id FROM sync.pending_exports e
              WHERE e.definition_id = def AND e.status IN ('pending', 'failed') AND e.next_attempt_at <= now()
                AND e.op <> 'provision'
-               AND (NOT def = ANY (paused) OR e.run_id = ANY (rollbacks))
+               AND (NOT def = ANY (paused) OR e.rollback)
                -- not into a list still being created
                AND NOT EXISTS (
                         SELECT 1 FROM sync.pending_exports x
@@ -2353,7 +2380,7 @@ BEGIN
                CASE WHEN e.op = 'delete'
                          AND NOT (d.delete_scope = 'all' OR (d.delete_scope = 'provisioned' AND l.join_type = 'provisioned')
                                   -- a duplicate of one of syncbridge's items (sync.reconcile, mirror)
-                                  OR (d.delete_scope = 'provisioned' AND l.sync_key IS NULL AND e.sync_key LIKE '#orphan:%'
+                                  OR (d.delete_scope = 'provisioned' AND e.sync_key IS NULL
                                       AND jsonb_typeof(sync._field_of(e.previous, 'SyncKey')) = 'string'))
                     THEN 'scope'
                     WHEN (d.approval = 'all' OR (d.approval = 'deletes' AND e.op = 'delete'))
@@ -2434,7 +2461,7 @@ BEGIN
       FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
      WHERE d.target = export_backlog.target AND e.status IN ('pending', 'failed', 'executing')
        AND (d.state = 'active'
-            OR (d.state = 'paused' AND EXISTS (SELECT 1 FROM sync.runs r WHERE r.id = e.run_id AND r.kind = 'rollback')))
+            OR (d.state = 'paused' AND e.rollback))
        -- not behind a list that waits for a person (its creation failed for
        -- good, or awaits approval): like those, they wait for sync.retry/approve
        AND NOT EXISTS (SELECT 1 FROM sync.pending_exports x
@@ -2681,9 +2708,12 @@ BEGIN
           FROM jsonb_array_elements(results) v
           JOIN sync.pending_exports e ON e.id = (v ->> 'id')::bigint
          WHERE e.sync_key IS NOT NULL
-           AND EXISTS (SELECT 1 FROM sync.pending_exports o
-                        WHERE o.definition_id = e.definition_id AND o.sync_key = e.sync_key AND o.id > e.id
-                          AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error'))
+           AND (EXISTS (SELECT 1 FROM sync.pending_exports o
+                         WHERE o.definition_id = e.definition_id AND o.sync_key = e.sync_key AND o.id > e.id
+                           AND o.status IN ('pending', 'awaiting_approval', 'failed', 'error'))
+                -- a rollback's export sent: a change of the row made since
+                -- it was staged is staged now (it waits while paused)
+                OR (e.rollback AND e.changed_since AND e.status = 'exported'))
          GROUP BY e.definition_id
     LOOP
         PERFORM sync._rebase(rebase.definition_id, rebase.keys);
@@ -2934,6 +2964,10 @@ BEGIN
             OR e.definition_id NOT IN (SELECT d.id FROM sync.definitions d)
         RETURNING 1)
     SELECT count(*) INTO exports FROM gone;
+    -- Drift reports past the retention (the latest of each definition stays).
+    DELETE FROM sync.drift_reports r
+     WHERE r.status <> 'reading' AND coalesce(r.finished_at, r.requested_at) < cutoff
+       AND r.id <> (SELECT max(x.id) FROM sync.drift_reports x WHERE x.definition_id = r.definition_id);
 END $$;
 COMMENT ON FUNCTION purge(interval) IS 'Deletes finished exports (exported, confirmed, cancelled) and finished runs older than older_than (default: sync.history_retention_days; 0 keeps them), and exports of vanished definitions; never an open export of an existing definition. Marks failed the running runs whose session is gone (abandoned). Returns how many of each.';
 
@@ -4299,6 +4333,8 @@ CREATE TABLE IF NOT EXISTS drift_reports (
     reconcile_mode text
 );
 CREATE INDEX IF NOT EXISTS drift_reports_definition_idx ON drift_reports (definition_id, id DESC);
+-- One check of a definition reads at a time (a job racing a person's call).
+CREATE UNIQUE INDEX IF NOT EXISTS drift_reports_reading_idx ON drift_reports (definition_id) WHERE status = 'reading';
 COMMENT ON TABLE drift_reports IS 'Drift checks (sync.check_drift): the target''s lists read whole and compared with the ledger and the source. Latest per definition: sync.drift; items: sync.drift_items.';
 COMMENT ON COLUMN drift_reports.id IS 'Report id (sync.reconcile takes it).';
 COMMENT ON COLUMN drift_reports.definition_id IS 'The definition (sync.definitions.id).';
@@ -4363,6 +4399,7 @@ CREATE TABLE IF NOT EXISTS drift_seen (
     fields        jsonb,
     ledger_key    text,
     ledger_target text,
+    ledger_list   text,
     ledger_fields jsonb,
     fresh         boolean,
     PRIMARY KEY (report_id, list, target_id)
@@ -4376,8 +4413,9 @@ COMMENT ON COLUMN drift_seen.etag IS 'Its eTag.';
 COMMENT ON COLUMN drift_seen.fields IS 'Its fields as read.';
 COMMENT ON COLUMN drift_seen.ledger_key IS 'Compared: the ledger entry it matches (by id in its list, else by SyncKey).';
 COMMENT ON COLUMN drift_seen.ledger_target IS 'Compared: that entry''s item id.';
+COMMENT ON COLUMN drift_seen.ledger_list IS 'Compared: that entry''s list.';
 COMMENT ON COLUMN drift_seen.ledger_fields IS 'Compared: that entry''s fields.';
-COMMENT ON COLUMN drift_seen.fresh IS 'Compared: written by syncbridge after the list''s read began (not judged).';
+COMMENT ON COLUMN drift_seen.fresh IS 'Compared: written by syncbridge after the list''s read began, or with a change read by a pull still to be decided (not judged).';
 
 CREATE TABLE IF NOT EXISTS drift_items (
     report_id     bigint NOT NULL REFERENCES drift_reports (id) ON DELETE CASCADE,
@@ -4399,7 +4437,7 @@ COMMENT ON COLUMN drift_items.sync_key IS 'The row''s key (the ledger''s, or the
 COMMENT ON COLUMN drift_items.target_id IS 'The item''s id.';
 COMMENT ON COLUMN drift_items.etag IS 'The item''s eTag as read.';
 COMMENT ON COLUMN drift_items.field IS 'drifted: the field.';
-COMMENT ON COLUMN drift_items.expected IS 'drifted: what syncbridge last wrote; missing: the fields the ledger holds.';
+COMMENT ON COLUMN drift_items.expected IS 'drifted: what syncbridge last wrote; missing: the fields the ledger holds; adoptable: the id of the ledger''s item it replaces, when that one is gone.';
 COMMENT ON COLUMN drift_items.actual IS 'drifted: the value on the target; orphan, adoptable, duplicate: the item''s fields as read.';
 
 CREATE TABLE IF NOT EXISTS schedules (
@@ -4450,13 +4488,15 @@ COMMENT ON COLUMN schedules.created_at IS 'When it was scheduled.';
 
 CREATE OR REPLACE FUNCTION _notify(payload jsonb) RETURNS void
 LANGUAGE sql AS $$
-    SELECT pg_catalog.pg_notify('syncbridge_events', left(payload::text, 7900))
+    -- (the callers bound every text they put in: a payload stays far below
+    -- NOTIFY's 8000 bytes)
+    SELECT pg_catalog.pg_notify('syncbridge_events', payload::text)
 $$;
 
 CREATE OR REPLACE FUNCTION _definitions_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM sync._notify(jsonb_build_object('event', 'definition_error', 'definition', NEW.name, 'reason', NEW.state_reason));
+    PERFORM sync._notify(jsonb_build_object('event', 'definition_error', 'definition', NEW.name, 'reason', left(NEW.state_reason, 1000)));
     RETURN NULL;
 END $$;
 -- Whatever puts a definition in error (staging, the worker, an upgrade).
@@ -4576,6 +4616,8 @@ BEGIN
                max(x.id) AS last_id
           FROM sync.pending_exports x
          WHERE x.definition_id = d.id AND (x.run_id = run OR x.sent_run = run) AND x.status IN ('exported', 'confirmed') AND x.op <> 'provision'
+           -- (an orphan's delete, sync.reconcile's: no row to give it back to)
+           AND x.sync_key IS NOT NULL
          GROUP BY x.sync_key ORDER BY x.sync_key
     LOOP
         SELECT * INTO l FROM sync.ledger x WHERE x.definition_id = d.id AND x.sync_key = k.sync_key;
@@ -4629,28 +4671,28 @@ BEGIN
                     CONTINUE;
                 END IF;
                 op := 'delete';
-                INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, target_id, payload, previous, hash, status, run_id)
-                VALUES (d.id, k.sync_key, 'delete', l.list, l.target_id, '{}', l.fields, NULL, 'awaiting_approval', rb);
+                INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, target_id, payload, previous, hash, status, run_id, rollback)
+                VALUES (d.id, k.sync_key, 'delete', l.list, l.target_id, '{}', l.fields, NULL, 'awaiting_approval', rb, true);
             END IF;
         ELSIF NOT has_ledger THEN
             op := 'add';
-            INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, payload, previous, hash, status, run_id, verify)
+            INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, payload, previous, hash, status, run_id, verify, rollback)
             VALUES (d.id, k.sync_key, 'add', before_list, before_fields, NULL,
-                    sha256(convert_to(before_fields::text, 'UTF8')), 'awaiting_approval', rb, true);
+                    sha256(convert_to(before_fields::text, 'UTF8')), 'awaiting_approval', rb, true, true);
         ELSIF l.list IS DISTINCT FROM before_list THEN
             op := 'move';
-            INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, from_list, target_id, payload, previous, hash, status, run_id)
+            INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, from_list, target_id, payload, previous, hash, status, run_id, rollback)
             VALUES (d.id, k.sync_key, 'move', before_list, l.list, l.target_id, before_fields, l.fields,
-                    sha256(convert_to(before_fields::text, 'UTF8')), 'awaiting_approval', rb);
+                    sha256(convert_to(before_fields::text, 'UTF8')), 'awaiting_approval', rb, true);
         ELSE
             SELECT coalesce(jsonb_object_agg(f.key, f.value), '{}'), coalesce(jsonb_object_agg(f.key, coalesce(l.fields -> f.key, 'null')), '{}')
               INTO payload, prev
               FROM jsonb_each(before_fields) f WHERE f.value IS DISTINCT FROM l.fields -> f.key;
             IF payload <> '{}' THEN
                 op := 'update';
-                INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, target_id, etag, payload, previous, hash, status, run_id)
+                INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, target_id, etag, payload, previous, hash, status, run_id, rollback)
                 VALUES (d.id, k.sync_key, 'update', l.list, l.target_id, l.etag, payload, prev,
-                        sha256(convert_to((l.fields || payload)::text, 'UTF8')), 'awaiting_approval', rb);
+                        sha256(convert_to((l.fields || payload)::text, 'UTF8')), 'awaiting_approval', rb, true);
             END IF;
         END IF;
         sync_key := k.sync_key;
@@ -4710,9 +4752,15 @@ BEGIN
                   HINT = format('SELECT * FROM sync.drift WHERE definition = %L; or sync.cancel_drift(%s).', d.name, report);
     END IF;
     run := sync._own_run('drift', d.id, started_by, 'running');
-    INSERT INTO sync.drift_reports (definition_id, run_id, requested_by, revision, auto_reconcile)
-    VALUES (d.id, run, started_by, d.revision, auto_reconcile)
-    RETURNING id INTO report;
+    BEGIN
+        INSERT INTO sync.drift_reports (definition_id, run_id, requested_by, revision, auto_reconcile)
+        VALUES (d.id, run, started_by, d.revision, auto_reconcile)
+        RETURNING id INTO report;
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'a drift check of % is running', quote_literal(d.name)
+            USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Another one was asked for at the same moment.',
+                  HINT = format('SELECT * FROM sync.drift WHERE definition = %L;', d.name);
+    END;
     INSERT INTO sync.drift_lists (report_id, list)
     SELECT report, tl.list FROM sync.target_lists tl WHERE tl.definition_id = d.id AND tl.remote_id IS NOT NULL;
     UPDATE sync.runs SET detail = jsonb_build_object('report', report) WHERE id = run;
@@ -4731,7 +4779,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     rep sync.drift_reports;
 BEGIN
-    SELECT * INTO rep FROM sync.drift_reports x WHERE x.id = report FOR UPDATE;
+    SELECT * INTO rep FROM sync.drift_reports x WHERE x.id = report FOR NO KEY UPDATE;
     IF NOT FOUND OR rep.status <> 'reading' THEN
         RAISE EXCEPTION 'drift report % is not reading', coalesce(report::text, 'NULL')
             USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = format('Its status is %s.', coalesce(rep.status, 'unknown: no such report')),
@@ -4773,6 +4821,10 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     lease interval;
+    rep record;
+    x record;
+    want text[];
+    got int := 0;
 BEGIN
     PERFORM sync._check_target_call(target, n, 100, 'A drift claim (lists)', 'Nothing was claimed.', worker);
     IF lease_seconds IS NOT NULL AND lease_seconds NOT BETWEEN 1 AND 86400 THEN
@@ -4781,29 +4833,51 @@ BEGIN
                   HINT = format('The default is %s (setting sync.lease_seconds).', sync._setting('lease_seconds'));
     END IF;
     lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
-    RETURN QUERY
-    WITH due AS (
-        SELECT x.report_id, x.list FROM sync.drift_lists x
-          JOIN sync.drift_reports r ON r.id = x.report_id AND r.status = 'reading'
-          JOIN sync.definitions d ON d.id = r.definition_id
-         WHERE d.target = drift_claim.target AND NOT x.done AND x.next_read_at <= now()
-           AND (x.lease_until IS NULL OR x.lease_until < now())
-         ORDER BY x.report_id, x.list
-         LIMIT n
-           FOR UPDATE OF x SKIP LOCKED
-    ), leased AS (
-        UPDATE sync.drift_lists x
-           SET round = x.round + 1, lease_until = now() + lease, leased_by = drift_claim.worker,
-               started_at = CASE WHEN x.link IS NULL THEN now() ELSE x.started_at END
-          FROM due WHERE x.report_id = due.report_id AND x.list = due.list
-        RETURNING x.*
-    )
-    SELECT l.report_id, d.name, l.list, tl.remote_id, l.link, ARRAY['SyncKey'] || sync._drift_fields(d.id), l.round
-      FROM leased l JOIN sync.drift_reports r ON r.id = l.report_id JOIN sync.definitions d ON d.id = r.definition_id
-      JOIN sync.target_lists tl ON tl.definition_id = d.id AND tl.list = l.list
-     ORDER BY l.report_id, l.list;
+    FOR rep IN SELECT r.id, r.definition_id, d.name, d.state FROM sync.drift_reports r JOIN sync.definitions d ON d.id = r.definition_id
+                WHERE d.target = drift_claim.target AND r.status = 'reading' ORDER BY r.id LOOP
+        -- A check cannot go on once its definition cannot be compiled or is
+        -- no longer active or paused: it ends, failed, with the reason
+        -- (writers lock the report before its lists; one that is busy is
+        -- left for the next claim).
+        want := NULL;
+        IF rep.state IN ('active', 'paused') THEN
+            BEGIN
+                want := ARRAY['SyncKey'] || sync._drift_fields(rep.definition_id);
+            EXCEPTION WHEN OTHERS THEN
+                PERFORM sync._drift_end(r, 'failed', 'the definition does not compile: ' || SQLERRM)
+                   FROM sync.drift_reports r WHERE r.id = rep.id AND r.status = 'reading' FOR NO KEY UPDATE SKIP LOCKED;
+                CONTINUE;
+            END;
+        ELSE
+            PERFORM sync._drift_end(r, 'failed', format('definition %s is %s', rep.name, rep.state))
+               FROM sync.drift_reports r WHERE r.id = rep.id AND r.status = 'reading' FOR NO KEY UPDATE SKIP LOCKED;
+            CONTINUE;
+        END IF;
+        FOR x IN
+            WITH due AS (
+                SELECT y.report_id, y.list FROM sync.drift_lists y
+                  JOIN sync.target_lists tl ON tl.definition_id = rep.definition_id AND tl.list = y.list AND tl.remote_id IS NOT NULL
+                 WHERE y.report_id = rep.id AND NOT y.done AND y.next_read_at <= now()
+                   AND (y.lease_until IS NULL OR y.lease_until < now())
+                 ORDER BY y.list
+                 LIMIT n - got
+                   FOR UPDATE OF y SKIP LOCKED
+            )
+            UPDATE sync.drift_lists y
+               SET round = y.round + 1, lease_until = now() + lease, leased_by = drift_claim.worker,
+                   started_at = CASE WHEN y.link IS NULL THEN now() ELSE y.started_at END
+              FROM due WHERE y.report_id = due.report_id AND y.list = due.list
+            RETURNING y.list, y.link, y.round
+        LOOP
+            report := rep.id; definition := rep.name; list := x.list; link := x.link; round := x.round; fields := want;
+            list_id := (SELECT tl.remote_id FROM sync.target_lists tl WHERE tl.definition_id = rep.definition_id AND tl.list = x.list);
+            got := got + 1;
+            RETURN NEXT;
+        END LOOP;
+        EXIT WHEN got >= n;
+    END LOOP;
 END $$;
-COMMENT ON FUNCTION drift_claim(text, int, int, text) IS 'Leases up to n lists that drift checks of a target still have to read (FOR UPDATE SKIP LOCKED): the list''s id, the link to read next (NULL: the first page), the fields to select, the round to hand pages over under.';
+COMMENT ON FUNCTION drift_claim(text, int, int, text) IS 'Leases up to n lists that drift checks of a target still have to read (FOR UPDATE SKIP LOCKED): the list''s id, the link to read next (NULL: the first page), the fields to select, the round to hand pages over under. A check whose definition is no longer active or paused, or no longer compiles, ends failed.';
 
 CREATE OR REPLACE FUNCTION drift_due(target text) RETURNS double precision
 LANGUAGE sql STABLE AS $$
@@ -4843,6 +4917,9 @@ DECLARE
 BEGIN
     PERFORM sync._check_page(items, link, final);
     PERFORM sync._check_worker_name(worker);
+    -- The report first, then the list (every writer's order): the pages of
+    -- a report are stored one at a time, and its last one compares once.
+    SELECT * INTO rep FROM sync.drift_reports r WHERE r.id = drift_page.report FOR NO KEY UPDATE;
     x := sync._drift_lease(report, list, round, worker);
     WITH page AS (
         SELECT DISTINCT ON (v ->> 'id') v ->> 'id' AS target_id, v ->> 'etag' AS etag,
@@ -4869,8 +4946,14 @@ BEGIN
            pages = y.pages + 1, items = y.items + stored, attempts = 0, last_error = NULL
      WHERE y.report_id = drift_page.report AND y.list = drift_page.list;
     IF final AND NOT EXISTS (SELECT 1 FROM sync.drift_lists y WHERE y.report_id = drift_page.report AND NOT y.done) THEN
-        SELECT * INTO rep FROM sync.drift_reports r WHERE r.id = drift_page.report FOR UPDATE;
-        PERFORM sync._drift_compare(rep);
+        -- A comparison that fails (a definition that no longer compiles, a
+        -- timeout) ends the check, failed, with the reason: the worker's
+        -- page stands.
+        BEGIN
+            PERFORM sync._drift_compare(rep);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM sync._drift_end(rep, 'failed', 'comparing failed: ' || SQLERRM);
+        END;
     END IF;
     RETURN stored;
 END $$;
@@ -4891,6 +4974,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'retry_after is 0 to 86400 seconds.', HINT = 'Pass the target''s Retry-After.';
     END IF;
     PERFORM sync._check_worker_name(worker);
+    SELECT * INTO rep FROM sync.drift_reports r WHERE r.id = drift_failed.report FOR NO KEY UPDATE;
     x := sync._drift_lease(report, list, round, worker);
     IF restart THEN
         -- The page link is dead: the list is read again from its start.
@@ -4905,7 +4989,6 @@ BEGIN
      WHERE y.report_id = drift_failed.report AND y.list = drift_failed.list
     RETURNING * INTO x;
     IF x.attempts >= 5 OR class IN ('definite', 'auth') AND x.attempts >= 2 THEN
-        SELECT * INTO rep FROM sync.drift_reports r WHERE r.id = drift_failed.report FOR UPDATE;
         PERFORM sync._drift_end(rep, 'failed', format('reading list %s failed %s times; last: %s', x.list, x.attempts, x.last_error));
     END IF;
 END $$;
@@ -4916,8 +4999,9 @@ COMMENT ON FUNCTION drift_failed(bigint, text, bigint, text, text, boolean, doub
 CREATE OR REPLACE FUNCTION _row_in_list(def_id int, sync_key text, list text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- (the key as syncbridge writes it: '007' is not the row 7's)
     RETURN EXISTS (SELECT 1 FROM sync._mapped_rows_by_key(def_id, sync._key_objects(def_id, ARRAY[sync_key])) w
-                    WHERE w.present AND w.list = _row_in_list.list);
+                    WHERE w.present AND w.list = _row_in_list.list AND w.sync_key = _row_in_list.sync_key);
 EXCEPTION WHEN data_exception OR invalid_parameter_value THEN
     RETURN false;
 END $$;
@@ -4938,20 +5022,28 @@ BEGIN
     cmp_fields := sync._drift_fields(d.id);
     -- Items matched with the ledger: by id in their list, else by SyncKey.
     UPDATE sync.drift_seen s
-       SET (ledger_key, ledger_target, ledger_fields, fresh) = (
-           SELECT y.sync_key, y.target_id, y.fields, y.last_synced_at >= dl.started_at FROM sync.ledger y
+       SET (ledger_key, ledger_target, ledger_list, ledger_fields, fresh) = (
+           SELECT y.sync_key, y.target_id, y.list, y.fields, y.last_synced_at >= dl.started_at FROM sync.ledger y
             WHERE y.definition_id = d.id
               AND ((y.target_id = s.target_id AND y.list = s.list) OR (s.sync_key IS NOT NULL AND y.sync_key = s.sync_key))
-            ORDER BY (y.target_id IS NOT DISTINCT FROM s.target_id) DESC LIMIT 1)
+            ORDER BY (y.target_id IS NOT DISTINCT FROM s.target_id AND y.list = s.list) DESC LIMIT 1)
       FROM sync.drift_lists dl
      WHERE s.report_id = rep.id AND dl.report_id = s.report_id AND dl.list = s.list;
+    -- Not judged either: an item whose change a pull read and is still to be
+    -- decided (two-way: a person's edit on its way in, not drift).
+    UPDATE sync.drift_seen s SET fresh = true
+     WHERE s.report_id = rep.id
+       AND EXISTS (SELECT 1 FROM sync.pending_imports i
+                    WHERE i.definition_id = d.id AND i.list = s.list AND i.target_id = s.target_id
+                      AND i.status IN ('pending', 'conflict', 'awaiting_approval', 'failed'));
 
     -- Drifted fields of known items (not judged: items written since the read began).
     INSERT INTO sync.drift_items (report_id, list, kind, sync_key, target_id, etag, field, expected, actual)
     SELECT rep.id, m.list, 'drifted', m.ledger_key, m.target_id, m.etag, f,
            m.ledger_fields -> f, sync._field_of(coalesce(m.fields, '{}'), f)
       FROM sync.drift_seen m CROSS JOIN unnest(cmp_fields) f
-     WHERE m.report_id = rep.id AND m.ledger_target = m.target_id AND NOT m.fresh AND m.ledger_fields ? f
+     WHERE m.report_id = rep.id AND m.ledger_target = m.target_id AND m.ledger_list = m.list
+       AND NOT coalesce(m.fresh, false) AND m.ledger_fields ? f
        AND nullif(nullif(m.ledger_fields -> f, 'null'), '""') IS DISTINCT FROM nullif(nullif(sync._field_of(coalesce(m.fields, '{}'), f), 'null'), '""');
     -- Items syncbridge does not know.
     INSERT INTO sync.drift_items (report_id, list, kind, sync_key, target_id, etag, actual)
@@ -4960,29 +5052,61 @@ BEGIN
                 WHEN m.ledger_key IS NOT NULL THEN 'adoptable'
                 WHEN m.sync_key IS NOT NULL AND sync._row_in_list(d.id, m.sync_key, m.list) THEN 'adoptable'
                 ELSE 'orphan' END,
-           m.sync_key, m.target_id, m.etag, m.fields
+           coalesce(m.ledger_key, m.sync_key), m.target_id, m.etag, m.fields
       FROM sync.drift_seen m
-     WHERE m.report_id = rep.id AND (m.ledger_key IS NULL OR m.ledger_target IS DISTINCT FROM m.target_id) AND NOT coalesce(m.fresh, false);
+     WHERE m.report_id = rep.id AND NOT coalesce(m.fresh, false)
+       AND (m.ledger_key IS NULL OR m.ledger_target IS DISTINCT FROM m.target_id OR m.ledger_list IS DISTINCT FROM m.list);
     -- Items the ledger expects that were not read (and were not written since
-    -- the read began, nor are being deleted).
+    -- the read began, nor are being written or deleted, nor wait as a
+    -- change read by a pull).
     INSERT INTO sync.drift_items (report_id, list, kind, sync_key, target_id, expected)
     SELECT rep.id, l.list, 'missing', l.sync_key, l.target_id, l.fields
       FROM sync.ledger l JOIN sync.drift_lists dl ON dl.report_id = rep.id AND dl.list = l.list
      WHERE l.definition_id = d.id AND l.target_id IS NOT NULL AND l.last_synced_at < dl.started_at
        AND NOT EXISTS (SELECT 1 FROM sync.drift_seen s WHERE s.report_id = rep.id AND s.list = l.list AND s.target_id = l.target_id)
-       AND NOT EXISTS (SELECT 1 FROM sync.pending_exports e WHERE e.definition_id = d.id AND e.sync_key = l.sync_key AND e.status = 'executing');
+       AND NOT EXISTS (SELECT 1 FROM sync.pending_exports e WHERE e.definition_id = d.id AND e.sync_key = l.sync_key AND e.status = 'executing')
+       AND NOT EXISTS (SELECT 1 FROM sync.pending_imports i
+                        WHERE i.definition_id = d.id AND i.list = l.list AND i.target_id = l.target_id
+                          AND i.status IN ('pending', 'conflict', 'awaiting_approval', 'failed'));
+    -- A missing item whose key another item carries (re-created by hand,
+    -- restored with a new id): that one is adopted rather than a third made.
+    WITH pair AS (
+        SELECT DISTINCT ON (mi.sync_key) mi.sync_key, mi.target_id AS gone_id, du.target_id AS twin_id, du.list AS twin_list
+          FROM sync.drift_items mi
+          JOIN sync.drift_items du ON du.report_id = mi.report_id AND du.kind = 'duplicate' AND du.sync_key = mi.sync_key
+         WHERE mi.report_id = rep.id AND mi.kind = 'missing'
+         ORDER BY mi.sync_key, (du.list = mi.list) DESC, du.target_id
+    ), adopt AS (
+        UPDATE sync.drift_items i SET kind = 'adoptable', expected = to_jsonb(pair.gone_id)
+          FROM pair
+         WHERE i.report_id = rep.id AND i.kind = 'duplicate' AND i.sync_key = pair.sync_key
+           AND i.target_id = pair.twin_id AND i.list = pair.twin_list
+        RETURNING i.sync_key
+    )
+    DELETE FROM sync.drift_items i USING adopt
+     WHERE i.report_id = rep.id AND i.kind = 'missing' AND i.sync_key = adopt.sync_key;
 
+    WITH seen AS (
+        SELECT m.list, count(*) AS seen,
+               count(*) FILTER (WHERE m.ledger_target = m.target_id AND m.ledger_list = m.list AND NOT coalesce(m.fresh, false)) AS known
+          FROM sync.drift_seen m WHERE m.report_id = rep.id GROUP BY m.list
+    ), found AS (
+        SELECT i.list,
+               count(*) FILTER (WHERE i.kind = 'orphan') AS orphans,
+               count(*) FILTER (WHERE i.kind = 'adoptable') AS adoptable,
+               count(*) FILTER (WHERE i.kind = 'duplicate') AS duplicates,
+               count(*) FILTER (WHERE i.kind = 'missing') AS missing,
+               count(DISTINCT i.target_id) FILTER (WHERE i.kind = 'drifted') AS drifted
+          FROM sync.drift_items i WHERE i.report_id = rep.id GROUP BY i.list
+    )
     SELECT jsonb_object_agg(dl.list, jsonb_build_object(
-               'seen', (SELECT count(*) FROM sync.drift_seen m WHERE m.report_id = rep.id AND m.list = dl.list),
-               'in_sync', (SELECT count(*) FROM sync.drift_seen m WHERE m.report_id = rep.id AND m.list = dl.list AND m.ledger_target = m.target_id
-                             AND NOT EXISTS (SELECT 1 FROM sync.drift_items i WHERE i.report_id = rep.id AND i.kind = 'drifted' AND i.list = dl.list AND i.target_id = m.target_id)),
-               'orphans', (SELECT count(*) FROM sync.drift_items i WHERE i.report_id = rep.id AND i.list = dl.list AND i.kind = 'orphan'),
-               'adoptable', (SELECT count(*) FROM sync.drift_items i WHERE i.report_id = rep.id AND i.list = dl.list AND i.kind = 'adoptable'),
-               'duplicates', (SELECT count(*) FROM sync.drift_items i WHERE i.report_id = rep.id AND i.list = dl.list AND i.kind = 'duplicate'),
-               'missing', (SELECT count(*) FROM sync.drift_items i WHERE i.report_id = rep.id AND i.list = dl.list AND i.kind = 'missing'),
-               'drifted', (SELECT count(DISTINCT i.target_id) FROM sync.drift_items i WHERE i.report_id = rep.id AND i.list = dl.list AND i.kind = 'drifted')))
+               'seen', coalesce(seen.seen, 0), 'in_sync', coalesce(seen.known, 0) - coalesce(found.drifted, 0),
+               'orphans', coalesce(found.orphans, 0), 'adoptable', coalesce(found.adoptable, 0),
+               'duplicates', coalesce(found.duplicates, 0), 'missing', coalesce(found.missing, 0),
+               'drifted', coalesce(found.drifted, 0)))
       INTO counts
-      FROM sync.drift_lists dl WHERE dl.report_id = rep.id;
+      FROM sync.drift_lists dl LEFT JOIN seen ON seen.list = dl.list LEFT JOIN found ON found.list = dl.list
+     WHERE dl.report_id = rep.id;
     UPDATE sync.drift_reports r
        SET status = 'done', finished_at = now(), per_list = counts,
            seen = (SELECT coalesce(sum((v->>'seen')::bigint), 0) FROM jsonb_each(counts) c(k, v)),
@@ -5001,10 +5125,10 @@ BEGIN
                                        'adoptable', rep.adoptable, 'duplicates', rep.duplicates, 'missing', rep.missing, 'drifted', rep.drifted)
      WHERE x.id = rep.run_id AND x.status = 'running';
     PERFORM sync._notify(jsonb_build_object('event', 'drift_done', 'definition', d.name, 'report', rep.id,
-        'drifted', rep.drifted, 'missing', rep.missing, 'orphans', rep.orphans + rep.duplicates, 'adoptable', rep.adoptable));
+        'drifted', rep.drifted, 'missing', rep.missing, 'orphans', rep.orphans, 'duplicates', rep.duplicates, 'adoptable', rep.adoptable));
     IF rep.auto_reconcile IS NOT NULL THEN
-        -- (a reconcile job: its failure is the job's, recorded and sent as
-        -- an event; the report and the worker's page stand)
+        -- (a reconcile job: its failure is the job's, recorded in the report
+        -- and sent as an event; the report and the worker's page stand)
         BEGIN
             PERFORM sync._reconcile(rep, rep.auto_reconcile, rep.requested_by);
         EXCEPTION WHEN OTHERS THEN
@@ -5074,6 +5198,9 @@ BEGIN
         WHEN EXISTS (SELECT 1 FROM sync.drift_reports x WHERE x.definition_id = d.id AND x.id > rep.id AND x.status IN ('reading', 'done'))
             THEN 'a newer drift check of the definition exists'
         WHEN d.revision <> rep.revision THEN 'the definition changed since (its mappings, shards or filter)'
+        WHEN EXISTS (SELECT 1 FROM sync.drift_items i JOIN sync.pending_exports e ON e.definition_id = d.id AND e.sync_key = i.sync_key
+                      WHERE i.report_id = rep.id AND e.status = 'executing')
+            THEN 'an export of an item of the report is in flight'
         -- (only the report's items: a busy definition's other rows go on)
         WHEN EXISTS (SELECT 1 FROM sync.drift_items i JOIN sync.ledger l ON l.definition_id = d.id AND l.sync_key = i.sync_key
                       WHERE i.report_id = rep.id AND l.last_synced_at >= rep.requested_at)
@@ -5100,7 +5227,11 @@ BEGIN
       FROM (SELECT i.sync_key, i.target_id, max(i.etag) AS etag, jsonb_object_agg(i.field, coalesce(i.actual, 'null')) AS actual
               FROM sync.drift_items i WHERE i.report_id = rep.id AND i.kind = 'drifted' GROUP BY i.sync_key, i.target_id) c
      WHERE l.definition_id = d.id AND l.sync_key = c.sync_key AND l.target_id = c.target_id;
-    -- Adoptable: joined (a delete never reaches them unless the scope is all).
+    -- Adoptable: joined (a delete never reaches them unless the scope is all);
+    -- one that replaces a gone item takes its ledger entry over.
+    DELETE FROM sync.ledger l USING sync.drift_items i
+     WHERE i.report_id = rep.id AND i.kind = 'adoptable' AND i.expected IS NOT NULL
+       AND l.definition_id = d.id AND l.sync_key = i.sync_key AND l.target_id = i.expected #>> '{}';
     WITH a AS (
         INSERT INTO sync.ledger AS l (definition_id, sync_key, list, target_id, etag, fields, hash, join_type, provenance)
         SELECT DISTINCT ON (i.sync_key) d.id, i.sync_key, i.list, i.target_id, i.etag, f.fields,
@@ -5117,19 +5248,20 @@ BEGIN
         RETURNING 1)
     SELECT count(*) INTO adopted FROM a;
     -- Orphans (mirror): deleted where the delete scope allows it. Their
-    -- exports carry a key of their own ('#orphan:' list ':' id), never a row's.
+    -- exports have no key (no row owns them), never a row's.
     deleted := 0;
     IF mode = 'mirror' THEN
         WITH o AS (
             INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, target_id, etag, payload, previous, status, run_id)
-            SELECT d.id, '#orphan:' || i.list || ':' || i.target_id, 'delete', i.list, i.target_id, i.etag, '{}',
-                   coalesce(i.actual, '{}'),
+            SELECT d.id, NULL, 'delete', i.list, i.target_id, i.etag, '{}', coalesce(i.actual, '{}'),
                    CASE WHEN d.approval IN ('all', 'deletes') THEN 'awaiting_approval' ELSE 'pending' END, run
               FROM sync.drift_items i
              WHERE i.report_id = rep.id
                AND ((i.kind = 'orphan' AND d.delete_scope = 'all')
                     OR (i.kind = 'duplicate' AND d.delete_scope IN ('all', 'provisioned')))
-            ON CONFLICT DO NOTHING
+               AND NOT EXISTS (SELECT 1 FROM sync.pending_exports e
+                                WHERE e.definition_id = d.id AND e.sync_key IS NULL AND e.op = 'delete' AND e.list = i.list
+                                  AND e.target_id = i.target_id AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error', 'executing'))
             RETURNING 1)
         SELECT count(*) INTO deleted FROM o;
     END IF;
@@ -5139,6 +5271,12 @@ BEGIN
     IF cardinality(keys) > 0 THEN
         SELECT * INTO st FROM sync._stage_def(d.id, sync._key_objects(d.id, keys), NULL, run);
         added := st.added; updated := st.updated; moved := st.moved; deleted := deleted + st.deleted;
+        -- An item missing from a read may only be late in the list's view
+        -- of itself: its creation looks its SyncKey up first (no twin).
+        UPDATE sync.pending_exports e SET verify = true
+          FROM sync.drift_items i
+         WHERE i.report_id = rep.id AND i.kind = 'missing' AND e.definition_id = d.id AND e.sync_key = i.sync_key
+           AND e.op IN ('add', 'move') AND e.status IN ('pending', 'awaiting_approval');
     END IF;
     UPDATE sync.drift_reports x SET reconciled_at = now(), reconcile_run = run, reconcile_mode = mode WHERE x.id = rep.id;
     UPDATE sync.runs x SET staged = added + updated + deleted + moved,
@@ -5261,7 +5399,7 @@ BEGIN
     UPDATE sync.schedules x
        SET paused = pause_job.paused,
            -- resumed: from now on (what it missed while paused is not run)
-           next_run_at = CASE WHEN pause_job.paused THEN x.next_run_at ELSE sync._cron_next(x.cron, x.time_zone, now()) END
+           next_run_at = CASE WHEN pause_job.paused OR NOT x.paused THEN x.next_run_at ELSE sync._cron_next(x.cron, x.time_zone, now()) END
      WHERE x.id = s.id
     RETURNING CASE WHEN x.paused THEN NULL ELSE x.next_run_at END INTO s.next_run_at;
     RETURN s.next_run_at;
@@ -5320,9 +5458,13 @@ BEGIN
                 USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'SELECT * FROM sync.status;';
         END IF;
         -- A backfill again: every row compared with the ledger, what
-        -- differs staged.
-        UPDATE sync.definitions SET backfill = 'needed', updated_at = now() WHERE id = d.id;
-        DELETE FROM sync.cursors WHERE kind = 'backfill' AND definition_id = d.id;
+        -- differs staged (not over one that is running or due).
+        PERFORM pg_advisory_xact_lock(1937337955, d.id);
+        SELECT * INTO d FROM sync.definitions x WHERE x.id = s.definition_id;
+        IF d.backfill <> 'done' THEN
+            RETURN jsonb_build_object('skipped', format('a backfill of the definition is %s', d.backfill));
+        END IF;
+        PERFORM sync.reset_cursor(d.name, 'beginning');
         RETURN jsonb_build_object('restage', d.name);
     WHEN 'pull' THEN
         n := sync.pull_now(d.name);
@@ -5341,6 +5483,7 @@ DECLARE
     result jsonb;
     err text;
     state text;
+    next_at timestamptz;
     n int := 0;
 BEGIN
     PERFORM sync._check_worker_name(worker);
@@ -5371,17 +5514,26 @@ BEGIN
             END IF;
             n := n + 1;
         END IF;
+        BEGIN
+            next_at := sync._cron_next(s.cron, s.time_zone, greatest(now(), s.next_run_at));
+        EXCEPTION WHEN OTHERS THEN
+            -- (its time zone gone from the database the evaluator knows, ...)
+            next_at := NULL;
+            err := left('its next run cannot be computed: ' || SQLERRM, 2000);
+            PERFORM sync._notify(jsonb_build_object('event', 'job_failed', 'job', s.name, 'run', run, 'error', left(err, 500)));
+        END;
         UPDATE sync.schedules x
-           SET next_run_at = sync._cron_next(x.cron, x.time_zone, greatest(now(), s.next_run_at)),
+           SET next_run_at = next_at, paused = x.paused OR next_at IS NULL,
                last_run_at = CASE WHEN run IS NOT NULL THEN now() ELSE x.last_run_at END,
                last_scheduled_for = s.next_run_at,
                last_status = CASE WHEN run IS NULL THEN x.last_status WHEN err IS NULL THEN 'succeeded' ELSE 'failed' END,
-               last_error = CASE WHEN run IS NULL THEN x.last_error ELSE err END,
+               last_error = CASE WHEN run IS NULL AND next_at IS NOT NULL THEN x.last_error ELSE err END,
                last_run_id = coalesce(run, x.last_run_id),
                runs = x.runs + (run IS NOT NULL)::int,
                failures = x.failures + (run IS NOT NULL AND err IS NOT NULL)::int
          WHERE x.id = s.id;
         run := NULL;
+        err := NULL;
     END LOOP;
     RETURN n;
 END $$;

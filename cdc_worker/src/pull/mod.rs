@@ -51,6 +51,8 @@ pub const MAX_IDLE: Duration = Duration::from_secs(30);
 /// The shortest sleep after a round that found nothing to claim (another
 /// worker holds the due lists): no busy loop on `pull_due` = 0.
 pub const MIN_IDLE: Duration = Duration::from_secs(1);
+/// Lists read whole for drift checks between two pull rounds (not `once`).
+pub const DRIFT_LISTS_PER_ROUND: i32 = 2;
 /// With `once`: extra rounds for lists whose read must start over (a 410).
 pub const ONCE_RESYNC_ROUNDS: u32 = 2;
 
@@ -171,7 +173,11 @@ pub async fn run(
 }
 
 /// Reads the lists drift checks of the target still have to read, one
-/// lease at a time, until none is left to claim now.
+/// lease at a time: every one claimable with `once`, else at most
+/// [`DRIFT_LISTS_PER_ROUND`] (the pulls go on in between). A drift check's
+/// failure is the check's, never the puller's: the extension ends a check
+/// that cannot go on, and an error here is logged (a lost connection shows
+/// at the puller's next call).
 async fn drift_reads(
     db: &Client,
     config: &PullConfig,
@@ -181,18 +187,29 @@ async fn drift_reads(
     summary: &mut PullSummary,
 ) -> Result<(), WorkerError> {
     let (lease, worker) = (config.lease_seconds, config.worker_name.as_str());
-    for _ in 0..MAX_LISTS_PER_ROUND {
+    let most = if config.once { MAX_LISTS_PER_ROUND } else { DRIFT_LISTS_PER_ROUND };
+    for _ in 0..most {
         if *stop.borrow() {
             return Ok(());
         }
-        let Some(c) = extension::drift_claim(db, target, 1, lease, worker).await?.into_iter().next() else {
-            return Ok(());
+        let claim = match extension::drift_claim(db, target, 1, lease, worker).await {
+            Ok(c) => c.into_iter().next(),
+            Err(e) => {
+                tracing::warn!(target = %target, error = %e, "could not claim a list for a drift check");
+                return Ok(());
+            }
         };
+        let Some(c) = claim else { return Ok(()) };
         tracing::info!(definition = %c.definition, list = %c.list, report = c.report, "reading a list for a drift check");
-        match pull_list(db, config, adapter, &c, stop, summary).await? {
-            ListEnd::Done => summary.drift_lists += 1,
-            ListEnd::Failed { .. } => summary.failed += 1,
-            ListEnd::Dropped => {}
+        match pull_list(db, config, adapter, &c, stop, summary).await {
+            Ok(ListEnd::Done) => summary.drift_lists += 1,
+            Ok(ListEnd::Failed { .. }) => summary.failed += 1,
+            Ok(ListEnd::Dropped) => {}
+            Err(e) => {
+                tracing::warn!(definition = %c.definition, list = %c.list, report = c.report, error = %e,
+                    "a drift check's read failed; its lease passes and the list is read again");
+                return Ok(());
+            }
         }
     }
     Ok(())

@@ -167,6 +167,11 @@ SELECT state, state_reason ~ '^rolled back run' AS reason FROM sync.definitions 
 SELECT op, sync_key, list, from_list, target_id, payload, status FROM sync.pending_exports WHERE status = 'awaiting_approval' ORDER BY sync_key;
 SELECT op, sync_key, queued, warning ~ '^rollback run' AS from_rollback FROM sync.plan('items_sp') WHERE warning ~ '^rollback' ORDER BY sync_key;
 SELECT count(*) AS unapproved FROM sync.claim('spo', 10, worker => 'w1');
+-- A change of row 1 made now is not merged into its rollback export: the
+-- rollback goes as staged, and the row is staged again once it is sent.
+UPDATE hr.items SET name = 'uno' WHERE id = 1;
+SELECT added, updated, unchanged FROM sync.stage('hr.items', '[{"id": "1"}]');
+SELECT op, payload, rollback, changed_since FROM sync.pending_exports WHERE sync_key = '1' AND status = 'awaiting_approval';
 SELECT sync.approve_all('items_sp');
 -- Paused, the definition sends its rollback only (a later change of row 4
 -- is staged and waits).

@@ -97,14 +97,24 @@ ALTER TABLE @extschema@.runs DROP CONSTRAINT runs_kind_check,
     ADD COLUMN scheduled_for timestamptz,
     ADD COLUMN detail jsonb;
 CREATE UNIQUE INDEX runs_job_occurrence_idx ON @extschema@.runs (job_id, scheduled_for) WHERE job_id IS NOT NULL;
-CREATE INDEX runs_rollback_idx ON @extschema@.runs (definition_id) WHERE kind = 'rollback';
 UPDATE @extschema@.runs SET started_by = worker WHERE started_by IS NULL;
 COMMENT ON COLUMN @extschema@.runs.kind IS 'stream, backfill, export, pull, drift (a drift check), reconcile, rollback, job (a scheduled job''s occurrence) or manual.';
 COMMENT ON COLUMN @extschema@.runs.started_by IS 'Who or what started it: a role (sync.check_drift, sync.reconcile, sync.rollback), worker host:pid, or job:<name> (a scheduled job).';
 COMMENT ON COLUMN @extschema@.runs.job_id IS 'For kind job, and for what a job started: the scheduled job (sync.schedules.id).';
 COMMENT ON COLUMN @extschema@.runs.scheduled_for IS 'For kind job: the occurrence it ran (unique per job: each runs once).';
 COMMENT ON COLUMN @extschema@.runs.detail IS 'What the run did beyond the counts (a drift check''s findings, a reconcile''s or rollback''s staged operations, a job''s result).';
-ALTER TABLE @extschema@.pending_exports ADD COLUMN sent_run bigint;
+ALTER TABLE @extschema@.pending_exports ADD COLUMN sent_run bigint,
+    ADD COLUMN rollback boolean NOT NULL DEFAULT false,
+    ADD COLUMN changed_since boolean NOT NULL DEFAULT false,
+    DROP CONSTRAINT pending_exports_check,
+    ADD CONSTRAINT pending_exports_check CHECK (CASE WHEN op = 'provision' THEN sync_key IS NULL ELSE sync_key IS NOT NULL OR op = 'delete' END);
+CREATE INDEX pending_exports_rollback_idx ON @extschema@.pending_exports (definition_id, next_attempt_at, id)
+    WHERE rollback AND status IN ('pending', 'failed');
+CREATE INDEX pending_exports_rollback_key_idx ON @extschema@.pending_exports (definition_id, sync_key)
+    WHERE rollback AND status IN ('pending', 'awaiting_approval', 'failed', 'error');
+COMMENT ON COLUMN @extschema@.pending_exports.rollback IS 'Staged by sync.rollback: sent (once approved) while its definition is paused; staging does not merge a change of the row into it.';
+COMMENT ON COLUMN @extschema@.pending_exports.changed_since IS 'A rollback export whose row changed after it was staged: the row is staged again once it is sent.';
+COMMENT ON COLUMN @extschema@.pending_exports.sync_key IS 'The row''s key (NULL for provision, and for the delete of an item no row owns: a mirror reconcile''s orphan).';
 UPDATE @extschema@.pending_exports e SET sent_run = e.run_id
   FROM @extschema@.runs r WHERE r.id = e.run_id AND r.kind = 'export';
 COMMENT ON COLUMN @extschema@.pending_exports.run_id IS 'The run that staged it (its last change: a stream, a backfill, a reconcile, a rollback; sync.runs.id, not a foreign key, for staging speed: it may name a purged run).';
