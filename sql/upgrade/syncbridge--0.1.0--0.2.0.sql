@@ -4806,13 +4806,17 @@ BEGIN
     END IF;
 END $$;
 
--- The fields a drift check compares: those sent, but references (their
--- value is the referenced item's id) and the key's own SyncKey.
+-- The fields a drift check compares: those the database owns (pushed only;
+-- a field both ways changed on the target is a change for the pull to
+-- decide, not drift), but references (their value is the referenced item's
+-- id) and the key's own SyncKey.
 CREATE OR REPLACE FUNCTION _drift_fields(def_id int) RETURNS text[]
 LANGUAGE sql AS $$
     SELECT coalesce(array_agg(DISTINCT f->>'field' ORDER BY f->>'field'), '{}')
       FROM jsonb_array_elements((sync._compile(def_id)).fields) f
      WHERE f->>'reference' IS NULL AND lower(f->>'field') <> 'synckey'
+       AND coalesce((SELECT m.direction FROM sync.field_maps m WHERE m.definition_id = def_id AND m.field = f->>'field'),
+                    (SELECT d.direction FROM sync.definitions d WHERE d.id = def_id)) = 'push'
 $$;
 
 CREATE OR REPLACE FUNCTION drift_claim(target text, n int DEFAULT 1, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL)
@@ -5218,9 +5222,15 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Nothing was staged.', HINT = 'SELECT * FROM sync.status;';
     END IF;
     run := sync._own_run('reconcile', d.id, started_by);
-    -- Gone: the ledger forgets them (staging creates them again).
-    DELETE FROM sync.ledger l USING sync.drift_items i
-     WHERE i.report_id = rep.id AND i.kind = 'missing' AND l.definition_id = d.id AND l.sync_key = i.sync_key AND l.target_id = i.target_id;
+    -- Gone: the ledger forgets them (staging creates them again). Two-way:
+    -- an item deleted on the target is the pull's to decide (inbound_deletes):
+    -- the next pull reads the lists whole and finds it.
+    IF d.direction = 'push' THEN
+        DELETE FROM sync.ledger l USING sync.drift_items i
+         WHERE i.report_id = rep.id AND i.kind = 'missing' AND l.definition_id = d.id AND l.sync_key = i.sync_key AND l.target_id = i.target_id;
+    ELSIF EXISTS (SELECT 1 FROM sync.drift_items i WHERE i.report_id = rep.id AND i.kind = 'missing') THEN
+        PERFORM sync.reset_pull(d.name);
+    END IF;
     -- Drifted: the ledger holds what the target holds (staging sends the row's).
     UPDATE sync.ledger l SET fields = l.fields || c.actual,
            hash = sha256(convert_to((l.fields || c.actual)::text, 'UTF8')), etag = coalesce(c.etag, l.etag)
@@ -5266,7 +5276,8 @@ BEGIN
         SELECT count(*) INTO deleted FROM o;
     END IF;
     keys := ARRAY(SELECT DISTINCT i.sync_key FROM sync.drift_items i
-                   WHERE i.report_id = rep.id AND i.kind IN ('missing', 'drifted', 'adoptable') AND i.sync_key IS NOT NULL);
+                   WHERE i.report_id = rep.id AND i.sync_key IS NOT NULL
+                     AND (i.kind IN ('drifted', 'adoptable') OR (i.kind = 'missing' AND d.direction = 'push')));
     added := 0; updated := 0; moved := 0;
     IF cardinality(keys) > 0 THEN
         SELECT * INTO st FROM sync._stage_def(d.id, sync._key_objects(d.id, keys), NULL, run);

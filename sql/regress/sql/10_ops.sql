@@ -127,6 +127,31 @@ SELECT sync.drift_failed(:report3, 'Big', 2, 'HTTP 403: forbidden', 'auth', fals
 SELECT status, error FROM sync.drift;
 SELECT code, message, detail FROM regress.err(format($$SELECT * FROM sync.reconcile(%s)$$, :report3));
 
+-- Two-way: only the fields the database owns are compared (Title goes
+-- both ways: a remote edit is the pull's to decide); a missing item is the
+-- pull's too (inbound_deletes): reconcile makes the next pull a full read.
+CREATE TABLE hr.tw (id int PRIMARY KEY, title text, done boolean);
+INSERT INTO hr.tw VALUES (1, 'a', false), (2, 'b', false);
+SELECT sync.define('tw_sp', source => 'hr.tw', target => 'spo', list => 'TW', direction => 'both') > 0 AS defined;
+SELECT sync.map('tw_sp', 'title', 'Title'), sync.map('tw_sp', 'done', 'Done', direction => 'push');
+SELECT sync.enable('tw_sp'), sync.provision('tw_sp');
+SELECT * FROM sync.complete((SELECT jsonb_agg(jsonb_build_object('id', c.id, 'ok', true, 'list_id', 'L-TW')) FROM sync.claim('spo', 10, worker => 'w1') c));
+SELECT added FROM sync.stage('hr.tw', '[{"id": "1"}, {"id": "2"}]');
+SELECT * FROM sync.complete((SELECT jsonb_agg(jsonb_build_object('id', c.id, 'ok', true, 'target_id', '90' || c.sync_key, 'etag', '"w,1"'))
+                               FROM sync.claim('spo', 10, worker => 'w1') c), worker => 'w1');
+UPDATE sync.ledger SET last_synced_at = last_synced_at - interval '1 hour';
+UPDATE sync.pending_exports SET exported_at = exported_at - interval '1 hour' WHERE exported_at IS NOT NULL;
+SELECT sync.check_drift('tw_sp') AS twr \gset
+SELECT list, fields FROM sync.drift_claim('spo', 1, worker => 'w1');
+SELECT sync.drift_page(:twr, 'TW', 1, '[{"id": "901", "etag": "\"w,2\"", "fields": {"SyncKey": "1", "Title": "edited", "Done": true}}]',
+                       'https://x/delta', true, 'w1') AS stored;
+SELECT kind, sync_key, field, expected, actual FROM sync.drift_items WHERE report_id = :twr ORDER BY kind, sync_key;
+SELECT added, updated, deleted FROM sync.reconcile(:twr);
+SELECT op, sync_key, payload FROM sync.pending_exports WHERE definition_id = (SELECT id FROM sync.definitions WHERE name = 'tw_sp')
+   AND status = 'pending';
+SELECT list, full_read, link IS NULL AS read_whole_next FROM sync.pulls WHERE definition_id = (SELECT id FROM sync.definitions WHERE name = 'tw_sp');
+SELECT sync.disable('tw_sp');
+
 -- ---------------------------------------------------------------------------
 -- Rollback
 -- ---------------------------------------------------------------------------
