@@ -150,7 +150,7 @@ SELECT added, updated, deleted FROM sync.reconcile(:twr);
 SELECT op, sync_key, payload FROM sync.pending_exports WHERE definition_id = (SELECT id FROM sync.definitions WHERE name = 'tw_sp')
    AND status = 'pending';
 SELECT list, full_read, link IS NULL AS read_whole_next FROM sync.pulls WHERE definition_id = (SELECT id FROM sync.definitions WHERE name = 'tw_sp');
-SELECT sync.disable('tw_sp');
+SELECT sync.undefine('tw_sp', force => true);
 
 -- ---------------------------------------------------------------------------
 -- Rollback
