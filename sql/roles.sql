@@ -7,7 +7,8 @@
 --   syncbridge_worker  what the worker needs: stage, claim, complete, the
 --                      pulls (pull_claim, pull_page, apply_imports, ...),
 --                      drift reads (drift_claim, drift_page, drift_failed),
---                      scheduled jobs (run_jobs, jobs_due),
+--                      scheduled jobs (run_jobs, jobs_due), the slot's
+--                      check and progress (slot_check, slot_progress),
 --                      checkpoint, runs, report_target_status; reads every
 --                      table; writes none directly. Grant the login role
 --                      REPLICATION (a role attribute, not inherited):
@@ -114,8 +115,9 @@ BEGIN
     END LOOP;
 END $$;
 GRANT SELECT ON ALL TABLES IN SCHEMA @extschema@ TO syncbridge_admin, syncbridge_worker;
--- (sync.status reads a setting; a view's functions run as its reader)
-GRANT EXECUTE ON FUNCTION @extschema@._setting(text) TO syncbridge_admin;
+-- (sync.status and sync.slot_health read a setting and the slot's state; a
+-- view's functions run as its reader)
+GRANT EXECUTE ON FUNCTION @extschema@._setting(text), @extschema@._slot_state(text) TO syncbridge_admin;
 
 -- worker: what it calls.
 GRANT EXECUTE ON FUNCTION
@@ -147,6 +149,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.drift_page(bigint, text, bigint, jsonb, text, boolean, text),
     @extschema@.drift_failed(bigint, text, bigint, text, text, boolean, double precision, text),
     @extschema@.run_jobs(text),
+    @extschema@.slot_check(text),
+    @extschema@.slot_progress(text, pg_lsn),
     @extschema@.jobs_due()
   TO syncbridge_worker;
 

@@ -32,8 +32,11 @@ SELECT d.name AS definition,
        pl.last_pull_at,
        pl.next_pull_at,
        pl.pull_state,
-       pl.pull_error
+       pl.pull_error,
+       sh.state AS slot_state,
+       sh.reason AS slot_reason
   FROM sync.definitions d
+  CROSS JOIN (SELECT h.state, h.reason FROM sync.slot_health h) sh
   LEFT JOIN LATERAL (
       SELECT count(*) FILTER (WHERE e.status = 'pending') AS pending,
              count(*) FILTER (WHERE e.status = 'awaiting_approval') AS awaiting_approval,
@@ -65,4 +68,4 @@ SELECT d.name AS definition,
                                CASE WHEN p.resyncs > 0 THEN format(' (%s resyncs)', p.resyncs) ELSE '' END), ', ' ORDER BY p.list) AS pull_state,
              string_agg(p.list || ': ' || p.last_error, '; ' ORDER BY p.list) AS pull_error
         FROM sync.pulls p WHERE p.definition_id = d.id) pl ON true;
-COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress; two-way: inbound changes pending, applied, awaiting approval and failed, open conflicts, the last and next pull and each list''s delta state and pull error.';
+COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress; two-way: inbound changes pending, applied, awaiting approval and failed, open conflicts, the last and next pull and each list''s delta state and pull error; the slot''s state and its reason (sync.slot_health).';

@@ -486,6 +486,45 @@ pub async fn drift_due(db: &Client, target: &str) -> Result<Option<f64>, WorkerE
         .get(0))
 }
 
+/// What `sync.slot_check` tells the worker to do with its slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotAction {
+    /// Stream from it.
+    Use,
+    /// There is none: create it.
+    Create,
+    /// It was lost (invalidated): drop what is left and create it anew.
+    Recreate,
+}
+
+/// `sync.slot_check(slot)`: before streaming, what to do with the slot, and
+/// why. A slot that was lost, dropped, or moved behind the worker's back puts
+/// the definitions in error first (the extension decides).
+pub async fn slot_check(db: &Client, slot: &str) -> Result<(SlotAction, String), WorkerError> {
+    let r = db
+        .query_one("SELECT action, detail FROM sync.slot_check($1)", &[&slot])
+        .await
+        .map_err(WorkerError::db("checking the replication slot"))?;
+    let action: String = r.get(0);
+    let action = match action.as_str() {
+        "use" => SlotAction::Use,
+        "create" => SlotAction::Create,
+        "recreate" => SlotAction::Recreate,
+        other => return Err(WorkerError::internal(format!("sync.slot_check answered an unknown action {other:?}"))),
+    };
+    Ok((action, r.get(1)))
+}
+
+/// `sync.slot_progress(slot, lsn)`: records a position before the worker
+/// confirms it without staging anything (an unlogged row: no WAL of its own
+/// but a commit record).
+pub async fn slot_progress(db: &Client, slot: &str, lsn: &str) -> Result<(), WorkerError> {
+    db.execute("SELECT sync.slot_progress($1, $2::text::pg_lsn)", &[&slot, &lsn])
+        .await
+        .map_err(WorkerError::db("recording the slot's progress on the staging session"))?;
+    Ok(())
+}
+
 /// `sync.run_jobs(worker)`: runs the scheduled jobs that are due (each by
 /// exactly one worker); how many ran.
 pub async fn run_jobs(db: &Client, worker: &str) -> Result<i32, tokio_postgres::Error> {

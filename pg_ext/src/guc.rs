@@ -18,6 +18,9 @@ pub static BACKOFF_MAX_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(3600);
 pub static LEASE_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(120);
 /// Days finished exports and runs are kept (`sync.purge`); 0 keeps them.
 pub static HISTORY_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
+/// Seconds the slot's confirmed position may stand still while WAL is
+/// written before `sync.slot_health` calls it stalled.
+pub static STALL_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
 
 struct Setting {
     name: &'static str,
@@ -39,6 +42,10 @@ const SETTINGS: &[Setting] = &[
     Setting {
         name: "history_retention_days",
         description: "Days finished exports and runs are kept before sync.purge() deletes them; 0 keeps them.",
+    },
+    Setting {
+        name: "stall_seconds",
+        description: "Seconds the slot's confirmed position may stand still while WAL is written before sync.slot_health says stalled.",
     },
 ];
 
@@ -102,6 +109,16 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"sync.stall_seconds",
+        c"Seconds the slot's confirmed position may stand still while WAL is written before it counts as stalled.",
+        c"sync.slot_health and sync.status show a stall as an alert state with its reason.",
+        &STALL_SECONDS,
+        10,
+        86400,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
 }
 
 fn value(name: &str) -> Result<String, SyncError> {
@@ -114,6 +131,7 @@ fn value(name: &str) -> Result<String, SyncError> {
         "backoff_max_seconds" => BACKOFF_MAX_SECONDS.get().to_string(),
         "lease_seconds" => LEASE_SECONDS.get().to_string(),
         "history_retention_days" => HISTORY_RETENTION_DAYS.get().to_string(),
+        "stall_seconds" => STALL_SECONDS.get().to_string(),
         other => return Err(SyncError::UnknownSetting { name: other.to_owned() }),
     })
 }

@@ -186,6 +186,26 @@ pub async fn run(
         )
         .await
         .map_err(WorkerError::db("looking for the slot"))?;
+    // The extension decides whether the slot may be resumed: one that was
+    // dropped, invalidated or moved behind our back puts the definitions in
+    // error (nothing is staged from the gap) and is started anew.
+    let (action, why) = extension::slot_check(&db, &slot).await?;
+    let existing = match (action, existing) {
+        (extension::SlotAction::Use, existing) => existing,
+        (extension::SlotAction::Create, None) => None,
+        (extension::SlotAction::Create | extension::SlotAction::Recreate, Some(row)) => {
+            let active: Option<i32> = row.get(3);
+            tracing::error!(slot = %slot, reason = %why, active_pid = ?active, "the replication slot is lost: dropping it and creating it anew");
+            db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(WorkerError::db("dropping the lost replication slot"))?;
+            None
+        }
+        (extension::SlotAction::Recreate, None) => None,
+    };
+    if why != "resuming" {
+        tracing::warn!(slot = %slot, "{why}");
+    }
     let cursor = extension::slot_cursor(&db, &slot).await?;
     let cursor: Lsn = cursor.and_then(|c| c.parse().ok()).unwrap_or(Lsn::ZERO);
     let current_db: String =
@@ -236,6 +256,9 @@ pub async fn run(
             None => {
                 let created = repl.create_slot(&slot, true).await?;
                 tracing::info!(slot = %slot, consistent_point = %created.consistent_point, "created the slot");
+                // Where the slot starts is known from now on: a slot created
+                // again behind our back starts later, and is told apart.
+                extension::slot_progress(&db, &slot, &created.consistent_point.to_string()).await?;
                 // The initial load reads the tables exactly as of the slot's start:
                 // everything after it comes through the stream.
                 if let Some(snapshot) = &created.snapshot_name {

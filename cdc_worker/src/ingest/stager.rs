@@ -52,7 +52,7 @@ impl StagerHandle {
     ) -> Self {
         let (jobs_tx, jobs) = mpsc::channel(1);
         let (done_tx, done) = mpsc::unbounded_channel();
-        let stager = Stager { db, slot, run_id, notify };
+        let stager = Stager { db, slot, run_id, notify, recorded: Lsn::ZERO };
         let task = tokio::spawn(stager.run(jobs, done_tx));
         StagerHandle { jobs: Some(jobs_tx), done, task: Some(task) }
     }
@@ -112,7 +112,14 @@ pub(super) struct Stager {
     pub(super) slot: String,
     pub(super) run_id: i64,
     pub(super) notify: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The last position recorded (a staging's cursor or `sync.slot_progress`).
+    pub(super) recorded: Lsn,
 }
+
+/// Bytes a position must move before a confirmation without staging is
+/// recorded (`sync.slot_progress`): more than the record's own commit
+/// moves it (the extension allows the slot the same margin).
+const RECORD_MIN_BYTES: u64 = 128;
 
 impl Stager {
     pub(super) async fn run(
@@ -123,6 +130,15 @@ impl Stager {
         while let Some(job) = jobs.recv().await {
             let batch = !(job.rels.is_empty() && job.truncates.is_empty());
             if !batch && !job.record {
+                // Recorded (unlogged) before it is confirmed, so that a slot
+                // moved behind our back can be told from ours; not for the
+                // few bytes this record's own commit moves the position.
+                if let Some(lsn) = job.lsn {
+                    if lsn.bytes_since(self.recorded) > RECORD_MIN_BYTES {
+                        extension::slot_progress(&self.db, &self.slot, &lsn.to_string()).await?;
+                        self.recorded = lsn;
+                    }
+                }
                 if done.send(Staged { lsn: job.lsn, keys: 0, batch }).is_err() {
                     break;
                 }
@@ -182,6 +198,10 @@ impl Stager {
         if let Some(lsn) = lsn {
             extension::checkpoint(&tx, &lsn.to_string(), &self.slot).await?;
         }
-        tx.commit().await.map_err(WorkerError::db("committing the staged keys"))
+        tx.commit().await.map_err(WorkerError::db("committing the staged keys"))?;
+        if let Some(lsn) = lsn {
+            self.recorded = self.recorded.max(lsn);
+        }
+        Ok(())
     }
 }
