@@ -20,7 +20,7 @@ SQL = ROOT / "sql"
 PARTS = SQL / "upgrade" / f"{FROM}--{TO}"
 # In the order of pg_ext/src/lib.rs, without the bootstrap schema.sql (its
 # changes are in the head).
-FILES = ["config.sql", "compile.sql", "stage.sql", "plan.sql", "queue.sql", "pull.sql", "backfill.sql", "ops.sql", "slot.sql", "status.sql", "roles.sql"]
+FILES = ["config.sql", "compile.sql", "stage.sql", "plan.sql", "queue.sql", "pull.sql", "backfill.sql", "ops.sql", "slot.sql", "ddl.sql", "status.sql", "roles.sql"]
 
 
 def replayable(text: str) -> str:

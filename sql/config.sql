@@ -606,9 +606,11 @@ BEGIN
                   HINT = format('The default is %s (setting sync.max_attempts).', sync._setting('max_attempts'));
     END IF;
     INSERT INTO sync.definitions (name, source_rel, target, list, key_columns, direction, conflict, row_filter,
-                                  approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts)
+                                  approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts, source_name)
     VALUES (name, rel, target, list, keycols, direction, conflict, filter_sql,
-            approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int), inbound_deletes, inbound_inserts)
+            approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int), inbound_deletes, inbound_inserts,
+            format('%I.%I', (SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid WHERE c.oid = rel),
+                            (SELECT c.relname FROM pg_class c WHERE c.oid = rel)))
     RETURNING id INTO new_id;
     PERFORM sync._publication_refresh();
     RETURN new_id;
@@ -858,6 +860,11 @@ BEGIN
     END IF;
     PERFORM sync._check_may_write(d.source_rel, 'pull', m.column_name)
        FROM sync.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'push' AND m.column_name IS NOT NULL;
+    -- Enabled (or resumed from error): the table as it is named now is the
+    -- one; a rename later is a schema change again.
+    UPDATE sync.definitions x SET source_name = format('%I.%I', n.nspname, c.relname)
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE x.id = d.id AND c.oid = d.source_rel;
     IF d.state IN ('configuring', 'disabled', 'error') THEN
         UPDATE sync.definitions SET backfill = 'needed' WHERE id = d.id;
         DELETE FROM sync.cursors WHERE kind = 'backfill' AND definition_id = d.id;

@@ -113,7 +113,8 @@ CREATE TABLE definitions (
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     inbound_deletes text NOT NULL DEFAULT 'approve' CHECK (inbound_deletes IN ('apply', 'approve', 'ignore')),
-    inbound_inserts text NOT NULL DEFAULT 'apply' CHECK (inbound_inserts IN ('apply', 'approve', 'ignore'))
+    inbound_inserts text NOT NULL DEFAULT 'apply' CHECK (inbound_inserts IN ('apply', 'approve', 'ignore')),
+    source_name   text
 );
 CREATE INDEX definitions_source_rel_idx ON definitions (source_rel);
 COMMENT ON TABLE definitions IS 'Sync definitions: which table goes to which target list, keyed how, filtered how, under which policies. Create with sync.define().';
@@ -138,6 +139,7 @@ COMMENT ON COLUMN definitions.created_at IS 'When the definition was created.';
 COMMENT ON COLUMN definitions.updated_at IS 'When the definition was last changed.';
 COMMENT ON COLUMN definitions.inbound_deletes IS 'Two-way: what an item deleted on the target does to its row: apply (the row is deleted), approve (it waits for sync.approve_import; the default: an external change never removes local data without a person''s say), ignore (the row stays).';
 COMMENT ON COLUMN definitions.inbound_inserts IS 'Two-way: what an item created on the target (without a SyncKey) does: apply (a row is inserted, its key from the table''s defaults, and the item gets its SyncKey), approve (it waits for sync.approve_import), ignore.';
+COMMENT ON COLUMN definitions.source_name IS 'The source table''s schema-qualified name when the definition was made or last enabled: a rename is a schema change (the definition goes to error until sync.resume).';
 
 -- ---------------------------------------------------------------------------
 -- Field mappings

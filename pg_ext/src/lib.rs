@@ -36,7 +36,8 @@ extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["queue"]);
 extension_sql_file!("../../sql/backfill.sql", name = "backfill", requires = ["pull"]);
 extension_sql_file!("../../sql/ops.sql", name = "ops", requires = ["backfill", schedule::_cron_next_epoch]);
 extension_sql_file!("../../sql/slot.sql", name = "slot", requires = ["ops"]);
-extension_sql_file!("../../sql/status.sql", name = "status", requires = ["slot"]);
+extension_sql_file!("../../sql/ddl.sql", name = "ddl", requires = ["slot"]);
+extension_sql_file!("../../sql/status.sql", name = "status", requires = ["ddl"]);
 extension_sql_file!("../../sql/roles.sql", name = "roles", finalize);
 
 /// The extension's version, as built (the `default_version` of the control file).

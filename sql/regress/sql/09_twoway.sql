@@ -90,7 +90,7 @@ SELECT id, title, status, points FROM hr.tasks WHERE id = 1;
 CREATE TEMP TABLE claimed AS SELECT * FROM sync.claim('sp', 10, worker => 'w1');
 SELECT sync_key, op FROM claimed ORDER BY sync_key;
 SELECT exported FROM sync.complete((SELECT jsonb_agg(jsonb_build_object('id', id, 'ok', true, 'etag', '"b,4"')) FROM claimed), worker => 'w1');
-SELECT definition, imports_pending, imports_awaiting_approval, conflicts_open, pull_state FROM sync.status;
+SELECT definition, imports_pending, imports_awaiting_approval, conflicts_open, pull_state FROM sync.status ORDER BY definition;
 -- Resolving: a value of the wrong shape is refused; 'remote' takes the target's.
 SELECT * FROM regress.err($$SELECT sync.resolve((SELECT id FROM sync.conflicts WHERE resolution IS NULL), 'mine')$$);
 SELECT * FROM regress.err($$SELECT sync.resolve((SELECT id FROM sync.conflicts WHERE resolution IS NULL), 'nope')$$);

@@ -129,3 +129,9 @@ CREATE FUNCTION @extschema@."_cron_next_epoch"(
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', '_cron_next_epoch_wrapper';
+
+-- Schema changes: the source table's name, to tell a rename.
+ALTER TABLE @extschema@.definitions ADD COLUMN source_name text;
+UPDATE @extschema@.definitions d SET source_name = format('%I.%I', n.nspname, c.relname)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = d.source_rel;
+COMMENT ON COLUMN @extschema@.definitions.source_name IS 'The source table''s schema-qualified name when the definition was made or last enabled: a rename is a schema change (the definition goes to error until sync.resume).';
