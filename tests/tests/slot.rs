@@ -145,3 +145,29 @@ fn a_stall_shows_in_sync_status_with_its_reason() {
     sync_once(&db);
     assert_ne!(db.psql("SELECT state FROM sync.slot_health"), "stalled");
 }
+
+#[test]
+fn a_mapped_column_renamed_under_a_running_sync_resumes_with_nothing_lost() {
+    let (env, db) = setup(cluster(), "ddl_rename");
+    db.psql("UPDATE items SET qty = qty + 10 WHERE id <= 2");
+    // Renamed between two runs, with changes on both sides of the DDL.
+    let out = db
+        .psql("ALTER TABLE items RENAME COLUMN name TO title; UPDATE items SET title = 'renamed ' || id WHERE id >= 5");
+    assert!(out.is_empty() || !out.contains("ERROR"), "{out}");
+    assert_eq!(state(&db), "error");
+    let r = reason(&db);
+    assert!(r.contains("mapped column name no longer exists") && r.contains("sync.resume('items_sp')"), "{r}");
+    let writes = env.emu.stats().writes;
+    let log = sync_once(&db);
+    assert_eq!(env.emu.stats().writes, writes, "nothing sent from a definition in error:\n{log}");
+    // The documented fix: map the field to the new column, resume.
+    db.psql("SELECT sync.map('items_sp', 'title', 'Name')");
+    way_back(&env, &db);
+    // A new column is ignored until mapped; a type change that keeps the
+    // values sends nothing.
+    db.psql("ALTER TABLE items ADD COLUMN color text; ALTER TABLE items ALTER COLUMN qty TYPE bigint");
+    assert_eq!(state(&db), "active");
+    let writes = env.emu.stats().writes;
+    sync_once(&db);
+    assert_eq!(env.emu.stats().writes, writes);
+}
