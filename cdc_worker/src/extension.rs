@@ -53,6 +53,39 @@ pub async fn purge(db: &Client) -> Result<(i64, i64, i32), tokio_postgres::Error
 // Ingest
 // ---------------------------------------------------------------------------
 
+/// The extension must be installed, at a version this worker speaks: the
+/// same major and minor version (`0.2.x` with `0.2.y`). A worker meeting
+/// another refuses to start, saying which to upgrade (a configuration error:
+/// it is not restarted).
+pub async fn require_compatible(db: &Client, dsn: &impl std::fmt::Display) -> Result<String, WorkerError> {
+    let Some(v) = installed_version(db).await? else {
+        return Err(WorkerError::Config {
+            message: format!("the syncbridge extension is not installed in {dsn}"),
+            hint: "CREATE EXTENSION syncbridge;".into(),
+        });
+    };
+    if !compatible(&v, crate::VERSION) {
+        return Err(WorkerError::Config {
+            message: format!("the syncbridge extension is at version {v}; this worker ({}) works with {}.x only",
+                crate::VERSION, major_minor(crate::VERSION)),
+            hint: format!(
+                "Upgrade the extension first (ALTER EXTENSION syncbridge UPDATE;) and then the worker, or run a worker of version {}.x",
+                major_minor(&v)
+            ),
+        });
+    }
+    Ok(v)
+}
+
+fn major_minor(v: &str) -> String {
+    v.split('.').take(2).collect::<Vec<_>>().join(".")
+}
+
+/// Whether a worker of version `worker` works with extension `extension`.
+pub fn compatible(extension: &str, worker: &str) -> bool {
+    major_minor(extension) == major_minor(worker)
+}
+
 /// The installed version of the extension, None when it is not installed.
 pub async fn installed_version(db: &Client) -> Result<Option<String>, WorkerError> {
     Ok(db
@@ -615,4 +648,18 @@ pub async fn pull_due(db: &Client, target: &str) -> Result<Option<f64>, WorkerEr
         .await
         .map_err(WorkerError::db("asking when the next pull is due"))?
         .get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compatible;
+
+    #[test]
+    fn a_worker_speaks_to_extensions_of_its_major_and_minor_version() {
+        assert!(compatible("0.2.0", "0.2.0"));
+        assert!(compatible("0.2.3", "0.2.0"));
+        assert!(!compatible("0.1.0", "0.2.0"));
+        assert!(!compatible("0.3.0", "0.2.1"));
+        assert!(!compatible("1.2.0", "0.2.0"));
+    }
 }

@@ -171,3 +171,20 @@ fn a_mapped_column_renamed_under_a_running_sync_resumes_with_nothing_lost() {
     sync_once(&db);
     assert_eq!(env.emu.stats().writes, writes);
 }
+
+#[test]
+fn a_worker_refuses_an_extension_version_it_cannot_work_with() {
+    let db = cluster().new_db("version");
+    prepare(&db, ITEMS);
+    // (as if the extension were still at 0.1.0: a superuser's edit of the catalog)
+    db.psql("UPDATE pg_extension SET extversion = '0.1.0' WHERE extname = 'syncbridge'");
+    let out = syncbridge_tests::process::run_once(&db, &[], Duration::from_secs(60));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("the syncbridge extension is at version 0.1.0")
+            && log.contains("ALTER EXTENSION syncbridge UPDATE"),
+        "{log}"
+    );
+    db.psql("UPDATE pg_extension SET extversion = '0.2.0' WHERE extname = 'syncbridge'");
+}

@@ -96,6 +96,7 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<ExportSummary, WorkerError> {
     let db = crate::pg::connect(dsn, "syncbridge-export").await?;
+    extension::require_compatible(&db, dsn).await?;
     let targets = extension::worker_targets(&db, &config.targets).await?;
     if targets.is_empty() {
         tracing::info!("no target has an active definition: nothing to export");

@@ -151,12 +151,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<IngestSummary, WorkerError> {
     let db = crate::pg::connect(dsn, "syncbridge-ingest").await?;
-    if extension::installed_version(&db).await?.is_none() {
-        return Err(WorkerError::Config {
-            message: format!("the syncbridge extension is not installed in {dsn}"),
-            hint: "CREATE EXTENSION syncbridge;".into(),
-        });
-    }
+    extension::require_compatible(&db, dsn).await?;
     let slot: String = match &config.slot {
         Some(s) => s.clone(),
         None => extension::slot_name(&db).await?,
