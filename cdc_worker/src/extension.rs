@@ -2,7 +2,10 @@
 //! `sync.*` call. No other module names a `sync` object in SQL, and the
 //! worker reads or writes no `sync` table directly: what it needs to know, and
 //! every change it reports, goes through a function the extension offers
-//! (and grants to `syncbridge_worker`).
+//! (and grants to `syncbridge_worker`). The one exception are the metrics
+//! sampler's read-only counts of the queues (`sync.pending_exports`,
+//! `sync.pending_imports`: the worker's role may read every `sync` table),
+//! at the end of this file.
 
 use serde_json::Value;
 use tokio_postgres::{Client, GenericClient};
@@ -23,17 +26,20 @@ pub async fn start_run(db: &Client, kind: &str, definition: Option<&str>, worker
         "pull" => "recording the pull run",
         _ => "recording the export run",
     };
-    Ok(db
+    let id = db
         .query_one("SELECT sync.start_run($1, $2, $3)", &[&kind, &definition, &worker])
         .await
         .map_err(WorkerError::db(what))?
-        .get(0))
+        .get(0);
+    crate::metrics::run_started(id, kind);
+    Ok(id)
 }
 
 /// Records the end of a run in `sync.runs` (`sync.start_run` began it),
 /// with what it did (`detail`: its counts). A failure to record is logged,
 /// never raised: the run's work is done.
 pub async fn finish_run(db: &Client, run_id: i64, status: &str, error: Option<String>, detail: serde_json::Value) {
+    crate::metrics::run_finished(run_id, status);
     let detail = detail.to_string();
     if let Err(e) =
         db.execute("SELECT sync.finish_run($1, $2, $3, $4::text::jsonb)", &[&run_id, &status, &error, &detail]).await
@@ -576,4 +582,99 @@ pub async fn pull_due(db: &Client, target: &str) -> Result<Option<f64>, WorkerEr
         .await
         .map_err(WorkerError::db("asking when the next pull is due"))?
         .get(0))
+}
+
+// ---------------------------------------------------------------------------
+// Metrics (read-only samples)
+// ---------------------------------------------------------------------------
+
+/// The states of an open export, as `sync.pending_exports.status` spells them.
+pub const OPEN_EXPORT_STATES: [&str; 5] = ["pending", "awaiting_approval", "executing", "failed", "error"];
+/// The states of an inbound change still to decide or settle.
+pub const OPEN_IMPORT_STATES: [&str; 4] = ["pending", "conflict", "awaiting_approval", "failed"];
+
+/// One definition's open exports (or inbound changes) in one state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDepth {
+    /// The definition's target.
+    pub target: String,
+    /// The definition.
+    pub definition: String,
+    /// The state.
+    pub state: String,
+    /// How many.
+    pub count: i64,
+    /// Seconds since the oldest of them was staged (0: none).
+    pub oldest_age: f64,
+}
+
+/// Open exports per definition and state (every open state of every
+/// definition, 0 included), with the age of the oldest: one query, over
+/// the open rows only (the index on definition and status), never the
+/// history.
+pub async fn export_queue(db: &Client) -> Result<Vec<QueueDepth>, WorkerError> {
+    let states: Vec<String> = OPEN_EXPORT_STATES.iter().map(|s| (*s).to_owned()).collect();
+    let rows = db
+        .query(
+            "SELECT d.target, d.name, s.state, count(e.id),
+                    coalesce(extract(epoch FROM now() - min(e.created_at))::float8, 0)
+               FROM sync.definitions d
+              CROSS JOIN unnest($1::text[]) AS s(state)
+               LEFT JOIN sync.pending_exports e ON e.definition_id = d.id AND e.status = s.state
+              GROUP BY d.target, d.name, s.state",
+            &[&states],
+        )
+        .await
+        .map_err(WorkerError::db("counting open exports"))?;
+    Ok(rows
+        .iter()
+        .map(|r| QueueDepth {
+            target: r.get(0),
+            definition: r.get(1),
+            state: r.get(2),
+            count: r.get(3),
+            oldest_age: r.get::<_, f64>(4).max(0.0),
+        })
+        .collect())
+}
+
+/// Inbound changes still to decide or settle, per definition and state (0
+/// included).
+pub async fn import_queue(db: &Client) -> Result<Vec<QueueDepth>, WorkerError> {
+    let states: Vec<String> = OPEN_IMPORT_STATES.iter().map(|s| (*s).to_owned()).collect();
+    let rows = db
+        .query(
+            "SELECT d.target, d.name, s.state, count(i.id)
+               FROM sync.definitions d
+              CROSS JOIN unnest($1::text[]) AS s(state)
+               LEFT JOIN sync.pending_imports i ON i.definition_id = d.id AND i.status = s.state
+              GROUP BY d.target, d.name, s.state",
+            &[&states],
+        )
+        .await
+        .map_err(WorkerError::db("counting inbound changes"))?;
+    Ok(rows
+        .iter()
+        .map(|r| QueueDepth {
+            target: r.get(0),
+            definition: r.get(1),
+            state: r.get(2),
+            count: r.get(3),
+            oldest_age: 0.0,
+        })
+        .collect())
+}
+
+/// Bytes of WAL between the server's current position and the slot's
+/// `confirmed_flush_lsn`; None when the slot does not exist (yet).
+pub async fn slot_lag_bytes(db: &Client, slot: &str) -> Result<Option<f64>, WorkerError> {
+    Ok(db
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(WorkerError::db("reading the slot's position"))?
+        .and_then(|r| r.get::<_, Option<f64>>(0)))
 }
