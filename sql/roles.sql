@@ -151,7 +151,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.run_jobs(text),
     @extschema@.slot_check(text),
     @extschema@.slot_progress(text, pg_lsn),
-    @extschema@.jobs_due()
+    @extschema@.jobs_due(),
+    @extschema@.queue_depths(),
+    @extschema@._slot_state(text)
   TO syncbridge_worker;
 
 -- Two-way sync: the worker applies inbound changes in sessions under the

@@ -2,7 +2,10 @@
 //! `sync.*` call. No other module names a `sync` object in SQL, and the
 //! worker reads or writes no `sync` table directly: what it needs to know, and
 //! every change it reports, goes through a function the extension offers
-//! (and grants to `syncbridge_worker`).
+//! (and grants to `syncbridge_worker`). The one exception are the metrics
+//! sampler's read-only counts of the queues (`sync.pending_exports`,
+//! `sync.pending_imports`: the worker's role may read every `sync` table),
+//! at the end of this file.
 
 use serde_json::Value;
 use tokio_postgres::{Client, GenericClient};
@@ -23,17 +26,20 @@ pub async fn start_run(db: &Client, kind: &str, definition: Option<&str>, worker
         "pull" => "recording the pull run",
         _ => "recording the export run",
     };
-    Ok(db
+    let id = db
         .query_one("SELECT sync.start_run($1, $2, $3)", &[&kind, &definition, &worker])
         .await
         .map_err(WorkerError::db(what))?
-        .get(0))
+        .get(0);
+    crate::metrics::run_started(id, kind);
+    Ok(id)
 }
 
 /// Records the end of a run in `sync.runs` (`sync.start_run` began it),
 /// with what it did (`detail`: its counts). A failure to record is logged,
 /// never raised: the run's work is done.
 pub async fn finish_run(db: &Client, run_id: i64, status: &str, error: Option<String>, detail: serde_json::Value) {
+    crate::metrics::run_finished(run_id, status);
     let detail = detail.to_string();
     if let Err(e) =
         db.execute("SELECT sync.finish_run($1, $2, $3, $4::text::jsonb)", &[&run_id, &status, &error, &detail]).await
@@ -648,6 +654,60 @@ pub async fn pull_due(db: &Client, target: &str) -> Result<Option<f64>, WorkerEr
         .await
         .map_err(WorkerError::db("asking when the next pull is due"))?
         .get(0))
+}
+
+// ---------------------------------------------------------------------------
+// Metrics (read-only samples)
+// ---------------------------------------------------------------------------
+
+/// One definition's open exports (or inbound changes) in one state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDepth {
+    /// `export` or `import`.
+    pub queue: String,
+    /// The definition's target.
+    pub target: String,
+    /// The definition.
+    pub definition: String,
+    /// The state.
+    pub state: String,
+    /// How many.
+    pub count: i64,
+    /// Seconds since the oldest of them was staged (0: none).
+    pub oldest_age: f64,
+}
+
+/// Open exports and inbound changes per definition and state, 0 included
+/// (`sync.queue_depths`: the extension says which states are open).
+pub async fn queue_depths(db: &Client) -> Result<Vec<QueueDepth>, WorkerError> {
+    let rows = db
+        .query("SELECT queue, target, definition, state, items, oldest_age FROM sync.queue_depths()", &[])
+        .await
+        .map_err(WorkerError::db("counting the open exports and inbound changes"))?;
+    Ok(rows
+        .iter()
+        .map(|r| QueueDepth {
+            queue: r.get(0),
+            target: r.get(1),
+            definition: r.get(2),
+            state: r.get(3),
+            count: r.get(4),
+            oldest_age: r.get::<_, f64>(5).max(0.0),
+        })
+        .collect())
+}
+
+/// WAL behind the slot: (current position - confirmed position, current
+/// position - restart position) in bytes; None when the slot does not exist.
+pub async fn slot_lag_bytes(db: &Client, slot: &str) -> Result<Option<(f64, f64)>, WorkerError> {
+    let row = db
+        .query_opt(
+            "SELECT confirmed_lag_bytes::float8, wal_held_bytes::float8 FROM sync._slot_state($1) WHERE slot_exists",
+            &[&slot],
+        )
+        .await
+        .map_err(WorkerError::db("reading the slot's position"))?;
+    Ok(row.map(|r| (r.get::<_, Option<f64>>(0).unwrap_or(0.0), r.get::<_, Option<f64>>(1).unwrap_or(0.0))))
 }
 
 #[cfg(test)]

@@ -18,13 +18,20 @@
 //! - [`pull`]: changes read back from targets (two-way): `sync.pull_claim` →
 //!   adapter → `sync.pull_page`, then `sync.apply_imports`;
 //! - [`runtime`]: the worker's name and stop signals;
-//! - [`check`]: `syncbridge-worker check`.
+//! - [`check`]: `syncbridge-worker check`;
+//! - [`metrics`]: the metrics registry and the `/metrics`, `/healthz`,
+//!   `/readyz` endpoint (uses nothing of the crate: every module counts
+//!   into it);
+//! - [`observe`]: the sampler that reads queue depth and slot lag from the
+//!   database into the metrics.
 
 pub mod check;
 pub mod error;
 pub mod export;
 pub mod extension;
 pub mod ingest;
+pub mod metrics;
+pub mod observe;
 pub mod pg;
 pub mod pull;
 pub mod runtime;

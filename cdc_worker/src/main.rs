@@ -9,6 +9,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use syncbridge_worker::error::WorkerError;
 use syncbridge_worker::export::{self, ExportConfig};
 use syncbridge_worker::ingest::{self, IngestConfig};
+use syncbridge_worker::metrics;
+use syncbridge_worker::observe::{self, SlotChoice};
 use syncbridge_worker::target::policy::{DEFAULT_SECRETS_DIR, ENV_PREFIX};
 use syncbridge_worker::target::TargetPolicy;
 use syncbridge_worker::{check, pg::dsn::Dsn};
@@ -66,6 +68,45 @@ impl PolicyArgs {
     }
 }
 
+/// Where to serve metrics and health.
+#[derive(clap::Args, Debug)]
+struct MetricsArgs {
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) on
+    /// this address (HOST:PORT, e.g. 127.0.0.1:9187); none by default.
+    #[arg(long, value_name = "HOST:PORT", env = "SYNCBRIDGE_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+}
+
+impl MetricsArgs {
+    /// Listens on the address, serving the endpoints, and starts the
+    /// sampler; Err: the exit code when the address cannot be used.
+    async fn start(
+        self,
+        dsn: &Dsn,
+        slot: SlotChoice,
+        rx: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, ExitCode> {
+        let Some(addr) = self.metrics_addr.filter(|a| !a.trim().is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let listener = match metrics::server::bind(&addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot serve metrics on {addr}: {e}");
+                return Err(ExitCode::from(EXIT_UNREACHABLE));
+            }
+        };
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+        if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+            tracing::warn!(addr = %local, "the metrics endpoint is not on loopback: whoever reaches it sees target and definition names and queue depths");
+        }
+        tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
+        let server = tokio::spawn(metrics::server::serve(listener));
+        let sampler = tokio::spawn(observe::sample_loop(dsn.clone(), slot, observe::SAMPLE_INTERVAL, rx));
+        Ok(vec![server, sampler])
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Check that a database is ready for syncbridge: server version,
@@ -117,6 +158,8 @@ enum Command {
         lanes: u64,
         #[command(flatten)]
         policy: PolicyArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Send staged exports to their targets (claim → target → complete),
     /// and pull two-way lists back (pull_claim → target → pull_page →
@@ -139,6 +182,8 @@ enum Command {
         lanes: u64,
         #[command(flatten)]
         policy: PolicyArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
 }
 
@@ -171,7 +216,7 @@ async fn main() -> ExitCode {
     init_logging(&cli.log_format);
     let parse_dsn = |s: &str| parse_dsn(s, dsn_on_command_line);
     match cli.command {
-        Command::Export { dsn, once, targets, lease_seconds, lanes, policy } => {
+        Command::Export { dsn, once, targets, lease_seconds, lanes, policy, metrics } => {
             let dsn = match parse_dsn(&dsn) {
                 Ok(d) => d,
                 Err(code) => return code,
@@ -183,9 +228,14 @@ async fn main() -> ExitCode {
             let config =
                 ExportConfig { targets, once, lease_seconds, lanes: lanes as usize, policy, ..ExportConfig::default() };
             let rx = shutdown_signal();
+            let served = match metrics.start(&dsn, SlotChoice::None, rx.clone()).await {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
             let purger = tokio::spawn(export::housekeeping(dsn.clone(), once, rx.clone()));
             let code = supervise("export", rx.clone(), || export::run(&dsn, &config, rx.clone()), report_export).await;
             end_purger(purger, once).await;
+            served.iter().for_each(|t| t.abort());
             code
         }
         Command::Run {
@@ -201,6 +251,7 @@ async fn main() -> ExitCode {
             no_export,
             lanes,
             policy,
+            metrics,
         } => {
             let dsn = match parse_dsn(&dsn) {
                 Ok(d) => d,
@@ -229,6 +280,11 @@ async fn main() -> ExitCode {
             let staged = std::sync::Arc::new(tokio::sync::Notify::new());
             let config = IngestConfig { staged: Some(staged.clone()), ..config };
             let rx = shutdown_signal();
+            let slot = config.slot.clone().map_or(SlotChoice::Configured, SlotChoice::Named);
+            let served = match metrics.start(&dsn, slot, rx.clone()).await {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
             // History past its retention: one purge loop per process (none
             // for a decode-only or a staging-only --once run).
             let purger = (!(decode_only || once && no_export))
@@ -239,6 +295,7 @@ async fn main() -> ExitCode {
                 if let Some(p) = purger {
                     end_purger(p, once).await;
                 }
+                served.iter().for_each(|t| t.abort());
                 return code;
             }
             let export_config =
@@ -264,6 +321,7 @@ async fn main() -> ExitCode {
             if let Some(p) = purger {
                 end_purger(p, once).await;
             }
+            served.iter().for_each(|t| t.abort());
             code
         }
         Command::Check { dsn, json } => {
@@ -349,6 +407,7 @@ fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
+        metrics::health::stopping();
         if tx.send(true).is_err() {
             tracing::debug!("everything had already stopped");
         }
@@ -370,18 +429,23 @@ where
     Fut: std::future::Future<Output = Result<S, WorkerError>>,
 {
     let mut delay = Duration::from_millis(500);
+    metrics::health::starting(what);
     loop {
         match task().await {
             Ok(summary) => {
                 report(&summary);
+                metrics::health::done(what);
                 return ExitCode::SUCCESS;
             }
             Err(e) if e.should_restart() && !*rx.borrow() => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed; restarting");
+                metrics::health::restarting(what);
+                metrics::RESTARTS.inc(&[what]);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
+                metrics::health::failed(what);
                 tracing::error!(error = %e, "{what} stopped");
                 eprintln!("error: {e}");
                 return ExitCode::from(EXIT_FAILED);

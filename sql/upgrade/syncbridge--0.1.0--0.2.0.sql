@@ -5959,6 +5959,28 @@ SELECT d.name AS definition,
         FROM sync.pulls p WHERE p.definition_id = d.id) pl ON true;
 COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress; two-way: inbound changes pending, applied, awaiting approval and failed, open conflicts, the last and next pull and each list''s delta state and pull error; the slot''s state and its reason (sync.slot_health).';
 
+-- For the worker's metrics: the open queues, every open state of every
+-- definition (0 included, so a drained queue reads 0, not absent).
+CREATE OR REPLACE FUNCTION queue_depths() RETURNS TABLE (queue text, target text, definition text, state text, items bigint,
+    oldest_age double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT 'export', d.target, d.name, s.state, count(e.id),
+           coalesce(extract(epoch FROM now() - min(e.created_at))::float8, 0)
+      FROM sync.definitions d
+     CROSS JOIN unnest(ARRAY['pending', 'awaiting_approval', 'executing', 'failed', 'error']) AS s(state)
+      LEFT JOIN sync.pending_exports e ON e.definition_id = d.id AND e.status = s.state
+     GROUP BY d.target, d.name, s.state
+    UNION ALL
+    SELECT 'import', d.target, d.name, s.state, count(i.id),
+           coalesce(extract(epoch FROM now() - min(i.created_at))::float8, 0)
+      FROM sync.definitions d
+     CROSS JOIN unnest(ARRAY['pending', 'conflict', 'awaiting_approval', 'failed']) AS s(state)
+      LEFT JOIN sync.pending_imports i ON i.definition_id = d.id AND i.status = s.state
+     GROUP BY d.target, d.name, s.state
+     ORDER BY 1, 2, 3, 4;
+$$;
+COMMENT ON FUNCTION queue_depths() IS 'The open exports (pending, awaiting_approval, executing, failed, error) and inbound changes (pending, conflict, awaiting_approval, failed) per definition and state, 0 included, with the age in seconds of the oldest: what the worker''s metrics sample.';
+
 -- ===== sql/roles.sql =====
 -- syncbridge: privileges, applied last (after every object exists). The
 -- threat model is SECURITY.md's; in short:
@@ -6113,7 +6135,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.run_jobs(text),
     @extschema@.slot_check(text),
     @extschema@.slot_progress(text, pg_lsn),
-    @extschema@.jobs_due()
+    @extschema@.jobs_due(),
+    @extschema@.queue_depths(),
+    @extschema@._slot_state(text)
   TO syncbridge_worker;
 
 -- Two-way sync: the worker applies inbound changes in sessions under the

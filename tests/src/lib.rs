@@ -10,6 +10,7 @@ pub mod graph;
 pub mod graph_emulator;
 pub mod ingest;
 pub mod process;
+pub mod prometheus;
 pub mod random;
 pub mod target_env;
 pub mod worker;

@@ -24,9 +24,10 @@ pub use purge::{housekeeping, purge_loop};
 
 use crate::error::WorkerError;
 use crate::extension;
+use crate::metrics;
 use crate::pg::dsn::Dsn;
 use crate::pull::{PullConfig, PullSummary};
-use crate::target::{self, ApplyContext, ErrorClass, Export, Health, OpResult, Target, TargetPolicy};
+use crate::target::{self, ApplyContext, ErrorClass, Export, Health, Op, OpResult, Target, TargetPolicy};
 
 /// Claim loops per target unless told otherwise.
 pub const DEFAULT_LANES: usize = 2;
@@ -114,9 +115,12 @@ pub async fn run(
                 continue;
             }
         };
+        metrics::target_started(&name);
         let (dsn, config, shutdown) = (dsn.clone(), config.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move { export_target(&dsn, &config, &name, adapter, shutdown).await }));
     }
+    // Connected, and every target's loops started.
+    metrics::health::ready("export");
     let mut summary = ExportSummary::default();
     let mut first_err = None;
     for t in tasks {
@@ -399,6 +403,7 @@ async fn export_loop(
             continue;
         }
         summary.claimed += exports.len() as u64;
+        metrics::EXPORTS_CLAIMED.add(&[name], (exports.len() + unreadable.len()) as f64);
         let claimed_at = started.elapsed();
         let ctx = context(db, name).await?;
         // Finish the batch in flight even on shutdown: its results are recorded.
@@ -428,10 +433,12 @@ async fn export_loop(
         let json = serde_json::to_string(&results).expect("results serialize");
         let completing = std::time::Instant::now();
         extension::complete(db, &json, &config.worker_name).await?;
+        count_results(name, &exports, &results, started.elapsed().as_secs_f64());
         if results.iter().any(|r| r.fields.is_some()) {
             // The answers' read-only fields (pull-only mappings) go into
             // their rows now, under the origin syncbridge, not a pull later.
-            extension::apply_imports(db, name, 1000, &config.worker_name).await?;
+            let tally = extension::apply_imports(db, name, 1000, &config.worker_name).await?;
+            crate::pull::count_imports(name, &tally);
         }
         if conflicted > 0 {
             // Recorded: the puller reads the remote changes now.
@@ -446,6 +453,28 @@ async fn export_loop(
             claim_ms = claimed_at.as_millis() as u64, apply_ms = applied_in.as_millis() as u64,
             complete_ms = completing.elapsed().as_millis() as u64, "batch done");
     }
+}
+
+/// Counts a batch's results, recorded by `sync.complete` `secs` after its
+/// claim, in the metrics: by operation and outcome, the latency of each.
+fn count_results(target: &str, exports: &[Export], results: &[OpResult], secs: f64) {
+    let ops: HashMap<i64, Op> = exports.iter().map(|e| (e.id, e.op)).collect();
+    let latency = metrics::CLAIM_TO_COMPLETE.histogram_of(&[target]);
+    for r in results {
+        // An export that did not parse has no operation we know of.
+        let op = ops.get(&r.id).map_or("unknown", |op| op.as_str());
+        let outcome = match (r.ok, r.class) {
+            (true, _) => "ok",
+            (false, Some(c)) => c.as_str(),
+            (false, None) => "transient",
+        };
+        metrics::EXPORTS.inc(&[target, op, outcome]);
+        if outcome == "conflict" {
+            metrics::CONFLICTS.inc(&[target, "export"]);
+        }
+        latency.observe(secs);
+    }
+    metrics::BATCH_DURATION.observe(&["export"], secs);
 }
 
 /// The longest pause between two probes of a target that is down.

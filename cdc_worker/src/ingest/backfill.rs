@@ -62,6 +62,7 @@ async fn backfill_one(
         if *shutdown.borrow() {
             return Ok(false);
         }
+        let step_started = Instant::now();
         let (done, rows_done, rows_total) = if let Some(snap) = snapshot {
             let chunk = read_chunk_in_snapshot(db, snap, def, after.as_deref(), config.backfill_chunk).await?;
             let progress = extension::backfill_step_keys(
@@ -80,6 +81,7 @@ async fn backfill_one(
             extension::backfill_step(db, def, config.backfill_chunk, run_id).await?
         };
         *steps += 1;
+        crate::metrics::BATCH_DURATION.observe(&["backfill_chunk"], step_started.elapsed().as_secs_f64());
         if done {
             tracing::info!(definition = %def, rows = rows_done, secs = started.elapsed().as_secs_f64(), "backfill done");
             return Ok(true);

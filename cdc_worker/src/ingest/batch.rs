@@ -22,6 +22,10 @@ pub(super) struct Batch {
     pub(super) truncates: Vec<u32>,
     pub(super) count: usize,
     pub(super) since: Option<Instant>,
+    /// Commit timestamps (microseconds since 2000-01-01) of the
+    /// transactions whose last keys are in this batch (the metrics' commit
+    /// to staged latency).
+    pub(super) commits: Vec<i64>,
 }
 
 impl Batch {

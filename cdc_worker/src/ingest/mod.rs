@@ -295,7 +295,12 @@ pub async fn run(
         confirmed: start,
         received: start,
         summary,
+        in_flight: 0,
+        tx_keys: false,
+        meters: stream::Meters::new(&slot),
     };
+    // Connected, the slot streaming, the stager and the backfill started.
+    crate::metrics::health::ready("ingest");
     let backfill_dsn = dsn.clone();
     let backfill_config = config.clone();
     // The backfill stops at shutdown, or when the stream fails (the ingest

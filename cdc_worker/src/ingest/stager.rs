@@ -1,13 +1,14 @@
 //! The stager: its own session and task, staging batches with `sync.stage`
 //! and recording each batch's LSN in the same transaction.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 use crate::error::WorkerError;
 use crate::extension;
+use crate::metrics;
 use crate::source::lsn::Lsn;
 
 /// A batch for the stager; jobs are staged one at a time, in WAL order.
@@ -23,6 +24,9 @@ pub(super) struct StageJob {
     /// Record `lsn` in `sync.cursors` (else, with nothing to stage, it is
     /// only confirmed).
     pub(super) record: bool,
+    /// Commit timestamps of the transactions completed in this job
+    /// (microseconds since 2000-01-01), for the metrics.
+    pub(super) commits: Vec<i64>,
 }
 
 /// The stager committed a job.
@@ -147,9 +151,10 @@ impl Stager {
             // A deadlock or serialization failure against a backfill or an
             // exporter rolls the whole transaction back: try it again.
             let mut attempt = 0u32;
-            loop {
+            let started = std::time::Instant::now();
+            let staged = loop {
                 match self.stage_tx(&job.rels, &job.truncates, job.lsn).await {
-                    Ok(()) => break,
+                    Ok(staged) => break staged,
                     Err(WorkerError::Database { source, .. })
                         if attempt < 5 && matches!(source.code().map(|c| c.code()), Some("40001" | "40P01")) =>
                     {
@@ -159,6 +164,9 @@ impl Stager {
                     }
                     Err(e) => return Err(e),
                 }
+            };
+            if batch {
+                self.count(&job, &staged, started.elapsed().as_secs_f64());
             }
             if let Some(n) = &self.notify {
                 if batch {
@@ -176,19 +184,44 @@ impl Stager {
         Ok(())
     }
 
+    /// Counts a committed job in the metrics: its keys, what `sync.stage`
+    /// queued per definition, how long it took, and for each transaction
+    /// it completed the time from its commit on the source until now.
+    fn count(&self, job: &StageJob, staged: &[(String, i32)], secs: f64) {
+        metrics::INGEST_KEYS_STAGED.add(&[], job.keys as f64);
+        for (def, n) in staged {
+            metrics::INGEST_EXPORTS_STAGED.add(&[def], f64::from(*n));
+        }
+        metrics::BATCH_DURATION.observe(&["stage"], secs);
+        if let Some(last) = job.commits.iter().max() {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            let latency = metrics::COMMIT_TO_STAGED.histogram_of(&[]);
+            for ts in &job.commits {
+                latency.observe(now - unix_seconds(*ts));
+            }
+            metrics::SLOT_LAG_SECONDS.set(&[&self.slot], (now - unix_seconds(*last)).max(0.0));
+        }
+    }
+
     /// One staging transaction: every relation's keys, the truncates, and the
-    /// LSN (when given) in `sync.cursors`.
+    /// LSN (when given) in `sync.cursors`. Returns what `sync.stage` queued
+    /// per definition.
     pub(super) async fn stage_tx(
         &mut self,
         rels: &[(i64, String)],
         truncates: &[i64],
         lsn: Option<Lsn>,
-    ) -> Result<(), WorkerError> {
+    ) -> Result<Vec<(String, i32)>, WorkerError> {
         let tx = self.db.transaction().await.map_err(WorkerError::db("starting a staging transaction"))?;
+        let mut staged: Vec<(String, i32)> = Vec::new();
         for (oid, json) in rels {
-            for (def, _, err) in extension::stage(&tx, *oid, json, self.run_id).await? {
+            for (def, n, err) in extension::stage(&tx, *oid, json, self.run_id).await? {
                 if let Some(err) = err {
                     tracing::error!(definition = %def, error = %err, "staging failed; the definition is now in state error");
+                }
+                match staged.iter_mut().find(|(d, _)| *d == def) {
+                    Some((_, total)) => *total += n,
+                    None => staged.push((def, n)),
                 }
             }
         }
@@ -202,6 +235,22 @@ impl Stager {
         if let Some(lsn) = lsn {
             self.recorded = self.recorded.max(lsn);
         }
-        Ok(())
+        Ok(staged)
+    }
+}
+
+/// A pgoutput timestamp (microseconds since 2000-01-01 UTC) in Unix seconds.
+pub(super) fn unix_seconds(pg_micros: i64) -> f64 {
+    const PG_EPOCH_UNIX: f64 = 946_684_800.0;
+    pg_micros as f64 / 1e6 + PG_EPOCH_UNIX
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pgoutput_timestamps_become_unix_seconds() {
+        assert_eq!(super::unix_seconds(0), 946_684_800.0);
+        // 2024-01-01 00:00:00 UTC
+        assert_eq!(super::unix_seconds(757_382_400_000_000), 1_704_067_200.0);
     }
 }

@@ -11,6 +11,7 @@ use super::batch::{key_object, Batch, RelationInfo};
 use super::stager::{StageJob, Staged, StagerHandle};
 use super::{IngestConfig, IngestSummary, SYNCBRIDGE_ORIGIN};
 use crate::error::WorkerError;
+use crate::metrics;
 use crate::source::lsn::Lsn;
 use crate::source::pgoutput::{self, Message, TupleData};
 use crate::source::replication::{ReplError, ReplicationEvent, ReplicationStream};
@@ -36,6 +37,39 @@ pub(super) struct Ingest<'a> {
     /// The furthest WAL position received.
     pub(super) received: Lsn,
     pub(super) summary: IngestSummary,
+    /// Jobs handed to the stager and not reported committed yet.
+    pub(super) in_flight: usize,
+    /// The open transaction added keys (or a truncate) to the batch.
+    pub(super) tx_keys: bool,
+    /// Counters of the hot path, looked up once.
+    pub(super) meters: Meters,
+}
+
+/// The ingest's counters.
+pub(super) struct Meters {
+    transactions: metrics::Counter,
+    skipped: metrics::Counter,
+    inserts: metrics::Counter,
+    updates: metrics::Counter,
+    deletes: metrics::Counter,
+    truncates: metrics::Counter,
+}
+
+impl Meters {
+    /// The counters, created at zero (and the slot's lag at 0).
+    pub(super) fn new(slot: &str) -> Self {
+        metrics::INGEST_KEYS_STAGED.touch(&[]);
+        metrics::SLOT_LAG_SECONDS.set(&[slot], 0.0);
+        let change = |op: &str| metrics::INGEST_CHANGES.counter_of(&[op]);
+        Meters {
+            transactions: metrics::INGEST_TRANSACTIONS.counter_of(&[]),
+            skipped: metrics::INGEST_SKIPPED.counter_of(&[]),
+            inserts: change("insert"),
+            updates: change("update"),
+            deletes: change("delete"),
+            truncates: change("truncate"),
+        }
+    }
 }
 
 pub(super) type BackfillTask = tokio::task::JoinHandle<Result<u64, WorkerError>>;
@@ -99,6 +133,10 @@ impl Ingest<'_> {
                     self.flush().await?;
                 }
                 _ = status_tick.tick() => {
+                    if !self.in_tx && self.batch.is_empty() && self.in_flight == 0 {
+                        // Everything received is staged: no lag.
+                        metrics::SLOT_LAG_SECONDS.set(&[&self.slot], 0.0);
+                    }
                     if !self.in_tx && self.batch.is_empty() && self.safe_lsn > self.queued_lsn && !self.config.decode_only {
                         self.checkpoint_only().await?;
                     }
@@ -131,13 +169,20 @@ impl Ingest<'_> {
             Message::Begin(_) => {
                 self.in_tx = true;
                 self.skip_tx = false;
+                self.tx_keys = false;
             }
             Message::Commit(c) => {
                 self.in_tx = false;
                 self.summary.transactions += 1;
+                self.meters.transactions.inc();
                 if self.skip_tx {
                     self.summary.skipped_own += 1;
+                    self.meters.skipped.inc();
                 }
+                if self.tx_keys {
+                    self.batch.commits.push(c.timestamp);
+                }
+                self.tx_keys = false;
                 self.skip_tx = false;
                 self.safe_lsn = self.safe_lsn.max(c.end_lsn);
                 if self.batch.count >= self.config.batch_max_keys {
@@ -160,13 +205,24 @@ impl Ingest<'_> {
                 self.relations
                     .insert(r.id, RelationInfo { name: format!("{schema}.{}", r.name), columns, key_positions });
             }
-            Message::Insert(i) => self.keys_of(i.relation_id, [Some(&i.new)])?,
-            Message::Update(u) => self.keys_of(u.relation_id, [u.old.as_ref(), Some(&u.new)])?,
-            Message::Delete(d) => self.keys_of(d.relation_id, [Some(&d.old)])?,
+            Message::Insert(i) => {
+                self.meters.inserts.inc();
+                self.keys_of(i.relation_id, [Some(&i.new)])?
+            }
+            Message::Update(u) => {
+                self.meters.updates.inc();
+                self.keys_of(u.relation_id, [u.old.as_ref(), Some(&u.new)])?
+            }
+            Message::Delete(d) => {
+                self.meters.deletes.inc();
+                self.keys_of(d.relation_id, [Some(&d.old)])?
+            }
             Message::Truncate(t) => {
+                self.meters.truncates.inc();
                 if !self.skip_tx && !self.config.decode_only {
                     for rel in &t.relation_ids {
                         self.batch.truncate(*rel);
+                        self.tx_keys = true;
                     }
                 }
             }
@@ -206,6 +262,7 @@ impl Ingest<'_> {
         }
         for k in keys.into_iter().flatten() {
             self.batch.add(rel, k);
+            self.tx_keys = true;
         }
         Ok(())
     }
@@ -225,7 +282,7 @@ impl Ingest<'_> {
         if self.batch.is_empty() && (self.in_tx || lsn.is_none()) {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
         let keys = batch.count;
         let mut rels: Vec<(i64, String)> = batch
             .keys
@@ -245,10 +302,12 @@ impl Ingest<'_> {
             .collect();
         rels.sort_by_key(|(r, _)| *r);
         let truncates: Vec<i64> = batch.truncates.iter().map(|r| i64::from(*r)).collect();
+        let commits = std::mem::take(&mut batch.commits);
         drop(batch);
         // The LSN goes with the keys, unless a transaction is still open.
         let lsn = if self.in_tx { None } else { lsn };
-        self.stager.send(StageJob { rels, truncates, lsn, keys, record: true }).await?;
+        self.stager.send(StageJob { rels, truncates, lsn, keys, record: true, commits }).await?;
+        self.in_flight += 1;
         if let Some(lsn) = lsn {
             self.queued_lsn = lsn;
         }
@@ -262,14 +321,23 @@ impl Ingest<'_> {
     /// the position again, a write per status interval forever.
     pub(super) async fn checkpoint_only(&mut self) -> Result<(), WorkerError> {
         let lsn = self.safe_lsn;
-        let job = StageJob { rels: Vec::new(), truncates: Vec::new(), lsn: Some(lsn), keys: 0, record: false };
+        let job = StageJob {
+            rels: Vec::new(),
+            truncates: Vec::new(),
+            lsn: Some(lsn),
+            keys: 0,
+            record: false,
+            commits: Vec::new(),
+        };
         self.stager.send(job).await?;
+        self.in_flight += 1;
         self.queued_lsn = lsn;
         Ok(())
     }
 
     /// The stager committed a batch: count it, and confirm its LSN.
     pub(super) async fn staged(&mut self, done: Staged) -> Result<(), WorkerError> {
+        self.in_flight = self.in_flight.saturating_sub(1);
         if done.batch {
             self.summary.batches += 1;
             self.summary.keys_staged += done.keys as u64;

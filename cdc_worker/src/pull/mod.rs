@@ -38,6 +38,7 @@ use tokio_postgres::Client;
 
 use crate::error::WorkerError;
 use crate::extension::{self, Lease, PullClaim, PullFailure};
+use crate::metrics;
 use crate::target::{PullError, PullRequest, Target};
 
 /// The most lists one round reads (and one forced claim leases).
@@ -201,7 +202,7 @@ async fn drift_reads(
         };
         let Some(c) = claim else { return Ok(()) };
         tracing::info!(definition = %c.definition, list = %c.list, report = c.report, "reading a list for a drift check");
-        match pull_list(db, config, adapter, &c, stop, summary).await {
+        match pull_list(db, config, target, adapter, &c, stop, summary).await {
             Ok(ListEnd::Done) => summary.drift_lists += 1,
             Ok(ListEnd::Failed { .. }) => summary.failed += 1,
             Ok(ListEnd::Dropped) => {}
@@ -263,7 +264,7 @@ async fn round(
                     return Ok(());
                 }
                 done.claimed += 1;
-                match pull_list(db, config, adapter, c, stop, summary).await? {
+                match pull_list(db, config, target, adapter, c, stop, summary).await? {
                     ListEnd::Done => summary.lists += 1,
                     ListEnd::Failed { resync } => {
                         summary.failed += 1;
@@ -294,6 +295,7 @@ async fn round(
 async fn pull_list(
     db: &Client,
     config: &PullConfig,
+    target: &str,
     adapter: &dyn Target,
     c: &PullClaim,
     stop: &mut watch::Receiver<bool>,
@@ -307,15 +309,23 @@ async fn pull_list(
         page_size: config.page_size,
     };
     tracing::debug!(definition = %c.definition, list = %c.list, round = c.round, fresh = c.link.is_none(), "pulling a list");
+    let read = if c.report.is_some() { "drift" } else { "pull" };
     loop {
         if *stop.borrow() {
             // The pages stored so far are durable with their link; the
             // lease expires and the next worker goes on from there.
             return Ok(ListEnd::Dropped);
         }
+        let started = std::time::Instant::now();
         let page = match adapter.pull(&request).await {
             Ok(page) => page,
-            Err(e) => return failed(db, c, &e, worker, stop).await,
+            Err(e) => {
+                let end = failed(db, c, &e, worker, stop).await;
+                if matches!(end, Ok(ListEnd::Failed { .. })) {
+                    metrics::PULL_FAILURES.inc(&[target, e.class().as_str()]);
+                }
+                return end;
+            }
         };
         let items = serde_json::to_string(&page.items)
             .map_err(|e| WorkerError::internal(format!("a pulled page does not serialize: {e}")))?;
@@ -326,6 +336,9 @@ async fn pull_list(
         }
         summary.pages += 1;
         summary.items += page.items.len() as u64;
+        metrics::PULL_PAGES.inc(&[target, read]);
+        metrics::PULL_ITEMS.add(&[target, read], page.items.len() as f64);
+        metrics::BATCH_DURATION.observe(&["pull_page"], started.elapsed().as_secs_f64());
         if page.last {
             tracing::debug!(definition = %c.definition, list = %c.list, round = c.round, "list read");
             return Ok(ListEnd::Done);
@@ -366,6 +379,7 @@ async fn apply_all(
 ) -> Result<(), WorkerError> {
     loop {
         let t = extension::apply_imports(db, target, IMPORTS_PER_CALL, &config.worker_name).await?;
+        count_imports(target, &t);
         summary.applied += u64::try_from(t.applied).unwrap_or(0);
         summary.conflicts += u64::try_from(t.conflicts).unwrap_or(0);
         if t.progress() > 0 {
@@ -376,4 +390,18 @@ async fn apply_all(
             return Ok(());
         }
     }
+}
+
+/// Counts what one `sync.apply_imports` call decided in the metrics.
+pub fn count_imports(target: &str, t: &extension::ImportTally) {
+    for (outcome, n) in [
+        ("applied", t.applied),
+        ("echo", t.echoes),
+        ("conflict", t.conflicts),
+        ("awaiting", t.awaiting),
+        ("failed", t.failed),
+    ] {
+        metrics::IMPORTS.add(&[target, outcome], f64::from(n));
+    }
+    metrics::CONFLICTS.add(&[target, "import"], f64::from(t.conflicts));
 }

@@ -206,6 +206,13 @@ mod tests {
         for c in ErrorClass::ALL {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
+        for op in [Op::Provision, Op::Add, Op::Update, Op::Delete, Op::Move] {
+            assert_eq!(serde_json::to_value(op).unwrap(), op.as_str());
+            assert!(crate::metrics::EXPORT_OPS.contains(&op.as_str()));
+        }
+        for c in ErrorClass::ALL {
+            assert!(crate::metrics::EXPORT_OUTCOMES.contains(&c.as_str()));
+        }
         assert!(ErrorClass::ALL.contains(&ErrorClass::Conflict));
         let r = OpResult {
             fields: Some(serde_json::Map::from_iter([("ID".to_owned(), serde_json::json!(5))])),

@@ -23,6 +23,19 @@ pub enum Op {
     Move,
 }
 
+impl Op {
+    /// As `sync.pending_exports.op` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Provision => "provision",
+            Op::Add => "add",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Move => "move",
+        }
+    }
+}
+
 /// One claimed export (a row of `sync.claim`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Export {

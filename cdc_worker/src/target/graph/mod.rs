@@ -426,6 +426,11 @@ impl GraphTarget {
         }
         match parse_batch_answer(&text) {
             Ok(map) => {
+                // Each request it carried was answered on its own (Graph
+                // counts, and throttles, each).
+                for a in map.values() {
+                    self.client.count_answer("batch_item", a.status, retry_after_of(&a.headers));
+                }
                 self.client.set_health(Health::Ok, "");
                 Ok(map)
             }

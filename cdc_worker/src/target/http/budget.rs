@@ -8,9 +8,12 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::retry::stop_signalled;
 use super::{Failure, HttpClient};
+use crate::metrics;
 
 /// What a target may spend.
 pub struct Budget {
+    /// The units a minute allowed (the metrics show it).
+    pub(crate) per_min: u32,
     pub(crate) limiter: DefaultDirectRateLimiter,
     pub(crate) burst: u32,
     /// Paces write requests at `writes_per_second` (with a burst of at most
@@ -24,6 +27,7 @@ impl Budget {
     /// an API counting a sliding minute must never see more than `per_min`);
     /// writes capped at `writes_per_second` when given.
     pub fn new(per_min: u32, burst: u32, writes_per_second: Option<f64>, max_burst: u32) -> Self {
+        let allowed = per_min;
         let burst = burst.min(per_min / 2).max(1);
         let rate = per_min.saturating_sub(burst).max(1);
         let quota = Quota::per_minute(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
@@ -36,14 +40,25 @@ impl Budget {
                 .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
             (RateLimiter::direct(quota), burst)
         });
-        Self { limiter: RateLimiter::direct(quota), burst, writes }
+        Self { per_min: allowed, limiter: RateLimiter::direct(quota), burst, writes }
     }
 }
 
 impl HttpClient {
     /// Waits out a pause, the RU budget and (for `writes` write requests)
     /// the `writes_per_second` cap; Err when the worker stops meanwhile.
+    /// The units taken and the time waited show in the metrics.
     pub(crate) async fn wait_turn(&self, ru: u32, writes: u32) -> Result<(), Failure> {
+        let since = std::time::Instant::now();
+        let turn = self.turn(ru, writes).await;
+        metrics::BUDGET_WAIT.add(&[&self.name], since.elapsed().as_secs_f64());
+        if turn.is_ok() {
+            metrics::BUDGET_SPENT.add(&[&self.name], f64::from(ru));
+        }
+        turn
+    }
+
+    async fn turn(&self, ru: u32, writes: u32) -> Result<(), Failure> {
         let until = *self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(until) = until {
             if !self.sleep_or_stop(until.into()).await {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::metrics;
 use crate::target::policy::bounded;
 use crate::target::{ErrorClass, Health, OpResult, Redactor, TargetSetupError};
 use retry::stop_signalled;
@@ -114,6 +115,7 @@ impl HttpClient {
             .build()
             .map_err(|e| TargetSetupError::Config { target: name.clone(), message: e.to_string() })?;
         let redactor = Redactor::new([auth.secret.as_str()]);
+        metrics::BUDGET_ALLOWED.set(&[&name], f64::from(budget.per_min) / 60.0);
         Ok(Self {
             name,
             service,
@@ -187,6 +189,19 @@ impl HttpClient {
             message: "not sent: the worker is stopping".into(),
             retry_after: None,
             sent: false,
+        }
+    }
+
+    /// Counts an answer of `kind` (`api`, `token`, `batch_item`) in the
+    /// metrics: its status, and for a 429 or 503 the seconds it asked us to
+    /// wait (the worker waits 1 s when it does not say).
+    pub(crate) fn count_answer(&self, kind: &str, status: u16, retry_after: Option<f64>) {
+        metrics::TARGET_REQUESTS.inc(&[&self.name, kind, &metrics::code_label(status)]);
+        if status == 429 {
+            metrics::TARGET_THROTTLED.inc(&[&self.name]);
+        }
+        if matches!(status, 429 | 503) {
+            metrics::TARGET_RETRY_AFTER.add(&[&self.name], retry_after.unwrap_or(1.0));
         }
     }
 
@@ -267,6 +282,7 @@ impl HttpClient {
             let resp = match rb.send().await {
                 Ok(r) => r,
                 Err(e) => {
+                    metrics::TARGET_REQUEST_ERRORS.inc(&[&self.name, "api"]);
                     self.set_health(Health::Unreachable, without_url(&e));
                     last = Some(Failure {
                         class: ErrorClass::Transient,
@@ -281,6 +297,7 @@ impl HttpClient {
             let status = resp.status().as_u16();
             let retry_after =
                 resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+            self.count_answer("api", status, retry_after);
             let text = match read_body(resp, MAX_BODY).await {
                 Ok(t) => t,
                 Err(message) => {

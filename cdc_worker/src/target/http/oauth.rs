@@ -74,11 +74,14 @@ impl HttpClient {
             ("scope", self.auth.scope.as_str()),
         ];
         let resp = self.http.post(&self.auth.token_url).form(&form).send().await.map_err(|e| {
+            crate::metrics::TARGET_REQUEST_ERRORS.inc(&[&self.name, "token"]);
             let message = format!("token endpoint unreachable: {}", without_url(&e));
             self.set_health(Health::Unreachable, message.clone());
             Failure { class: ErrorClass::Transient, message, retry_after: None, sent: false }
         })?;
         let status = resp.status();
+        // (A token endpoint's 429 is not the API's: it pauses nothing.)
+        crate::metrics::TARGET_REQUESTS.inc(&[&self.name, "token", &crate::metrics::code_label(status.as_u16())]);
         let text = read_body(resp, 1 << 20).await.map_err(|reason| {
             let message = format!("token endpoint: {reason}");
             self.set_health(Health::Unreachable, message.clone());
