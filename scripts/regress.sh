@@ -17,7 +17,7 @@ suite="$ROOT/sql/regress"
 out="$dir/out"; mkdir -p "$out"
 schedule=$(sed -n 's/^test: *//p' "$suite/schedule" | tr '\n' ' ')
 pg_regress="$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress"
-if ! "$pg_regress" --host=127.0.0.1 --port="$port" --user=postgres \
+if ! "$pg_regress" --bindir="$PG_BIN" --host=127.0.0.1 --port="$port" --user=postgres \
      --inputdir="$suite" --outputdir="$out" --dbname=syncbridge_regress $schedule; then
   if [ "$accept" = --accept ]; then
     cp "$out"/results/*.out "$suite/expected/"

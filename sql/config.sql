@@ -530,6 +530,9 @@ DECLARE
     err pg_catalog.text;
 BEGIN
     BEGIN
+        -- (to_regclass returns NULL for a name it cannot parse on 16 and
+        -- later, an error on 15: parse_ident tells a bad name on both)
+        PERFORM pg_catalog.parse_ident(source);
         rel := pg_catalog.to_regclass(source);
     EXCEPTION WHEN invalid_name OR syntax_error OR invalid_parameter_value OR feature_not_supported OR name_too_long THEN
         GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;

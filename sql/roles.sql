@@ -151,6 +151,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.run_jobs(text),
     @extschema@.slot_check(text),
     @extschema@.slot_progress(text, pg_lsn),
+    @extschema@.standbys_have(),
     @extschema@.jobs_due(),
     @extschema@.queue_depths(),
     @extschema@._slot_state(text)

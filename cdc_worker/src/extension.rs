@@ -536,12 +536,30 @@ pub enum SlotAction {
     Recreate,
 }
 
+/// What `sync.slot_check` decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotCheck {
+    /// Use, create or recreate the slot.
+    pub action: SlotAction,
+    /// Why (for the log).
+    pub detail: String,
+    /// Create the slot as a failover slot (PostgreSQL 17 and later), and
+    /// confirm only what the standbys named in synchronized_standby_slots
+    /// have (`sync.standbys_have`).
+    pub failover: bool,
+    /// The existing slot is not a failover slot yet: turn failover on.
+    pub enable_failover: bool,
+    /// Bytes a position must move before a confirmation without staging is
+    /// recorded first (`sync.slot_progress`).
+    pub record_margin: u64,
+}
+
 /// `sync.slot_check(slot)`: before streaming, what to do with the slot, and
 /// why. A slot that was lost, dropped, or moved behind the worker's back puts
 /// the definitions in error first (the extension decides).
-pub async fn slot_check(db: &Client, slot: &str) -> Result<(SlotAction, String), WorkerError> {
+pub async fn slot_check(db: &Client, slot: &str) -> Result<SlotCheck, WorkerError> {
     let r = db
-        .query_one("SELECT action, detail FROM sync.slot_check($1)", &[&slot])
+        .query_one("SELECT action, detail, failover, enable_failover, record_margin FROM sync.slot_check($1)", &[&slot])
         .await
         .map_err(WorkerError::db("checking the replication slot"))?;
     let action: String = r.get(0);
@@ -551,7 +569,24 @@ pub async fn slot_check(db: &Client, slot: &str) -> Result<(SlotAction, String),
         "recreate" => SlotAction::Recreate,
         other => return Err(WorkerError::internal(format!("sync.slot_check answered an unknown action {other:?}"))),
     };
-    Ok((action, r.get(1)))
+    let margin: i32 = r.get(4);
+    Ok(SlotCheck {
+        action,
+        detail: r.get(1),
+        failover: r.get(2),
+        enable_failover: r.get(3),
+        record_margin: u64::try_from(margin).unwrap_or(0),
+    })
+}
+
+/// `sync.standbys_have()`: whether the physical standbys the primary waits
+/// for (synchronized_standby_slots) have all WAL written so far.
+pub async fn standbys_have(db: &Client) -> Result<bool, WorkerError> {
+    Ok(db
+        .query_one("SELECT sync.standbys_have()", &[])
+        .await
+        .map_err(WorkerError::db("asking whether the standbys have our records"))?
+        .get(0))
 }
 
 /// `sync.slot_progress(slot, lsn)`: records a position before the worker

@@ -21,6 +21,8 @@ pub static HISTORY_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
 /// Seconds the slot's confirmed position may stand still while WAL is
 /// written before `sync.slot_health` calls it stalled.
 pub static STALL_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// Whether the worker's slot is a failover slot (PostgreSQL 17 and later).
+pub static FAILOVER_SLOT: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 struct Setting {
     name: &'static str,
@@ -46,6 +48,10 @@ const SETTINGS: &[Setting] = &[
     Setting {
         name: "stall_seconds",
         description: "Seconds the slot's confirmed position may stand still while WAL is written before sync.slot_health says stalled.",
+    },
+    Setting {
+        name: "failover_slot",
+        description: "On PostgreSQL 17 and later, make the worker's slot a failover slot (kept on standbys with sync_replication_slots).",
     },
 ];
 
@@ -119,6 +125,14 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_bool_guc(
+        c"sync.failover_slot",
+        c"On PostgreSQL 17 and later, the worker creates its slot as a failover slot (and turns failover on for an existing one).",
+        c"A physical standby with sync_replication_slots = on keeps a copy of a failover slot; after a promotion the worker resumes from it. Set synchronized_standby_slots on the primary so that nothing the standbys lack is sent or confirmed.",
+        &FAILOVER_SLOT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
 }
 
 fn value(name: &str) -> Result<String, SyncError> {
@@ -132,6 +146,7 @@ fn value(name: &str) -> Result<String, SyncError> {
         "lease_seconds" => LEASE_SECONDS.get().to_string(),
         "history_retention_days" => HISTORY_RETENTION_DAYS.get().to_string(),
         "stall_seconds" => STALL_SECONDS.get().to_string(),
+        "failover_slot" => FAILOVER_SLOT.get().to_string(),
         other => return Err(SyncError::UnknownSetting { name: other.to_owned() }),
     })
 }

@@ -673,6 +673,9 @@ DECLARE
     err pg_catalog.text;
 BEGIN
     BEGIN
+        -- (to_regclass returns NULL for a name it cannot parse on 16 and
+        -- later, an error on 15: parse_ident tells a bad name on both)
+        PERFORM pg_catalog.parse_ident(source);
         rel := pg_catalog.to_regclass(source);
     EXCEPTION WHEN invalid_name OR syntax_error OR invalid_parameter_value OR feature_not_supported OR name_too_long THEN
         GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
@@ -5580,20 +5583,30 @@ SELECT pg_catalog.pg_extension_config_dump('schedules', '');
 --
 -- What the worker has confirmed is known from two records: sync.cursors
 -- (kind slot: the LSN up to which everything is durably staged, written with
--- each staging transaction) and sync.slot_progress, an UNLOGGED table where
--- the worker records a position before it confirms it without staging
--- anything (WAL that touches no watched table). An unlogged table writes no
--- WAL for its rows: the record costs one commit record, and the worker makes
--- it only when the position moved by more than its own commits do. The slot
--- is never ahead of the greater of the two unless someone else moved it, or
--- dropped and created it again.
+-- each staging transaction) and sync.slot_progress, where the worker records
+-- a position before it confirms it without staging anything (WAL that
+-- touches no watched table). The record is a logged row, so that it survives
+-- a crash of the server and reaches a physical standby (whose failover copy
+-- of the slot must not look ahead of it after a promotion); the worker makes
+-- it only when the position moved by more than the record itself writes
+-- (slot_check's record_margin), and the slot may be that much ahead. The
+-- slot is never further ahead of the greater of the two unless someone else
+-- moved it, or dropped and created it again.
+--
+-- On PostgreSQL 17 and later the slot is a failover slot (setting
+-- sync.failover_slot): a physical standby with sync_replication_slots keeps
+-- a copy that a promotion makes usable. With synchronized_standby_slots set
+-- on the primary, the server sends no change the standbys lack, and the
+-- worker confirms no position whose records (staging, progress) the
+-- standbys lack (sync.standbys_have): after a promotion, the copy of the
+-- slot is never ahead of the records on the new primary.
 
-CREATE UNLOGGED TABLE slot_progress (
+CREATE TABLE IF NOT EXISTS slot_progress (
     slot        text PRIMARY KEY,
     lsn         pg_lsn NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE slot_progress IS 'The last position the worker confirmed to each slot without staging anything (UNLOGGED: no WAL for its rows; empty after a crash of the server). Written by sync.slot_progress only.';
+COMMENT ON TABLE slot_progress IS 'The last position the worker confirmed to each slot without staging anything, recorded before the confirmation. Written by sync.slot_progress only.';
 COMMENT ON COLUMN slot_progress.slot IS 'The replication slot.';
 COMMENT ON COLUMN slot_progress.lsn IS 'The position, recorded before the worker confirmed it.';
 COMMENT ON COLUMN slot_progress.updated_at IS 'When it was recorded.';
@@ -5616,16 +5629,20 @@ COMMENT ON FUNCTION slot_progress(text, pg_lsn) IS 'The worker records a positio
 CREATE OR REPLACE FUNCTION _slot_state(slot_name text,
     OUT slot_exists boolean, OUT active boolean, OUT active_pid int, OUT wal_status text, OUT safe_wal_size bigint,
     OUT restart_lsn pg_lsn, OUT confirmed_lsn pg_lsn, OUT staged_lsn pg_lsn, OUT recorded_lsn pg_lsn,
-    OUT moved_at timestamptz, OUT wal_held_bytes bigint, OUT confirmed_lag_bytes bigint)
+    OUT moved_at timestamptz, OUT wal_held_bytes bigint, OUT confirmed_lag_bytes bigint,
+    OUT failover boolean, OUT synced boolean)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     s record;
 BEGIN
-    SELECT x.active, x.active_pid, x.wal_status, x.safe_wal_size, x.restart_lsn, x.confirmed_flush_lsn
+    -- (failover and synced exist from PostgreSQL 17 on: read by name)
+    SELECT x.active, x.active_pid, x.wal_status, x.safe_wal_size, x.restart_lsn, x.confirmed_flush_lsn,
+           (to_jsonb(x) ->> 'failover')::boolean AS failover, (to_jsonb(x) ->> 'synced')::boolean AS synced
       INTO s FROM pg_catalog.pg_replication_slots x WHERE x.slot_name = _slot_state.slot_name;
     slot_exists := FOUND;
     active := s.active; active_pid := s.active_pid; wal_status := s.wal_status; safe_wal_size := s.safe_wal_size;
     restart_lsn := s.restart_lsn; confirmed_lsn := s.confirmed_flush_lsn;
+    failover := s.failover; synced := s.synced;
     SELECT c.lsn, c.updated_at INTO staged_lsn, moved_at FROM sync.cursors c WHERE c.kind = 'slot' AND c.scope = _slot_state.slot_name;
     SELECT p.lsn, greatest(p.updated_at, moved_at) INTO recorded_lsn, moved_at
       FROM sync.slot_progress p WHERE p.slot = _slot_state.slot_name AND p.lsn >= coalesce(staged_lsn, '0/0');
@@ -5665,7 +5682,8 @@ END $$;
 -- it and create it: it was lost). A slot that was lost or invalidated,
 -- dropped, or dropped and created again behind the worker's back, is never
 -- resumed silently: the definitions go to error first (sync._slot_lost).
-CREATE OR REPLACE FUNCTION slot_check(slot text, OUT action text, OUT detail text)
+CREATE OR REPLACE FUNCTION slot_check(slot text, OUT action text, OUT detail text, OUT failover boolean,
+    OUT enable_failover boolean, OUT record_margin int)
 LANGUAGE plpgsql AS $$
 DECLARE
     st record;
@@ -5677,10 +5695,17 @@ BEGIN
             USING ERRCODE = 'invalid_name', DETAIL = 'Replication slot names have 1 to 63 lower-case letters, digits and underscores.',
                   HINT = 'Pass the slot the worker reads.';
     END IF;
+    -- A position the worker confirms without staging is recorded first when
+    -- it moved by more than this (the record's own WAL moves it by less);
+    -- the slot may be this much ahead of the records.
+    record_margin := 512;
+    -- Failover slots (PostgreSQL 17 and later), unless sync.failover_slot is off.
+    failover := current_setting('server_version_num')::int >= 170000 AND sync._setting('failover_slot')::boolean;
     -- One worker at a time decides for a slot (it holds the slot's reader
     -- lock already; this keeps two checks from racing all the same).
     PERFORM pg_advisory_xact_lock(1937337959, hashtext(slot));
     SELECT * INTO st FROM sync._slot_state(slot);
+    enable_failover := failover AND st.slot_exists AND NOT coalesce(st.failover, false);
     known := greatest(st.staged_lsn, st.recorded_lsn);
     IF known IS NULL THEN
         action := CASE WHEN st.slot_exists THEN 'use' ELSE 'create' END;
@@ -5697,18 +5722,47 @@ BEGIN
                                     coalesce(st.wal_status, 'none'), current_setting('max_slot_wal_keep_size'), known));
         action := 'recreate';
         detail := format('the slot was invalidated: %s definitions in error', n);
-    ELSIF st.confirmed_lsn > known + 128 THEN
-        -- (the worker's own record commits move the position by less)
+    ELSIF st.confirmed_lsn > known + record_margin THEN
         n := sync._slot_lost(slot, 'was moved or created again behind syncbridge''s back',
                              format('it starts at %s, syncbridge had confirmed up to %s', st.confirmed_lsn, known));
         action := 'use';
         detail := format('the slot is ahead of what syncbridge confirmed: %s definitions in error', n);
+    ELSIF coalesce(st.synced, false) AND NOT pg_is_in_recovery() THEN
+        action := 'use';
+        detail := 'resuming a failover slot synchronized from the former primary';
     ELSE
         action := 'use';
         detail := 'resuming';
     END IF;
 END $$;
-COMMENT ON FUNCTION slot_check(text) IS 'The worker asks before it streams: use, create or recreate the slot. A slot that was dropped, invalidated (wal_status lost), or moved or created again behind the worker''s back puts every active or paused definition in error with the way back (sync.resume, then a drift check) and forgets the old slot''s records: nothing is staged from the gap.';
+COMMENT ON FUNCTION slot_check(text) IS 'The worker asks before it streams: use, create or recreate the slot; whether to make it a failover slot (PostgreSQL 17 and later, setting sync.failover_slot) or turn failover on for the existing one; how far it may confirm ahead of its records. A slot that was dropped, invalidated (wal_status lost), or moved or created again behind the worker''s back puts every active or paused definition in error with the way back (sync.resume, then a drift check) and forgets the old slot''s records: nothing is staged from the gap.';
+
+-- The worker asks after each commit of its records (staging, progress)
+-- and before it confirms the position they cover: do the physical standbys
+-- named in synchronized_standby_slots (PostgreSQL 17 and later) have all
+-- WAL written so far? True when none are named.
+CREATE OR REPLACE FUNCTION standbys_have() RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    names text[];
+    missing int;
+    behind int;
+BEGIN
+    IF current_setting('server_version_num')::int < 170000 THEN
+        RETURN true;
+    END IF;
+    names := array_remove(string_to_array(replace(current_setting('synchronized_standby_slots'), ' ', ''), ','), '');
+    IF names IS NULL OR cardinality(names) = 0 THEN
+        RETURN true;
+    END IF;
+    SELECT count(*) FILTER (WHERE s.slot_name IS NULL),
+           count(*) FILTER (WHERE s.restart_lsn IS NULL OR s.restart_lsn < pg_current_wal_insert_lsn())
+      INTO missing, behind
+      FROM unnest(names) AS n(name)
+      LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = n.name AND s.slot_type = 'physical';
+    RETURN missing = 0 AND behind = 0;
+END $$;
+COMMENT ON FUNCTION standbys_have() IS 'Whether the physical standbys named in synchronized_standby_slots (PostgreSQL 17 and later) have received all WAL written so far (true when none are named): the worker confirms a position only once the records covering it are on them.';
 
 CREATE OR REPLACE VIEW slot_health AS
 SELECT s.slot,
@@ -5717,6 +5771,7 @@ SELECT s.slot,
        st.restart_lsn, st.confirmed_lsn, st.staged_lsn, st.recorded_lsn,
        st.moved_at AS confirmed_moved_at,
        now() - st.moved_at AS confirmed_age,
+       st.failover, st.synced,
        CASE WHEN NOT st.slot_exists AND greatest(st.staged_lsn, st.recorded_lsn) IS NOT NULL THEN 'missing'
             WHEN NOT st.slot_exists THEN 'not created'
             WHEN st.wal_status = 'lost' OR st.restart_lsn IS NULL THEN 'lost'
@@ -5758,6 +5813,8 @@ COMMENT ON COLUMN slot_health.staged_lsn IS 'Up to where everything is durably s
 COMMENT ON COLUMN slot_health.recorded_lsn IS 'The last position the worker recorded before confirming it without staging (sync.slot_progress).';
 COMMENT ON COLUMN slot_health.confirmed_moved_at IS 'When the worker last moved its position.';
 COMMENT ON COLUMN slot_health.confirmed_age IS 'How long ago that was.';
+COMMENT ON COLUMN slot_health.failover IS 'Whether it is a failover slot, kept on physical standbys with sync_replication_slots (PostgreSQL 17 and later; NULL before).';
+COMMENT ON COLUMN slot_health.synced IS 'Whether it was synchronized from a former primary (PostgreSQL 17 and later; NULL before).';
 COMMENT ON COLUMN slot_health.state IS 'ok, no worker, extended, unreserved, stalled, lost, missing or not created.';
 COMMENT ON COLUMN slot_health.reason IS 'Why the state is not ok.';
 COMMENT ON COLUMN slot_health.max_slot_wal_keep_size IS 'The server''s max_slot_wal_keep_size (-1: unlimited).';
@@ -6135,6 +6192,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.run_jobs(text),
     @extschema@.slot_check(text),
     @extschema@.slot_progress(text, pg_lsn),
+    @extschema@.standbys_have(),
     @extschema@.jobs_due(),
     @extschema@.queue_depths(),
     @extschema@._slot_state(text)

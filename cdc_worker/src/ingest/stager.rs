@@ -53,10 +53,11 @@ impl StagerHandle {
         slot: String,
         run_id: i64,
         notify: Option<std::sync::Arc<tokio::sync::Notify>>,
+        records: Records,
     ) -> Self {
         let (jobs_tx, jobs) = mpsc::channel(1);
         let (done_tx, done) = mpsc::unbounded_channel();
-        let stager = Stager { db, slot, run_id, notify, recorded: Lsn::ZERO };
+        let stager = Stager { db, slot, run_id, notify, recorded: Lsn::ZERO, records };
         let task = tokio::spawn(stager.run(jobs, done_tx));
         StagerHandle { jobs: Some(jobs_tx), done, task: Some(task) }
     }
@@ -118,12 +119,22 @@ pub(super) struct Stager {
     pub(super) notify: Option<std::sync::Arc<tokio::sync::Notify>>,
     /// The last position recorded (a staging's cursor or `sync.slot_progress`).
     pub(super) recorded: Lsn,
+    pub(super) records: Records,
 }
 
-/// Bytes a position must move before a confirmation without staging is
-/// recorded (`sync.slot_progress`): more than the record's own commit
-/// moves it (the extension allows the slot the same margin).
-const RECORD_MIN_BYTES: u64 = 128;
+/// How the stager keeps the records a confirmation relies on (from
+/// `sync.slot_check`: the extension decides).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Records {
+    /// Bytes a position must move before a confirmation without staging is
+    /// recorded (`sync.slot_progress`): more than the record itself writes
+    /// (the extension allows the slot the same margin).
+    pub(super) margin: u64,
+    /// After each record, wait until the standbys the primary waits for have
+    /// it (`sync.standbys_have`) before the position it covers is confirmed:
+    /// a failover copy of the slot is then never ahead of the records.
+    pub(super) wait_for_standbys: bool,
+}
 
 impl Stager {
     pub(super) async fn run(
@@ -138,9 +149,10 @@ impl Stager {
                 // moved behind our back can be told from ours; not for the
                 // few bytes this record's own commit moves the position.
                 if let Some(lsn) = job.lsn {
-                    if lsn.bytes_since(self.recorded) > RECORD_MIN_BYTES {
+                    if lsn.bytes_since(self.recorded) > self.records.margin {
                         extension::slot_progress(&self.db, &self.slot, &lsn.to_string()).await?;
                         self.recorded = lsn;
+                        self.wait_for_standbys().await?;
                     }
                 }
                 if done.send(Staged { lsn: job.lsn, keys: 0, batch }).is_err() {
@@ -165,6 +177,7 @@ impl Stager {
                     Err(e) => return Err(e),
                 }
             };
+            self.wait_for_standbys().await?;
             if batch {
                 self.count(&job, &staged, started.elapsed().as_secs_f64());
             }
@@ -180,6 +193,30 @@ impl Stager {
             if done.send(Staged { lsn: job.lsn, keys: job.keys, batch }).is_err() {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Waits, when asked to, until the physical standbys the primary waits
+    /// for have every record committed so far (a standby that is down holds
+    /// the confirmations back, as the server holds the stream back).
+    async fn wait_for_standbys(&self) -> Result<(), WorkerError> {
+        if !self.records.wait_for_standbys {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut warned = started;
+        let mut pause = Duration::from_millis(2);
+        while !extension::standbys_have(&self.db).await? {
+            if warned.elapsed() >= Duration::from_secs(10) {
+                tracing::warn!(
+                    waited_secs = started.elapsed().as_secs(),
+                    "the standbys in synchronized_standby_slots do not have our records yet: confirmations wait"
+                );
+                warned = std::time::Instant::now();
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
         Ok(())
     }

@@ -486,10 +486,18 @@ impl ReplicationConnection {
     }
 
     /// `CREATE_REPLICATION_SLOT name LOGICAL pgoutput`, exporting a snapshot
-    /// when asked (PostgreSQL 15 syntax).
-    pub async fn create_slot(&mut self, name: &str, export_snapshot: bool) -> Result<CreatedSlot, ReplError> {
+    /// when asked (the option list of PostgreSQL 15 and later), as a
+    /// failover slot when asked (PostgreSQL 17 and later).
+    pub async fn create_slot(
+        &mut self,
+        name: &str,
+        export_snapshot: bool,
+        failover: bool,
+    ) -> Result<CreatedSlot, ReplError> {
         let snapshot = if export_snapshot { "export" } else { "nothing" };
-        let sql = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}')", quote_ident(name));
+        let failover = if failover { ", FAILOVER true" } else { "" };
+        let sql =
+            format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}'{failover})", quote_ident(name));
         let r = self.simple_query(&sql).await?;
         let row =
             r.rows.first().ok_or_else(|| ReplError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
@@ -501,6 +509,12 @@ impl ReplicationConnection {
                 .ok_or_else(|| ReplError::Protocol("CREATE_REPLICATION_SLOT: no consistent_point".into()))?,
             snapshot_name: col(2),
         })
+    }
+
+    /// `ALTER_REPLICATION_SLOT name (FAILOVER true)` (PostgreSQL 17 and later).
+    pub async fn enable_failover(&mut self, name: &str) -> Result<(), ReplError> {
+        self.simple_query(&format!("ALTER_REPLICATION_SLOT {} (FAILOVER true)", quote_ident(name))).await?;
+        Ok(())
     }
 
     /// `START_REPLICATION SLOT … LOGICAL start (proto_version '1',
