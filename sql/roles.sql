@@ -152,10 +152,23 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.slot_check(text),
     @extschema@.slot_progress(text, pg_lsn),
     @extschema@.standbys_have(),
+    @extschema@._standby_snapshot(),
+    @extschema@._nudge_slot(text),
+    @extschema@._log_standby_snapshot(),
     @extschema@.jobs_due(),
     @extschema@.queue_depths(),
     @extschema@._slot_state(text)
   TO syncbridge_worker;
+
+-- The standby snapshot: on 16 and later sync._standby_snapshot() (run
+-- as syncbridge_owner, callable by the worker only) calls the server's
+-- pg_log_standby_snapshot(), which only superusers may call unless granted.
+DO $$
+BEGIN
+    IF current_setting('server_version_num')::int >= 160000 THEN
+        EXECUTE 'GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO syncbridge_owner';
+    END IF;
+END $$;
 
 -- Two-way sync: the worker applies inbound changes in sessions under the
 -- replication origin syncbridge (the stream skips what such sessions

@@ -240,3 +240,38 @@ COMMENT ON COLUMN slot_health.synced IS 'Whether it was synchronized from a form
 COMMENT ON COLUMN slot_health.state IS 'ok, no worker, extended, unreserved, stalled, lost, missing or not created.';
 COMMENT ON COLUMN slot_health.reason IS 'Why the state is not ok.';
 COMMENT ON COLUMN slot_health.max_slot_wal_keep_size IS 'The server''s max_slot_wal_keep_size (-1: unlimited).';
+
+-- A standby snapshot (a running-transactions record): a logical slot's
+-- restart position moves only past one, and the server writes one only
+-- every 15 seconds or at a checkpoint. The worker asks for one when the
+-- slot's restart position lags its confirmed position, so that an idle
+-- source (or one busy with unpublished tables) does not keep WAL for it.
+CREATE FUNCTION _standby_snapshot() RETURNS pg_lsn
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF current_setting('server_version_num')::int >= 160000 THEN
+        RETURN pg_catalog.pg_log_standby_snapshot();
+    END IF;
+    RETURN '0/0'::pg_lsn + sync._log_standby_snapshot();
+END $$;
+COMMENT ON FUNCTION _standby_snapshot() IS 'Writes a running-transactions record (pg_log_standby_snapshot() on 16 and later, the server''s LogStandbySnapshot() on 15), so that the slot''s restart position can move on; for the worker''s role only.';
+
+-- The worker calls this every few seconds while it streams: when the slot's
+-- restart position lags its confirmed position by more than 64 kB, a
+-- standby snapshot lets it move on at the next confirmation.
+CREATE FUNCTION _nudge_slot(slot text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    st record;
+BEGIN
+    SELECT s.restart_lsn, s.confirmed_flush_lsn INTO st FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
+    IF NOT FOUND OR st.restart_lsn IS NULL OR st.confirmed_flush_lsn IS NULL OR pg_is_in_recovery() THEN
+        RETURN false;
+    END IF;
+    IF pg_catalog.pg_wal_lsn_diff(st.confirmed_flush_lsn, st.restart_lsn) > 65536 THEN
+        PERFORM sync._standby_snapshot();
+        RETURN true;
+    END IF;
+    RETURN false;
+END $$;
+COMMENT ON FUNCTION _nudge_slot(text) IS 'When the slot''s restart position lags its confirmed position by more than 64 kB, writes a standby snapshot (sync._standby_snapshot) so that the WAL between them can be removed; true when it did. Called by the worker every few seconds.';

@@ -579,6 +579,16 @@ pub async fn slot_check(db: &Client, slot: &str) -> Result<SlotCheck, WorkerErro
     })
 }
 
+/// `sync._nudge_slot(slot)`: a standby snapshot when the slot's restart
+/// position lags its confirmed position (true when one was written).
+pub async fn nudge_slot(db: &Client, slot: &str) -> Result<bool, WorkerError> {
+    Ok(db
+        .query_one("SELECT sync._nudge_slot($1)", &[&slot])
+        .await
+        .map_err(WorkerError::db("asking for a standby snapshot"))?
+        .get(0))
+}
+
 /// `sync.standbys_have()`: whether the physical standbys the primary waits
 /// for (synchronized_standby_slots) have all WAL written so far.
 pub async fn standbys_have(db: &Client) -> Result<bool, WorkerError> {

@@ -30,12 +30,21 @@ pub enum SyncError {
     BadCron { expr: String, reason: String },
     /// A time zone the schedule evaluator does not know.
     UnknownTimeZone { name: String },
+    /// A standby snapshot asked for where none can be written.
+    NoStandbySnapshot { reason: String },
 }
 
 impl SyncError {
     fn parts(&self) -> (PgSqlErrorCode, String, String, String) {
         use PgSqlErrorCode::*;
         match self {
+            SyncError::NoStandbySnapshot { reason } => (
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("cannot log a standby snapshot: {reason}"),
+                "A standby snapshot (a running-transactions record) is written on a primary with wal_level replica or logical."
+                    .into(),
+                "Call it on the primary the worker streams from.".into(),
+            ),
             SyncError::InlineSecret { what } => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("inline secrets are refused ({what})"),

@@ -10,6 +10,7 @@ mod expr;
 mod guc;
 mod schedule;
 mod secret;
+mod standby;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests_types;
@@ -35,7 +36,7 @@ extension_sql_file!("../../sql/queue.sql", name = "queue", requires = ["stage"])
 extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["queue"]);
 extension_sql_file!("../../sql/backfill.sql", name = "backfill", requires = ["pull"]);
 extension_sql_file!("../../sql/ops.sql", name = "ops", requires = ["backfill", schedule::_cron_next_epoch]);
-extension_sql_file!("../../sql/slot.sql", name = "slot", requires = ["ops"]);
+extension_sql_file!("../../sql/slot.sql", name = "slot", requires = ["ops", standby::_log_standby_snapshot]);
 extension_sql_file!("../../sql/ddl.sql", name = "ddl", requires = ["slot"]);
 extension_sql_file!("../../sql/status.sql", name = "status", requires = ["ddl"]);
 extension_sql_file!("../../sql/roles.sql", name = "roles", finalize);

@@ -57,7 +57,7 @@ impl StagerHandle {
     ) -> Self {
         let (jobs_tx, jobs) = mpsc::channel(1);
         let (done_tx, done) = mpsc::unbounded_channel();
-        let stager = Stager { db, slot, run_id, notify, recorded: Lsn::ZERO, records };
+        let stager = Stager { db, slot, run_id, notify, recorded: Lsn::ZERO, records, nudged: None };
         let task = tokio::spawn(stager.run(jobs, done_tx));
         StagerHandle { jobs: Some(jobs_tx), done, task: Some(task) }
     }
@@ -120,7 +120,13 @@ pub(super) struct Stager {
     /// The last position recorded (a staging's cursor or `sync.slot_progress`).
     pub(super) recorded: Lsn,
     pub(super) records: Records,
+    /// When `sync._nudge_slot` was last called.
+    pub(super) nudged: Option<std::time::Instant>,
 }
+
+/// How often the stager asks for a standby snapshot while the slot's
+/// restart position lags (`sync._nudge_slot`).
+const NUDGE_EVERY: Duration = Duration::from_secs(5);
 
 /// How the stager keeps the records a confirmation relies on (from
 /// `sync.slot_check`: the extension decides).
@@ -155,6 +161,7 @@ impl Stager {
                         self.wait_for_standbys().await?;
                     }
                 }
+                self.nudge().await;
                 if done.send(Staged { lsn: job.lsn, keys: 0, batch }).is_err() {
                     break;
                 }
@@ -178,6 +185,7 @@ impl Stager {
                 }
             };
             self.wait_for_standbys().await?;
+            self.nudge().await;
             if batch {
                 self.count(&job, &staged, started.elapsed().as_secs_f64());
             }
@@ -195,6 +203,22 @@ impl Stager {
             }
         }
         Ok(())
+    }
+
+    /// Every few seconds, a standby snapshot when the slot's restart
+    /// position lags (so that it does not hold WAL it no longer needs).
+    /// A failure is logged and changes nothing else.
+    async fn nudge(&mut self) {
+        if self.nudged.is_some_and(|t| t.elapsed() < NUDGE_EVERY) {
+            return;
+        }
+        self.nudged = Some(std::time::Instant::now());
+        match extension::nudge_slot(&self.db, &self.slot).await {
+            Ok(wrote) => tracing::debug!(slot = %self.slot, wrote, "standby snapshot check"),
+            Err(e) => {
+                tracing::warn!(slot = %self.slot, error = %e, "cannot write a standby snapshot; the slot may hold WAL longer")
+            }
+        }
     }
 
     /// Waits, when asked to, until the physical standbys the primary waits

@@ -130,6 +130,12 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', '_cron_next_epoch_wrapper';
 
+-- The standby snapshot on PostgreSQL 15 (sync.log_standby_snapshot).
+CREATE FUNCTION @extschema@."_log_standby_snapshot"() RETURNS bigint
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_log_standby_snapshot_wrapper';
+
 -- Schema changes: the source table's name, to tell a rename.
 ALTER TABLE @extschema@.definitions ADD COLUMN source_name text;
 UPDATE @extschema@.definitions d SET source_name = format('%I.%I', n.nspname, c.relname)
