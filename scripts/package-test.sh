@@ -20,6 +20,8 @@ set -euo pipefail
 SCRIPT_NAME=package-test
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
+PG_MAJOR=15 PG_BIN=$(pg_bin_for 15)   # the package's server (see scripts/package.sh)
+PG_CONFIG=$PG_BIN/pg_config
 
 start=$(date +%s)
 target=${CARGO_TARGET_DIR:-$ROOT/target}

@@ -12,6 +12,10 @@ set -euo pipefail
 SCRIPT_NAME=package
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
+# The package is for Debian's own server (postgresql-15), whatever PG_MAJOR
+# or SYNCBRIDGE_PG_BIN the environment gives the other scripts.
+PG_MAJOR=15 PG_BIN=$(pg_bin_for 15)
+PG_CONFIG=$PG_BIN/pg_config
 
 profile=release
 while [ $# -gt 0 ]; do
@@ -56,7 +60,8 @@ bindir=$target/$([ "$profile" = dev ] && echo debug || echo release)
 
 log "building the extension (cargo pgrx package --pg-config $PG_CONFIG)"
 pgrx_out=$(mktemp)
-if ! (cd pg_ext && cargo pgrx package --pg-config "$PG_CONFIG" --profile "$profile" --out-dir "$work/ext") >"$pgrx_out" 2>&1; then
+if ! (cd pg_ext && cargo pgrx package --pg-config "$PG_CONFIG" --no-default-features --features "pg$PG_MAJOR" \
+      --profile "$profile" --out-dir "$work/ext") >"$pgrx_out" 2>&1; then
   cat "$pgrx_out" >&2; rm -f "$pgrx_out"; exit 1
 fi
 rm -f "$pgrx_out"
