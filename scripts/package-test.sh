@@ -88,7 +88,10 @@ for d in "postgresql-$PG_MAJOR" adduser 'libc6 (>= '; do
 done
 dpkg-deb --ctrl-tarfile "$deb" | tar -x -C "$dir" ./conffiles ./postinst ./prerm ./postrm
 [ "$(cat "$dir/conffiles")" = /etc/syncbridge/worker.env ] || fail "conffiles: $(cat "$dir/conffiles")"
-for s in postinst prerm postrm; do sh -n "$dir/$s" || fail "$s does not parse"; done
+for s in postinst prerm postrm; do
+  sh -n "$dir/$s" || fail "$s does not parse"
+  if grep -q '@[A-Z_]*@' "$dir/$s"; then fail "$s keeps a placeholder: $(grep '@[A-Z_]*@' "$dir/$s")"; fi
+done
 
 mkdir -p "$tree"
 dpkg-deb -x "$deb" "$tree"
@@ -188,7 +191,10 @@ fi
 touch "$dir/user-exists"; : > "$dir/calls"
 run_postinst 0.1.0
 if grep -Eq '^(addgroup|adduser|useradd|groupadd) ' "$dir/calls"; then cat "$dir/calls" >&2; fail "postinst creates the user again"; fi
-grep -q 'ALTER EXTENSION syncbridge UPDATE' "$dir/postinst.err" || fail "an upgrade's postinst does not say to update the extension"
+grep -q 'the workers were stopped.*ALTER EXTENSION syncbridge UPDATE' "$dir/postinst.err" ||
+  fail "an upgrade from another minor version does not say to update the extension before starting the workers"
+run_postinst "$version"
+grep -q 'running workers restarted' "$dir/postinst.err" || fail "an upgrade within the minor version does not restart the workers"
 
 # --- 4. the packaged files at work ------------------------------------------------------
 log "4. a PostgreSQL $PG_MAJOR of its own with the packaged extension, the packaged worker"

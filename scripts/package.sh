@@ -112,7 +112,9 @@ installed_size=$(du -sk --apparent-size --exclude=DEBIAN "$root" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@INSTALLED_SIZE@/$installed_size/" \
     -e "s/@DEPENDS@/$depends/" -e "s/@PG_MAJOR@/$PG_MAJOR/" deploy/debian/control.in > "$root/DEBIAN/control"
 install -m 0644 deploy/debian/conffiles "$root/DEBIAN/conffiles"
-install -m 0755 deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm "$root/DEBIAN/"
+for s in postinst prerm postrm; do   # the scripts compare versions with their own
+  sed "s/@VERSION@/$version/g" "deploy/debian/$s" > "$root/DEBIAN/$s"; chmod 0755 "$root/DEBIAN/$s"
+done
 (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) > "$root/DEBIAN/md5sums"
 chmod 0644 "$root/DEBIAN/md5sums"
 
