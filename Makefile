@@ -1,5 +1,5 @@
 # syncbridge: every developer task has one entry point here; the work is in scripts/.
-.PHONY: setup test demo bench install-ext lint regress isolation pg-start pg-stop psql
+.PHONY: setup test demo bench install-ext lint regress isolation package package-test pg-start pg-stop psql
 
 setup:        ## install what a fresh machine lacks (idempotent)
 	scripts/setup.sh
@@ -17,6 +17,10 @@ regress:      ## only the pg_regress suite
 	scripts/regress.sh
 isolation:    ## only the isolation specs (races of the export queue)
 	scripts/isolation.sh
+package:      ## the Debian package target/package/syncbridge_<version>_<arch>.deb
+	scripts/package.sh
+package-test: package  ## build the package, then check it without installing it
+	scripts/package-test.sh
 pg-start:     ## developer cluster under .dev/pg
 	scripts/pg.sh start
 pg-stop:

@@ -16,9 +16,9 @@ install_ext
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/syncbridge-demo-XXXXXX")
 chmod 0755 "$dir"
-emu_pid=
+EMU_PID=
 cleanup() {
-  if [ -n "$emu_pid" ]; then kill "$emu_pid" 2>/dev/null || true; wait "$emu_pid" 2>/dev/null || true; fi
+  graph_emulator_stop
   pg_stop "$dir/pg"; rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -33,46 +33,20 @@ dsn="host=127.0.0.1 port=$port user=postgres dbname=demo"
 # reaches the worker through its environment only, never a table (the worker
 # reads secrets only from variables named SYNCBRIDGE_SECRET_*).
 export SYNCBRIDGE_SECRET_GRAPH=demo-secret
-"$ROOT/target/debug/graph-emulator" --listen 127.0.0.1:0 --port-file "$dir/emu.port" \
-  --tenant demo-tenant --client-id demo-client --client-secret "$SYNCBRIDGE_SECRET_GRAPH" >"$dir/emu.log" 2>&1 &
-emu_pid=$!
-for _ in $(seq 100); do [ -s "$dir/emu.port" ] && break; sleep 0.1; done
-emu="http://127.0.0.1:$(cat "$dir/emu.port")"
+graph_emulator_start "$dir"
+emu=$EMU_URL
 log "Graph emulator on $emu"
 
 # The emulator listens on loopback, which the worker reaches only when told.
 worker() { "$ROOT/target/debug/syncbridge-worker" "$@" --allow-loopback-targets --dsn "$dsn" 2>&1 | sed 's/^/    worker: /'; }
 show() { echo; echo "== $1"; shift; "${psql[@]}" -q "$@"; }
 
-show "a source table" <<'SQL'
-CREATE EXTENSION syncbridge;
-CREATE TABLE employees (id int PRIMARY KEY, full_name text NOT NULL, region text NOT NULL,
-                        salary numeric(10,2), active boolean NOT NULL DEFAULT true, hired date);
-INSERT INTO employees VALUES
-  (1, 'Ada Lovelace',    'EU', 5200, true,  '2021-03-01'),
-  (2, 'Grace Hopper',    'US', 6100, true,  '2019-11-15'),
-  (3, 'Alan Turing',     'EU', 4800, true,  '2022-06-30'),
-  (4, 'Katherine Johnson','US', NULL, false, NULL),
-  (5, 'Émilie du Châtelet','EU', 5500, true, '2020-01-07');
-SELECT * FROM employees ORDER BY id;
-SQL
+# The table and the definition are shared with the package test (scripts/lib.sh).
+{ echo 'CREATE EXTENSION syncbridge;'; demo_employees_sql; echo 'SELECT * FROM employees ORDER BY id;'; } \
+  | show "a source table"
 
-show "a Graph target, a definition with a mapping and two shards" <<SQL
-\\set ECHO queries
-\\o /dev/null
-SELECT sync.create_target('sharepoint', kind => 'graph',
-  config => '{"tenant_id": "demo-tenant", "client_id": "demo-client", "site_id": "contoso.sharepoint.com,demo",
-              "base_url": "$emu/v1.0", "authority_url": "$emu"}',
-  secret => 'env:SYNCBRIDGE_SECRET_GRAPH');
-SELECT sync.define('employees_sp', source => 'employees', target => 'sharepoint');
-SELECT sync.map('employees_sp', 'full_name', 'Title');
-SELECT sync.map('employees_sp', 'region', 'Region');
-SELECT sync.map('employees_sp', 'salary', 'Salary');
-SELECT sync.map('employees_sp', 'active', 'Active');
-SELECT sync.map('employees_sp', 'hired', 'Hired');
-SELECT sync.shard('employees_sp', \$\$region = 'EU'\$\$, list => 'Employees EU');
-SELECT sync.shard('employees_sp', \$\$region <> 'EU'\$\$, list => 'Employees Elsewhere');
-SQL
+{ printf '\\set ECHO queries\n\\o /dev/null\n'; demo_definition_sql "$emu"; } \
+  | show "a Graph target, a definition with a mapping and two shards"
 
 show "SELECT * FROM sync.plan();  -- what the first sync will do" <<'SQL'
 SELECT definition, op, sync_key, list, changed, requests, cost FROM sync.plan() ORDER BY list, sync_key;

@@ -76,6 +76,68 @@ install_ext_for() {
   ( PG_MAJOR=$1; PG_BIN=$(pg_bin_for "$1"); PG_CONFIG=$PG_BIN/pg_config; install_ext )
 }
 
+# The Graph emulator (tests/src/graph_emulator) that the demo and the package
+# test sync to. graph_emulator_start DIR [BIN] starts it on a free loopback
+# port with the demo's app registration (tenant demo-tenant, client
+# demo-client, the secret in SYNCBRIDGE_SECRET_GRAPH, exported); sets
+# EMU_PID and EMU_URL. Stop it with graph_emulator_stop.
+graph_emulator_start() {
+  local dir=$1 bin=${2:-$ROOT/target/debug/graph-emulator}
+  export SYNCBRIDGE_SECRET_GRAPH=${SYNCBRIDGE_SECRET_GRAPH:-demo-secret}
+  rm -f "$dir/emu.port"
+  "$bin" --listen 127.0.0.1:0 --port-file "$dir/emu.port" \
+    --tenant demo-tenant --client-id demo-client --client-secret "$SYNCBRIDGE_SECRET_GRAPH" >"$dir/emu.log" 2>&1 &
+  EMU_PID=$!
+  for _ in $(seq 100); do [ -s "$dir/emu.port" ] && break; sleep 0.1; done
+  if [ ! -s "$dir/emu.port" ]; then
+    log "the Graph emulator did not start:"; cat "$dir/emu.log" >&2; return 1
+  fi
+  EMU_URL="http://127.0.0.1:$(cat "$dir/emu.port")"
+}
+
+graph_emulator_stop() {
+  if [ -n "${EMU_PID:-}" ]; then
+    kill "$EMU_PID" 2>/dev/null || true; wait "$EMU_PID" 2>/dev/null || true; EMU_PID=
+  fi
+}
+
+# The demo's source table `employees` and its five rows (SQL on stdout).
+demo_employees_sql() {
+  cat <<'SQL'
+CREATE TABLE employees (id int PRIMARY KEY, full_name text NOT NULL, region text NOT NULL,
+                        salary numeric(10,2), active boolean NOT NULL DEFAULT true, hired date);
+INSERT INTO employees VALUES
+  (1, 'Ada Lovelace',    'EU', 5200, true,  '2021-03-01'),
+  (2, 'Grace Hopper',    'US', 6100, true,  '2019-11-15'),
+  (3, 'Alan Turing',     'EU', 4800, true,  '2022-06-30'),
+  (4, 'Katherine Johnson','US', NULL, false, NULL),
+  (5, 'Émilie du Châtelet','EU', 5500, true, '2020-01-07');
+SQL
+}
+
+# demo_definition_sql EMU_URL [SECRET_REF]: the Graph target `sharepoint` on
+# the emulator at EMU_URL (secret reference default env:SYNCBRIDGE_SECRET_GRAPH)
+# and the definition `employees_sp` of the table above: a mapping and two
+# shards, region 'EU' to the list "Employees EU", the rest to "Employees
+# Elsewhere" (SQL on stdout).
+demo_definition_sql() {
+  local emu=$1 secret=${2:-env:SYNCBRIDGE_SECRET_GRAPH}
+  cat <<SQL
+SELECT sync.create_target('sharepoint', kind => 'graph',
+  config => '{"tenant_id": "demo-tenant", "client_id": "demo-client", "site_id": "contoso.sharepoint.com,demo",
+              "base_url": "$emu/v1.0", "authority_url": "$emu"}',
+  secret => '$secret');
+SELECT sync.define('employees_sp', source => 'employees', target => 'sharepoint');
+SELECT sync.map('employees_sp', 'full_name', 'Title');
+SELECT sync.map('employees_sp', 'region', 'Region');
+SELECT sync.map('employees_sp', 'salary', 'Salary');
+SELECT sync.map('employees_sp', 'active', 'Active');
+SELECT sync.map('employees_sp', 'hired', 'Hired');
+SELECT sync.shard('employees_sp', \$\$region = 'EU'\$\$, list => 'Employees EU');
+SELECT sync.shard('employees_sp', \$\$region <> 'EU'\$\$, list => 'Employees Elsewhere');
+SQL
+}
+
 # Fails loudly if any postgres process started from DIR is still running.
 assert_no_postgres_from() {
   local dir=$1

@@ -14,7 +14,8 @@ sudo_if_needed() {
 }
 
 # 1. Debian packages
-pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev make unzip)
+# dpkg-dev: dpkg-shlibdeps (the package's Depends) and binutils' strip, for make package.
+pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev make unzip dpkg-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: set-up, then every tier: lint, Rust unit tests, the extension's
-# #[pg_test]s, the pg_regress suite, the integration tests, the quick benchmark.
+# #[pg_test]s, the pg_regress suite, the integration tests, the Debian
+# package, the quick benchmark.
 set -euo pipefail
 SCRIPT_NAME=test
 source "$(dirname "$0")/lib.sh"
@@ -49,12 +50,16 @@ for major in "${PG_VERSIONS[@]}"; do
     cargo test -p syncbridge-tests --quiet -- --test-threads="${SYNCBRIDGE_TEST_THREADS:-2}"
 done
 
+log "tier 4b: the Debian package, from a debug build (its files, units and postinst; the packaged extension and worker syncing on a cluster of their own)"
+"$ROOT/scripts/package.sh" --profile dev
+"$ROOT/scripts/package-test.sh" --profile dev
+
 log "tier 5: the benchmark, quick mode (proves it runs; figures to target/bench-quick.json, never asserted)"
 cargo run --quiet -p syncbridge-bench -- --quick
 
 tmpbase=${TMPDIR:-/tmp}
-if pgrep -a -f -- "bin/postgres -D $tmpbase/syncbridge-pg-" >/dev/null 2>&1; then
-  log "FAIL: postgres processes from test clusters are still running"; pgrep -a -f -- "bin/postgres -D $tmpbase/syncbridge-pg-" >&2
+if pgrep -a -f -- "bin/postgres -D $tmpbase/syncbridge-(pg|pkgtest)-" >/dev/null 2>&1; then
+  log "FAIL: postgres processes from test clusters are still running"; pgrep -a -f -- "bin/postgres -D $tmpbase/syncbridge-(pg|pkgtest)-" >&2
   exit 1
 fi
 log "all tiers passed in $(( $(date +%s) - start ))s"
