@@ -132,6 +132,21 @@ pub async fn run(dsn: &Dsn) -> Result<Report, CheckError> {
     let available_version: Option<String> = row.get(7);
     let max_slots: i32 = row.get(8);
     let max_senders: i32 = row.get(9);
+    // Failover slots (17 and later): which standbys the primary waits for,
+    // and how many physical slots (standbys) there are.
+    let failover = if server_version_num >= 170000 {
+        let r = client
+            .query_one(
+                "SELECT current_setting('synchronized_standby_slots'),
+                        (SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical')",
+                &[],
+            )
+            .await
+            .map_err(q)?;
+        Some((r.get::<_, String>(0), r.get::<_, i64>(1)))
+    } else {
+        None
+    };
     drop(client);
 
     let mut findings = Vec::new();
@@ -178,6 +193,28 @@ pub async fn run(dsn: &Dsn) -> Result<Report, CheckError> {
             "syncbridge is not available on this server".to_owned(),
             "install it with `cargo pgrx install` (or `make install-ext`), then CREATE EXTENSION syncbridge",
         ),
+    });
+    findings.push(match failover {
+        None => ok(
+            "failover",
+            "no failover slots before PostgreSQL 17: after a promotion the definitions go to error with the way back"
+                .to_owned(),
+        ),
+        Some((waits_for, _)) if !waits_for.trim().is_empty() => ok(
+            "failover",
+            format!("failover slot; the primary and the worker wait for the standbys in synchronized_standby_slots ({waits_for})"),
+        ),
+        Some((_, 0)) => ok("failover", "failover slot; no physical standby slot on this server".to_owned()),
+        Some((_, standbys)) => Finding {
+            check: "failover",
+            verdict: Verdict::Warn,
+            detail: format!("{standbys} physical slot(s) but synchronized_standby_slots is empty"),
+            hint: Some(
+                "set synchronized_standby_slots to the standbys' physical slots, so that a promoted standby's copy of \
+                 the slot is never ahead of its data (README: Failover)"
+                    .to_owned(),
+            ),
+        },
     });
     let can_replicate = rolsuper || rolreplication;
     findings.push(if can_replicate {

@@ -16,6 +16,7 @@ use syncbridge_tests::graph::{assert_target_equals_source, sync_once, worker_cmd
 use syncbridge_tests::graph_emulator::EmulatorConfig;
 use syncbridge_tests::ingest::prepare;
 use syncbridge_tests::process::spawn_quiet;
+use syncbridge_tests::worker::worker;
 use syncbridge_tests::{Cluster, ClusterOptions, TestDb};
 
 const STANDBY_SLOT: &str = "sb_standby";
@@ -77,6 +78,9 @@ fn a_promoted_standby_resumes_from_the_synchronized_slot_with_nothing_lost_or_tw
         "the worker makes its slot a failover slot"
     );
     assert_eq!(db.psql("SELECT failover FROM sync.slot_health"), "t");
+    let check = worker().args(["check", "--dsn", &db.dsn()]).output().expect("run check");
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(check.contains(&format!("synchronized_standby_slots ({STANDBY_SLOT})")), "{check}");
 
     // A worker streams; changes go on; the standby keeps a copy of the slot.
     let worker = spawn_quiet(worker_cmd(&db, &[]));

@@ -28,6 +28,7 @@ fn check_passes_on_a_ready_database() {
     assert!(stdout.contains(&format!("syncbridge {} installed", syncbridge_worker::VERSION)), "{stdout}");
     assert!(stdout.contains("may replicate (superuser)"), "{stdout}");
     assert!(stdout.contains(&format!("PostgreSQL {}.", syncbridge_tests::cluster::server_major())), "{stdout}");
+    assert!(stdout.contains("ok    failover"), "{stdout}");
     assert!(stdout.ends_with("all checks passed\n"), "{stdout}");
 
     let json = worker().args(["check", "--json", "--dsn", &db.dsn()]).output().unwrap();

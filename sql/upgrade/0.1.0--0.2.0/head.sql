@@ -132,7 +132,7 @@ AS 'MODULE_PATHNAME', '_cron_next_epoch_wrapper';
 
 -- The standby snapshot on PostgreSQL 15 (sync.log_standby_snapshot).
 CREATE FUNCTION @extschema@."_log_standby_snapshot"() RETURNS bigint
-VOLATILE PARALLEL UNSAFE
+VOLATILE STRICT PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', '_log_standby_snapshot_wrapper';
 
