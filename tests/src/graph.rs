@@ -87,6 +87,24 @@ pub fn sync_once(db: &TestDb) -> String {
     run_to_end(worker_cmd(db, &["--once"]))
 }
 
+/// A new database in `cluster` with `ddl` run (a table `items` with columns
+/// `name` and `qty`), target `sp` on a new emulator, and definition
+/// `items_sp` into list `Items`, provisioned, enabled and synced once: the
+/// list equals the table.
+pub fn synced_items(cluster: &'static crate::Cluster, hint: &str, ddl: &str) -> (GraphEnv, TestDb) {
+    let env = GraphEnv::start_with(EmulatorConfig::default());
+    let db = cluster.new_db(hint);
+    crate::ingest::prepare(&db, ddl);
+    env.create_target(&db, "sp", None);
+    db.psql("SELECT sync.define('items_sp', source => 'items', target => 'sp', list => 'Items')");
+    db.psql("SELECT sync.map('items_sp', 'name', 'Name'), sync.map('items_sp', 'qty', 'Qty')");
+    db.psql("SELECT sync.provision('items_sp')");
+    db.psql("SELECT sync.enable('items_sp')");
+    sync_once(&db);
+    assert_target_equals_source(&env, &db, "items_sp", &["Items"]);
+    (env, db)
+}
+
 /// What the extension says each row maps to: list → SyncKey → fields.
 pub fn expected(db: &TestDb, definition: &str) -> BTreeMap<String, BTreeMap<String, Map<String, Value>>> {
     let mut out: BTreeMap<String, BTreeMap<String, Map<String, Value>>> = BTreeMap::new();

@@ -12,9 +12,7 @@
 use std::time::{Duration, Instant};
 
 use syncbridge_tests::cluster::server_major;
-use syncbridge_tests::graph::{assert_target_equals_source, sync_once, worker_cmd, GraphEnv};
-use syncbridge_tests::graph_emulator::EmulatorConfig;
-use syncbridge_tests::ingest::prepare;
+use syncbridge_tests::graph::{assert_target_equals_source, sync_once, synced_items, worker_cmd};
 use syncbridge_tests::process::spawn_quiet;
 use syncbridge_tests::worker::worker;
 use syncbridge_tests::{Cluster, ClusterOptions, TestDb};
@@ -57,20 +55,12 @@ fn a_promoted_standby_resumes_from_the_synchronized_slot_with_nothing_lost_or_tw
     });
 
     // The table, the target, the first sync (the worker creates the slot).
-    let env = GraphEnv::start_with(EmulatorConfig::default());
-    let db = primary.new_db("failover");
-    prepare(
-        &db,
+    let (env, db) = synced_items(
+        primary,
+        "failover",
         "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL);
          INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 20) g;",
     );
-    env.create_target(&db, "sp", None);
-    db.psql("SELECT sync.define('items_sp', source => 'items', target => 'sp', list => 'Items')");
-    db.psql("SELECT sync.map('items_sp', 'name', 'Name'), sync.map('items_sp', 'qty', 'Qty')");
-    db.psql("SELECT sync.provision('items_sp')");
-    db.psql("SELECT sync.enable('items_sp')");
-    sync_once(&db);
-    assert_target_equals_source(&env, &db, "items_sp", &["Items"]);
     let slot = db.name().to_owned();
     assert_eq!(
         db.psql(&format!("SELECT failover FROM pg_replication_slots WHERE slot_name = '{slot}'")),

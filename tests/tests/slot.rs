@@ -6,8 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use syncbridge_tests::graph::{assert_target_equals_source, sync_once, GraphEnv};
-use syncbridge_tests::graph_emulator::EmulatorConfig;
+use syncbridge_tests::graph::{assert_target_equals_source, sync_once, synced_items, GraphEnv};
 use syncbridge_tests::ingest::prepare;
 use syncbridge_tests::{cluster, Cluster, ClusterOptions, TestDb};
 
@@ -18,17 +17,7 @@ CREATE TABLE filler (id int, pad text);   -- not synced: WAL for the tests
 ";
 
 fn setup(c: &'static Cluster, hint: &str) -> (GraphEnv, TestDb) {
-    let env = GraphEnv::start_with(EmulatorConfig::default());
-    let db = c.new_db(hint);
-    prepare(&db, ITEMS);
-    env.create_target(&db, "sp", None);
-    db.psql("SELECT sync.define('items_sp', source => 'items', target => 'sp', list => 'Items')");
-    db.psql("SELECT sync.map('items_sp', 'name', 'Name'), sync.map('items_sp', 'qty', 'Qty')");
-    db.psql("SELECT sync.provision('items_sp')");
-    db.psql("SELECT sync.enable('items_sp')");
-    sync_once(&db);
-    assert_target_equals_source(&env, &db, "items_sp", &["Items"]);
-    (env, db)
+    synced_items(c, hint, ITEMS)
 }
 
 fn state(db: &TestDb) -> String {
