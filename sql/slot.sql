@@ -33,15 +33,23 @@ COMMENT ON COLUMN slot_progress.slot IS 'The replication slot.';
 COMMENT ON COLUMN slot_progress.lsn IS 'The position, recorded before the worker confirmed it.';
 COMMENT ON COLUMN slot_progress.updated_at IS 'When it was recorded.';
 
--- The worker records a position before it confirms it.
-CREATE FUNCTION slot_progress(slot text, lsn pg_lsn) RETURNS void
-LANGUAGE plpgsql AS $$
+-- A slot name as the worker passes it (1 to 63 lower-case letters, digits
+-- and underscores), or 42602.
+CREATE FUNCTION _check_slot_name(slot text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF slot IS NULL OR slot !~ '^[a-z0-9_]{1,63}$' THEN
         RAISE EXCEPTION 'invalid slot name %', to_json(left(slot, 100))
             USING ERRCODE = 'invalid_name', DETAIL = 'Replication slot names have 1 to 63 lower-case letters, digits and underscores.',
                   HINT = 'Pass the slot the worker reads.';
     END IF;
+END $$;
+
+-- The worker records a position before it confirms it.
+CREATE FUNCTION slot_progress(slot text, lsn pg_lsn) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM sync._check_slot_name(slot);
     INSERT INTO sync.slot_progress AS p (slot, lsn) VALUES (slot_progress.slot, slot_progress.lsn)
     ON CONFLICT ON CONSTRAINT slot_progress_pkey DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now() WHERE p.lsn < EXCLUDED.lsn;
 END $$;
@@ -112,11 +120,7 @@ DECLARE
     known pg_lsn;
     n int;
 BEGIN
-    IF slot IS NULL OR slot !~ '^[a-z0-9_]{1,63}$' THEN
-        RAISE EXCEPTION 'invalid slot name %', to_json(left(slot, 100))
-            USING ERRCODE = 'invalid_name', DETAIL = 'Replication slot names have 1 to 63 lower-case letters, digits and underscores.',
-                  HINT = 'Pass the slot the worker reads.';
-    END IF;
+    PERFORM sync._check_slot_name(slot);
     -- A position the worker confirms without staging is recorded first when
     -- it moved by more than this (the record's own WAL moves it by less);
     -- the slot may be this much ahead of the records.
