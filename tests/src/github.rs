@@ -13,7 +13,7 @@ use crate::github_emulator::{iso, Emulator, GithubConfig, Issue};
 use crate::graph::expected;
 use crate::target_env::{EnvOptions, TargetEnv};
 use crate::TestDb;
-use syncbridge_worker::target::github::{marker_in, parse_marker, table_fields, MARKER_LABEL};
+use syncbridge_worker::target::github::{marker_in, parse_marker, split_body, MARKER_LABEL};
 
 /// The environment variable the tests' GitHub token travels in.
 pub const SECRET_ENV: &str = "SYNCBRIDGE_SECRET_TEST_GITHUB";
@@ -89,14 +89,9 @@ impl GithubEnv {
 
 /// An issue as a field map (see [`GithubEnv::items`]).
 pub fn issue_fields(i: &Issue) -> Map<String, Value> {
-    let body = i.body.clone().unwrap_or_default();
-    let mut f = table_fields(&body);
-    let text = body.split("\n\n| field | value |").next().unwrap_or("");
-    let text =
-        if text.starts_with("<!-- syncbridge:key=") || text.starts_with("| field | value |") { "" } else { text };
-    let text = text.rsplit_once("\n\n<!-- syncbridge:key=").map_or(text, |(t, _)| t);
+    let (text, mut f) = split_body(i.body.as_deref().unwrap_or(""));
     f.insert("@title".into(), Value::String(i.title.clone()));
-    f.insert("@body".into(), Value::String(text.to_owned()));
+    f.insert("@body".into(), Value::String(text));
     f.insert("@state".into(), Value::String(i.state.clone()));
     f.insert("@state_reason".into(), serde_json::json!(i.state_reason));
     f.insert("@labels".into(), serde_json::json!(i.labels));

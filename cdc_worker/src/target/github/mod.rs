@@ -152,14 +152,8 @@ pub fn table_fields(body: &str) -> Map<String, Value> {
     for line in body.lines() {
         let Some(inner) = line.strip_prefix("| ").and_then(|l| l.strip_suffix(" |")) else { continue };
         // Split at the first unescaped " | ".
-        let mut split = None;
         let b = inner.as_bytes();
-        for i in 0..b.len().saturating_sub(2) {
-            if &b[i..i + 3] == b" | " && (i == 0 || b[i - 1] != b'\\') {
-                split = Some(i);
-                break;
-            }
-        }
+        let split = b.windows(3).enumerate().position(|(i, w)| w == b" | " && (i == 0 || b[i - 1] != b'\\'));
         let Some(i) = split else { continue };
         let (name, value) = (&inner[..i], &inner[i + 3..]);
         if name == "field" || name.starts_with("---") {
@@ -170,6 +164,47 @@ pub fn table_fields(body: &str) -> Map<String, Value> {
         }
     }
     out
+}
+
+/// The whole body of an issue: the text, a blank line, the table of the
+/// fields that are not the issue's own (if any), a blank line, the marker.
+pub fn compose_body(definition: &str, key: &str, text: &str, extra: &Map<String, Value>) -> String {
+    let mut body = text.to_owned();
+    if !extra.is_empty() {
+        if !body.is_empty() {
+            body.push_str("\n\n");
+        }
+        body.push_str(TABLE_HEAD);
+        for (k, v) in extra {
+            body.push_str(&format!("| {k} | {} |\n", cell(v)));
+        }
+    }
+    if !body.is_empty() {
+        body.push_str("\n\n");
+    }
+    body.push_str(&marker(definition, key));
+    body
+}
+
+/// The head of the body's field table.
+const TABLE_HEAD: &str = "| field | value |\n|---|---|\n";
+
+/// An issue's body taken apart as [`compose_body`] put it together: the
+/// text above the table, and the table's fields (a body edited by a person
+/// keeps what it has).
+pub fn split_body(body: &str) -> (String, Map<String, Value>) {
+    let before = match body.rfind("<!-- syncbridge:key=") {
+        Some(i) => &body[..i],
+        None => body,
+    };
+    let (text, table) = if let Some(rest) = before.strip_prefix(TABLE_HEAD) {
+        ("", rest)
+    } else if let Some(i) = before.find(&format!("\n\n{TABLE_HEAD}")) {
+        (&before[..i], &before[i + 2..])
+    } else {
+        (before.strip_suffix("\n\n").unwrap_or(before), "")
+    };
+    (text.to_owned(), table_fields(table))
 }
 
 /// A list field: a JSON array, a string holding one (how arrays travel),
@@ -231,21 +266,12 @@ impl IssueWrite {
             }
         };
         let title = text("title").filter(|t| !t.trim().is_empty()).unwrap_or_else(|| format!("{definition} {key}"));
-        let mut body = text("body").unwrap_or_default();
-        let extra: Vec<(&String, &Value)> = obj.iter().filter(|(k, _)| !ISSUE_FIELDS.contains(&k.as_str())).collect();
-        if !extra.is_empty() {
-            if !body.is_empty() {
-                body.push_str("\n\n");
-            }
-            body.push_str("| field | value |\n|---|---|\n");
-            for (k, v) in extra {
-                body.push_str(&format!("| {k} | {} |\n", cell(v)));
-            }
-        }
-        if !body.is_empty() {
-            body.push_str("\n\n");
-        }
-        body.push_str(&marker(definition, key));
+        let extra: Map<String, Value> = obj
+            .iter()
+            .filter(|(k, _)| !ISSUE_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let body = compose_body(definition, key, &text("body").unwrap_or_default(), &extra);
         let mut labels = match obj.get("labels") {
             Some(v) => names_of(v, "labels")?,
             None => Vec::new(),
@@ -883,6 +909,67 @@ impl GithubTarget {
         OpResult { retry_after: f.retry_after, ..OpResult::failed(e.id, ErrorClass::Transient, f.message, true) }
     }
 
+    /// An update: the changed fields only (the payload of an update holds
+    /// those). When the body's text or a field of its table changed, the
+    /// issue is read first (its body as it is, a person's edits kept) and
+    /// the body composed again.
+    async fn update(&self, e: &Export, repo: &str, n: u64, key: &str, payload: &Value, w: &IssueWrite) -> OpResult {
+        let empty = Map::new();
+        let obj = payload.as_object().unwrap_or(&empty);
+        let mut patch = Map::new();
+        if obj.contains_key("title") {
+            patch.insert("title".into(), json!(w.title));
+        }
+        if obj.contains_key("labels") {
+            patch.insert("labels".into(), json!(w.labels));
+        }
+        if let Some(a) = &w.assignees {
+            patch.insert("assignees".into(), json!(a));
+        }
+        if let Some(m) = &w.milestone {
+            patch.insert("milestone".into(), m.clone());
+        }
+        if let Some(s) = &w.state {
+            patch.insert("state".into(), json!(s));
+            let reason = if s == "closed" { w.state_reason.as_deref().unwrap_or("completed") } else { "reopened" };
+            patch.insert("state_reason".into(), json!(reason));
+        }
+        let extra: Map<String, Value> = obj
+            .iter()
+            .filter(|(k, _)| !ISSUE_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if obj.contains_key("body") || !extra.is_empty() {
+            let url = format!("{}{}/{n}", self.client.base_url, self.issues_path(repo));
+            let current = match self.send(reqwest::Method::GET, &url, None, false, true, None).await {
+                Err(f) => return f.to_result(e.id),
+                Ok(a) if a.status == 200 => match serde_json::from_str::<Value>(&a.body) {
+                    Ok(v) => v.get("body").and_then(Value::as_str).unwrap_or("").to_owned(),
+                    Err(_) => {
+                        return OpResult::failed(e.id, ErrorClass::Transient, "GitHub's issue is not JSON", false)
+                    }
+                },
+                Ok(a) => return self.definite(e, a.status, &a.body, "update"),
+            };
+            let (mut text, mut table) = split_body(&current);
+            if let Some(b) = obj.get("body") {
+                text = match b {
+                    Value::Null => String::new(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+            }
+            for (k, v) in extra {
+                table.insert(k, v);
+            }
+            patch.insert("body".into(), json!(compose_body(&e.definition, key, &text, &table)));
+        }
+        if patch.is_empty() {
+            return OpResult { target_id: Some(n.to_string()), ..OpResult::ok(e.id) };
+        }
+        self.patch(e, repo, n, &Value::Object(patch), "update").await
+    }
+
     async fn apply_one(&self, e: &Export) -> OpResult {
         let repo = self.repo_of(&e.container).to_owned();
         if repo.is_empty() {
@@ -914,7 +1001,7 @@ impl GithubTarget {
                     Err(m) => return OpResult::failed(e.id, ErrorClass::Definite, m, false),
                 };
                 match (e.op, e.target_id.as_deref().and_then(|t| t.parse::<u64>().ok())) {
-                    (Op::Update, Some(n)) => self.patch(e, &repo, n, &w.patch_body(false), "update").await,
+                    (Op::Update, Some(n)) => self.update(e, &repo, n, &key, &payload, &w).await,
                     _ => self.add(e, &repo, &w).await,
                 }
             }
@@ -1032,6 +1119,17 @@ mod tests {
         let t = table_fields(&w.body);
         assert_eq!(Value::Object(t), json!({"id": 7, "note": "a | b", "tags": ["x"]}));
         assert_eq!(parse_marker(marker_in(&w.body).unwrap()), Some(("tickets".into(), "7".into())));
+        let (text, table) = split_body(&w.body);
+        assert_eq!(
+            (text.as_str(), Value::Object(table.clone())),
+            ("Steps:\n1. a", json!({"id": 7, "note": "a | b", "tags": ["x"]}))
+        );
+        assert_eq!(compose_body("tickets", "7", &text, &table), w.body, "taken apart and put together again");
+        for b in ["<!-- syncbridge:key=d/1 -->", "text\n\n<!-- syncbridge:key=d/1 -->", "edited by a person"] {
+            let (text, table) = split_body(b);
+            assert!(table.is_empty());
+            assert_eq!(text, b.split("\n\n<!--").next().unwrap().replace("<!-- syncbridge:key=d/1 -->", ""));
+        }
         // A key that could end the comment is encoded.
         let m = marker("d -->", "[\"a\", \"b\"] -->");
         assert_eq!(m.matches("-->").count(), 1, "{m}");
