@@ -174,6 +174,9 @@ pub struct Github {
     pub not_modified: u64,
     /// Issue-listing requests (twin lookups and pulls).
     pub list_requests: u64,
+    /// Every request's path, query and body as received, faulted ones
+    /// included (what reached "GitHub", for privacy checks).
+    seen: Vec<String>,
 }
 
 /// A running GitHub emulator; dropping it stops the server.
@@ -271,6 +274,7 @@ impl Github {
             unchanged_writes: 0,
             not_modified: 0,
             list_requests: 0,
+            seen: Vec::new(),
         }
     }
 
@@ -736,7 +740,7 @@ impl Github {
         }
     }
 
-    fn to_http(&mut self, mut resp: Resp, if_none_match: Option<&str>, method: &str) -> HttpResponse {
+    fn answer(&mut self, mut resp: Resp, if_none_match: Option<&str>, method: &str) -> HttpResponse {
         // A GET whose answer did not change: 304, free.
         let bytes = serde_json::to_vec(&resp.body).unwrap_or_default();
         let etag = etag_of(&bytes);
@@ -825,7 +829,9 @@ impl Api for Github {
     const CONTROL_ROUTES: &'static [&'static str] =
         &["GET issues", "POST repos", "POST edit", "POST delete_issue", "POST pull_request"];
 
-    fn route(&mut self, _req: &Request) -> Route {
+    fn route(&mut self, req: &Request) -> Route {
+        // Before any fault: a request that fails still reached the service.
+        self.seen.push(format!("{} {}?{} {}", req.method, req.path, req.query, String::from_utf8_lossy(&req.body)));
         // No token endpoint: every request is the API's.
         Route::Serve { batch: false }
     }
@@ -835,7 +841,7 @@ impl Api for Github {
             Err(r) => r,
             Ok(()) => self.handle(req),
         };
-        self.to_http(resp, req.header("if-none-match"), &req.method)
+        self.answer(resp, req.header("if-none-match"), &req.method)
     }
 
     fn error(status: u16, _req: &Request) -> HttpResponse {
@@ -1022,6 +1028,11 @@ impl Emulator {
     /// A person's edit of an issue, through the API's rules.
     pub fn person_edit(&self, repo: &str, number: u64, fields: &Map<String, Value>) -> Result<(), String> {
         self.state().lock().api.person_edit(repo, number, fields)
+    }
+
+    /// Whether any request received so far (faulted ones included) held `needle`.
+    pub fn saw(&self, needle: &str) -> bool {
+        self.state().lock().api.seen.iter().any(|r| r.contains(needle))
     }
 
     /// Refusals by the secondary (content creation) and the primary limit.

@@ -729,6 +729,19 @@ impl GithubTarget {
     /// Reads the repository's marked issues changed since the index's
     /// cursor into the index; returns the issue carrying `mark`.
     async fn lookup(&self, repo: &str, mark: &str) -> Result<Option<(u64, Value)>, Failure> {
+        self.refresh(repo).await?;
+        Ok(self.known(repo, mark))
+    }
+
+    /// The issue carrying `mark` as the index last read it.
+    fn known(&self, repo: &str, mark: &str) -> Option<(u64, Value)> {
+        let twins = self.twins.lock().unwrap_or_else(|p| p.into_inner());
+        twins.get(repo).and_then(|t| t.by_marker.get(mark)).map(|(n, _, v)| (*n, v.clone()))
+    }
+
+    /// Reads the repository's marked issues changed since the index's
+    /// cursor into the index.
+    async fn refresh(&self, repo: &str) -> Result<(), Failure> {
         let known = self.twins.lock().unwrap_or_else(|p| p.into_inner()).get(repo).cloned().unwrap_or_default();
         let mut q = vec![
             ("labels", self.marker_label.clone()),
@@ -810,9 +823,8 @@ impl GithubTarget {
                 _ => break,
             }
         }
-        let hit = found.by_marker.get(mark).map(|(n, _, v)| (*n, v.clone()));
         self.twins.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.to_owned(), found);
-        Ok(hit)
+        Ok(())
     }
 
     /// One POST of a create, classified.
@@ -876,11 +888,19 @@ impl GithubTarget {
         self.patch(e, repo, n, &w.patch_body(true), "update").await
     }
 
-    async fn add(&self, e: &Export, repo: &str, w: &IssueWrite) -> OpResult {
+    /// A create, adopting the issue carrying the row's marker when an
+    /// earlier attempt may have made it. `fresh`: the index was read after
+    /// the claim (once for all its exports, in [`Target::apply`]).
+    async fn add(&self, e: &Export, repo: &str, w: &IssueWrite, fresh: bool) -> OpResult {
         let key = e.sync_key.clone().unwrap_or_default();
         let mark = marker(&e.definition, &key);
         let mark = marker_in(&mark).unwrap_or_default().to_owned();
-        let mut look = e.verify;
+        if e.verify && fresh {
+            if let Some((n, issue)) = self.known(repo, &mark) {
+                return self.adopt(e, repo, n, &issue, w).await;
+            }
+        }
+        let mut look = e.verify && !fresh;
         let mut last: Option<Failure> = None;
         for _ in 0..CREATE_ROUNDS {
             if look {
@@ -970,7 +990,7 @@ impl GithubTarget {
         self.patch(e, repo, n, &Value::Object(patch), "update").await
     }
 
-    async fn apply_one(&self, e: &Export) -> OpResult {
+    async fn apply_one(&self, e: &Export, fresh: bool) -> OpResult {
         let repo = self.repo_of(&e.container).to_owned();
         if repo.is_empty() {
             return OpResult::failed(
@@ -1002,7 +1022,7 @@ impl GithubTarget {
                 };
                 match (e.op, e.target_id.as_deref().and_then(|t| t.parse::<u64>().ok())) {
                     (Op::Update, Some(n)) => self.update(e, &repo, n, &key, &payload, &w).await,
-                    _ => self.add(e, &repo, &w).await,
+                    _ => self.add(e, &repo, &w, fresh).await,
                 }
             }
             Op::Delete => match e.target_id.as_deref().and_then(|t| t.parse::<u64>().ok()) {
@@ -1076,14 +1096,38 @@ impl Target for GithubTarget {
         Box::pin(async move {
             let mut results = Vec::with_capacity(exports.len());
             let mut down: Option<OpResult> = None;
+            // Creates an earlier attempt may have made (a worker killed, a
+            // lease expired): the repository's index is read once, after the
+            // claim, for all of them (not once per export).
+            let mut unread: HashMap<String, Failure> = HashMap::new();
+            let mut repos: Vec<String> = exports
+                .iter()
+                .filter(|e| e.verify && matches!(e.op, Op::Add | Op::Update))
+                .map(|e| self.repo_of(&e.container).to_owned())
+                .collect();
+            repos.sort();
+            repos.dedup();
+            for repo in repos.into_iter().filter(|r| !r.is_empty()) {
+                if let Err(f) = self.refresh(&repo).await {
+                    unread.insert(repo, f);
+                }
+            }
             for e in exports {
+                if let Some(f) = unread.get(self.repo_of(&e.container)).filter(|_| e.verify) {
+                    // Whether its issue exists stays unknown: not created blindly.
+                    results.push(OpResult {
+                        retry_after: f.retry_after,
+                        ..OpResult::failed(e.id, f.class, f.message.clone(), true)
+                    });
+                    continue;
+                }
                 // Once GitHub is unreachable, the rest of the claim is not
                 // sent (certainly not: it spends no lookup on the way back).
                 if let Some(d) = &down {
                     results.push(OpResult { id: e.id, sent: Some(false), ..d.clone() });
                     continue;
                 }
-                let r = self.apply_one(e).await;
+                let r = self.apply_one(e, true).await;
                 if !r.ok && self.client.health().0 == Health::Unreachable && r.class == Some(ErrorClass::Transient) {
                     down =
                         Some(OpResult::failed(e.id, ErrorClass::Transient, r.error.clone().unwrap_or_default(), false));
