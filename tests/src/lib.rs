@@ -6,6 +6,8 @@
 
 pub mod cluster;
 pub mod emulator;
+pub mod github;
+pub mod github_emulator;
 pub mod graph;
 pub mod graph_emulator;
 pub mod ingest;

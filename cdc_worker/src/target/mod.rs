@@ -5,6 +5,7 @@
 //! owns its authentication, request shaping (batching), rate limit and error
 //! classification; it never decides *what* to send (the extension did).
 
+pub mod github;
 pub mod graph;
 pub mod http;
 pub mod model;

@@ -7,6 +7,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::github;
 use super::graph;
 use super::{resolve_secret, Target, TargetPolicy, TargetSetupError};
 
@@ -154,22 +155,25 @@ pub static KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "github",
         description: "GitHub Issues (REST)",
-        implemented: false,
-        required_config: &["owner", "repo"],
-        optional_config: &["base_url", "budget_per_min"],
+        implemented: true,
+        required_config: &["owner"],
+        optional_config: &[
+            "repo",
+            "base_url",
+            "budget_per_min",
+            "content_per_min",
+            "content_per_hour",
+            "timeout_ms",
+            "marker_label",
+            "close_reason",
+        ],
         batch_size: 1,
         cost_per_write: 1,
         cost_per_read: 1,
         cost_unit: "requests",
-        default_budget_per_min: 80,
+        default_budget_per_min: github::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
-        capabilities: Capabilities {
-            containers: Containers::Existing,
-            delete_mode: DeleteMode::Close,
-            moves: Moves::Unsupported,
-            key_lookup: true,
-            pull: Pull::UpdatedSince,
-        },
+        capabilities: github::GITHUB_CAPABILITIES,
     },
     KindSpec {
         kind: "jira",
@@ -307,6 +311,20 @@ pub async fn build(
             };
             let secret = resolve_secret(policy, name, reference).await?;
             Ok(Box::new(super::graph::GraphTarget::new(settings, secret, shutdown)?))
+        }
+        "github" => {
+            let settings = super::github::GithubSettings::from_config(name, config, policy)?;
+            let Some(reference) = secret_ref else {
+                return Err(TargetSetupError::Config {
+                    target: name.to_owned(),
+                    message: format!(
+                        "a github target needs a token: SELECT sync.alter_target(name, secret => 'env:{}GITHUB')",
+                        super::policy::ENV_PREFIX
+                    ),
+                });
+            };
+            let token = resolve_secret(policy, name, reference).await?;
+            Ok(Box::new(super::github::GithubTarget::new(settings, token, shutdown)?))
         }
         other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),
     }

@@ -5,7 +5,7 @@ SELECT kind, implemented, batch_size, cost_per_write, cost_unit, default_budget_
 SELECT sync.create_target('sp_hr', kind => 'graph',
        config => '{"tenant_id": "t1", "client_id": "c1", "site_id": "s1"}', secret => 'env:SP_CLIENT_SECRET');
 SELECT name, kind, config, secret_ref, status FROM sync.targets;
--- Not yet implemented kinds are accepted with a notice.
+-- Other kinds (one without an adapter in the worker yet is accepted with a notice).
 SELECT sync.create_target('gh', kind => 'github', config => '{"owner": "acme", "repo": "hr"}');
 -- Errors: each has a SQLSTATE, a detail and a hint, and changes nothing.
 \x on

@@ -49,6 +49,14 @@ COMMENT ON COLUMN @extschema@.target_kinds.moves IS 'What a move to another cont
 COMMENT ON COLUMN @extschema@.target_kinds.key_lookup IS 'Whether an item can be found by the row''s key, to adopt it rather than create a twin after a create whose answer was lost.';
 COMMENT ON COLUMN @extschema@.target_kinds.pull IS 'How changes are read back for two-way sync: delta (a cursor), updated_since, none.';
 
+-- GitHub Issues is implemented (issue 19): the repository is the
+-- definition's list (config repo: the default), pacing by GitHub's
+-- secondary limits, the close reason of a delete, the marker label.
+UPDATE @extschema@.target_kinds
+   SET implemented = true, required_config = '{owner}',
+       optional_config = '{repo,base_url,budget_per_min,content_per_min,content_per_hour,timeout_ms,marker_label,close_reason}'
+ WHERE kind = 'github';
+
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
 	"rel" oid,
