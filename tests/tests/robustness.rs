@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use syncbridge_tests::emulator::Fault;
 use syncbridge_tests::graph::GraphTargetEnv;
 use syncbridge_tests::ingest::{open_count, prepare};
+use syncbridge_tests::jira::JiraTargetEnv;
 use syncbridge_tests::process::{spawn_quiet, wait_with_limit, ChildGuard};
 use syncbridge_tests::target_env::{EnvOptions, TargetEnv};
 use syncbridge_tests::worker::worker;
@@ -52,6 +53,7 @@ macro_rules! robustness {
 }
 
 robustness!(graph, GraphTargetEnv);
+robustness!(jira, JiraTargetEnv);
 
 /// The target the scenarios create.
 const TARGET: &str = "tgt";
@@ -73,7 +75,11 @@ fn setup<E: TargetEnv>(options: EnvOptions, ddl: &str) -> (E, TestDb) {
 /// Table `t` into container `T`, provisioned and enabled.
 fn define_t<E: TargetEnv>(env: &E, db: &TestDb) {
     env.define(db, "t", "t", TARGET, "T");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    // Kinds whose containers exist already have nothing to provision.
+    if E::PROVISION_WRITES > 0 {
+        db.psql("SELECT sync.provision('t')");
+    }
+    db.psql("SELECT sync.enable('t')");
 }
 
 fn injected_5xx_and_dropped_connections_are_retried_then_succeed<E: TargetEnv>() {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::graph;
+use super::jira;
 use super::{resolve_secret, Target, TargetPolicy, TargetSetupError};
 
 /// Whether a kind's items live in containers, and who makes them.
@@ -174,22 +175,16 @@ pub static KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "jira",
         description: "Jira Cloud issues (REST v3)",
-        implemented: false,
+        implemented: true,
         required_config: &["site", "project_key"],
-        optional_config: &["base_url", "budget_per_min", "email"],
-        batch_size: 50,
+        optional_config: &["base_url", "budget_per_min", "email", "issue_type", "timeout_ms"],
+        batch_size: jira::BULK_LIMIT as u32,
         cost_per_write: 1,
         cost_per_read: 1,
         cost_unit: "requests",
-        default_budget_per_min: 100,
+        default_budget_per_min: jira::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
-        capabilities: Capabilities {
-            containers: Containers::Existing,
-            delete_mode: DeleteMode::Remove,
-            moves: Moves::Unsupported,
-            key_lookup: true,
-            pull: Pull::UpdatedSince,
-        },
+        capabilities: jira::JIRA_CAPABILITIES,
     },
     KindSpec {
         kind: "linear",
@@ -307,6 +302,20 @@ pub async fn build(
             };
             let secret = resolve_secret(policy, name, reference).await?;
             Ok(Box::new(super::graph::GraphTarget::new(settings, secret, shutdown)?))
+        }
+        "jira" => {
+            let settings = jira::JiraSettings::from_config(name, config, policy)?;
+            let Some(reference) = secret_ref else {
+                return Err(TargetSetupError::Config {
+                    target: name.to_owned(),
+                    message: format!(
+                        "a jira target needs an API token: SELECT sync.alter_target(name, secret => 'env:{}JIRA')",
+                        super::policy::ENV_PREFIX
+                    ),
+                });
+            };
+            let secret = resolve_secret(policy, name, reference).await?;
+            Ok(Box::new(jira::JiraTarget::new(settings, secret, shutdown)?))
         }
         other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),
     }
