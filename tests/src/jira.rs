@@ -164,6 +164,10 @@ pub fn as_issue_value(field: &str, v: &Value, key: &str) -> Value {
             other => other,
         },
         "labels" => match v {
+            // An array column arrives as its JSON text.
+            Value::String(s) if serde_json::from_str::<Vec<Value>>(s).is_ok() => {
+                as_issue_value(field, &serde_json::from_str::<Value>(s).unwrap_or(Value::Null), key)
+            }
             Value::Null => Value::Array(Vec::new()),
             Value::Array(a) => {
                 let mut seen = std::collections::BTreeSet::new();

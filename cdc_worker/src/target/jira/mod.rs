@@ -214,6 +214,9 @@ fn as_text(v: &Value) -> Option<String> {
 /// The labels of a value: an array's strings, or text split on commas and
 /// white space. Jira labels hold no spaces.
 fn labels_of(v: &Value) -> Result<Vec<String>, String> {
+    // An array column arrives as its JSON text.
+    let parsed = v.as_str().filter(|s| s.trim_start().starts_with('[')).and_then(|s| serde_json::from_str(s).ok());
+    let v = parsed.as_ref().unwrap_or(v);
     let raw: Vec<String> = match v {
         Value::Null => Vec::new(),
         Value::Array(a) => a.iter().filter_map(as_text).collect(),
@@ -882,6 +885,8 @@ mod tests {
         assert!(!m.fields.contains_key("assignee"), "a create leaves nulls out");
         assert_eq!(m.fields["duedate"], "2026-03-01");
         assert_eq!(m.fields["customfield_10010"], 3);
+        let arr = map_fields(&export(Op::Add, json!({"labels": "[\"p\", \"q\"]"})), true).unwrap();
+        assert_eq!(arr.fields["labels"], json!(["p", "q", marker_label("tickets", "42")]), "a text[] as JSON text");
         // An edit clears what is null; a summary defaults to the key on create only.
         let u =
             map_fields(&export(Op::Update, json!({"assignee": null, "description": null, "labels": "a, b c"})), false)
@@ -907,7 +912,10 @@ mod tests {
     #[tokio::test]
     async fn the_credentials_never_show_and_need_an_email() {
         let cfg = json!({"site": "acme.atlassian.net", "project_key": "T", "base_url": "https://acme.atlassian.net"});
-        let settings = JiraSettings::from_config("j", &cfg, &TargetPolicy::default()).unwrap();
+        // A Jira site is not one of the hosts a worker allows by default.
+        assert!(JiraSettings::from_config("j", &cfg, &TargetPolicy::default()).is_err());
+        let policy = TargetPolicy { extra_hosts: vec!["acme.atlassian.net".into()], ..TargetPolicy::default() };
+        let settings = JiraSettings::from_config("j", &cfg, &policy).unwrap();
         assert!(JiraTarget::new(settings.clone(), "token-only".into(), None).is_err());
         let t = JiraTarget::new(settings, "me@example.com:s3cr3t-token".into(), None).unwrap();
         let encoded = base64(b"me@example.com:s3cr3t-token");
