@@ -64,7 +64,8 @@ fn inserts_updates_states_labels_and_deletes_reach_jira() {
     assert_eq!(rows["2"]["status"], "In Progress", "reached by a transition");
     assert_eq!(rows["3"]["summary"], "3", "a NULL summary is the row's key");
     assert_eq!(rows["1"]["labels"], serde_json::json!(["bug", "ui"]));
-    let desc = &env.env.issues()[1].fields["description"];
+    let two = env.env.issues().into_iter().find(|i| i.properties["syncbridge"]["key"] == "2").expect("row 2's issue");
+    let desc = &two.fields["description"];
     let kinds: Vec<&str> = desc["content"].as_array().unwrap().iter().map(|b| b["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["paragraph", "bulletList", "codeBlock"], "{desc}");
 
