@@ -698,12 +698,14 @@ impl FieldSel {
         for a in asked.iter().map(|a| a.trim()) {
             match a {
                 "*all" | "*navigable" => s.all = true,
-                m if m.starts_with('-') => {
-                    s.all = true;
-                    s.minus.push(m[1..].to_owned());
-                }
                 "id" | "key" | "" => {}
-                n => s.names.push(n.to_owned()),
+                n => match n.strip_prefix('-') {
+                    Some(minus) => {
+                        s.all = true;
+                        s.minus.push(minus.to_owned());
+                    }
+                    None => s.names.push(n.to_owned()),
+                },
             }
         }
         s

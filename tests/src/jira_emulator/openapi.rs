@@ -65,8 +65,8 @@ pub fn operation(method: &str, path: &str) -> Result<Operation, Refusal> {
         let mut params = Vec::new();
         let mut literal = 0;
         let ok = t.iter().zip(&segs).all(|(a, b)| {
-            if a.starts_with('{') && a.ends_with('}') {
-                params.push((a[1..a.len() - 1].to_owned(), decode(b)));
+            if let Some(name) = a.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+                params.push((name.to_owned(), decode(b)));
                 !b.is_empty()
             } else {
                 literal += 1;
