@@ -116,6 +116,9 @@ pub struct Issue {
     pub unchanged_writes: u64,
 }
 
+/// A create that passed the checks: its project, fields and properties.
+type Checked = (String, Map<String, Value>, Map<String, Value>);
+
 /// The Jira API as an emulator plug-in.
 #[derive(Debug)]
 pub struct Jira {
@@ -207,9 +210,9 @@ impl Jira {
         None
     }
 
-    /// Counts a write to issue `id` against the per-issue limit.
-    fn issue_write(&mut self, id: u64) -> Result<(), HttpResponse> {
-        let Some(limit) = self.config.issue_writes_per_sec else { return Ok(()) };
+    /// Counts a write to issue `id` against the per-issue limit: the 429 when over.
+    fn issue_write(&mut self, id: u64) -> Option<HttpResponse> {
+        let limit = self.config.issue_writes_per_sec?;
         let now = Instant::now();
         let q = self.issue_writes.entry(id).or_default();
         while q.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
@@ -217,10 +220,10 @@ impl Jira {
         }
         if q.len() as u32 >= limit {
             self.meter.stats.throttled += 1;
-            return Err(too_many("jira-per-issue-on-write", 1));
+            return Some(too_many("jira-per-issue-on-write", 1));
         }
         q.push_back(now);
-        Ok(())
+        None
     }
 
     fn rate_headers(&self, r: &mut HttpResponse) {
@@ -244,7 +247,7 @@ impl Jira {
 
     /// Checks a create's fields and properties: the issue's fields as
     /// stored, or Jira's errors.
-    fn check_create(&self, body: &Value) -> Result<(String, Map<String, Value>, Map<String, Value>), Value> {
+    fn check_create(&self, body: &Value) -> Result<Checked, Value> {
         let fields = body.get("fields").and_then(Value::as_object).cloned().unwrap_or_default();
         let mut errors = Map::new();
         let project = fields.get("project").and_then(|p| p.get("key").or_else(|| p.get("id"))).and_then(Value::as_str);
@@ -482,7 +485,7 @@ impl Jira {
             }
             ("PUT", "/rest/api/3/issue/{issueIdOrKey}") => {
                 let id = issue_id.unwrap_or_default();
-                if let Err(r) = self.issue_write(id) {
+                if let Some(r) = self.issue_write(id) {
                     return r;
                 }
                 let before = self.issues[&id].clone();
@@ -530,7 +533,7 @@ impl Jira {
                         Map::new(),
                     );
                 };
-                if let Err(r) = self.issue_write(id) {
+                if let Some(r) = self.issue_write(id) {
                     return r;
                 }
                 let before = self.issues[&id].clone();
@@ -1004,7 +1007,7 @@ pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
         } as u32)
     };
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::new();

@@ -56,7 +56,9 @@ fn decode(s: &str) -> String {
 pub fn operation(method: &str, path: &str) -> Result<Operation, Refusal> {
     let paths = spec()["paths"].as_object().expect("paths");
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let mut best: Option<(usize, &String, Vec<(String, String)>)> = None;
+    // (literal segments matched, the template, the path parameters)
+    type Candidate<'a> = (usize, &'a String, Vec<(String, String)>);
+    let mut best: Option<Candidate> = None;
     for template in paths.keys() {
         let t: Vec<&str> = template.split('/').collect();
         if t.len() != segs.len() {
