@@ -166,3 +166,37 @@ fn search_lag_delays_adoption_but_never_doubles() {
     let verified = db.psql("SELECT count(*) FROM sync.pending_exports WHERE status = 'exported' AND verify");
     assert_eq!(verified, "3", "adopted on a later attempt");
 }
+
+#[test]
+fn only_shareable_rows_leave_and_one_that_stops_being_shareable_is_removed() {
+    let env = JiraTargetEnv { env: JiraEnv::start_with(EmulatorConfig::default()) };
+    let db = cluster().new_db("jira privacy");
+    prepare(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, title text, body text, shareable boolean NOT NULL);
+         INSERT INTO t VALUES (1, 'public one', 'fine', true), (2, 'SECRET-title-2', 'SECRET-body-2', false),
+                              (3, 'public three', 'fine', true);",
+    );
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.backoff_base_seconds = 1", db.name()));
+    env.env.create_target(&db, "jr");
+    db.psql("SELECT sync.define('p', source => 't', target => 'jr', list => 'P', row_filter => 'shareable')");
+    db.psql("SELECT sync.map('p', 'title', 'summary'), sync.map('p', 'body', 'description')");
+    db.psql("SELECT sync.enable('p')");
+    // Requests fail on the way too: what fails is never the secret row.
+    env.inject(Fault::Status(500), 1);
+    env.inject(Fault::RunThenDrop, 1);
+    env.sync_once(&db);
+    assert_eq!(env.items("P").keys().collect::<Vec<_>>(), ["1", "3"]);
+    // A row that stops being shareable: its issue is removed, and what it
+    // became is never sent.
+    db.psql("UPDATE t SET shareable = false, title = 'SECRET-title-3', body = 'SECRET-body-3' WHERE id = 3");
+    db.psql("UPDATE t SET body = 'SECRET-body-2b' WHERE id = 2");
+    env.inject(Fault::Status(503), 1);
+    env.sync_once(&db);
+    assert_eq!(env.items("P").keys().collect::<Vec<_>>(), ["1"]);
+    for secret in ["SECRET", "SECRET-title-2", "SECRET-body-3"] {
+        assert!(!env.env.emu.state().received_contains(secret), "{secret} reached the emulator");
+    }
+    assert!(env.env.emu.state().received_contains("public one"), "the check sees what was sent");
+    assert_eq!(open_count(&db), "0");
+}

@@ -135,6 +135,8 @@ pub struct Jira {
     issue_writes: HashMap<u64, VecDeque<Instant>>,
     /// Whether the credentials were revoked (`expire_tokens`).
     revoked: bool,
+    /// Every request body received, faulted ones included (privacy checks).
+    received: Vec<bytes::Bytes>,
 }
 
 /// A running Jira emulator; dropping it stops the server.
@@ -146,6 +148,18 @@ impl EmulatorState {
     /// Every issue, in id order.
     pub fn issues(&self) -> Vec<Issue> {
         self.lock().api.issues.values().cloned().collect()
+    }
+
+    /// Whether any request received so far (whatever its fate: refused,
+    /// faulted, answered) carried `needle` in its body, as UTF-8 or as
+    /// JSON escapes.
+    pub fn received_contains(&self, needle: &str) -> bool {
+        let escaped = serde_json::to_string(needle).unwrap_or_default();
+        let escaped = escaped.trim_matches('"').to_owned();
+        self.lock().api.received.iter().any(|b| {
+            let text = String::from_utf8_lossy(b);
+            text.contains(needle) || text.contains(&escaped)
+        })
     }
 }
 
@@ -163,6 +177,7 @@ impl Jira {
             requests: VecDeque::new(),
             issue_writes: HashMap::new(),
             revoked: false,
+            received: Vec::new(),
         }
     }
 
@@ -1032,6 +1047,13 @@ impl Api for Jira {
     const CONTROL_ROUTES: &'static [&'static str] = &["GET issues"];
 
     fn route(&mut self, req: &Request) -> Route {
+        if !req.query.is_empty() {
+            let query = percent_encoding::percent_decode_str(&req.query).decode_utf8_lossy().into_owned();
+            self.received.push(bytes::Bytes::from(query));
+        }
+        if !req.body.is_empty() {
+            self.received.push(req.body.clone());
+        }
         match openapi::operation(&req.method, &req.path) {
             Ok(o) => Route::Serve { batch: o.template == "/rest/api/3/issue/bulk" },
             Err(Refusal::NoMethod) => Route::Answer(jira_error(405, &["Method Not Allowed"], Map::new())),
