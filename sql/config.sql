@@ -298,6 +298,9 @@ BEGIN
             WHEN kv.key IN ('content_per_min', 'content_per_hour') THEN 'integer 1 100000'
             WHEN kv.key = 'close_reason' THEN 'choice not_planned completed'
             WHEN kv.key = 'marker_label' THEN 'label'
+            WHEN kind = 'jira' AND kv.key = 'project_key' THEN 'jira_project'
+            WHEN kind = 'jira' AND kv.key = 'site' THEN 'host'
+            WHEN kind = 'jira' AND kv.key = 'email' THEN 'email'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
@@ -308,6 +311,11 @@ BEGIN
                             AND EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = kv.value #>> '{}')
             WHEN 'choice' THEN jsonb_typeof(kv.value) = 'string' AND (kv.value #>> '{}') = ANY (string_to_array(substr(rule, 8), ' '))
             WHEN 'label' THEN jsonb_typeof(kv.value) = 'string' AND (kv.value #>> '{}') ~ '^[^,[:cntrl:]]{1,50}$' AND (kv.value #>> '{}') = btrim(kv.value #>> '{}')
+            WHEN 'jira_project' THEN jsonb_typeof(kv.value) = 'string' AND (kv.value #>> '{}') ~ '^[A-Z][A-Z0-9_]{1,254}$'
+            WHEN 'host' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 255
+                            AND (kv.value #>> '{}') ~ '^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$'
+            WHEN 'email' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 254
+                            AND (kv.value #>> '{}') ~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]+$'
             WHEN 'integer' THEN jsonb_typeof(kv.value) = 'number' AND (kv.value #>> '{}') ~ '^[0-9]{1,9}$'
                             AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
             ELSE jsonb_typeof(kv.value) = 'string' AND (kv.value #>> '{}') <> '' AND length(kv.value #>> '{}') <= 500
@@ -324,6 +332,9 @@ BEGIN
                           WHEN 'timezone' THEN format('%s is the name of a time zone PostgreSQL knows (pg_timezone_names).', kv.key)
                           WHEN 'choice' THEN format('%s is one of %s.', kv.key, replace(substr(rule, 8), ' ', ', '))
                           WHEN 'label' THEN format('%s is a label name of 1 to 50 characters, without commas, control characters or surrounding spaces.', kv.key)
+                          WHEN 'jira_project' THEN 'project_key is a Jira project key: an upper-case letter, then upper-case letters, digits or underscores (at least two characters).'
+                          WHEN 'host' THEN 'site is the Jira site''s host name, e.g. "acme.atlassian.net" (no scheme, no path).'
+                          WHEN 'email' THEN 'email is the e-mail address of the Atlassian account the API token belongs to.'
                           ELSE format('%s is a non-empty string of at most 500 characters, without control characters.', kv.key) END,
                       HINT = CASE kv.key
                           WHEN 'budget_per_min' THEN format('The default for %s is %s %s a minute.', kind, k.default_budget_per_min, k.cost_unit)

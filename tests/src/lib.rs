@@ -11,6 +11,8 @@ pub mod github_emulator;
 pub mod graph;
 pub mod graph_emulator;
 pub mod ingest;
+pub mod jira;
+pub mod jira_emulator;
 pub mod process;
 pub mod prometheus;
 pub mod random;

@@ -18,6 +18,7 @@ use syncbridge_tests::emulator::Fault;
 use syncbridge_tests::github::GithubTargetEnv;
 use syncbridge_tests::graph::GraphTargetEnv;
 use syncbridge_tests::ingest::{open_count, prepare};
+use syncbridge_tests::jira::JiraTargetEnv;
 use syncbridge_tests::process::{spawn_quiet, wait_with_limit, ChildGuard};
 use syncbridge_tests::target_env::{EnvOptions, TargetEnv};
 use syncbridge_tests::worker::worker;
@@ -54,6 +55,7 @@ macro_rules! robustness {
 
 robustness!(graph, GraphTargetEnv);
 robustness!(github, GithubTargetEnv);
+robustness!(jira, JiraTargetEnv);
 
 /// The target the scenarios create.
 const TARGET: &str = "tgt";

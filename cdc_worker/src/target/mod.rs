@@ -8,6 +8,7 @@
 pub mod github;
 pub mod graph;
 pub mod http;
+pub mod jira;
 pub mod model;
 pub mod policy;
 pub mod registry;

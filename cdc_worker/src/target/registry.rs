@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::github;
 use super::graph;
+use super::jira;
 use super::{resolve_secret, Target, TargetPolicy, TargetSetupError};
 
 /// Whether a kind's items live in containers, and who makes them.
@@ -178,22 +179,16 @@ pub static KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "jira",
         description: "Jira Cloud issues (REST v3)",
-        implemented: false,
+        implemented: true,
         required_config: &["site", "project_key"],
-        optional_config: &["base_url", "budget_per_min", "email"],
-        batch_size: 50,
+        optional_config: &["base_url", "budget_per_min", "email", "issue_type", "timeout_ms"],
+        batch_size: jira::BULK_LIMIT as u32,
         cost_per_write: 1,
         cost_per_read: 1,
         cost_unit: "requests",
-        default_budget_per_min: 100,
+        default_budget_per_min: jira::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
-        capabilities: Capabilities {
-            containers: Containers::Existing,
-            delete_mode: DeleteMode::Remove,
-            moves: Moves::Unsupported,
-            key_lookup: true,
-            pull: Pull::UpdatedSince,
-        },
+        capabilities: jira::JIRA_CAPABILITIES,
     },
     KindSpec {
         kind: "linear",
@@ -300,34 +295,44 @@ pub async fn build(
     match kind {
         "graph" => {
             let settings = super::graph::GraphSettings::from_config(name, config, policy)?;
-            let Some(reference) = secret_ref else {
-                let example = format!("env:{}GRAPH", super::policy::ENV_PREFIX);
-                return Err(TargetSetupError::Config {
-                    target: name.to_owned(),
-                    message: format!(
-                        "a graph target needs a client secret: SELECT sync.alter_target(name, secret => '{example}')"
-                    ),
-                });
-            };
-            let secret = resolve_secret(policy, name, reference).await?;
+            let secret = required_secret(policy, name, secret_ref, "graph", "a client secret").await?;
             Ok(Box::new(super::graph::GraphTarget::new(settings, secret, shutdown)?))
         }
         "github" => {
             let settings = super::github::GithubSettings::from_config(name, config, policy)?;
-            let Some(reference) = secret_ref else {
-                return Err(TargetSetupError::Config {
-                    target: name.to_owned(),
-                    message: format!(
-                        "a github target needs a token: SELECT sync.alter_target(name, secret => 'env:{}GITHUB')",
-                        super::policy::ENV_PREFIX
-                    ),
-                });
-            };
-            let token = resolve_secret(policy, name, reference).await?;
+            let token = required_secret(policy, name, secret_ref, "github", "a token").await?;
             Ok(Box::new(super::github::GithubTarget::new(settings, token, shutdown)?))
+        }
+        "jira" => {
+            let settings = jira::JiraSettings::from_config(name, config, policy)?;
+            let token = required_secret(policy, name, secret_ref, "jira", "an API token").await?;
+            Ok(Box::new(jira::JiraTarget::new(settings, token, shutdown)?))
         }
         other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),
     }
+}
+
+/// The secret a kind cannot work without, read through the policy; its
+/// absence is a configuration error that says how to give one (by reference:
+/// the value itself is never in the database).
+async fn required_secret(
+    policy: &TargetPolicy,
+    name: &str,
+    secret_ref: Option<&str>,
+    kind: &str,
+    what: &str,
+) -> Result<String, TargetSetupError> {
+    let Some(reference) = secret_ref else {
+        return Err(TargetSetupError::Config {
+            target: name.to_owned(),
+            message: format!(
+                "a {kind} target needs {what}: SELECT sync.alter_target(name, secret => 'env:{}{}')",
+                super::policy::ENV_PREFIX,
+                kind.to_uppercase()
+            ),
+        });
+    };
+    resolve_secret(policy, name, reference).await
 }
 
 #[cfg(test)]

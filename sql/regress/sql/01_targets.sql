@@ -49,6 +49,7 @@ SELECT config, secret_ref FROM sync.targets WHERE name = 'sp_hr';
 \x on
 SELECT * FROM regress.err($sql$SELECT sync.alter_target('sp_hr', config => '{"site_id": null}')$sql$);
 SELECT * FROM regress.err($sql$SELECT sync.alter_target('nope', config => '{}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('j', kind => 'jira', config => '{"site": "acme.atlassian.net", "project_key": "ops"}')$sql$);
 \x off
 SELECT sync.drop_target('gh');
 ROLLBACK;

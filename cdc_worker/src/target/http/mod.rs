@@ -11,7 +11,7 @@ mod oauth;
 mod retry;
 
 pub use budget::Budget;
-pub use oauth::ClientCredentials;
+pub use oauth::{Auth, ClientCredentials};
 pub use retry::{backoff, parse_retry_after, retry_after_of, MAX_BODY, MAX_PAUSE};
 pub(crate) use retry::{read_body, without_url};
 
@@ -68,7 +68,7 @@ pub struct HttpClient {
     pub(crate) service: &'static str,
     pub(crate) base_url: String,
     pub(crate) http: reqwest::Client,
-    pub(crate) auth: ClientCredentials,
+    pub(crate) auth: Auth,
     /// The secret and the tokens issued so far (their encodings too).
     redactor: Mutex<Redactor>,
     /// Turns true when the worker stops: pauses end at once.
@@ -99,7 +99,7 @@ impl HttpClient {
     /// A client for one target.
     pub fn new(
         settings: HttpSettings,
-        auth: ClientCredentials,
+        auth: impl Into<Auth>,
         budget: Budget,
         shutdown: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Result<Self, TargetSetupError> {
@@ -114,7 +114,8 @@ impl HttpClient {
             .https_only(https_only)
             .build()
             .map_err(|e| TargetSetupError::Config { target: name.clone(), message: e.to_string() })?;
-        let redactor = Redactor::new([auth.secret.as_str()]);
+        let auth = auth.into();
+        let redactor = Redactor::new(auth.secrets());
         metrics::BUDGET_ALLOWED.set(&[&name], f64::from(budget.per_min) / 60.0);
         Ok(Self {
             name,
@@ -274,8 +275,8 @@ impl HttpClient {
             }
             attempt += 1;
             self.wait_turn(cost.units, cost.writes).await?;
-            let token = self.token(false).await?;
-            let mut rb = self.http.request(method.clone(), url).bearer_auth(&token);
+            let authorization = self.authorization(false).await?;
+            let mut rb = self.http.request(method.clone(), url).header(reqwest::header::AUTHORIZATION, authorization);
             if let Some(b) = body {
                 rb = rb.json(b);
             }
@@ -306,10 +307,10 @@ impl HttpClient {
                 }
             };
             match status {
-                401 if !refreshed => {
+                401 if !refreshed && self.auth.renewable() => {
                     refreshed = true;
                     attempt -= 1;
-                    self.token(true).await?;
+                    self.authorization(true).await?;
                 }
                 401 | 403 => {
                     let msg = format!(

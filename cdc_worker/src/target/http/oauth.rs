@@ -31,6 +31,45 @@ pub struct ClientCredentials {
     pub(crate) token: tokio::sync::Mutex<Option<Token>>,
 }
 
+/// How an API's requests are signed.
+pub enum Auth {
+    /// OAuth2 client credentials: a bearer token, renewed before it expires
+    /// and once on a 401.
+    ClientCredentials(ClientCredentials),
+    /// A fixed `Authorization` header (Jira's `Basic base64(email:api_token)`,
+    /// an API key): nothing to renew, so a 401 is final.
+    Fixed {
+        /// The header's whole value.
+        header: String,
+        /// The secret it carries (redacted from every message, as is the header).
+        secret: String,
+    },
+}
+
+impl From<ClientCredentials> for Auth {
+    fn from(c: ClientCredentials) -> Self {
+        Auth::ClientCredentials(c)
+    }
+}
+
+impl Auth {
+    /// What messages must never show.
+    pub(crate) fn secrets(&self) -> Vec<&str> {
+        match self {
+            Auth::ClientCredentials(c) => vec![c.secret.as_str()],
+            Auth::Fixed { header, secret } => {
+                let encoded = header.split_once(' ').map_or(header.as_str(), |(_, v)| v);
+                vec![secret.as_str(), header.as_str(), encoded]
+            }
+        }
+    }
+
+    /// Whether a 401 can be mended by asking for a new token.
+    pub(crate) fn renewable(&self) -> bool {
+        matches!(self, Auth::ClientCredentials(_))
+    }
+}
+
 impl ClientCredentials {
     /// Credentials for `token_url`; no token yet.
     pub fn new(token_url: String, client_id: String, secret: String, scope: &str) -> Self {
@@ -58,10 +97,27 @@ pub(crate) fn refresh_at(now: Instant, expires_in: u64) -> Instant {
 }
 
 impl HttpClient {
+    /// The `Authorization` header of the next request: the fixed one, or
+    /// `Bearer` and a token (see [`Self::token`]).
+    pub(crate) async fn authorization(&self, force: bool) -> Result<String, Failure> {
+        match &self.auth {
+            Auth::Fixed { header, .. } => Ok(header.clone()),
+            Auth::ClientCredentials(_) => Ok(format!("Bearer {}", self.token(force).await?)),
+        }
+    }
+
     /// A token: the cached one, or (when `force`, or near its expiry) a new
     /// one from the token endpoint.
     pub(crate) async fn token(&self, force: bool) -> Result<String, Failure> {
-        let mut guard = self.auth.token.lock().await;
+        let Auth::ClientCredentials(auth) = &self.auth else {
+            return Err(Failure {
+                class: ErrorClass::Definite,
+                message: format!("{} takes no OAuth2 token", self.service),
+                retry_after: None,
+                sent: false,
+            });
+        };
+        let mut guard = auth.token.lock().await;
         if !force {
             if let Some(t) = guard.as_ref().filter(|t| Instant::now() < t.refresh_at) {
                 return Ok(t.value.clone());
@@ -69,11 +125,11 @@ impl HttpClient {
         }
         let form = [
             ("grant_type", "client_credentials"),
-            ("client_id", self.auth.client_id.as_str()),
-            ("client_secret", self.auth.secret.as_str()),
-            ("scope", self.auth.scope.as_str()),
+            ("client_id", auth.client_id.as_str()),
+            ("client_secret", auth.secret.as_str()),
+            ("scope", auth.scope.as_str()),
         ];
-        let resp = self.http.post(&self.auth.token_url).form(&form).send().await.map_err(|e| {
+        let resp = self.http.post(&auth.token_url).form(&form).send().await.map_err(|e| {
             crate::metrics::TARGET_REQUEST_ERRORS.inc(&[&self.name, "token"]);
             let message = format!("token endpoint unreachable: {}", without_url(&e));
             self.set_health(Health::Unreachable, message.clone());
@@ -117,7 +173,7 @@ impl HttpClient {
         };
         // The secret, this token and the one before it (a message about a
         // request sent with it may still come).
-        let mut redactor = Redactor::new([self.auth.secret.as_str(), value]);
+        let mut redactor = Redactor::new([auth.secret.as_str(), value]);
         if let Some(old) = guard.as_ref() {
             redactor.add(&old.value);
         }
