@@ -294,6 +294,7 @@ BEGIN
             WHEN kv.key = 'max_concurrent_batches' THEN 'integer 1 16'
             WHEN kv.key = 'time_zone' THEN 'timezone'
             WHEN kv.key = 'pull_interval' THEN 'number 1 86400'
+            WHEN kv.key = 'on_delete' THEN 'choice trash archive'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
@@ -302,6 +303,8 @@ BEGIN
                             AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
             WHEN 'timezone' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 100
                             AND EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = kv.value #>> '{}')
+            WHEN 'choice' THEN jsonb_typeof(kv.value) = 'string'
+                            AND (kv.value #>> '{}') = ANY (string_to_array(substr(rule, 8), ' '))
             WHEN 'integer' THEN jsonb_typeof(kv.value) = 'number' AND (kv.value #>> '{}') ~ '^[0-9]{1,9}$'
                             AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
             ELSE jsonb_typeof(kv.value) = 'string' AND (kv.value #>> '{}') <> '' AND length(kv.value #>> '{}') <= 500
@@ -316,6 +319,7 @@ BEGIN
                           WHEN 'number' THEN format('%s is a number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'integer' THEN format('%s is a whole number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'timezone' THEN format('%s is the name of a time zone PostgreSQL knows (pg_timezone_names).', kv.key)
+                          WHEN 'choice' THEN format('%s is one of %s.', kv.key, replace(substr(rule, 8), ' ', ', '))
                           ELSE format('%s is a non-empty string of at most 500 characters, without control characters.', kv.key) END,
                       HINT = CASE kv.key
                           WHEN 'budget_per_min' THEN format('The default for %s is %s %s a minute.', kind, k.default_budget_per_min, k.cost_unit)

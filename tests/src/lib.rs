@@ -9,6 +9,8 @@ pub mod emulator;
 pub mod graph;
 pub mod graph_emulator;
 pub mod ingest;
+pub mod linear;
+pub mod linear_emulator;
 pub mod process;
 pub mod prometheus;
 pub mod random;

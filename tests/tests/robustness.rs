@@ -5,6 +5,7 @@
 //!
 //! ```ignore
 //! robustness!(graph, GraphTargetEnv);
+robustness!(linear, LinearTargetEnv);
 //! ```
 //!
 //! What only some kinds can do is a capability of the environment
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use syncbridge_tests::emulator::Fault;
 use syncbridge_tests::graph::GraphTargetEnv;
+use syncbridge_tests::linear::LinearTargetEnv;
 use syncbridge_tests::ingest::{open_count, prepare};
 use syncbridge_tests::process::{spawn_quiet, wait_with_limit, ChildGuard};
 use syncbridge_tests::target_env::{EnvOptions, TargetEnv};
@@ -52,6 +54,7 @@ macro_rules! robustness {
 }
 
 robustness!(graph, GraphTargetEnv);
+robustness!(linear, LinearTargetEnv);
 
 /// The target the scenarios create.
 const TARGET: &str = "tgt";
@@ -73,7 +76,11 @@ fn setup<E: TargetEnv>(options: EnvOptions, ddl: &str) -> (E, TestDb) {
 /// Table `t` into container `T`, provisioned and enabled.
 fn define_t<E: TargetEnv>(env: &E, db: &TestDb) {
     env.define(db, "t", "t", TARGET, "T");
-    db.psql("SELECT sync.provision('t'), sync.enable('t')");
+    // Only kinds whose containers syncbridge makes are provisioned.
+    db.psql(
+        "SELECT CASE WHEN k.containers = 'provisioned' THEN sync.provision('t') END, sync.enable('t')
+           FROM sync.targets t JOIN sync.target_kinds k ON k.kind = t.kind WHERE t.name = 'tgt'",
+    );
 }
 
 fn injected_5xx_and_dropped_connections_are_retried_then_succeed<E: TargetEnv>() {

@@ -7,6 +7,7 @@
 
 pub mod graph;
 pub mod http;
+pub mod linear;
 pub mod model;
 pub mod policy;
 pub mod registry;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::graph;
+use super::linear;
 use super::{resolve_secret, Target, TargetPolicy, TargetSetupError};
 
 /// Whether a kind's items live in containers, and who makes them.
@@ -126,6 +127,17 @@ pub const GRAPH_CAPABILITIES: Capabilities = Capabilities {
     pull: Pull::Delta,
 };
 
+/// Linear: issues in an existing team, deleted to the trash (or archived),
+/// a move is an update (the team is the target's), issues found by the id
+/// syncbridge chose for the row; changes are not read back yet.
+pub const LINEAR_CAPABILITIES: Capabilities = Capabilities {
+    containers: Containers::Existing,
+    delete_mode: DeleteMode::Remove,
+    moves: Moves::Native,
+    key_lookup: true,
+    pull: Pull::None,
+};
+
 /// Every kind syncbridge knows, implemented or not.
 pub static KINDS: &[KindSpec] = &[
     KindSpec {
@@ -194,22 +206,16 @@ pub static KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "linear",
         description: "Linear issues (GraphQL)",
-        implemented: false,
+        implemented: true,
         required_config: &["team_id"],
-        optional_config: &["base_url", "budget_per_min"],
-        batch_size: 50,
-        cost_per_write: 1,
-        cost_per_read: 1,
-        cost_unit: "requests",
-        default_budget_per_min: 25,
+        optional_config: &["base_url", "budget_per_min", "timeout_ms", "on_delete"],
+        batch_size: linear::BATCH_LIMIT as u32,
+        cost_per_write: linear::COST_PER_WRITE,
+        cost_per_read: linear::COST_PER_READ,
+        cost_unit: "complexity",
+        default_budget_per_min: linear::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
-        capabilities: Capabilities {
-            containers: Containers::Existing,
-            delete_mode: DeleteMode::Remove,
-            moves: Moves::Native,
-            key_lookup: true,
-            pull: Pull::UpdatedSince,
-        },
+        capabilities: LINEAR_CAPABILITIES,
     },
     KindSpec {
         kind: "webhook",
@@ -307,6 +313,20 @@ pub async fn build(
             };
             let secret = resolve_secret(policy, name, reference).await?;
             Ok(Box::new(super::graph::GraphTarget::new(settings, secret, shutdown)?))
+        }
+        "linear" => {
+            let settings = linear::LinearSettings::from_config(name, config, policy)?;
+            let Some(reference) = secret_ref else {
+                let example = format!("env:{}LINEAR", super::policy::ENV_PREFIX);
+                return Err(TargetSetupError::Config {
+                    target: name.to_owned(),
+                    message: format!(
+                        "a linear target needs an API key: SELECT sync.alter_target(name, secret => '{example}')"
+                    ),
+                });
+            };
+            let key = resolve_secret(policy, name, reference).await?;
+            Ok(Box::new(linear::LinearTarget::new(settings, key, shutdown)?))
         }
         other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),
     }

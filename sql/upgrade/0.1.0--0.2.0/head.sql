@@ -49,6 +49,13 @@ COMMENT ON COLUMN @extschema@.target_kinds.moves IS 'What a move to another cont
 COMMENT ON COLUMN @extschema@.target_kinds.key_lookup IS 'Whether an item can be found by the row''s key, to adopt it rather than create a twin after a create whose answer was lost.';
 COMMENT ON COLUMN @extschema@.target_kinds.pull IS 'How changes are read back for two-way sync: delta (a cursor), updated_since, none.';
 
+-- Linear (issue 19): implemented; costs in complexity points; a delete
+-- trashes (or archives, config on_delete); changes are not pulled yet.
+UPDATE @extschema@.target_kinds
+   SET implemented = true, optional_config = '{base_url,budget_per_min,timeout_ms,on_delete}',
+       cost_per_write = 2, cost_per_read = 1, cost_unit = 'complexity', default_budget_per_min = 4000, pull = 'none'
+ WHERE kind = 'linear';
+
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
 	"rel" oid,
