@@ -5,7 +5,6 @@
 //!
 //! ```ignore
 //! robustness!(graph, GraphTargetEnv);
-robustness!(linear, LinearTargetEnv);
 //! ```
 //!
 //! What only some kinds can do is a capability of the environment
@@ -17,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use syncbridge_tests::emulator::Fault;
 use syncbridge_tests::graph::GraphTargetEnv;
-use syncbridge_tests::linear::LinearTargetEnv;
 use syncbridge_tests::ingest::{open_count, prepare};
+use syncbridge_tests::linear::LinearTargetEnv;
 use syncbridge_tests::process::{spawn_quiet, wait_with_limit, ChildGuard};
 use syncbridge_tests::target_env::{EnvOptions, TargetEnv};
 use syncbridge_tests::worker::worker;
