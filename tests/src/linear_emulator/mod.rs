@@ -271,7 +271,7 @@ impl Linear {
 
     /// Takes one request and `cost` points from the buckets, or answers
     /// RATELIMITED (nothing taken, nothing run).
-    fn charge(&mut self, cost: f64) -> Result<(), HttpResponse> {
+    fn charge(&mut self, cost: f64) -> Result<(), Box<HttpResponse>> {
         let period = self.config.period_secs;
         let mut wait: f64 = 0.0;
         let mut which = Vec::new();
@@ -308,7 +308,7 @@ impl Linear {
         if let Ok(v) = HeaderValue::from_str(&format!("{}", wait.ceil().max(1.0) as u64)) {
             r.headers_mut().insert(RETRY_AFTER, v);
         }
-        Err(r)
+        Err(Box::new(r))
     }
 
     fn refused(&mut self, errors: Vec<GqlError>) -> HttpResponse {
@@ -353,7 +353,7 @@ impl Linear {
             return self.answer(400, &body, Some(op.complexity));
         }
         if let Err(r) = self.charge(op.complexity) {
-            return r;
+            return *r;
         }
         // A batch that loses its last half: those fields neither run nor answer.
         let mut run = op.fields.len();

@@ -83,11 +83,12 @@ pub fn wanted(payload: &Value, create: bool) -> Result<Vec<Wanted>, String> {
                 _ => return Err(format!("field {k} is empty: a Linear issue needs a title")),
             },
             "description" => out.push(Wanted::Plain("description", text(v).map_or(Value::Null, Value::String))),
-            "state" => match text(v) {
-                Some(s) => out.push(Wanted::State(s)),
-                // No state: the team's default on a create, unchanged on an update.
-                None => {}
-            },
+            // No state (NULL): the team's default on a create, unchanged on an update.
+            "state" => {
+                if let Some(s) = text(v) {
+                    out.push(Wanted::State(s));
+                }
+            }
             "priority" => {
                 out.push(Wanted::Plain("priority", Value::from(priority(v).map_err(|e| format!("field {k}: {e}"))?)))
             }
