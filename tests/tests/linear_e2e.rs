@@ -164,3 +164,26 @@ fn a_create_whose_answer_is_lost_is_found_by_its_id_and_adopted_not_doubled() {
     let (refused, _, _) = env.env.emu.state().error_counts();
     assert_eq!(refused, 0, "every document the adapter sent is valid against the schema");
 }
+
+#[test]
+fn linears_own_headers_pace_the_worker_when_its_budget_would_not() {
+    // The target's budget is as good as unlimited; Linear allows 4
+    // requests per 8 s. The worker reads x-ratelimit-requests-* and waits
+    // for the bucket instead of meeting RATELIMITED.
+    let config = EmulatorConfig { requests_limit: Some(4), period_secs: 8.0, ..EmulatorConfig::default() };
+    let (env, db) = setup(config);
+    db.psql("INSERT INTO tickets (id, title) SELECT g, 'row ' || g FROM generate_series(100, 399) g");
+    let started = std::time::Instant::now();
+    env.sync_once(&db);
+    assert_issues_equal_rows(&env.env, &db, "tix");
+    let stats = env.stats();
+    eprintln!(
+        "paced run: {} requests, {} refused, {:.1} s",
+        stats.requests,
+        stats.throttled,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(stats.throttled, 0, "no request refused by a limit the headers announced");
+    assert!(stats.requests > 4, "more requests than the bucket holds: some waited ({stats:?})");
+    assert_eq!(open_count(&db), "0");
+}

@@ -24,9 +24,11 @@ const ATTEMPTS: u32 = 4;
 struct Seen {
     limit: f64,
     remaining: f64,
-    /// When it is full again.
-    reset: Instant,
-    /// When it was seen.
+    /// Units refilled a second, as low as the headers allow: `remaining`
+    /// is a whole number (the bucket may hold up to one unit more), so the
+    /// refill to `limit` by the reset is at least `limit - remaining - 1`.
+    rate: f64,
+    /// When it was seen (or last taken from).
     at: Instant,
 }
 
@@ -36,7 +38,7 @@ impl Seen {
         let limit = num(format!("x-ratelimit-{what}-limit"))?;
         let remaining = num(format!("x-ratelimit-{what}-remaining"))?;
         let reset_ms = num(format!("x-ratelimit-{what}-reset")).unwrap_or(0.0);
-        if !(limit.is_finite() && remaining.is_finite() && limit > 0.0) {
+        if !(limit.is_finite() && remaining.is_finite() && reset_ms.is_finite() && limit > 0.0) {
             return None;
         }
         let now_ms = std::time::SystemTime::now()
@@ -46,24 +48,30 @@ impl Seen {
         // Epoch milliseconds (a value in seconds is read as such).
         let reset_in = if reset_ms > 1e12 { (reset_ms - now_ms) / 1000.0 } else { reset_ms - now_ms / 1000.0 };
         let reset_in = reset_in.clamp(0.0, crate::target::http::MAX_PAUSE.as_secs_f64());
-        let now = Instant::now();
-        Some(Self { limit, remaining: remaining.max(0.0), reset: now + Duration::from_secs_f64(reset_in), at: now })
+        let remaining = remaining.clamp(0.0, limit);
+        let rate = if reset_in > 0.0 { (limit - remaining - 1.0).max(0.0) / reset_in } else { 0.0 };
+        Some(Self { limit, remaining, rate, at: Instant::now() })
     }
 
-    /// Seconds to wait before `need` units are there, assuming a steady
-    /// refill from `remaining` at `at` to `limit` at `reset`.
+    fn have(&self) -> f64 {
+        (self.remaining + self.rate * self.at.elapsed().as_secs_f64()).min(self.limit)
+    }
+
+    /// Takes `n` units (a request about to go).
+    fn take(&mut self, n: f64) {
+        self.remaining = (self.have() - n).max(0.0);
+        self.at = Instant::now();
+    }
+
+    /// Seconds to wait before `need` units are there (0 when the refill
+    /// cannot be told: the next answer's headers will say).
     fn wait_for(&self, need: f64) -> f64 {
-        let now = Instant::now();
-        let span = self.reset.saturating_duration_since(self.at).as_secs_f64();
-        if span <= 0.0 {
+        let need = need.min(self.limit);
+        let have = self.have();
+        if have >= need || self.rate <= 0.0 {
             return 0.0;
         }
-        let rate = (self.limit - self.remaining) / span;
-        let have = (self.remaining + rate * now.duration_since(self.at).as_secs_f64()).min(self.limit);
-        if have >= need.min(self.limit) || rate <= 0.0 {
-            return 0.0;
-        }
-        (need.min(self.limit) - have) / rate
+        (need - have) / self.rate
     }
 }
 
@@ -134,19 +142,34 @@ pub(crate) struct Gql<'a> {
 impl Gql<'_> {
     /// Waits until Linear's buckets (as last seen) hold one more request
     /// and `cost` points; false when the worker stops meanwhile.
+    ///
+    /// What a request takes is reserved at once (taken from the buckets as
+    /// last seen), so that the lanes sharing this target do not all go on
+    /// the same remaining request; the next answer's headers correct it.
     async fn wait_for_linear(&self, cost: f64) -> bool {
-        let wait = {
-            let l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-            let r = l.requests.map_or(0.0, |s| s.wait_for(1.0));
-            let c = l.complexity.map_or(0.0, |s| s.wait_for(cost));
-            r.max(c)
-        };
-        if wait > 0.0 {
+        loop {
+            let wait = {
+                let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+                let r = l.requests.map_or(0.0, |s| s.wait_for(1.0));
+                let c = l.complexity.map_or(0.0, |s| s.wait_for(cost));
+                if r.max(c) <= 0.0 {
+                    if let Some(s) = l.requests.as_mut() {
+                        s.take(1.0);
+                    }
+                    if let Some(s) = l.complexity.as_mut() {
+                        s.take(cost);
+                    }
+                    return true;
+                }
+                r.max(c)
+            };
             tracing::debug!(target = %self.client.name, wait_s = wait, "waiting for Linear's rate-limit buckets to refill");
-            let d = Duration::from_secs_f64(wait.min(crate::target::http::MAX_PAUSE.as_secs_f64()));
-            return self.client.sleep_or_stop(tokio::time::Instant::now() + d).await;
+            // A little over, so the bucket surely holds it.
+            let d = Duration::from_secs_f64((wait + 0.05).min(crate::target::http::MAX_PAUSE.as_secs_f64()));
+            if !self.client.sleep_or_stop(tokio::time::Instant::now() + d).await {
+                return false;
+            }
         }
-        true
     }
 
     fn saw(&self, h: &HeaderMap) {
