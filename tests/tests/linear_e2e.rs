@@ -25,11 +25,16 @@ INSERT INTO tickets VALUES
 ";
 
 fn setup(config: EmulatorConfig) -> (LinearTargetEnv, TestDb) {
+    setup_with(config, Value::Null)
+}
+
+/// With more target configuration keys in `extra`.
+fn setup_with(config: EmulatorConfig, extra: Value) -> (LinearTargetEnv, TestDb) {
     let env = LinearTargetEnv::with_config(config);
     let db = cluster().new_db("linear");
     prepare(&db, TICKETS);
     db.psql(&format!("ALTER DATABASE \"{}\" SET sync.backoff_base_seconds = 1", db.name()));
-    env.create_target(&db, "lin");
+    env.env.create_target(&db, "lin", None, extra);
     db.psql(
         "SELECT sync.define('tix', source => 'tickets', target => 'lin', list => 'ENG', row_filter => 'shareable')",
     );
@@ -185,5 +190,24 @@ fn linears_own_headers_pace_the_worker_when_its_budget_would_not() {
     );
     assert_eq!(stats.throttled, 0, "no request refused by a limit the headers announced");
     assert!(stats.requests > 4, "more requests than the bucket holds: some waited ({stats:?})");
+    assert_eq!(open_count(&db), "0");
+}
+
+#[test]
+fn with_on_delete_archive_a_delete_archives_the_issue_and_a_row_back_unarchives_it() {
+    let (env, db) = setup_with(EmulatorConfig::default(), serde_json::json!({"on_delete": "archive"}));
+    env.sync_once(&db);
+    db.psql("DELETE FROM tickets WHERE id IN (1, 3)");
+    env.sync_once(&db);
+    let all = env.env.issues_by_key();
+    for k in ["1", "3"] {
+        assert!(all[k]["archivedAt"].is_string(), "{k} archived");
+        assert!(all[k]["trashed"].is_null(), "{k} archived, not trashed");
+    }
+    assert_issues_equal_rows(&env.env, &db, "tix");
+    db.psql("INSERT INTO tickets (id, title) VALUES (1, 'back')");
+    env.sync_once(&db);
+    assert_issues_equal_rows(&env.env, &db, "tix");
+    assert_eq!(env.env.issues_by_key().len(), 3, "the same issue, not a new one");
     assert_eq!(open_count(&db), "0");
 }
