@@ -301,6 +301,7 @@ BEGIN
             WHEN kind = 'jira' AND kv.key = 'project_key' THEN 'jira_project'
             WHEN kind = 'jira' AND kv.key = 'site' THEN 'host'
             WHEN kind = 'jira' AND kv.key = 'email' THEN 'email'
+            WHEN kv.key = 'on_delete' THEN 'choice trash archive'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000

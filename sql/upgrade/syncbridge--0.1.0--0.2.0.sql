@@ -65,6 +65,12 @@ UPDATE @extschema@.target_kinds
    SET implemented = true, required_config = '{owner}',
        optional_config = '{repo,base_url,budget_per_min,content_per_min,content_per_hour,timeout_ms,marker_label,close_reason}'
  WHERE kind = 'github';
+-- Linear (issue 19): implemented; costs in complexity points; a delete
+-- trashes (or archives, config on_delete); changes are not pulled yet.
+UPDATE @extschema@.target_kinds
+   SET implemented = true, optional_config = '{base_url,budget_per_min,timeout_ms,on_delete}',
+       cost_per_write = 2, cost_per_read = 1, cost_unit = 'complexity', default_budget_per_min = 4000, pull = 'none'
+ WHERE kind = 'linear';
 
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
@@ -463,6 +469,7 @@ BEGIN
             WHEN kind = 'jira' AND kv.key = 'project_key' THEN 'jira_project'
             WHEN kind = 'jira' AND kv.key = 'site' THEN 'host'
             WHEN kind = 'jira' AND kv.key = 'email' THEN 'email'
+            WHEN kv.key = 'on_delete' THEN 'choice trash archive'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000

@@ -13,6 +13,8 @@ pub mod graph_emulator;
 pub mod ingest;
 pub mod jira;
 pub mod jira_emulator;
+pub mod linear;
+pub mod linear_emulator;
 pub mod process;
 pub mod prometheus;
 pub mod random;

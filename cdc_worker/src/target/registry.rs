@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::github;
 use super::graph;
 use super::jira;
+use super::linear;
 use super::{resolve_secret, Target, TargetPolicy, TargetSetupError};
 
 /// Whether a kind's items live in containers, and who makes them.
@@ -128,6 +129,17 @@ pub const GRAPH_CAPABILITIES: Capabilities = Capabilities {
     pull: Pull::Delta,
 };
 
+/// Linear: issues in an existing team, deleted to the trash (or archived),
+/// a move is an update (the team is the target's), issues found by the id
+/// syncbridge chose for the row; changes are not read back yet.
+pub const LINEAR_CAPABILITIES: Capabilities = Capabilities {
+    containers: Containers::Existing,
+    delete_mode: DeleteMode::Remove,
+    moves: Moves::Native,
+    key_lookup: true,
+    pull: Pull::None,
+};
+
 /// Every kind syncbridge knows, implemented or not.
 pub static KINDS: &[KindSpec] = &[
     KindSpec {
@@ -193,22 +205,16 @@ pub static KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "linear",
         description: "Linear issues (GraphQL)",
-        implemented: false,
+        implemented: true,
         required_config: &["team_id"],
-        optional_config: &["base_url", "budget_per_min"],
-        batch_size: 50,
-        cost_per_write: 1,
-        cost_per_read: 1,
-        cost_unit: "requests",
-        default_budget_per_min: 25,
+        optional_config: &["base_url", "budget_per_min", "timeout_ms", "on_delete"],
+        batch_size: linear::BATCH_LIMIT as u32,
+        cost_per_write: linear::COST_PER_WRITE,
+        cost_per_read: linear::COST_PER_READ,
+        cost_unit: "complexity",
+        default_budget_per_min: linear::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
-        capabilities: Capabilities {
-            containers: Containers::Existing,
-            delete_mode: DeleteMode::Remove,
-            moves: Moves::Native,
-            key_lookup: true,
-            pull: Pull::UpdatedSince,
-        },
+        capabilities: LINEAR_CAPABILITIES,
     },
     KindSpec {
         kind: "webhook",
@@ -307,6 +313,11 @@ pub async fn build(
             let settings = jira::JiraSettings::from_config(name, config, policy)?;
             let token = required_secret(policy, name, secret_ref, "jira", "an API token").await?;
             Ok(Box::new(jira::JiraTarget::new(settings, token, shutdown)?))
+        }
+        "linear" => {
+            let settings = linear::LinearSettings::from_config(name, config, policy)?;
+            let key = required_secret(policy, name, secret_ref, "linear", "an API key").await?;
+            Ok(Box::new(linear::LinearTarget::new(settings, key, shutdown)?))
         }
         other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),
     }
