@@ -274,6 +274,29 @@ BEGIN
     PERFORM sync._check_worker_name(worker);
 END $$;
 
+-- The containers a target's definitions pull: the lists syncbridge
+-- provisioned or found (sync.target_lists with their id), and, for kinds
+-- whose containers exist already (a repository, a Jira project, a Linear
+-- team: sync.target_kinds.containers), the definition's list and its shards'
+-- lists, known by their name.
+CREATE FUNCTION _pull_containers(target text)
+RETURNS TABLE (definition_id int, list text, remote_id text)
+LANGUAGE sql STABLE AS $$
+    SELECT tl.definition_id, tl.list, tl.remote_id
+      FROM sync.target_lists tl JOIN sync.definitions d ON d.id = tl.definition_id
+     WHERE d.target = _pull_containers.target AND tl.remote_id IS NOT NULL
+    UNION
+    SELECT d.id, l.list, l.list
+      FROM sync.definitions d
+      JOIN sync.targets t ON t.name = d.target
+      JOIN sync.target_kinds k ON k.kind = t.kind AND k.containers = 'existing'
+     CROSS JOIN LATERAL (SELECT d.list AS list WHERE d.list IS NOT NULL
+                         UNION SELECT s.list FROM sync.shards s WHERE s.definition_id = d.id) l
+     WHERE d.target = _pull_containers.target
+       AND NOT EXISTS (SELECT 1 FROM sync.target_lists tl
+                        WHERE tl.definition_id = d.id AND tl.list = l.list AND tl.remote_id IS NOT NULL)
+$$;
+
 CREATE FUNCTION pull_claim(target text, n int DEFAULT 10, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, force boolean DEFAULT false)
 RETURNS TABLE (definition text, list text, list_id text, link text, fields text[], round bigint)
 LANGUAGE plpgsql AS $$
@@ -291,12 +314,12 @@ BEGIN
     -- (made when the list is provisioned; here for lists that lack it). One
     -- worker at a time adds them: another would wait on its uncommitted rows.
     IF pg_try_advisory_xact_lock(1937337956, hashtext(pull_claim.target))
-       AND EXISTS (SELECT 1 FROM sync.definitions d JOIN sync.target_lists tl ON tl.definition_id = d.id
-                    WHERE d.target = pull_claim.target AND d.direction <> 'push' AND tl.remote_id IS NOT NULL
-                      AND NOT EXISTS (SELECT 1 FROM sync.pulls p WHERE p.definition_id = d.id AND p.list = tl.list)) THEN
+       AND EXISTS (SELECT 1 FROM sync._pull_containers(pull_claim.target) c JOIN sync.definitions d ON d.id = c.definition_id
+                    WHERE d.direction <> 'push'
+                      AND NOT EXISTS (SELECT 1 FROM sync.pulls p WHERE p.definition_id = d.id AND p.list = c.list)) THEN
         INSERT INTO sync.pulls (definition_id, list)
-        SELECT d.id, tl.list FROM sync.definitions d JOIN sync.target_lists tl ON tl.definition_id = d.id
-         WHERE d.target = pull_claim.target AND d.direction <> 'push' AND tl.remote_id IS NOT NULL
+        SELECT d.id, c.list FROM sync._pull_containers(pull_claim.target) c JOIN sync.definitions d ON d.id = c.definition_id
+         WHERE d.direction <> 'push'
         ON CONFLICT DO NOTHING;
     END IF;
     RETURN QUERY
@@ -318,12 +341,12 @@ BEGIN
           FROM due WHERE p.definition_id = due.definition_id AND p.list = due.list
         RETURNING p.*
     )
-    SELECT d.name, l.list, tl.remote_id, coalesce(l.page_link, l.link),
+    SELECT d.name, l.list, c.remote_id, coalesce(l.page_link, l.link),
            ARRAY['SyncKey'] || ARRAY(SELECT DISTINCT e->>'field' FROM jsonb_array_elements((sync._compile(d.id)).inbound) e
                                       WHERE e->>'field' <> 'SyncKey' ORDER BY 1),
            l.round
       FROM leased l JOIN sync.definitions d ON d.id = l.definition_id
-      JOIN sync.target_lists tl ON tl.definition_id = l.definition_id AND tl.list = l.list
+      JOIN sync._pull_containers(pull_claim.target) c ON c.definition_id = l.definition_id AND c.list = l.list
      ORDER BY d.name, l.list;
 END $$;
 COMMENT ON FUNCTION pull_claim(text, int, int, text, boolean) IS 'Leases up to n lists of a target whose pull is due (force: all) to the caller (FOR UPDATE SKIP LOCKED: two workers never read one list at once): the list''s id, the link to read next (NULL: start a full read), the fields to select, and the round to hand pages over under.';
@@ -483,10 +506,10 @@ LANGUAGE sql STABLE AS $$
                               WHERE d.target = pull_due.target AND d.state = 'active' AND i.status = 'pending') THEN 0::float8
     -- (greatest() skips a NULL: a target without lists must stay NULL)
     ELSE (SELECT CASE WHEN count(*) > 0 THEN greatest(0, extract(epoch FROM min(coalesce(CASE WHEN p.lease_until > now() THEN greatest(p.lease_until, p.next_pull_at) ELSE p.next_pull_at END, now())) - now()))::float8 END
-      FROM sync.definitions d
-      JOIN sync.target_lists tl ON tl.definition_id = d.id AND tl.remote_id IS NOT NULL
-      LEFT JOIN sync.pulls p ON p.definition_id = d.id AND p.list = tl.list
-     WHERE d.target = pull_due.target AND d.state = 'active' AND d.direction <> 'push') END
+      FROM sync._pull_containers(pull_due.target) c
+      JOIN sync.definitions d ON d.id = c.definition_id
+      LEFT JOIN sync.pulls p ON p.definition_id = d.id AND p.list = c.list
+     WHERE d.state = 'active' AND d.direction <> 'push') END
 $$;
 COMMENT ON FUNCTION pull_due(text) IS 'Seconds until a list of the target is due for a pull, or inbound changes wait to be applied (0: now); NULL when the target has no list to pull and nothing waits.';
 
@@ -502,7 +525,7 @@ BEGIN
                   HINT = 'Define it with direction => ''both'' or ''pull'' to read changes back.';
     END IF;
     INSERT INTO sync.pulls (definition_id, list)
-    SELECT d.id, tl.list FROM sync.target_lists tl WHERE tl.definition_id = d.id AND tl.remote_id IS NOT NULL
+    SELECT d.id, c.list FROM sync._pull_containers(d.target) c WHERE c.definition_id = d.id
     ON CONFLICT DO NOTHING;
     UPDATE sync.pulls SET next_pull_at = now() WHERE definition_id = d.id;
     GET DIAGNOSTICS n = ROW_COUNT;

@@ -303,6 +303,7 @@ async fn pull_list(
 ) -> Result<ListEnd, WorkerError> {
     let worker = config.worker_name.as_str();
     let mut request = PullRequest {
+        definition: c.definition.clone(),
         container_id: c.list_id.clone(),
         link: c.link.clone(),
         fields: c.fields.clone(),

@@ -269,7 +269,12 @@ pub fn column_kind(c: &Value) -> Option<(String, String)> {
 /// What one pull request asks for: the next page of a container's changes.
 #[derive(Debug, Clone)]
 pub struct PullRequest {
-    /// The container's id on the target (Graph: the list's id).
+    /// The definition the read is for: a container several definitions
+    /// write to (a repository, a Jira project, a Linear team) holds items of
+    /// each, and an adapter returns only this one's (by its marker).
+    pub definition: String,
+    /// The container's id on the target (Graph: the list's id; kinds whose
+    /// containers exist already: the list's name, e.g. the repository).
     pub container_id: String,
     /// The link the target gave last time (a next page, or the changes since
     /// the last complete read), replayed as it is; None: a fresh, full read.

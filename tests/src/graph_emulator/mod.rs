@@ -1380,7 +1380,8 @@ mod tests {
         }
         let g = worker_target(&t.em);
         let fields = vec!["Title".to_string(), "SyncKey".to_string()];
-        let mut req = PullRequest { container_id: list_id.clone(), link: None, fields, page_size: 2 };
+        let mut req =
+            PullRequest { definition: "d".into(), container_id: list_id.clone(), link: None, fields, page_size: 2 };
         // A fresh read: 2 RU, the selected fields only, a next page.
         let ru = t.em.stats().ru_used;
         let p1 = g.pull(&req).await.unwrap();
@@ -1429,7 +1430,15 @@ mod tests {
         let e = g.pull(&req).await.unwrap_err();
         assert!(matches!(&e, PullError::Resync(m) if m.contains("resyncChangesApplyDifferences")), "{e:?}");
         // An unknown list: definite.
-        let e = g.pull(&PullRequest { container_id: "nope".into(), link: None, fields: vec![], page_size: 10 }).await;
+        let e = g
+            .pull(&PullRequest {
+                definition: "d".into(),
+                container_id: "nope".into(),
+                link: None,
+                fields: vec![],
+                page_size: 10,
+            })
+            .await;
         assert!(matches!(e, Err(PullError::Failed { class: ErrorClass::Definite, .. })), "{e:?}");
     }
 
