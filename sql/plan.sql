@@ -67,7 +67,7 @@ BEGIN
     IF $1 IS NOT NULL THEN
         PERFORM sync._check_may_read((sync._def($1)).source_rel);
     END IF;
-    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write, x.direction,
+    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write, k.item_costs, x.direction,
                     -- a move as the kind makes it (NULL: it cannot)
                     CASE k.moves WHEN 'native' THEN 1 WHEN 'delete_create' THEN 2 END AS move_requests
                FROM sync.definitions x JOIN sync.targets t ON t.name = x.target JOIN sync.target_kinds k ON k.kind = t.kind
@@ -98,7 +98,8 @@ BEGIN
              ORDER BY i.id;
         CONTINUE WHEN d.direction = 'pull';
         RETURN QUERY EXECUTE format(
-            'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id, p.warning '
+            'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, '
+            'CASE WHEN r.n = 0 THEN 0 ELSE coalesce(($4 ->> p.op)::numeric, r.n * %s::numeric) END, e.status, e.id, p.warning '
             'FROM (%s) p '
             'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN %s::int WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
             'LEFT JOIN sync.pending_exports e ON e.definition_id = $1 AND e.sync_key = p.sync_key '
@@ -106,7 +107,8 @@ BEGIN
             'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''delete'' THEN 4 ELSE 5 END, p.sync_key',
             d.name, d.cost_per_write, sync._plan_sql(), coalesce(d.move_requests::text, 'NULL'))
           USING d.id, d.delete_scope,
-                (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f);
+                (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f),
+                d.item_costs;
         -- Exports a rollback or a reconcile staged that the comparison of
         -- the rows with the ledger does not show (a rollback's inverse, an
         -- orphan's delete).
@@ -115,7 +117,7 @@ BEGIN
                    CASE WHEN e.op = 'delete' THEN (SELECT jsonb_object_agg(o.key, jsonb_build_object('old', o.value)) FROM jsonb_each(e.previous) o)
                         ELSE (SELECT jsonb_object_agg(n.key, jsonb_build_object('old', e.previous -> n.key, 'new', n.value)) FROM jsonb_each(e.payload) n) END,
                    CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END,
-                   CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END * d.cost_per_write,
+                   coalesce((d.item_costs ->> e.op)::numeric, CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END * d.cost_per_write),
                    e.status, e.id, format('%s run %s', CASE WHEN e.rollback THEN 'rollback' ELSE 'reconcile' END, e.run_id)
               FROM sync.pending_exports e
              WHERE e.definition_id = d.id AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
@@ -144,11 +146,21 @@ LANGUAGE sql AS $$
                count(*) FILTER (WHERE p.op = 'add') AS adds, count(*) FILTER (WHERE p.op = 'update') AS updates,
                count(*) FILTER (WHERE p.op = 'delete') AS deletes, count(*) FILTER (WHERE p.op = 'move') AS moves,
                count(*) FILTER (WHERE p.queued = 'awaiting_approval') AS awaiting, count(*) FILTER (WHERE p.warning IS NOT NULL) AS warnings,
-               coalesce(sum(p.requests), 0) AS requests, coalesce(sum(p.cost), 0) AS cost
+               coalesce(sum(p.requests), 0) AS requests, coalesce(sum(p.cost), 0) AS cost,
+               -- the requests they go in: the kind's bulk operations share
+               -- them (any mix), batch_size items at a time; the others
+               -- take one each
+               sum(p.requests) FILTER (WHERE p.op IN ('add', 'update', 'delete', 'move')) AS writes,
+               sum(p.requests) FILTER (WHERE p.op = 'add') AS n_add, sum(p.requests) FILTER (WHERE p.op = 'update') AS n_update,
+               sum(p.requests) FILTER (WHERE p.op = 'delete') AS n_delete, sum(p.requests) FILTER (WHERE p.op = 'move') AS n_move
           FROM sync.plan($1) p GROUP BY p.definition)
     SELECT d.name, t.name, coalesce(a.adds, 0), coalesce(a.updates, 0), coalesce(a.deletes, 0), coalesce(a.moves, 0),
            coalesce(a.awaiting, 0), coalesce(a.warnings, 0), coalesce(a.requests, 0),
-           ceil(coalesce(a.requests, 0)::numeric / k.batch_size)::bigint, coalesce(a.cost, 0), k.cost_unit,
+           (coalesce(a.requests, 0) - coalesce(a.writes, 0)
+            + (SELECT ceil(coalesce(sum(o.n) FILTER (WHERE o.op = ANY (k.bulk_ops)), 0)::numeric / k.batch_size)
+                      + coalesce(sum(o.n) FILTER (WHERE o.op <> ALL (k.bulk_ops)), 0)
+                 FROM (VALUES ('add', a.n_add), ('update', a.n_update), ('delete', a.n_delete), ('move', a.n_move)) o(op, n)))::bigint,
+           coalesce(a.cost, 0), k.cost_unit,
            b.budget,
            make_interval(secs => greatest(coalesce(a.cost, 0) / b.budget * 60,
                                           coalesce(a.requests, 0) / (t.config->>'writes_per_second')::numeric)::float8),
@@ -170,4 +182,4 @@ LANGUAGE sql AS $$
        AND has_table_privilege(session_user, d.source_rel, 'SELECT')
      ORDER BY d.name
 $$;
-COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost, the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set; and what a drift check (sync.check_drift) would cost: requests, cost and time at the budget.';
+COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests (one per item and operation), batches (the HTTP requests they go in: the kind''s bulk_ops share one per batch_size items), API cost in the kind''s unit (cost_per_write, or item_costs), the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set; and what a drift check (sync.check_drift) would cost: requests, cost and time at the budget.';

@@ -23,7 +23,9 @@ CREATE TABLE target_kinds (
     delete_mode       text NOT NULL CHECK (delete_mode IN ('remove', 'close', 'unsupported')),
     moves             text NOT NULL CHECK (moves IN ('native', 'delete_create', 'unsupported')),
     key_lookup        boolean NOT NULL,
-    pull              text NOT NULL CHECK (pull IN ('delta', 'updated_since', 'none'))
+    pull              text NOT NULL CHECK (pull IN ('delta', 'updated_since', 'none')),
+    bulk_ops          text[] NOT NULL DEFAULT '{}' CHECK (bulk_ops <@ '{add,update,delete,move}'),
+    item_costs        jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(item_costs) = 'object')
 );
 COMMENT ON COLUMN target_kinds.kind IS 'Kind name used by sync.create_target(kind => ...).';
 COMMENT ON COLUMN target_kinds.description IS 'What the kind talks to.';
@@ -41,6 +43,8 @@ COMMENT ON COLUMN target_kinds.delete_mode IS 'What a delete does: remove (or tr
 COMMENT ON COLUMN target_kinds.moves IS 'What a move to another container costs: native (one request), delete_create (a create and a delete: two), unsupported.';
 COMMENT ON COLUMN target_kinds.key_lookup IS 'Whether an item can be found by the row''s key, to adopt it rather than create a twin after a create whose answer was lost.';
 COMMENT ON COLUMN target_kinds.pull IS 'How changes are read back for two-way sync: delta (a cursor), updated_since, none.';
+COMMENT ON COLUMN target_kinds.bulk_ops IS 'The operations whose items share a request, batch_size at a time (Graph $batch, Jira bulk create, Linear aliased mutations); the others take a request each.';
+COMMENT ON COLUMN target_kinds.item_costs IS 'Per operation, what one item costs in cost_unit when it is not cost_per_write (a move: cost_per_write per request it takes): Jira''s bulk create, 2 requests (a search and the create) per 50 issues, is 0.04 an issue.';
 COMMENT ON TABLE target_kinds IS 'The kinds of target syncbridge knows: required configuration, batch size, API cost model and capabilities. Read-only reference data; the worker holds the same facts (a test compares them).';
 
 INSERT INTO target_kinds (kind, description, implemented, required_config, optional_config,
@@ -65,6 +69,13 @@ INSERT INTO target_kinds (kind, description, implemented, required_config, optio
  ('ldap',    'LDAP directory provisioning', false, '{url,base_dn}', '{bind_dn,budget_per_min}',
    1, 1, 1, 'operations', 6000, '^[A-Za-z][A-Za-z0-9-]{0,99}$',
    'existing', 'remove', 'native', true, 'none');
+-- How writes are priced (sync.plan): which operations go many to a request,
+-- and the items whose cost is not cost_per_write.
+UPDATE target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item_costs
+  FROM (VALUES ('graph', '{add,update,delete,move}'::text[], '{}'::jsonb),
+               ('jira', '{add}', '{"add": 0.04}'),
+               ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
+ WHERE k.kind = v.kind;
 
 -- ---------------------------------------------------------------------------
 -- Targets

@@ -72,6 +72,19 @@ UPDATE @extschema@.target_kinds
        cost_per_write = 2, cost_per_read = 1, cost_unit = 'complexity', default_budget_per_min = 4000, pull = 'none'
  WHERE kind = 'linear';
 
+-- How writes are priced (sync.plan, issue 19): which operations go many to a
+-- request, and the items whose cost is not cost_per_write.
+ALTER TABLE @extschema@.target_kinds
+    ADD COLUMN bulk_ops text[] NOT NULL DEFAULT '{}' CHECK (bulk_ops <@ '{add,update,delete,move}'),
+    ADD COLUMN item_costs jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(item_costs) = 'object');
+COMMENT ON COLUMN @extschema@.target_kinds.bulk_ops IS 'The operations whose items share a request, batch_size at a time (Graph $batch, Jira bulk create, Linear aliased mutations); the others take a request each.';
+COMMENT ON COLUMN @extschema@.target_kinds.item_costs IS 'Per operation, what one item costs in cost_unit when it is not cost_per_write (a move: cost_per_write per request it takes): Jira''s bulk create, 2 requests (a search and the create) per 50 issues, is 0.04 an issue.';
+UPDATE @extschema@.target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item_costs
+  FROM (VALUES ('graph', '{add,update,delete,move}'::text[], '{}'::jsonb),
+               ('jira', '{add}', '{"add": 0.04}'),
+               ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
+ WHERE k.kind = v.kind;
+
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
 	"rel" oid,
@@ -2081,7 +2094,7 @@ BEGIN
     IF $1 IS NOT NULL THEN
         PERFORM sync._check_may_read((sync._def($1)).source_rel);
     END IF;
-    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write, x.direction,
+    FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write, k.item_costs, x.direction,
                     -- a move as the kind makes it (NULL: it cannot)
                     CASE k.moves WHEN 'native' THEN 1 WHEN 'delete_create' THEN 2 END AS move_requests
                FROM sync.definitions x JOIN sync.targets t ON t.name = x.target JOIN sync.target_kinds k ON k.kind = t.kind
@@ -2112,7 +2125,8 @@ BEGIN
              ORDER BY i.id;
         CONTINUE WHEN d.direction = 'pull';
         RETURN QUERY EXECUTE format(
-            'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, r.n * %s::numeric, e.status, e.id, p.warning '
+            'SELECT %L::text, p.op, p.sync_key, p.list, p.from_list, p.changed, r.n, '
+            'CASE WHEN r.n = 0 THEN 0 ELSE coalesce(($4 ->> p.op)::numeric, r.n * %s::numeric) END, e.status, e.id, p.warning '
             'FROM (%s) p '
             'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN %s::int WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
             'LEFT JOIN sync.pending_exports e ON e.definition_id = $1 AND e.sync_key = p.sync_key '
@@ -2120,7 +2134,8 @@ BEGIN
             'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''delete'' THEN 4 ELSE 5 END, p.sync_key',
             d.name, d.cost_per_write, sync._plan_sql(), coalesce(d.move_requests::text, 'NULL'))
           USING d.id, d.delete_scope,
-                (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f);
+                (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f),
+                d.item_costs;
         -- Exports a rollback or a reconcile staged that the comparison of
         -- the rows with the ledger does not show (a rollback's inverse, an
         -- orphan's delete).
@@ -2129,7 +2144,7 @@ BEGIN
                    CASE WHEN e.op = 'delete' THEN (SELECT jsonb_object_agg(o.key, jsonb_build_object('old', o.value)) FROM jsonb_each(e.previous) o)
                         ELSE (SELECT jsonb_object_agg(n.key, jsonb_build_object('old', e.previous -> n.key, 'new', n.value)) FROM jsonb_each(e.payload) n) END,
                    CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END,
-                   CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END * d.cost_per_write,
+                   coalesce((d.item_costs ->> e.op)::numeric, CASE WHEN e.op = 'move' THEN coalesce(d.move_requests, 1) ELSE 1 END * d.cost_per_write),
                    e.status, e.id, format('%s run %s', CASE WHEN e.rollback THEN 'rollback' ELSE 'reconcile' END, e.run_id)
               FROM sync.pending_exports e
              WHERE e.definition_id = d.id AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
@@ -2158,11 +2173,21 @@ LANGUAGE sql AS $$
                count(*) FILTER (WHERE p.op = 'add') AS adds, count(*) FILTER (WHERE p.op = 'update') AS updates,
                count(*) FILTER (WHERE p.op = 'delete') AS deletes, count(*) FILTER (WHERE p.op = 'move') AS moves,
                count(*) FILTER (WHERE p.queued = 'awaiting_approval') AS awaiting, count(*) FILTER (WHERE p.warning IS NOT NULL) AS warnings,
-               coalesce(sum(p.requests), 0) AS requests, coalesce(sum(p.cost), 0) AS cost
+               coalesce(sum(p.requests), 0) AS requests, coalesce(sum(p.cost), 0) AS cost,
+               -- the requests they go in: the kind's bulk operations share
+               -- them (any mix), batch_size items at a time; the others
+               -- take one each
+               sum(p.requests) FILTER (WHERE p.op IN ('add', 'update', 'delete', 'move')) AS writes,
+               sum(p.requests) FILTER (WHERE p.op = 'add') AS n_add, sum(p.requests) FILTER (WHERE p.op = 'update') AS n_update,
+               sum(p.requests) FILTER (WHERE p.op = 'delete') AS n_delete, sum(p.requests) FILTER (WHERE p.op = 'move') AS n_move
           FROM sync.plan($1) p GROUP BY p.definition)
     SELECT d.name, t.name, coalesce(a.adds, 0), coalesce(a.updates, 0), coalesce(a.deletes, 0), coalesce(a.moves, 0),
            coalesce(a.awaiting, 0), coalesce(a.warnings, 0), coalesce(a.requests, 0),
-           ceil(coalesce(a.requests, 0)::numeric / k.batch_size)::bigint, coalesce(a.cost, 0), k.cost_unit,
+           (coalesce(a.requests, 0) - coalesce(a.writes, 0)
+            + (SELECT ceil(coalesce(sum(o.n) FILTER (WHERE o.op = ANY (k.bulk_ops)), 0)::numeric / k.batch_size)
+                      + coalesce(sum(o.n) FILTER (WHERE o.op <> ALL (k.bulk_ops)), 0)
+                 FROM (VALUES ('add', a.n_add), ('update', a.n_update), ('delete', a.n_delete), ('move', a.n_move)) o(op, n)))::bigint,
+           coalesce(a.cost, 0), k.cost_unit,
            b.budget,
            make_interval(secs => greatest(coalesce(a.cost, 0) / b.budget * 60,
                                           coalesce(a.requests, 0) / (t.config->>'writes_per_second')::numeric)::float8),
@@ -2184,7 +2209,7 @@ LANGUAGE sql AS $$
        AND has_table_privilege(session_user, d.source_rel, 'SELECT')
      ORDER BY d.name
 $$;
-COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests, batches, API cost, the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set; and what a drift check (sync.check_drift) would cost: requests, cost and time at the budget.';
+COMMENT ON FUNCTION plan_summary(text) IS 'Totals of sync.plan() per definition, with requests (one per item and operation), batches (the HTTP requests they go in: the kind''s bulk_ops share one per batch_size items), API cost in the kind''s unit (cost_per_write, or item_costs), the rows with a warning, and the estimated drain time at the target''s budget (budget_per_min) and its writes_per_second cap when set; and what a drift check (sync.check_drift) would cost: requests, cost and time at the budget.';
 
 -- ===== sql/queue.sql =====
 -- syncbridge: the export queue. Workers claim pending exports with FOR UPDATE

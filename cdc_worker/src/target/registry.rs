@@ -117,6 +117,21 @@ pub struct KindSpec {
     /// What it can do.
     #[serde(flatten)]
     pub capabilities: Capabilities,
+    /// The operations whose items share a request, `batch_size` at a time.
+    pub bulk_ops: &'static [&'static str],
+    /// Per operation, an item's cost when it is not `cost_per_write`.
+    #[serde(serialize_with = "costs_as_object")]
+    pub item_costs: &'static [(&'static str, f64)],
+}
+
+/// `item_costs` as `sync.target_kinds` holds it: a JSON object.
+fn costs_as_object<S: serde::Serializer>(costs: &&'static [(&'static str, f64)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(costs.len()))?;
+    for (op, cost) in costs.iter() {
+        map.serialize_entry(op, cost)?;
+    }
+    map.end()
 }
 
 /// Graph: lists provisioned with their columns, items deleted, a move is a
@@ -164,6 +179,8 @@ pub static KINDS: &[KindSpec] = &[
         default_budget_per_min: graph::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_]{0,254}$",
         capabilities: GRAPH_CAPABILITIES,
+        bulk_ops: &["add", "update", "delete", "move"],
+        item_costs: &[],
     },
     KindSpec {
         kind: "github",
@@ -187,6 +204,8 @@ pub static KINDS: &[KindSpec] = &[
         default_budget_per_min: github::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
         capabilities: github::GITHUB_CAPABILITIES,
+        bulk_ops: &[],
+        item_costs: &[],
     },
     KindSpec {
         kind: "jira",
@@ -201,6 +220,8 @@ pub static KINDS: &[KindSpec] = &[
         default_budget_per_min: jira::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
         capabilities: jira::JIRA_CAPABILITIES,
+        bulk_ops: &["add"],
+        item_costs: &[("add", jira::BULK_CREATE_COST)],
     },
     KindSpec {
         kind: "linear",
@@ -215,6 +236,8 @@ pub static KINDS: &[KindSpec] = &[
         default_budget_per_min: linear::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_]{0,99}$",
         capabilities: LINEAR_CAPABILITIES,
+        bulk_ops: &["add", "update", "delete", "move"],
+        item_costs: &[],
     },
     KindSpec {
         kind: "webhook",
@@ -235,6 +258,8 @@ pub static KINDS: &[KindSpec] = &[
             key_lookup: false,
             pull: Pull::None,
         },
+        bulk_ops: &[],
+        item_costs: &[],
     },
     KindSpec {
         kind: "ldap",
@@ -255,6 +280,8 @@ pub static KINDS: &[KindSpec] = &[
             key_lookup: true,
             pull: Pull::None,
         },
+        bulk_ops: &[],
+        item_costs: &[],
     },
 ];
 

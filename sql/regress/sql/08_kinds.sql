@@ -16,3 +16,20 @@ SELECT sync.shard('tickets_sp', $$team = 'b'$$, list => 'Tickets B');
 INSERT INTO sync.ledger (definition_id, sync_key, list, target_id, hash, fields, join_type)
 SELECT d.id, '2', 'Tickets', 'item-2', '\x00', '{}', 'provisioned' FROM sync.definitions d WHERE d.name = 'tickets_sp';
 SELECT op, sync_key, list, from_list, requests, cost FROM sync.plan('tickets_sp') ORDER BY sync_key;
+-- Issue 19: each kind priced in its own unit. 120 new rows: one request each
+-- on GitHub (80 a minute); Jira creates 50 to a bulk request with a search
+-- before it (2 requests per 50 issues); Linear sends 50 mutations to a
+-- request at 2 complexity points each; Graph 20 to a $batch at 2 RU each.
+CREATE TABLE hr.bulk (id int PRIMARY KEY, title text NOT NULL);
+INSERT INTO hr.bulk SELECT g, 'issue ' || g FROM generate_series(1, 120) g;
+SELECT sync.create_target('jira_kinds', kind => 'jira', config => '{"site": "acme.atlassian.net", "project_key": "OPS"}');
+SELECT sync.create_target('linear_kinds', kind => 'linear', config => '{"team_id": "ENG"}');
+SELECT sync.define('bulk_' || t, source => 'hr.bulk', target => t, list => 'Bulk') > 0 AS defined
+  FROM unnest(ARRAY['gh', 'jira_kinds', 'linear_kinds', 'sp_kinds']) t;
+SELECT kind, bulk_ops, item_costs FROM sync.target_kinds ORDER BY kind;
+SELECT definition, adds, requests, batches, cost, cost_unit, budget_per_min, est_drain
+  FROM sync.plan_summary() WHERE definition LIKE 'bulk%' ORDER BY definition;
+SELECT op, requests, cost FROM sync.plan('bulk_jira_kinds') LIMIT 1;
+SELECT sync.undefine('bulk_' || t) FROM unnest(ARRAY['gh', 'jira_kinds', 'linear_kinds', 'sp_kinds']) t;
+SELECT sync.drop_target(t) FROM unnest(ARRAY['jira_kinds', 'linear_kinds']) t;
+DROP TABLE hr.bulk;

@@ -68,6 +68,19 @@ UPDATE @extschema@.target_kinds
        cost_per_write = 2, cost_per_read = 1, cost_unit = 'complexity', default_budget_per_min = 4000, pull = 'none'
  WHERE kind = 'linear';
 
+-- How writes are priced (sync.plan, issue 19): which operations go many to a
+-- request, and the items whose cost is not cost_per_write.
+ALTER TABLE @extschema@.target_kinds
+    ADD COLUMN bulk_ops text[] NOT NULL DEFAULT '{}' CHECK (bulk_ops <@ '{add,update,delete,move}'),
+    ADD COLUMN item_costs jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(item_costs) = 'object');
+COMMENT ON COLUMN @extschema@.target_kinds.bulk_ops IS 'The operations whose items share a request, batch_size at a time (Graph $batch, Jira bulk create, Linear aliased mutations); the others take a request each.';
+COMMENT ON COLUMN @extschema@.target_kinds.item_costs IS 'Per operation, what one item costs in cost_unit when it is not cost_per_write (a move: cost_per_write per request it takes): Jira''s bulk create, 2 requests (a search and the create) per 50 issues, is 0.04 an issue.';
+UPDATE @extschema@.target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item_costs
+  FROM (VALUES ('graph', '{add,update,delete,move}'::text[], '{}'::jsonb),
+               ('jira', '{add}', '{"add": 0.04}'),
+               ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
+ WHERE k.kind = v.kind;
+
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
 	"rel" oid,

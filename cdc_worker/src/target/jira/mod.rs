@@ -45,6 +45,10 @@ use super::{
 
 /// Most issues in one bulk create.
 pub const BULK_LIMIT: usize = 50;
+/// What a created issue costs in requests: a bulk create of [`BULK_LIMIT`]
+/// and the twin search before it, two requests per 50 issues
+/// (`sync.target_kinds.item_costs`).
+pub const BULK_CREATE_COST: f64 = 2.0 / BULK_LIMIT as f64;
 /// Requests a minute when the configuration sets none.
 pub const DEFAULT_BUDGET_PER_MIN: u32 = 100;
 /// The issue type of created issues when the configuration names none.
