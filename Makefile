@@ -5,8 +5,8 @@ setup:        ## install what a fresh machine lacks (idempotent)
 	scripts/setup.sh
 test:         ## set-up, then every test tier
 	scripts/test.sh
-demo:         ## the main job on a throwaway cluster
-	scripts/demo.sh
+demo:         ## the main job on a throwaway cluster (TARGET=graph|github|jira|linear)
+	TARGET=$(TARGET) scripts/demo.sh
 bench:        ## benchmarks; figures to bench/results/latest.json
 	scripts/bench.sh $(ARGS)
 install-ext:  ## build and install the extension into the system PostgreSQL

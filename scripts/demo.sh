@@ -8,6 +8,11 @@ set -euo pipefail
 SCRIPT_NAME=demo
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
+# TARGET (make demo TARGET=...): graph, the default, or an issue tracker.
+case ${TARGET:-graph} in
+  graph) ;;
+  *) exec "$ROOT/scripts/demo-tracker.sh" "$TARGET" ;;
+esac
 
 "$ROOT/scripts/setup.sh" >/dev/null
 log "building the worker, the Graph emulator and the extension"

@@ -16,6 +16,9 @@ pub const FIELDS: &[&str] = &["title", "description", "state", "priority", "labe
 /// The team's workflow states, labels and users, as the adapter knows them.
 #[derive(Debug, Clone, Default)]
 pub struct Meta {
+    /// The team's id (the configuration may name it by its key, `ENG`;
+    /// inputs such as `teamId` take the id).
+    pub team: String,
     /// (id, name, type) in the team's order.
     pub states: Vec<(String, String, String)>,
     /// Label name (lower case) → id.
@@ -256,6 +259,7 @@ mod tests {
 
     fn meta() -> Meta {
         Meta {
+            team: "t1".into(),
             states: vec![
                 ("s1".into(), "Todo".into(), "unstarted".into()),
                 ("s2".into(), "Done".into(), "completed".into()),

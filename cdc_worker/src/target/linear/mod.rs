@@ -245,6 +245,7 @@ impl LinearTarget {
         let nodes = |p: &str| a.body.pointer(p).and_then(Value::as_array).cloned().unwrap_or_default();
         let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let mut m = Meta::default();
+        m.team = a.body.pointer("/data/team/id").and_then(Value::as_str).unwrap_or(&self.team_id).to_owned();
         for st in nodes("/data/team/states/nodes") {
             m.states.push((s(&st, "id"), s(&st, "name"), s(&st, "type")));
         }
@@ -266,14 +267,14 @@ impl LinearTarget {
 
     /// Creates the labels the exports name that the team lacks (one
     /// document), then reads the metadata again.
-    async fn ensure_labels(&self, names: &[String]) -> Result<Meta, Failure> {
+    async fn ensure_labels(&self, names: &[String], team: &str) -> Result<Meta, Failure> {
         let mut q = String::from("mutation SyncbridgeLabels(");
         let mut sel = String::new();
         let mut vars = Map::new();
         for (i, n) in names.iter().enumerate() {
             q.push_str(&format!("$l{i}: IssueLabelCreateInput!, "));
             sel.push_str(&format!(" l{i}: issueLabelCreate(input: $l{i}) {{ success }}"));
-            vars.insert(format!("l{i}"), json!({"name": n, "teamId": self.team_id}));
+            vars.insert(format!("l{i}"), json!({"name": n, "teamId": team}));
         }
         q.push_str(") {");
         q.push_str(&sel);
@@ -283,12 +284,21 @@ impl LinearTarget {
         // is refused as a duplicate: reading the metadata again finds it.
         let a = self.gql().post(&q, Value::Object(vars), cost, 0, true).await;
         let meta = self.meta(true).await?;
-        if let Err(f) = a {
-            if f.class != ErrorClass::Transient {
-                return Err(f);
+        let still_missing = names.iter().any(|n| !meta.labels.contains_key(&n.to_lowercase()));
+        match a {
+            Err(f) if f.class != ErrorClass::Transient => Err(f),
+            // Linear refused a label the team still lacks: its message.
+            Ok(answer) if still_missing && !answer.errors().is_empty() => {
+                let e = &answer.errors()[0];
+                Err(Failure {
+                    class: classify(e),
+                    message: format!("creating the team's labels: {}", error_message(e)),
+                    retry_after: None,
+                    sent: true,
+                })
             }
+            _ => Ok(meta),
         }
-        Ok(meta)
     }
 
     /// Which of `ids` exist, and whether in the trash or archived.
@@ -358,7 +368,7 @@ impl LinearTarget {
         };
         let missing = fields::missing_labels(jobs.iter().flat_map(|j| j.wanted.iter()), &meta);
         if !missing.is_empty() {
-            match self.ensure_labels(&missing).await {
+            match self.ensure_labels(&missing, &meta.team).await {
                 Ok(m) => meta = m,
                 Err(f) => {
                     results.extend(jobs.iter().map(|j| f.to_result(j.e.id)));
@@ -369,7 +379,10 @@ impl LinearTarget {
         // Inputs: every name resolved (a value Linear cannot take is definite).
         let mut inputs: HashMap<i64, Map<String, Value>> = HashMap::new();
         jobs.retain(|j| match fields::input(&j.wanted, &meta) {
-            Ok(m) => {
+            Ok(mut m) => {
+                if j.step == Step::Create {
+                    m.insert("teamId".into(), Value::String(meta.team.clone()));
+                }
                 inputs.insert(j.e.id, m);
                 true
             }
@@ -481,7 +494,6 @@ impl LinearTarget {
             match &j.step {
                 Step::Create => {
                     input.insert("id".into(), Value::String(j.id.clone()));
-                    input.insert("teamId".into(), Value::String(self.team_id.clone()));
                     defs.push(format!("$v{i}: IssueCreateInput!"));
                     sel.push(format!("j{i}: issueCreate(input: $v{i}) {{ success }}"));
                     vars.insert(format!("v{i}"), Value::Object(input));
