@@ -244,8 +244,8 @@ impl LinearTarget {
         }
         let nodes = |p: &str| a.body.pointer(p).and_then(Value::as_array).cloned().unwrap_or_default();
         let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-        let mut m = Meta::default();
-        m.team = a.body.pointer("/data/team/id").and_then(Value::as_str).unwrap_or(&self.team_id).to_owned();
+        let team = a.body.pointer("/data/team/id").and_then(Value::as_str).unwrap_or(&self.team_id).to_owned();
+        let mut m = Meta { team, ..Meta::default() };
         for st in nodes("/data/team/states/nodes") {
             m.states.push((s(&st, "id"), s(&st, "name"), s(&st, "type")));
         }
