@@ -47,9 +47,11 @@ ALTER TABLE @extschema@.target_kinds
     ALTER COLUMN containers SET NOT NULL, ALTER COLUMN delete_mode SET NOT NULL, ALTER COLUMN moves SET NOT NULL,
     ALTER COLUMN key_lookup SET NOT NULL, ALTER COLUMN pull SET NOT NULL;
 -- Jira Cloud: implemented (bulk creates, labels and a property for the row's
--- key); pulling changes back is not, yet.
+-- key); changes are pulled back by search on `updated` (pull_interval: the
+-- seconds between two pulls of a list).
 UPDATE @extschema@.target_kinds
-   SET implemented = true, optional_config = '{base_url,budget_per_min,email,issue_type,timeout_ms}', pull = 'none'
+   SET implemented = true, optional_config = '{base_url,budget_per_min,email,issue_type,timeout_ms,pull_interval}',
+       pull = 'updated_since'
  WHERE kind = 'jira';
 COMMENT ON TABLE @extschema@.target_kinds IS 'The kinds of target syncbridge knows: required configuration, batch size, API cost model and capabilities. Read-only reference data; the worker holds the same facts (a test compares them).';
 COMMENT ON COLUMN @extschema@.target_kinds.containers IS 'Where items live: none (a webhook), existing containers (a repository, a project, an OU), or provisioned ones syncbridge creates with their fields (SharePoint lists, sync.provision).';
