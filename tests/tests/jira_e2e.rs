@@ -314,13 +314,14 @@ fn edits_made_in_jira_land_in_the_table_and_nothing_echoes() {
 }
 
 /// Row 2's title is edited on both sides (Jira first when `remote_first`,
-/// a moment apart), then a round runs.
-fn both_edit(env: &JiraTargetEnv, db: &TestDb, remote_first: bool) {
+/// a moment apart; `round` names the values), then a round runs.
+fn both_edit(env: &JiraTargetEnv, db: &TestDb, remote_first: bool, round: &str) {
     let two = issue_id(env, "2");
     let remote = || {
-        env.env.emu.state().person_edit(&two, &fields(serde_json::json!({"summary": "Two (Jira)"}))).unwrap();
+        let summary = format!("Two (Jira{round})");
+        env.env.emu.state().person_edit(&two, &fields(serde_json::json!({"summary": summary}))).unwrap();
     };
-    let local = || db.psql("UPDATE tk2 SET title = 'Two (database)' WHERE id = 2");
+    let local = || db.psql(&format!("UPDATE tk2 SET title = 'Two (database{round})' WHERE id = 2"));
     if remote_first {
         remote();
         std::thread::sleep(std::time::Duration::from_millis(300));
@@ -347,7 +348,7 @@ fn a_field_edited_on_both_sides_ends_as_each_policy_says() {
     ] {
         let (env, db) = setup_twoway(policy, "", EmulatorConfig::default());
         env.sync_once(&db);
-        both_edit(&env, &db, remote_first);
+        both_edit(&env, &db, remote_first, "");
         let ctx = format!("{policy} (Jira first: {remote_first})");
         assert_eq!(db.psql("SELECT title FROM tk2 WHERE id = 2"), winner, "{ctx}");
         assert_eq!(title_of(&env), winner, "{ctx}");
@@ -364,7 +365,7 @@ fn a_field_edited_on_both_sides_ends_as_each_policy_says() {
 fn a_manual_conflict_waits_for_a_person_and_is_carried_out() {
     let (env, db) = setup_twoway("manual", "", EmulatorConfig::default());
     env.sync_once(&db);
-    both_edit(&env, &db, true);
+    both_edit(&env, &db, true, "");
     let c = db.psql(
         "SELECT concat_ws('|', sync_key, field, base_value, local_value, remote_value) FROM sync.conflicts WHERE resolution IS NULL",
     );
@@ -376,11 +377,12 @@ fn a_manual_conflict_waits_for_a_person_and_is_carried_out() {
     assert_eq!(db.psql("SELECT title FROM tk2 WHERE id = 2"), "Two (Jira)");
     assert_eq!(title_of(&env), "Two (Jira)");
     // Again, settled with the database's value this time: Jira gets it.
-    both_edit(&env, &db, true);
+    both_edit(&env, &db, true, " 2");
+    assert_eq!(title_of(&env), "Two (Jira 2)");
     db.psql("SELECT sync.resolve((SELECT id FROM sync.conflicts WHERE resolution IS NULL), 'local')");
     env.sync_once(&db);
-    assert_eq!(db.psql("SELECT title FROM tk2 WHERE id = 2"), "Two (database)");
-    assert_eq!(title_of(&env), "Two (database)");
+    assert_eq!(db.psql("SELECT title FROM tk2 WHERE id = 2"), "Two (database 2)");
+    assert_eq!(title_of(&env), "Two (database 2)");
     let writes = env.stats().writes;
     env.sync_once(&db);
     assert_eq!(env.stats().writes, writes, "no echo");
