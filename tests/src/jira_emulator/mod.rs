@@ -1036,7 +1036,7 @@ impl Jql {
                 let s = i.fields.get("status").and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or("");
                 values.iter().any(|v| v.eq_ignore_ascii_case(s))
             }
-            "id" => values.iter().any(|v| *v == i.id),
+            "id" => values.contains(&i.id),
             _ => values.iter().any(|v| v.eq_ignore_ascii_case(&i.key) || *v == i.id),
         })
     }
