@@ -44,7 +44,7 @@ COMMENT ON COLUMN target_kinds.moves IS 'What a move to another container costs:
 COMMENT ON COLUMN target_kinds.key_lookup IS 'Whether an item can be found by the row''s key, to adopt it rather than create a twin after a create whose answer was lost.';
 COMMENT ON COLUMN target_kinds.pull IS 'How changes are read back for two-way sync: delta (a cursor), updated_since, none.';
 COMMENT ON COLUMN target_kinds.bulk_ops IS 'The operations whose items share a request, batch_size at a time (Graph $batch, Jira bulk create, Linear aliased mutations); the others take a request each.';
-COMMENT ON COLUMN target_kinds.item_costs IS 'Per operation, what one item costs in cost_unit when it is not cost_per_write (a move: cost_per_write per request it takes): Jira''s bulk create, 2 requests (a search and the create) per 50 issues, is 0.04 an issue.';
+COMMENT ON COLUMN target_kinds.item_costs IS 'Per operation, what one item costs in cost_unit when it is not cost_per_write (a move: cost_per_write per request it takes): Jira''s bulk create, 3 requests (the twin search, the create, the read of the new issues) per 50 issues, is 0.06 an issue.';
 COMMENT ON TABLE target_kinds IS 'The kinds of target syncbridge knows: required configuration, batch size, API cost model and capabilities. Read-only reference data; the worker holds the same facts (a test compares them).';
 
 INSERT INTO target_kinds (kind, description, implemented, required_config, optional_config,
@@ -57,9 +57,9 @@ INSERT INTO target_kinds (kind, description, implemented, required_config, optio
  ('github',  'GitHub Issues (REST)', true, '{owner}', '{repo,base_url,budget_per_min,content_per_min,content_per_hour,timeout_ms,marker_label,close_reason}',
    1, 1, 1, 'requests', 80, '^[A-Za-z_][A-Za-z0-9_]{0,99}$',
    'existing', 'close', 'unsupported', true, 'updated_since'),
- ('jira',    'Jira Cloud issues (REST v3)', true, '{site,project_key}', '{base_url,budget_per_min,email,issue_type,timeout_ms}',
+ ('jira',    'Jira Cloud issues (REST v3)', true, '{site,project_key}', '{base_url,budget_per_min,email,issue_type,timeout_ms,pull_interval}',
    50, 1, 1, 'requests', 100, '^[A-Za-z_][A-Za-z0-9_]{0,99}$',
-   'existing', 'remove', 'unsupported', true, 'none'),
+   'existing', 'remove', 'unsupported', true, 'updated_since'),
  ('linear',  'Linear issues (GraphQL)', true, '{team_id}', '{base_url,budget_per_min,timeout_ms,on_delete}',
    50, 2, 1, 'complexity', 4000, '^[A-Za-z_][A-Za-z0-9_]{0,99}$',
    'existing', 'remove', 'native', true, 'none'),
@@ -73,7 +73,7 @@ INSERT INTO target_kinds (kind, description, implemented, required_config, optio
 -- and the items whose cost is not cost_per_write.
 UPDATE target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item_costs
   FROM (VALUES ('graph', '{add,update,delete,move}'::text[], '{}'::jsonb),
-               ('jira', '{add}', '{"add": 0.04}'),
+               ('jira', '{add}', '{"add": 0.06}'),
                ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
  WHERE k.kind = v.kind;
 

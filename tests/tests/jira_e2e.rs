@@ -11,6 +11,7 @@ use syncbridge_tests::jira::{JiraEnv, JiraTargetEnv};
 use syncbridge_tests::jira_emulator::EmulatorConfig;
 use syncbridge_tests::target_env::TargetEnv;
 use syncbridge_tests::{cluster, TestDb};
+use syncbridge_worker::target::jira::{adf, list_label, marker_label};
 
 const TICKETS: &str = "
 CREATE TABLE tickets (id int PRIMARY KEY, title text, body text, tags text[], state text, prio text,
@@ -199,4 +200,277 @@ fn only_shareable_rows_leave_and_one_that_stops_being_shareable_is_removed() {
     }
     assert!(env.env.emu.state().received_contains("public one"), "the check sees what was sent");
     assert_eq!(open_count(&db), "0");
+}
+
+// ---------------------------------------------------------------------------
+// Two-way: edits made in Jira come back (issue 19, "Pulling").
+// ---------------------------------------------------------------------------
+
+const TWOWAY: &str = "
+CREATE TABLE tk2 (id serial PRIMARY KEY, title text NOT NULL, body text, tags text[], state text);
+INSERT INTO tk2 (title, body, tags, state) VALUES
+  ('One', 'First body', '{bug,ui}', 'To Do'),
+  ('Two', E'Para\\n\\n- a\\n- b', '{ops}', 'In Progress'),
+  ('Three', 'Third body', '{}', 'Done');
+";
+
+/// A two-way definition `tw` of `tk2` on list Tickets: title, body, tags
+/// and state both ways under `conflict`.
+fn setup_twoway(conflict: &str, extra: &str, config: EmulatorConfig) -> (JiraTargetEnv, TestDb) {
+    let env = JiraTargetEnv { env: JiraEnv::start_with(config) };
+    let db = cluster().new_db("jira twoway");
+    prepare(&db, TWOWAY);
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.backoff_base_seconds = 1", db.name()));
+    env.env.create_target(&db, "jr");
+    db.psql(&format!(
+        "SELECT sync.define('tw', source => 'tk2', target => 'jr', list => 'Tickets', direction => 'both',
+                            conflict => '{conflict}'{extra})"
+    ));
+    for (col, field) in [("title", "summary"), ("body", "description"), ("tags", "labels"), ("state", "status")] {
+        db.psql(&format!("SELECT sync.map('tw', '{col}', '{field}')"));
+    }
+    db.psql("SELECT sync.enable('tw')");
+    (env, db)
+}
+
+fn fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    v.as_object().cloned().expect("an object")
+}
+
+/// The id of the issue of row `key` (by its property).
+fn issue_id(env: &JiraTargetEnv, key: &str) -> String {
+    env.env.issues().into_iter().find(|i| i.properties["syncbridge"]["key"] == key).expect("the row's issue").id
+}
+
+/// Labels as a person leaves them when adding or removing one: the
+/// labels syncbridge put on the issue stay.
+fn person_labels(key: &str, mine: &[&str]) -> serde_json::Value {
+    let mut all: Vec<String> = mine.iter().map(|s| (*s).to_owned()).collect();
+    all.push(marker_label("tw", key));
+    all.push(list_label("tw", "Tickets"));
+    serde_json::json!(all)
+}
+
+fn row2(db: &TestDb, id: i32) -> String {
+    db.psql(&format!("SELECT concat_ws('|', title, body, tags, state) FROM tk2 WHERE id = {id}"))
+}
+
+fn import_counts(db: &TestDb) -> String {
+    db.psql(
+        "SELECT coalesce(string_agg(status || '=' || n, ' ' ORDER BY status), '') FROM
+           (SELECT status, count(*) n FROM sync.pending_imports WHERE origin <> 'write' GROUP BY status) s",
+    )
+}
+
+#[test]
+fn edits_made_in_jira_land_in_the_table_and_nothing_echoes() {
+    let (env, db) = setup_twoway("source_wins", "", EmulatorConfig::default());
+    env.sync_once(&db);
+    env.assert_target_equals_source(&db, "tw", &["Tickets"]);
+    assert_eq!(
+        db.psql("SELECT count(*) FROM sync.ledger WHERE etag ~ '^\\d{4}-\\d\\d-\\d\\dT'"),
+        "3",
+        "writes report updated"
+    );
+    // A pull round that sees syncbridge's own writes only: all echoes, and
+    // not one write request.
+    let writes = env.stats().writes;
+    let log = env.sync_once(&db);
+    assert_eq!(env.stats().writes, writes, "{log}");
+    assert_eq!(import_counts(&db), "echo=3");
+
+    // A person edits issue 1 in Jira: summary, description, labels, status.
+    let one = issue_id(&env, "1");
+    let desc = adf::to_adf("Edited in Jira\n\n- step one\n- [docs](https://example.com/d)").unwrap();
+    env.env
+        .emu
+        .state()
+        .person_edit(
+            &one,
+            &fields(serde_json::json!({"summary": "One (from Jira)", "description": desc,
+                                       "labels": person_labels("1", &["ui", "triaged"]), "status": "Done"})),
+        )
+        .unwrap();
+    let log = env.sync_once(&db);
+    assert_eq!(
+        row2(&db, 1),
+        "One (from Jira)|Edited in Jira\n\n- step one\n- [docs](https://example.com/d)|{ui,triaged}|Done",
+        "{log}"
+    );
+    assert_eq!(env.stats().writes, writes, "nothing sent back");
+    assert_eq!(import_counts(&db), "applied=1 echo=3");
+    assert_eq!(db.psql("SELECT provenance FROM sync.ledger WHERE sync_key = '1'"), "pull");
+    // Nothing more happens on the next rounds; the database's own changes go out as before.
+    env.sync_once(&db);
+    assert_eq!(env.stats().writes, writes);
+    assert_eq!(env.env.issues().iter().map(|i| i.unchanged_writes).sum::<u64>(), 0, "no write changed nothing");
+    db.psql("UPDATE tk2 SET state = 'In Progress', tags = '{ui}' WHERE id = 1");
+    env.sync_once(&db);
+    env.assert_target_equals_source(&db, "tw", &["Tickets"]);
+    assert_eq!(env.stats().writes, writes + 2, "an edit and a transition");
+    env.sync_once(&db);
+    assert_eq!(env.stats().writes, writes + 2, "and no echo of them");
+    assert_eq!(db.psql("SELECT count(*) FROM sync.pending_exports WHERE status NOT IN ('exported', 'cancelled')"), "0");
+}
+
+/// Row 2's title is edited on both sides (Jira first when `remote_first`,
+/// a moment apart; `round` names the values), then a round runs.
+fn both_edit(env: &JiraTargetEnv, db: &TestDb, remote_first: bool, round: &str) {
+    let two = issue_id(env, "2");
+    let remote = || {
+        let summary = format!("Two (Jira{round})");
+        env.env.emu.state().person_edit(&two, &fields(serde_json::json!({"summary": summary}))).unwrap();
+    };
+    let local = || db.psql(&format!("UPDATE tk2 SET title = 'Two (database{round})' WHERE id = 2"));
+    if remote_first {
+        remote();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        local();
+    } else {
+        local();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        remote();
+    }
+    env.sync_once(db);
+}
+
+fn title_of(env: &JiraTargetEnv) -> String {
+    env.items("Tickets")["2"]["summary"].as_str().unwrap_or("").to_owned()
+}
+
+#[test]
+fn a_field_edited_on_both_sides_ends_as_each_policy_says() {
+    for (policy, remote_first, winner) in [
+        ("source_wins", false, "Two (database)"),
+        ("target_wins", false, "Two (Jira)"),
+        ("newest_wins", true, "Two (database)"),
+        ("newest_wins", false, "Two (Jira)"),
+    ] {
+        let (env, db) = setup_twoway(policy, "", EmulatorConfig::default());
+        env.sync_once(&db);
+        both_edit(&env, &db, remote_first, "");
+        let ctx = format!("{policy} (Jira first: {remote_first})");
+        assert_eq!(db.psql("SELECT title FROM tk2 WHERE id = 2"), winner, "{ctx}");
+        assert_eq!(title_of(&env), winner, "{ctx}");
+        // The other fields were not touched, and the next round is quiet.
+        assert_eq!(row2(&db, 2), format!("{winner}|Para\n\n- a\n- b|{{ops}}|In Progress"), "{ctx}");
+        let writes = env.stats().writes;
+        env.sync_once(&db);
+        assert_eq!(env.stats().writes, writes, "{ctx}: no echo");
+        assert_eq!(db.psql("SELECT count(*) FROM sync.conflicts WHERE resolution IS NULL"), "0", "{ctx}");
+    }
+}
+
+#[test]
+fn a_manual_conflict_waits_for_a_person_and_is_carried_out() {
+    let (env, db) = setup_twoway("manual", "", EmulatorConfig::default());
+    env.sync_once(&db);
+    both_edit(&env, &db, true, "");
+    let c = db.psql(
+        "SELECT concat_ws('|', sync_key, field, base_value, local_value, remote_value) FROM sync.conflicts WHERE resolution IS NULL",
+    );
+    assert_eq!(c, "2|summary|\"Two\"|\"Two (database)\"|\"Two (Jira)\"");
+    assert_eq!(title_of(&env), "Two (Jira)", "nothing overwritten while it waits");
+    assert_eq!(db.psql("SELECT title FROM tk2 WHERE id = 2"), "Two (database)");
+    db.psql("SELECT sync.resolve((SELECT id FROM sync.conflicts WHERE resolution IS NULL), 'remote')");
+    env.sync_once(&db);
+    assert_eq!(db.psql("SELECT title FROM tk2 WHERE id = 2"), "Two (Jira)");
+    assert_eq!(title_of(&env), "Two (Jira)");
+    // Again, settled with the database's value this time: Jira gets it.
+    both_edit(&env, &db, true, " 2");
+    assert_eq!(title_of(&env), "Two (Jira 2)");
+    db.psql("SELECT sync.resolve((SELECT id FROM sync.conflicts WHERE resolution IS NULL), 'local')");
+    env.sync_once(&db);
+    assert_eq!(db.psql("SELECT title FROM tk2 WHERE id = 2"), "Two (database 2)");
+    assert_eq!(title_of(&env), "Two (database 2)");
+    let writes = env.stats().writes;
+    env.sync_once(&db);
+    assert_eq!(env.stats().writes, writes, "no echo");
+    assert_eq!(db.psql("SELECT count(*) FROM sync.conflicts WHERE resolution IS NULL"), "0");
+}
+
+#[test]
+fn an_issue_made_in_jira_becomes_a_row_and_a_deleted_one_is_found_by_a_full_read() {
+    let (env, db) = setup_twoway("source_wins", ", inbound_deletes => 'apply'", EmulatorConfig::default());
+    env.sync_once(&db);
+    // A person creates an issue with the list's label (and one without it,
+    // which is not the list's).
+    let doc = adf::to_adf("Made by hand").unwrap();
+    let (made, _) = env
+        .env
+        .emu
+        .state()
+        .person_create(&fields(serde_json::json!({"summary": "From Jira", "description": doc,
+                                                  "labels": ["web", list_label("tw", "Tickets")]})))
+        .unwrap();
+    env.env.emu.state().person_create(&fields(serde_json::json!({"summary": "Not ours", "labels": ["web"]}))).unwrap();
+    let log = env.sync_once(&db);
+    assert_eq!(row2(&db, 4), "From Jira|Made by hand|{web}|To Do", "{log}");
+    assert_eq!(db.psql("SELECT count(*) FROM tk2"), "4");
+    // It got the row's key (property and marker), so it is the row's issue.
+    assert_eq!(issue_id(&env, "4"), made);
+    env.assert_target_equals_source(&db, "tw", &["Tickets"]);
+    let writes = env.stats().writes;
+    env.sync_once(&db);
+    assert_eq!(env.stats().writes, writes, "the key's write comes back as an echo");
+
+    // A person deletes issue 3: search never shows a deleted issue, so an
+    // incremental pull does not see it...
+    env.env.emu.state().person_delete(&issue_id(&env, "3")).unwrap();
+    env.sync_once(&db);
+    assert_eq!(db.psql("SELECT count(*) FROM tk2 WHERE id = 3"), "1");
+    // ...a full read does: the issues the ledger knows and it did not see.
+    db.psql("SELECT sync.reset_pull('tw')");
+    env.sync_once(&db);
+    assert_eq!(db.psql("SELECT count(*) FROM tk2 WHERE id = 3"), "0");
+    assert_eq!(db.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM tk2"), "1,2,4");
+    assert_eq!(env.stats().writes, writes, "nothing written back for it");
+}
+
+#[test]
+fn five_hundred_rows_arrive_two_way_under_jiras_rate_limit() {
+    // 60 requests a sliding minute on Jira's side (429 + Retry-After over
+    // it), the target's budget the same; pulls every 2 s re-read the last
+    // minute's changes (5 pages of 100 right after the creates) and compete
+    // with the writes for the budget: more is asked for than the limit
+    // allows, and none may be refused.
+    let config = EmulatorConfig { requests_per_min: Some(60), ..EmulatorConfig::default() };
+    let (env, db) = setup_twoway("source_wins", "", config);
+    db.psql("SELECT sync.alter_target('jr', config => (SELECT config || '{\"pull_interval\": 2}' FROM sync.targets WHERE name = 'jr'))");
+    db.psql("INSERT INTO tk2 (title, body, tags) SELECT 'bulk ' || g, 'body ' || g, '{bulk}' FROM generate_series(1, 497) g");
+    let started = std::time::Instant::now();
+    let worker = syncbridge_tests::process::spawn_quiet(env.worker_cmd(&db, &[]));
+    let deadline = started + std::time::Duration::from_secs(120);
+    // Done: every row exported, and two pulls of the list after that.
+    let mut pulls_after = None;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "not settled within 120 s: {}", import_counts(&db));
+        let open = db.psql("SELECT count(*) FROM sync.pending_exports WHERE status <> 'exported'");
+        let pages = db.psql("SELECT coalesce(sum(pages), 0) FROM sync.pulls").parse::<u64>().unwrap_or(0);
+        if open == "0" && env.env.issues().len() == 500 {
+            let first = *pulls_after.get_or_insert(pages);
+            if pages >= first + 10 {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(worker);
+    let stats = env.stats();
+    println!(
+        "500 rows two-way in {:.1} s: {} requests, {} refused (429), {} writes, imports {}",
+        started.elapsed().as_secs_f64(),
+        stats.ru_used,
+        stats.throttled,
+        stats.writes,
+        import_counts(&db)
+    );
+    env.assert_target_equals_source(&db, "tw", &["Tickets"]);
+    // The budget is Jira's limit: no request was refused by it.
+    assert_eq!(stats.throttled, 0, "requests refused by the rate limit");
+    assert!(stats.ru_used > 60, "more requests than one minute allows were sent: the budget paced them");
+    // Each issue written once (500 creates; rows 2 and 3 transitioned), and
+    // what the pulls read back were echoes only.
+    assert_eq!(stats.writes, 502);
+    assert!(!import_counts(&db).contains("applied"), "{}", import_counts(&db));
 }

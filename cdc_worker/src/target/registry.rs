@@ -212,7 +212,7 @@ pub static KINDS: &[KindSpec] = &[
         description: "Jira Cloud issues (REST v3)",
         implemented: true,
         required_config: &["site", "project_key"],
-        optional_config: &["base_url", "budget_per_min", "email", "issue_type", "timeout_ms"],
+        optional_config: &["base_url", "budget_per_min", "email", "issue_type", "timeout_ms", "pull_interval"],
         batch_size: jira::BULK_LIMIT as u32,
         cost_per_write: 1,
         cost_per_read: 1,

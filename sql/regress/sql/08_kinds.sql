@@ -18,7 +18,8 @@ SELECT d.id, '2', 'Tickets', 'item-2', '\x00', '{}', 'provisioned' FROM sync.def
 SELECT op, sync_key, list, from_list, requests, cost FROM sync.plan('tickets_sp') ORDER BY sync_key;
 -- Issue 19: each kind priced in its own unit. 120 new rows: one request each
 -- on GitHub (80 a minute); Jira creates 50 to a bulk request with a search
--- before it (2 requests per 50 issues); Linear sends 50 mutations to a
+-- before it and a read of the new issues after it (3 requests per 50
+-- issues); Linear sends 50 mutations to a
 -- request at 2 complexity points each; Graph 20 to a $batch at 2 RU each.
 CREATE TABLE hr.bulk (id int PRIMARY KEY, title text NOT NULL);
 INSERT INTO hr.bulk SELECT g, 'issue ' || g FROM generate_series(1, 120) g;

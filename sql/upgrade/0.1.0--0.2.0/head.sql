@@ -43,9 +43,11 @@ ALTER TABLE @extschema@.target_kinds
     ALTER COLUMN containers SET NOT NULL, ALTER COLUMN delete_mode SET NOT NULL, ALTER COLUMN moves SET NOT NULL,
     ALTER COLUMN key_lookup SET NOT NULL, ALTER COLUMN pull SET NOT NULL;
 -- Jira Cloud: implemented (bulk creates, labels and a property for the row's
--- key); pulling changes back is not, yet.
+-- key); changes are pulled back by search on `updated` (pull_interval: the
+-- seconds between two pulls of a list).
 UPDATE @extschema@.target_kinds
-   SET implemented = true, optional_config = '{base_url,budget_per_min,email,issue_type,timeout_ms}', pull = 'none'
+   SET implemented = true, optional_config = '{base_url,budget_per_min,email,issue_type,timeout_ms,pull_interval}',
+       pull = 'updated_since'
  WHERE kind = 'jira';
 COMMENT ON TABLE @extschema@.target_kinds IS 'The kinds of target syncbridge knows: required configuration, batch size, API cost model and capabilities. Read-only reference data; the worker holds the same facts (a test compares them).';
 COMMENT ON COLUMN @extschema@.target_kinds.containers IS 'Where items live: none (a webhook), existing containers (a repository, a project, an OU), or provisioned ones syncbridge creates with their fields (SharePoint lists, sync.provision).';
@@ -74,10 +76,10 @@ ALTER TABLE @extschema@.target_kinds
     ADD COLUMN bulk_ops text[] NOT NULL DEFAULT '{}' CHECK (bulk_ops <@ '{add,update,delete,move}'),
     ADD COLUMN item_costs jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(item_costs) = 'object');
 COMMENT ON COLUMN @extschema@.target_kinds.bulk_ops IS 'The operations whose items share a request, batch_size at a time (Graph $batch, Jira bulk create, Linear aliased mutations); the others take a request each.';
-COMMENT ON COLUMN @extschema@.target_kinds.item_costs IS 'Per operation, what one item costs in cost_unit when it is not cost_per_write (a move: cost_per_write per request it takes): Jira''s bulk create, 2 requests (a search and the create) per 50 issues, is 0.04 an issue.';
+COMMENT ON COLUMN @extschema@.target_kinds.item_costs IS 'Per operation, what one item costs in cost_unit when it is not cost_per_write (a move: cost_per_write per request it takes): Jira''s bulk create, 3 requests (the twin search, the create, the read of the new issues) per 50 issues, is 0.06 an issue.';
 UPDATE @extschema@.target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item_costs
   FROM (VALUES ('graph', '{add,update,delete,move}'::text[], '{}'::jsonb),
-               ('jira', '{add}', '{"add": 0.04}'),
+               ('jira', '{add}', '{"add": 0.06}'),
                ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
  WHERE k.kind = v.kind;
 

@@ -24,10 +24,21 @@
 //!   users that exist, dates `yyyy-MM-dd`, and "cannot be set" for
 //!   `status`, `resolution`, unknown fields.
 //! - `search/jql` (GET and POST): a bounded JQL subset (`project`, `key`,
-//!   `labels =`/`in`, `AND`, `ORDER BY`), ids only unless `fields` asks,
-//!   `properties`, `nextPageToken` / `isLast` paging, an optional index lag
-//!   (issues written less than `index_lag_ms` ago are not found yet, unless
-//!   named in `reconcileIssues`).
+//!   `id`, `status`, `labels =`/`in`, `updated >=`/`>`/`<=`/`<` a date
+//!   literal of minute precision read in the user's time zone
+//!   (`utc_offset_minutes`) or a relative `-5m`, `AND`, `ORDER BY` up to 7
+//!   of `updated`, `created`, `id`, `key` ASC/DESC), ids only unless
+//!   `fields` asks, `properties` (≤ 5), `nextPageToken` / `isLast` paging
+//!   (the token names the search's result set: issues changed while it is
+//!   paged are shown as they are now, none skipped), at most 100 issues a
+//!   page with fields (5,000 ids only), an optional index lag (issues
+//!   written less than `index_lag_ms` ago are not found yet, unless named
+//!   in `reconcileIssues`, ≤ 50).
+//! - Edits take `returnIssue=true` (`200` with the issue) and `update`
+//!   operations (`labels` add / remove / set; `set` for other fields).
+//! - Date-times as Jira writes them (`2026-03-01T14:05:32.097+0000`, in the
+//!   user's offset); `updated` moves on every change (a person's too:
+//!   [`EmulatorState::person_edit`], `person_create`, `person_delete`).
 //! - Rate limits: `requests_per_min` over a sliding minute (`429` with
 //!   `Retry-After`, `RateLimit-Reason: jira-burst-based`) and
 //!   `issue_writes_per_sec` per issue (`jira-per-issue-on-write`);
@@ -83,6 +94,9 @@ pub struct EmulatorConfig {
     pub issue_writes_per_sec: Option<u32>,
     /// How long a written issue stays invisible to search, in ms.
     pub index_lag_ms: u64,
+    /// The user's time zone, minutes east of UTC: date-times are answered
+    /// in it (`…+1000`) and JQL date literals are read in it.
+    pub utc_offset_minutes: i32,
 }
 
 impl Default for EmulatorConfig {
@@ -95,6 +109,7 @@ impl Default for EmulatorConfig {
             requests_per_min: None,
             issue_writes_per_sec: None,
             index_lag_ms: 0,
+            utc_offset_minutes: 0,
         }
     }
 }
@@ -137,6 +152,9 @@ pub struct Jira {
     revoked: bool,
     /// Every request body received, faulted ones included (privacy checks).
     received: Vec<bytes::Bytes>,
+    /// The result sets of searches whose pages are being read, by number.
+    snapshots: HashMap<u64, Vec<u64>>,
+    next_snapshot: u64,
 }
 
 /// A running Jira emulator; dropping it stops the server.
@@ -163,6 +181,70 @@ impl EmulatorState {
     }
 }
 
+/// What "a person" does in Jira's web interface (the tests' way to change
+/// issues behind syncbridge's back): checked as the API checks the same
+/// change, and like any change it moves the issue's `updated` (and hides it
+/// from search for the index lag). Not requests: the counters do not move.
+impl EmulatorState {
+    /// Edits issue `id_or_key`: `fields` as the API takes them (`summary`,
+    /// `description` as ADF, `labels`, `priority` {name}, …); `status` (a
+    /// name) moves it by the workflow, `Done` setting the resolution.
+    pub fn person_edit(&self, id_or_key: &str, fields: &Map<String, Value>) -> Result<(), String> {
+        let mut g = self.lock();
+        let jira = &mut g.api;
+        let id = jira.find(id_or_key).ok_or_else(|| format!("no issue {id_or_key}"))?;
+        let before = jira.issues[&id].clone();
+        let mut stored = before.fields.clone();
+        let mut errors = Map::new();
+        let mut plain = fields.clone();
+        let status = plain.remove("status");
+        jira.check_fields(&plain, &mut stored, &mut errors);
+        if let Some(s) = status {
+            let name = s.as_str().unwrap_or("");
+            if !STATUSES.iter().any(|(n, _, _)| *n == name) {
+                errors.insert("status".into(), format!("no status {name:?} in the workflow").into());
+            }
+            stored.insert("status".into(), status_value(name));
+            let resolution = if name == "Done" { json!({"name": "Done"}) } else { Value::Null };
+            stored.insert("resolution".into(), resolution);
+        }
+        if !errors.is_empty() {
+            return Err(Value::Object(errors).to_string());
+        }
+        if let Some(issue) = jira.issues.get_mut(&id) {
+            issue.fields = stored;
+        }
+        jira.stamp(id, &before);
+        Ok(())
+    }
+
+    /// Creates an issue in the first project: `fields` as the API's create
+    /// takes them (project and issue type default). Returns (id, key).
+    pub fn person_create(&self, fields: &Map<String, Value>) -> Result<(String, String), String> {
+        let mut g = self.lock();
+        let jira = &mut g.api;
+        let mut f = fields.clone();
+        let project = jira.config.projects.first().cloned().unwrap_or_default();
+        f.entry("project").or_insert_with(|| json!({"key": project}));
+        f.entry("issuetype").or_insert_with(|| json!({"name": "Task"}));
+        let (project, stored, props) = jira.check_create(&json!({"fields": f})).map_err(|e| e.to_string())?;
+        let created = jira.create(&project, stored, props, "http://person");
+        let text = |k: &str| created.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        Ok((text("id"), text("key")))
+    }
+
+    /// Deletes an issue (search no longer finds it; its id answers 404).
+    pub fn person_delete(&self, id_or_key: &str) -> Result<(), String> {
+        let mut g = self.lock();
+        let jira = &mut g.api;
+        let id = jira.find(id_or_key).ok_or_else(|| format!("no issue {id_or_key}"))?;
+        jira.issues.remove(&id);
+        jira.written.remove(&id);
+        jira.deleted += 1;
+        Ok(())
+    }
+}
+
 impl Jira {
     /// An emulator with `config`.
     pub fn new(config: EmulatorConfig) -> Self {
@@ -178,6 +260,8 @@ impl Jira {
             issue_writes: HashMap::new(),
             revoked: false,
             received: Vec::new(),
+            snapshots: HashMap::new(),
+            next_snapshot: 0,
         }
     }
 
@@ -381,6 +465,51 @@ impl Jira {
         }
     }
 
+    /// Applies an edit's `update` operations (`{field: [{add|remove|set: value}]}`)
+    /// onto `stored`: `labels` takes `add`, `remove` and `set`, any other
+    /// field `set` (checked as in `fields`); a field named in both is refused.
+    fn apply_update(
+        &self,
+        update: &Map<String, Value>,
+        fields: &Map<String, Value>,
+        stored: &mut Map<String, Value>,
+        errors: &mut Map<String, Value>,
+    ) {
+        for (f, ops) in update {
+            if fields.contains_key(f) {
+                errors.insert(f.clone(), format!("Field '{f}' cannot be set in both 'fields' and 'update'.").into());
+                continue;
+            }
+            for op in ops.as_array().into_iter().flatten() {
+                let Some((verb, value)) = op.as_object().and_then(|o| o.iter().next()) else { continue };
+                match (f.as_str(), verb.as_str()) {
+                    ("labels", "add" | "remove") => {
+                        let mut labels = stored.get("labels").and_then(Value::as_array).cloned().unwrap_or_default();
+                        if verb == "add" {
+                            let one = Map::from_iter([("labels".to_owned(), json!([value]))]);
+                            let mut scratch = stored.clone();
+                            self.check_fields(&one, &mut scratch, errors);
+                            if !labels.contains(value) {
+                                labels.push(value.clone());
+                            }
+                        } else {
+                            labels.retain(|l| l != value);
+                        }
+                        stored.insert("labels".into(), Value::Array(labels));
+                    }
+                    (_, "set") => {
+                        let one = Map::from_iter([(f.clone(), value.clone())]);
+                        self.check_fields(&one, stored, errors);
+                    }
+                    _ => {
+                        errors
+                            .insert(f.clone(), format!("Field '{f}' does not support the operation '{verb}'.").into());
+                    }
+                }
+            }
+        }
+    }
+
     fn create(
         &mut self,
         project: &str,
@@ -393,24 +522,32 @@ impl Jira {
         let n = self.next_num.entry(project.to_owned()).or_insert(0);
         *n += 1;
         let key = format!("{project}-{n}");
-        let now = jira_time();
+        let now = jira_time(now_ms(), self.config.utc_offset_minutes);
         fields.insert("created".into(), Value::String(now.clone()));
         fields.insert("updated".into(), Value::String(now));
         self.issues.insert(id, Issue { id: id.to_string(), key: key.clone(), fields, properties, unchanged_writes: 0 });
         self.written.insert(id, Instant::now());
-        self.meter.wrote();
         json!({"id": id.to_string(), "key": key, "self": format!("{origin}/rest/api/3/issue/{id}")})
     }
 
     fn touch(&mut self, id: u64, before: &Issue) {
+        self.stamp(id, before);
+        self.meter.wrote();
+    }
+
+    /// After a change of issue `id` (syncbridge's or a person's): `updated`
+    /// moves (always forward, by a millisecond at least) unless nothing
+    /// changed, and search sees the issue after the index lag.
+    fn stamp(&mut self, id: u64, before: &Issue) {
+        let offset = self.config.utc_offset_minutes;
         let Some(issue) = self.issues.get_mut(&id) else { return };
         if issue.fields == before.fields && issue.properties == before.properties {
             issue.unchanged_writes += 1;
         } else {
-            issue.fields.insert("updated".into(), Value::String(jira_time()));
+            let was = issue_ms(before, "updated");
+            issue.fields.insert("updated".into(), Value::String(jira_time(now_ms().max(was + 1), offset)));
         }
         self.written.insert(id, Instant::now());
-        self.meter.wrote();
     }
 
     fn issue_bean(&self, id: u64, fields: &FieldSel, properties: &[String], origin: &str, expand: &str) -> Value {
@@ -461,11 +598,15 @@ impl Jira {
             ("GET", "/rest/api/3/myself") => json_response(
                 200,
                 &json!({"accountId": "557058:bot", "accountType": "atlassian", "active": true,
-                        "displayName": "syncbridge", "emailAddress": self.config.email, "timeZone": "UTC",
+                        "displayName": "syncbridge", "emailAddress": self.config.email, "timeZone": time_zone_name(self.config.utc_offset_minutes),
                         "self": format!("{origin}/rest/api/3/user?accountId=557058:bot")}),
             ),
             ("POST", "/rest/api/3/issue") => match self.check_create(&body) {
-                Ok((project, fields, props)) => json_response(201, &self.create(&project, fields, props, &origin)),
+                Ok((project, fields, props)) => {
+                    let created = self.create(&project, fields, props, &origin);
+                    self.meter.wrote();
+                    json_response(201, &created)
+                }
                 Err(e) => json_response(400, &e),
             },
             ("POST", "/rest/api/3/issue/bulk") => {
@@ -481,7 +622,10 @@ impl Jira {
                 let mut errors = Vec::new();
                 for (n, u) in updates.iter().enumerate() {
                     match self.check_create(u) {
-                        Ok((project, fields, props)) => issues.push(self.create(&project, fields, props, &origin)),
+                        Ok((project, fields, props)) => {
+                            issues.push(self.create(&project, fields, props, &origin));
+                            self.meter.wrote();
+                        }
                         Err(e) => errors.push(json!({"status": 400, "elementErrors": e, "failedElementNumber": n})),
                     }
                 }
@@ -508,6 +652,9 @@ impl Jira {
                 let mut stored = before.fields.clone();
                 let mut errors = Map::new();
                 self.check_fields(&fields, &mut stored, &mut errors);
+                if let Some(update) = body.get("update").and_then(Value::as_object) {
+                    self.apply_update(update, &fields, &mut stored, &mut errors);
+                }
                 let mut props = before.properties.clone();
                 props.extend(check_properties(&body, &mut errors));
                 if !errors.is_empty() {
@@ -518,6 +665,11 @@ impl Jira {
                     issue.properties = props;
                 }
                 self.touch(id, &before);
+                if qv("returnIssue").first().is_some_and(|v| v == "true") {
+                    // The issue as it is after the edit (all its fields).
+                    let all = FieldSel::new(&[], true);
+                    return json_response(200, &self.issue_bean(id, &all, &[], &origin, &qv("expand").join(",")));
+                }
                 no_content()
             }
             ("DELETE", "/rest/api/3/issue/{issueIdOrKey}") => {
@@ -651,7 +803,7 @@ impl Jira {
 
     #[allow(clippy::too_many_arguments)]
     fn search(
-        &self,
+        &mut self,
         jql: &str,
         token: Option<String>,
         max: Option<u64>,
@@ -660,47 +812,77 @@ impl Jira {
         reconcile: &[String],
         origin: &str,
     ) -> HttpResponse {
-        let query = match Jql::parse(jql) {
+        let query = match Jql::parse_at(jql, self.config.utc_offset_minutes, now_ms()) {
             Ok(q) => q,
             Err(e) => return jira_error(400, &[&e], Map::new()),
         };
         if props.len() > 5 {
             return jira_error(400, &["You can request at most 5 properties."], Map::new());
         }
+        if reconcile.len() > 50 {
+            return jira_error(400, &["You can reconcile at most 50 issues."], Map::new());
+        }
         let sel = FieldSel::new(fields, false);
         let cap = if sel.only_ids() { 5000 } else { 100 };
         let max = max.unwrap_or(50).clamp(1, cap) as usize;
-        let start = match token.as_deref() {
-            None => 0,
-            Some(t) => match t.strip_prefix("page-").and_then(|n| n.parse::<usize>().ok()) {
-                Some(n) => n,
+        // A token names the result set of the search that gave it (taken
+        // when its first page was served) and where the next page starts:
+        // issues changed meanwhile are shown as they are now, in the
+        // order the search found them; none is skipped or shown twice.
+        let (snapshot, start) = match token.as_deref() {
+            None => {
+                let lag = Duration::from_millis(self.config.index_lag_ms);
+                let now = Instant::now();
+                let mut hits: Vec<u64> = self
+                    .issues
+                    .iter()
+                    .filter(|(id, i)| {
+                        let indexed = self.written.get(id).is_none_or(|t| now.duration_since(*t) >= lag)
+                            || reconcile.iter().any(|r| r == &i.id);
+                        indexed && query.matches(i)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                query.sort(&mut hits, &self.issues);
+                self.next_snapshot += 1;
+                self.snapshots.insert(self.next_snapshot, hits);
+                (self.next_snapshot, 0)
+            }
+            Some(t) => match parse_token(t).filter(|(n, _)| self.snapshots.contains_key(n)) {
+                Some(at) => at,
                 None => return jira_error(400, &["The provided next page token is invalid or expired."], Map::new()),
             },
         };
-        let lag = Duration::from_millis(self.config.index_lag_ms);
-        let now = Instant::now();
-        let mut hits: Vec<u64> = self
-            .issues
+        let hits = self.snapshots.get(&snapshot).cloned().unwrap_or_default();
+        // Issues deleted since the search ran are not shown.
+        let page: Vec<Value> = hits
             .iter()
-            .filter(|(id, i)| {
-                let indexed = self.written.get(id).is_none_or(|t| now.duration_since(*t) >= lag)
-                    || reconcile.iter().any(|r| r == &i.id);
-                indexed && query.matches(i)
-            })
-            .map(|(id, _)| *id)
+            .skip(start)
+            .take(max)
+            .filter(|id| self.issues.contains_key(id))
+            .map(|id| self.issue_bean(*id, &sel, props, origin, ""))
             .collect();
-        if query.descending {
-            hits.reverse();
-        }
-        let page: Vec<Value> =
-            hits.iter().skip(start).take(max).map(|id| self.issue_bean(*id, &sel, props, origin, "")).collect();
-        let last = start + page.len() >= hits.len();
+        let next = start + max;
+        let last = next >= hits.len();
         let mut out = json!({"issues": page, "isLast": last});
-        if !last {
-            out["nextPageToken"] = Value::String(format!("page-{}", start + max));
+        if last {
+            self.snapshots.remove(&snapshot);
+        } else {
+            out["nextPageToken"] = Value::String(format!("{snapshot}-{next}"));
         }
         json_response(200, &out)
     }
+}
+
+/// A page token: `{snapshot}-{start}`.
+fn parse_token(t: &str) -> Option<(u64, usize)> {
+    let (a, b) = t.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Now in epoch milliseconds.
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The fields a read asks for.
@@ -745,12 +927,22 @@ impl FieldSel {
 /// The JQL subset: clauses joined by AND, then ORDER BY.
 #[derive(Debug)]
 struct Jql {
+    /// `field = value` and `field in (values)`.
     clauses: Vec<(String, Vec<String>)>,
-    descending: bool,
+    /// `updated >= "yyyy-MM-dd HH:mm"` (and `>`, `<=`, `<`): the operator
+    /// and the instant in epoch milliseconds.
+    updated: Vec<(String, i64)>,
+    /// ORDER BY: fields and whether descending.
+    order: Vec<(String, bool)>,
 }
 
+/// The fields ORDER BY takes here.
+const ORDER_FIELDS: [&str; 5] = ["key", "id", "updated", "created", "issuekey"];
+
 impl Jql {
-    fn parse(jql: &str) -> Result<Self, String> {
+    /// Parses `jql`; date literals are in the user's time zone, `offset_min`
+    /// minutes east of UTC, and relative dates (`-5m`) count from `now_ms`.
+    fn parse_at(jql: &str, offset_min: i32, now_ms: i64) -> Result<Self, String> {
         let lower = jql.to_ascii_lowercase();
         let lead = lower.len() - lower.trim_start().len();
         let at = if lower.trim_start().starts_with("order by") {
@@ -762,11 +954,37 @@ impl Jql {
             Some(i) => (&jql[..i], &lower[i + 8..]),
             None => (jql, ""),
         };
-        let descending = order.split(',').next().is_some_and(|o| o.trim().ends_with(" desc"));
+        let mut order_by = Vec::new();
+        for o in order.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let mut words = o.split_whitespace();
+            let field = words.next().unwrap_or("").to_owned();
+            let desc = match words.next() {
+                None | Some("asc") => false,
+                Some("desc") => true,
+                Some(w) => return Err(format!("Error in the JQL Query: expecting ASC or DESC but got '{w}'.")),
+            };
+            if !ORDER_FIELDS.contains(&field.as_str()) {
+                return Err(format!("Field '{field}' does not exist or you do not have permission to view it."));
+            }
+            order_by.push((field, desc));
+        }
+        if order_by.len() > 7 {
+            return Err("Error in the JQL Query: at most 7 fields can be ordered by.".into());
+        }
         let mut clauses = Vec::new();
+        let mut updated = Vec::new();
         for part in split_and(cond) {
             let part = part.trim();
             if part.is_empty() {
+                continue;
+            }
+            if let Some((f, op, v)) = split_cmp(part) {
+                let field = f.trim().to_ascii_lowercase();
+                if field != "updated" && field != "updateddate" {
+                    return Err(format!("Error in the JQL Query: the operator '{op}' is not supported by '{field}'."));
+                }
+                let at = jql_instant(&unquote(v.trim())?, offset_min, now_ms)?;
+                updated.push((op.to_owned(), at));
                 continue;
             }
             let (field, values) = if let Some((f, rest)) = split_kw(part, " in ") {
@@ -779,22 +997,33 @@ impl Jql {
                 return Err(format!("Error in the JQL Query: the clause '{part}' is not understood here."));
             };
             let field = field.trim().to_ascii_lowercase();
-            if !matches!(field.as_str(), "project" | "labels" | "key" | "issuekey" | "status") {
+            if !matches!(field.as_str(), "project" | "labels" | "key" | "issuekey" | "status" | "id") {
                 return Err(format!("Field '{field}' does not exist or you do not have permission to view it."));
             }
             clauses.push((field, values));
         }
         // Search must be bounded: at least one restriction.
-        if clauses.is_empty() {
+        if clauses.is_empty() && updated.is_empty() {
             return Err(
                 "Unbounded JQL queries are not allowed here. Please add a search restriction to your query.".into()
             );
         }
-        Ok(Self { clauses, descending })
+        Ok(Self { clauses, updated, order: order_by })
+    }
+
+    #[cfg(test)]
+    fn parse(jql: &str) -> Result<Self, String> {
+        Self::parse_at(jql, 0, 0)
     }
 
     fn matches(&self, i: &Issue) -> bool {
-        self.clauses.iter().all(|(f, values)| match f.as_str() {
+        let updated = issue_ms(i, "updated");
+        self.updated.iter().all(|(op, at)| match op.as_str() {
+            ">=" => updated >= *at,
+            ">" => updated > *at,
+            "<=" => updated <= *at,
+            _ => updated < *at,
+        }) && self.clauses.iter().all(|(f, values)| match f.as_str() {
             "project" => {
                 let p = i.fields.get("project").and_then(|p| p.get("key")).and_then(Value::as_str).unwrap_or("");
                 values.iter().any(|v| v.eq_ignore_ascii_case(p))
@@ -807,9 +1036,87 @@ impl Jql {
                 let s = i.fields.get("status").and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or("");
                 values.iter().any(|v| v.eq_ignore_ascii_case(s))
             }
+            "id" => values.contains(&i.id),
             _ => values.iter().any(|v| v.eq_ignore_ascii_case(&i.key) || *v == i.id),
         })
     }
+
+    /// Sorts hits (issue ids, in id order) by the ORDER BY (none: as they are).
+    fn sort(&self, hits: &mut [u64], issues: &BTreeMap<u64, Issue>) {
+        if self.order.is_empty() {
+            return;
+        }
+        hits.sort_by(|a, b| {
+            let (ia, ib) = (&issues[a], &issues[b]);
+            for (f, desc) in &self.order {
+                let o = match f.as_str() {
+                    "updated" | "created" => issue_ms(ia, f).cmp(&issue_ms(ib, f)),
+                    // ids and keys of one project grow together
+                    _ => a.cmp(b),
+                };
+                let o = if *desc { o.reverse() } else { o };
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+            std::cmp::Ordering::Equal
+        });
+    }
+}
+
+/// An issue's date-time field (`updated`, `created`) in epoch milliseconds.
+fn issue_ms(i: &Issue, field: &str) -> i64 {
+    i.fields.get(field).and_then(Value::as_str).and_then(parse_jira_time).unwrap_or(0)
+}
+
+/// `2016-09-28T23:08:32.097+1000` in epoch milliseconds.
+pub fn parse_jira_time(s: &str) -> Option<i64> {
+    let t = jiff::fmt::strtime::parse("%Y-%m-%dT%H:%M:%S%.f%z", s).ok()?.to_timestamp().ok()?;
+    Some(t.as_millisecond())
+}
+
+/// A JQL date literal (`"yyyy-MM-dd HH:mm"`, `"yyyy/MM/dd HH:mm"`, a date
+/// alone, or a relative `-5m` / `-1h` / `-2d` / `-1w`) as epoch ms, in the
+/// user's time zone (`offset_min` east of UTC).
+fn jql_instant(v: &str, offset_min: i32, now_ms: i64) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "Date value '{v}' for field 'updated' is invalid. Valid formats include: 'yyyy/MM/dd HH:mm', \
+             'yyyy-MM-dd HH:mm', 'yyyy/MM/dd', 'yyyy-MM-dd', or a period format e.g. '-5d', '4w 2d'."
+        )
+    };
+    if let Some(rel) = v.strip_prefix('-') {
+        let (n, unit) = rel.split_at(rel.len().saturating_sub(1));
+        let n: i64 = n.parse().map_err(|_| bad())?;
+        let unit_ms = match unit {
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            _ => return Err(bad()),
+        };
+        return Ok(now_ms - n * unit_ms);
+    }
+    let norm = v.replace('/', "-");
+    let with_time = if norm.len() == 10 { format!("{norm} 00:00") } else { norm };
+    let dt = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M", &with_time).map_err(|_| bad())?;
+    let offset = jiff::tz::Offset::from_seconds(offset_min * 60).map_err(|_| bad())?;
+    let ts = offset.to_timestamp(dt).map_err(|_| bad())?;
+    Ok(ts.as_millisecond())
+}
+
+/// `field OP value` for the comparison operators (not `=`).
+fn split_cmp(part: &str) -> Option<(&str, &str, &str)> {
+    for op in [">=", "<=", ">", "<"] {
+        if let Some(i) = part.find(op) {
+            // Not inside a quoted value.
+            if part[..i].contains('"') {
+                continue;
+            }
+            return Some((&part[..i], op, &part[i + op.len()..]));
+        }
+    }
+    None
 }
 
 fn split_kw<'a>(s: &'a str, kw: &str) -> Option<(&'a str, &'a str)> {
@@ -975,10 +1282,19 @@ fn is_date(s: &str) -> bool {
 }
 
 /// `2016-09-28T23:08:32.097+0000`.
-fn jira_time() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let ts = jiff::Timestamp::from_millisecond(now.as_millis() as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    ts.strftime("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()
+fn jira_time(ms: i64, offset_min: i32) -> String {
+    let ts = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let offset = jiff::tz::Offset::from_seconds(offset_min * 60).unwrap_or(jiff::tz::Offset::UTC);
+    ts.to_zoned(jiff::tz::TimeZone::fixed(offset)).strftime("%Y-%m-%dT%H:%M:%S%.3f%z").to_string()
+}
+
+/// An IANA name of a fixed offset (`Etc/GMT-10` is ten hours east).
+fn time_zone_name(offset_min: i32) -> String {
+    match offset_min {
+        0 => "UTC".into(),
+        m if m % 60 == 0 => format!("Etc/GMT{:+}", -m / 60),
+        _ => "UTC".into(),
+    }
 }
 
 /// `yyyy-MM-ddTHH:mmZ`, `secs` from now.

@@ -64,7 +64,15 @@ fn jql_is_bounded_and_understood() {
         q.clauses,
         vec![("project".into(), vec!["SB".to_owned()]), ("labels".into(), vec!["a b".into(), "c".into()])]
     );
-    assert!(q.descending);
+    assert_eq!(q.order, vec![("key".to_owned(), true)]);
+    let q = Jql::parse_at(r#"project = SB AND updated >= "2026-03-01 14:05" ORDER BY updated ASC, id ASC"#, 600, 0)
+        .unwrap();
+    // 14:05 at UTC+10 is 04:05 UTC.
+    assert_eq!(q.updated, vec![(">=".to_owned(), 1_772_337_900_000)]);
+    assert_eq!(q.order, vec![("updated".to_owned(), false), ("id".to_owned(), false)]);
+    assert_eq!(Jql::parse_at("updated > -5m", 0, 600_000).unwrap().updated, vec![(">".to_owned(), 300_000)]);
+    assert!(Jql::parse(r#"updated >= "yesterday""#).unwrap_err().contains("is invalid"));
+    assert!(Jql::parse("project = SB ORDER BY summary").is_err());
     assert!(Jql::parse("summary ~ x").is_err());
     assert!(Jql::parse("reporter = me").unwrap_err().contains("does not exist"));
 }
@@ -264,4 +272,85 @@ async fn a_bulk_answer_can_lose_issues_it_created() {
     assert_eq!(v["issues"].as_array().unwrap().len(), 2);
     assert_eq!(t.em.state().issues().len(), 4, "all four exist");
     assert_eq!(t.em.stats().writes, 4);
+}
+
+#[tokio::test]
+async fn updated_since_search_edits_returning_the_issue_and_a_persons_changes() {
+    let t = T::new(EmulatorConfig { utc_offset_minutes: 600, ..EmulatorConfig::default() }).await;
+    let all: Vec<Value> = (0..4).map(|n| issue(&format!("u{n}"))).collect();
+    let (s, _, v) = t.send("POST", "/rest/api/3/issue/bulk", Some(json!({"issueUpdates": all}))).await;
+    assert_eq!(s, 201);
+    let ids: Vec<String> =
+        v["issues"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+    let writes = t.em.stats().writes;
+    // Date-times in the user's offset.
+    let (_, _, one) = t.send("GET", &format!("/rest/api/3/issue/{}?fields=updated", ids[0]), None).await;
+    let updated = one["fields"]["updated"].as_str().unwrap().to_owned();
+    assert!(updated.ends_with("+1000") && updated.len() == 28, "{updated}");
+    // A person edits issue 2 and then 0: `updated` moves, in that order.
+    std::thread::sleep(Duration::from_millis(5));
+    let edit = |f: Value| f.as_object().unwrap().clone();
+    t.em.state().person_edit(&ids[2], &edit(json!({"summary": "by hand", "status": "Done"}))).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    t.em.state().person_edit(&ids[0], &edit(json!({"labels": ["sb-x", "mine"]}))).unwrap();
+    assert!(t.em.state().person_edit(&ids[1], &edit(json!({"labels": ["has space"]}))).is_err());
+    assert_eq!(t.em.stats().writes, writes, "a person's edits are not requests");
+    // The minute before the first write, in the user's zone: every issue;
+    // ordered by updated then id, paged by a token over the search's result.
+    let ms = parse_jira_time(&updated).unwrap() - 60_000;
+    let local = jiff::Timestamp::from_millisecond(ms + 600 * 60_000).unwrap();
+    let literal = local.strftime("%Y-%m-%d %H:%M").to_string();
+    let jql = format!("project = SB AND updated >= \"{literal}\" ORDER BY updated ASC, id ASC");
+    let body = json!({"jql": jql, "maxResults": 2, "fields": ["summary", "updated", "status"]});
+    let (s, _, p1) = t.send("POST", "/rest/api/3/search/jql", Some(body.clone())).await;
+    assert_eq!(s, 200, "{p1}");
+    assert_eq!(p1["isLast"], false);
+    // Changed between two pages: shown as it is now, nothing skipped.
+    t.em.state().person_edit(&ids[2], &edit(json!({"summary": "while paging"}))).unwrap();
+    let mut b2 = body.clone();
+    b2["nextPageToken"] = p1["nextPageToken"].clone();
+    let (_, _, p2) = t.send("POST", "/rest/api/3/search/jql", Some(b2)).await;
+    assert_eq!(p2["isLast"], true);
+    assert!(p2.get("nextPageToken").is_none());
+    let order: Vec<&str> = p1["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(p2["issues"].as_array().unwrap())
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, [&ids[1], &ids[3], &ids[2], &ids[0]].map(String::as_str));
+    assert_eq!(p2["issues"][0]["fields"]["summary"], "while paging");
+    assert_eq!(p2["issues"][0]["fields"]["status"]["name"], "Done");
+    // A used-up token is refused; after the last write, nothing is newer.
+    let mut b3 = body.clone();
+    b3["nextPageToken"] = p1["nextPageToken"].clone();
+    assert_eq!(t.send("POST", "/rest/api/3/search/jql", Some(b3)).await.0, 400);
+    let (_, _, none) =
+        t.send("POST", "/rest/api/3/search/jql", Some(json!({"jql": "project = SB AND updated > -0m"}))).await;
+    assert_eq!(none["issues"], json!([]));
+    // An edit may return the issue; `update` adds labels without replacing them.
+    let (s, _, v) = t
+        .send(
+            "PUT",
+            &format!("/rest/api/3/issue/{}?returnIssue=true", ids[0]),
+            Some(json!({"update": {"labels": [{"add": "extra"}]}, "properties": [{"key": "syncbridge", "value": {"key": "k"}}]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["fields"]["labels"], json!(["sb-x", "mine", "extra"]));
+    assert!(parse_jira_time(v["fields"]["updated"].as_str().unwrap()) > parse_jira_time(&updated));
+    let (s, _, v) = t
+        .send(
+            "PUT",
+            &format!("/rest/api/3/issue/{}", ids[0]),
+            Some(json!({"fields": {"labels": []}, "update": {"labels": [{"add": "x"}]}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    // A person creates and deletes.
+    let (id, key) = t.em.state().person_create(&edit(json!({"summary": "made by hand", "labels": ["l"]}))).unwrap();
+    assert_eq!(key, "SB-5");
+    t.em.state().person_delete(&id).unwrap();
+    assert_eq!(t.send("GET", &format!("/rest/api/3/issue/{id}"), None).await.0, 404);
 }

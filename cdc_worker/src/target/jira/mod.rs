@@ -31,6 +31,7 @@
 //!   `Retry-After` of a 429 or 503 pauses the target (see `target/http`).
 
 pub mod adf;
+pub mod pull;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -40,15 +41,17 @@ use serde_json::{json, Map, Value};
 use super::http::{Budget, Cost, Failure, HttpClient, HttpSettings, MAX_PAUSE, MAX_TIMEOUT_MS};
 use super::registry::Capabilities;
 use super::{
-    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, Target, TargetPolicy, TargetSetupError,
+    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage, PullRequest, Target,
+    TargetPolicy, TargetSetupError,
 };
 
 /// Most issues in one bulk create.
 pub const BULK_LIMIT: usize = 50;
-/// What a created issue costs in requests: a bulk create of [`BULK_LIMIT`]
-/// and the twin search before it, two requests per 50 issues
+/// What a created issue costs in requests: a bulk create of [`BULK_LIMIT`],
+/// the twin search before it and the search that reads the new issues'
+/// `updated` after it, three requests per 50 issues
 /// (`sync.target_kinds.item_costs`).
-pub const BULK_CREATE_COST: f64 = 2.0 / BULK_LIMIT as f64;
+pub const BULK_CREATE_COST: f64 = 3.0 / BULK_LIMIT as f64;
 /// Requests a minute when the configuration sets none.
 pub const DEFAULT_BUDGET_PER_MIN: u32 = 100;
 /// The issue type of created issues when the configuration names none.
@@ -73,8 +76,8 @@ pub const JIRA_CAPABILITIES: Capabilities = Capabilities {
     delete_mode: super::registry::DeleteMode::Remove,
     moves: super::registry::Moves::Unsupported,
     key_lookup: true,
-    // Pulling changes back is not implemented yet.
-    pull: super::registry::Pull::None,
+    // Search by `updated`, with an overlap (see [`pull`]).
+    pull: super::registry::Pull::UpdatedSince,
 };
 
 /// A target's checked configuration.
@@ -204,6 +207,18 @@ pub fn marker_label(definition: &str, key: &str) -> String {
     format!("{LABEL_PREFIX}{:016x}{:016x}", fnv1a(0xcbf2_9ce4_8422_2325, &bytes), fnv1a(0x6c62_272e_07bb_0142, &bytes))
 }
 
+/// The label every issue of `definition`'s list `container` carries (what
+/// a pull searches by; an issue made in Jira joins the list with it):
+/// `sb-list:<definition>/<container>`, white space as `_`, at most 255
+/// characters.
+pub fn list_label(definition: &str, container: &str) -> String {
+    let label: String = format!("{LABEL_PREFIX}list:{definition}/{container}")
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect();
+    label.chars().take(255).collect()
+}
+
 /// A value as the text a Jira text field takes (numbers and booleans as
 /// their JSON text; None for null).
 fn as_text(v: &Value) -> Option<String> {
@@ -243,25 +258,31 @@ fn labels_of(v: &Value) -> Result<Vec<String>, String> {
     Ok(raw.into_iter().filter(|l| seen.insert(l.clone())).collect())
 }
 
-/// The issue fields of an export's payload (without project, issue type
-/// and marker), and the status to reach by a transition.
+/// The issue fields of an export's payload (without project and issue
+/// type), and the status to reach by a transition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapped {
-    /// Fields for a create or an edit.
+    /// Fields for a create or an edit (`labels` with syncbridge's two
+    /// labels, when the payload has labels or for a create).
     pub fields: Map<String, Value>,
     /// The status wanted, by name.
     pub status: Option<String>,
+    /// The payload writes the row's key (`SyncKey`: an issue made in Jira
+    /// gets syncbridge's labels and property).
+    pub identity: bool,
 }
 
 /// Maps an export's payload to Jira fields. `create`: nulls are left out
-/// (an edit clears the field instead).
+/// (an edit clears the field instead). An update's payload holds the
+/// fields that changed only: the labels are written when they changed.
 pub fn map_fields(e: &Export, create: bool) -> Result<Mapped, String> {
     let key = e.sync_key.clone().unwrap_or_default();
     let marker = marker_label(&e.definition, &key);
     let payload = e.payload.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
     let mut fields = Map::new();
     let mut status = None;
-    let mut labels: Vec<String> = Vec::new();
+    let mut labels: Option<Vec<String>> = None;
+    let mut identity = false;
     for (name, v) in &payload {
         if v.as_object().is_some_and(|o| o.contains_key("@ref")) {
             return Err(format!("field {name}: references are not supported by Jira targets"));
@@ -280,7 +301,8 @@ pub fn map_fields(e: &Export, create: bool) -> Result<Mapped, String> {
                 }
                 None => {}
             },
-            "labels" => labels = labels_of(v)?,
+            "labels" => labels = Some(labels_of(v)?),
+            "SyncKey" => identity = true,
             "status" => status = as_text(v).filter(|s| !s.trim().is_empty()),
             "priority" | "issuetype" => {
                 if let Some(s) = as_text(v) {
@@ -317,9 +339,15 @@ pub fn map_fields(e: &Export, create: bool) -> Result<Mapped, String> {
     if create && !fields.contains_key("summary") {
         fields.insert("summary".into(), Value::String(key.clone()));
     }
-    labels.push(marker);
-    fields.insert("labels".into(), json!(labels));
-    Ok(Mapped { fields, status })
+    if create && labels.is_none() {
+        labels = Some(Vec::new());
+    }
+    if let Some(mut labels) = labels {
+        labels.push(marker);
+        labels.push(list_label(&e.definition, &e.container));
+        fields.insert("labels".into(), json!(labels));
+    }
+    Ok(Mapped { fields, status, identity })
 }
 
 /// Whether a write's answer says it was done: Jira answers edits,
@@ -514,17 +542,52 @@ impl JiraTarget {
         Ok(found)
     }
 
+    /// The `syncbridge` property of an export's issue.
+    fn identity(e: &Export) -> Value {
+        json!([{"key": PROPERTY_KEY, "value": {"definition": e.definition, "container": e.container, "key": e.sync_key}}])
+    }
+
     /// The create body of one export.
     fn create_body(&self, e: &Export, mapped: &Mapped) -> Value {
         let mut fields = mapped.fields.clone();
         fields.insert("project".into(), json!({"key": self.project_key}));
         fields.entry("issuetype").or_insert_with(|| json!({"name": self.issue_type}));
-        json!({
-            "fields": fields,
-            "properties": [{"key": PROPERTY_KEY, "value": {
-                "definition": e.definition, "container": e.container, "key": e.sync_key,
-            }}],
-        })
+        json!({"fields": fields, "properties": Self::identity(e)})
+    }
+
+    /// The `updated` of the issues `ids` (just written): one search per 50,
+    /// naming them in `reconcileIssues` (search is eventually consistent;
+    /// these are read after the write). What cannot be read is left out:
+    /// the write then reports no eTag, and its echo is recognised by its
+    /// fields instead.
+    async fn updated_of(&self, ids: &[String]) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(BULK_LIMIT) {
+            let numbers: Vec<u64> = chunk.iter().filter_map(|i| i.parse().ok()).collect();
+            if numbers.is_empty() {
+                continue;
+            }
+            let list: Vec<String> = numbers.iter().map(u64::to_string).collect();
+            let body = json!({
+                "jql": format!("id in ({})", list.join(", ")), "maxResults": BULK_LIMIT, "fields": ["updated"],
+                "reconcileIssues": numbers,
+            });
+            match self.read_json(reqwest::Method::POST, "/rest/api/3/search/jql", Some(&body)).await {
+                Ok(page) => {
+                    for issue in page.get("issues").and_then(Value::as_array).into_iter().flatten() {
+                        if let (Some(id), Some(u)) = (
+                            issue.get("id").and_then(Value::as_str),
+                            issue.pointer("/fields/updated").and_then(Value::as_str),
+                        ) {
+                            out.insert(id.to_owned(), u.to_owned());
+                        }
+                    }
+                }
+                Err(f) => tracing::debug!(target = %self.client.name, error = %f.message,
+                    "the updated of new issues could not be read; their echoes are recognised by their fields"),
+            }
+        }
+        out
     }
 
     /// Creates in one bulk request: a verdict per export (None: the
@@ -589,13 +652,33 @@ impl JiraTarget {
             .collect()
     }
 
-    /// Writes the fields of an existing issue (an update or an adoption).
-    async fn edit(&self, e: &Export, id: &str, fields: &Map<String, Value>) -> Result<(), OpResult> {
-        let path = format!("/rest/api/3/issue/{}", utf8_percent_encode(id, SEGMENT));
-        let body = json!({"fields": fields});
+    /// Writes the fields of an existing issue (an update or an adoption);
+    /// `identity`: its labels and property too (an issue made in Jira gets
+    /// its row's key). The issue comes back with the answer
+    /// (`returnIssue`): its `updated` after the edit, the write's eTag.
+    async fn edit(
+        &self,
+        e: &Export,
+        id: &str,
+        fields: &Map<String, Value>,
+        identity: bool,
+    ) -> Result<Option<String>, OpResult> {
+        let path = format!("/rest/api/3/issue/{}?returnIssue=true", utf8_percent_encode(id, SEGMENT));
+        let mut body = json!({"fields": fields});
+        if identity {
+            if !fields.contains_key("labels") {
+                // Added to the labels a person gave it, which stay.
+                let key = e.sync_key.as_deref().unwrap_or("");
+                body["update"] = json!({"labels": [{"add": marker_label(&e.definition, key)},
+                                                   {"add": list_label(&e.definition, &e.container)}]});
+            }
+            body["properties"] = Self::identity(e);
+        }
         match self.client.call(reqwest::Method::PUT, &path, Some(&body), Self::WRITE, true).await {
             Err(f) => Err(f.to_result(e.id)),
-            Ok((s, text)) if written(s, &text) => Ok(()),
+            Ok((s, text)) if written(s, &text) => Ok(serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.pointer("/fields/updated").and_then(Value::as_str).map(str::to_owned))),
             Ok((s, _)) if (200..300).contains(&s) => Err(unreadable(e, "edit")),
             Ok((404, text)) => Err(self.failed(
                 e,
@@ -608,20 +691,21 @@ impl JiraTarget {
     }
 
     /// Brings an issue to the status named `want` by the transition leading
-    /// there (nothing when it is there already).
-    async fn transition(&self, e: &Export, id: &str, key: &str, want: &str) -> Result<(), OpResult> {
+    /// there (nothing when it is there already): its `updated` afterwards,
+    /// when known.
+    async fn transition(&self, e: &Export, id: &str, key: &str, want: &str) -> Result<Option<String>, OpResult> {
         let path = format!("/rest/api/3/issue/{}", utf8_percent_encode(id, SEGMENT));
         let sent = |mut r: OpResult| {
             r.sent = Some(true);
             r
         };
         let issue = self
-            .read_json(reqwest::Method::GET, &format!("{path}?fields=status&expand=transitions"), None)
+            .read_json(reqwest::Method::GET, &format!("{path}?fields=status,updated&expand=transitions"), None)
             .await
             .map_err(|f| sent(f.to_result(e.id)))?;
         let current = issue.pointer("/fields/status/name").and_then(Value::as_str).unwrap_or("");
         if current.eq_ignore_ascii_case(want) {
-            return Ok(());
+            return Ok(issue.pointer("/fields/updated").and_then(Value::as_str).map(str::to_owned));
         }
         let transitions = issue.get("transitions").and_then(Value::as_array).cloned().unwrap_or_default();
         let to = |t: &Value| t.pointer("/to/name").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -644,35 +728,53 @@ impl JiraTarget {
             .await
         {
             Err(f) => Err(sent(f.to_result(e.id))),
-            Ok((s, text)) if written(s, &text) => Ok(()),
+            Ok((s, text)) if written(s, &text) => {
+                // Transitions answer without the issue: its `updated` is read.
+                let after = self.read_json(reqwest::Method::GET, &format!("{path}?fields=updated"), None).await;
+                Ok(after.ok().and_then(|v| v.pointer("/fields/updated").and_then(Value::as_str).map(str::to_owned)))
+            }
             Ok((s, _)) if (200..300).contains(&s) => Err(unreadable(e, "transition")),
             Ok((s, text)) => {
                 // A transition sent again after a lost answer is refused
                 // (the issue moved already): what counts is where it is.
-                let again = self.read_json(reqwest::Method::GET, &format!("{path}?fields=status"), None).await;
-                let now = again
-                    .ok()
-                    .and_then(|v| v.pointer("/fields/status/name").and_then(Value::as_str).map(str::to_owned));
-                if now.is_some_and(|n| n.eq_ignore_ascii_case(want)) {
-                    return Ok(());
+                let again = self.read_json(reqwest::Method::GET, &format!("{path}?fields=status,updated"), None).await;
+                let now = again.ok();
+                let name = now.as_ref().and_then(|v| v.pointer("/fields/status/name").and_then(Value::as_str));
+                if name.is_some_and(|n| n.eq_ignore_ascii_case(want)) {
+                    let updated = now.as_ref().and_then(|v| v.pointer("/fields/updated").and_then(Value::as_str));
+                    return Ok(updated.map(str::to_owned));
                 }
                 Err(sent(self.refused(e, "transition", s, &text)))
             }
         }
     }
 
-    /// After the main request: the status, and the result.
-    async fn finish(&self, e: &Export, id: String, key: String, status: Option<&str>, joined: bool) -> OpResult {
+    /// After the main request: the status, and the result (`etag`: the
+    /// issue's `updated` after the main request, when known).
+    async fn finish(
+        &self,
+        e: &Export,
+        done: (String, String),
+        status: Option<&str>,
+        joined: bool,
+        etag: Option<String>,
+    ) -> OpResult {
+        let (id, key) = done;
+        let mut etag = etag;
         if let Some(want) = status {
-            if let Err(mut r) = self.transition(e, &id, &key, want).await {
-                if let Some(m) = r.error.take() {
-                    r.error = Some(format!("{m} (issue {key} holds the other fields)"));
+            match self.transition(e, &id, &key, want).await {
+                Ok(after) => etag = after,
+                Err(mut r) => {
+                    if let Some(m) = r.error.take() {
+                        r.error = Some(format!("{m} (issue {key} holds the other fields)"));
+                    }
+                    return r;
                 }
-                return r;
             }
         }
         OpResult {
             target_id: Some(id),
+            etag,
             join_type: Some(if joined { "joined" } else { "provisioned" }),
             ..OpResult::ok(e.id)
         }
@@ -698,10 +800,15 @@ impl JiraTarget {
             Err(m) => return self.failed(e, ErrorClass::Definite, m, false),
         };
         let id = e.target_id.clone().unwrap_or_default();
-        if let Err(r) = self.edit(e, &id, &mapped.fields).await {
-            return r;
+        // A change of the status alone needs no edit.
+        let mut etag = None;
+        if !mapped.fields.is_empty() || mapped.identity || mapped.status.is_none() {
+            match self.edit(e, &id, &mapped.fields, mapped.identity).await {
+                Ok(u) => etag = u,
+                Err(r) => return r,
+            }
         }
-        self.finish(e, id.clone(), id, mapped.status.as_deref(), false).await
+        self.finish(e, (id.clone(), id), mapped.status.as_deref(), false, etag).await
     }
 
     /// Creates (and adoptions after a lookup), in bulk.
@@ -739,9 +846,9 @@ impl JiraTarget {
             let found = adopted[&e.id].clone();
             let mut fields = m.fields.clone();
             fields.remove("issuetype");
-            let r = match self.edit(e, &found.id, &fields).await {
+            let r = match self.edit(e, &found.id, &fields, false).await {
                 Err(r) => r,
-                Ok(()) => self.finish(e, found.id, found.key, m.status.as_deref(), true).await,
+                Ok(u) => self.finish(e, (found.id, found.key), m.status.as_deref(), true, u).await,
             };
             results.push(r);
         }
@@ -753,12 +860,14 @@ impl JiraTarget {
             for ((e, m), outcome) in chunk.iter().zip(outcomes) {
                 let r = match outcome {
                     Some(Outcome::Failed(r)) => r,
-                    Some(Outcome::Done { id, key }) => self.finish(e, id, key, m.status.as_deref(), false).await,
+                    Some(Outcome::Done { id, key }) => {
+                        self.finish(e, (id, key), m.status.as_deref(), false, None).await
+                    }
                     None => match &found {
                         Ok(f) => match f.get(&e.id) {
                             Some(hit) => {
-                                let (id, key) = (hit.id.clone(), hit.key.clone());
-                                self.finish(e, id, key, m.status.as_deref(), true).await
+                                let done = (hit.id.clone(), hit.key.clone());
+                                self.finish(e, done, m.status.as_deref(), true, None).await
                             }
                             // Not (yet) visible in search: the next attempt
                             // (claimed with verify) looks again first.
@@ -773,6 +882,15 @@ impl JiraTarget {
                     },
                 };
                 results.push(r);
+            }
+        }
+        // The new issues' eTags (their `updated`), one search per 50.
+        let ids: Vec<String> =
+            results.iter().filter(|r| r.ok && r.etag.is_none()).filter_map(|r| r.target_id.clone()).collect();
+        if !ids.is_empty() {
+            let updated = self.updated_of(&ids).await;
+            for r in results.iter_mut().filter(|r| r.ok && r.etag.is_none()) {
+                r.etag = r.target_id.as_ref().and_then(|id| updated.get(id)).cloned();
             }
         }
         results
@@ -836,6 +954,17 @@ impl Target for JiraTarget {
         })
     }
 
+    fn pull<'a>(&'a self, request: &'a PullRequest) -> BoxFuture<'a, Result<PullPage, PullError>> {
+        Box::pin(async move {
+            self.pull_page(request).await.map_err(|e| match e {
+                PullError::Failed { class, message, retry_after } => {
+                    PullError::Failed { class, message: self.client.redact(&message), retry_after }
+                }
+                other => other,
+            })
+        })
+    }
+
     fn health(&self) -> (Health, String) {
         self.client.health()
     }
@@ -881,25 +1010,36 @@ mod tests {
                    "customfield_10010": 3}),
         );
         let m = map_fields(&e, true).unwrap();
+        let ours = [marker_label("tickets", "42"), list_label("tickets", "T")];
+        assert_eq!(ours[1], "sb-list:tickets/T");
         assert_eq!(m.status.as_deref(), Some("Done"));
+        assert!(!m.identity);
         assert_eq!(m.fields["summary"], "Fix it");
         assert_eq!(m.fields["description"]["type"], "doc");
-        assert_eq!(m.fields["labels"], json!(["x", "y", marker_label("tickets", "42")]));
+        assert_eq!(m.fields["labels"], json!(["x", "y", ours[0], ours[1]]));
         assert_eq!(m.fields["priority"], json!({"name": "High"}));
         assert!(!m.fields.contains_key("assignee"), "a create leaves nulls out");
         assert_eq!(m.fields["duedate"], "2026-03-01");
         assert_eq!(m.fields["customfield_10010"], 3);
         let arr = map_fields(&export(Op::Add, json!({"labels": "[\"p\", \"q\"]"})), true).unwrap();
-        assert_eq!(arr.fields["labels"], json!(["p", "q", marker_label("tickets", "42")]), "a text[] as JSON text");
+        assert_eq!(arr.fields["labels"], json!(["p", "q", ours[0], ours[1]]), "a text[] as JSON text");
         // An edit clears what is null; a summary defaults to the key on create only.
         let u =
             map_fields(&export(Op::Update, json!({"assignee": null, "description": null, "labels": "a, b c"})), false)
                 .unwrap();
         assert_eq!(u.fields["assignee"], Value::Null);
         assert_eq!(u.fields["description"], Value::Null);
-        assert_eq!(u.fields["labels"], json!(["a", "b", "c", marker_label("tickets", "42")]));
+        assert_eq!(u.fields["labels"], json!(["a", "b", "c", ours[0], ours[1]]));
         assert!(!u.fields.contains_key("summary"));
-        assert_eq!(map_fields(&export(Op::Add, json!({})), true).unwrap().fields["summary"], "42");
+        let created = map_fields(&export(Op::Add, json!({})), true).unwrap();
+        assert_eq!((&created.fields["summary"], &created.fields["labels"]), (&json!("42"), &json!(ours)));
+        // An update's payload holds what changed: labels that did not are
+        // not written (a person's stay); SyncKey is the identity, no field.
+        let title = map_fields(&export(Op::Update, json!({"summary": "t"})), false).unwrap();
+        assert!(!title.fields.contains_key("labels"));
+        let key = map_fields(&export(Op::Update, json!({"SyncKey": "42"})), false).unwrap();
+        assert!(key.identity && key.fields.is_empty());
+        assert_eq!(list_label("a b", "My\tList"), "sb-list:a_b/My_List");
         assert!(map_fields(&export(Op::Add, json!({"project": "X"})), true).is_err());
         assert!(map_fields(&export(Op::Add, json!({"labels": [marker_label("a", "b")]})), true).is_err());
     }
