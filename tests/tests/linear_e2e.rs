@@ -271,6 +271,11 @@ fn imports(db: &TestDb) -> Vec<String> {
         .collect()
 }
 
+/// Each inbound change with its decision (for failure messages).
+fn decisions(db: &TestDb) -> String {
+    db.psql("SELECT string_agg(concat_ws(' ', id, sync_key, origin, status, decision, last_error, remote::text), E'\n' ORDER BY id) FROM sync.pending_imports")
+}
+
 fn count(v: &[String], what: &str) -> usize {
     v.iter().filter(|s| *s == what).count()
 }
@@ -313,7 +318,7 @@ fn edits_made_in_linear_land_in_the_table_and_nothing_echoes() {
     st.person_edit(&id_of(&env, "3"), json!({"stateId": st.state_id("Done").unwrap(), "priority": 2})).unwrap();
     let writes = env.stats().writes;
     let log = env.sync_once(&db);
-    assert_eq!(row(&db, 1), "Write the docs|draft|Todo|{Docs,Urgent}|3", "{log}");
+    assert_eq!(row(&db, 1), "Write the docs|draft|Todo|{Docs,Urgent}|3", "{log}\n{}", decisions(&db));
     assert_eq!(row(&db, 2), "Fix login|Steps:\n\n1. **boom**|In Progress|{Bug,UI}|1");
     assert_eq!(row(&db, 3), "Plan sprint|notes|Done|-|2");
     assert_eq!(count(&imports(&db), "applied"), 3, "{:?}", imports(&db));

@@ -181,9 +181,10 @@ fn selection(fields: &[(String, &'static str)]) -> (String, f64) {
     (sel, cost)
 }
 
-/// An issue's fields as the push takes them: title and description as
-/// text; the state by its name; labels as an array of names in the
-/// issue's order (`null` without any, as a NULL array column maps); the
+/// An issue's fields as the push sends them: title and description as
+/// text; the state by its name; labels as the JSON text of an array of
+/// names in the order, as a `text[]` column travels (`null`
+/// without any, as a NULL array maps); the
 /// assignee by e-mail; priority and estimate as numbers; the due date as
 /// `YYYY-MM-DD`.
 pub fn report_fields(node: &Value, fields: &[(String, &'static str)], labels: &HashMap<String, String>) -> Value {
@@ -201,12 +202,17 @@ pub fn report_fields(node: &Value, fields: &[(String, &'static str)], labels: &H
             "state" => node.pointer("/state/name").cloned().unwrap_or(Value::Null),
             "assignee" => node.pointer("/assignee/email").cloned().unwrap_or(Value::Null),
             "labels" => {
-                let names: Vec<Value> =
-                    label_ids(node).iter().filter_map(|id| labels.get(id).cloned()).map(Value::String).collect();
+                let names: Vec<String> = label_ids(node)
+                    .iter()
+                    .filter_map(|id| labels.get(id))
+                    .map(|n| Value::from(n.as_str()).to_string())
+                    .collect();
                 if names.is_empty() {
                     Value::Null
                 } else {
-                    Value::Array(names)
+                    // As a `text[]` column travels: its JSON text, spelled
+                    // as jsonb spells it.
+                    Value::String(format!("[{}]", names.join(", ")))
                 }
             }
             _ => continue,
@@ -370,7 +376,6 @@ mod tests {
             "title".into(),
             "Body".into(),
             "status".into(),
-            "tags".into(),
             "labels".into(),
             "prio".into(),
             "priority".into(),
@@ -380,7 +385,7 @@ mod tests {
         ]);
         assert_eq!(
             report_fields(&node, &f, &labels),
-            json!({"title": "T", "Body": null, "status": "In Progress", "labels": ["UI", "Bug"], "priority": 2,
+            json!({"title": "T", "Body": null, "status": "In Progress", "labels": "[\"UI\", \"Bug\"]", "priority": 2,
                    "due_date": "2026-03-11", "assignee": "ada@example.com", "estimate": null})
         );
         let bare = json!({"id": "i", "title": "T", "labelIds": [], "state": {"name": "Todo"}, "assignee": null});
