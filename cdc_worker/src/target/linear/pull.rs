@@ -161,11 +161,7 @@ fn selection(fields: &[(String, &'static str)]) -> (String, f64) {
     let mut objects: Vec<&str> = Vec::new();
     for (_, c) in fields {
         match *c {
-            "title" | "description" | "priority" | "dueDate" | "estimate" => {
-                if !scalars.contains(c) {
-                    scalars.push(c)
-                }
-            }
+            "title" | "description" | "priority" | "dueDate" | "estimate" if !scalars.contains(c) => scalars.push(c),
             "state" => objects.push("state { name }"),
             "assignee" => objects.push("assignee { email }"),
             _ => {}
