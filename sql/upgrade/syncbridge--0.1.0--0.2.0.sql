@@ -67,11 +67,12 @@ UPDATE @extschema@.target_kinds
    SET implemented = true, required_config = '{owner}',
        optional_config = '{repo,base_url,budget_per_min,content_per_min,content_per_hour,timeout_ms,marker_label,close_reason}'
  WHERE kind = 'github';
--- Linear (issue 19): implemented; costs in complexity points; a delete
--- trashes (or archives, config on_delete); changes are not pulled yet.
+-- Linear (issue 19): implemented; costs in complexity points (a write
+-- selecting the issue's updatedAt, its eTag, about 2.2); a delete trashes
+-- (or archives, config on_delete); changes are pulled by updatedAt.
 UPDATE @extschema@.target_kinds
-   SET implemented = true, optional_config = '{base_url,budget_per_min,timeout_ms,on_delete}',
-       cost_per_write = 2, cost_per_read = 1, cost_unit = 'complexity', default_budget_per_min = 4000, pull = 'none'
+   SET implemented = true, optional_config = '{base_url,budget_per_min,timeout_ms,on_delete,pull_interval}',
+       cost_per_write = 3, cost_per_read = 1, cost_unit = 'complexity', default_budget_per_min = 4000, pull = 'updated_since'
  WHERE kind = 'linear';
 
 -- How writes are priced (sync.plan, issue 19): which operations go many to a

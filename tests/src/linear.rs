@@ -18,9 +18,10 @@ use crate::TestDb;
 pub const SECRET_ENV: &str = "SYNCBRIDGE_SECRET_TEST_LINEAR";
 
 /// Complexity points the emulator and the target allow per item write
-/// when a test asks for a write rate (a create selecting `success` costs
-/// about 1.1; the rest pays for the lookups and the team's metadata).
-pub const POINTS_PER_WRITE: u32 = 2;
+/// when a test asks for a write rate (a create selecting `success` and the
+/// issue's `updatedAt` costs about 2.2; the rest pays for the lookups and
+/// the team's metadata).
+pub const POINTS_PER_WRITE: u32 = syncbridge_worker::target::linear::COST_PER_WRITE;
 
 /// A running Linear emulator with its runtime, and the definitions whose
 /// issues it holds (to name each issue by its row).
@@ -70,7 +71,8 @@ impl LinearEnv {
         self.defined.lock().unwrap().push((TestDb::existing(db.cluster(), db.name()), definition.to_owned()));
     }
 
-    /// Every issue of the team (trashed and archived ones too) by row key;
+    /// Every issue of the team (trashed and archived ones too) by row key
+    /// (an issue made in Linear by its row's key once the ledger knows it);
     /// an issue whose id no row of a defined definition gives is keyed
     /// `<stray id>` (and fails any comparison).
     pub fn issues_by_key(&self) -> BTreeMap<String, Map<String, Value>> {
@@ -83,6 +85,15 @@ impl LinearEnv {
             ));
             for k in keys.lines().filter(|l| !l.is_empty()) {
                 ids.insert(syncbridge_worker::target::linear::issue_id(&self.config.team_id, def, k), k.to_owned());
+            }
+            let known = db.psql(&format!(
+                "SELECT target_id || ' ' || sync_key FROM sync.ledger l JOIN sync.definitions d ON d.id = l.definition_id
+                  WHERE d.name = '{def}' AND target_id IS NOT NULL"
+            ));
+            for l in known.lines() {
+                if let Some((id, k)) = l.split_once(' ') {
+                    ids.insert(id.to_owned(), k.to_owned());
+                }
             }
         }
         let mut out = BTreeMap::new();

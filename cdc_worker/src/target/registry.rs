@@ -146,13 +146,13 @@ pub const GRAPH_CAPABILITIES: Capabilities = Capabilities {
 
 /// Linear: issues in an existing team, deleted to the trash (or archived),
 /// a move is an update (the team is the target's), issues found by the id
-/// syncbridge chose for the row; changes are not read back yet.
+/// syncbridge chose for the row; changes read back by `updatedAt`.
 pub const LINEAR_CAPABILITIES: Capabilities = Capabilities {
     containers: Containers::Existing,
     delete_mode: DeleteMode::Remove,
     moves: Moves::Native,
     key_lookup: true,
-    pull: Pull::None,
+    pull: Pull::UpdatedSince,
 };
 
 /// Every kind syncbridge knows, implemented or not.
@@ -228,7 +228,7 @@ pub static KINDS: &[KindSpec] = &[
         description: "Linear issues (GraphQL)",
         implemented: true,
         required_config: &["team_id"],
-        optional_config: &["base_url", "budget_per_min", "timeout_ms", "on_delete"],
+        optional_config: &["base_url", "budget_per_min", "timeout_ms", "on_delete", "pull_interval"],
         batch_size: linear::BATCH_LIMIT as u32,
         cost_per_write: linear::COST_PER_WRITE,
         cost_per_read: linear::COST_PER_READ,

@@ -20,7 +20,7 @@ SELECT op, sync_key, list, from_list, requests, cost FROM sync.plan('tickets_sp'
 -- on GitHub (80 a minute); Jira creates 50 to a bulk request with a search
 -- before it and a read of the new issues after it (3 requests per 50
 -- issues); Linear sends 50 mutations to a
--- request at 2 complexity points each; Graph 20 to a $batch at 2 RU each.
+-- request at 3 complexity points each; Graph 20 to a $batch at 2 RU each.
 CREATE TABLE hr.bulk (id int PRIMARY KEY, title text NOT NULL);
 INSERT INTO hr.bulk SELECT g, 'issue ' || g FROM generate_series(1, 120) g;
 SELECT sync.create_target('jira_kinds', kind => 'jira', config => '{"site": "acme.atlassian.net", "project_key": "OPS"}');

@@ -176,6 +176,50 @@ impl EmulatorState {
         st.api.complexity = complexity.map(Bucket::new);
     }
 
+    /// A person edits issue `id` "in Linear" (`input`: an
+    /// `IssueUpdateInput`; `updatedAt` moves on a change). Not counted as
+    /// an API write.
+    pub fn person_edit(&self, id: &str, input: Value) -> Result<Value, String> {
+        self.lock().api.person("issueUpdate", json!({"id": id, "input": input}))
+    }
+
+    /// A person creates an issue in the team (`input`: an
+    /// `IssueCreateInput` without `teamId`; Linear chooses the id).
+    /// Returns the new issue's id.
+    pub fn person_create(&self, input: Value) -> Result<String, String> {
+        let mut st = self.lock();
+        let mut input = input;
+        input["teamId"] = Value::String(st.api.workspace.team_id.clone());
+        let v = st.api.person("issueCreate", json!({"input": input}))?;
+        Ok(v.pointer("/issue/id").and_then(Value::as_str).unwrap_or_default().to_owned())
+    }
+
+    /// A person deletes issue `id` (to the trash).
+    pub fn person_trash(&self, id: &str) -> Result<Value, String> {
+        self.lock().api.person("issueDelete", json!({"id": id}))
+    }
+
+    /// A person archives issue `id`.
+    pub fn person_archive(&self, id: &str) -> Result<Value, String> {
+        self.lock().api.person("issueArchive", json!({"id": id}))
+    }
+
+    /// The id of the team's workflow state `name`.
+    pub fn state_id(&self, name: &str) -> Option<String> {
+        self.lock().api.workspace.states.iter().find(|s| s.name.eq_ignore_ascii_case(name)).map(|s| s.id.clone())
+    }
+
+    /// The id of the team's label `name`, created (as a person would) when
+    /// the team lacks it.
+    pub fn label_id(&self, name: &str) -> String {
+        let mut st = self.lock();
+        if let Some(l) = st.api.workspace.labels.iter().find(|l| l.name.eq_ignore_ascii_case(name)) {
+            return l.id.clone();
+        }
+        let v = st.api.person("issueLabelCreate", json!({"input": {"name": name}})).expect("create a label");
+        v.pointer("/issueLabel/id").and_then(Value::as_str).unwrap_or_default().to_owned()
+    }
+
     /// (validation errors, field errors, unchanged writes) so far.
     pub fn error_counts(&self) -> (u64, u64, u64) {
         let st = self.lock();
@@ -311,6 +355,14 @@ impl Linear {
         Err(Box::new(r))
     }
 
+    /// A person's action "in Linear": a root field run on the workspace
+    /// outside the API (no rate limit, not counted as a write).
+    fn person(&mut self, field: &str, args: Value) -> Result<Value, String> {
+        let args = args.as_object().cloned().unwrap_or_default();
+        let mut writes = 0;
+        self.workspace.resolve(field, &args, &mut writes).map_err(|e| e.message)
+    }
+
     fn refused(&mut self, errors: Vec<GqlError>) -> HttpResponse {
         self.validation_errors += 1;
         let errors: Vec<Value> = errors
@@ -402,7 +454,8 @@ impl Linear {
 
 impl Api for Linear {
     const CONTENT_TYPE: &'static str = CONTENT_TYPE;
-    const CONTROL_ROUTES: &'static [&'static str] = &["GET issues", "POST edit", "POST limits"];
+    const CONTROL_ROUTES: &'static [&'static str] =
+        &["GET issues", "POST edit", "POST create", "POST delete", "POST limits"];
 
     fn route(&mut self, req: &Request) -> Route {
         match (req.method.as_str(), req.path.as_str()) {
@@ -482,16 +535,26 @@ impl Api for Linear {
                 v.sort_by_key(|i| i.number);
                 Some(json_response(200, &Value::Array(v.into_iter().map(|i| ws.issue_json(i)).collect())))
             }
-            ("POST", "edit") => {
-                // A person editing an issue "in Linear": `{"id", "input": IssueUpdateInput}`.
+            ("POST", "edit" | "create" | "delete") => {
+                // A person "in Linear": edits an issue (`{"id", "input":
+                // IssueUpdateInput}`), creates one (`{"input":
+                // IssueCreateInput}`, the team's by default; Linear chooses
+                // the id) or deletes one to the trash (`{"id"}`).
                 let b: Value = serde_json::from_slice(body).unwrap_or_default();
-                let mut args = Map::new();
-                args.insert("id".into(), b.get("id").cloned().unwrap_or_default());
-                args.insert("input".into(), b.get("input").cloned().unwrap_or_default());
-                let mut writes = 0;
-                Some(match self.workspace.resolve("issueUpdate", &args, &mut writes) {
+                let (field, args) = match route {
+                    "edit" => ("issueUpdate", json!({"id": b.get("id"), "input": b.get("input")})),
+                    "create" => {
+                        let mut input = b.get("input").cloned().unwrap_or_else(|| json!({}));
+                        if input.get("teamId").is_none() {
+                            input["teamId"] = Value::String(self.workspace.team_id.clone());
+                        }
+                        ("issueCreate", json!({"input": input}))
+                    }
+                    _ => ("issueDelete", json!({"id": b.get("id")})),
+                };
+                Some(match self.person(field, args) {
                     Ok(v) => json_response(200, &v),
-                    Err(e) => json_response(400, &json!({"error": e.message})),
+                    Err(e) => json_response(400, &json!({"error": e})),
                 })
             }
             _ => None,
@@ -610,6 +673,53 @@ mod tests {
             .await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["data"]["issueUpdate"]["issue"], json!({"title": "A2", "trashed": null}));
+    }
+
+    #[tokio::test]
+    async fn issues_page_by_updated_at_with_cursors_and_a_persons_edits_move_updated_at() {
+        let t = T::new(EmulatorConfig::default()).await;
+        let team = EmulatorConfig::default().team_id;
+        let st = t.em.state();
+        let ids: Vec<String> =
+            (0..5).map(|i| st.person_create(json!({"title": format!("issue {i}")})).unwrap()).collect();
+        let list = "query($f: IssueFilter, $n: Int, $a: String) { issues(filter: $f, orderBy: updatedAt, first: $n, after: $a, includeArchived: true) { nodes { id updatedAt trashed title } pageInfo { hasNextPage endCursor } } }";
+        let page = |v: &Value| -> Vec<String> {
+            v["data"]["issues"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["title"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let f = json!({"team": {"id": {"eq": team}}});
+        let (s, h, v) = t.gql(list, json!({"f": f, "n": 2})).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(page(&v), ["issue 0", "issue 1"]);
+        assert_eq!(v["data"]["issues"]["pageInfo"]["hasNextPage"], true);
+        assert!(h["x-complexity"].to_str().unwrap().parse::<u32>().unwrap() >= 2, "priced by first");
+        let cursor = v["data"]["issues"]["pageInfo"]["endCursor"].clone();
+        // A person edits issue 1 (before the cursor) and trashes issue 3:
+        // both move to the end; the next page goes on after the cursor.
+        let before = st.issue(&ids[1]).unwrap().updated_ms;
+        st.person_edit(&ids[1], json!({"title": "issue 1 edited"})).unwrap();
+        assert!(st.issue(&ids[1]).unwrap().updated_ms > before, "updatedAt moved");
+        st.person_trash(&ids[3]).unwrap();
+        let (_, _, v) = t.gql(list, json!({"f": f, "n": 10, "a": cursor})).await;
+        assert_eq!(page(&v), ["issue 2", "issue 4", "issue 1 edited", "issue 3"]);
+        assert_eq!(v["data"]["issues"]["nodes"][3]["trashed"], true);
+        assert_eq!(v["data"]["issues"]["pageInfo"]["hasNextPage"], false);
+        // updatedAt >= the edit's time: the edit and the trash only.
+        let since = v["data"]["issues"]["nodes"][2]["updatedAt"].clone();
+        let f2 = json!({"team": {"id": {"eq": team}}, "updatedAt": {"gte": since}});
+        let (_, _, v) = t.gql(list, json!({"f": f2, "n": 10})).await;
+        assert_eq!(page(&v), ["issue 1 edited", "issue 3"]);
+        // An edit that changes nothing leaves updatedAt; a cursor not Linear's is refused.
+        let at = st.issue(&ids[4]).unwrap().updated_ms;
+        st.person_edit(&ids[4], json!({"title": "issue 4"})).unwrap();
+        assert_eq!(st.issue(&ids[4]).unwrap().updated_ms, at);
+        let (_, _, v) = t.gql(list, json!({"f": f, "n": 1, "a": "nonsense"})).await;
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains("Invalid cursor"), "{v}");
+        assert_eq!(t.em.stats().writes, 0, "a person's changes are not the API's writes");
     }
 
     #[tokio::test]

@@ -690,7 +690,8 @@ impl Workspace {
             }
         }
         let by_updated = args.get("orderBy").and_then(Value::as_str) == Some("updatedAt");
-        list.sort_by_key(|i| (if by_updated { i.updated_ms } else { i.created_ms }, i.number));
+        let key = |i: &Issue| (if by_updated { i.updated_ms } else { i.created_ms }, i.number);
+        list.sort_by_key(|i| key(i));
         if args.contains_key("last") || args.contains_key("before") {
             return Err(FieldError::unimplemented("backward pagination (last, before)"));
         }
@@ -698,9 +699,11 @@ impl Workspace {
         if !(1..=250).contains(&first) {
             return Err(FieldError::invalid("first must be between 1 and 250"));
         }
+        // A cursor holds the sort key of its node (the node may have moved
+        // since: the next page starts after the key, not after the node).
         let start = match args.get("after").and_then(Value::as_str) {
-            Some(c) => match list.iter().position(|i| i.id == c) {
-                Some(p) => p + 1,
+            Some(c) => match parse_cursor(c) {
+                Some(k) => list.iter().position(|i| key(i) > k).unwrap_or(list.len()),
                 None => return Err(FieldError::invalid("Invalid cursor")),
             },
             None => 0,
@@ -711,12 +714,12 @@ impl Workspace {
         let edges: Vec<Value> = page
             .iter()
             .zip(&nodes)
-            .map(|(i, n)| json!({"__typename": "IssueEdge", "node": n, "cursor": i.id}))
+            .map(|(i, n)| json!({"__typename": "IssueEdge", "node": n, "cursor": cursor(key(i))}))
             .collect();
         Ok(json!({
             "__typename": "IssueConnection", "nodes": nodes, "edges": edges,
             "pageInfo": {"__typename": "PageInfo", "hasNextPage": has_next, "hasPreviousPage": start > 0,
-                         "startCursor": page.first().map(|i| i.id.clone()), "endCursor": page.last().map(|i| i.id.clone())},
+                         "startCursor": page.first().map(|i| cursor(key(i))), "endCursor": page.last().map(|i| cursor(key(i)))},
         }))
     }
 
@@ -838,6 +841,16 @@ fn compare(v: &Value, cmp: &Value, name: &str) -> Result<bool, FieldError> {
         }
     }
     Ok(true)
+}
+
+/// An opaque page cursor for a node's sort key.
+fn cursor((ms, number): (i64, u64)) -> String {
+    format!("c{ms:x}.{number:x}")
+}
+
+fn parse_cursor(c: &str) -> Option<(i64, u64)> {
+    let (ms, n) = c.strip_prefix('c')?.split_once('.')?;
+    Some((i64::from_str_radix(ms, 16).ok()?, u64::from_str_radix(n, 16).ok()?))
 }
 
 /// A connection of `nodes` on one page.

@@ -75,11 +75,30 @@ impl Seen {
     }
 }
 
-/// What the headers said last.
+/// What the headers said last, and what is on its way meanwhile.
 #[derive(Debug, Default)]
 pub(crate) struct Limits {
     requests: Option<Seen>,
     complexity: Option<Seen>,
+    /// Requests sent and not answered yet (the lanes of a target share
+    /// its buckets): an answer's headers do not count the others.
+    in_flight: u32,
+    /// Their complexity.
+    in_flight_cost: f64,
+}
+
+/// A request counted in flight until it is dropped (answered or not).
+struct InFlight<'a> {
+    limits: &'a Mutex<Limits>,
+    cost: f64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        l.in_flight = l.in_flight.saturating_sub(1);
+        l.in_flight_cost = (l.in_flight_cost - self.cost).max(0.0);
+    }
 }
 
 /// A GraphQL answer: the HTTP status and the document.
@@ -146,7 +165,8 @@ impl Gql<'_> {
     /// What a request takes is reserved at once (taken from the buckets as
     /// last seen), so that the lanes sharing this target do not all go on
     /// the same remaining request; the next answer's headers correct it.
-    async fn wait_for_linear(&self, cost: f64) -> bool {
+    /// The request counts as in flight until the guard returned is dropped.
+    async fn wait_for_linear(&self, cost: f64) -> Option<InFlight<'_>> {
         loop {
             let wait = {
                 let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,7 +179,9 @@ impl Gql<'_> {
                     if let Some(s) = l.complexity.as_mut() {
                         s.take(cost);
                     }
-                    return true;
+                    l.in_flight += 1;
+                    l.in_flight_cost += cost;
+                    return Some(InFlight { limits: self.limits, cost });
                 }
                 r.max(c)
             };
@@ -167,17 +189,24 @@ impl Gql<'_> {
             // A little over, so the bucket surely holds it.
             let d = Duration::from_secs_f64((wait + 0.05).min(crate::target::http::MAX_PAUSE.as_secs_f64()));
             if !self.client.sleep_or_stop(tokio::time::Instant::now() + d).await {
-                return false;
+                return None;
             }
         }
     }
 
-    fn saw(&self, h: &HeaderMap) {
+    /// Takes an answer's headers in; the other requests still in flight
+    /// (sent by other lanes, perhaps after this one was counted) are taken
+    /// from what they show.
+    fn saw(&self, h: &HeaderMap, cost: f64) {
         let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = Seen::from_headers(h, "requests") {
+        let others = f64::from(l.in_flight.saturating_sub(1));
+        let others_cost = (l.in_flight_cost - cost).max(0.0);
+        if let Some(mut s) = Seen::from_headers(h, "requests") {
+            s.remaining = (s.remaining - others).max(0.0);
             l.requests = Some(s);
         }
-        if let Some(s) = Seen::from_headers(h, "complexity") {
+        if let Some(mut s) = Seen::from_headers(h, "complexity") {
+            s.remaining = (s.remaining - others_cost).max(0.0);
             l.complexity = Some(s);
         }
     }
@@ -211,9 +240,9 @@ impl Gql<'_> {
             }
             attempt += 1;
             c.wait_turn(cost, writes).await?;
-            if !self.wait_for_linear(f64::from(cost)).await {
+            let Some(_in_flight) = self.wait_for_linear(f64::from(cost)).await else {
                 break;
-            }
+            };
             let authorization = c.authorization(false).await?;
             let resp = match c.http.post(&c.base_url).header(AUTHORIZATION, authorization).json(&body).send().await {
                 Ok(r) => r,
@@ -231,7 +260,7 @@ impl Gql<'_> {
             };
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
-            self.saw(&headers);
+            self.saw(&headers, f64::from(cost));
             let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
             let text = match read_body(resp, MAX_BODY).await {
                 Ok(t) => t,

@@ -16,13 +16,14 @@ pub const FIELDS: &[&str] = &["title", "description", "state", "priority", "labe
 /// The team's workflow states, labels and users, as the adapter knows them.
 #[derive(Debug, Clone, Default)]
 pub struct Meta {
-    /// The team's id (the configuration may name it by its key, `ENG`;
-    /// inputs such as `teamId` take the id).
-    pub team: String,
+    /// The team's id (the configuration may name it by its key).
+    pub team_uuid: String,
     /// (id, name, type) in the team's order.
     pub states: Vec<(String, String, String)>,
     /// Label name (lower case) → id.
     pub labels: HashMap<String, String>,
+    /// Label id → its name as the team spells it.
+    pub label_names: HashMap<String, String>,
     /// E-mail, name and display name (lower case) → user id.
     pub users: HashMap<String, String>,
 }
@@ -259,13 +260,14 @@ mod tests {
 
     fn meta() -> Meta {
         Meta {
-            team: "t1".into(),
+            team_uuid: "t1".into(),
             states: vec![
                 ("s1".into(), "Todo".into(), "unstarted".into()),
                 ("s2".into(), "Done".into(), "completed".into()),
             ],
             labels: HashMap::from([("bug".into(), "l1".into())]),
             users: HashMap::from([("ada@example.com".into(), "u1".into()), ("ada".into(), "u1".into())]),
+            ..Meta::default()
         }
     }
 

@@ -31,6 +31,7 @@
 
 mod client;
 pub mod fields;
+mod pull;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -40,7 +41,8 @@ use sha2::{Digest, Sha256};
 
 use super::http::{Budget, Failure, HttpClient, HttpSettings, MAX_PAUSE, MAX_TIMEOUT_MS};
 use super::{
-    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, Target, TargetPolicy, TargetSetupError,
+    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage, PullRequest, Target,
+    TargetPolicy, TargetSetupError,
 };
 use client::{classify, error_message, error_type, Answer, Gql, Limits};
 use fields::{Meta, Wanted};
@@ -49,8 +51,9 @@ use fields::{Meta, Wanted};
 /// (`issueBatchUpdate` takes at most 50 ids).
 pub const BATCH_LIMIT: usize = 50;
 /// Complexity points a write costs, as syncbridge prices it (a mutation
-/// selecting `success` costs about 1.1; lookups and metadata come on top).
-pub const COST_PER_WRITE: u32 = 2;
+/// selecting `success` and the issue's `updatedAt` costs about 2.2;
+/// lookups and metadata come on top).
+pub const COST_PER_WRITE: u32 = 3;
 /// Complexity points of a single read.
 pub const COST_PER_READ: u32 = 1;
 /// The default budget in complexity points a minute: 250,000 an hour
@@ -61,22 +64,64 @@ pub const DEFAULT_BASE_URL: &str = "https://api.linear.app/graphql";
 /// Rounds of sends for one claim (lost answers, refused documents split).
 const ROUNDS: u32 = 4;
 
-/// The issue id of a row: a UUID in version-4 form from SHA-256 of the
-/// team, the definition and the key, so the same row always has the same
-/// issue and a retried create finds the first one.
-pub fn issue_id(team_id: &str, definition: &str, key: &str) -> String {
+/// SHA-256 of length-prefixed parts.
+fn digest(parts: &[&str]) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in ["syncbridge/linear/v1", team_id, definition, key] {
+    for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
-    let d = h.finalize();
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
+    h.finalize().into()
+}
+
+/// The first 18 characters (`xxxxxxxx-xxxx-4xxx`) of every id syncbridge
+/// makes for `definition` on `team_id`: 8 hex digits all of syncbridge's
+/// ids share, then 7 of the team and definition.
+fn id_prefix(team_id: &str, definition: &str) -> String {
+    let magic = digest(&["syncbridge/linear/v2"]);
+    let def = digest(&["syncbridge/linear/v2/definition", team_id, definition]);
+    let b = [magic[0], magic[1], magic[2], magic[3], def[0], def[1], (def[2] & 0x0f) | 0x40, def[3]];
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    format!("{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16])
+}
+
+/// The issue id of a row: a UUID in version-4 form whose first half tells
+/// syncbridge's issues and their definition ([`owner`]) and whose second
+/// half is SHA-256 of the team, the definition and the key, so the same
+/// row always has the same issue and a retried create finds the first one
+/// (the key cannot be read back from it: the ledger knows it).
+pub fn issue_id(team_id: &str, definition: &str, key: &str) -> String {
+    let d = digest(&["syncbridge/linear/v2/key", team_id, definition, key]);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    b[0] = (b[0] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}", id_prefix(team_id, definition), &hex[..4], &hex[4..])
+}
+
+/// Whose an issue is, by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// syncbridge made it for this definition.
+    This,
+    /// syncbridge made it for another definition.
+    Other,
+    /// Made in Linear (by a person, or another tool).
+    Person,
+}
+
+/// Whose issue `id` is, seen from `definition` on `team_id`. (A random
+/// id has one chance in 2^32 to look like syncbridge's.)
+pub fn owner(team_id: &str, definition: &str, id: &str) -> Owner {
+    let id = id.to_ascii_lowercase();
+    let prefix = id_prefix(team_id, definition);
+    if id.starts_with(&prefix) {
+        Owner::This
+    } else if id.get(..9) == prefix.get(..9) {
+        Owner::Other
+    } else {
+        Owner::Person
+    }
 }
 
 /// What a delete does on Linear (config `on_delete`).
@@ -188,6 +233,9 @@ struct Job<'a> {
     alone: bool,
     /// Sends whose outcome stayed unknown (in this apply: the same input).
     tries: u32,
+    /// The issue's `updatedAt` as the ledger knows it (two-way
+    /// definitions): checked before the first send.
+    expect: Option<String>,
 }
 
 /// The outcome of looking ids up.
@@ -244,13 +292,13 @@ impl LinearTarget {
         }
         let nodes = |p: &str| a.body.pointer(p).and_then(Value::as_array).cloned().unwrap_or_default();
         let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-        let team = a.body.pointer("/data/team/id").and_then(Value::as_str).unwrap_or(&self.team_id).to_owned();
-        let mut m = Meta { team, ..Meta::default() };
+        let mut m = Meta { team_uuid: s(&a.body["data"]["team"], "id"), ..Meta::default() };
         for st in nodes("/data/team/states/nodes") {
             m.states.push((s(&st, "id"), s(&st, "name"), s(&st, "type")));
         }
         for l in nodes("/data/team/labels/nodes") {
             m.labels.insert(s(&l, "name").to_lowercase(), s(&l, "id"));
+            m.label_names.insert(s(&l, "id"), s(&l, "name"));
         }
         for u in nodes("/data/users/nodes") {
             let id = s(&u, "id");
@@ -263,6 +311,16 @@ impl LinearTarget {
         }
         *guard = Some(m.clone());
         Ok(m)
+    }
+
+    /// The team's id as inputs (`teamId`) take it: the one Linear gave
+    /// for the configured id or key, else the configured value.
+    fn team_of(&self, meta: &Meta) -> String {
+        if meta.team_uuid.is_empty() {
+            self.team_id.clone()
+        } else {
+            meta.team_uuid.clone()
+        }
     }
 
     /// Creates the labels the exports name that the team lacks (one
@@ -301,21 +359,24 @@ impl LinearTarget {
         }
     }
 
-    /// Which of `ids` exist, and whether in the trash or archived.
-    async fn look_up(&self, ids: &[String]) -> Result<HashMap<String, Found>, Failure> {
-        const Q: &str = "query SyncbridgeLookUp($ids: [ID!], $n: Int) { issues(first: $n, includeArchived: true, filter: {id: {in: $ids}}) { nodes { id trashed archivedAt } } }";
+    /// Which of `ids` exist, whether in the trash or archived, and their
+    /// `updatedAt` (the eTag).
+    async fn look_up(&self, ids: &[String]) -> Result<HashMap<String, (Found, Option<String>)>, Failure> {
+        const Q: &str = "query SyncbridgeLookUp($ids: [ID!], $n: Int) { issues(first: $n, includeArchived: true, filter: {id: {in: $ids}}) { nodes { id trashed archivedAt updatedAt } } }";
         let n = ids.len().max(1);
-        let cost = (n as f64 * 2.3 + 1.0).ceil() as u32;
+        let cost = (n as f64 * 2.4 + 1.0).ceil() as u32;
         let a = self.gql().post(Q, json!({"ids": ids, "n": n}), cost, 0, true).await?;
         if let Some(e) = a.errors().first() {
             return Err(Failure { class: classify(e), message: error_message(e), retry_after: None, sent: false });
         }
-        let mut out: HashMap<String, Found> = ids.iter().map(|i| (i.clone(), Found::Missing)).collect();
+        let mut out: HashMap<String, (Found, Option<String>)> =
+            ids.iter().map(|i| (i.clone(), (Found::Missing, None))).collect();
         for node in a.body.pointer("/data/issues/nodes").and_then(Value::as_array).into_iter().flatten() {
             let Some(id) = node.get("id").and_then(Value::as_str) else { continue };
             let gone = node.get("trashed").and_then(Value::as_bool) == Some(true)
                 || node.get("archivedAt").is_some_and(|v| !v.is_null());
-            out.insert(id.to_owned(), if gone { Found::Gone } else { Found::Live });
+            let updated = node.get("updatedAt").and_then(Value::as_str).map(str::to_owned);
+            out.insert(id.to_owned(), (if gone { Found::Gone } else { Found::Live }, updated));
         }
         Ok(out)
     }
@@ -341,10 +402,20 @@ impl LinearTarget {
                     continue;
                 }
             };
+            // SyncKey (written back to an issue made in Linear once its row
+            // exists): the ledger knows the issue by its id; nothing to write.
+            let mut payload = e.payload.clone().unwrap_or(Value::Null);
+            if let Some(o) = payload.as_object_mut() {
+                o.remove("SyncKey");
+            }
+            if step == (Step::Update { restore: false }) && payload.as_object().is_none_or(Map::is_empty) {
+                results.push(OpResult { target_id: Some(id), etag: e.etag.clone(), ..OpResult::ok(e.id) });
+                continue;
+            }
             let wanted = if step == Step::Delete {
                 Vec::new()
             } else {
-                match fields::wanted(e.payload.as_ref().unwrap_or(&Value::Null), create) {
+                match fields::wanted(&payload, create) {
                     Ok(w) => w,
                     Err(msg) => {
                         results.push(OpResult::failed(e.id, ErrorClass::Definite, msg, false));
@@ -354,7 +425,10 @@ impl LinearTarget {
             };
             // An earlier attempt may have created it.
             let look = e.verify && step == Step::Create;
-            jobs.push(Job { e, id, step, wanted, look, alone: false, tries: 0 });
+            // Two-way definitions: Linear has no If-Match; the issue's
+            // updatedAt is compared with the ledger's before it is written.
+            let expect = e.etag.clone().filter(|_| step != Step::Create);
+            jobs.push(Job { e, id, step, wanted, look, alone: false, tries: 0, expect });
         }
         if jobs.is_empty() {
             return results;
@@ -368,7 +442,7 @@ impl LinearTarget {
         };
         let missing = fields::missing_labels(jobs.iter().flat_map(|j| j.wanted.iter()), &meta);
         if !missing.is_empty() {
-            match self.ensure_labels(&missing, &meta.team).await {
+            match self.ensure_labels(&missing, &self.team_of(&meta)).await {
                 Ok(m) => meta = m,
                 Err(f) => {
                     results.extend(jobs.iter().map(|j| f.to_result(j.e.id)));
@@ -381,7 +455,7 @@ impl LinearTarget {
         jobs.retain(|j| match fields::input(&j.wanted, &meta) {
             Ok(mut m) => {
                 if j.step == Step::Create {
-                    m.insert("teamId".into(), Value::String(meta.team.clone()));
+                    m.insert("teamId".into(), Value::String(self.team_of(&meta)));
                 }
                 inputs.insert(j.e.id, m);
                 true
@@ -391,6 +465,7 @@ impl LinearTarget {
                 false
             }
         });
+        self.check_unchanged(&mut jobs, &mut results).await;
         for round in 0..ROUNDS {
             if jobs.is_empty() {
                 break;
@@ -407,19 +482,20 @@ impl LinearTarget {
                                 continue;
                             }
                             j.look = false;
-                            match (found.get(&j.id).copied().unwrap_or(Found::Missing), &j.step) {
-                                (Found::Missing, Step::Delete) => results.push(self.done(&j)),
+                            let (state, updated) = found.get(&j.id).cloned().unwrap_or((Found::Missing, None));
+                            match (state, &j.step) {
+                                (Found::Missing, Step::Delete) => results.push(self.done(&j, None)),
                                 (Found::Missing, _) => {
                                     j.step = Step::Create;
                                     keep.push(j);
                                 }
-                                (Found::Gone, Step::Delete) => results.push(self.done(&j)),
+                                (Found::Gone, Step::Delete) => results.push(self.done(&j, None)),
                                 (Found::Gone, _) => {
                                     j.step = Step::Update { restore: true };
                                     keep.push(j);
                                 }
                                 // Our own send of this input ran: done.
-                                (Found::Live, Step::Create) if j.tries > 0 => results.push(self.done(&j)),
+                                (Found::Live, Step::Create) if j.tries > 0 => results.push(self.done(&j, updated)),
                                 (Found::Live, Step::Create) => {
                                     tracing::info!(target = %self.client.name, definition = %j.e.definition, "adopting the issue an earlier create made");
                                     j.step = Step::Update { restore: false };
@@ -466,9 +542,54 @@ impl LinearTarget {
         results
     }
 
-    fn done(&self, j: &Job<'_>) -> OpResult {
+    /// A success; `etag`: the issue's `updatedAt` after the write.
+    fn done(&self, j: &Job<'_>, etag: Option<String>) -> OpResult {
         let target_id = (j.step != Step::Delete).then(|| j.id.clone());
-        OpResult { target_id, ..OpResult::ok(j.e.id) }
+        OpResult { target_id, etag: etag.filter(|_| j.step != Step::Delete), ..OpResult::ok(j.e.id) }
+    }
+
+    /// Two-way definitions: an issue whose `updatedAt` is not the one the
+    /// ledger holds changed in Linear since syncbridge last wrote or read
+    /// it; its write waits (class `conflict`, as a 412 to `If-Match`) and
+    /// the change is pulled and decided first. One look-up for the claim.
+    async fn check_unchanged(&self, jobs: &mut Vec<Job<'_>>, results: &mut Vec<OpResult>) {
+        let ids: Vec<String> = jobs.iter().filter(|j| j.expect.is_some()).map(|j| j.id.clone()).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let found = match self.look_up(&ids).await {
+            Ok(f) => f,
+            Err(f) => {
+                let (checked, rest): (Vec<_>, Vec<_>) = jobs.drain(..).partition(|j| j.expect.is_some());
+                results.extend(checked.iter().map(|j| f.to_result(j.e.id)));
+                *jobs = rest;
+                return;
+            }
+        };
+        let norm = |s: &str| s.trim().trim_matches('"').to_ascii_lowercase();
+        jobs.retain(|j| {
+            let Some(expect) = j.expect.as_deref() else { return true };
+            match found.get(&j.id) {
+                // Gone already: what a delete wants; an update creates it again.
+                Some((Found::Missing, _)) | None => true,
+                Some((_, Some(now))) if norm(now) == norm(expect) => true,
+                Some((_, now)) => {
+                    tracing::info!(target = %self.client.name, definition = %j.e.definition,
+                        "the issue changed in Linear since it was last synced: its change is pulled first");
+                    results.push(OpResult::failed(
+                        j.e.id,
+                        ErrorClass::Conflict,
+                        format!(
+                            "the issue changed in Linear (updatedAt {}, the ledger has {}): its change is pulled and decided first",
+                            now.as_deref().unwrap_or("unknown"),
+                            expect
+                        ),
+                        false,
+                    ));
+                    false
+                }
+            }
+        });
     }
 
     /// Sends one document for `group`; returns the results and the jobs to
@@ -495,7 +616,7 @@ impl LinearTarget {
                 Step::Create => {
                     input.insert("id".into(), Value::String(j.id.clone()));
                     defs.push(format!("$v{i}: IssueCreateInput!"));
-                    sel.push(format!("j{i}: issueCreate(input: $v{i}) {{ success }}"));
+                    sel.push(format!("j{i}: issueCreate(input: $v{i}) {{ success issue {{ updatedAt }} }}"));
                     vars.insert(format!("v{i}"), Value::Object(input));
                 }
                 Step::Update { restore } => {
@@ -503,7 +624,7 @@ impl LinearTarget {
                         input.insert("trashed".into(), Value::Bool(false));
                     }
                     defs.push(format!("$i{i}: String!, $v{i}: IssueUpdateInput!"));
-                    sel.push(format!("j{i}: issueUpdate(id: $i{i}, input: $v{i}) {{ success }}"));
+                    sel.push(format!("j{i}: issueUpdate(id: $i{i}, input: $v{i}) {{ success issue {{ updatedAt }} }}"));
                     vars.insert(format!("i{i}"), Value::String(j.id.clone()));
                     vars.insert(format!("v{i}"), Value::Object(input));
                     if *restore {
@@ -528,7 +649,8 @@ impl LinearTarget {
             vars.insert("dIds".into(), json!(batch_deletes.iter().map(|i| group[*i].id.clone()).collect::<Vec<_>>()));
         }
         let query = format!("mutation SyncbridgeWrite({}) {{ {} }}", defs.join(", "), sel.join(" "));
-        let cost = ((sel.len() as f64) * 1.1).ceil() as u32;
+        // 1.1 a payload selecting `success`; 1.1 more with the issue's updatedAt.
+        let cost = sel.iter().map(|s| if s.contains("issue {") { 2.2 } else { 1.1 }).sum::<f64>().ceil() as u32;
         let writes = group.len() as u32;
         let answer = self.gql().post(&query, Value::Object(vars), cost, writes, false).await;
         let mut done = Vec::new();
@@ -584,7 +706,7 @@ impl LinearTarget {
                 let not_found = msg.contains("Entity not found") || msg.contains("not found");
                 match (&j.step, classify(&e)) {
                     // Already gone: what a delete wants.
-                    (Step::Delete, ErrorClass::Definite) if not_found => done.push(self.done(&j)),
+                    (Step::Delete, ErrorClass::Definite) if not_found => done.push(self.done(&j, None)),
                     // The batch of deletes failed on one of them: each alone.
                     (Step::Delete, _) if key == "d" && !j.alone => {
                         j.alone = true;
@@ -601,8 +723,10 @@ impl LinearTarget {
             }
             let answered = data.is_null() || data.get(&key).is_some();
             if answered {
-                // No error for it: it ran (a null `data` is another field's error).
-                done.push(self.done(&j));
+                // No error for it: it ran (a null `data` is another field's
+                // error); its eTag is the updatedAt the answer gives.
+                let etag = data.pointer(&format!("/{key}/issue/updatedAt")).and_then(Value::as_str).map(str::to_owned);
+                done.push(self.done(&j, etag));
             } else if last_round {
                 done.push(OpResult::failed(j.e.id, ErrorClass::Transient, "Linear's answer lacks this export", true));
             } else {
@@ -665,6 +789,10 @@ impl Target for LinearTarget {
     fn health(&self) -> (Health, String) {
         self.client.health()
     }
+
+    fn pull<'a>(&'a self, request: &'a PullRequest) -> BoxFuture<'a, Result<PullPage, PullError>> {
+        Box::pin(self.pull_page(request))
+    }
 }
 
 #[cfg(test)]
@@ -681,6 +809,14 @@ mod tests {
         let b = a.as_bytes();
         assert_eq!((b.len(), b[8], b[13], b[14], b[18], b[23]), (36, b'-', b'-', b'4', b'-', b'-'));
         assert!(matches!(b[19], b'8' | b'9' | b'a' | b'b'), "{a}");
+        // The id tells syncbridge's issues and their definition, not the key.
+        assert_eq!(owner("team", "def", &a), Owner::This);
+        assert_eq!(owner("team", "def", &a.to_uppercase()), Owner::This);
+        assert_eq!(owner("team", "def2", &a), Owner::Other);
+        assert_eq!(owner("team2", "def", &a), Owner::Other);
+        assert_eq!(owner("team", "def", "0f6b6c1e-9a41-4c2b-8d55-3a0e7a9b1c20"), Owner::Person);
+        assert_eq!(owner("team", "def", "x"), Owner::Person);
+        assert_eq!(issue_id("team", "def", "1")[..18], a[..18]);
     }
 
     #[test]
