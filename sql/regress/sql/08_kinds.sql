@@ -16,3 +16,10 @@ SELECT sync.shard('tickets_sp', $$team = 'b'$$, list => 'Tickets B');
 INSERT INTO sync.ledger (definition_id, sync_key, list, target_id, hash, fields, join_type)
 SELECT d.id, '2', 'Tickets', 'item-2', '\x00', '{}', 'provisioned' FROM sync.definitions d WHERE d.name = 'tickets_sp';
 SELECT op, sync_key, list, from_list, requests, cost FROM sync.plan('tickets_sp') ORDER BY sync_key;
+
+-- GitHub reads its issues back (pull updated_since) every pull_interval
+-- seconds (the end-to-end tests pull its repositories).
+BEGIN;
+SELECT sync.alter_target('gh', config => '{"owner": "o", "repo": "r", "pull_interval": 120}');
+SELECT extract(epoch FROM sync._pull_interval('gh')) AS pull_interval;
+ROLLBACK;

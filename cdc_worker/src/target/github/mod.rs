@@ -35,8 +35,16 @@
 //!   `retry-after` (seconds), else the reset epoch when `remaining` is 0,
 //!   else a minute, then retries (up to four tries; never counted against
 //!   the export's attempts).
-//! - Conditional reads: the twin index and the probe send `If-None-Match`
+//! - Conditional reads: the twin index and the pulls send `If-None-Match`
 //!   with the last `etag`; a 304 costs nothing of the primary limit.
+//! - Two-way sync ([`pull`]): the marked issues are listed back by a
+//!   `since` cursor, each reported in the form the push sent it
+//!   ([`fields`]) with its version (`updated_at` and a digest) as eTag;
+//!   every write reports the version of the issue it answers with, so
+//!   syncbridge's own writes come back as echoes. GitHub has no `If-Match`:
+//!   for a two-way definition an update or close reads the issue first and
+//!   meets a conflict (the change is pulled and decided first) when its
+//!   version is not the one syncbridge last saw.
 //! - A value GitHub refuses (400, 422: a body over 65,536 characters, an
 //!   unknown assignee or milestone) is `definite` with GitHub's message
 //!   (`message` and each `errors[].message` / code / field); a 410 (issues
@@ -953,18 +961,20 @@ impl GithubTarget {
         let extra = table_of(obj);
         // The body is written again when its text, a field of its table or
         // the key (an item created on GitHub gets its marker) changes.
-        if obj.contains_key("body") || !extra.is_empty() || obj.contains_key(SYNC_KEY) {
-            let url = format!("{}{}/{n}", self.client.base_url, self.issues_path(repo));
-            let current = match self.send(reqwest::Method::GET, &url, None, false, true, None).await {
-                Err(f) => return f.to_result(e.id),
-                Ok(a) if a.status == 200 => match serde_json::from_str::<Value>(&a.body) {
-                    Ok(v) => v.get("body").and_then(Value::as_str).unwrap_or("").to_owned(),
-                    Err(_) => {
-                        return OpResult::failed(e.id, ErrorClass::Transient, "GitHub's issue is not JSON", false)
-                    }
-                },
-                Ok(a) => return self.definite(e, a.status, &a.body, "update"),
-            };
+        let rewrite = obj.contains_key("body") || !extra.is_empty() || obj.contains_key(SYNC_KEY);
+        // The issue as it is: its body, and (two-way) whether it is still
+        // the version syncbridge last saw.
+        let issue = if rewrite || e.etag.is_some() {
+            match self.current(e, repo, n, "update").await {
+                Ok(Some(issue)) => issue,
+                Ok(None) => return self.definite(e, 410, "", "update"),
+                Err(r) => return *r,
+            }
+        } else {
+            Value::Null
+        };
+        if rewrite {
+            let current = issue.get("body").and_then(Value::as_str).unwrap_or("").to_owned();
             let (mut text, mut table) = split_body(&current);
             if let Some(b) = obj.get("body") {
                 text = match b {
@@ -985,9 +995,53 @@ impl GithubTarget {
             patch.insert("body".into(), json!(compose_body(&e.definition, key, &text, &table, &sent)));
         }
         if patch.is_empty() {
-            return OpResult { target_id: Some(n.to_string()), ..OpResult::ok(e.id) };
+            return match issue {
+                Value::Null => OpResult { target_id: Some(n.to_string()), ..OpResult::ok(e.id) },
+                issue => written(e.id, n, &issue),
+            };
         }
         self.patch(e, repo, n, &Value::Object(patch), "update").await
+    }
+
+    /// The issue as GitHub holds it now (None: gone, 404 or 410). For a
+    /// two-way definition (the export carries the version syncbridge last
+    /// saw): a conflict when a person changed it since — GitHub has no
+    /// `If-Match`, so the write waits while the change is pulled and
+    /// decided first, as a 412 makes Graph's.
+    async fn current(&self, e: &Export, repo: &str, n: u64, what: &str) -> Result<Option<Value>, Box<OpResult>> {
+        let url = format!("{}{}/{n}", self.client.base_url, self.issues_path(repo));
+        let issue = match self.send(reqwest::Method::GET, &url, None, false, true, None).await {
+            Err(f) => return Err(Box::new(f.to_result(e.id))),
+            Ok(a) if a.status == 200 => match serde_json::from_str::<Value>(&a.body) {
+                Ok(v) => v,
+                Err(_) => {
+                    return Err(Box::new(OpResult::failed(
+                        e.id,
+                        ErrorClass::Transient,
+                        "GitHub's issue is not JSON",
+                        false,
+                    )))
+                }
+            },
+            Ok(a) if a.status == 404 || a.status == 410 => {
+                if e.op == Op::Delete {
+                    return Ok(None);
+                }
+                return Err(Box::new(self.definite(e, a.status, &a.body, what)));
+            }
+            Ok(a) => return Err(Box::new(self.definite(e, a.status, &a.body, what))),
+        };
+        if let Some(seen) = e.etag.as_deref() {
+            if fields::version(&issue).as_deref() != Some(seen) {
+                return Err(Box::new(OpResult::failed(
+                    e.id,
+                    ErrorClass::Conflict,
+                    format!("issue #{n} changed on GitHub since syncbridge last saw it: its change is pulled and decided first"),
+                    false,
+                )));
+            }
+        }
+        Ok(Some(issue))
     }
 
     async fn apply_one(&self, e: &Export, fresh: bool) -> OpResult {
@@ -1027,6 +1081,14 @@ impl GithubTarget {
             }
             Op::Delete => match e.target_id.as_deref().and_then(|t| t.parse::<u64>().ok()) {
                 Some(n) => {
+                    if e.etag.is_some() {
+                        match self.current(e, &repo, n, "close").await {
+                            Ok(Some(_)) => {}
+                            // Gone already: nothing left to close.
+                            Ok(None) => return OpResult::ok(e.id),
+                            Err(r) => return *r,
+                        }
+                    }
                     let body = json!({"state": "closed", "state_reason": self.close_reason});
                     self.patch(e, &repo, n, &body, "close").await
                 }
