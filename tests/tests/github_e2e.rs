@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use syncbridge_tests::github::{assert_target_equals_source, GithubEnv};
 use syncbridge_tests::github_emulator::{Fault, GithubConfig, BODY_LIMIT};
 use syncbridge_tests::ingest::{open_count, prepare};
+use syncbridge_tests::process::spawn_quiet;
 use syncbridge_tests::{cluster, TestDb};
 use syncbridge_worker::target::github::marker;
 
@@ -417,12 +418,8 @@ fn an_update_that_meets_a_persons_newer_edit_waits_for_it_to_be_pulled() {
     db.psql("UPDATE sync.pulls SET next_pull_at = now() + interval '1 hour'");
     env.emu.person_edit("tracker", n1, &fields(json!({"title": "Edited on GitHub"}))).unwrap();
     db.psql("UPDATE tickets SET severity = 9 WHERE id = 1");
-    let mut worker = env
-        .worker_cmd(&db, &[])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("worker");
+    // (killed when dropped, also when an assertion fails)
+    let worker = spawn_quiet(env.worker_cmd(&db, &[]));
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
     let done = || {
         row(&db, 1)[0] == json!("Edited on GitHub")
@@ -433,8 +430,7 @@ fn an_update_that_meets_a_persons_newer_edit_waits_for_it_to_be_pulled() {
         assert!(Instant::now() < deadline, "not settled within 60 s: {} {}", row(&db, 1), open_exports(&db));
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let _ = worker.kill();
-    let _ = worker.wait();
+    drop(worker);
     assert_eq!(env.items("tracker")["1"]["@title"], "Edited on GitHub", "the person's title was not overwritten");
     // (without the read first, the update's answer would have been taken
     // for the version and the person's title never pulled)

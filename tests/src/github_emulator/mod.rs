@@ -1433,4 +1433,154 @@ mod tests {
         let (s, _, _) = t.send(Method::GET, "/repos/octo/tests/issues?sort=newest", None).await;
         assert_eq!(s, 422);
     }
+
+    /// The worker's GitHub adapter, pointed at `em`.
+    fn worker_target(em: &Emulator, token: &str) -> syncbridge_worker::target::github::GithubTarget {
+        use syncbridge_worker::target::github::{GithubSettings, GithubTarget};
+        use syncbridge_worker::target::TargetPolicy;
+        let policy = TargetPolicy { allow_loopback: true, ..TargetPolicy::default() };
+        let cfg = json!({"owner": "octo", "base_url": em.base_url(), "timeout_ms": 5000, "budget_per_min": 100000});
+        GithubTarget::new(GithubSettings::from_config("t", &cfg, &policy).unwrap(), token.into(), None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_workers_adapter_pulls_by_a_cursor_skips_what_is_not_the_definitions_and_refuses_foreign_links() {
+        use syncbridge_worker::target::github::{marker, version};
+        use syncbridge_worker::target::{ErrorClass, PullError, PullPage, PullRequest, Target};
+        let t = T::new(GithubConfig { content_per_min: None, content_per_hour: None, ..GithubConfig::default() }).await;
+        let new = |title: String, body: String, labels: Value| {
+            let t = &t;
+            async move {
+                let (s, _, v) = t
+                    .send(
+                        Method::POST,
+                        "/repos/octo/tests/issues",
+                        Some(json!({"title": title, "body": body, "labels": labels})),
+                    )
+                    .await;
+                assert_eq!(s, 201, "{v}");
+                v["number"].as_u64().unwrap()
+            }
+        };
+        for i in 1..=5 {
+            new(format!("i{i}"), format!("text {i}\n\n{}", marker("d", &format!("k{i}"))), json!(["syncbridge"])).await;
+        }
+        let by_hand = new("by hand".into(), "no marker".into(), json!(["syncbridge", "ui"])).await;
+        let other = new("other".into(), format!("x\n\n{}", marker("e", "k1")), json!(["syncbridge"])).await;
+        let unlabelled = new("unlabelled".into(), format!("x\n\n{}", marker("d", "k9")), json!([])).await;
+        let pr = t.em.create_pull_request("tests", "a PR", Some(&marker("d", "k8")), &["syncbridge"]).unwrap();
+        let g = worker_target(&t.em, &t.token);
+        let mut req = PullRequest {
+            definition: "d".into(),
+            container_id: "tests".into(),
+            link: None,
+            fields: vec!["SyncKey".into(), "title".into(), "body".into()],
+            page_size: 2,
+        };
+        async fn read(g: &syncbridge_worker::target::github::GithubTarget, req: &mut PullRequest) -> Vec<PullPage> {
+            let mut pages = Vec::new();
+            loop {
+                let p = g.pull(req).await.unwrap();
+                assert!(p.link.len() <= 8000);
+                req.link = Some(p.link.clone());
+                let last = p.last;
+                pages.push(p);
+                if last {
+                    return pages;
+                }
+            }
+        }
+        let ids = |pages: &[PullPage]| -> Vec<String> {
+            pages.iter().flat_map(|p| p.items.iter().map(|i| i["id"].as_str().unwrap().to_owned())).collect()
+        };
+        // A full read: every labelled issue listed (the pull request too,
+        // eight in pages of two), the definition's handed over.
+        let requests = t.em.stats().requests;
+        let pages = read(&g, &mut req).await;
+        assert_eq!((pages.len() as u64, t.em.stats().requests - requests), (4, 4));
+        assert_eq!(ids(&pages), ["1", "2", "3", "4", "5", by_hand.to_string().as_str()]);
+        let all: Vec<&Value> = pages.iter().flat_map(|p| p.items.iter()).collect();
+        assert_eq!(all[0]["fields"], json!({"SyncKey": "k1", "title": "i1", "body": "text 1"}));
+        assert_eq!(all[5]["fields"], json!({"title": "by hand", "body": "no marker"}), "no marker: no SyncKey");
+        let issue1 = t.send(Method::GET, "/repos/octo/tests/issues/1", None).await.2;
+        assert_eq!(all[0]["etag"].as_str(), version(&issue1).as_deref(), "the eTag is the version a write reports");
+        assert_eq!(all[0]["modified"], issue1["updated_at"]);
+        assert!(!ids(&pages).iter().any(|i| [other, unlabelled, pr].contains(&i.parse().unwrap())));
+        // Nothing changed: the overlap lists them again, nothing handed over;
+        // then the same listing again is a 304, free.
+        req.page_size = 100;
+        let pages = read(&g, &mut req).await;
+        assert!(ids(&pages).is_empty(), "{:?}", ids(&pages));
+        let (used, not_modified) = (t.em.stats().ru_used, t.em.counters().1);
+        let pages = read(&g, &mut req).await;
+        assert!(ids(&pages).is_empty());
+        assert_eq!(
+            (t.em.counters().1, t.em.stats().ru_used),
+            (not_modified + 1, used),
+            "an unchanged listing is a free 304"
+        );
+        // An edit, and a second one in the same second or the next: both
+        // come (what is skipped is an issue's version, not its updated_at).
+        let edit =
+            |n: u64, title: &str| t.em.person_edit("tests", n, json!({"title": title}).as_object().unwrap()).unwrap();
+        edit(2, "i2 edited");
+        let pages = read(&g, &mut req).await;
+        assert_eq!(ids(&pages), ["2"]);
+        edit(2, "i2 edited again");
+        let pages = read(&g, &mut req).await;
+        assert_eq!(pages[0].items[0]["fields"]["title"], "i2 edited again");
+        // An issue edited while a read of several pages goes on is read
+        // again by the next round.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        edit(4, "i4 edited");
+        edit(5, "i5 edited");
+        req.page_size = 1;
+        let first = loop {
+            // (the overlap lists issue 2 first again: skipped)
+            let p = g.pull(&req).await.unwrap();
+            req.link = Some(p.link.clone());
+            if !p.items.is_empty() {
+                break p;
+            }
+            assert!(!p.last, "issue 4 was not listed");
+        };
+        assert!(!first.last);
+        assert_eq!(first.items[0]["fields"]["title"], "i4 edited");
+        edit(4, "i4 edited during the read");
+        let rest = read(&g, &mut req).await;
+        assert_eq!(ids(&rest), ["5"]);
+        let next = read(&g, &mut req).await;
+        assert_eq!(
+            next.iter().flat_map(|p| &p.items).map(|i| i["fields"]["title"].clone()).collect::<Vec<_>>(),
+            [json!("i4 edited during the read")]
+        );
+        // A next page elsewhere is never followed (the token would go along);
+        // a link this worker did not make starts a full read.
+        let mut tampered: Value = serde_json::from_str(&first.link).unwrap();
+        let requests = t.em.stats().requests;
+        for foreign in
+            ["https://evil.example/repos/octo/tests/issues?page=2", "http://localhost:1/repos/octo/tests/issues"]
+        {
+            tampered["round"]["next"] = json!(foreign);
+            req.link = Some(tampered.to_string());
+            let e = g.pull(&req).await.unwrap_err();
+            assert!(matches!(&e, PullError::LinkRefused(m) if m.contains("refused")), "{foreign}: {e:?}");
+        }
+        req.link = Some("https://api.github.com/repos/octo/tests/issues?page=2".into());
+        assert!(matches!(g.pull(&req).await, Err(PullError::Resync(_))));
+        assert_eq!(t.em.stats().requests, requests, "nothing was sent");
+        // An admin's delete: a full read no longer lists it.
+        t.em.delete_issue("tests", 3);
+        req.link = None;
+        req.page_size = 100;
+        assert_eq!(ids(&read(&g, &mut req).await), ["1", "2", "4", "5", by_hand.to_string().as_str()]);
+        // A repository that is not there: definite.
+        req.container_id = "nope".into();
+        req.link = None;
+        let e = g.pull(&req).await.unwrap_err();
+        assert!(
+            matches!(&e, PullError::Failed { class: ErrorClass::Definite, message, .. } if message.contains("HTTP 404")),
+            "{e:?}"
+        );
+    }
 }
