@@ -535,12 +535,6 @@ struct Twins {
     cursor: Cursor,
 }
 
-impl Twins {
-    fn new() -> Self {
-        Self { by_marker: HashMap::new(), cursor: Cursor::new() }
-    }
-}
-
 /// The GitHub adapter for one target.
 pub struct GithubTarget {
     client: HttpClient,
@@ -823,7 +817,7 @@ impl GithubTarget {
     /// Reads the repository's marked issues changed since the index's
     /// cursor into the index (the listing a pull reads: [`pull`]).
     async fn refresh(&self, repo: &str) -> Result<(), Failure> {
-        let mut t = self.twins.lock().unwrap_or_else(|p| p.into_inner()).get(repo).cloned().unwrap_or_else(Twins::new);
+        let mut t = self.twins.lock().unwrap_or_else(|p| p.into_inner()).get(repo).cloned().unwrap_or_default();
         loop {
             let listed =
                 self.list_page(repo, &mut t.cursor, false, MAX_PER_PAGE).await.map_err(|e| e.into_failure(self))?;

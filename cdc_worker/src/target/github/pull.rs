@@ -82,7 +82,7 @@ struct Round {
 
 /// Where the reads of a repository stand: a pull's link, the twin index's
 /// position (see the module's doc).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cursor {
     /// The format's version.
     v: u32,
@@ -100,10 +100,17 @@ pub struct Cursor {
     round: Option<Round>,
 }
 
+impl Default for Cursor {
+    /// A cursor from nothing: the first round lists everything.
+    fn default() -> Self {
+        Self { v: CURSOR_VERSION, since: None, seen: Vec::new(), etag: None, round: None }
+    }
+}
+
 impl Cursor {
     /// A cursor from nothing: the first round lists everything.
     pub fn new() -> Self {
-        Self { v: CURSOR_VERSION, ..Self::default() }
+        Self::default()
     }
 
     /// The cursor a link holds. Err: not one this worker made.
@@ -308,7 +315,7 @@ impl GithubTarget {
     /// What the twin index learns from issues listed (by a pull too).
     pub(super) fn learn(&self, repo: &str, issues: &[Value]) {
         let mut twins = self.twins.lock().unwrap_or_else(|p| p.into_inner());
-        learn(twins.entry(repo.to_owned()).or_insert_with(Twins::new), issues);
+        learn(twins.entry(repo.to_owned()).or_default(), issues);
     }
 
     /// An issue as an item of `req`'s definition, None when it is another's.
