@@ -19,11 +19,12 @@
 //!   idempotency key, so a create whose outcome is unknown (a 5xx, a
 //!   timeout, a connection lost after sending, an answer that is not the
 //!   issue) is never sent again blindly: the repository's issues with the
-//!   marker label are listed (`sort=updated&direction=asc&since=…`, the
-//!   core limit rather than search's 30 a minute; the index is kept and
-//!   read on from where it stopped, with a one-second overlap) and the issue
-//!   carrying the marker is adopted. Exports whose earlier attempt may have
-//!   landed (`verify`) look first too.
+//!   marker label are listed (the listing pulls read, [`pull`]: the core
+//!   limit rather than search's 30 a minute; the index is kept and read on
+//!   from its cursor) and the issue carrying the marker is adopted. Exports
+//!   whose earlier attempt may have landed (`verify`) look first too. The
+//!   marker also records what the issue alone cannot say of what a row
+//!   sent (`sent={…}`, [`fields`]).
 //! - Pacing: the budget (`budget_per_min` requests, default 80 — the
 //!   primary limit of 5,000 an hour is 83 a minute) and, for content
 //!   creation (creates and updates), GitHub's secondary limits: at most
@@ -50,8 +51,8 @@
 //!   (`message` and each `errors[].message` / code / field); a 410 (issues
 //!   disabled, or the issue deleted) too. Messages are redacted and bounded.
 
-mod fields;
-mod pull;
+pub mod fields;
+pub mod pull;
 
 pub use fields::{pg_array_text, version, IssueView};
 pub use pull::{Cursor, MAX_PER_PAGE, OVERLAP_SECS};
