@@ -54,7 +54,7 @@ INSERT INTO target_kinds (kind, description, implemented, required_config, optio
    '{tenant_id,client_id,site_id}', '{base_url,authority_url,budget_per_min,writes_per_second,timeout_ms,max_concurrent_batches,time_zone,pull_interval}',
    20, 2, 1, 'RU', 1250, '^[A-Za-z_][A-Za-z0-9_]{0,254}$',
    'provisioned', 'remove', 'delete_create', true, 'delta'),
- ('github',  'GitHub Issues (REST)', true, '{owner}', '{repo,base_url,budget_per_min,content_per_min,content_per_hour,timeout_ms,marker_label,close_reason}',
+ ('github',  'GitHub Issues (REST)', true, '{owner}', '{repo,base_url,budget_per_min,content_per_min,content_per_hour,timeout_ms,marker_label,close_reason,pull_interval}',
    1, 1, 1, 'requests', 80, '^[A-Za-z_][A-Za-z0-9_]{0,99}$',
    'existing', 'close', 'unsupported', true, 'updated_since'),
  ('jira',    'Jira Cloud issues (REST v3)', true, '{site,project_key}', '{base_url,budget_per_min,email,issue_type,timeout_ms,pull_interval}',

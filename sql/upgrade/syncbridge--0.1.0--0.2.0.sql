@@ -62,10 +62,11 @@ COMMENT ON COLUMN @extschema@.target_kinds.pull IS 'How changes are read back fo
 
 -- GitHub Issues is implemented (issue 19): the repository is the
 -- definition's list (config repo: the default), pacing by GitHub's
--- secondary limits, the close reason of a delete, the marker label.
+-- secondary limits, the close reason of a delete, the marker label; its
+-- issues read back (pull updated_since) every pull_interval seconds.
 UPDATE @extschema@.target_kinds
    SET implemented = true, required_config = '{owner}',
-       optional_config = '{repo,base_url,budget_per_min,content_per_min,content_per_hour,timeout_ms,marker_label,close_reason}'
+       optional_config = '{repo,base_url,budget_per_min,content_per_min,content_per_hour,timeout_ms,marker_label,close_reason,pull_interval}'
  WHERE kind = 'github';
 -- Linear (issue 19): implemented; costs in complexity points (a write
 -- selecting the issue's updatedAt, its eTag, about 2.2); a delete trashes

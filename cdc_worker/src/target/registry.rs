@@ -196,6 +196,7 @@ pub static KINDS: &[KindSpec] = &[
             "timeout_ms",
             "marker_label",
             "close_reason",
+            "pull_interval",
         ],
         batch_size: 1,
         cost_per_write: 1,

@@ -34,3 +34,10 @@ SELECT op, requests, cost FROM sync.plan('bulk_jira_kinds') LIMIT 1;
 SELECT sync.undefine('bulk_' || t) FROM unnest(ARRAY['gh', 'jira_kinds', 'linear_kinds', 'sp_kinds']) t;
 SELECT sync.drop_target(t) FROM unnest(ARRAY['jira_kinds', 'linear_kinds']) t;
 DROP TABLE hr.bulk;
+
+-- GitHub reads its issues back (pull updated_since) every pull_interval
+-- seconds (the end-to-end tests pull its repositories).
+BEGIN;
+SELECT sync.alter_target('gh', config => '{"owner": "o", "repo": "r", "pull_interval": 120}');
+SELECT extract(epoch FROM sync._pull_interval('gh')) AS pull_interval;
+ROLLBACK;

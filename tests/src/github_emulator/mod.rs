@@ -6,9 +6,12 @@
 //! It serves, over plain HTTP on loopback, at the API's root:
 //!
 //! - `GET /rate_limit` (free, as on GitHub);
-//! - `GET|POST /repos/{owner}/{repo}/issues` (list with `state`, `labels`,
-//!   `sort`, `direction`, `since`, `per_page` ≤ 100, `page`, the `link`
-//!   header; pull requests mixed in, as GitHub mixes them), `GET|PATCH
+//! - `GET|POST /repos/{owner}/{repo}/issues` (list with `state`, `labels`
+//!   (all of them), `sort` (`created`, `updated`, `comments`), `direction`,
+//!   `since` (issues updated at or after it: GitHub's times have whole
+//!   seconds), `per_page` ≤ 100, `page`, the `link` header with `next`,
+//!   `last`, `prev`, `first`; deleted issues gone; pull requests mixed in, as
+//!   GitHub mixes them: what the twin lookups and the pulls read), `GET|PATCH
 //!   /repos/{owner}/{repo}/issues/{issue_number}` (`state_reason` only with a
 //!   change of `state`), `GET|POST /repos/{owner}/{repo}/labels`;
 //! - every request is matched and validated against GitHub's own OpenAPI
@@ -27,15 +30,20 @@
 //!   429 with `x-ratelimit-remaining: 0`), and the secondary limit on content
 //!   creation (creates and updates: 80 a minute and 500 an hour by default;
 //!   exceeded: 403 or 429 with `retry-after` and GitHub's message);
-//! - weak `etag`s and `If-None-Match` → 304, which costs nothing;
+//! - weak `etag`s and `If-None-Match` → 304, which costs nothing; a `date`
+//!   header (GitHub's clock) on every answer;
 //! - deleted issues (410 "This issue was deleted", `delete_issue` below),
 //!   repositories with issues disabled (410).
 //!
 //! `/_emulator/...`: `GET issues` (every issue by repository, deleted ones
-//! flagged), `POST repos {"name"}` (a repository now exists),
-//! `POST edit {"repo", "number", "fields"}` (a person's edit through the same
-//! rules), `POST delete_issue {"repo", "number"}`, `POST pull_request
-//! {"repo", "title"}`; `POST config` takes `content_per_min`,
+//! flagged), `POST repos {"name"}` (a repository now exists); what a person
+//! does "on GitHub" (through the API's rules, `updated_at` moving as GitHub
+//! moves it, never counted as the app's requests or writes): `POST edit
+//! {"repo", "number", "fields"}`, `POST create {"repo", "fields"}` (an issue
+//! opened), `POST comment {"repo", "number"}` (only `updated_at` moves),
+//! `POST delete_issue {"repo", "number"}` (an admin's delete: gone from
+//! listings, 410), `POST pull_request {"repo", "title", "body", "labels"}`;
+//! `POST config` takes `content_per_min`,
 //! `content_per_hour`, `primary_per_hour` (null: unlimited) and
 //! `limit_status` (403 or 429).
 
@@ -129,6 +137,8 @@ pub struct Issue {
     pub updated_at: i64,
     /// Epoch seconds.
     pub closed_at: Option<i64>,
+    /// Comments (a person's comment moves `updated_at`, nothing else).
+    pub comments: u64,
     /// A pull request (listed with the issues, as GitHub does).
     pub pull_request: bool,
     /// Deleted (by an admin): 410 from now on, gone from listings.
@@ -389,7 +399,7 @@ impl Github {
             "number": i.number, "state": i.state, "state_reason": i.state_reason, "title": i.title, "body": i.body,
             "user": user("syncbridge-bot", origin), "labels": labels,
             "assignee": assignees.first().cloned().unwrap_or(Value::Null), "assignees": assignees,
-            "milestone": milestone, "locked": false, "active_lock_reason": null, "comments": 0,
+            "milestone": milestone, "locked": false, "active_lock_reason": null, "comments": i.comments,
             "closed_at": i.closed_at.map(iso), "created_at": iso(i.created_at), "updated_at": iso(i.updated_at),
             "closed_by": null, "author_association": "OWNER"
         });
@@ -517,13 +527,13 @@ impl Github {
             ("GET", "/repos/{owner}/{repo}/issues") => self.list(&repo_name, &query, req),
             ("POST", "/repos/{owner}/{repo}/issues") => {
                 let body = body.and_then(|b| b.as_object().cloned()).unwrap_or_default();
-                self.create(&repo_name, &body, &origin)
+                self.create(&repo_name, &body, &origin, false)
             }
             ("GET", "/repos/{owner}/{repo}/issues/{issue_number}")
             | ("PATCH", "/repos/{owner}/{repo}/issues/{issue_number}") => {
                 let n: u64 = params.get("issue_number").and_then(|n| n.parse().ok()).unwrap_or(0);
                 let body = body.and_then(|b| b.as_object().cloned());
-                self.one(&repo_name, n, body.as_ref(), &origin)
+                self.one(&repo_name, n, body.as_ref(), &origin, false)
             }
             ("GET", "/repos/{owner}/{repo}/labels") => {
                 let r = &self.repos[&repo_key];
@@ -612,7 +622,9 @@ impl Github {
         r
     }
 
-    fn create(&mut self, repo_name: &str, body: &Map<String, Value>, origin: &str) -> Resp {
+    /// A create; `person`: made "on GitHub" by a person (not counted as a
+    /// request of the app's).
+    fn create(&mut self, repo_name: &str, body: &Map<String, Value>, origin: &str, person: bool) -> Resp {
         let key = repo_name.to_lowercase();
         if self.repos[&key].issues_disabled {
             return Resp::basic(410, "Issues are disabled for this repo");
@@ -640,19 +652,23 @@ impl Github {
             created_at: now,
             updated_at: now,
             closed_at: None,
+            comments: 0,
             pull_request: false,
             deleted: false,
         };
         repo.issues.push(issue);
-        self.meter.wrote();
+        if !person {
+            self.meter.wrote();
+        }
         let repo = &self.repos[&key];
         let v = self.issue_json(repo_name, repo, &repo.issues[number as usize - 1], origin);
         let location = v["url"].as_str().unwrap_or_default().to_owned();
         Resp::new(201, v).header("location", location)
     }
 
-    /// GET or PATCH of one issue.
-    fn one(&mut self, repo_name: &str, n: u64, patch: Option<&Map<String, Value>>, origin: &str) -> Resp {
+    /// GET or PATCH of one issue; `person`: an edit made "on GitHub" by a
+    /// person (not counted as a write of the app's).
+    fn one(&mut self, repo_name: &str, n: u64, patch: Option<&Map<String, Value>>, origin: &str, person: bool) -> Resp {
         let key = repo_name.to_lowercase();
         let Some(existing) = n.checked_sub(1).and_then(|i| self.repos[&key].issues.get(i as usize)).cloned() else {
             return Resp::basic(404, "Not Found");
@@ -701,12 +717,14 @@ impl Github {
                     }
                 }
             }
-            if i == existing {
-                self.unchanged_writes += 1;
-            } else {
+            if i != existing {
                 i.updated_at = now;
+            } else if !person {
+                self.unchanged_writes += 1;
             }
-            self.meter.wrote();
+            if !person {
+                self.meter.wrote();
+            }
             self.repos.get_mut(&key).expect("checked").issues[n as usize - 1] = i;
         }
         let repo = &self.repos[&key];
@@ -768,6 +786,12 @@ impl Github {
             resp.headers.push(("etag".into(), etag));
         }
         resp.headers.push(("x-github-api-version-selected".into(), "2022-11-28".into()));
+        // GitHub's clock, as every answer carries it (RFC 9110).
+        if let Ok(date) =
+            jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&jiff::Timestamp::now())
+        {
+            resp.headers.push(("date".into(), date));
+        }
         for (k, v) in resp.headers {
             if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
                 http.headers_mut().insert(k, v);
@@ -781,12 +805,81 @@ impl Github {
         if !self.repos.contains_key(&repo.to_lowercase()) {
             return Err(format!("no repository {repo}"));
         }
-        let r = self.one(repo, number, Some(fields), "http://127.0.0.1");
+        self.person_check("PATCH", &format!("/repos/{}/{repo}/issues/{number}", self.config.owner), fields)?;
+        let r = self.one(repo, number, Some(fields), "http://127.0.0.1", true);
         if r.status == 200 {
             Ok(())
         } else {
             Err(r.body.to_string())
         }
+    }
+
+    /// A person's change held to the description, as the API's request would be.
+    fn person_check(&self, method: &str, path: &str, fields: &Map<String, Value>) -> Result<(), String> {
+        let s = spec();
+        let m = s.find(method, path).map_err(|e| format!("{e:?}"))?;
+        let body = serde_json::to_vec(fields).unwrap_or_default();
+        s.check_body(&m, &body).map(|_| ()).map_err(|e| format!("{e:?}"))
+    }
+
+    /// A person opens an issue "on GitHub": the same rules as the API's
+    /// create (labels created as needed); returns its number.
+    fn person_create(&mut self, repo: &str, fields: &Map<String, Value>) -> Result<u64, String> {
+        if !self.repos.contains_key(&repo.to_lowercase()) {
+            return Err(format!("no repository {repo}"));
+        }
+        self.person_check("POST", &format!("/repos/{}/{repo}/issues", self.config.owner), fields)?;
+        let r = self.create(repo, fields, "http://127.0.0.1", true);
+        match r.body.get("number").and_then(Value::as_u64) {
+            Some(n) if r.status == 201 => Ok(n),
+            _ => Err(r.body.to_string()),
+        }
+    }
+
+    /// A person comments on an issue: its `updated_at` moves, nothing else.
+    fn person_comment(&mut self, repo: &str, number: u64) -> Result<(), String> {
+        let i = self
+            .repos
+            .get_mut(&repo.to_lowercase())
+            .and_then(|r| r.issues.get_mut(number.saturating_sub(1) as usize))
+            .filter(|i| !i.deleted)
+            .ok_or_else(|| format!("no issue {repo}#{number}"))?;
+        i.comments += 1;
+        i.updated_at = now_epoch();
+        Ok(())
+    }
+
+    /// A person opens a pull request (listed with the issues, as GitHub
+    /// lists them); returns its number.
+    fn pull_request(&mut self, repo: &str, title: &str, body: Option<&str>, labels: &[String]) -> Result<u64, String> {
+        let key = repo.to_lowercase();
+        if !self.repos.contains_key(&key) {
+            return Err(format!("no repository {repo}"));
+        }
+        self.ensure_labels(&key, labels);
+        self.next_id += 1;
+        let id = self.next_id;
+        let r = self.repos.get_mut(&key).expect("checked");
+        let now = now_epoch();
+        let number = r.issues.len() as u64 + 1;
+        r.issues.push(Issue {
+            id,
+            number,
+            title: title.to_owned(),
+            body: body.map(str::to_owned),
+            state: "open".into(),
+            state_reason: None,
+            labels: labels.to_vec(),
+            assignees: Vec::new(),
+            milestone: None,
+            created_at: now,
+            updated_at: now,
+            closed_at: None,
+            comments: 0,
+            pull_request: true,
+            deleted: false,
+        });
+        Ok(number)
     }
 }
 
@@ -826,8 +919,15 @@ fn assignees_of(body: &Map<String, Value>) -> Vec<String> {
 
 impl Api for Github {
     const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
-    const CONTROL_ROUTES: &'static [&'static str] =
-        &["GET issues", "POST repos", "POST edit", "POST delete_issue", "POST pull_request"];
+    const CONTROL_ROUTES: &'static [&'static str] = &[
+        "GET issues",
+        "POST repos",
+        "POST edit",
+        "POST create",
+        "POST comment",
+        "POST delete_issue",
+        "POST pull_request",
+    ];
 
     fn route(&mut self, req: &Request) -> Route {
         // Before any fault: a request that fails still reached the service.
@@ -938,33 +1038,23 @@ impl Api for Github {
             },
             ("POST", "pull_request") => {
                 let title = v.get("title").and_then(Value::as_str).unwrap_or("a pull request").to_owned();
-                self.next_id += 1;
-                let id = self.next_id;
-                match self.repos.get_mut(&repo.to_lowercase()) {
-                    Some(r) => {
-                        let now = now_epoch();
-                        let number = r.issues.len() as u64 + 1;
-                        r.issues.push(Issue {
-                            id,
-                            number,
-                            title,
-                            body: None,
-                            state: "open".into(),
-                            state_reason: None,
-                            labels: Vec::new(),
-                            assignees: Vec::new(),
-                            milestone: None,
-                            created_at: now,
-                            updated_at: now,
-                            closed_at: None,
-                            pull_request: true,
-                            deleted: false,
-                        });
-                        json_response(200, &json!({"number": number}))
-                    }
-                    None => bad(format!("no repository {repo}")),
+                let labels = label_names(v.get("labels"));
+                match self.pull_request(&repo, &title, v.get("body").and_then(Value::as_str), &labels) {
+                    Ok(number) => json_response(200, &json!({"number": number})),
+                    Err(e) => bad(e),
                 }
             }
+            ("POST", "create") => {
+                let fields = v.get("fields").and_then(Value::as_object).cloned().unwrap_or_default();
+                match self.person_create(&repo, &fields) {
+                    Ok(number) => json_response(200, &json!({"number": number})),
+                    Err(e) => bad(e),
+                }
+            }
+            ("POST", "comment") => match self.person_comment(&repo, number) {
+                Ok(()) => json_response(200, &json!({"ok": true})),
+                Err(e) => bad(e),
+            },
             _ => return None,
         })
     }
@@ -1025,9 +1115,33 @@ impl Emulator {
         }
     }
 
-    /// A person's edit of an issue, through the API's rules.
+    /// A person's edit of an issue "on GitHub", through the API's rules
+    /// (`updated_at` moves when anything changed); not a request of the app's.
     pub fn person_edit(&self, repo: &str, number: u64, fields: &Map<String, Value>) -> Result<(), String> {
         self.state().lock().api.person_edit(repo, number, fields)
+    }
+
+    /// A person opens an issue "on GitHub" (`title`, `body`, `labels`,
+    /// `assignees`, `milestone`, through the API's rules); returns its number.
+    pub fn person_create(&self, repo: &str, fields: &Map<String, Value>) -> Result<u64, String> {
+        self.state().lock().api.person_create(repo, fields)
+    }
+
+    /// A person comments on an issue: its `updated_at` moves, nothing else.
+    pub fn person_comment(&self, repo: &str, number: u64) -> Result<(), String> {
+        self.state().lock().api.person_comment(repo, number)
+    }
+
+    /// A person opens a pull request (listed with the issues); returns its number.
+    pub fn create_pull_request(
+        &self,
+        repo: &str,
+        title: &str,
+        body: Option<&str>,
+        labels: &[&str],
+    ) -> Result<u64, String> {
+        let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+        self.state().lock().api.pull_request(repo, title, body, &labels)
     }
 
     /// Whether any request received so far (faulted ones included) held `needle`.
@@ -1244,5 +1358,229 @@ mod tests {
         assert_eq!((s, h["x-ratelimit-remaining"].to_str().unwrap()), (403, "0"));
         let reset: i64 = h["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
         assert!(reset > now_epoch());
+    }
+
+    #[tokio::test]
+    async fn the_listing_a_pull_reads_moves_with_a_persons_edits_and_costs_nothing_when_unchanged() {
+        let t = T::new(GithubConfig::default()).await;
+        let fields = |v: Value| v.as_object().cloned().unwrap();
+        for n in 0..3 {
+            t.send(Method::POST, "/repos/octo/tests/issues", Some(json!({"title": format!("i{n}"), "labels": ["sb"]})))
+                .await;
+        }
+        let writes = t.em.stats().writes;
+        // What a person does is not the app's: no request, no write counted.
+        let n = t.em.person_create("tests", &fields(json!({"title": "by hand", "labels": ["sb", "ui"]}))).unwrap();
+        assert_eq!(n, 4);
+        let pr = t.em.create_pull_request("tests", "a PR", Some("text"), &["sb"]).unwrap();
+        assert_eq!(pr, 5);
+        assert!(t.em.person_create("tests", &fields(json!({"body": "no title"}))).is_err());
+        assert!(t.em.person_edit("tests", 1, &fields(json!({"state": "sideways"}))).is_err(), "the API's rules");
+        assert_eq!(t.em.stats().writes, writes);
+        let url = "/repos/octo/tests/issues?labels=sb&state=all&sort=created&direction=asc&per_page=100";
+        let (s, h, v) = t.send(Method::GET, url, None).await;
+        assert_eq!(s, 200);
+        let date = h["date"].to_str().unwrap();
+        assert!(jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(date).is_ok(), "{date}");
+        let numbers: Vec<u64> = v.as_array().unwrap().iter().map(|i| i["number"].as_u64().unwrap()).collect();
+        assert_eq!(numbers, [1, 2, 3, 4, 5], "the pull request is listed with the issues");
+        assert!(v[4].get("pull_request").is_some() && v[0].get("pull_request").is_none());
+        let etag = h["etag"].to_str().unwrap().to_owned();
+        // A person's edit moves updated_at (whole seconds) and the issue to
+        // the end of the updated order; `since` takes its second inclusively.
+        let before = t.em.issues("tests")[1].updated_at;
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        t.em.person_edit("tests", 2, &fields(json!({"title": "edited"}))).unwrap();
+        let after = t.em.issues("tests")[1].updated_at;
+        assert!(after > before, "{before} -> {after}");
+        let since = iso(after);
+        let (_, _, v) = t
+            .send(
+                Method::GET,
+                &format!("/repos/octo/tests/issues?labels=sb&state=all&sort=updated&direction=asc&since={since}"),
+                None,
+            )
+            .await;
+        let numbers: Vec<u64> = v.as_array().unwrap().iter().map(|i| i["number"].as_u64().unwrap()).collect();
+        assert_eq!(numbers, [2], "updated at or after {since}");
+        let (_, _, v) =
+            t.send(Method::GET, "/repos/octo/tests/issues?labels=sb&state=all&sort=updated&direction=asc", None).await;
+        assert_eq!(v.as_array().unwrap().last().unwrap()["number"], 2, "the edited issue sorts last by updated");
+        // A comment moves updated_at only; an unchanged edit moves nothing.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        t.em.person_comment("tests", 3).unwrap();
+        let i3 = &t.em.issues("tests")[2];
+        assert_eq!((i3.comments, i3.updated_at > after), (1, true));
+        let at3 = i3.updated_at;
+        t.em.person_edit("tests", 3, &fields(json!({"title": "i2"}))).unwrap();
+        assert_eq!(t.em.issues("tests")[2].updated_at, at3, "an edit that changes nothing does not move it");
+        // The listing changed: 200; asked again unchanged: 304, free.
+        let r = t.req(Method::GET, url).header("if-none-match", &etag).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+        let used = r.headers()["x-ratelimit-used"].to_str().unwrap().to_owned();
+        let r = t.req(Method::GET, url).header("if-none-match", &etag).send().await.unwrap();
+        assert_eq!(r.status(), 304);
+        assert_eq!(r.headers()["x-ratelimit-used"].to_str().unwrap(), used, "a 304 costs nothing");
+        // An admin's delete: gone from the listing.
+        t.em.delete_issue("tests", 1);
+        let (_, _, v) = t.send(Method::GET, url, None).await;
+        let numbers: Vec<u64> = v.as_array().unwrap().iter().map(|i| i["number"].as_u64().unwrap()).collect();
+        assert_eq!(numbers, [2, 3, 4, 5]);
+        // Validated like every parameter.
+        let (s, _, v) = t.send(Method::GET, "/repos/octo/tests/issues?since=yesterday", None).await;
+        assert_eq!(s, 422, "{v}");
+        let (s, _, _) = t.send(Method::GET, "/repos/octo/tests/issues?sort=newest", None).await;
+        assert_eq!(s, 422);
+    }
+
+    /// The worker's GitHub adapter, pointed at `em`.
+    fn worker_target(em: &Emulator, token: &str) -> syncbridge_worker::target::github::GithubTarget {
+        use syncbridge_worker::target::github::{GithubSettings, GithubTarget};
+        use syncbridge_worker::target::TargetPolicy;
+        let policy = TargetPolicy { allow_loopback: true, ..TargetPolicy::default() };
+        let cfg = json!({"owner": "octo", "base_url": em.base_url(), "timeout_ms": 5000, "budget_per_min": 100000});
+        GithubTarget::new(GithubSettings::from_config("t", &cfg, &policy).unwrap(), token.into(), None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_workers_adapter_pulls_by_a_cursor_skips_what_is_not_the_definitions_and_refuses_foreign_links() {
+        use syncbridge_worker::target::github::{marker, version};
+        use syncbridge_worker::target::{ErrorClass, PullError, PullPage, PullRequest, Target};
+        let t = T::new(GithubConfig { content_per_min: None, content_per_hour: None, ..GithubConfig::default() }).await;
+        let new = |title: String, body: String, labels: Value| {
+            let t = &t;
+            async move {
+                let (s, _, v) = t
+                    .send(
+                        Method::POST,
+                        "/repos/octo/tests/issues",
+                        Some(json!({"title": title, "body": body, "labels": labels})),
+                    )
+                    .await;
+                assert_eq!(s, 201, "{v}");
+                v["number"].as_u64().unwrap()
+            }
+        };
+        for i in 1..=5 {
+            new(format!("i{i}"), format!("text {i}\n\n{}", marker("d", &format!("k{i}"))), json!(["syncbridge"])).await;
+        }
+        let by_hand = new("by hand".into(), "no marker".into(), json!(["syncbridge", "ui"])).await;
+        let other = new("other".into(), format!("x\n\n{}", marker("e", "k1")), json!(["syncbridge"])).await;
+        let unlabelled = new("unlabelled".into(), format!("x\n\n{}", marker("d", "k9")), json!([])).await;
+        let pr = t.em.create_pull_request("tests", "a PR", Some(&marker("d", "k8")), &["syncbridge"]).unwrap();
+        let g = worker_target(&t.em, &t.token);
+        let mut req = PullRequest {
+            definition: "d".into(),
+            container_id: "tests".into(),
+            link: None,
+            fields: vec!["SyncKey".into(), "title".into(), "body".into()],
+            page_size: 2,
+        };
+        async fn read(g: &syncbridge_worker::target::github::GithubTarget, req: &mut PullRequest) -> Vec<PullPage> {
+            let mut pages = Vec::new();
+            loop {
+                let p = g.pull(req).await.unwrap();
+                assert!(p.link.len() <= 8000);
+                req.link = Some(p.link.clone());
+                let last = p.last;
+                pages.push(p);
+                if last {
+                    return pages;
+                }
+            }
+        }
+        let ids = |pages: &[PullPage]| -> Vec<String> {
+            pages.iter().flat_map(|p| p.items.iter().map(|i| i["id"].as_str().unwrap().to_owned())).collect()
+        };
+        // A full read: every labelled issue listed (the pull request too,
+        // eight in pages of two), the definition's handed over.
+        let requests = t.em.stats().requests;
+        let pages = read(&g, &mut req).await;
+        assert_eq!((pages.len() as u64, t.em.stats().requests - requests), (4, 4));
+        assert_eq!(ids(&pages), ["1", "2", "3", "4", "5", by_hand.to_string().as_str()]);
+        let all: Vec<&Value> = pages.iter().flat_map(|p| p.items.iter()).collect();
+        assert_eq!(all[0]["fields"], json!({"SyncKey": "k1", "title": "i1", "body": "text 1"}));
+        assert_eq!(all[5]["fields"], json!({"title": "by hand", "body": "no marker"}), "no marker: no SyncKey");
+        let issue1 = t.send(Method::GET, "/repos/octo/tests/issues/1", None).await.2;
+        assert_eq!(all[0]["etag"].as_str(), version(&issue1).as_deref(), "the eTag is the version a write reports");
+        assert_eq!(all[0]["modified"], issue1["updated_at"]);
+        assert!(!ids(&pages).iter().any(|i| [other, unlabelled, pr].contains(&i.parse().unwrap())));
+        // Nothing changed: the overlap lists them again, nothing handed over;
+        // then the same listing again is a 304, free.
+        req.page_size = 100;
+        let pages = read(&g, &mut req).await;
+        assert!(ids(&pages).is_empty(), "{:?}", ids(&pages));
+        let (used, not_modified) = (t.em.stats().ru_used, t.em.counters().1);
+        let pages = read(&g, &mut req).await;
+        assert!(ids(&pages).is_empty());
+        assert_eq!(
+            (t.em.counters().1, t.em.stats().ru_used),
+            (not_modified + 1, used),
+            "an unchanged listing is a free 304"
+        );
+        // An edit, and a second one in the same second or the next: both
+        // come (what is skipped is an issue's version, not its updated_at).
+        let edit =
+            |n: u64, title: &str| t.em.person_edit("tests", n, json!({"title": title}).as_object().unwrap()).unwrap();
+        edit(2, "i2 edited");
+        let pages = read(&g, &mut req).await;
+        assert_eq!(ids(&pages), ["2"]);
+        edit(2, "i2 edited again");
+        let pages = read(&g, &mut req).await;
+        assert_eq!(pages[0].items[0]["fields"]["title"], "i2 edited again");
+        // An issue edited while a read of several pages goes on is read
+        // again by the next round.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        edit(4, "i4 edited");
+        edit(5, "i5 edited");
+        req.page_size = 1;
+        let first = loop {
+            // (the overlap lists issue 2 first again: skipped)
+            let p = g.pull(&req).await.unwrap();
+            req.link = Some(p.link.clone());
+            if !p.items.is_empty() {
+                break p;
+            }
+            assert!(!p.last, "issue 4 was not listed");
+        };
+        assert!(!first.last);
+        assert_eq!(first.items[0]["fields"]["title"], "i4 edited");
+        edit(4, "i4 edited during the read");
+        let rest = read(&g, &mut req).await;
+        assert_eq!(ids(&rest), ["5"]);
+        let next = read(&g, &mut req).await;
+        assert_eq!(
+            next.iter().flat_map(|p| &p.items).map(|i| i["fields"]["title"].clone()).collect::<Vec<_>>(),
+            [json!("i4 edited during the read")]
+        );
+        // A next page elsewhere is never followed (the token would go along);
+        // a link this worker did not make starts a full read.
+        let mut tampered: Value = serde_json::from_str(&first.link).unwrap();
+        let requests = t.em.stats().requests;
+        for foreign in
+            ["https://evil.example/repos/octo/tests/issues?page=2", "http://localhost:1/repos/octo/tests/issues"]
+        {
+            tampered["round"]["next"] = json!(foreign);
+            req.link = Some(tampered.to_string());
+            let e = g.pull(&req).await.unwrap_err();
+            assert!(matches!(&e, PullError::LinkRefused(m) if m.contains("refused")), "{foreign}: {e:?}");
+        }
+        req.link = Some("https://api.github.com/repos/octo/tests/issues?page=2".into());
+        assert!(matches!(g.pull(&req).await, Err(PullError::Resync(_))));
+        assert_eq!(t.em.stats().requests, requests, "nothing was sent");
+        // An admin's delete: a full read no longer lists it.
+        t.em.delete_issue("tests", 3);
+        req.link = None;
+        req.page_size = 100;
+        assert_eq!(ids(&read(&g, &mut req).await), ["1", "2", "4", "5", by_hand.to_string().as_str()]);
+        // A repository that is not there: definite.
+        req.container_id = "nope".into();
+        req.link = None;
+        let e = g.pull(&req).await.unwrap_err();
+        assert!(
+            matches!(&e, PullError::Failed { class: ErrorClass::Definite, message, .. } if message.contains("HTTP 404")),
+            "{e:?}"
+        );
     }
 }

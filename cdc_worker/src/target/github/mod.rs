@@ -19,11 +19,12 @@
 //!   idempotency key, so a create whose outcome is unknown (a 5xx, a
 //!   timeout, a connection lost after sending, an answer that is not the
 //!   issue) is never sent again blindly: the repository's issues with the
-//!   marker label are listed (`sort=updated&direction=asc&since=…`, the
-//!   core limit rather than search's 30 a minute; the index is kept and
-//!   read on from where it stopped, with a one-second overlap) and the issue
-//!   carrying the marker is adopted. Exports whose earlier attempt may have
-//!   landed (`verify`) look first too.
+//!   marker label are listed (the listing pulls read, [`pull`]: the core
+//!   limit rather than search's 30 a minute; the index is kept and read on
+//!   from its cursor) and the issue carrying the marker is adopted. Exports
+//!   whose earlier attempt may have landed (`verify`) look first too. The
+//!   marker also records what the issue alone cannot say of what a row
+//!   sent (`sent={…}`, [`fields`]).
 //! - Pacing: the budget (`budget_per_min` requests, default 80 — the
 //!   primary limit of 5,000 an hour is 83 a minute) and, for content
 //!   creation (creates and updates), GitHub's secondary limits: at most
@@ -35,12 +36,26 @@
 //!   `retry-after` (seconds), else the reset epoch when `remaining` is 0,
 //!   else a minute, then retries (up to four tries; never counted against
 //!   the export's attempts).
-//! - Conditional reads: the twin index and the probe send `If-None-Match`
+//! - Conditional reads: the twin index and the pulls send `If-None-Match`
 //!   with the last `etag`; a 304 costs nothing of the primary limit.
+//! - Two-way sync ([`pull`]): the marked issues are listed back by a
+//!   `since` cursor, each reported in the form the push sent it
+//!   ([`fields`]) with its version (`updated_at` and a digest) as eTag;
+//!   every write reports the version of the issue it answers with, so
+//!   syncbridge's own writes come back as echoes. GitHub has no `If-Match`:
+//!   for a two-way definition an update or close reads the issue first and
+//!   meets a conflict (the change is pulled and decided first) when its
+//!   version is not the one syncbridge last saw.
 //! - A value GitHub refuses (400, 422: a body over 65,536 characters, an
 //!   unknown assignee or milestone) is `definite` with GitHub's message
 //!   (`message` and each `errors[].message` / code / field); a 410 (issues
 //!   disabled, or the issue deleted) too. Messages are redacted and bounded.
+
+pub mod fields;
+pub mod pull;
+
+pub use fields::{pg_array_text, version, IssueView};
+pub use pull::{Cursor, MAX_PER_PAGE, OVERLAP_SECS};
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -57,7 +72,8 @@ use super::http::{
 };
 use super::policy::bounded;
 use super::{
-    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, Target, TargetPolicy, TargetSetupError,
+    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage, PullRequest, Target,
+    TargetPolicy, TargetSetupError,
 };
 
 /// The API's root.
@@ -121,16 +137,47 @@ fn github_envelope(body: &Value) -> Option<(String, String)> {
     Some((code.to_owned(), text))
 }
 
+/// Where the marker starts.
+const MARKER_START: &str = "<!-- syncbridge:key=";
+
 /// The marker of a row in an issue's body.
 pub fn marker(definition: &str, key: &str) -> String {
-    format!("<!-- syncbridge:key={}/{} -->", seg(definition), seg(key))
+    marker_with(definition, key, &Map::new())
+}
+
+/// The marker of a row with the values it sent that the issue alone does
+/// not say ([`fields::sent_record`]): `<!-- syncbridge:key=d/k sent={…} -->`
+/// (`<` and `>` escaped in the JSON, so that nothing in it ends the comment).
+pub fn marker_with(definition: &str, key: &str, sent: &Map<String, Value>) -> String {
+    let record = if sent.is_empty() {
+        String::new()
+    } else {
+        format!(" sent={}", Value::Object(sent.clone()).to_string().replace('<', "\\u003c").replace('>', "\\u003e"))
+    };
+    format!("{MARKER_START}{}/{}{record} -->", seg(definition), seg(key))
 }
 
 /// The `definition/key` (still encoded) of the marker in a body, if any.
 pub fn marker_in(body: &str) -> Option<&str> {
-    let start = body.rfind("<!-- syncbridge:key=")? + "<!-- syncbridge:key=".len();
+    let start = body.rfind(MARKER_START)? + MARKER_START.len();
     let rest = &body[start..];
-    Some(&rest[..rest.find(" -->")?])
+    let end = rest.find(" -->")?;
+    let key = &rest[..end];
+    Some(key.split(' ').next().unwrap_or(key))
+}
+
+/// The values the marker records as sent (empty: none, or no marker).
+pub fn sent_in(body: &str) -> Map<String, Value> {
+    let Some(start) = body.rfind(MARKER_START) else { return Map::new() };
+    let rest = &body[start..];
+    let Some(end) = rest.find(" -->") else { return Map::new() };
+    match rest[..end].split_once(" sent=") {
+        Some((_, json)) => match serde_json::from_str::<Value>(json) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        },
+        None => Map::new(),
+    }
 }
 
 /// The (definition, key) of a marker's text, decoded.
@@ -167,8 +214,15 @@ pub fn table_fields(body: &str) -> Map<String, Value> {
 }
 
 /// The whole body of an issue: the text, a blank line, the table of the
-/// fields that are not the issue's own (if any), a blank line, the marker.
-pub fn compose_body(definition: &str, key: &str, text: &str, extra: &Map<String, Value>) -> String {
+/// fields that are not the issue's own (if any), a blank line, the marker
+/// (with what it records as `sent`).
+pub fn compose_body(
+    definition: &str,
+    key: &str,
+    text: &str,
+    extra: &Map<String, Value>,
+    sent: &Map<String, Value>,
+) -> String {
     let mut body = text.to_owned();
     if !extra.is_empty() {
         if !body.is_empty() {
@@ -182,7 +236,7 @@ pub fn compose_body(definition: &str, key: &str, text: &str, extra: &Map<String,
     if !body.is_empty() {
         body.push_str("\n\n");
     }
-    body.push_str(&marker(definition, key));
+    body.push_str(&marker_with(definition, key, sent));
     body
 }
 
@@ -193,7 +247,7 @@ const TABLE_HEAD: &str = "| field | value |\n|---|---|\n";
 /// text above the table, and the table's fields (a body edited by a person
 /// keeps what it has).
 pub fn split_body(body: &str) -> (String, Map<String, Value>) {
-    let before = match body.rfind("<!-- syncbridge:key=") {
+    let before = match body.rfind(MARKER_START) {
         Some(i) => &body[..i],
         None => body,
     };
@@ -206,6 +260,19 @@ pub fn split_body(body: &str) -> (String, Map<String, Value>) {
     };
     (text.to_owned(), table_fields(table))
 }
+
+/// The fields of a payload that go into the body's table: every one but
+/// the issue's own and `SyncKey` (the marker carries the key).
+fn table_of(obj: &Map<String, Value>) -> Map<String, Value> {
+    obj.iter()
+        .filter(|(k, _)| !ISSUE_FIELDS.contains(&k.as_str()) && k.as_str() != SYNC_KEY)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The field a row's key is written in (an item created on GitHub gets its
+/// marker through it).
+pub const SYNC_KEY: &str = "SyncKey";
 
 /// A list field: a JSON array, a string holding one (how arrays travel),
 /// or comma-separated names; NULL is empty.
@@ -266,12 +333,8 @@ impl IssueWrite {
             }
         };
         let title = text("title").filter(|t| !t.trim().is_empty()).unwrap_or_else(|| format!("{definition} {key}"));
-        let extra: Map<String, Value> = obj
-            .iter()
-            .filter(|(k, _)| !ISSUE_FIELDS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let body = compose_body(definition, key, &text("body").unwrap_or_default(), &extra);
+        let sent = fields::sent_record(obj, &format!("{definition} {key}"), marker_label);
+        let body = compose_body(definition, key, &text("body").unwrap_or_default(), &table_of(obj), &sent);
         let mut labels = match obj.get("labels") {
             Some(v) => names_of(v, "labels")?,
             None => Vec::new(),
@@ -459,6 +522,8 @@ struct Answer {
     status: u16,
     link: Option<String>,
     etag: Option<String>,
+    /// GitHub's clock (`date`).
+    date: Option<String>,
     body: String,
 }
 
@@ -467,10 +532,8 @@ struct Answer {
 struct Twins {
     /// marker → (number, open, the issue as listed).
     by_marker: HashMap<String, (u64, bool, Value)>,
-    /// The newest `updated_at` read (the next read starts there: an overlap).
-    cursor: Option<String>,
-    /// The last listing's etag, for a 304.
-    etag: Option<String>,
+    /// Where its reads stand (the listing a pull reads, see [`pull`]).
+    cursor: Cursor,
 }
 
 /// The GitHub adapter for one target.
@@ -502,6 +565,13 @@ fn window_limiter(n: u32, window: Duration, burst: u32) -> DefaultDirectRateLimi
         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
         .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
     RateLimiter::direct(quota)
+}
+
+/// A write done: the issue's number and its version as the answer gives it
+/// (the eTag the ledger keeps: the same issue listed by a pull has the
+/// same, so syncbridge's own write coming back is an echo).
+fn written(id: i64, number: u64, issue: &Value) -> OpResult {
+    OpResult { target_id: Some(number.to_string()), etag: fields::version(issue), ..OpResult::ok(id) }
 }
 
 enum Created {
@@ -710,7 +780,13 @@ impl GithubTarget {
                 }
                 _ => {
                     self.client.set_health(Health::Ok, "");
-                    return Ok(Answer { status, link: header("link"), etag: header("etag"), body: text });
+                    return Ok(Answer {
+                        status,
+                        link: header("link"),
+                        etag: header("etag"),
+                        date: header("date"),
+                        body: text,
+                    });
                 }
             }
         }
@@ -740,90 +816,18 @@ impl GithubTarget {
     }
 
     /// Reads the repository's marked issues changed since the index's
-    /// cursor into the index.
+    /// cursor into the index (the listing a pull reads: [`pull`]).
     async fn refresh(&self, repo: &str) -> Result<(), Failure> {
-        let known = self.twins.lock().unwrap_or_else(|p| p.into_inner()).get(repo).cloned().unwrap_or_default();
-        let mut q = vec![
-            ("labels", self.marker_label.clone()),
-            ("state", "all".to_owned()),
-            ("sort", "updated".to_owned()),
-            ("direction", "asc".to_owned()),
-            ("per_page", "100".to_owned()),
-        ];
-        if let Some(c) = &known.cursor {
-            q.push(("since", c.clone()));
-        }
-        let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", seg(v))).collect();
-        let mut url = format!("{}{}?{}", self.client.base_url, self.issues_path(repo), query.join("&"));
-        let mut found = known.clone();
-        let mut first = true;
+        let mut t = self.twins.lock().unwrap_or_else(|p| p.into_inner()).get(repo).cloned().unwrap_or_default();
         loop {
-            let etag = if first { known.etag.as_deref() } else { None };
-            let a = self.send(reqwest::Method::GET, &url, None, false, true, etag).await?;
-            if a.status == 304 {
+            let listed =
+                self.list_page(repo, &mut t.cursor, false, MAX_PER_PAGE).await.map_err(|e| e.into_failure(self))?;
+            pull::learn(&mut t, &listed.issues);
+            if listed.last {
                 break;
             }
-            if a.status != 200 {
-                return Err(Failure {
-                    class: if a.status == 404 || a.status == 410 {
-                        ErrorClass::Definite
-                    } else {
-                        ErrorClass::Transient
-                    },
-                    message: format!(
-                        "GitHub refused the issue listing (HTTP {}){}",
-                        a.status,
-                        self.client.api_error_text(&a.body)
-                    ),
-                    retry_after: None,
-                    sent: false,
-                });
-            }
-            if first {
-                found.etag = a.etag.clone();
-            }
-            first = false;
-            let page: Vec<Value> = serde_json::from_str(&a.body).map_err(|e| Failure {
-                class: ErrorClass::Transient,
-                message: format!("GitHub's issue listing is not JSON ({e})"),
-                retry_after: None,
-                sent: false,
-            })?;
-            for issue in page {
-                if issue.get("pull_request").is_some() {
-                    continue;
-                }
-                let (Some(number), Some(body)) =
-                    (issue.get("number").and_then(Value::as_u64), issue.get("body").and_then(Value::as_str))
-                else {
-                    continue;
-                };
-                if let Some(updated) = issue.get("updated_at").and_then(Value::as_str) {
-                    if found.cursor.as_deref().is_none_or(|c| c < updated) {
-                        found.cursor = Some(updated.to_owned());
-                    }
-                }
-                let Some(m) = marker_in(body) else { continue };
-                let open = issue.get("state").and_then(Value::as_str) == Some("open");
-                let m = m.to_owned();
-                // Two with one marker: the open one, else the first.
-                let keep = match found.by_marker.get(&m) {
-                    None => true,
-                    Some((n, was_open, _)) => {
-                        *n == number || (open && !*was_open) || (open == *was_open && number < *n)
-                    }
-                };
-                if keep {
-                    found.by_marker.insert(m, (number, open, issue));
-                }
-            }
-            // Follow the next page only on the API's own origin.
-            match a.link.as_deref().and_then(next_link) {
-                Some(next) if next.starts_with(&format!("{}/", self.client.base_url)) => url = next,
-                _ => break,
-            }
         }
-        self.twins.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.to_owned(), found);
+        self.twins.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.to_owned(), t);
         Ok(())
     }
 
@@ -834,14 +838,14 @@ impl GithubTarget {
             Err(f) if f.sent => Created::Unknown(f),
             Err(f) => Created::Done(f.to_result(e.id)),
             Ok(a) if a.status == 201 || a.status == 200 => {
-                match serde_json::from_str::<Value>(&a.body).ok().and_then(|v| v.get("number").and_then(Value::as_u64))
-                {
+                let issue = serde_json::from_str::<Value>(&a.body).unwrap_or(Value::Null);
+                match issue.get("number").and_then(Value::as_u64) {
                     Some(n) => {
                         // A state asked for (closed) goes in an update after the create.
                         if w.state.as_deref() == Some("closed") {
                             return Created::Done(self.patch(e, repo, n, &w.patch_body(false), "update").await);
                         }
-                        Created::Done(OpResult { target_id: Some(n.to_string()), ..OpResult::ok(e.id) })
+                        Created::Done(written(e.id, n, &issue))
                     }
                     None => Created::Unknown(Failure {
                         class: ErrorClass::Transient,
@@ -859,18 +863,13 @@ impl GithubTarget {
         let url = format!("{}{}/{number}", self.client.base_url, self.issues_path(repo));
         match self.send(reqwest::Method::PATCH, &url, Some(body), true, true, None).await {
             Err(f) => f.to_result(e.id),
-            Ok(a) if a.status == 200 => {
-                if serde_json::from_str::<Value>(&a.body).is_err() {
-                    // The answer is cut: a PATCH is idempotent, the next attempt sends it again.
-                    return OpResult::failed(
-                        e.id,
-                        ErrorClass::Transient,
-                        "GitHub's answer to an update is not JSON",
-                        true,
-                    );
+            Ok(a) if a.status == 200 => match serde_json::from_str::<Value>(&a.body) {
+                Ok(issue) => written(e.id, number, &issue),
+                // The answer is cut: a PATCH is idempotent, the next attempt sends it again.
+                Err(_) => {
+                    OpResult::failed(e.id, ErrorClass::Transient, "GitHub's answer to an update is not JSON", true)
                 }
-                OpResult { target_id: Some(number.to_string()), ..OpResult::ok(e.id) }
-            }
+            },
             Ok(a) if e.op == Op::Delete && (a.status == 404 || a.status == 410) => {
                 // Gone already: nothing left to close.
                 OpResult::ok(e.id)
@@ -883,7 +882,7 @@ impl GithubTarget {
     async fn adopt(&self, e: &Export, repo: &str, n: u64, issue: &Value, w: &IssueWrite) -> OpResult {
         tracing::info!(target = %self.client.name, definition = %e.definition, issue = n, "adopting the issue found by its marker");
         if w.matches(issue) {
-            return OpResult { target_id: Some(n.to_string()), ..OpResult::ok(e.id) };
+            return written(e.id, n, issue);
         }
         self.patch(e, repo, n, &w.patch_body(true), "update").await
     }
@@ -954,23 +953,23 @@ impl GithubTarget {
             let reason = if s == "closed" { w.state_reason.as_deref().unwrap_or("completed") } else { "reopened" };
             patch.insert("state_reason".into(), json!(reason));
         }
-        let extra: Map<String, Value> = obj
-            .iter()
-            .filter(|(k, _)| !ISSUE_FIELDS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if obj.contains_key("body") || !extra.is_empty() {
-            let url = format!("{}{}/{n}", self.client.base_url, self.issues_path(repo));
-            let current = match self.send(reqwest::Method::GET, &url, None, false, true, None).await {
-                Err(f) => return f.to_result(e.id),
-                Ok(a) if a.status == 200 => match serde_json::from_str::<Value>(&a.body) {
-                    Ok(v) => v.get("body").and_then(Value::as_str).unwrap_or("").to_owned(),
-                    Err(_) => {
-                        return OpResult::failed(e.id, ErrorClass::Transient, "GitHub's issue is not JSON", false)
-                    }
-                },
-                Ok(a) => return self.definite(e, a.status, &a.body, "update"),
-            };
+        let extra = table_of(obj);
+        // The body is written again when its text, a field of its table or
+        // the key (an item created on GitHub gets its marker) changes.
+        let rewrite = obj.contains_key("body") || !extra.is_empty() || obj.contains_key(SYNC_KEY);
+        // The issue as it is: its body, and (two-way) whether it is still
+        // the version syncbridge last saw.
+        let issue = if rewrite || e.etag.is_some() {
+            match self.current(e, repo, n, "update").await {
+                Ok(Some(issue)) => issue,
+                Ok(None) => return self.definite(e, 410, "", "update"),
+                Err(r) => return *r,
+            }
+        } else {
+            Value::Null
+        };
+        if rewrite {
+            let current = issue.get("body").and_then(Value::as_str).unwrap_or("").to_owned();
             let (mut text, mut table) = split_body(&current);
             if let Some(b) = obj.get("body") {
                 text = match b {
@@ -982,12 +981,62 @@ impl GithubTarget {
             for (k, v) in extra {
                 table.insert(k, v);
             }
-            patch.insert("body".into(), json!(compose_body(&e.definition, key, &text, &table)));
+            // What the marker recorded, for the fields this update sends anew.
+            let mut sent = sent_in(&current);
+            for f in ISSUE_FIELDS.iter().filter(|f| obj.contains_key(**f)) {
+                sent.remove(*f);
+            }
+            sent.extend(fields::sent_record(obj, &format!("{} {key}", e.definition), &self.marker_label));
+            patch.insert("body".into(), json!(compose_body(&e.definition, key, &text, &table, &sent)));
         }
         if patch.is_empty() {
-            return OpResult { target_id: Some(n.to_string()), ..OpResult::ok(e.id) };
+            return match issue {
+                Value::Null => OpResult { target_id: Some(n.to_string()), ..OpResult::ok(e.id) },
+                issue => written(e.id, n, &issue),
+            };
         }
         self.patch(e, repo, n, &Value::Object(patch), "update").await
+    }
+
+    /// The issue as GitHub holds it now (None: gone, 404 or 410). For a
+    /// two-way definition (the export carries the version syncbridge last
+    /// saw): a conflict when a person changed it since — GitHub has no
+    /// `If-Match`, so the write waits while the change is pulled and
+    /// decided first, as a 412 makes Graph's.
+    async fn current(&self, e: &Export, repo: &str, n: u64, what: &str) -> Result<Option<Value>, Box<OpResult>> {
+        let url = format!("{}{}/{n}", self.client.base_url, self.issues_path(repo));
+        let issue = match self.send(reqwest::Method::GET, &url, None, false, true, None).await {
+            Err(f) => return Err(Box::new(f.to_result(e.id))),
+            Ok(a) if a.status == 200 => match serde_json::from_str::<Value>(&a.body) {
+                Ok(v) => v,
+                Err(_) => {
+                    return Err(Box::new(OpResult::failed(
+                        e.id,
+                        ErrorClass::Transient,
+                        "GitHub's issue is not JSON",
+                        false,
+                    )))
+                }
+            },
+            Ok(a) if a.status == 404 || a.status == 410 => {
+                if e.op == Op::Delete {
+                    return Ok(None);
+                }
+                return Err(Box::new(self.definite(e, a.status, &a.body, what)));
+            }
+            Ok(a) => return Err(Box::new(self.definite(e, a.status, &a.body, what))),
+        };
+        if let Some(seen) = e.etag.as_deref() {
+            if fields::version(&issue).as_deref() != Some(seen) {
+                return Err(Box::new(OpResult::failed(
+                    e.id,
+                    ErrorClass::Conflict,
+                    format!("issue #{n} changed on GitHub since syncbridge last saw it: its change is pulled and decided first"),
+                    false,
+                )));
+            }
+        }
+        Ok(Some(issue))
     }
 
     async fn apply_one(&self, e: &Export, fresh: bool) -> OpResult {
@@ -1027,6 +1076,14 @@ impl GithubTarget {
             }
             Op::Delete => match e.target_id.as_deref().and_then(|t| t.parse::<u64>().ok()) {
                 Some(n) => {
+                    if e.etag.is_some() {
+                        match self.current(e, &repo, n, "close").await {
+                            Ok(Some(_)) => {}
+                            // Gone already: nothing left to close.
+                            Ok(None) => return OpResult::ok(e.id),
+                            Err(r) => return *r,
+                        }
+                    }
                     let body = json!({"state": "closed", "state_reason": self.close_reason});
                     self.patch(e, &repo, n, &body, "close").await
                 }
@@ -1063,6 +1120,10 @@ impl Target for GithubTarget {
 
     fn capabilities(&self) -> &'static super::registry::Capabilities {
         &GITHUB_CAPABILITIES
+    }
+
+    fn pull<'a>(&'a self, request: &'a PullRequest) -> BoxFuture<'a, Result<PullPage, PullError>> {
+        Box::pin(self.pull_page(request))
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
@@ -1159,7 +1220,8 @@ mod tests {
         assert_eq!(w.labels, ["bug", "ui", "syncbridge"]);
         assert_eq!(w.state.as_deref(), Some("closed"));
         assert!(w.body.starts_with("Steps:\n1. a\n\n| field | value |"));
-        assert!(w.body.ends_with("<!-- syncbridge:key=tickets/7 -->"), "{}", w.body);
+        assert!(w.body.ends_with(" -->") && w.body.contains("\n\n<!-- syncbridge:key=tickets/7 sent="), "{}", w.body);
+        assert_eq!(Value::Object(sent_in(&w.body)), json!({"labels": "[\"bug\", \"ui\"]", "state": "Closed"}));
         let t = table_fields(&w.body);
         assert_eq!(Value::Object(t), json!({"id": 7, "note": "a | b", "tags": ["x"]}));
         assert_eq!(parse_marker(marker_in(&w.body).unwrap()), Some(("tickets".into(), "7".into())));
@@ -1168,7 +1230,11 @@ mod tests {
             (text.as_str(), Value::Object(table.clone())),
             ("Steps:\n1. a", json!({"id": 7, "note": "a | b", "tags": ["x"]}))
         );
-        assert_eq!(compose_body("tickets", "7", &text, &table), w.body, "taken apart and put together again");
+        assert_eq!(
+            compose_body("tickets", "7", &text, &table, &sent_in(&w.body)),
+            w.body,
+            "taken apart and put together again"
+        );
         for b in ["<!-- syncbridge:key=d/1 -->", "text\n\n<!-- syncbridge:key=d/1 -->", "edited by a person"] {
             let (text, table) = split_body(b);
             assert!(table.is_empty());
@@ -1183,7 +1249,7 @@ mod tests {
             IssueWrite::from_payload("d", "9", &json!({"title": null, "body": null, "labels": null}), "sb").unwrap();
         assert_eq!(
             (w.title.as_str(), w.body.as_str(), w.labels.clone()),
-            ("d 9", "<!-- syncbridge:key=d/9 -->", vec!["sb".to_owned()])
+            ("d 9", "<!-- syncbridge:key=d/9 sent={\"labels\":null} -->", vec!["sb".to_owned()])
         );
         assert_eq!(w.assignees, None);
         // Refused before sending.

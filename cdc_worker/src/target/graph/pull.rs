@@ -27,45 +27,7 @@ pub const RU_DELTA_LINK: u32 = 1;
 /// The most items a page is asked for.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
-/// `link` as a URL when it leads to `base_url` (the target's configured
-/// Graph base, `…/v1.0`): same scheme, host and port, no user info, and a
-/// path under the base's path (after `..` and `.` are resolved). Err: why
-/// not, naming the scheme and host only (a link carries a delta token).
-pub fn check_link(base_url: &str, link: &str) -> Result<reqwest::Url, String> {
-    let base = reqwest::Url::parse(base_url).map_err(|e| format!("the target's base_url is not a URL ({e})"))?;
-    let url = reqwest::Url::parse(link).map_err(|e| format!("the link Graph gave is not a URL ({e})"))?;
-    let at = |u: &reqwest::Url| {
-        format!(
-            "{}://{}{}",
-            u.scheme(),
-            bounded(u.host_str().unwrap_or(""), 100),
-            u.port().map(|p| format!(":{p}")).unwrap_or_default()
-        )
-    };
-    let refused = |why: &str| {
-        Err(format!(
-            "a link to {} was refused ({why}): only links under the target's base_url {} are followed",
-            at(&url),
-            at(&base)
-        ))
-    };
-    if url.scheme() != base.scheme() {
-        return refused("another scheme");
-    }
-    if url.host_str().map(str::to_ascii_lowercase) != base.host_str().map(str::to_ascii_lowercase)
-        || url.port_or_known_default() != base.port_or_known_default()
-    {
-        return refused("another host");
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return refused("it carries user info");
-    }
-    let prefix = format!("{}/", base.path().trim_end_matches('/'));
-    if !url.path().starts_with(&prefix) {
-        return refused("a path outside the base's");
-    }
-    Ok(url)
-}
+pub use crate::target::http::check_link;
 
 /// The `$expand` of a fresh read: `fields`, or `fields($select=A,B)` (each
 /// name percent-encoded, so that none can end the option).

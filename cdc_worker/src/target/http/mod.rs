@@ -347,3 +347,44 @@ impl HttpClient {
         Err(last.unwrap_or_else(|| self.stopping()))
     }
 }
+
+/// `link` as a URL when it leads to `base_url` (the target's configured
+/// API base: Graph's `…/v1.0`, GitHub's root): same scheme, host and port, no user info, and a
+/// path under the base's path (after `..` and `.` are resolved). Err: why
+/// not, naming the scheme and host only (a link may carry a token). A
+/// link is followed with the bearer token: never anywhere else.
+pub fn check_link(base_url: &str, link: &str) -> Result<reqwest::Url, String> {
+    let base = reqwest::Url::parse(base_url).map_err(|e| format!("the target's base_url is not a URL ({e})"))?;
+    let url = reqwest::Url::parse(link).map_err(|e| format!("the link the target gave is not a URL ({e})"))?;
+    let at = |u: &reqwest::Url| {
+        format!(
+            "{}://{}{}",
+            u.scheme(),
+            bounded(u.host_str().unwrap_or(""), 100),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        )
+    };
+    let refused = |why: &str| {
+        Err(format!(
+            "a link to {} was refused ({why}): only links under the target's base_url {} are followed",
+            at(&url),
+            at(&base)
+        ))
+    };
+    if url.scheme() != base.scheme() {
+        return refused("another scheme");
+    }
+    if url.host_str().map(str::to_ascii_lowercase) != base.host_str().map(str::to_ascii_lowercase)
+        || url.port_or_known_default() != base.port_or_known_default()
+    {
+        return refused("another host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return refused("it carries user info");
+    }
+    let prefix = format!("{}/", base.path().trim_end_matches('/'));
+    if !url.path().starts_with(&prefix) {
+        return refused("a path outside the base's");
+    }
+    Ok(url)
+}
