@@ -1195,12 +1195,9 @@ impl Target for GithubTarget {
                 }
                 results.push(r);
             }
-            for r in &mut results {
-                if let Some(m) = r.error.take() {
-                    r.error = Some(bounded(&self.client.redact(&m), 2000));
-                }
-                r.retry_after =
-                    r.retry_after.filter(|s| s.is_finite() && *s >= 0.0).map(|s| s.min(MAX_PAUSE.as_secs_f64()));
+            self.client.settle(&mut results);
+            for m in results.iter_mut().filter_map(|r| r.error.as_mut()) {
+                *m = bounded(m, 2000);
             }
             results
         })

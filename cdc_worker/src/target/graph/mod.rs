@@ -44,7 +44,7 @@ use serde_json::{json, Map, Value};
 
 use super::http::{
     backoff, retry_after_of, without_url, Budget, ClientCredentials, Cost, Failure, HttpClient, HttpSettings,
-    ENVELOPE_ATTEMPTS, MAX_PAUSE, MAX_TIMEOUT_MS,
+    ENVELOPE_ATTEMPTS, MAX_TIMEOUT_MS,
 };
 use super::policy::bounded;
 use super::{
@@ -1093,13 +1093,7 @@ impl Target for GraphTarget {
                 results.extend(self.apply_items(&items, context).await);
             }
             // Everything bound for sync.complete (last_error) and the log.
-            for r in &mut results {
-                if let Some(m) = r.error.take() {
-                    r.error = Some(self.client.redact(&m));
-                }
-                r.retry_after =
-                    r.retry_after.filter(|s| s.is_finite() && *s >= 0.0).map(|s| s.min(MAX_PAUSE.as_secs_f64()));
-            }
+            self.client.settle(&mut results);
             results
         })
     }
@@ -1208,7 +1202,7 @@ mod tests {
             t.client.pause(secs);
         }
         let until = t.client.pause_until.lock().unwrap().expect("paused");
-        assert!(until <= Instant::now() + MAX_PAUSE, "capped");
+        assert!(until <= Instant::now() + crate::target::http::MAX_PAUSE, "capped");
     }
 
     #[test]

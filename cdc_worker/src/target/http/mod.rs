@@ -142,6 +142,19 @@ impl HttpClient {
         self.redactor.lock().unwrap_or_else(|p| p.into_inner()).redact(message)
     }
 
+    /// Results as they leave the adapter for `sync.complete` and the log:
+    /// every message redacted, every `retry_after` a finite, non-negative
+    /// number of seconds of at most [`MAX_PAUSE`].
+    pub(crate) fn settle(&self, results: &mut [OpResult]) {
+        for r in results {
+            if let Some(m) = r.error.take() {
+                r.error = Some(self.redact(&m));
+            }
+            r.retry_after =
+                r.retry_after.filter(|s| s.is_finite() && *s >= 0.0).map(|s| s.min(MAX_PAUSE.as_secs_f64()));
+        }
+    }
+
     /// `: code: message` from the API's error envelope in `body` (redacted,
     /// then bounded), or nothing when the body is not one.
     pub(crate) fn api_error(&self, body: &Value) -> String {

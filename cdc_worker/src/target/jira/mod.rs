@@ -38,7 +38,7 @@ use std::collections::{BTreeSet, HashMap};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Map, Value};
 
-use super::http::{Budget, Cost, Failure, HttpClient, HttpSettings, MAX_PAUSE, MAX_TIMEOUT_MS};
+use super::http::{Budget, Cost, Failure, HttpClient, HttpSettings, MAX_TIMEOUT_MS};
 use super::registry::Capabilities;
 use super::{
     ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage, PullRequest, Target,
@@ -943,13 +943,7 @@ impl Target for JiraTarget {
             if !creates.is_empty() {
                 results.extend(self.create_all(&creates).await);
             }
-            for r in &mut results {
-                if let Some(m) = r.error.take() {
-                    r.error = Some(self.client.redact(&m));
-                }
-                r.retry_after =
-                    r.retry_after.filter(|s| s.is_finite() && *s >= 0.0).map(|s| s.min(MAX_PAUSE.as_secs_f64()));
-            }
+            self.client.settle(&mut results);
             results
         })
     }

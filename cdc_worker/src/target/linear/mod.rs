@@ -39,7 +39,7 @@ use std::sync::Mutex;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::http::{Budget, Failure, HttpClient, HttpSettings, MAX_PAUSE, MAX_TIMEOUT_MS};
+use super::http::{Budget, Failure, HttpClient, HttpSettings, MAX_TIMEOUT_MS};
 use super::{
     ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage, PullRequest, Target,
     TargetPolicy, TargetSetupError,
@@ -775,13 +775,7 @@ impl Target for LinearTarget {
         Box::pin(async move {
             let items: Vec<&Export> = exports.iter().collect();
             let mut results = self.apply_items(&items).await;
-            for r in &mut results {
-                if let Some(m) = r.error.take() {
-                    r.error = Some(self.client.redact(&m));
-                }
-                r.retry_after =
-                    r.retry_after.filter(|s| s.is_finite() && *s >= 0.0).map(|s| s.min(MAX_PAUSE.as_secs_f64()));
-            }
+            self.client.settle(&mut results);
             results
         })
     }
