@@ -40,12 +40,7 @@ cleanup() {
   pg_stop "$dir/pg"; rm -rf "$dir"
 }
 trap cleanup EXIT
-port=$(free_port)
-log "starting a throwaway cluster on 127.0.0.1:$port"
-pg_start "$dir/pg" "$port"
-psql=("$PG_BIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d demo -v ON_ERROR_STOP=1)
-"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE demo"
-dsn="host=127.0.0.1 port=$port user=postgres dbname=demo"
+demo_cluster "$dir"
 
 # The credential reaches the worker through its environment only, never a
 # table (the worker reads secrets only from variables named SYNCBRIDGE_SECRET_*).
@@ -58,8 +53,6 @@ emu="http://127.0.0.1:$(cat "$dir/emu.port")"
 api=$emu; [ "$kind" = linear ] && api="$emu/graphql"
 log "$kind emulator on $emu"
 
-worker() { "$ROOT/target/debug/syncbridge-worker" "$@" --allow-loopback-targets --dsn "$dsn" 2>&1 | sed 's/^/    worker: /'; }
-show() { echo; echo "== $1"; shift; "${psql[@]}" -q "$@"; }
 # The issues as the emulator holds them (GET /_emulator/issues), one a line.
 issues() {
   echo; echo "== the issues in the $kind emulator (what a person sees in the tracker)"
@@ -103,7 +96,7 @@ print(f"({len(rows)} issues)")
 PY
 }
 
-show "a table of tickets; only the shareable ones may leave" <<SQL
+demo_show "a table of tickets; only the shareable ones may leave" <<SQL
 CREATE EXTENSION syncbridge;
 CREATE TABLE tickets (id int PRIMARY KEY, title text NOT NULL, body text, status text NOT NULL DEFAULT '$open',
                       tags text[] NOT NULL DEFAULT '{}', shareable boolean NOT NULL DEFAULT true);
@@ -117,7 +110,7 @@ SQL
 
 # shellcheck disable=SC2059
 target_config=$(printf "$config" "$api")
-show "a $kind target, a definition whose row filter keeps the shareable tickets" <<SQL
+demo_show "a $kind target, a definition whose row filter keeps the shareable tickets" <<SQL
 \set ECHO queries
 \o /dev/null
 SELECT sync.create_target('tracker', kind => '$kind', config => '$target_config', secret => 'env:$secret_var');
@@ -129,15 +122,15 @@ SELECT sync.map('tickets_$kind', 'tags', '$labels');
 SELECT sync.enable('tickets_$kind');
 SQL
 
-show "SELECT * FROM sync.plan_summary();  -- priced in the kind's own unit" <<'SQL'
+demo_show "SELECT * FROM sync.plan_summary();  -- priced in the kind's own unit" <<'SQL'
 SELECT definition, adds, requests, batches, cost, cost_unit, budget_per_min, est_drain FROM sync.plan_summary();
 SQL
 
 echo; echo "== syncbridge-worker run --once  (slot, backfill, issues created)"
-worker run --once
+demo_worker run --once
 issues
 
-show "changes: ticket 1 is done, ticket 2 gets a label, ticket 4 stops being shareable, a new ticket" <<SQL
+demo_show "changes: ticket 1 is done, ticket 2 gets a label, ticket 4 stops being shareable, a new ticket" <<SQL
 UPDATE tickets SET status = '$done' WHERE id = 1;
 UPDATE tickets SET tags = tags || '{ux}'::text[], title = 'Add a dark mode (and a light one)' WHERE id = 2;
 UPDATE tickets SET shareable = false WHERE id = 4;
@@ -146,9 +139,9 @@ SELECT definition, op, sync_key, changed FROM sync.plan() ORDER BY sync_key;
 SQL
 
 echo; echo "== syncbridge-worker run --once"
-worker run --once
+demo_worker run --once
 issues
-show "the table, with each ticket's issue (its id on the target, from sync.ledger)" <<'SQL'
+demo_show "the table, with each ticket's issue (its id on the target, from sync.ledger)" <<'SQL'
 SELECT t.id, t.title, t.status, t.tags, t.shareable, l.target_id AS issue
   FROM tickets t LEFT JOIN sync.ledger l ON l.sync_key = t.id::text ORDER BY t.id;
 SELECT definition, state, items, exported, pending, failed, error FROM sync.status;

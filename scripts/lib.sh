@@ -101,6 +101,24 @@ graph_emulator_stop() {
   fi
 }
 
+# demo_cluster DIR: the demos' throwaway cluster in DIR/pg on a free
+# loopback port, with a database `demo`; sets `psql` (an array: psql on it,
+# stopping at the first error) and `dsn` (the worker's --dsn).
+demo_cluster() {
+  local dir=$1 port; port=$(free_port)
+  log "starting a throwaway cluster on 127.0.0.1:$port"
+  pg_start "$dir/pg" "$port"
+  psql=("$PG_BIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d demo -v ON_ERROR_STOP=1)
+  "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE demo"
+  dsn="host=127.0.0.1 port=$port user=postgres dbname=demo"
+}
+
+# demo_worker ARGS...: the debug worker on the demo's database, its log
+# indented (the emulators listen on loopback, which it reaches only when told).
+demo_worker() { "$ROOT/target/debug/syncbridge-worker" "$@" --allow-loopback-targets --dsn "$dsn" 2>&1 | sed 's/^/    worker: /'; }
+# demo_show TITLE [PSQL ARGS...]: a heading, then psql with stdin or ARGS.
+demo_show() { echo; echo "== $1"; shift; "${psql[@]}" -q "$@"; }
+
 # The demo's source table `employees` and its five rows (SQL on stdout).
 demo_employees_sql() {
   cat <<'SQL'
