@@ -770,7 +770,7 @@ impl GithubTarget {
                     return Err(Failure { class: ErrorClass::Auth, message: msg, retry_after: None, sent: false });
                 }
                 s if s >= 500 => {
-                    self.client.set_health(Health::Unreachable, format!("HTTP {s}"));
+                    self.client.set_health(Health::Unreachable, format!("GitHub answered HTTP {s}"));
                     last = Some(Failure {
                         class: ErrorClass::Transient,
                         message: format!("GitHub answered HTTP {s}{}", self.client.api_error_text(&text)),

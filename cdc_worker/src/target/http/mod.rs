@@ -297,10 +297,13 @@ impl HttpClient {
                 Ok(r) => r,
                 Err(e) => {
                     metrics::TARGET_REQUEST_ERRORS.inc(&[&self.name, "api"]);
-                    self.set_health(Health::Unreachable, without_url(&e));
+                    let message = format!("{} unreachable: {}", self.service, without_url(&e));
+                    // The same words as the probe's: the lanes and the
+                    // probe all report to one `status_detail`.
+                    self.set_health(Health::Unreachable, message.clone());
                     last = Some(Failure {
                         class: ErrorClass::Transient,
-                        message: format!("{} unreachable: {}", self.service, without_url(&e)),
+                        message,
                         retry_after: None,
                         // Once a request may have gone out, the outcome stays unknown.
                         sent: !e.is_connect() || last.as_ref().is_some_and(|l| l.sent),
@@ -346,7 +349,7 @@ impl HttpClient {
                     });
                 }
                 s if s >= 500 => {
-                    self.set_health(Health::Unreachable, format!("HTTP {s}"));
+                    self.set_health(Health::Unreachable, format!("{} answered HTTP {s}", self.service));
                     last = Some(Failure {
                         class: ErrorClass::Transient,
                         message: format!("{} answered HTTP {s}{}", self.service, self.api_error_text(&text)),

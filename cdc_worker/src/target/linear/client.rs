@@ -248,10 +248,11 @@ impl Gql<'_> {
                 Ok(r) => r,
                 Err(e) => {
                     metrics::TARGET_REQUEST_ERRORS.inc(&[&c.name, "api"]);
-                    c.set_health(Health::Unreachable, without_url(&e));
+                    let message = format!("Linear unreachable: {}", without_url(&e));
+                    c.set_health(Health::Unreachable, message.clone());
                     last = Some(Failure {
                         class: ErrorClass::Transient,
-                        message: format!("Linear unreachable: {}", without_url(&e)),
+                        message,
                         retry_after: None,
                         sent: !e.is_connect() || last.as_ref().is_some_and(|l| l.sent),
                     });
@@ -307,7 +308,7 @@ impl Gql<'_> {
             }
             if status >= 500 || (status == 200 && doc.is_none()) {
                 let what = if status >= 500 { format!("HTTP {status}") } else { "an answer that is not JSON".into() };
-                c.set_health(Health::Unreachable, what.clone());
+                c.set_health(Health::Unreachable, format!("Linear answered {what}"));
                 last = Some(Failure {
                     class: ErrorClass::Transient,
                     message: format!("Linear answered {what}{first_error}"),
