@@ -21,6 +21,10 @@ pub enum Op {
     /// Move an item to another container (shard): natively, or create there
     /// and delete here, as the kind's capabilities say.
     Move,
+    /// Disable an item before its deletion (a directory account: locked,
+    /// perhaps moved aside); the delete follows after the definition's
+    /// grace period. Only kinds whose capabilities say `disable` get it.
+    Disable,
 }
 
 impl Op {
@@ -32,6 +36,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::Move => "move",
+            Op::Disable => "disable",
         }
     }
 }
@@ -66,6 +71,10 @@ pub struct Export {
     pub attempts: i32,
     /// An earlier attempt may have reached the target: look before creating.
     pub verify: bool,
+    /// The ledger says the item is disabled (an [`Op::Disable`] went out and
+    /// the row came back within the grace period): an update re-enables it.
+    #[serde(default)]
+    pub disabled: bool,
     /// Fields whose values the write's answer should report back
     /// ([`OpResult::fields`]): pull-only system fields mapped to columns.
     #[serde(default, deserialize_with = "null_as_empty")]

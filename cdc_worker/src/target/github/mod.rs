@@ -1064,6 +1064,12 @@ impl GithubTarget {
                 "GitHub issues do not move between repositories (sync.target_kinds.moves = unsupported)",
                 false,
             ),
+            Op::Disable => OpResult::failed(
+                e.id,
+                ErrorClass::Definite,
+                "GitHub issues cannot be disabled (sync.target_kinds.disable)",
+                false,
+            ),
             Op::Add | Op::Update => {
                 let w = match IssueWrite::from_payload(&e.definition, &key, &payload, &self.marker_label) {
                     Ok(w) => w,

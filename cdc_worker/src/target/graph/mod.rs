@@ -875,6 +875,7 @@ impl GraphTarget {
         let json_headers = json!({ "Content-Type": "application/json" });
         match e.op {
             Op::Provision => Err(definite("a provision in an item batch".into())),
+            Op::Disable => Err(definite("SharePoint list items cannot be disabled (sync.target_kinds.disable)".into())),
             Op::Add | Op::Move => match &j.adopt {
                 Some(item) => {
                     let fields = graph_fields(&payload, false, kinds).map_err(not_yet)?;

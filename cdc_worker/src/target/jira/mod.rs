@@ -932,7 +932,7 @@ impl Target for JiraTarget {
                     Op::Update if e.target_id.is_none() => creates.push(e),
                     Op::Update => results.push(self.update(e).await),
                     Op::Delete => results.push(self.delete(e).await),
-                    Op::Provision | Op::Move => results.push(self.failed(
+                    Op::Provision | Op::Move | Op::Disable => results.push(self.failed(
                         e,
                         ErrorClass::Definite,
                         format!("a jira target cannot {} (its project exists; issues do not move)", e.op.as_str()),

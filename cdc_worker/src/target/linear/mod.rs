@@ -392,11 +392,11 @@ impl LinearTarget {
                 Op::Add => (Step::Create, true),
                 Op::Update | Op::Move => (Step::Update { restore: false }, false),
                 Op::Delete => (Step::Delete, false),
-                Op::Provision => {
+                Op::Provision | Op::Disable => {
                     results.push(OpResult::failed(
                         e.id,
                         ErrorClass::Definite,
-                        "Linear teams are not provisioned",
+                        format!("a linear target cannot {} (teams exist already; issues are not disabled)", e.op.as_str()),
                         false,
                     ));
                     continue;
