@@ -15,7 +15,9 @@ sudo_if_needed() {
 
 # 1. Debian packages
 # dpkg-dev: dpkg-shlibdeps (the package's Depends) and binutils' strip, for make package.
-pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev make unzip dpkg-dev)
+# slapd, ldap-utils: the ldap kind's tests and demo start their own throwaway
+# OpenLDAP server (never the system service) and compare with ldapsearch.
+pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev make unzip dpkg-dev slapd ldap-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -26,7 +28,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   sudo_if_needed apt-get update -qq
+  # No service may start while installing (slapd's would listen on :389):
+  # a policy-rc.d refusing every start, only for the length of the install.
+  policy_added=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | sudo_if_needed tee /usr/sbin/policy-rc.d >/dev/null
+    sudo_if_needed chmod 755 /usr/sbin/policy-rc.d
+    policy_added=1
+  fi
   sudo_if_needed apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$policy_added" ]; then sudo_if_needed rm -f /usr/sbin/policy-rc.d; fi
 else
   log "Debian packages present"
 fi
