@@ -25,7 +25,8 @@ CREATE TABLE target_kinds (
     key_lookup        boolean NOT NULL,
     pull              text NOT NULL CHECK (pull IN ('delta', 'updated_since', 'none')),
     bulk_ops          text[] NOT NULL DEFAULT '{}' CHECK (bulk_ops <@ '{add,update,delete,move}'),
-    item_costs        jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(item_costs) = 'object')
+    item_costs        jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(item_costs) = 'object'),
+    disable           boolean NOT NULL DEFAULT false
 );
 COMMENT ON COLUMN target_kinds.kind IS 'Kind name used by sync.create_target(kind => ...).';
 COMMENT ON COLUMN target_kinds.description IS 'What the kind talks to.';
@@ -45,6 +46,7 @@ COMMENT ON COLUMN target_kinds.key_lookup IS 'Whether an item can be found by th
 COMMENT ON COLUMN target_kinds.pull IS 'How changes are read back for two-way sync: delta (a cursor), updated_since, none.';
 COMMENT ON COLUMN target_kinds.bulk_ops IS 'The operations whose items share a request, batch_size at a time (Graph $batch, Jira bulk create, Linear aliased mutations); the others take a request each.';
 COMMENT ON COLUMN target_kinds.item_costs IS 'Per operation, what one item costs in cost_unit when it is not cost_per_write (a move: cost_per_write per request it takes): Jira''s bulk create, 3 requests (the twin search, the create, the read of the new issues) per 50 issues, is 0.06 an issue.';
+COMMENT ON COLUMN target_kinds.disable IS 'Whether an item can be disabled before it is deleted (a directory account: locked): with a definition''s delete_grace, a delete first disables, and removes after the grace period.';
 COMMENT ON TABLE target_kinds IS 'The kinds of target syncbridge knows: required configuration, batch size, API cost model and capabilities. Read-only reference data; the worker holds the same facts (a test compares them).';
 
 INSERT INTO target_kinds (kind, description, implemented, required_config, optional_config,
@@ -76,6 +78,7 @@ UPDATE target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item_costs
                ('jira', '{add}', '{"add": 0.06}'),
                ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
  WHERE k.kind = v.kind;
+UPDATE target_kinds SET disable = true WHERE kind = 'ldap';
 
 -- ---------------------------------------------------------------------------
 -- Targets

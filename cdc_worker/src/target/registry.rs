@@ -76,6 +76,10 @@ pub struct Capabilities {
     pub key_lookup: bool,
     /// How changes are read back.
     pub pull: Pull,
+    /// Whether an item can be disabled before it is deleted ([`super::Op::Disable`]:
+    /// a directory account locked, then deleted after the definition's
+    /// `delete_grace`).
+    pub disable: bool,
 }
 
 impl Capabilities {
@@ -142,6 +146,7 @@ pub const GRAPH_CAPABILITIES: Capabilities = Capabilities {
     moves: Moves::DeleteCreate,
     key_lookup: true,
     pull: Pull::Delta,
+    disable: false,
 };
 
 /// Linear: issues in an existing team, deleted to the trash (or archived),
@@ -153,6 +158,7 @@ pub const LINEAR_CAPABILITIES: Capabilities = Capabilities {
     moves: Moves::Native,
     key_lookup: true,
     pull: Pull::UpdatedSince,
+    disable: false,
 };
 
 /// Every kind syncbridge knows, implemented or not.
@@ -258,6 +264,7 @@ pub static KINDS: &[KindSpec] = &[
             moves: Moves::Native,
             key_lookup: false,
             pull: Pull::None,
+            disable: false,
         },
         bulk_ops: &[],
         item_costs: &[],
@@ -280,6 +287,7 @@ pub static KINDS: &[KindSpec] = &[
             moves: Moves::Native,
             key_lookup: true,
             pull: Pull::None,
+            disable: true,
         },
         bulk_ops: &[],
         item_costs: &[],

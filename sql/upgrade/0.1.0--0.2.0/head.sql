@@ -85,6 +85,12 @@ UPDATE @extschema@.target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item
                ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
  WHERE k.kind = v.kind;
 
+-- Disable before delete (issue 20): kinds whose items can be disabled, and a
+-- definition's grace period between the disable and the delete.
+ALTER TABLE @extschema@.target_kinds ADD COLUMN disable boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN @extschema@.target_kinds.disable IS 'Whether an item can be disabled before it is deleted (a directory account: locked): with a definition''s delete_grace, a delete first disables, and removes after the grace period.';
+UPDATE @extschema@.target_kinds SET disable = true WHERE kind = 'ldap';
+
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
 	"rel" oid,

@@ -1117,6 +1117,7 @@ pub const GITHUB_CAPABILITIES: super::registry::Capabilities = super::registry::
     moves: super::registry::Moves::Unsupported,
     key_lookup: true,
     pull: super::registry::Pull::UpdatedSince,
+    disable: false,
 };
 
 impl Target for GithubTarget {

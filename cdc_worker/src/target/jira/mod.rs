@@ -78,6 +78,7 @@ pub const JIRA_CAPABILITIES: Capabilities = Capabilities {
     key_lookup: true,
     // Search by `updated`, with an overlap (see [`pull`]).
     pull: super::registry::Pull::UpdatedSince,
+    disable: false,
 };
 
 /// A target's checked configuration.
