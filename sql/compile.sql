@@ -276,6 +276,9 @@ BEGIN
                       WHEN k.kind = 'graph' AND lower(f.field) = 'title' THEN 'text'
                       ELSE sync._field_kind(f.typ, f.typmod) END;
         pairs := pairs || (quote_literal(f.field) || ', ' || CASE
+            -- an array column refers to several items (an LDAP group's members)
+            WHEN f.reference IS NOT NULL AND EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = f.typ AND t.typcategory = 'A') THEN
+                format('CASE WHEN s.%1$I IS NULL THEN NULL ELSE jsonb_build_object(''@refs'', to_jsonb((s.%1$I)::text[]), ''@def'', %2$L) END', f.column_name, f.reference)
             WHEN f.reference IS NOT NULL THEN
                 format('CASE WHEN s.%1$I IS NULL THEN NULL ELSE jsonb_build_object(''@ref'', (s.%1$I)::text, ''@def'', %2$L) END', f.column_name, f.reference)
             WHEN f.transform IS NOT NULL THEN

@@ -287,6 +287,7 @@ BEGIN
     -- Each value: its type and bounds (one rule per key name, whatever the kind).
     FOR kv IN SELECT e.key, e.value FROM jsonb_each(config) e ORDER BY e.key LOOP
         rule := CASE
+            WHEN kind = 'ldap' AND kv.key = 'url' THEN 'ldap_url'
             WHEN kv.key IN ('base_url', 'authority_url', 'url') THEN 'url'
             WHEN kv.key = 'budget_per_min' THEN 'number 1 1000000'
             WHEN kv.key = 'writes_per_second' THEN 'number 0.01 10000'
@@ -304,6 +305,8 @@ BEGIN
             WHEN kv.key = 'on_delete' THEN 'choice trash archive'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
+            WHEN 'ldap_url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 300
+                            AND (kv.value #>> '{}') ~ '^ldaps?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$'
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
                             AND (kv.value #>> '{}') ~ '^https?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~!$&''()*+,;=:@%/-]*)?$'
             WHEN 'number' THEN jsonb_typeof(kv.value) = 'number'
@@ -328,6 +331,7 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       DETAIL = CASE split_part(rule, ' ', 1)
                           WHEN 'url' THEN format('%s is an absolute http:// or https:// URL without user name, password, query or fragment.', kv.key)
+                          WHEN 'ldap_url' THEN 'url is ldap://host:port or ldaps://host:port, without user name, password, DN or query (the bind DN is its own key, the password the secret).'
                           WHEN 'number' THEN format('%s is a number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'integer' THEN format('%s is a whole number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'timezone' THEN format('%s is the name of a time zone PostgreSQL knows (pg_timezone_names).', kv.key)
@@ -530,6 +534,27 @@ END $$;
 -- search_path (a name is never looked up with more rights than its giver
 -- has); everything else is sync._define's. Every name in this body is
 -- schema-qualified: it runs with the caller's search_path.
+-- A definition's delete_grace: only for kinds that can disable an item.
+CREATE FUNCTION _check_delete_grace(target text, grace interval) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    k sync.target_kinds;
+BEGIN
+    SELECT tk.* INTO k FROM sync.targets t JOIN sync.target_kinds tk ON tk.kind = t.kind WHERE t.name = target;
+    IF NOT k.disable THEN
+        RAISE EXCEPTION 'target % cannot disable an item before deleting it', quote_literal(target)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = format('Its kind (%s) has no disabled state (sync.target_kinds.disable = false): a delete removes the item at once.', k.kind),
+                  HINT = 'Leave delete_grace out, or use approval => ''deletes'' to hold deletes for a person.';
+    END IF;
+    IF grace < interval '0' OR grace > interval '10 years' THEN
+        RAISE EXCEPTION 'invalid delete_grace %', grace
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'delete_grace is from 0 (disable, then delete at once) to 10 years.',
+                  HINT = 'For example delete_grace => ''30 days''.';
+    END IF;
+END $$;
+
 CREATE FUNCTION define(
     name text,
     source text,
@@ -543,7 +568,8 @@ CREATE FUNCTION define(
     delete_scope text DEFAULT 'provisioned',
     max_attempts int DEFAULT NULL,
     inbound_deletes text DEFAULT 'approve',
-    inbound_inserts text DEFAULT 'apply'
+    inbound_inserts text DEFAULT 'apply',
+    delete_grace interval DEFAULT NULL
 ) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     rel pg_catalog.regclass;
@@ -558,7 +584,8 @@ BEGIN
         GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
     END;
     RETURN sync._define(name, source, rel, err, pg_catalog.current_setting('search_path'), target, list, key, direction,
-                        conflict, row_filter, approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts);
+                        conflict, row_filter, approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts,
+                        delete_grace);
 END $$;
 
 CREATE FUNCTION _define(
@@ -577,7 +604,8 @@ CREATE FUNCTION _define(
     delete_scope text,
     max_attempts int,
     inbound_deletes text,
-    inbound_inserts text
+    inbound_inserts text,
+    delete_grace interval
 ) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     keycols name[];
@@ -623,15 +651,19 @@ BEGIN
     IF nullif(btrim(row_filter), '') IS NOT NULL THEN
         filter_sql := (sync._check_row_expression(rel, row_filter, 'row filter', true)).expression;
     END IF;
+    IF delete_grace IS NOT NULL THEN
+        PERFORM sync._check_delete_grace(target, delete_grace);
+    END IF;
     IF max_attempts IS NOT NULL AND max_attempts NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'invalid max_attempts %', max_attempts
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'max_attempts is between 1 and 1000.',
                   HINT = format('The default is %s (setting sync.max_attempts).', sync._setting('max_attempts'));
     END IF;
     INSERT INTO sync.definitions (name, source_rel, target, list, key_columns, direction, conflict, row_filter,
-                                  approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts, source_name)
+                                  approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts, delete_grace, source_name)
     VALUES (name, rel, target, list, keycols, direction, conflict, filter_sql,
             approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int), inbound_deletes, inbound_inserts,
+            delete_grace,
             format('%I.%I', (SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid WHERE c.oid = rel),
                             (SELECT c.relname FROM pg_class c WHERE c.oid = rel)))
     RETURNING id INTO new_id;
@@ -820,6 +852,9 @@ BEGIN
     INSERT INTO sync.shards AS s (definition_id, position, predicate, list)
     VALUES (d.id, pos, predicate_sql, list)
     ON CONFLICT ON CONSTRAINT shards_pkey DO UPDATE SET predicate = EXCLUDED.predicate, list = EXCLUDED.list;
+    IF d.state <> 'configuring' THEN
+        PERFORM sync._check_dn_templates(d.id);   -- (else at sync.enable, once it is mapped)
+    END IF;
     PERFORM sync._touch(d.id);
     RETURN pos;
 END $$;
@@ -861,6 +896,48 @@ BEGIN
     RETURN new_state;
 END $$;
 
+-- LDAP: each list of a definition (its own and its shards') is a DN
+-- template, `uid={uid},ou=People` (the base DN appended, or named as
+-- {base}); every placeholder must name a field the definition sends.
+CREATE FUNCTION _check_dn_templates(def_id int) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    d sync.definitions;
+    tmpl text;
+    ph text;
+    fields text[];
+BEGIN
+    SELECT * INTO d FROM sync.definitions x WHERE x.id = def_id;
+    IF (SELECT t.kind FROM sync.targets t WHERE t.name = d.target) IS DISTINCT FROM 'ldap' THEN
+        RETURN;
+    END IF;
+    fields := CASE WHEN EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = d.id)
+                   THEN ARRAY(SELECT m.field FROM sync.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'pull' ORDER BY m.position)
+                   ELSE ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                               WHERE a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) END;
+    FOR tmpl IN SELECT d.list WHERE d.list IS NOT NULL UNION ALL SELECT s.list FROM sync.shards s WHERE s.definition_id = d.id LOOP
+        IF tmpl !~ '^[^=,]+=[^,]*\{[^{}]+\}' THEN
+            RAISE EXCEPTION 'invalid DN template %', to_json(tmpl)
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('Definition %s is on an LDAP target: its list is a DN template whose first RDN names the entry from a field, then the entry''s container.', d.name),
+                      HINT = 'For example list => ''uid={uid},ou=People'' (the target''s base_dn is appended, or placed where {base} is).';
+        END IF;
+        FOR ph IN SELECT m[1] FROM regexp_matches(tmpl, '\{([^{}]*)\}', 'g') m LOOP
+            IF ph <> 'base' AND NOT ph = ANY (fields) THEN
+                RAISE EXCEPTION 'DN template % names an unknown field %', to_json(tmpl), to_json(ph)
+                    USING ERRCODE = 'undefined_column',
+                          DETAIL = format('Definition %s sends the fields %s.', d.name, array_to_string(fields, ', ')),
+                          HINT = 'A placeholder {name} names a field the definition sends (sync.map), or {base} for the target''s base_dn.';
+            END IF;
+        END LOOP;
+        IF tmpl ~ '\{base\}' AND tmpl !~ '\{base\}$' THEN
+            RAISE EXCEPTION 'invalid DN template %', to_json(tmpl)
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = '{base} stands for the target''s base_dn: it ends the template.',
+                      HINT = 'For example ''uid={uid},ou=People,{base}''.';
+        END IF;
+    END LOOP;
+END $$;
+
 CREATE FUNCTION enable(definition text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -876,6 +953,7 @@ BEGIN
                   HINT = 'SELECT kind, implemented FROM sync.target_kinds;';
     END IF;
     PERFORM sync._compile(d.id);   -- raises if the mapping no longer fits the table
+    PERFORM sync._check_dn_templates(d.id);
     -- What comes back is written into the table: whoever enables it must
     -- be allowed to (the writing role then gets the same rights).
     IF d.direction <> 'push' THEN

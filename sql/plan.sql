@@ -7,8 +7,10 @@ SELECT x.op, x.sync_key, x.list, x.from_list, x.changed, x.warning
   FROM (
     SELECT coalesce(w.sync_key, l.sync_key) AS sync_key,
            CASE WHEN l.sync_key IS NULL THEN 'add'
-                WHEN w.sync_key IS NULL THEN CASE WHEN $2 = 'all' OR ($2 = 'provisioned' AND l.join_type = 'provisioned')
-                                                  THEN 'delete' ELSE 'forget' END
+                WHEN w.sync_key IS NULL THEN CASE WHEN NOT ($2 = 'all' OR ($2 = 'provisioned' AND l.join_type = 'provisioned')) THEN 'forget'
+                                                  -- (delete_grace: disabled first; the delete follows)
+                                                  WHEN $5 AND l.disabled_at IS NULL THEN 'disable'
+                                                  ELSE 'delete' END
                 WHEN w.list IS DISTINCT FROM l.list THEN 'move'
                 WHEN w.hash IS DISTINCT FROM l.hash THEN 'update' END AS op,
            coalesce(w.list, l.list) AS list,
@@ -68,6 +70,7 @@ BEGIN
         PERFORM sync._check_may_read((sync._def($1)).source_rel);
     END IF;
     FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write, k.item_costs, x.direction,
+                    k.disable AND x.delete_grace IS NOT NULL AS disables,
                     -- a move as the kind makes it (NULL: it cannot)
                     CASE k.moves WHEN 'native' THEN 1 WHEN 'delete_create' THEN 2 END AS move_requests
                FROM sync.definitions x JOIN sync.targets t ON t.name = x.target JOIN sync.target_kinds k ON k.kind = t.kind
@@ -104,11 +107,11 @@ BEGIN
             'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN %s::int WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
             'LEFT JOIN sync.pending_exports e ON e.definition_id = $1 AND e.sync_key = p.sync_key '
             '     AND e.status IN (''pending'', ''awaiting_approval'', ''failed'', ''error'', ''executing'') '
-            'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''delete'' THEN 4 ELSE 5 END, p.sync_key',
+            'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''disable'' THEN 4 WHEN ''delete'' THEN 5 ELSE 6 END, p.sync_key',
             d.name, d.cost_per_write, sync._plan_sql(), coalesce(d.move_requests::text, 'NULL'))
           USING d.id, d.delete_scope,
                 (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f),
-                d.item_costs;
+                d.item_costs, d.disables;
         -- Exports a rollback or a reconcile staged that the comparison of
         -- the rows with the ledger does not show (a rollback's inverse, an
         -- orphan's delete).
@@ -133,7 +136,7 @@ BEGIN
              WHERE e.definition_id = d.id AND e.status = 'awaiting_approval' AND e.op = 'provision';
     END LOOP;
 END $$;
-COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Two-way: inbound changes read from the target and not yet applied (inbound_update, inbound_insert, inbound_delete: the fields that differ from the ledger, old -> new; queued the import''s status, warning its id and decision). Changes nothing.';
+COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget, disable: the first step of a delete under delete_grace), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Two-way: inbound changes read from the target and not yet applied (inbound_update, inbound_insert, inbound_delete: the fields that differ from the ledger, old -> new; queued the import''s status, warning its id and decision). Changes nothing.';
 
 CREATE FUNCTION plan_summary(name text DEFAULT NULL)
 RETURNS TABLE (definition text, target text, adds bigint, updates bigint, deletes bigint, moves bigint,
@@ -144,22 +147,25 @@ LANGUAGE sql AS $$
     WITH a AS (
         SELECT p.definition,
                count(*) FILTER (WHERE p.op = 'add') AS adds, count(*) FILTER (WHERE p.op = 'update') AS updates,
-               count(*) FILTER (WHERE p.op = 'delete') AS deletes, count(*) FILTER (WHERE p.op = 'move') AS moves,
+               -- (a disable is the first step of a delete: counted as one)
+               count(*) FILTER (WHERE p.op IN ('delete', 'disable')) AS deletes, count(*) FILTER (WHERE p.op = 'move') AS moves,
                count(*) FILTER (WHERE p.queued = 'awaiting_approval') AS awaiting, count(*) FILTER (WHERE p.warning IS NOT NULL) AS warnings,
                coalesce(sum(p.requests), 0) AS requests, coalesce(sum(p.cost), 0) AS cost,
                -- the requests they go in: the kind's bulk operations share
                -- them (any mix), batch_size items at a time; the others
                -- take one each
-               sum(p.requests) FILTER (WHERE p.op IN ('add', 'update', 'delete', 'move')) AS writes,
+               sum(p.requests) FILTER (WHERE p.op IN ('add', 'update', 'delete', 'move', 'disable')) AS writes,
                sum(p.requests) FILTER (WHERE p.op = 'add') AS n_add, sum(p.requests) FILTER (WHERE p.op = 'update') AS n_update,
-               sum(p.requests) FILTER (WHERE p.op = 'delete') AS n_delete, sum(p.requests) FILTER (WHERE p.op = 'move') AS n_move
+               sum(p.requests) FILTER (WHERE p.op = 'delete') AS n_delete, sum(p.requests) FILTER (WHERE p.op = 'move') AS n_move,
+               sum(p.requests) FILTER (WHERE p.op = 'disable') AS n_disable
           FROM sync.plan($1) p GROUP BY p.definition)
     SELECT d.name, t.name, coalesce(a.adds, 0), coalesce(a.updates, 0), coalesce(a.deletes, 0), coalesce(a.moves, 0),
            coalesce(a.awaiting, 0), coalesce(a.warnings, 0), coalesce(a.requests, 0),
            (coalesce(a.requests, 0) - coalesce(a.writes, 0)
             + (SELECT ceil(coalesce(sum(o.n) FILTER (WHERE o.op = ANY (k.bulk_ops)), 0)::numeric / k.batch_size)
                       + coalesce(sum(o.n) FILTER (WHERE o.op <> ALL (k.bulk_ops)), 0)
-                 FROM (VALUES ('add', a.n_add), ('update', a.n_update), ('delete', a.n_delete), ('move', a.n_move)) o(op, n)))::bigint,
+                 FROM (VALUES ('add', a.n_add), ('update', a.n_update), ('delete', a.n_delete), ('move', a.n_move),
+                              ('disable', a.n_disable)) o(op, n)))::bigint,
            coalesce(a.cost, 0), k.cost_unit,
            b.budget,
            make_interval(secs => greatest(coalesce(a.cost, 0) / b.budget * 60,

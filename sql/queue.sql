@@ -145,9 +145,29 @@ BEGIN
     RETURN n;
 END $$;
 
+-- The items an export's payload refers to: its reference fields (@ref, and
+-- @refs for an array column) as the definition maps them, each with the
+-- referenced item's id when the ledger knows it.
+CREATE FUNCTION _references(def_id int, payload jsonb)
+RETURNS TABLE (definition_id int, sync_key text, target_id text)
+LANGUAGE sql STABLE AS $$
+    SELECT rd.id, k.key, rl.target_id
+      FROM jsonb_each(payload) f
+      JOIN sync.field_maps m ON m.definition_id = def_id AND m.field = f.key AND m.reference IS NOT NULL
+                            AND jsonb_typeof(f.value) = 'object' AND m.reference = f.value ->> '@def'
+      JOIN sync.definitions rd ON rd.name = m.reference
+     CROSS JOIN LATERAL (
+          SELECT f.value ->> '@ref' AS key WHERE f.value ? '@ref'
+          UNION ALL
+          SELECT r FROM jsonb_array_elements_text(
+                 CASE WHEN jsonb_typeof(f.value -> '@refs') = 'array' THEN f.value -> '@refs' ELSE '[]' END) r) k
+      LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = k.key
+$$;
+
 CREATE FUNCTION claim(target text, n int DEFAULT 20, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, run_id bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, definition text, op text, sync_key text, list text, from_list text, target_id text,
-               etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz, read_back text[])
+               etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz, read_back text[],
+               disabled boolean)
 LANGUAGE plpgsql
 -- The ledger and the queue grow by thousands of rows between two analyzes
 -- while a backlog drains; a plan made on the old statistics (a sequential
@@ -163,6 +183,7 @@ DECLARE
     def int;
     ids bigint[];
     paused int[];
+    with_refs int[];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target) THEN
         RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
@@ -201,6 +222,10 @@ BEGIN
     IF cardinality(defs) = 0 THEN
         RETURN;
     END IF;
+    -- Definitions with reference fields (their exports wait for the items
+    -- they refer to: objects first, references second).
+    with_refs := ARRAY(SELECT DISTINCT m.definition_id FROM sync.field_maps m
+                        WHERE m.definition_id = ANY (defs) AND m.reference IS NOT NULL);
     -- Lists first: they are created before items go into them. Few rows.
     ids := ARRAY(
         SELECT e.id FROM sync.pending_exports e
@@ -240,6 +265,15 @@ BEGIN
                          WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key
                            AND x.status IN ('pending', 'conflict', 'awaiting_approval', 'failed')
                         OFFSET 0)
+               -- not before the items it refers to exist: a referenced key
+               -- without an item id whose create is queued or in flight
+               -- (one that will never be created does not hold it)
+               AND (NOT def = ANY (with_refs) OR e.op NOT IN ('add', 'update', 'move') OR NOT EXISTS (
+                        SELECT 1 FROM sync._references(e.definition_id, e.payload) r
+                          JOIN sync.pending_exports x ON x.definition_id = r.definition_id AND x.sync_key = r.sync_key
+                         WHERE r.target_id IS NULL AND r.definition_id <> e.definition_id AND x.op IN ('add', 'move')
+                           AND x.status IN ('pending', 'awaiting_approval', 'failed', 'executing')
+                        OFFSET 0))
              ORDER BY e.next_attempt_at, e.id
              LIMIT n - cardinality(ids)
                FOR UPDATE OF e SKIP LOCKED);
@@ -249,7 +283,7 @@ BEGIN
     -- member of syncbridge_admin where one is needed.
     WITH chk AS (
         SELECT e.id,
-               CASE WHEN e.op = 'delete'
+               CASE WHEN e.op IN ('delete', 'disable')
                          AND NOT (d.delete_scope = 'all' OR (d.delete_scope = 'provisioned' AND l.join_type = 'provisioned')
                                   -- a duplicate of one of syncbridge's items (sync.reconcile, mirror)
                                   OR (d.delete_scope = 'provisioned' AND e.sync_key IS NULL
@@ -293,22 +327,32 @@ BEGIN
            -- reference fields carry the referenced item's id when it is known;
            -- only fields mapped with reference => that definition, on this
            -- target, are references (any other value is sent as it is)
-           (SELECT jsonb_object_agg(f.key, CASE WHEN rd.id IS NOT NULL
-                                                THEN f.value || jsonb_build_object('target_id', rl.target_id)
-                                                ELSE f.value END)
+           -- (an array reference, @refs, gets target_ids in its order)
+           (SELECT jsonb_object_agg(f.key, CASE WHEN rd.id IS NULL THEN f.value
+                                                WHEN f.value ? '@refs'
+                                                THEN f.value || jsonb_build_object('target_ids', (
+                                                         SELECT coalesce(jsonb_agg(rl.target_id ORDER BY r.o), '[]')
+                                                           FROM jsonb_array_elements_text(
+                                                                    CASE WHEN jsonb_typeof(f.value -> '@refs') = 'array'
+                                                                         THEN f.value -> '@refs' ELSE '[]' END) WITH ORDINALITY r(k, o)
+                                                           LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = r.k))
+                                                ELSE f.value || jsonb_build_object('target_id', (
+                                                         SELECT rl.target_id FROM sync.ledger rl
+                                                          WHERE rl.definition_id = rd.id AND rl.sync_key = f.value ->> '@ref')) END)
               FROM jsonb_each(c.payload) f
               LEFT JOIN sync.field_maps m
                      ON jsonb_typeof(f.value) = 'object' AND m.definition_id = c.definition_id AND m.field = f.key
                     AND m.reference = f.value ->> '@def'
-              LEFT JOIN sync.definitions rd ON rd.name = m.reference AND rd.target = claim.target
-              LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = f.value ->> '@ref'),
+              LEFT JOIN sync.definitions rd ON rd.name = m.reference AND rd.target = claim.target),
            c.previous, c.attempts, c.verify, c.lease_until,
            -- fields the write's answer brings back (pull-only mappings:
            -- Modified, ID, ... into columns, without a request of their own)
            -- (from the mappings: an index probe, not a compile per row)
            nullif(ARRAY(SELECT m.field FROM sync.field_maps m
                          WHERE m.definition_id = c.definition_id AND m.direction = 'pull' AND m.column_name IS NOT NULL
-                         ORDER BY 1), '{}')
+                         ORDER BY 1), '{}'),
+           -- (a write to a disabled item re-enables it)
+           l.disabled_at IS NOT NULL
       FROM claimed c
       JOIN sync.definitions d ON d.id = c.definition_id
       LEFT JOIN sync.ledger l ON l.definition_id = c.definition_id AND l.sync_key = c.sync_key
@@ -485,7 +529,30 @@ BEGIN
         ON CONFLICT (definition_id, sync_key) DO UPDATE
            SET list = EXCLUDED.list, target_id = coalesce(EXCLUDED.target_id, l.target_id), etag = EXCLUDED.etag,
                fields = EXCLUDED.fields, hash = EXCLUDED.hash, join_type = EXCLUDED.join_type,
-               provenance = 'push', last_synced_at = now()
+               provenance = 'push', last_synced_at = now(),
+               -- (a write to a disabled item re-enabled it)
+               disabled_at = NULL
+        RETURNING 1
+    ), disabled AS (
+        -- Disabled: the ledger says so (its hash matches no row, so a row
+        -- back re-enables the item), and the delete waits out the grace:
+        -- a scheduled export, approvable like any delete. A change of the
+        -- key queued meanwhile (the row is back) goes instead.
+        UPDATE sync.ledger l SET disabled_at = now(), hash = '\x', etag = coalesce(x.etag, l.etag), last_synced_at = now()
+          FROM done x
+         WHERE x.op = 'disable' AND l.definition_id = x.definition_id AND l.sync_key = x.sync_key
+        RETURNING l.definition_id, l.sync_key, l.list, l.target_id, l.fields
+    ), scheduled AS (
+        INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, target_id, payload, previous, status,
+                                          next_attempt_at, lsn, run_id)
+        SELECT y.definition_id, y.sync_key, 'delete', y.list, y.target_id, '{}', y.fields,
+               CASE WHEN d.approval IN ('all', 'deletes') THEN 'awaiting_approval' ELSE 'pending' END,
+               now() + coalesce(d.delete_grace, interval '0'), x.lsn, x.run_id
+          FROM disabled y
+          JOIN sync.definitions d ON d.id = y.definition_id
+          JOIN done x ON x.definition_id = y.definition_id AND x.sync_key = y.sync_key
+        ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
+        DO NOTHING
         RETURNING 1
     ), removed AS (
         DELETE FROM sync.ledger l USING done x
@@ -620,9 +687,11 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Only exports awaiting approval can be approved.',
                   HINT = 'SELECT * FROM sync.pending_exports WHERE status = ''awaiting_approval'';';
     END IF;
-    UPDATE sync.pending_exports
-       SET status = 'pending', approved_by = session_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
-     WHERE id = export_id;
+    UPDATE sync.pending_exports x
+       SET status = 'pending', approved_by = session_user, approved_at = now(),
+           -- (a delete scheduled after a grace period keeps its time)
+           next_attempt_at = greatest(now(), x.next_attempt_at), updated_at = now()
+     WHERE x.id = export_id;
     RETURN 'pending';
 END $$;
 
@@ -632,7 +701,9 @@ DECLARE
     n bigint;
 BEGIN
     UPDATE sync.pending_exports e
-       SET status = 'pending', approved_by = session_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
+       SET status = 'pending', approved_by = session_user, approved_at = now(),
+           -- (a delete scheduled after a grace period keeps its time)
+           next_attempt_at = greatest(now(), e.next_attempt_at), updated_at = now()
      WHERE e.status = 'awaiting_approval'
        AND (approve_all.definition IS NULL OR e.definition_id = (sync._def(approve_all.definition)).id);
     GET DIAGNOSTICS n = ROW_COUNT;

@@ -128,7 +128,8 @@ CREATE TABLE definitions (
     updated_at    timestamptz NOT NULL DEFAULT now(),
     inbound_deletes text NOT NULL DEFAULT 'approve' CHECK (inbound_deletes IN ('apply', 'approve', 'ignore')),
     inbound_inserts text NOT NULL DEFAULT 'apply' CHECK (inbound_inserts IN ('apply', 'approve', 'ignore')),
-    source_name   text
+    source_name   text,
+    delete_grace  interval CHECK (delete_grace >= interval '0')
 );
 CREATE INDEX definitions_source_rel_idx ON definitions (source_rel);
 COMMENT ON TABLE definitions IS 'Sync definitions: which table goes to which target list, keyed how, filtered how, under which policies. Create with sync.define().';
@@ -153,6 +154,7 @@ COMMENT ON COLUMN definitions.created_at IS 'When the definition was created.';
 COMMENT ON COLUMN definitions.updated_at IS 'When the definition was last changed.';
 COMMENT ON COLUMN definitions.inbound_deletes IS 'Two-way: what an item deleted on the target does to its row: apply (the row is deleted), approve (it waits for sync.approve_import; the default: an external change never removes local data without a person''s say), ignore (the row stays).';
 COMMENT ON COLUMN definitions.inbound_inserts IS 'Two-way: what an item created on the target (without a SyncKey) does: apply (a row is inserted, its key from the table''s defaults, and the item gets its SyncKey), approve (it waits for sync.approve_import), ignore.';
+COMMENT ON COLUMN definitions.delete_grace IS 'Kinds that can disable (sync.target_kinds.disable, LDAP): a deleted or filtered-out row''s item is disabled at once and deleted only this long after (a scheduled delete export, approvable); a row back within it re-enables the same item. NULL: deleted at once.';
 COMMENT ON COLUMN definitions.source_name IS 'The source table''s schema-qualified name when the definition was made or last enabled: a rename is a schema change (the definition goes to error until sync.resume).';
 
 -- ---------------------------------------------------------------------------
@@ -271,6 +273,7 @@ CREATE TABLE ledger (
     provenance    text NOT NULL DEFAULT 'push' CHECK (provenance IN ('push', 'pull')),
     first_synced_at timestamptz NOT NULL DEFAULT now(),
     last_synced_at  timestamptz NOT NULL DEFAULT now(),
+    disabled_at   timestamptz,
     PRIMARY KEY (definition_id, sync_key)
 );
 -- Inbound changes arrive by item id. (Not led by definition_id, so that the
@@ -288,6 +291,7 @@ COMMENT ON COLUMN ledger.join_type IS 'provisioned (syncbridge created the item)
 COMMENT ON COLUMN ledger.provenance IS 'Whether the last change came from the database (push) or the target (pull).';
 COMMENT ON COLUMN ledger.first_synced_at IS 'When the item was first written or joined.';
 COMMENT ON COLUMN ledger.last_synced_at IS 'When the item was last written.';
+COMMENT ON COLUMN ledger.disabled_at IS 'When the item was disabled (definitions.delete_grace): its delete is scheduled for disabled_at + delete_grace; a row back before then re-enables it.';
 
 -- ---------------------------------------------------------------------------
 -- Pending exports
@@ -301,7 +305,7 @@ CREATE TABLE pending_exports (
     -- definitions_delete_exports below).
     definition_id int NOT NULL,
     sync_key      text,
-    op            text NOT NULL CHECK (op IN ('add', 'update', 'delete', 'move', 'provision')),
+    op            text NOT NULL CHECK (op IN ('add', 'update', 'delete', 'move', 'provision', 'disable')),
     list          text NOT NULL,
     from_list     text,
     target_id     text,
@@ -370,7 +374,7 @@ COMMENT ON TABLE pending_exports IS 'The export queue. Lifecycle: pending -> (aw
 COMMENT ON COLUMN pending_exports.id IS 'Export id (used by sync.approve, sync.retry).';
 COMMENT ON COLUMN pending_exports.definition_id IS 'The definition (sync.definitions.id).';
 COMMENT ON COLUMN pending_exports.sync_key IS 'The row''s key (NULL for provision, and for the delete of an item no row owns: a mirror reconcile''s orphan).';
-COMMENT ON COLUMN pending_exports.op IS 'add, update, delete, move (delete from from_list + create in list, one export), provision (create the list and its columns).';
+COMMENT ON COLUMN pending_exports.op IS 'add, update, delete, move (delete from from_list + create in list, one export), provision (create the list and its columns), disable (definitions.delete_grace: the item disabled; its delete follows after the grace).';
 COMMENT ON COLUMN pending_exports.list IS 'Target list.';
 COMMENT ON COLUMN pending_exports.from_list IS 'For a move: the list the item leaves.';
 COMMENT ON COLUMN pending_exports.target_id IS 'The target item id when known (update, delete, move: from the ledger).';

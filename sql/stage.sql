@@ -26,7 +26,9 @@ END $$;
 COMMENT ON FUNCTION checkpoint(pg_lsn, text) IS 'Records that everything up to lsn is durably staged for the slot (default: setting sync.slot_name); never moves back.';
 
 -- The statement staging one definition's keys. Parameters:
---   $1 keys jsonb, $2 definition id, $3 lsn, $4 run id, $5 approval, $6 delete scope.
+--   $1 keys jsonb, $2 definition id, $3 lsn, $4 run id, $5 approval, $6 delete scope,
+--   $7 delete grace (NULL: a delete removes the item at once; else the item
+--   is disabled first and its delete scheduled by sync.complete).
 -- The rows are read, mapped and hashed by sync._mapped_rows_by_key (as the
 -- role syncbridge_reader); this statement compares them and writes the queue.
 --
@@ -43,11 +45,13 @@ WITH cur AS (
            CASE WHEN ex.op IN ('add', 'move') THEN ex.payload
                 WHEN ex.op = 'update' THEN coalesce(l.fields, '{}') || ex.payload
                 ELSE l.fields END AS base_fields,
-           coalesce(l.join_type, 'provisioned') AS join_type, rb.id AS held_by
+           coalesce(l.join_type, 'provisioned') AS join_type, rb.id AS held_by,
+           -- disabled, or being disabled (delete_grace)
+           l.disabled_at IS NOT NULL OR coalesce(ex.op = 'disable', false) AS disabled, ex.op AS ex_op
       FROM sync._mapped_rows_by_key($2, $1) AS k
       -- Each lookup is a per-key index probe (LATERAL ... LIMIT 1).
       LEFT JOIN LATERAL (
-          SELECT l.sync_key, l.list, l.hash, l.fields, l.join_type FROM sync.ledger l
+          SELECT l.sync_key, l.list, l.hash, l.fields, l.join_type, l.disabled_at FROM sync.ledger l
            WHERE l.definition_id = $2 AND l.sync_key = k.sync_key LIMIT 1) l ON true
       LEFT JOIN LATERAL (
           SELECT e.op, e.list, e.hash, e.payload FROM sync.pending_exports e
@@ -67,6 +71,10 @@ decided AS (
         WHEN present AND list IS DISTINCT FROM base_list THEN 'move'
         WHEN present AND hash IS DISTINCT FROM base_hash THEN 'update'
         WHEN present THEN NULL
+        -- (a disable in flight: its completion schedules the delete)
+        WHEN ex_op = 'disable' THEN NULL
+        WHEN known AND ($6 = 'all' OR ($6 = 'provisioned' AND join_type = 'provisioned')) AND $7::interval IS NOT NULL
+             AND NOT disabled THEN 'disable'
         WHEN known AND ($6 = 'all' OR ($6 = 'provisioned' AND join_type = 'provisioned')) THEN 'delete'
         WHEN known THEN 'forget'
     END AS op
@@ -99,29 +107,35 @@ cancelled AS (
 ),
 held AS (
     UPDATE sync.pending_exports p SET changed_since = true, updated_at = now()
-     WHERE p.id = ANY (ARRAY(SELECT x.held_by FROM decided x WHERE x.held_by IS NOT NULL AND x.op IN ('add', 'update', 'delete', 'move')))
+     WHERE p.id = ANY (ARRAY(SELECT x.held_by FROM decided x WHERE x.held_by IS NOT NULL AND x.op IN ('add', 'update', 'delete', 'move', 'disable')))
        AND NOT p.changed_since
     RETURNING p.id
 ),
 staged AS (
     INSERT INTO sync.pending_exports AS p
-           (definition_id, sync_key, op, list, from_list, payload, previous, hash, status, lsn, run_id)
+           (definition_id, sync_key, op, list, from_list, payload, previous, hash, status, lsn, run_id, next_attempt_at)
     SELECT $2, x.sync_key, x.op,
-           CASE WHEN x.op = 'delete' THEN x.base_list ELSE x.list END,
+           CASE WHEN x.op IN ('delete', 'disable') THEN x.base_list ELSE x.list END,
            CASE WHEN x.op = 'move' THEN x.base_list END,
            CASE x.op WHEN 'update' THEN (SELECT coalesce(jsonb_object_agg(n.key, n.value), '{}') FROM jsonb_each(x.fields) n
                                           WHERE n.value IS DISTINCT FROM x.base_fields -> n.key)
                      WHEN 'delete' THEN '{}'
+                     WHEN 'disable' THEN '{}'
                      ELSE x.fields END,
            CASE x.op WHEN 'update' THEN (SELECT coalesce(jsonb_object_agg(n.key, x.base_fields -> n.key), '{}') FROM jsonb_each(x.fields) n
                                           WHERE n.value IS DISTINCT FROM x.base_fields -> n.key)
                      WHEN 'add' THEN NULL
                      ELSE x.base_fields END,
-           CASE WHEN x.op = 'delete' THEN NULL ELSE x.hash END,
+           CASE WHEN x.op IN ('delete', 'disable') THEN NULL ELSE x.hash END,
+           -- (a disable can be undone: it goes without an approval for deletes)
            CASE WHEN $5 = 'all' OR ($5 = 'deletes' AND x.op = 'delete') THEN 'awaiting_approval' ELSE 'pending' END,
-           $3, $4
+           $3, $4,
+           -- the delete of a disabled item waits out the grace
+           CASE WHEN x.op = 'delete' AND x.disabled AND $7::interval IS NOT NULL
+                THEN greatest(now(), (SELECT l.disabled_at FROM sync.ledger l WHERE l.definition_id = $2 AND l.sync_key = x.sync_key) + $7::interval)
+                ELSE now() END
       FROM decided x
-     WHERE x.op IN ('add', 'update', 'delete', 'move') AND x.held_by IS NULL
+     WHERE x.op IN ('add', 'update', 'delete', 'move', 'disable') AND x.held_by IS NULL
     ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
     DO UPDATE SET
         op = EXCLUDED.op, list = EXCLUDED.list, from_list = EXCLUDED.from_list,
@@ -131,8 +145,11 @@ staged AS (
         previous = EXCLUDED.previous, hash = EXCLUDED.hash,
         status = CASE WHEN EXCLUDED.status = 'awaiting_approval' AND p.approved_at IS NOT NULL AND p.op = EXCLUDED.op
                       THEN 'pending' ELSE EXCLUDED.status END,
-        attempts = CASE WHEN p.status = 'error' THEN 0 ELSE p.attempts END,
-        next_attempt_at = CASE WHEN p.status = 'error' THEN now() ELSE p.next_attempt_at END,
+        -- (a scheduled delete turned into the item's re-enabling goes now)
+        attempts = CASE WHEN p.status = 'error' OR (p.op = 'delete' AND EXCLUDED.op <> 'delete') THEN 0 ELSE p.attempts END,
+        next_attempt_at = CASE WHEN p.status = 'error' OR (p.op = 'delete' AND EXCLUDED.op <> 'delete') THEN now()
+                               WHEN EXCLUDED.op = 'delete' THEN greatest(p.next_attempt_at, EXCLUDED.next_attempt_at)
+                               ELSE p.next_attempt_at END,
         lsn = coalesce(EXCLUDED.lsn, p.lsn), run_id = coalesce(EXCLUDED.run_id, p.run_id), updated_at = now()
      WHERE (p.op, p.list, p.from_list, p.payload, p.hash)
            IS DISTINCT FROM (EXCLUDED.op, EXCLUDED.list, EXCLUDED.from_list, EXCLUDED.payload, EXCLUDED.hash)
@@ -140,7 +157,7 @@ staged AS (
 )
 SELECT count(*) FILTER (WHERE s.op = 'add')::int,
        count(*) FILTER (WHERE s.op = 'update')::int,
-       count(*) FILTER (WHERE s.op = 'delete')::int,
+       count(*) FILTER (WHERE s.op IN ('delete', 'disable'))::int,
        count(*) FILTER (WHERE s.op = 'move')::int,
        ((SELECT count(*) FROM decided WHERE op IS NULL) )::int,
        ((SELECT count(*) FROM cancelled) + (SELECT count(*) FROM forgotten))::int
@@ -178,7 +195,9 @@ BEGIN
     END IF;
     EXECUTE sync._stage_sql()
        INTO added, updated, deleted, moved, unchanged, cancelled
-      USING keys, def_id, lsn, run_id, d.approval, d.delete_scope;
+      USING keys, def_id, lsn, run_id, d.approval, d.delete_scope,
+            CASE WHEN (SELECT k.disable FROM sync.targets t JOIN sync.target_kinds k ON k.kind = t.kind WHERE t.name = d.target)
+                 THEN d.delete_grace END;
 END $$;
 
 -- Key objects for sync_keys of a definition (to re-stage keys the worker did not send).

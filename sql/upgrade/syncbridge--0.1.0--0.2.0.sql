@@ -89,12 +89,6 @@ UPDATE @extschema@.target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item
                ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
  WHERE k.kind = v.kind;
 
--- Disable before delete (issue 20): kinds whose items can be disabled, and a
--- definition's grace period between the disable and the delete.
-ALTER TABLE @extschema@.target_kinds ADD COLUMN disable boolean NOT NULL DEFAULT false;
-COMMENT ON COLUMN @extschema@.target_kinds.disable IS 'Whether an item can be disabled before it is deleted (a directory account: locked): with a definition''s delete_grace, a delete first disables, and removes after the grace period.';
-UPDATE @extschema@.target_kinds SET disable = true WHERE kind = 'ldap';
-
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
 	"rel" oid,
@@ -187,6 +181,19 @@ ALTER TABLE @extschema@.definitions ADD COLUMN source_name text;
 UPDATE @extschema@.definitions d SET source_name = format('%I.%I', n.nspname, c.relname)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = d.source_rel;
 COMMENT ON COLUMN @extschema@.definitions.source_name IS 'The source table''s schema-qualified name when the definition was made or last enabled: a rename is a schema change (the definition goes to error until sync.resume).';
+
+-- Disable before delete (issue 20): kinds whose items can be disabled, and a
+-- definition's grace period between the disable and the delete.
+ALTER TABLE @extschema@.target_kinds ADD COLUMN disable boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN @extschema@.target_kinds.disable IS 'Whether an item can be disabled before it is deleted (a directory account: locked): with a definition''s delete_grace, a delete first disables, and removes after the grace period.';
+UPDATE @extschema@.target_kinds SET disable = true WHERE kind = 'ldap';
+ALTER TABLE @extschema@.definitions ADD COLUMN delete_grace interval CHECK (delete_grace >= interval '0');
+COMMENT ON COLUMN @extschema@.definitions.delete_grace IS 'Kinds that can disable (sync.target_kinds.disable, LDAP): a deleted or filtered-out row''s item is disabled at once and deleted only this long after (a scheduled delete export, approvable); a row back within it re-enables the same item. NULL: deleted at once.';
+ALTER TABLE @extschema@.ledger ADD COLUMN disabled_at timestamptz;
+COMMENT ON COLUMN @extschema@.ledger.disabled_at IS 'When the item was disabled (definitions.delete_grace): its delete is scheduled for disabled_at + delete_grace; a row back before then re-enables it.';
+ALTER TABLE @extschema@.pending_exports DROP CONSTRAINT pending_exports_op_check,
+    ADD CONSTRAINT pending_exports_op_check CHECK (op IN ('add', 'update', 'delete', 'move', 'provision', 'disable'));
+COMMENT ON COLUMN @extschema@.pending_exports.op IS 'add, update, delete, move (delete from from_list + create in list, one export), provision (create the list and its columns), disable (definitions.delete_grace: the item disabled; its delete follows after the grace).';
 
 -- ===== sql/config.sql =====
 -- syncbridge: the configuration surface (targets, definitions, mappings,
@@ -478,6 +485,7 @@ BEGIN
     -- Each value: its type and bounds (one rule per key name, whatever the kind).
     FOR kv IN SELECT e.key, e.value FROM jsonb_each(config) e ORDER BY e.key LOOP
         rule := CASE
+            WHEN kind = 'ldap' AND kv.key = 'url' THEN 'ldap_url'
             WHEN kv.key IN ('base_url', 'authority_url', 'url') THEN 'url'
             WHEN kv.key = 'budget_per_min' THEN 'number 1 1000000'
             WHEN kv.key = 'writes_per_second' THEN 'number 0.01 10000'
@@ -495,6 +503,8 @@ BEGIN
             WHEN kv.key = 'on_delete' THEN 'choice trash archive'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
+            WHEN 'ldap_url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 300
+                            AND (kv.value #>> '{}') ~ '^ldaps?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$'
             WHEN 'url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
                             AND (kv.value #>> '{}') ~ '^https?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~!$&''()*+,;=:@%/-]*)?$'
             WHEN 'number' THEN jsonb_typeof(kv.value) = 'number'
@@ -519,6 +529,7 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       DETAIL = CASE split_part(rule, ' ', 1)
                           WHEN 'url' THEN format('%s is an absolute http:// or https:// URL without user name, password, query or fragment.', kv.key)
+                          WHEN 'ldap_url' THEN 'url is ldap://host:port or ldaps://host:port, without user name, password, DN or query (the bind DN is its own key, the password the secret).'
                           WHEN 'number' THEN format('%s is a number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'integer' THEN format('%s is a whole number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'timezone' THEN format('%s is the name of a time zone PostgreSQL knows (pg_timezone_names).', kv.key)
@@ -721,6 +732,27 @@ END $$;
 -- search_path (a name is never looked up with more rights than its giver
 -- has); everything else is sync._define's. Every name in this body is
 -- schema-qualified: it runs with the caller's search_path.
+-- A definition's delete_grace: only for kinds that can disable an item.
+CREATE OR REPLACE FUNCTION _check_delete_grace(target text, grace interval) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    k sync.target_kinds;
+BEGIN
+    SELECT tk.* INTO k FROM sync.targets t JOIN sync.target_kinds tk ON tk.kind = t.kind WHERE t.name = target;
+    IF NOT k.disable THEN
+        RAISE EXCEPTION 'target % cannot disable an item before deleting it', quote_literal(target)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = format('Its kind (%s) has no disabled state (sync.target_kinds.disable = false): a delete removes the item at once.', k.kind),
+                  HINT = 'Leave delete_grace out, or use approval => ''deletes'' to hold deletes for a person.';
+    END IF;
+    IF grace < interval '0' OR grace > interval '10 years' THEN
+        RAISE EXCEPTION 'invalid delete_grace %', grace
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'delete_grace is from 0 (disable, then delete at once) to 10 years.',
+                  HINT = 'For example delete_grace => ''30 days''.';
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION define(
     name text,
     source text,
@@ -734,7 +766,8 @@ CREATE OR REPLACE FUNCTION define(
     delete_scope text DEFAULT 'provisioned',
     max_attempts int DEFAULT NULL,
     inbound_deletes text DEFAULT 'approve',
-    inbound_inserts text DEFAULT 'apply'
+    inbound_inserts text DEFAULT 'apply',
+    delete_grace interval DEFAULT NULL
 ) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     rel pg_catalog.regclass;
@@ -749,7 +782,8 @@ BEGIN
         GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
     END;
     RETURN sync._define(name, source, rel, err, pg_catalog.current_setting('search_path'), target, list, key, direction,
-                        conflict, row_filter, approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts);
+                        conflict, row_filter, approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts,
+                        delete_grace);
 END $$;
 
 CREATE OR REPLACE FUNCTION _define(
@@ -768,7 +802,8 @@ CREATE OR REPLACE FUNCTION _define(
     delete_scope text,
     max_attempts int,
     inbound_deletes text,
-    inbound_inserts text
+    inbound_inserts text,
+    delete_grace interval
 ) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     keycols name[];
@@ -814,15 +849,19 @@ BEGIN
     IF nullif(btrim(row_filter), '') IS NOT NULL THEN
         filter_sql := (sync._check_row_expression(rel, row_filter, 'row filter', true)).expression;
     END IF;
+    IF delete_grace IS NOT NULL THEN
+        PERFORM sync._check_delete_grace(target, delete_grace);
+    END IF;
     IF max_attempts IS NOT NULL AND max_attempts NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'invalid max_attempts %', max_attempts
             USING ERRCODE = 'invalid_parameter_value', DETAIL = 'max_attempts is between 1 and 1000.',
                   HINT = format('The default is %s (setting sync.max_attempts).', sync._setting('max_attempts'));
     END IF;
     INSERT INTO sync.definitions (name, source_rel, target, list, key_columns, direction, conflict, row_filter,
-                                  approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts, source_name)
+                                  approval, delete_scope, max_attempts, inbound_deletes, inbound_inserts, delete_grace, source_name)
     VALUES (name, rel, target, list, keycols, direction, conflict, filter_sql,
             approval, delete_scope, coalesce(max_attempts, sync._setting('max_attempts')::int), inbound_deletes, inbound_inserts,
+            delete_grace,
             format('%I.%I', (SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid WHERE c.oid = rel),
                             (SELECT c.relname FROM pg_class c WHERE c.oid = rel)))
     RETURNING id INTO new_id;
@@ -1011,6 +1050,9 @@ BEGIN
     INSERT INTO sync.shards AS s (definition_id, position, predicate, list)
     VALUES (d.id, pos, predicate_sql, list)
     ON CONFLICT ON CONSTRAINT shards_pkey DO UPDATE SET predicate = EXCLUDED.predicate, list = EXCLUDED.list;
+    IF d.state <> 'configuring' THEN
+        PERFORM sync._check_dn_templates(d.id);   -- (else at sync.enable, once it is mapped)
+    END IF;
     PERFORM sync._touch(d.id);
     RETURN pos;
 END $$;
@@ -1052,6 +1094,48 @@ BEGIN
     RETURN new_state;
 END $$;
 
+-- LDAP: each list of a definition (its own and its shards') is a DN
+-- template, `uid={uid},ou=People` (the base DN appended, or named as
+-- {base}); every placeholder must name a field the definition sends.
+CREATE OR REPLACE FUNCTION _check_dn_templates(def_id int) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    d sync.definitions;
+    tmpl text;
+    ph text;
+    fields text[];
+BEGIN
+    SELECT * INTO d FROM sync.definitions x WHERE x.id = def_id;
+    IF (SELECT t.kind FROM sync.targets t WHERE t.name = d.target) IS DISTINCT FROM 'ldap' THEN
+        RETURN;
+    END IF;
+    fields := CASE WHEN EXISTS (SELECT 1 FROM sync.field_maps m WHERE m.definition_id = d.id)
+                   THEN ARRAY(SELECT m.field FROM sync.field_maps m WHERE m.definition_id = d.id AND m.direction <> 'pull' ORDER BY m.position)
+                   ELSE ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                               WHERE a.attrelid = d.source_rel AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) END;
+    FOR tmpl IN SELECT d.list WHERE d.list IS NOT NULL UNION ALL SELECT s.list FROM sync.shards s WHERE s.definition_id = d.id LOOP
+        IF tmpl !~ '^[^=,]+=[^,]*\{[^{}]+\}' THEN
+            RAISE EXCEPTION 'invalid DN template %', to_json(tmpl)
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('Definition %s is on an LDAP target: its list is a DN template whose first RDN names the entry from a field, then the entry''s container.', d.name),
+                      HINT = 'For example list => ''uid={uid},ou=People'' (the target''s base_dn is appended, or placed where {base} is).';
+        END IF;
+        FOR ph IN SELECT m[1] FROM regexp_matches(tmpl, '\{([^{}]*)\}', 'g') m LOOP
+            IF ph <> 'base' AND NOT ph = ANY (fields) THEN
+                RAISE EXCEPTION 'DN template % names an unknown field %', to_json(tmpl), to_json(ph)
+                    USING ERRCODE = 'undefined_column',
+                          DETAIL = format('Definition %s sends the fields %s.', d.name, array_to_string(fields, ', ')),
+                          HINT = 'A placeholder {name} names a field the definition sends (sync.map), or {base} for the target''s base_dn.';
+            END IF;
+        END LOOP;
+        IF tmpl ~ '\{base\}' AND tmpl !~ '\{base\}$' THEN
+            RAISE EXCEPTION 'invalid DN template %', to_json(tmpl)
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = '{base} stands for the target''s base_dn: it ends the template.',
+                      HINT = 'For example ''uid={uid},ou=People,{base}''.';
+        END IF;
+    END LOOP;
+END $$;
+
 CREATE OR REPLACE FUNCTION enable(definition text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1067,6 +1151,7 @@ BEGIN
                   HINT = 'SELECT kind, implemented FROM sync.target_kinds;';
     END IF;
     PERFORM sync._compile(d.id);   -- raises if the mapping no longer fits the table
+    PERFORM sync._check_dn_templates(d.id);
     -- What comes back is written into the table: whoever enables it must
     -- be allowed to (the writing role then gets the same rights).
     IF d.direction <> 'push' THEN
@@ -1533,6 +1618,9 @@ BEGIN
                       WHEN k.kind = 'graph' AND lower(f.field) = 'title' THEN 'text'
                       ELSE sync._field_kind(f.typ, f.typmod) END;
         pairs := pairs || (quote_literal(f.field) || ', ' || CASE
+            -- an array column refers to several items (an LDAP group's members)
+            WHEN f.reference IS NOT NULL AND EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = f.typ AND t.typcategory = 'A') THEN
+                format('CASE WHEN s.%1$I IS NULL THEN NULL ELSE jsonb_build_object(''@refs'', to_jsonb((s.%1$I)::text[]), ''@def'', %2$L) END', f.column_name, f.reference)
             WHEN f.reference IS NOT NULL THEN
                 format('CASE WHEN s.%1$I IS NULL THEN NULL ELSE jsonb_build_object(''@ref'', (s.%1$I)::text, ''@def'', %2$L) END', f.column_name, f.reference)
             WHEN f.transform IS NOT NULL THEN
@@ -1765,7 +1853,9 @@ END $$;
 COMMENT ON FUNCTION checkpoint(pg_lsn, text) IS 'Records that everything up to lsn is durably staged for the slot (default: setting sync.slot_name); never moves back.';
 
 -- The statement staging one definition's keys. Parameters:
---   $1 keys jsonb, $2 definition id, $3 lsn, $4 run id, $5 approval, $6 delete scope.
+--   $1 keys jsonb, $2 definition id, $3 lsn, $4 run id, $5 approval, $6 delete scope,
+--   $7 delete grace (NULL: a delete removes the item at once; else the item
+--   is disabled first and its delete scheduled by sync.complete).
 -- The rows are read, mapped and hashed by sync._mapped_rows_by_key (as the
 -- role syncbridge_reader); this statement compares them and writes the queue.
 --
@@ -1782,11 +1872,13 @@ WITH cur AS (
            CASE WHEN ex.op IN ('add', 'move') THEN ex.payload
                 WHEN ex.op = 'update' THEN coalesce(l.fields, '{}') || ex.payload
                 ELSE l.fields END AS base_fields,
-           coalesce(l.join_type, 'provisioned') AS join_type, rb.id AS held_by
+           coalesce(l.join_type, 'provisioned') AS join_type, rb.id AS held_by,
+           -- disabled, or being disabled (delete_grace)
+           l.disabled_at IS NOT NULL OR coalesce(ex.op = 'disable', false) AS disabled, ex.op AS ex_op
       FROM sync._mapped_rows_by_key($2, $1) AS k
       -- Each lookup is a per-key index probe (LATERAL ... LIMIT 1).
       LEFT JOIN LATERAL (
-          SELECT l.sync_key, l.list, l.hash, l.fields, l.join_type FROM sync.ledger l
+          SELECT l.sync_key, l.list, l.hash, l.fields, l.join_type, l.disabled_at FROM sync.ledger l
            WHERE l.definition_id = $2 AND l.sync_key = k.sync_key LIMIT 1) l ON true
       LEFT JOIN LATERAL (
           SELECT e.op, e.list, e.hash, e.payload FROM sync.pending_exports e
@@ -1806,6 +1898,10 @@ decided AS (
         WHEN present AND list IS DISTINCT FROM base_list THEN 'move'
         WHEN present AND hash IS DISTINCT FROM base_hash THEN 'update'
         WHEN present THEN NULL
+        -- (a disable in flight: its completion schedules the delete)
+        WHEN ex_op = 'disable' THEN NULL
+        WHEN known AND ($6 = 'all' OR ($6 = 'provisioned' AND join_type = 'provisioned')) AND $7::interval IS NOT NULL
+             AND NOT disabled THEN 'disable'
         WHEN known AND ($6 = 'all' OR ($6 = 'provisioned' AND join_type = 'provisioned')) THEN 'delete'
         WHEN known THEN 'forget'
     END AS op
@@ -1838,29 +1934,35 @@ cancelled AS (
 ),
 held AS (
     UPDATE sync.pending_exports p SET changed_since = true, updated_at = now()
-     WHERE p.id = ANY (ARRAY(SELECT x.held_by FROM decided x WHERE x.held_by IS NOT NULL AND x.op IN ('add', 'update', 'delete', 'move')))
+     WHERE p.id = ANY (ARRAY(SELECT x.held_by FROM decided x WHERE x.held_by IS NOT NULL AND x.op IN ('add', 'update', 'delete', 'move', 'disable')))
        AND NOT p.changed_since
     RETURNING p.id
 ),
 staged AS (
     INSERT INTO sync.pending_exports AS p
-           (definition_id, sync_key, op, list, from_list, payload, previous, hash, status, lsn, run_id)
+           (definition_id, sync_key, op, list, from_list, payload, previous, hash, status, lsn, run_id, next_attempt_at)
     SELECT $2, x.sync_key, x.op,
-           CASE WHEN x.op = 'delete' THEN x.base_list ELSE x.list END,
+           CASE WHEN x.op IN ('delete', 'disable') THEN x.base_list ELSE x.list END,
            CASE WHEN x.op = 'move' THEN x.base_list END,
            CASE x.op WHEN 'update' THEN (SELECT coalesce(jsonb_object_agg(n.key, n.value), '{}') FROM jsonb_each(x.fields) n
                                           WHERE n.value IS DISTINCT FROM x.base_fields -> n.key)
                      WHEN 'delete' THEN '{}'
+                     WHEN 'disable' THEN '{}'
                      ELSE x.fields END,
            CASE x.op WHEN 'update' THEN (SELECT coalesce(jsonb_object_agg(n.key, x.base_fields -> n.key), '{}') FROM jsonb_each(x.fields) n
                                           WHERE n.value IS DISTINCT FROM x.base_fields -> n.key)
                      WHEN 'add' THEN NULL
                      ELSE x.base_fields END,
-           CASE WHEN x.op = 'delete' THEN NULL ELSE x.hash END,
+           CASE WHEN x.op IN ('delete', 'disable') THEN NULL ELSE x.hash END,
+           -- (a disable can be undone: it goes without an approval for deletes)
            CASE WHEN $5 = 'all' OR ($5 = 'deletes' AND x.op = 'delete') THEN 'awaiting_approval' ELSE 'pending' END,
-           $3, $4
+           $3, $4,
+           -- the delete of a disabled item waits out the grace
+           CASE WHEN x.op = 'delete' AND x.disabled AND $7::interval IS NOT NULL
+                THEN greatest(now(), (SELECT l.disabled_at FROM sync.ledger l WHERE l.definition_id = $2 AND l.sync_key = x.sync_key) + $7::interval)
+                ELSE now() END
       FROM decided x
-     WHERE x.op IN ('add', 'update', 'delete', 'move') AND x.held_by IS NULL
+     WHERE x.op IN ('add', 'update', 'delete', 'move', 'disable') AND x.held_by IS NULL
     ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
     DO UPDATE SET
         op = EXCLUDED.op, list = EXCLUDED.list, from_list = EXCLUDED.from_list,
@@ -1870,8 +1972,11 @@ staged AS (
         previous = EXCLUDED.previous, hash = EXCLUDED.hash,
         status = CASE WHEN EXCLUDED.status = 'awaiting_approval' AND p.approved_at IS NOT NULL AND p.op = EXCLUDED.op
                       THEN 'pending' ELSE EXCLUDED.status END,
-        attempts = CASE WHEN p.status = 'error' THEN 0 ELSE p.attempts END,
-        next_attempt_at = CASE WHEN p.status = 'error' THEN now() ELSE p.next_attempt_at END,
+        -- (a scheduled delete turned into the item's re-enabling goes now)
+        attempts = CASE WHEN p.status = 'error' OR (p.op = 'delete' AND EXCLUDED.op <> 'delete') THEN 0 ELSE p.attempts END,
+        next_attempt_at = CASE WHEN p.status = 'error' OR (p.op = 'delete' AND EXCLUDED.op <> 'delete') THEN now()
+                               WHEN EXCLUDED.op = 'delete' THEN greatest(p.next_attempt_at, EXCLUDED.next_attempt_at)
+                               ELSE p.next_attempt_at END,
         lsn = coalesce(EXCLUDED.lsn, p.lsn), run_id = coalesce(EXCLUDED.run_id, p.run_id), updated_at = now()
      WHERE (p.op, p.list, p.from_list, p.payload, p.hash)
            IS DISTINCT FROM (EXCLUDED.op, EXCLUDED.list, EXCLUDED.from_list, EXCLUDED.payload, EXCLUDED.hash)
@@ -1879,7 +1984,7 @@ staged AS (
 )
 SELECT count(*) FILTER (WHERE s.op = 'add')::int,
        count(*) FILTER (WHERE s.op = 'update')::int,
-       count(*) FILTER (WHERE s.op = 'delete')::int,
+       count(*) FILTER (WHERE s.op IN ('delete', 'disable'))::int,
        count(*) FILTER (WHERE s.op = 'move')::int,
        ((SELECT count(*) FROM decided WHERE op IS NULL) )::int,
        ((SELECT count(*) FROM cancelled) + (SELECT count(*) FROM forgotten))::int
@@ -1917,7 +2022,9 @@ BEGIN
     END IF;
     EXECUTE sync._stage_sql()
        INTO added, updated, deleted, moved, unchanged, cancelled
-      USING keys, def_id, lsn, run_id, d.approval, d.delete_scope;
+      USING keys, def_id, lsn, run_id, d.approval, d.delete_scope,
+            CASE WHEN (SELECT k.disable FROM sync.targets t JOIN sync.target_kinds k ON k.kind = t.kind WHERE t.name = d.target)
+                 THEN d.delete_grace END;
 END $$;
 
 -- Key objects for sync_keys of a definition (to re-stage keys the worker did not send).
@@ -2044,8 +2151,10 @@ SELECT x.op, x.sync_key, x.list, x.from_list, x.changed, x.warning
   FROM (
     SELECT coalesce(w.sync_key, l.sync_key) AS sync_key,
            CASE WHEN l.sync_key IS NULL THEN 'add'
-                WHEN w.sync_key IS NULL THEN CASE WHEN $2 = 'all' OR ($2 = 'provisioned' AND l.join_type = 'provisioned')
-                                                  THEN 'delete' ELSE 'forget' END
+                WHEN w.sync_key IS NULL THEN CASE WHEN NOT ($2 = 'all' OR ($2 = 'provisioned' AND l.join_type = 'provisioned')) THEN 'forget'
+                                                  -- (delete_grace: disabled first; the delete follows)
+                                                  WHEN $5 AND l.disabled_at IS NULL THEN 'disable'
+                                                  ELSE 'delete' END
                 WHEN w.list IS DISTINCT FROM l.list THEN 'move'
                 WHEN w.hash IS DISTINCT FROM l.hash THEN 'update' END AS op,
            coalesce(w.list, l.list) AS list,
@@ -2105,6 +2214,7 @@ BEGIN
         PERFORM sync._check_may_read((sync._def($1)).source_rel);
     END IF;
     FOR d IN SELECT x.id, x.name, x.delete_scope, x.source_rel, k.cost_per_write, k.item_costs, x.direction,
+                    k.disable AND x.delete_grace IS NOT NULL AS disables,
                     -- a move as the kind makes it (NULL: it cannot)
                     CASE k.moves WHEN 'native' THEN 1 WHEN 'delete_create' THEN 2 END AS move_requests
                FROM sync.definitions x JOIN sync.targets t ON t.name = x.target JOIN sync.target_kinds k ON k.kind = t.kind
@@ -2141,11 +2251,11 @@ BEGIN
             'CROSS JOIN LATERAL (SELECT CASE p.op WHEN ''move'' THEN %s::int WHEN ''forget'' THEN 0 ELSE 1 END AS n) r '
             'LEFT JOIN sync.pending_exports e ON e.definition_id = $1 AND e.sync_key = p.sync_key '
             '     AND e.status IN (''pending'', ''awaiting_approval'', ''failed'', ''error'', ''executing'') '
-            'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''delete'' THEN 4 ELSE 5 END, p.sync_key',
+            'ORDER BY CASE p.op WHEN ''add'' THEN 1 WHEN ''update'' THEN 2 WHEN ''move'' THEN 3 WHEN ''disable'' THEN 4 WHEN ''delete'' THEN 5 ELSE 6 END, p.sync_key',
             d.name, d.cost_per_write, sync._plan_sql(), coalesce(d.move_requests::text, 'NULL'))
           USING d.id, d.delete_scope,
                 (SELECT jsonb_object_agg(f->>'field', f->>'kind') FROM jsonb_array_elements((sync._compile(d.id)).fields) f),
-                d.item_costs;
+                d.item_costs, d.disables;
         -- Exports a rollback or a reconcile staged that the comparison of
         -- the rows with the ledger does not show (a rollback's inverse, an
         -- orphan's delete).
@@ -2170,7 +2280,7 @@ BEGIN
              WHERE e.definition_id = d.id AND e.status = 'awaiting_approval' AND e.op = 'provision';
     END LOOP;
 END $$;
-COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Two-way: inbound changes read from the target and not yet applied (inbound_update, inbound_insert, inbound_delete: the fields that differ from the ledger, old -> new; queued the import''s status, warning its id and decision). Changes nothing.';
+COMMENT ON FUNCTION plan(text) IS 'Dry run: per key, the op (add, update, delete, move, forget, disable: the first step of a delete under delete_grace), list, changed fields (old -> new), requests and API cost a full reconcile would send; queued shows the state of an export already staged for the key; warning names each value its target column cannot hold (the row would be refused). Two-way: inbound changes read from the target and not yet applied (inbound_update, inbound_insert, inbound_delete: the fields that differ from the ledger, old -> new; queued the import''s status, warning its id and decision). Changes nothing.';
 
 CREATE OR REPLACE FUNCTION plan_summary(name text DEFAULT NULL)
 RETURNS TABLE (definition text, target text, adds bigint, updates bigint, deletes bigint, moves bigint,
@@ -2181,22 +2291,25 @@ LANGUAGE sql AS $$
     WITH a AS (
         SELECT p.definition,
                count(*) FILTER (WHERE p.op = 'add') AS adds, count(*) FILTER (WHERE p.op = 'update') AS updates,
-               count(*) FILTER (WHERE p.op = 'delete') AS deletes, count(*) FILTER (WHERE p.op = 'move') AS moves,
+               -- (a disable is the first step of a delete: counted as one)
+               count(*) FILTER (WHERE p.op IN ('delete', 'disable')) AS deletes, count(*) FILTER (WHERE p.op = 'move') AS moves,
                count(*) FILTER (WHERE p.queued = 'awaiting_approval') AS awaiting, count(*) FILTER (WHERE p.warning IS NOT NULL) AS warnings,
                coalesce(sum(p.requests), 0) AS requests, coalesce(sum(p.cost), 0) AS cost,
                -- the requests they go in: the kind's bulk operations share
                -- them (any mix), batch_size items at a time; the others
                -- take one each
-               sum(p.requests) FILTER (WHERE p.op IN ('add', 'update', 'delete', 'move')) AS writes,
+               sum(p.requests) FILTER (WHERE p.op IN ('add', 'update', 'delete', 'move', 'disable')) AS writes,
                sum(p.requests) FILTER (WHERE p.op = 'add') AS n_add, sum(p.requests) FILTER (WHERE p.op = 'update') AS n_update,
-               sum(p.requests) FILTER (WHERE p.op = 'delete') AS n_delete, sum(p.requests) FILTER (WHERE p.op = 'move') AS n_move
+               sum(p.requests) FILTER (WHERE p.op = 'delete') AS n_delete, sum(p.requests) FILTER (WHERE p.op = 'move') AS n_move,
+               sum(p.requests) FILTER (WHERE p.op = 'disable') AS n_disable
           FROM sync.plan($1) p GROUP BY p.definition)
     SELECT d.name, t.name, coalesce(a.adds, 0), coalesce(a.updates, 0), coalesce(a.deletes, 0), coalesce(a.moves, 0),
            coalesce(a.awaiting, 0), coalesce(a.warnings, 0), coalesce(a.requests, 0),
            (coalesce(a.requests, 0) - coalesce(a.writes, 0)
             + (SELECT ceil(coalesce(sum(o.n) FILTER (WHERE o.op = ANY (k.bulk_ops)), 0)::numeric / k.batch_size)
                       + coalesce(sum(o.n) FILTER (WHERE o.op <> ALL (k.bulk_ops)), 0)
-                 FROM (VALUES ('add', a.n_add), ('update', a.n_update), ('delete', a.n_delete), ('move', a.n_move)) o(op, n)))::bigint,
+                 FROM (VALUES ('add', a.n_add), ('update', a.n_update), ('delete', a.n_delete), ('move', a.n_move),
+                              ('disable', a.n_disable)) o(op, n)))::bigint,
            coalesce(a.cost, 0), k.cost_unit,
            b.budget,
            make_interval(secs => greatest(coalesce(a.cost, 0) / b.budget * 60,
@@ -2369,9 +2482,29 @@ BEGIN
     RETURN n;
 END $$;
 
+-- The items an export's payload refers to: its reference fields (@ref, and
+-- @refs for an array column) as the definition maps them, each with the
+-- referenced item's id when the ledger knows it.
+CREATE OR REPLACE FUNCTION _references(def_id int, payload jsonb)
+RETURNS TABLE (definition_id int, sync_key text, target_id text)
+LANGUAGE sql STABLE AS $$
+    SELECT rd.id, k.key, rl.target_id
+      FROM jsonb_each(payload) f
+      JOIN sync.field_maps m ON m.definition_id = def_id AND m.field = f.key AND m.reference IS NOT NULL
+                            AND jsonb_typeof(f.value) = 'object' AND m.reference = f.value ->> '@def'
+      JOIN sync.definitions rd ON rd.name = m.reference
+     CROSS JOIN LATERAL (
+          SELECT f.value ->> '@ref' AS key WHERE f.value ? '@ref'
+          UNION ALL
+          SELECT r FROM jsonb_array_elements_text(
+                 CASE WHEN jsonb_typeof(f.value -> '@refs') = 'array' THEN f.value -> '@refs' ELSE '[]' END) r) k
+      LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = k.key
+$$;
+
 CREATE OR REPLACE FUNCTION claim(target text, n int DEFAULT 20, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, run_id bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, definition text, op text, sync_key text, list text, from_list text, target_id text,
-               etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz, read_back text[])
+               etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz, read_back text[],
+               disabled boolean)
 LANGUAGE plpgsql
 -- The ledger and the queue grow by thousands of rows between two analyzes
 -- while a backlog drains; a plan made on the old statistics (a sequential
@@ -2387,6 +2520,7 @@ DECLARE
     def int;
     ids bigint[];
     paused int[];
+    with_refs int[];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target) THEN
         RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
@@ -2425,6 +2559,10 @@ BEGIN
     IF cardinality(defs) = 0 THEN
         RETURN;
     END IF;
+    -- Definitions with reference fields (their exports wait for the items
+    -- they refer to: objects first, references second).
+    with_refs := ARRAY(SELECT DISTINCT m.definition_id FROM sync.field_maps m
+                        WHERE m.definition_id = ANY (defs) AND m.reference IS NOT NULL);
     -- Lists first: they are created before items go into them. Few rows.
     ids := ARRAY(
         SELECT e.id FROM sync.pending_exports e
@@ -2464,6 +2602,15 @@ BEGIN
                          WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key
                            AND x.status IN ('pending', 'conflict', 'awaiting_approval', 'failed')
                         OFFSET 0)
+               -- not before the items it refers to exist: a referenced key
+               -- without an item id whose create is queued or in flight
+               -- (one that will never be created does not hold it)
+               AND (NOT def = ANY (with_refs) OR e.op NOT IN ('add', 'update', 'move') OR NOT EXISTS (
+                        SELECT 1 FROM sync._references(e.definition_id, e.payload) r
+                          JOIN sync.pending_exports x ON x.definition_id = r.definition_id AND x.sync_key = r.sync_key
+                         WHERE r.target_id IS NULL AND r.definition_id <> e.definition_id AND x.op IN ('add', 'move')
+                           AND x.status IN ('pending', 'awaiting_approval', 'failed', 'executing')
+                        OFFSET 0))
              ORDER BY e.next_attempt_at, e.id
              LIMIT n - cardinality(ids)
                FOR UPDATE OF e SKIP LOCKED);
@@ -2473,7 +2620,7 @@ BEGIN
     -- member of syncbridge_admin where one is needed.
     WITH chk AS (
         SELECT e.id,
-               CASE WHEN e.op = 'delete'
+               CASE WHEN e.op IN ('delete', 'disable')
                          AND NOT (d.delete_scope = 'all' OR (d.delete_scope = 'provisioned' AND l.join_type = 'provisioned')
                                   -- a duplicate of one of syncbridge's items (sync.reconcile, mirror)
                                   OR (d.delete_scope = 'provisioned' AND e.sync_key IS NULL
@@ -2517,22 +2664,32 @@ BEGIN
            -- reference fields carry the referenced item's id when it is known;
            -- only fields mapped with reference => that definition, on this
            -- target, are references (any other value is sent as it is)
-           (SELECT jsonb_object_agg(f.key, CASE WHEN rd.id IS NOT NULL
-                                                THEN f.value || jsonb_build_object('target_id', rl.target_id)
-                                                ELSE f.value END)
+           -- (an array reference, @refs, gets target_ids in its order)
+           (SELECT jsonb_object_agg(f.key, CASE WHEN rd.id IS NULL THEN f.value
+                                                WHEN f.value ? '@refs'
+                                                THEN f.value || jsonb_build_object('target_ids', (
+                                                         SELECT coalesce(jsonb_agg(rl.target_id ORDER BY r.o), '[]')
+                                                           FROM jsonb_array_elements_text(
+                                                                    CASE WHEN jsonb_typeof(f.value -> '@refs') = 'array'
+                                                                         THEN f.value -> '@refs' ELSE '[]' END) WITH ORDINALITY r(k, o)
+                                                           LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = r.k))
+                                                ELSE f.value || jsonb_build_object('target_id', (
+                                                         SELECT rl.target_id FROM sync.ledger rl
+                                                          WHERE rl.definition_id = rd.id AND rl.sync_key = f.value ->> '@ref')) END)
               FROM jsonb_each(c.payload) f
               LEFT JOIN sync.field_maps m
                      ON jsonb_typeof(f.value) = 'object' AND m.definition_id = c.definition_id AND m.field = f.key
                     AND m.reference = f.value ->> '@def'
-              LEFT JOIN sync.definitions rd ON rd.name = m.reference AND rd.target = claim.target
-              LEFT JOIN sync.ledger rl ON rl.definition_id = rd.id AND rl.sync_key = f.value ->> '@ref'),
+              LEFT JOIN sync.definitions rd ON rd.name = m.reference AND rd.target = claim.target),
            c.previous, c.attempts, c.verify, c.lease_until,
            -- fields the write's answer brings back (pull-only mappings:
            -- Modified, ID, ... into columns, without a request of their own)
            -- (from the mappings: an index probe, not a compile per row)
            nullif(ARRAY(SELECT m.field FROM sync.field_maps m
                          WHERE m.definition_id = c.definition_id AND m.direction = 'pull' AND m.column_name IS NOT NULL
-                         ORDER BY 1), '{}')
+                         ORDER BY 1), '{}'),
+           -- (a write to a disabled item re-enables it)
+           l.disabled_at IS NOT NULL
       FROM claimed c
       JOIN sync.definitions d ON d.id = c.definition_id
       LEFT JOIN sync.ledger l ON l.definition_id = c.definition_id AND l.sync_key = c.sync_key
@@ -2709,7 +2866,30 @@ BEGIN
         ON CONFLICT (definition_id, sync_key) DO UPDATE
            SET list = EXCLUDED.list, target_id = coalesce(EXCLUDED.target_id, l.target_id), etag = EXCLUDED.etag,
                fields = EXCLUDED.fields, hash = EXCLUDED.hash, join_type = EXCLUDED.join_type,
-               provenance = 'push', last_synced_at = now()
+               provenance = 'push', last_synced_at = now(),
+               -- (a write to a disabled item re-enabled it)
+               disabled_at = NULL
+        RETURNING 1
+    ), disabled AS (
+        -- Disabled: the ledger says so (its hash matches no row, so a row
+        -- back re-enables the item), and the delete waits out the grace:
+        -- a scheduled export, approvable like any delete. A change of the
+        -- key queued meanwhile (the row is back) goes instead.
+        UPDATE sync.ledger l SET disabled_at = now(), hash = '\x', etag = coalesce(x.etag, l.etag), last_synced_at = now()
+          FROM done x
+         WHERE x.op = 'disable' AND l.definition_id = x.definition_id AND l.sync_key = x.sync_key
+        RETURNING l.definition_id, l.sync_key, l.list, l.target_id, l.fields
+    ), scheduled AS (
+        INSERT INTO sync.pending_exports (definition_id, sync_key, op, list, target_id, payload, previous, status,
+                                          next_attempt_at, lsn, run_id)
+        SELECT y.definition_id, y.sync_key, 'delete', y.list, y.target_id, '{}', y.fields,
+               CASE WHEN d.approval IN ('all', 'deletes') THEN 'awaiting_approval' ELSE 'pending' END,
+               now() + coalesce(d.delete_grace, interval '0'), x.lsn, x.run_id
+          FROM disabled y
+          JOIN sync.definitions d ON d.id = y.definition_id
+          JOIN done x ON x.definition_id = y.definition_id AND x.sync_key = y.sync_key
+        ON CONFLICT (definition_id, sync_key) WHERE status IN ('pending', 'awaiting_approval', 'failed', 'error') AND sync_key IS NOT NULL
+        DO NOTHING
         RETURNING 1
     ), removed AS (
         DELETE FROM sync.ledger l USING done x
@@ -2844,9 +3024,11 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = 'Only exports awaiting approval can be approved.',
                   HINT = 'SELECT * FROM sync.pending_exports WHERE status = ''awaiting_approval'';';
     END IF;
-    UPDATE sync.pending_exports
-       SET status = 'pending', approved_by = session_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
-     WHERE id = export_id;
+    UPDATE sync.pending_exports x
+       SET status = 'pending', approved_by = session_user, approved_at = now(),
+           -- (a delete scheduled after a grace period keeps its time)
+           next_attempt_at = greatest(now(), x.next_attempt_at), updated_at = now()
+     WHERE x.id = export_id;
     RETURN 'pending';
 END $$;
 
@@ -2856,7 +3038,9 @@ DECLARE
     n bigint;
 BEGIN
     UPDATE sync.pending_exports e
-       SET status = 'pending', approved_by = session_user, approved_at = now(), next_attempt_at = now(), updated_at = now()
+       SET status = 'pending', approved_by = session_user, approved_at = now(),
+           -- (a delete scheduled after a grace period keeps its time)
+           next_attempt_at = greatest(now(), e.next_attempt_at), updated_at = now()
      WHERE e.status = 'awaiting_approval'
        AND (approve_all.definition IS NULL OR e.definition_id = (sync._def(approve_all.definition)).id);
     GET DIAGNOSTICS n = ROW_COUNT;

@@ -85,12 +85,6 @@ UPDATE @extschema@.target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item
                ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
  WHERE k.kind = v.kind;
 
--- Disable before delete (issue 20): kinds whose items can be disabled, and a
--- definition's grace period between the disable and the delete.
-ALTER TABLE @extschema@.target_kinds ADD COLUMN disable boolean NOT NULL DEFAULT false;
-COMMENT ON COLUMN @extschema@.target_kinds.disable IS 'Whether an item can be disabled before it is deleted (a directory account: locked): with a definition''s delete_grace, a delete first disables, and removes after the grace period.';
-UPDATE @extschema@.target_kinds SET disable = true WHERE kind = 'ldap';
-
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
 	"rel" oid,
@@ -183,3 +177,16 @@ ALTER TABLE @extschema@.definitions ADD COLUMN source_name text;
 UPDATE @extschema@.definitions d SET source_name = format('%I.%I', n.nspname, c.relname)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = d.source_rel;
 COMMENT ON COLUMN @extschema@.definitions.source_name IS 'The source table''s schema-qualified name when the definition was made or last enabled: a rename is a schema change (the definition goes to error until sync.resume).';
+
+-- Disable before delete (issue 20): kinds whose items can be disabled, and a
+-- definition's grace period between the disable and the delete.
+ALTER TABLE @extschema@.target_kinds ADD COLUMN disable boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN @extschema@.target_kinds.disable IS 'Whether an item can be disabled before it is deleted (a directory account: locked): with a definition''s delete_grace, a delete first disables, and removes after the grace period.';
+UPDATE @extschema@.target_kinds SET disable = true WHERE kind = 'ldap';
+ALTER TABLE @extschema@.definitions ADD COLUMN delete_grace interval CHECK (delete_grace >= interval '0');
+COMMENT ON COLUMN @extschema@.definitions.delete_grace IS 'Kinds that can disable (sync.target_kinds.disable, LDAP): a deleted or filtered-out row''s item is disabled at once and deleted only this long after (a scheduled delete export, approvable); a row back within it re-enables the same item. NULL: deleted at once.';
+ALTER TABLE @extschema@.ledger ADD COLUMN disabled_at timestamptz;
+COMMENT ON COLUMN @extschema@.ledger.disabled_at IS 'When the item was disabled (definitions.delete_grace): its delete is scheduled for disabled_at + delete_grace; a row back before then re-enables it.';
+ALTER TABLE @extschema@.pending_exports DROP CONSTRAINT pending_exports_op_check,
+    ADD CONSTRAINT pending_exports_op_check CHECK (op IN ('add', 'update', 'delete', 'move', 'provision', 'disable'));
+COMMENT ON COLUMN @extschema@.pending_exports.op IS 'add, update, delete, move (delete from from_list + create in list, one export), provision (create the list and its columns), disable (definitions.delete_grace: the item disabled; its delete follows after the grace).';
