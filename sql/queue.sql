@@ -430,6 +430,56 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION report_target_status(text, text, text) IS 'The worker reports what it last saw of a target: ok, throttled, unreachable, auth_failed, misconfigured, and a detail (at most 1000 characters).';
 
+-- One budget for many workers: every exporter of a target, on any machine,
+-- takes what it spends from the target's bucket here (a slice at a time).
+-- The bucket holds `capacity` (two seconds of the budget) and refills at
+-- budget_per_min less capacity a minute, so that in any sliding minute all
+-- exporters together spend at most budget_per_min. What a worker that dies
+-- held is lost with it: at most its last slice, never the budget.
+CREATE FUNCTION budget_take(target text, need double precision, extra double precision DEFAULT 0,
+                            OUT granted double precision, OUT wait_seconds double precision, OUT per_min double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    capacity double precision;
+    rate double precision;      -- units a second
+    b sync.target_budgets;
+    at timestamptz := clock_timestamp();
+    avail double precision;     -- in the bucket now
+BEGIN
+    IF need IS NULL OR extra IS NULL OR need = 'NaN' OR extra = 'NaN' OR need NOT BETWEEN 0 AND 1000000 OR extra NOT BETWEEN 0 AND 1000000 THEN
+        RAISE EXCEPTION 'invalid budget request (need %, extra %)', coalesce(need::text, 'NULL'), coalesce(extra::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'need and extra are units of the target''s cost (0 to 1,000,000).',
+                  HINT = 'The worker asks for what its next request costs (need) and a slice more (extra).';
+    END IF;
+    SELECT coalesce((t.config ->> 'budget_per_min')::double precision, k.default_budget_per_min::double precision)
+      INTO per_min
+      FROM sync.targets t JOIN sync.target_kinds k ON k.kind = t.kind WHERE t.name = budget_take.target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was granted.', HINT = 'SELECT name FROM sync.targets;';
+    END IF;
+    capacity := least(greatest(per_min / 30, 1), per_min / 2);
+    rate := greatest(per_min - capacity, 1) / 60;
+    INSERT INTO sync.target_budgets AS x (target, tokens, refreshed_at) VALUES (budget_take.target, capacity, at)
+    ON CONFLICT ON CONSTRAINT target_budgets_pkey DO NOTHING;
+    SELECT * INTO b FROM sync.target_budgets x WHERE x.target = budget_take.target FOR UPDATE;
+    avail := least(capacity, b.tokens + rate * greatest(extract(epoch FROM at - b.refreshed_at)::double precision, 0));
+    -- A request costlier than the bucket holds goes once the bucket is
+    -- full (it is paid back before anything else goes).
+    IF avail >= least(need, capacity) THEN
+        granted := need + least(extra, greatest(avail - need, 0));
+        wait_seconds := 0;
+    ELSE
+        granted := 0;
+        wait_seconds := (least(need, capacity) - avail) / rate;
+    END IF;
+    UPDATE sync.target_budgets x
+       SET tokens = avail - budget_take.granted, refreshed_at = at,
+           granted = x.granted + budget_take.granted, takes = x.takes + (budget_take.granted > 0)::int
+     WHERE x.target = budget_take.target;
+END $$;
+COMMENT ON FUNCTION budget_take(text, double precision, double precision) IS 'The worker takes need units (and up to extra more, a slice for its next requests) from the target''s budget, shared by every exporter of every worker: granted (0 when the bucket is short: ask again after wait_seconds), per_min the budget. A bucket of two seconds'' budget refilled so that no sliding minute sees more than budget_per_min.';
+
 COMMENT ON FUNCTION target_list_ids(text) IS 'The provisioned lists of a target''s definitions, their ids on the target and their columns as provisioned.';
 
 -- Complete ------------------------------------------------------------------

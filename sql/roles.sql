@@ -134,6 +134,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.worker_targets(text[]),
     @extschema@.slot_cursor(text),
     @extschema@.report_target_status(text, text, text),
+    @extschema@.budget_take(text, double precision, double precision),
     @extschema@.purge(interval),
     @extschema@.start_run(text, text, text),
     @extschema@.finish_run(bigint, text, text, jsonb),

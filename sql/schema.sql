@@ -103,6 +103,20 @@ COMMENT ON COLUMN targets.status_detail IS 'The worker''s last message about the
 COMMENT ON COLUMN targets.created_at IS 'When the target was created.';
 COMMENT ON COLUMN targets.updated_at IS 'When the target was last changed.';
 
+CREATE TABLE target_budgets (
+    target      text PRIMARY KEY REFERENCES targets (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    tokens      double precision NOT NULL,
+    refreshed_at timestamptz NOT NULL,
+    granted     double precision NOT NULL DEFAULT 0,
+    takes       bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE target_budgets IS 'Each target''s request budget, shared by every exporter of every worker (sync.budget_take): a token bucket refilled at budget_per_min less its capacity, so that no sliding minute sees more than budget_per_min spent in all.';
+COMMENT ON COLUMN target_budgets.target IS 'The target (sync.targets.name).';
+COMMENT ON COLUMN target_budgets.tokens IS 'Units left in the bucket at refreshed_at (negative: a request costlier than the bucket holds was granted, and is paid back first).';
+COMMENT ON COLUMN target_budgets.refreshed_at IS 'When tokens was last computed.';
+COMMENT ON COLUMN target_budgets.granted IS 'Units granted to exporters in all (the budget spent, or held by an exporter for its next requests).';
+COMMENT ON COLUMN target_budgets.takes IS 'Grants made in all.';
+
 -- ---------------------------------------------------------------------------
 -- Definitions
 -- ---------------------------------------------------------------------------

@@ -195,6 +195,21 @@ ALTER TABLE @extschema@.pending_exports DROP CONSTRAINT pending_exports_op_check
     ADD CONSTRAINT pending_exports_op_check CHECK (op IN ('add', 'update', 'delete', 'move', 'provision', 'disable'));
 COMMENT ON COLUMN @extschema@.pending_exports.op IS 'add, update, delete, move (delete from from_list + create in list, one export), provision (create the list and its columns), disable (definitions.delete_grace: the item disabled; its delete follows after the grace).';
 
+-- One budget for many workers (issue 21): each target's token bucket.
+CREATE TABLE @extschema@.target_budgets (
+    target      text PRIMARY KEY REFERENCES @extschema@.targets (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    tokens      double precision NOT NULL,
+    refreshed_at timestamptz NOT NULL,
+    granted     double precision NOT NULL DEFAULT 0,
+    takes       bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE @extschema@.target_budgets IS 'Each target''s request budget, shared by every exporter of every worker (sync.budget_take): a token bucket refilled at budget_per_min less its capacity, so that no sliding minute sees more than budget_per_min spent in all.';
+COMMENT ON COLUMN @extschema@.target_budgets.target IS 'The target (sync.targets.name).';
+COMMENT ON COLUMN @extschema@.target_budgets.tokens IS 'Units left in the bucket at refreshed_at (negative: a request costlier than the bucket holds was granted, and is paid back first).';
+COMMENT ON COLUMN @extschema@.target_budgets.refreshed_at IS 'When tokens was last computed.';
+COMMENT ON COLUMN @extschema@.target_budgets.granted IS 'Units granted to exporters in all (the budget spent, or held by an exporter for its next requests).';
+COMMENT ON COLUMN @extschema@.target_budgets.takes IS 'Grants made in all.';
+
 -- ===== sql/config.sql =====
 -- syncbridge: the configuration surface (targets, definitions, mappings,
 -- shards, lifecycle). Every function checks its input and raises an error with
@@ -2766,6 +2781,56 @@ BEGIN
        AND (t.status, t.status_detail) IS DISTINCT FROM (report_target_status.status, left(nullif(detail, ''), 1000));
 END $$;
 COMMENT ON FUNCTION report_target_status(text, text, text) IS 'The worker reports what it last saw of a target: ok, throttled, unreachable, auth_failed, misconfigured, and a detail (at most 1000 characters).';
+
+-- One budget for many workers: every exporter of a target, on any machine,
+-- takes what it spends from the target's bucket here (a slice at a time).
+-- The bucket holds `capacity` (two seconds of the budget) and refills at
+-- budget_per_min less capacity a minute, so that in any sliding minute all
+-- exporters together spend at most budget_per_min. What a worker that dies
+-- held is lost with it: at most its last slice, never the budget.
+CREATE OR REPLACE FUNCTION budget_take(target text, need double precision, extra double precision DEFAULT 0,
+                            OUT granted double precision, OUT wait_seconds double precision, OUT per_min double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    capacity double precision;
+    rate double precision;      -- units a second
+    b sync.target_budgets;
+    at timestamptz := clock_timestamp();
+    avail double precision;     -- in the bucket now
+BEGIN
+    IF need IS NULL OR extra IS NULL OR need = 'NaN' OR extra = 'NaN' OR need NOT BETWEEN 0 AND 1000000 OR extra NOT BETWEEN 0 AND 1000000 THEN
+        RAISE EXCEPTION 'invalid budget request (need %, extra %)', coalesce(need::text, 'NULL'), coalesce(extra::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'need and extra are units of the target''s cost (0 to 1,000,000).',
+                  HINT = 'The worker asks for what its next request costs (need) and a slice more (extra).';
+    END IF;
+    SELECT coalesce((t.config ->> 'budget_per_min')::double precision, k.default_budget_per_min::double precision)
+      INTO per_min
+      FROM sync.targets t JOIN sync.target_kinds k ON k.kind = t.kind WHERE t.name = budget_take.target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(target), 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was granted.', HINT = 'SELECT name FROM sync.targets;';
+    END IF;
+    capacity := least(greatest(per_min / 30, 1), per_min / 2);
+    rate := greatest(per_min - capacity, 1) / 60;
+    INSERT INTO sync.target_budgets AS x (target, tokens, refreshed_at) VALUES (budget_take.target, capacity, at)
+    ON CONFLICT ON CONSTRAINT target_budgets_pkey DO NOTHING;
+    SELECT * INTO b FROM sync.target_budgets x WHERE x.target = budget_take.target FOR UPDATE;
+    avail := least(capacity, b.tokens + rate * greatest(extract(epoch FROM at - b.refreshed_at)::double precision, 0));
+    -- A request costlier than the bucket holds goes once the bucket is
+    -- full (it is paid back before anything else goes).
+    IF avail >= least(need, capacity) THEN
+        granted := need + least(extra, greatest(avail - need, 0));
+        wait_seconds := 0;
+    ELSE
+        granted := 0;
+        wait_seconds := (least(need, capacity) - avail) / rate;
+    END IF;
+    UPDATE sync.target_budgets x
+       SET tokens = avail - budget_take.granted, refreshed_at = at,
+           granted = x.granted + budget_take.granted, takes = x.takes + (budget_take.granted > 0)::int
+     WHERE x.target = budget_take.target;
+END $$;
+COMMENT ON FUNCTION budget_take(text, double precision, double precision) IS 'The worker takes need units (and up to extra more, a slice for its next requests) from the target''s budget, shared by every exporter of every worker: granted (0 when the bucket is short: ask again after wait_seconds), per_min the budget. A bucket of two seconds'' budget refilled so that no sliding minute sees more than budget_per_min.';
 
 COMMENT ON FUNCTION target_list_ids(text) IS 'The provisioned lists of a target''s definitions, their ids on the target and their columns as provisioned.';
 
@@ -6501,6 +6566,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.worker_targets(text[]),
     @extschema@.slot_cursor(text),
     @extschema@.report_target_status(text, text, text),
+    @extschema@.budget_take(text, double precision, double precision),
     @extschema@.purge(interval),
     @extschema@.start_run(text, text, text),
     @extschema@.finish_run(bigint, text, text, jsonb),

@@ -190,3 +190,18 @@ COMMENT ON COLUMN @extschema@.ledger.disabled_at IS 'When the item was disabled 
 ALTER TABLE @extschema@.pending_exports DROP CONSTRAINT pending_exports_op_check,
     ADD CONSTRAINT pending_exports_op_check CHECK (op IN ('add', 'update', 'delete', 'move', 'provision', 'disable'));
 COMMENT ON COLUMN @extschema@.pending_exports.op IS 'add, update, delete, move (delete from from_list + create in list, one export), provision (create the list and its columns), disable (definitions.delete_grace: the item disabled; its delete follows after the grace).';
+
+-- One budget for many workers (issue 21): each target's token bucket.
+CREATE TABLE @extschema@.target_budgets (
+    target      text PRIMARY KEY REFERENCES @extschema@.targets (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    tokens      double precision NOT NULL,
+    refreshed_at timestamptz NOT NULL,
+    granted     double precision NOT NULL DEFAULT 0,
+    takes       bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE @extschema@.target_budgets IS 'Each target''s request budget, shared by every exporter of every worker (sync.budget_take): a token bucket refilled at budget_per_min less its capacity, so that no sliding minute sees more than budget_per_min spent in all.';
+COMMENT ON COLUMN @extschema@.target_budgets.target IS 'The target (sync.targets.name).';
+COMMENT ON COLUMN @extschema@.target_budgets.tokens IS 'Units left in the bucket at refreshed_at (negative: a request costlier than the bucket holds was granted, and is paid back first).';
+COMMENT ON COLUMN @extschema@.target_budgets.refreshed_at IS 'When tokens was last computed.';
+COMMENT ON COLUMN @extschema@.target_budgets.granted IS 'Units granted to exporters in all (the budget spent, or held by an exporter for its next requests).';
+COMMENT ON COLUMN @extschema@.target_budgets.takes IS 'Grants made in all.';
