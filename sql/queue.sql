@@ -360,6 +360,34 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due exports of a target (FOR UPDATE SKIP LOCKED) and leases them to the caller: status executing, attempts + 1. Expired leases are recovered first. Lists are provisioned before items go into them, one change per key is in flight at a time, and none while a change of the item read from the target waits to be decided. etag (two-way definitions) goes with If-Match; read_back names the fields to report from the write''s answer.';
 
+-- A worker still working on claimed exports (a batch waiting for the
+-- target's budget or a Retry-After pause) keeps its leases: renewed, they
+-- never expire under a live worker, so another never takes them over and
+-- sends them a second time; a dead worker stops renewing them.
+CREATE FUNCTION extend_leases(ids bigint[], worker text, lease_seconds int DEFAULT NULL) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    n int;
+BEGIN
+    PERFORM sync._check_worker_name(worker);
+    IF worker IS NULL THEN
+        RAISE EXCEPTION 'a lease is extended by the worker holding it'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'worker is NULL.', HINT = 'Pass the name the exports were claimed with.';
+    END IF;
+    IF lease_seconds IS NOT NULL AND lease_seconds NOT BETWEEN 1 AND 86400 THEN
+        RAISE EXCEPTION 'invalid lease_seconds %', lease_seconds
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A lease lasts 1 to 86400 seconds.',
+                  HINT = format('The default is %s (setting sync.lease_seconds).', sync._setting('lease_seconds'));
+    END IF;
+    UPDATE sync.pending_exports e
+       SET lease_until = greatest(e.lease_until,
+                                  now() + make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int)))
+     WHERE e.id = ANY (ids) AND e.status = 'executing' AND e.leased_by = extend_leases.worker;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION extend_leases(bigint[], text, int) IS 'The worker holding claimed exports renews their leases while it still works on them (a batch waiting for the budget): they expire only when it stops. Returns how many it still holds.';
+
 -- What an exporter needs besides claim: whether work is left (so that
 -- `--once` knows when to stop) and the remote ids of the target's lists.
 CREATE FUNCTION export_backlog(target text, within_seconds double precision DEFAULT 60)

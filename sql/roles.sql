@@ -129,6 +129,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.backfills_pending(),
     @extschema@.claim(text, int, int, text, bigint),
     @extschema@.complete(jsonb, text),
+    @extschema@.extend_leases(bigint[], text, int),
     @extschema@.export_backlog(text, double precision),
     @extschema@.target_list_ids(text),
     @extschema@.worker_targets(text[]),

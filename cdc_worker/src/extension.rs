@@ -262,6 +262,43 @@ pub async fn report_target_status(db: &Client, target: &str, status: &str, detai
     }
 }
 
+/// `sync.extend_leases(ids, worker, lease_seconds)`: renews the leases of
+/// exports this worker still works on; how many it still holds.
+pub async fn extend_leases(
+    db: &Client,
+    ids: &[i64],
+    worker: &str,
+    lease_seconds: Option<i32>,
+) -> Result<i32, WorkerError> {
+    let row = db
+        .query_one("SELECT sync.extend_leases($1, $2, $3)", &[&ids, &worker, &lease_seconds])
+        .await
+        .map_err(WorkerError::db("renewing leases"))?;
+    Ok(row.get(0))
+}
+
+/// The lease of a claim, in seconds (`lease_seconds`, else the setting).
+pub async fn lease_seconds(db: &Client, configured: Option<i32>) -> Result<i32, WorkerError> {
+    if let Some(s) = configured {
+        return Ok(s);
+    }
+    let row = db
+        .query_one("SELECT sync._setting('lease_seconds')::int", &[])
+        .await
+        .map_err(WorkerError::db("reading sync.lease_seconds"))?;
+    Ok(row.get(0))
+}
+
+/// `sync.budget_take(target, need, extra)`: `(granted, wait_seconds)` from
+/// the target's budget shared by every exporter.
+pub async fn budget_take(db: &Client, target: &str, need: f64, extra: f64) -> Result<(f64, f64), WorkerError> {
+    let row = db
+        .query_one("SELECT granted, wait_seconds FROM sync.budget_take($1, $2, $3)", &[&target, &need, &extra])
+        .await
+        .map_err(WorkerError::db("taking from the target's budget"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// A container (list) of a target as provisioned: its definition, its name,
 /// its remote id, and its fields as created (JSON), when known.
 #[derive(Debug, Clone)]

@@ -229,6 +229,56 @@ fn two_exporters_at_once_never_send_an_export_twice<E: TargetEnv>() {
     assert_eq!(both, "2", "both exporters took part");
 }
 
+/// One budget for many workers: three exporter processes against a target
+/// limited to 2,400 writes a minute (Graph: 4,800 RU), each told the same
+/// budget, share it through `sync.budget_take` (each alone would spend all
+/// of it: three budgets, a 429 storm). One of them is killed mid-way and
+/// another started: what it held is lost with it, nothing more.
+#[test]
+fn graph_exporters_on_several_processes_share_one_budget() {
+    let (env, db) = setup::<GraphTargetEnv>(
+        EnvOptions { writes_per_min: Some(2400), ..EnvOptions::default() },
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 600) g;",
+    );
+    define_t(&env, &db);
+    // (the killed exporter's leases expire soon)
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.lease_seconds = 5", db.name()));
+    let out = env.worker_cmd(&db, &["--once", "--no-export"]).output().expect("ingest");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exporter = || {
+        let mut c = worker();
+        c.args(["export", "--once", "--dsn", &db.dsn()]);
+        env.add_secret(&mut c);
+        ChildGuard::new(c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("exporter"))
+    };
+    let mut exporters: Vec<ChildGuard> = (0..3).map(|_| exporter()).collect();
+    // Killed while it holds a slice of the budget (and leases).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.psql("SELECT count(*) >= 100 FROM sync.pending_exports WHERE status = 'exported' AND sync_key IS NOT NULL")
+        != "t"
+    {
+        assert!(Instant::now() < deadline, "the exporters made no progress");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(exporters.remove(0)); // SIGKILL
+    exporters.push(exporter());
+    for e in exporters {
+        let out = wait_with_limit(e, Duration::from_secs(300));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let stats = env.stats();
+    let budget = db.psql(&format!("SELECT round(granted)::bigint || ' RU in ' || takes || ' grants' FROM sync.target_budgets WHERE target = '{TARGET}'"));
+    eprintln!(
+        "shared budget: {} requests, {} 429s, {} RU used; {budget}",
+        stats.requests, stats.throttled, stats.ru_used
+    );
+    env.assert_target_equals_source(&db, "t", &["T"]);
+    assert!(stats.throttled * 100 <= stats.requests, "429s: {} of {} requests", stats.throttled, stats.requests);
+    assert_ne!(budget, "", "the exporters took their budget from sync.target_budgets");
+    let shared = db.psql("SELECT count(DISTINCT leased_by) FROM sync.pending_exports WHERE status = 'exported'");
+    assert!(shared.parse::<u32>().expect("count") >= 3, "{shared} exporters sent exports");
+}
+
 fn an_outage_spends_no_attempts_and_everything_arrives_once_it_ends<E: TargetEnv>() {
     let (env, db) = setup::<E>(EnvOptions::default(), "CREATE TABLE t (id int PRIMARY KEY, v text)");
     define_t(&env, &db);

@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
+mod budget;
 mod jobs;
 mod purge;
 
@@ -184,6 +185,8 @@ async fn export_target(
     // fails (each lane finishes its batch in flight first).
     let (stop_tx, stop_rx, forward) = crate::runtime::stop_channel(&shutdown);
     let adapter: Arc<dyn Target> = Arc::from(adapter);
+    // One budget for the target, whatever the number of exporters and workers.
+    adapter.share_budget(Arc::new(budget::PgBudget::new(dsn.clone())));
     // An export that meets a conflict wakes the puller: the remote change is read now.
     let conflicts = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Tasks::new();
@@ -351,6 +354,10 @@ async fn export_loop(
     let Lane { primary, run_id, conflicts } = lane;
     let mut summary = ExportSummary::default();
     let n = i32::try_from(adapter.batch_size().clamp(1, 1000)).unwrap_or(100);
+    // Leases are renewed every third of their length while a batch is in
+    // flight (it may wait for the budget longer than a lease).
+    let lease = extension::lease_seconds(db, config.lease_seconds).await?;
+    let renew_every = Duration::from_secs_f64((f64::from(lease) / 3.0).max(0.5));
     loop {
         if *shutdown.borrow() {
             return Ok(summary);
@@ -408,7 +415,24 @@ async fn export_loop(
         let ctx = context(db, name).await?;
         // Finish the batch in flight even on shutdown: its results are recorded.
         let applying = std::time::Instant::now();
-        let mut results = adapter.apply(&exports, &ctx).await;
+        let ids: Vec<i64> = exports.iter().map(|e| e.id).collect();
+        let mut results = {
+            let apply = adapter.apply(&exports, &ctx);
+            tokio::pin!(apply);
+            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+            loop {
+                tokio::select! {
+                    r = &mut apply => break r,
+                    _ = renew.tick() => {
+                        // (a failure is the lease's problem: it expires, and
+                        // the exports are taken over with a lookup first)
+                        if let Err(e) = extension::extend_leases(db, &ids, &config.worker_name, config.lease_seconds).await {
+                            tracing::warn!(target = %name, error = %e, "could not renew the leases of the batch in flight");
+                        }
+                    }
+                }
+            }
+        };
         let applied_in = applying.elapsed();
         results.extend(unreadable);
         // Every claimed export gets exactly one result.

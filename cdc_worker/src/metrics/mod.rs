@@ -191,6 +191,13 @@ pub static BUDGET_WAIT: Family = Family::counter(
     &["target"],
 );
 
+/// Failed reads of the shared budget.
+pub static BUDGET_SHARED_ERRORS: Family = Family::counter(
+    "syncbridge_target_budget_shared_errors_total",
+    "Requests paced by the process's own budget only because the target's shared budget (sync.budget_take) could not be read, by target.",
+    &["target"],
+);
+
 // ---------------------------------------------------------------------------
 // Pulls (two-way), imports and conflicts
 // ---------------------------------------------------------------------------
@@ -317,6 +324,7 @@ pub static ALL: &[&Family] = &[
     &BUDGET_SPENT,
     &BUDGET_ALLOWED,
     &BUDGET_WAIT,
+    &BUDGET_SHARED_ERRORS,
     &PULL_PAGES,
     &PULL_ITEMS,
     &PULL_FAILURES,
@@ -373,7 +381,9 @@ pub fn code_label(status: u16) -> String {
 /// happened (a rate over a counter that appears late misses its first
 /// increments).
 pub fn target_started(target: &str) {
-    for f in [&EXPORTS_CLAIMED, &TARGET_THROTTLED, &TARGET_RETRY_AFTER, &BUDGET_SPENT, &BUDGET_WAIT] {
+    for f in
+        [&EXPORTS_CLAIMED, &TARGET_THROTTLED, &TARGET_RETRY_AFTER, &BUDGET_SPENT, &BUDGET_WAIT, &BUDGET_SHARED_ERRORS]
+    {
         f.touch(&[target]);
     }
     for op in EXPORT_OPS {

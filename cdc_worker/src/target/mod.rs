@@ -42,6 +42,11 @@ pub trait Target: Send + Sync {
     /// The target's health as last seen, with a message.
     fn health(&self) -> (Health, String);
 
+    /// Pays every request from now on from `source` too: the target's budget
+    /// shared by every exporter of every worker. Kinds without a request
+    /// budget ignore it.
+    fn share_budget(&self, _source: std::sync::Arc<dyn http::BudgetSource>) {}
+
     /// One cheap request that succeeds when the target answers again after
     /// an outage (the exporter claims nothing meanwhile). Err: why not.
     fn probe(&self) -> BoxFuture<'_, Result<(), String>> {

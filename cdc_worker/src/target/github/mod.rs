@@ -1125,6 +1125,10 @@ impl Target for GithubTarget {
         CLAIM_SIZE
     }
 
+    fn share_budget(&self, source: std::sync::Arc<dyn super::http::BudgetSource>) {
+        self.client.share_budget(source);
+    }
+
     fn capabilities(&self) -> &'static super::registry::Capabilities {
         &GITHUB_CAPABILITIES
     }

@@ -1063,6 +1063,10 @@ impl Target for GraphTarget {
         BATCH_LIMIT * 5
     }
 
+    fn share_budget(&self, source: std::sync::Arc<dyn super::http::BudgetSource>) {
+        self.client.share_budget(source);
+    }
+
     fn capabilities(&self) -> &'static super::registry::Capabilities {
         &super::registry::GRAPH_CAPABILITIES
     }

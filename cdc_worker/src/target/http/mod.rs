@@ -10,7 +10,7 @@ mod budget;
 mod oauth;
 mod retry;
 
-pub use budget::Budget;
+pub use budget::{Budget, BudgetSource};
 pub use oauth::{Auth, ClientCredentials};
 pub use retry::{backoff, parse_retry_after, retry_after_of, MAX_BODY, MAX_PAUSE};
 pub(crate) use retry::{read_body, without_url};
@@ -74,6 +74,8 @@ pub struct HttpClient {
     /// Turns true when the worker stops: pauses end at once.
     shutdown: Option<tokio::sync::watch::Receiver<bool>>,
     budget: Budget,
+    /// The target's budget shared with every other exporter, once attached.
+    shared: std::sync::OnceLock<budget::Shared>,
     pub(crate) pause_until: Mutex<Option<Instant>>,
     health: Mutex<(Health, String)>,
     envelope: Envelope,
@@ -126,6 +128,7 @@ impl HttpClient {
             redactor: Mutex::new(redactor),
             shutdown,
             budget,
+            shared: std::sync::OnceLock::new(),
             pause_until: Mutex::new(None),
             health: Mutex::new((Health::Ok, String::new())),
             envelope,

@@ -903,6 +903,10 @@ impl Target for JiraTarget {
         BULK_LIMIT
     }
 
+    fn share_budget(&self, source: std::sync::Arc<dyn super::http::BudgetSource>) {
+        self.client.share_budget(source);
+    }
+
     fn capabilities(&self) -> &'static Capabilities {
         &JIRA_CAPABILITIES
     }

@@ -748,6 +748,10 @@ impl Target for LinearTarget {
         BATCH_LIMIT
     }
 
+    fn share_budget(&self, source: std::sync::Arc<dyn super::http::BudgetSource>) {
+        self.client.share_budget(source);
+    }
+
     fn capabilities(&self) -> &'static super::registry::Capabilities {
         &super::registry::LINEAR_CAPABILITIES
     }
