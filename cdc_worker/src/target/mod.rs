@@ -13,6 +13,7 @@ pub mod linear;
 pub mod model;
 pub mod policy;
 pub mod registry;
+pub mod webhook;
 
 pub use model::{
     clean_message, column_kind, ApplyContext, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage,
