@@ -185,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn hmac_matches_rfc_4231_case_2() {
+    fn hmac_matches_rfc_4231_cases_2_and_6() {
         let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
         let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
