@@ -25,6 +25,10 @@ pub use registry::build;
 use std::future::Future;
 use std::pin::Pin;
 
+/// The `sync.targets.status` of a target that asked to be disabled
+/// ([`Target::take_disable_request`]): it holds until `sync.enable_target`.
+pub const DISABLED_STATUS: &str = "disabled";
+
 /// A boxed future, for object-safe async trait methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -42,6 +46,15 @@ pub trait Target: Send + Sync {
 
     /// The target's health as last seen, with a message.
     fn health(&self) -> (Health, String);
+
+    /// Whether the target asked to be disabled since this was last asked
+    /// (a webhook receiver's `410 Gone`): the reason, once. The exporter
+    /// records it (`sync.report_target_status(..., 'disabled', reason)`)
+    /// before the results of the batch, so that nothing more is claimed
+    /// for the target until an operator runs `sync.enable_target`.
+    fn take_disable_request(&self) -> Option<String> {
+        None
+    }
 
     /// One cheap request that succeeds when the target answers again after
     /// an outage (the exporter claims nothing meanwhile). Err: why not.

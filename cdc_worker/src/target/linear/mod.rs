@@ -396,7 +396,10 @@ impl LinearTarget {
                     results.push(OpResult::failed(
                         e.id,
                         ErrorClass::Definite,
-                        format!("a linear target cannot {} (teams exist already; issues are not disabled)", e.op.as_str()),
+                        format!(
+                            "a linear target cannot {} (teams exist already; issues are not disabled)",
+                            e.op.as_str()
+                        ),
                         false,
                     ));
                     continue;
