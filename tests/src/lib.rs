@@ -19,6 +19,7 @@ pub mod process;
 pub mod prometheus;
 pub mod random;
 pub mod target_env;
+pub mod webhook;
 pub mod webhook_receiver;
 pub mod worker;
 

@@ -13,14 +13,17 @@
 //!   (a retry after a lost answer: `Fault::RunThenStatus`) are counted.
 //! - The harness's faults (statuses, drops, outages) apply before the
 //!   receiver sees a request, as for the other emulators.
+//! - A rate limit ([`Receiver::set_requests_per_min`], config
+//!   `requests_per_min`): verified requests beyond it in a sliding minute
+//!   are answered `429` with the `Retry-After` that ends the excess.
 //! - `/_emulator/`: `GET deliveries`, `POST answers` (`[{"status": 429,
 //!   "retry_after": "2", "count": 3}, …]`), `POST config` with
-//!   `default_status`.
+//!   `default_status` and `requests_per_min`.
 
 pub mod verify;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -97,6 +100,8 @@ pub struct Receiver {
     order: Vec<String>,
     rejected: Vec<(String, VerifyError)>,
     meter: Meter,
+    requests_per_min: Option<u32>,
+    recent: VecDeque<Instant>,
 }
 
 impl Receiver {
@@ -112,7 +117,32 @@ impl Receiver {
             order: Vec::new(),
             rejected: Vec::new(),
             meter: Meter::default(),
+            requests_per_min: None,
+            recent: VecDeque::new(),
         })
+    }
+
+    /// Answers `429` to verified requests beyond `limit` in any sliding
+    /// minute (None: no limit).
+    pub fn set_requests_per_min(&mut self, limit: Option<u32>) {
+        self.requests_per_min = limit;
+    }
+
+    /// The `429` for a request over the rate limit (counted), if it is.
+    fn over_limit(&mut self) -> Option<Answer> {
+        let limit = self.requests_per_min?;
+        let now = Instant::now();
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() as u32 >= limit {
+            let oldest = *self.recent.front()?;
+            let wait = Duration::from_secs(60).saturating_sub(now.duration_since(oldest));
+            return Some(Answer::retry_after(429, &wait.as_secs_f64().ceil().max(1.0).to_string()));
+        }
+        self.recent.push_back(now);
+        self.meter.stats.ru_used += 1;
+        None
     }
 
     /// Answers the next `count` verified requests with `answer`.
@@ -238,7 +268,10 @@ impl Api for Receiver {
         }
         let id = req.header("webhook-id").unwrap_or_default().to_string();
         let timestamp = req.header("webhook-timestamp").and_then(|t| t.parse().ok()).unwrap_or_default();
-        let answer = self.answers.pop_front().unwrap_or_else(|| Answer::status(self.default_status));
+        let answer = match self.over_limit() {
+            Some(throttled) => throttled,
+            None => self.answers.pop_front().unwrap_or_else(|| Answer::status(self.default_status)),
+        };
         if answer.status == 429 {
             self.meter.stats.throttled += 1;
         }
@@ -274,8 +307,20 @@ impl Api for Receiver {
                 .ok_or("'default_status' must be an HTTP status")?;
             self.default_status = s;
         }
+        if let Some(v) = config.get("requests_per_min") {
+            self.requests_per_min = match v {
+                Value::Null => None,
+                v => Some(
+                    v.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .filter(|n| *n > 0)
+                        .ok_or("'requests_per_min' must be a positive integer or null")?,
+                ),
+            };
+        }
         let mut settings = Map::new();
         settings.insert("default_status".into(), json!(self.default_status));
+        settings.insert("requests_per_min".into(), json!(self.requests_per_min));
         Ok(settings)
     }
 
