@@ -322,6 +322,11 @@ impl<A: Api> Emulator<A> {
         self.state.set_latency(ms)
     }
 
+    /// See [`EmulatorState::set_jitter`].
+    pub fn set_jitter(&self, ms: u64) {
+        self.state.set_jitter(ms)
+    }
+
     /// See [`EmulatorState::set_down`].
     pub fn set_down(&self, down: bool) {
         self.state.set_down(down)

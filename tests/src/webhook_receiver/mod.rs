@@ -74,6 +74,10 @@ pub struct Attempt {
     pub status: u16,
     /// The body, exactly.
     pub body: Bytes,
+    /// `webhook-signature`, as sent (one `v1,…` per secret).
+    pub signature: String,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 /// A `webhook-id` answered 2xx at least once.
@@ -275,7 +279,15 @@ impl Api for Receiver {
         if answer.status == 429 {
             self.meter.stats.throttled += 1;
         }
-        self.attempts.push(Attempt { id: id.clone(), timestamp, status: answer.status, body: req.body.clone() });
+        let signature = req.header("webhook-signature").unwrap_or_default().to_string();
+        self.attempts.push(Attempt {
+            id: id.clone(),
+            timestamp,
+            status: answer.status,
+            body: req.body.clone(),
+            signature,
+            at: Instant::now(),
+        });
         if (200..300).contains(&answer.status) {
             self.meter.wrote();
             let seq = self.order.len();

@@ -37,6 +37,8 @@ pub struct Event {
     pub id: String,
     /// The row's key (`sync_key`), to keep two events of one key out of a batch.
     pub key: Option<String>,
+    /// The export's operation.
+    pub op: Op,
     /// The event object as JSON.
     pub json: Vec<u8>,
 }
@@ -69,7 +71,7 @@ pub fn build(e: &Export) -> Result<Event, String> {
     let timestamp = e.staged_at.clone().map_or(Value::Null, Value::String);
     let event = json!({"id": id, "type": event_type, "timestamp": timestamp, "data": data});
     let json = serde_json::to_vec(&event).map_err(|x| x.to_string())?;
-    Ok(Event { export_id: e.id, id, key: e.sync_key.clone(), json })
+    Ok(Event { export_id: e.id, id, key: e.sync_key.clone(), op: e.op, json })
 }
 
 /// Splits events (in claim order) into requests: at most `max_events` and,

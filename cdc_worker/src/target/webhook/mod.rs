@@ -36,7 +36,7 @@
 //!     "previous": {"team": "infra"},
 //!     "container": "core",
 //!     "from_container": null,
-//!     "source": {"lsn": "0/16B3748", "run": null}
+//!     "source": {"lsn": null, "run": 4}
 //!   }
 //! }
 //! ```
@@ -52,10 +52,13 @@
 //!   the whole item; `null` for `created`, or when it has none);
 //!   `container`/`from_container`: the definition's list (its shard) and,
 //!   for `moved`, the one the row left.
-//! - `source`: the WAL position (`lsn`) of the last change merged into the
-//!   event, or `null` with the `run` (`sync.runs.id`) for a full sync, a
-//!   resync or a reconcile. The data is the extension's (`sync.claim`); the
-//!   worker adds only the envelope.
+//! - `source`: the `run` that staged the event (`sync.runs.id`: a stream,
+//!   the initial load, a reconcile, a rollback; `sync.runs.kind` says which),
+//!   and the WAL position (`lsn`) of its last change when the staging call
+//!   was given one (`sync.stage(..., lsn => ...)`; the worker's stream
+//!   records its position per batch in `sync.cursors`, so `null` for its
+//!   changes today). The data is the extension's (`sync.claim`); the worker
+//!   adds only the envelope.
 //! - Webhooks deliver *state changes*, not statements: changes of one row
 //!   staged before its previous event went out are merged into one event
 //!   (see the README, "Staging: reconcile by key").
@@ -409,8 +412,8 @@ impl WebhookTarget {
                 events
                     .iter()
                     .map(|e| OpResult {
-                        // The event that created the item names it in the ledger.
-                        target_id: Some(e.id.clone()),
+                        // The event that created the item (here) names it in the ledger.
+                        target_id: matches!(e.op, Op::Add | Op::Move).then(|| e.id.clone()),
                         ..OpResult::ok(e.export_id)
                     })
                     .collect()
@@ -597,7 +600,7 @@ mod tests {
     async fn a_malformed_secret_is_a_configuration_error_that_never_shows_it() {
         let lo = TargetPolicy { allow_loopback: true, ..TargetPolicy::default() };
         let settings = WebhookSettings::from_config("w", &json!({"url": "http://127.0.0.1:9/hooks"}), &lo).unwrap();
-        let e = WebhookTarget::new(settings.clone(), "ghp_notawebhooksecret", None).err().expect("refused");
+        let e = WebhookTarget::new(settings.clone(), "ghp_notawebhooksecret", None).expect_err("refused");
         assert_eq!(e.status(), "misconfigured");
         assert!(e.to_string().contains("whsec_") && !e.to_string().contains("notawebhooksecret"), "{e}");
         let good = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
