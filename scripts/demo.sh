@@ -8,9 +8,10 @@ set -euo pipefail
 SCRIPT_NAME=demo
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
-# TARGET (make demo TARGET=...): graph, the default, or an issue tracker.
+# TARGET (make demo TARGET=...): graph, the default, an issue tracker, or webhook.
 case ${TARGET:-graph} in
   graph) ;;
+  webhook) exec "$ROOT/scripts/demo-webhook.sh" ;;
   *) exec "$ROOT/scripts/demo-tracker.sh" "$TARGET" ;;
 esac
 

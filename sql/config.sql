@@ -303,6 +303,10 @@ BEGIN
             WHEN kind = 'jira' AND kv.key = 'site' THEN 'host'
             WHEN kind = 'jira' AND kv.key = 'email' THEN 'email'
             WHEN kv.key = 'on_delete' THEN 'choice trash archive'
+            -- Webhooks (issue 20): requests at once, and a batch's limits
+            WHEN kv.key = 'concurrency' THEN 'integer 1 64'
+            WHEN kv.key = 'batch_max_events' THEN 'integer 1 100'
+            WHEN kv.key = 'batch_max_bytes' THEN 'integer 1024 10485760'
             ELSE 'text' END;
         ok := CASE split_part(rule, ' ', 1)
             WHEN 'ldap_url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 300
@@ -346,6 +350,10 @@ BEGIN
                           WHEN 'pull_interval' THEN 'Seconds between two pulls of a list of a two-way definition; the default is 60.'
                           WHEN 'time_zone' THEN 'The site''s time zone as its regional settings show it, e.g. "time_zone": "Europe/Berlin": SELECT name FROM pg_timezone_names;'
                           WHEN 'base_url' THEN 'Example: "base_url": "https://graph.microsoft.com/v1.0". Secrets never go into a URL: use secret => ''env:NAME''.'
+                          WHEN 'url' THEN 'The receiver''s endpoint, e.g. "url": "https://hooks.example.com/syncbridge". Requests are signed with the target''s whsec_ secret (secret => ''env:NAME''): never put a token into the URL.'
+                          WHEN 'concurrency' THEN 'Requests in flight at once (events of different keys); the default is 4.'
+                          WHEN 'batch_max_events' THEN 'Batched delivery: at most batch_max_events events (default 1: one event a request) and batch_max_bytes bytes (default 262144) in one request.'
+                          WHEN 'batch_max_bytes' THEN 'Batched delivery: at most batch_max_events events (default 1: one event a request) and batch_max_bytes bytes (default 262144) in one request.'
                           ELSE 'See the README''s configuration table for the kind.' END;
         END IF;
     END LOOP;

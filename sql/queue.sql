@@ -167,7 +167,7 @@ $$;
 CREATE FUNCTION claim(target text, n int DEFAULT 20, lease_seconds int DEFAULT NULL, worker text DEFAULT NULL, run_id bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, definition text, op text, sync_key text, list text, from_list text, target_id text,
                etag text, payload jsonb, previous jsonb, attempts int, verify boolean, lease_until timestamptz, read_back text[],
-               disabled boolean)
+               disabled boolean, key_values jsonb, staged_lsn text, staged_run bigint, staged_at text)
 LANGUAGE plpgsql
 -- The ledger and the queue grow by thousands of rows between two analyzes
 -- while a backlog drains; a plan made on the old statistics (a sequential
@@ -202,6 +202,12 @@ BEGIN
     PERFORM sync._check_worker_name(worker);
     lease := make_interval(secs => coalesce(lease_seconds, sync._setting('lease_seconds')::int));
     PERFORM sync._recover_expired(target);
+    -- A target that asked to be disabled (a webhook receiver's 410 Gone)
+    -- gets nothing until sync.enable_target: its exports wait, none is
+    -- dropped, no attempt is spent.
+    IF EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target AND t.disabled_at IS NOT NULL) THEN
+        RETURN;
+    END IF;
     -- A paused definition sends only what a rollback staged (sync.rollback
     -- paused it so that nothing else goes).
     paused := ARRAY(SELECT d.id FROM sync.definitions d
@@ -352,13 +358,20 @@ BEGIN
                          WHERE m.definition_id = c.definition_id AND m.direction = 'pull' AND m.column_name IS NOT NULL
                          ORDER BY 1), '{}'),
            -- (a write to a disabled item re-enables it)
-           l.disabled_at IS NOT NULL
+           l.disabled_at IS NOT NULL,
+           -- where the change came from, for kinds that pass it on (a
+           -- webhook's event): the key as an object of the key columns'
+           -- texts, the WAL position of its last change, the run that
+           -- staged it, and when it was first staged (UTC)
+           CASE WHEN c.sync_key IS NOT NULL THEN sync._key_objects(c.definition_id, ARRAY[c.sync_key]) -> 0 END,
+           c.lsn::text, c.run_id,
+           to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
       FROM claimed c
       JOIN sync.definitions d ON d.id = c.definition_id
       LEFT JOIN sync.ledger l ON l.definition_id = c.definition_id AND l.sync_key = c.sync_key
      ORDER BY (c.op = 'provision') DESC, c.id;
 END $$;
-COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due exports of a target (FOR UPDATE SKIP LOCKED) and leases them to the caller: status executing, attempts + 1. Expired leases are recovered first. Lists are provisioned before items go into them, one change per key is in flight at a time, and none while a change of the item read from the target waits to be decided. etag (two-way definitions) goes with If-Match; read_back names the fields to report from the write''s answer.';
+COMMENT ON FUNCTION claim(text, int, int, text, bigint) IS 'Takes up to n due exports of a target (FOR UPDATE SKIP LOCKED) and leases them to the caller: status executing, attempts + 1. Expired leases are recovered first; a disabled target (sync.targets.disabled_at) gets none. Lists are provisioned before items go into them, one change per key is in flight at a time, and none while a change of the item read from the target waits to be decided. etag (two-way definitions) goes with If-Match; read_back names the fields to report from the write''s answer; key_values (the key columns'' texts), staged_lsn, staged_run and staged_at say where the change came from.';
 
 -- A worker still working on claimed exports (a batch waiting for the
 -- target's budget or a Retry-After pause) keeps its leases: renewed, they
@@ -404,6 +417,8 @@ BEGIN
            count(*) FILTER (WHERE e.status = 'failed' AND e.next_attempt_at > now() + make_interval(secs => within_seconds))
       FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
      WHERE d.target = export_backlog.target AND e.status IN ('pending', 'failed', 'executing')
+       -- not those of a disabled target: they wait for sync.enable_target
+       AND NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = d.target AND t.disabled_at IS NOT NULL)
        AND (d.state = 'active'
             OR (d.state = 'paused' AND e.rollback))
        -- not behind a list that waits for a person (its creation failed for
@@ -417,7 +432,7 @@ BEGIN
                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key
                           AND x.status IN ('pending', 'conflict', 'awaiting_approval', 'failed'));
 END $$;
-COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
+COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; none while the target is disabled; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
 
 CREATE FUNCTION target_list_ids(target text)
 RETURNS TABLE (definition text, list text, remote_id text, columns jsonb)
@@ -450,13 +465,49 @@ COMMENT ON FUNCTION slot_cursor(text) IS 'The LSN staged durably for the slot (w
 CREATE FUNCTION report_target_status(target text, status text, detail text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM sync._check_choice('target status', status, ARRAY['unknown', 'ok', 'throttled', 'unreachable', 'auth_failed', 'misconfigured']);
+    PERFORM sync._check_choice('target status', status,
+                               ARRAY['unknown', 'ok', 'throttled', 'unreachable', 'auth_failed', 'misconfigured', 'disabled']);
+    IF status = 'disabled' THEN
+        -- The target asked to be disabled (a webhook receiver's 410 Gone):
+        -- it stays so, across worker restarts, until sync.enable_target.
+        UPDATE sync.targets t
+           SET status = 'disabled', status_detail = left(nullif(detail, ''), 1000),
+               disabled_at = coalesce(t.disabled_at, now()), updated_at = now()
+         WHERE t.name = report_target_status.target;
+        RETURN;
+    END IF;
     UPDATE sync.targets t
        SET status = report_target_status.status, status_detail = left(nullif(detail, ''), 1000), updated_at = now()
-     WHERE t.name = report_target_status.target
+     WHERE t.name = report_target_status.target AND t.disabled_at IS NULL
        AND (t.status, t.status_detail) IS DISTINCT FROM (report_target_status.status, left(nullif(detail, ''), 1000));
 END $$;
-COMMENT ON FUNCTION report_target_status(text, text, text) IS 'The worker reports what it last saw of a target: ok, throttled, unreachable, auth_failed, misconfigured, and a detail (at most 1000 characters).';
+COMMENT ON FUNCTION report_target_status(text, text, text) IS 'The worker reports what it last saw of a target: ok, throttled, unreachable, auth_failed, misconfigured, and a detail (at most 1000 characters); or disabled: the target asked to be disabled (a webhook receiver''s 410 Gone), which holds (other reports are ignored, nothing is claimed) until sync.enable_target.';
+
+CREATE FUNCTION enable_target(name text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    t sync.targets;
+    n bigint;
+BEGIN
+    SELECT * INTO t FROM sync.targets x WHERE x.name = enable_target.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'target % does not exist', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'undefined_object', DETAIL = 'Nothing was enabled.', HINT = 'SELECT name, status FROM sync.targets;';
+    END IF;
+    IF t.disabled_at IS NULL THEN
+        RAISE EXCEPTION 'target % is not disabled', quote_literal(name)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Its status is %s; only a target that asked to be disabled (a webhook receiver''s 410 Gone) is enabled again.', t.status),
+                  HINT = 'SELECT name, status, status_detail, disabled_at FROM sync.targets;';
+    END IF;
+    UPDATE sync.targets x SET disabled_at = NULL, status = 'unknown', status_detail = NULL, updated_at = now()
+     WHERE x.name = enable_target.name;
+    -- What waited goes out now, in queue order (a retry's backoff is kept).
+    SELECT count(*) INTO n FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
+     WHERE d.target = enable_target.name AND e.status IN ('pending', 'failed', 'executing');
+    RETURN format('target %s enabled; %s exports queued for it', name, n);
+END $$;
+COMMENT ON FUNCTION enable_target(text) IS 'Enables a target that asked to be disabled (a webhook receiver answered 410 Gone): the exports that waited are sent, in order, each once with its original webhook-id. Raises 55000 when the target is not disabled.';
 
 -- One budget for many workers: every exporter of a target, on any machine,
 -- takes what it spends from the target's bucket here (a slice at a time).

@@ -65,7 +65,7 @@ INSERT INTO target_kinds (kind, description, implemented, required_config, optio
  ('linear',  'Linear issues (GraphQL)', true, '{team_id}', '{base_url,budget_per_min,timeout_ms,on_delete,pull_interval}',
    50, 3, 1, 'complexity', 4000, '^[A-Za-z_][A-Za-z0-9_]{0,99}$',
    'existing', 'remove', 'native', true, 'updated_since'),
- ('webhook', 'Signed HTTP webhooks (HMAC-SHA256)', false, '{url}', '{budget_per_min,timeout_ms}',
+ ('webhook', 'Signed webhooks (Standard Webhooks, HMAC-SHA256)', true, '{url}', '{budget_per_min,timeout_ms,concurrency,batch_max_events,batch_max_bytes}',
    100, 1, 0, 'requests', 600, '^[A-Za-z_][A-Za-z0-9_.-]{0,99}$',
    'none', 'remove', 'native', false, 'none'),
  ('ldap',    'LDAP directory provisioning', false, '{url,base_dn}', '{bind_dn,budget_per_min}',
@@ -88,18 +88,20 @@ CREATE TABLE targets (
     kind        text NOT NULL REFERENCES target_kinds (kind),
     config      jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(config) = 'object'),
     secret_ref  text CHECK (secret_ref ~ '^(env:[A-Za-z_][A-Za-z0-9_]*|file:/.+)$'),
-    status      text NOT NULL DEFAULT 'unknown' CHECK (status IN ('unknown', 'ok', 'throttled', 'unreachable', 'auth_failed', 'misconfigured')),
+    status      text NOT NULL DEFAULT 'unknown' CHECK (status IN ('unknown', 'ok', 'throttled', 'unreachable', 'auth_failed', 'misconfigured', 'disabled')),
     status_detail text,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    disabled_at timestamptz
 );
 COMMENT ON TABLE targets IS 'External systems syncbridge writes to (one row per tenant/site/repository). Secrets are never stored here: only a reference.';
 COMMENT ON COLUMN targets.name IS 'Name used by sync.define(target => ...).';
 COMMENT ON COLUMN targets.kind IS 'Kind of target (sync.target_kinds).';
 COMMENT ON COLUMN targets.config IS 'Non-secret configuration (for graph: tenant_id, client_id, site_id, base_url, authority_url, budget_per_min).';
 COMMENT ON COLUMN targets.secret_ref IS 'Where the worker finds the secret: env:NAME (an environment variable of the worker) or file:/path (a file on the worker''s machine). Never the secret itself.';
-COMMENT ON COLUMN targets.status IS 'Last known health as reported by the worker: unknown, ok, throttled, unreachable, auth_failed (credentials refused or the secret unreadable), misconfigured (its configuration is wrong or its kind has no adapter in the worker).';
+COMMENT ON COLUMN targets.status IS 'Last known health as reported by the worker: unknown, ok, throttled, unreachable, auth_failed (credentials refused or the secret unreadable), misconfigured (its configuration is wrong or its kind has no adapter in the worker), disabled (the target asked to be disabled, a webhook receiver''s 410 Gone: nothing is sent until sync.enable_target).';
 COMMENT ON COLUMN targets.status_detail IS 'The worker''s last message about the target''s health.';
+COMMENT ON COLUMN targets.disabled_at IS 'When the target asked to be disabled (a webhook receiver answered 410 Gone); NULL: enabled. While set, sync.claim hands out nothing for it (its exports wait, none is dropped) and its status stays disabled; sync.enable_target clears it.';
 COMMENT ON COLUMN targets.created_at IS 'When the target was created.';
 COMMENT ON COLUMN targets.updated_at IS 'When the target was last changed.';
 

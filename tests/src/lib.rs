@@ -19,6 +19,8 @@ pub mod process;
 pub mod prometheus;
 pub mod random;
 pub mod target_env;
+pub mod webhook;
+pub mod webhook_receiver;
 pub mod worker;
 
 pub use cluster::{cluster, Cluster, ClusterOptions, TestDb};

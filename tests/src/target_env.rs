@@ -39,6 +39,16 @@ pub trait TargetEnv: Sized {
     /// How many exports the worker claims at a time for this kind (its
     /// adapter's batch size), per lane.
     const CLAIM_SIZE: u64;
+    /// Capability: the adapter reads what an answer says (an API). A kind
+    /// whose receiver's `2xx` is a delivery whatever its body (a webhook,
+    /// by its specification) lacks it: for such a kind an unexecuted `200`
+    /// ([`Fault::Garbage`]) is a receiver losing what it acknowledged, and
+    /// tests send garbage with an error status instead.
+    const ANSWER_BODIES: bool = true;
+    /// An answer the kind's adapter takes as a definite refusal (retrying
+    /// will not help): an API's `400`; a webhook retries every `4xx` (its
+    /// specification) but not a redirect.
+    const REFUSAL_STATUS: u16 = 400;
 
     /// Starts the kind's emulator.
     fn start(options: EnvOptions) -> Self;

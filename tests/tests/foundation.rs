@@ -248,9 +248,11 @@ fn the_worker_and_the_extension_spell_statuses_classes_and_secret_references_ali
         def.split('\'').skip(1).step_by(2).map(str::to_owned).collect()
     };
     // Statuses: what the table allows is what the worker reports, plus
-    // unknown (before any report) and misconfigured (a target it cannot set up).
+    // unknown (before any report), misconfigured (a target it cannot set
+    // up) and disabled (a target that asked to be: a webhook's 410).
     let mut worker: std::collections::BTreeSet<String> = Health::ALL.iter().map(|h| h.as_str().to_owned()).collect();
     worker.extend(["unknown".to_owned(), "misconfigured".to_owned()]);
+    worker.insert(syncbridge_worker::target::DISABLED_STATUS.to_owned());
     assert_eq!(quoted(&checks("targets_status_check")), worker, "sync.targets.status");
     for h in &worker {
         db.psql(&format!("SELECT sync.report_target_status('t', '{h}', NULL)"));

@@ -22,6 +22,7 @@ use syncbridge_tests::jira::JiraTargetEnv;
 use syncbridge_tests::linear::LinearTargetEnv;
 use syncbridge_tests::process::{spawn_quiet, wait_with_limit, ChildGuard};
 use syncbridge_tests::target_env::{EnvOptions, TargetEnv};
+use syncbridge_tests::webhook::WebhookTargetEnv;
 use syncbridge_tests::worker::worker;
 use syncbridge_tests::{cluster, TestDb};
 
@@ -58,6 +59,7 @@ robustness!(graph, GraphTargetEnv);
 robustness!(github, GithubTargetEnv);
 robustness!(jira, JiraTargetEnv);
 robustness!(linear, LinearTargetEnv);
+robustness!(webhook, WebhookTargetEnv);
 
 /// The target the scenarios create.
 const TARGET: &str = "tgt";
@@ -108,12 +110,12 @@ fn a_permanent_400_ends_in_error_visible_from_sql_and_retry_delivers<E: TargetEn
     define_t(&env, &db);
     env.sync_once(&db); // the container and item 1
     db.psql("INSERT INTO t VALUES (2, 'two')");
-    env.inject(Fault::Status(400), 1);
+    env.inject(Fault::Status(E::REFUSAL_STATUS), 1);
     env.sync_once(&db);
     let err = db.psql(
         "SELECT status || '|' || error_class || '|' || last_error FROM sync.pending_exports WHERE sync_key = '2'",
     );
-    assert!(err.starts_with("error|definite|") && err.contains("400"), "{err}");
+    assert!(err.starts_with("error|definite|") && err.contains(&E::REFUSAL_STATUS.to_string()), "{err}");
     let st = db.psql("SELECT error FROM sync.status WHERE definition = 't'");
     assert_eq!(st, "1", "sync.status counts the error");
     assert!(!env.items("T").contains_key("2"));
@@ -130,11 +132,18 @@ fn garbage_answers_are_classified_and_nothing_is_marked_exported_that_was_not<E:
     define_t(&env, &db);
     env.sync_once(&db);
     db.psql("UPDATE t SET v = v || '!'; INSERT INTO t SELECT g, 'n' || g FROM generate_series(101, 160) g;");
+    // (a kind that reads no answer gets its garbage with an error status:
+    // see TargetEnv::ANSWER_BODIES)
+    let garbage = if E::ANSWER_BODIES {
+        Fault::Garbage
+    } else {
+        Fault::Raw(500, "<!DOCTYPE html><html><body><h1>Internal error</h1>\u{0}</body></html>".into())
+    };
     for f in [
-        Fault::Garbage,
+        garbage.clone(),
         Fault::Truncated,
         Fault::BatchMissingResponses,
-        Fault::Garbage,
+        garbage,
         Fault::Truncated,
         Fault::BatchMissingResponses,
     ] {

@@ -446,6 +446,12 @@ async fn export_loop(
             });
         }
         let results: Vec<OpResult> = by_id.into_values().collect();
+        if let Some(reason) = adapter.take_disable_request() {
+            // Before the results: the exports it refused become due again,
+            // and no lane may claim them until the target is enabled.
+            tracing::warn!(target = %name, reason = %reason, "the target asked to be disabled: claiming nothing until sync.enable_target");
+            set_status(db, name, target::DISABLED_STATUS, &reason).await;
+        }
         let ok = results.iter().filter(|r| r.ok).count() as u64;
         summary.exported += ok;
         summary.failed += results.len() as u64 - ok;

@@ -13,6 +13,7 @@ pub mod linear;
 pub mod model;
 pub mod policy;
 pub mod registry;
+pub mod webhook;
 
 pub use model::{
     clean_message, column_kind, ApplyContext, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage,
@@ -23,6 +24,10 @@ pub use registry::build;
 
 use std::future::Future;
 use std::pin::Pin;
+
+/// The `sync.targets.status` of a target that asked to be disabled
+/// ([`Target::take_disable_request`]): it holds until `sync.enable_target`.
+pub const DISABLED_STATUS: &str = "disabled";
 
 /// A boxed future, for object-safe async trait methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -46,6 +51,14 @@ pub trait Target: Send + Sync {
     /// shared by every exporter of every worker. Kinds without a request
     /// budget ignore it.
     fn share_budget(&self, _source: std::sync::Arc<dyn http::BudgetSource>) {}
+    /// Whether the target asked to be disabled since this was last asked
+    /// (a webhook receiver's `410 Gone`): the reason, once. The exporter
+    /// records it (`sync.report_target_status(..., 'disabled', reason)`)
+    /// before the results of the batch, so that nothing more is claimed
+    /// for the target until an operator runs `sync.enable_target`.
+    fn take_disable_request(&self) -> Option<String> {
+        None
+    }
 
     /// One cheap request that succeeds when the target answers again after
     /// an outage (the exporter claims nothing meanwhile). Err: why not.

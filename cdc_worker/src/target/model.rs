@@ -79,6 +79,25 @@ pub struct Export {
     /// ([`OpResult::fields`]): pull-only system fields mapped to columns.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub read_back: Vec<String>,
+    /// What the target held before, as staged: the old values of the
+    /// changed fields (update), or of the whole item (delete, move); None
+    /// for an add, or when the extension has none.
+    #[serde(default)]
+    pub previous: Option<Value>,
+    /// The row's key as an object of its key columns (their texts, as the
+    /// table holds them); None for a provision.
+    #[serde(default)]
+    pub key_values: Option<Value>,
+    /// The WAL position of the last change staged into the export (None:
+    /// a full sync, a resync or a reconcile staged it).
+    #[serde(default)]
+    pub staged_lsn: Option<String>,
+    /// The run that staged it (`sync.runs.id`), when known.
+    #[serde(default)]
+    pub staged_run: Option<i64>,
+    /// When it was first staged: UTC, RFC 3339 (`2025-05-01T12:00:00.000000Z`).
+    #[serde(default)]
+    pub staged_at: Option<String>,
 }
 
 /// A JSON array of strings, with NULL (absent) read as empty.

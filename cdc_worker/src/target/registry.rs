@@ -11,6 +11,7 @@ use super::github;
 use super::graph;
 use super::jira;
 use super::linear;
+use super::webhook;
 use super::{resolve_secret, Target, TargetPolicy, TargetSetupError};
 
 /// Whether a kind's items live in containers, and who makes them.
@@ -248,24 +249,17 @@ pub static KINDS: &[KindSpec] = &[
     },
     KindSpec {
         kind: "webhook",
-        description: "Signed HTTP webhooks (HMAC-SHA256)",
-        implemented: false,
+        description: "Signed webhooks (Standard Webhooks, HMAC-SHA256)",
+        implemented: true,
         required_config: &["url"],
-        optional_config: &["budget_per_min", "timeout_ms"],
-        batch_size: 100,
+        optional_config: &["budget_per_min", "timeout_ms", "concurrency", "batch_max_events", "batch_max_bytes"],
+        batch_size: webhook::MAX_BATCH_EVENTS as u32,
         cost_per_write: 1,
         cost_per_read: 0,
         cost_unit: "requests",
-        default_budget_per_min: 600,
+        default_budget_per_min: webhook::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z_][A-Za-z0-9_.-]{0,99}$",
-        capabilities: Capabilities {
-            containers: Containers::None,
-            delete_mode: DeleteMode::Remove,
-            moves: Moves::Native,
-            key_lookup: false,
-            pull: Pull::None,
-            disable: false,
-        },
+        capabilities: webhook::WEBHOOK_CAPABILITIES,
         bulk_ops: &[],
         item_costs: &[],
     },
@@ -354,6 +348,11 @@ pub async fn build(
             let settings = linear::LinearSettings::from_config(name, config, policy)?;
             let key = required_secret(policy, name, secret_ref, "linear", "an API key").await?;
             Ok(Box::new(linear::LinearTarget::new(settings, key, shutdown)?))
+        }
+        "webhook" => {
+            let settings = webhook::WebhookSettings::from_config(name, config, policy)?;
+            let secrets = required_secret(policy, name, secret_ref, "webhook", "one or more whsec_ secrets").await?;
+            Ok(Box::new(webhook::WebhookTarget::new(settings, &secrets, shutdown)?))
         }
         other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),
     }

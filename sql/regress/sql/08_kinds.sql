@@ -41,3 +41,41 @@ BEGIN;
 SELECT sync.alter_target('gh', config => '{"owner": "o", "repo": "r", "pull_interval": 120}');
 SELECT extract(epoch FROM sync._pull_interval('gh')) AS pull_interval;
 ROLLBACK;
+
+-- Issue 20: signed webhooks. The URL is http:// or https:// (anything else
+-- is refused with 22023, nothing stored); the numeric keys have bounds.
+BEGIN;
+SELECT sync.create_target('hooks', kind => 'webhook', secret => 'env:SYNCBRIDGE_SECRET_HOOKS',
+       config => '{"url": "https://hooks.example.com/sb", "concurrency": 8, "batch_max_events": 50, "batch_max_bytes": 65536}');
+\x on
+SELECT * FROM regress.err($sql$SELECT sync.create_target('h2', kind => 'webhook', config => '{"url": "ftp://hooks.example.com/sb"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('h2', kind => 'webhook', config => '{"url": "hooks.example.com/sb"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('h2', kind => 'webhook', config => '{"url": "https://hooks.example.com/sb?token=hunter2"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.alter_target('hooks', config => '{"concurrency": 0}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.alter_target('hooks', config => '{"batch_max_events": 101}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.alter_target('hooks', config => '{"batch_max_bytes": 100}')$sql$);
+\x off
+SELECT name, config FROM sync.targets WHERE kind = 'webhook' ORDER BY name;
+-- A receiver's 410 Gone disables the target (the worker reports it): other
+-- reports leave it so, claim hands nothing out and nothing counts as
+-- open, until sync.enable_target; then the queue goes out as it was.
+SELECT sync.define('hooked', source => 'hr.employees', target => 'hooks', list => 'events') > 0 AS defined;
+SELECT sync.enable('hooked');
+SELECT added FROM sync.stage('hr.employees', '[{"id": "1"}]', lsn => '0/16B3748');
+SELECT added FROM sync.stage('hr.employees', '[{"id": "2"}]');
+SELECT sync.report_target_status('hooks', 'disabled', 'the receiver answered 410 Gone');
+SELECT sync.report_target_status('hooks', 'ok', '');
+SELECT status, status_detail, disabled_at IS NOT NULL AS disabled FROM sync.targets WHERE name = 'hooks';
+SELECT count(*) AS claimed FROM sync.claim('hooks', 10);
+SELECT open FROM sync.export_backlog('hooks');
+SELECT definition, target_status, pending FROM sync.status WHERE definition = 'hooked';
+SELECT sync.enable_target('hooks');
+SELECT status, disabled_at IS NULL AS enabled FROM sync.targets WHERE name = 'hooks';
+-- What a webhook's event needs: the key as an object, where the change came from.
+SELECT op, sync_key, key_values, staged_lsn, staged_run, staged_at ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$' AS utc_time
+  FROM sync.claim('hooks', 10) ORDER BY sync_key;
+\x on
+SELECT * FROM regress.err($sql$SELECT sync.enable_target('hooks')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.enable_target('nope')$sql$);
+\x off
+ROLLBACK;

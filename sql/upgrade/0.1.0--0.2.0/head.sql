@@ -205,3 +205,16 @@ COMMENT ON COLUMN @extschema@.target_budgets.tokens IS 'Units left in the bucket
 COMMENT ON COLUMN @extschema@.target_budgets.refreshed_at IS 'When tokens was last computed.';
 COMMENT ON COLUMN @extschema@.target_budgets.granted IS 'Units granted to exporters in all (the budget spent, or held by an exporter for its next requests).';
 COMMENT ON COLUMN @extschema@.target_budgets.takes IS 'Grants made in all.';
+-- Signed webhooks (issue 20): implemented (Standard Webhooks signatures,
+-- requests at once, optional batches). A target may ask to be disabled (a
+-- receiver's 410 Gone): status disabled and the time it asked, until
+-- sync.enable_target.
+UPDATE @extschema@.target_kinds
+   SET implemented = true, description = 'Signed webhooks (Standard Webhooks, HMAC-SHA256)',
+       optional_config = '{budget_per_min,timeout_ms,concurrency,batch_max_events,batch_max_bytes}'
+ WHERE kind = 'webhook';
+ALTER TABLE @extschema@.targets DROP CONSTRAINT targets_status_check,
+    ADD CONSTRAINT targets_status_check CHECK (status IN ('unknown', 'ok', 'throttled', 'unreachable', 'auth_failed', 'misconfigured', 'disabled')),
+    ADD COLUMN disabled_at timestamptz;
+COMMENT ON COLUMN @extschema@.targets.status IS 'Last known health as reported by the worker: unknown, ok, throttled, unreachable, auth_failed (credentials refused or the secret unreadable), misconfigured (its configuration is wrong or its kind has no adapter in the worker), disabled (the target asked to be disabled, a webhook receiver''s 410 Gone: nothing is sent until sync.enable_target).';
+COMMENT ON COLUMN @extschema@.targets.disabled_at IS 'When the target asked to be disabled (a webhook receiver answered 410 Gone); NULL: enabled. While set, sync.claim hands out nothing for it (its exports wait, none is dropped) and its status stays disabled; sync.enable_target clears it.';

@@ -8,7 +8,7 @@
 //!   garbage or truncated bodies, batches missing responses, hostile
 //!   `Retry-After`s, non-JSON bodies, and requests that run and then lose
 //!   their answer), once, n times or on every n-th request;
-//! - latency, and outages (`set_down`: every connection is dropped,
+//! - latency (fixed, plus a random jitter when set), and outages (`set_down`: every connection is dropped,
 //!   requests the API answers directly such as token requests included);
 //! - the counters ([`Stats`], kept by the API in its [`Meter`]);
 //! - `/_emulator/...`: `GET stats`, `POST config` (`latency_ms`, and the
@@ -185,6 +185,8 @@ pub struct Shared<A> {
     pub api: A,
     pub(crate) faults: Faults,
     pub(crate) latency_ms: u64,
+    /// Up to this many milliseconds more, at random, per request.
+    pub(crate) jitter_ms: u64,
     /// An outage: every connection is dropped without an answer.
     pub(crate) down: bool,
 }
@@ -232,6 +234,12 @@ impl<A: Api> EmulatorState<A> {
         self.lock().latency_ms = ms;
     }
 
+    /// Delays every API request by up to `ms` more milliseconds, at random
+    /// (so that requests sent together may arrive in any order).
+    pub fn set_jitter(&self, ms: u64) {
+        self.lock().jitter_ms = ms;
+    }
+
     /// Invalidates every token issued so far (they get `401` from now on).
     pub fn expire_tokens(&self) {
         self.lock().api.expire_tokens();
@@ -267,7 +275,7 @@ impl<A: Api> Emulator<A> {
             let ip = if addr.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
             addr.set_ip(ip);
         }
-        let shared = Shared { api, faults: Faults::default(), latency_ms: 0, down: false };
+        let shared = Shared { api, faults: Faults::default(), latency_ms: 0, jitter_ms: 0, down: false };
         let state = Arc::new(EmulatorState { inner: Mutex::new(shared) });
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         Ok(Self { state, addr, task })
@@ -312,6 +320,11 @@ impl<A: Api> Emulator<A> {
     /// Delays every API request by `ms` milliseconds.
     pub fn set_latency(&self, ms: u64) {
         self.state.set_latency(ms)
+    }
+
+    /// See [`EmulatorState::set_jitter`].
+    pub fn set_jitter(&self, ms: u64) {
+        self.state.set_jitter(ms)
     }
 
     /// See [`EmulatorState::set_down`].
@@ -399,7 +412,10 @@ async fn serve_http<A: Api>(
         st.api.meter_mut().stats.requests += 1;
         match st.api.route(&req) {
             Route::Answer(answer) => return Ok(answer),
-            Route::Serve { batch } => (st.latency_ms, st.faults.take(batch)),
+            Route::Serve { batch } => {
+                let jitter = if st.jitter_ms > 0 { rand::random_range(0..=st.jitter_ms) } else { 0 };
+                (st.latency_ms + jitter, st.faults.take(batch))
+            }
         }
     };
     if latency > 0 {

@@ -44,6 +44,12 @@ pub enum Auth {
         /// The secret it carries (redacted from every message, as is the header).
         secret: String,
     },
+    /// No `Authorization` header: the adapter signs each request itself
+    /// (webhooks: an HMAC of the body); the secrets are only redacted.
+    Signed {
+        /// The signing secrets (redacted from every message).
+        secrets: Vec<String>,
+    },
 }
 
 impl From<ClientCredentials> for Auth {
@@ -61,6 +67,7 @@ impl Auth {
                 let encoded = header.split_once(' ').map_or(header.as_str(), |(_, v)| v);
                 vec![secret.as_str(), header.as_str(), encoded]
             }
+            Auth::Signed { secrets } => secrets.iter().map(String::as_str).collect(),
         }
     }
 
@@ -103,6 +110,12 @@ impl HttpClient {
         match &self.auth {
             Auth::Fixed { header, .. } => Ok(header.clone()),
             Auth::ClientCredentials(_) => Ok(format!("Bearer {}", self.token(force).await?)),
+            Auth::Signed { .. } => Err(Failure {
+                class: ErrorClass::Definite,
+                message: format!("{} requests are signed one by one, not authorized by a header", self.service),
+                retry_after: None,
+                sent: false,
+            }),
         }
     }
 
