@@ -45,16 +45,17 @@ for major in "${PG_VERSIONS[@]}"; do
 done
 
 for major in "${PG_VERSIONS[@]}"; do
-  # The issue trackers' adapters and emulators talk HTTP, not to the server:
-  # their end-to-end tests and robustness lines run on the first version
-  # only (SharePoint's run on every version, with the server-side paths).
+  # The issue trackers' and webhooks' adapters and emulators talk HTTP, not
+  # to the server: their end-to-end tests and robustness lines run on the
+  # first version only (SharePoint's run on every version, with the
+  # server-side paths).
   only=() skip=() what="integration tests (tests/)"
   if [ "$major" != "${PG_VERSIONS[0]}" ]; then
     for f in "$ROOT"/tests/tests/*.rs; do
-      case $(basename "$f" .rs) in github_e2e|jira_e2e|linear_e2e) ;; *) only+=(--test "$(basename "$f" .rs)") ;; esac
+      case $(basename "$f" .rs) in github_e2e|jira_e2e|linear_e2e|webhook_e2e) ;; *) only+=(--test "$(basename "$f" .rs)") ;; esac
     done
-    skip=(--skip github:: --skip jira:: --skip linear::)
-    what="integration tests (tests/), the issue trackers' on ${PG_VERSIONS[0]} only"
+    skip=(--skip github:: --skip jira:: --skip linear:: --skip webhook::)
+    what="integration tests (tests/), the issue trackers' and webhooks' on ${PG_VERSIONS[0]} only"
   fi
   log "tier 4 (PostgreSQL $major): $what"
   SYNCBRIDGE_PG_BIN=$(pg_bin_for "$major") \
