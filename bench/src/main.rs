@@ -268,11 +268,13 @@ fn end_to_end(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -
         name: format!("rows/s to the emulator, {n} rows"),
         value: rate.round(),
         unit: "rows/s",
-        goal: "faster than one request per row".into(),
-        met: rate > naive_rate,
+        // No real target answers in zero time: the figure that matters is
+        // the 20 ms link's below (issue 21).
+        goal: "(reported)".into(),
+        met: true,
         reference: Some(naive_rate.round()),
         ratio: Some((rate / naive_rate * 100.0).round() / 100.0),
-        note: Some("reference: a naive sequential push, one POST per row, same emulator".into()),
+        note: Some("reference: a naive sequential push, one POST per row, same emulator, which answers in zero time: a reported figure, not a goal".into()),
     });
     let per_row = http as f64 / n as f64;
     out.push(Figure {
@@ -553,6 +555,82 @@ fn throttled(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) ->
     Ok(())
 }
 
+/// Scenario 8: one budget, many workers: `exporters` processes (one `run`,
+/// the others `export`) against an emulator at 1,250 RU/min for
+/// `throttle_secs` of steady changes, each process told the whole budget;
+/// they share it through `sync.budget_take`. The share of the budget used
+/// together, and of requests answered 429.
+fn shared_budget(cluster: &'static Cluster, sizes: &Sizes, exporters: usize, out: &mut Vec<Figure>) -> Result<()> {
+    const BUDGET: u32 = 1250;
+    const ROWS_PER_SEC: u64 = 15; // 30 RU/s wanted, 20.8 RU/s allowed
+    let table = format!("b{exporters}");
+    let (env, db) = graph_setup(
+        cluster,
+        "bench shared budget",
+        Some(BUDGET),
+        &format!("CREATE TABLE {table} (id int PRIMARY KEY, v int)"),
+        &table,
+        &table.to_uppercase(),
+    );
+    let mut workers = vec![daemon(&db)?];
+    for _ in 1..exporters {
+        let mut c = syncbridge_tests::graph::export_cmd(&db, &[]);
+        c.stdout(Stdio::null()).stderr(Stdio::null()).env("SYNCBRIDGE_LOG", "warn");
+        workers.push(c.spawn()?);
+    }
+    let rows = ROWS_PER_SEC * (sizes.throttle_secs + 30);
+    let writer = background_psql(
+        &db,
+        &format!(
+            "DO $$ BEGIN FOR i IN 1..{rows} LOOP INSERT INTO {table} VALUES (i, i); COMMIT; PERFORM pg_sleep({}); END LOOP; END $$",
+            1.0 / ROWS_PER_SEC as f64
+        ),
+    )?;
+    std::thread::sleep(std::time::Duration::from_secs(sizes.throttle_secs.min(60) / 6 + 1));
+    let (before, t) = (env.emu.stats(), Instant::now());
+    std::thread::sleep(std::time::Duration::from_secs(sizes.throttle_secs));
+    let (after, secs) = (env.emu.stats(), t.elapsed().as_secs_f64());
+    let senders = db.psql(&format!(
+        "SELECT count(DISTINCT leased_by) FROM sync.pending_exports WHERE status = 'exported' AND exported_at > now() - interval '{} seconds'",
+        sizes.throttle_secs
+    ));
+    stop(writer);
+    for w in workers {
+        stop(w);
+    }
+    let budget = f64::from(BUDGET) * secs / 60.0;
+    let used = (after.ru_used - before.ru_used) as f64;
+    let requests = after.requests - before.requests;
+    let throttled = after.throttled - before.throttled;
+    let share = used / budget;
+    out.push(Figure {
+        scenario: "8 shared budget",
+        name: format!("share of a {BUDGET} RU/min budget used by {exporters} exporter processes over {} s", sizes.throttle_secs),
+        value: (share * 1000.0).round() / 1000.0,
+        unit: "share",
+        goal: ">= 0.9".into(),
+        met: share >= 0.9,
+        reference: Some(budget.round()),
+        ratio: Some((share * 1000.0).round() / 1000.0),
+        note: Some(format!(
+            "{used} RU charged by the emulator of {budget:.0} allowed; {senders} processes sent exports meanwhile; each is told the whole budget and takes it from sync.budget_take"
+        )),
+    });
+    let rate = throttled as f64 / requests.max(1) as f64;
+    out.push(Figure {
+        scenario: "8 shared budget",
+        name: format!("share of requests answered 429, {exporters} exporter processes"),
+        value: (rate * 10000.0).round() / 10000.0,
+        unit: "share",
+        goal: "< 0.01".into(),
+        met: rate < 0.01,
+        reference: None,
+        ratio: None,
+        note: Some(format!("{throttled} of {requests} requests ($batch inner requests counted)")),
+    });
+    Ok(())
+}
+
 /// Scenario 7: the emulator is down while rows change: the WAL the slot
 /// holds back meanwhile (staging confirms it), and the time to drain.
 fn outage(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -> Result<()> {
@@ -757,6 +835,12 @@ fn main() -> Result<()> {
     if wanted("7") {
         eprintln!("scenario 7: outage");
         outage(cluster, &sizes, &mut figures)?;
+    }
+    if wanted("8") {
+        for n in [1, 2, 4] {
+            eprintln!("scenario 8: shared budget, {n} exporter processes");
+            shared_budget(cluster, &sizes, n, &mut figures)?;
+        }
     }
 
     let machine = machine();

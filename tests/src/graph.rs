@@ -82,6 +82,14 @@ pub fn worker_cmd(db: &TestDb, extra: &[&str]) -> Command {
     c
 }
 
+/// `export` (the exporter alone, until stopped) with the Graph secret.
+pub fn export_cmd(db: &TestDb, extra: &[&str]) -> Command {
+    let mut c = crate::worker::worker();
+    c.args(["export", "--dsn", &db.dsn()]).args(extra);
+    c.env(SECRET_ENV, EmulatorConfig::default().client_secret);
+    c
+}
+
 /// `run --once` (ingest, then export until nothing is left); returns the log.
 pub fn sync_once(db: &TestDb) -> String {
     run_to_end(worker_cmd(db, &["--once"]))
