@@ -555,6 +555,69 @@ fn throttled(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) ->
     Ok(())
 }
 
+/// Samples `pg_current_wal_lsn() - restart_lsn` of `slot` every 0.5 s for
+/// `secs`: the most WAL it held, and the WAL written meanwhile.
+fn wal_held_over(db: &TestDb, slot: &str, secs: u64) -> Result<(f64, f64)> {
+    let start_lsn = db.psql("SELECT pg_current_wal_lsn()");
+    let t = Instant::now();
+    let mut held_max: f64 = 0.0;
+    while t.elapsed().as_secs() < secs {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let held = db.psql(&format!(
+            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ));
+        held_max = held_max.max(held.parse().unwrap_or(0.0));
+    }
+    let written: f64 = db.psql(&format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start_lsn}')")).parse()?;
+    Ok((held_max, written))
+}
+
+/// Scenario 7, continued: the WAL a running worker's slot holds when the
+/// source is idle, and when it is busy with tables no definition publishes
+/// (the slot sees no change it must confirm).
+fn wal_quiet(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -> Result<()> {
+    let ddl =
+        "CREATE TABLE q (id int PRIMARY KEY, v int); CREATE TABLE unpublished (id bigserial PRIMARY KEY, payload text)";
+    let (_env, db) = graph_setup(cluster, "bench quiet", None, ddl, "q", "Q");
+    run_once(&db)?; // slot and list
+    let worker = daemon(&db)?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let slot = db.name().to_owned();
+    let mib = |b: f64| (b / 1048576.0 * 10.0).round() / 10.0;
+    let (idle_held, idle_written) = wal_held_over(&db, &slot, sizes.outage_secs)?;
+    let writer = background_psql(
+        &db,
+        &format!(
+            "DO $$ BEGIN FOR t IN 1..{} LOOP
+               INSERT INTO unpublished (payload) SELECT repeat('x', 200) FROM generate_series(1, 1000);
+               COMMIT; PERFORM pg_sleep(0.1); END LOOP; END $$",
+            sizes.outage_secs * 10
+        ),
+    )?;
+    let (busy_held, busy_written) = wal_held_over(&db, &slot, sizes.outage_secs)?;
+    stop(writer);
+    stop(worker);
+    for (what, held, written) in
+        [("idle", idle_held, idle_written), ("busy with unpublished tables", busy_held, busy_written)]
+    {
+        out.push(Figure {
+            scenario: "7 outage",
+            name: format!("WAL held by the slot, source {what} for {} s", sizes.outage_secs),
+            value: mib(held),
+            unit: "MiB",
+            goal: "< 16 MiB".into(),
+            met: held < 16.0 * 1048576.0,
+            reference: Some(mib(written)),
+            ratio: if written >= 1048576.0 { Some(((held / written) * 1000.0).round() / 1000.0) } else { None },
+            note: Some(
+                "max of pg_current_wal_lsn() - restart_lsn sampled every 0.5 s; reference: the WAL written meanwhile"
+                    .into(),
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Scenario 8: one budget, many workers: `exporters` processes (one `run`,
 /// the others `export`) against an emulator at 1,250 RU/min for
 /// `throttle_secs` of steady changes, each process told the whole budget;
@@ -835,6 +898,8 @@ fn main() -> Result<()> {
     if wanted("7") {
         eprintln!("scenario 7: outage");
         outage(cluster, &sizes, &mut figures)?;
+        eprintln!("scenario 7: an idle source, a source busy with unpublished tables");
+        wal_quiet(cluster, &sizes, &mut figures)?;
     }
     if wanted("8") {
         for n in [1, 2, 4] {
