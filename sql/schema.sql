@@ -68,7 +68,7 @@ INSERT INTO target_kinds (kind, description, implemented, required_config, optio
  ('webhook', 'Signed HTTP webhooks (HMAC-SHA256)', false, '{url}', '{budget_per_min,timeout_ms}',
    100, 1, 0, 'requests', 600, '^[A-Za-z_][A-Za-z0-9_.-]{0,99}$',
    'none', 'remove', 'native', false, 'none'),
- ('ldap',    'LDAP directory provisioning', false, '{url,base_dn}', '{bind_dn,budget_per_min}',
+ ('ldap',    'LDAP directory provisioning', true, '{url,base_dn}', '{bind_dn,starttls,ca_pem,disable_mechanism,disabled_container,placeholder_member,budget_per_min,timeout_ms}',
    1, 1, 1, 'operations', 6000, '^[A-Za-z][A-Za-z0-9-]{0,99}$',
    'existing', 'remove', 'native', true, 'none');
 -- How writes are priced (sync.plan): which operations go many to a request,

@@ -90,6 +90,13 @@ UPDATE @extschema@.target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item
 ALTER TABLE @extschema@.target_kinds ADD COLUMN disable boolean NOT NULL DEFAULT false;
 COMMENT ON COLUMN @extschema@.target_kinds.disable IS 'Whether an item can be disabled before it is deleted (a directory account: locked): with a definition''s delete_grace, a delete first disables, and removes after the grace period.';
 UPDATE @extschema@.target_kinds SET disable = true WHERE kind = 'ldap';
+-- LDAP directories (issue 20): implemented; the bind password is the
+-- secret, TLS by ldaps:// or StartTLS with an optional inline CA, the way
+-- accounts are disabled, where disabled entries go, the placeholder member.
+UPDATE @extschema@.target_kinds
+   SET implemented = true,
+       optional_config = '{bind_dn,starttls,ca_pem,disable_mechanism,disabled_container,placeholder_member,budget_per_min,timeout_ms}'
+ WHERE kind = 'ldap';
 
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
