@@ -361,7 +361,9 @@ pub async fn build(
         "ldap" => {
             let settings = ldap::LdapSettings::from_config(name, config, policy)?;
             let password = match (&settings.bind_dn, secret_ref) {
-                (Some(_), _) => Some(required_secret(policy, name, secret_ref, "ldap", "the bind DN's password").await?),
+                (Some(_), _) => {
+                    Some(required_secret(policy, name, secret_ref, "ldap", "the bind DN's password").await?)
+                }
                 (None, None) => None,
                 (None, Some(_)) => {
                     return Err(TargetSetupError::Config {

@@ -119,8 +119,19 @@ pub struct Slapd {
 impl Slapd {
     /// Starts a server with the base entries loaded.
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Starts a server without the refint overlay (like servers that do not
+    /// rewrite group members after a rename).
+    pub fn start_without_refint() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(refint: bool) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!("sb-slapd-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let dir =
+            std::env::temp_dir().join(format!("sb-slapd-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).expect("remove an old slapd folder");
         }
@@ -168,13 +179,18 @@ access to *
   by dn.exact=\"{HR_DN}\" write
   by * read
 overlay memberof
-overlay refint
-refint_attributes member
-refint_nothing \"{PLACEHOLDER}\"
-overlay ppolicy
+{{refint}}overlay ppolicy
 ppolicy_default \"cn=default,ou=Policies,{BASE}\"
 ppolicy_use_lockout
 "
+        );
+        let conf = conf.replace(
+            "{refint}",
+            &if refint {
+                format!("overlay refint\nrefint_attributes member\nrefint_nothing \"{PLACEHOLDER}\"\n")
+            } else {
+                String::new()
+            },
         );
         std::fs::write(dir.join("slapd.conf"), conf).expect("slapd.conf");
         if running_as_root() {
@@ -311,14 +327,19 @@ ppolicy_use_lockout
         self.search(BASE, &format!("(entryUUID={uuid})"), &["*", "+"]).into_iter().next()
     }
 
+    /// The entryUUID of the entry at `dn`.
+    pub fn uuid_at(&self, dn: &str) -> String {
+        let found =
+            self.rt.block_on(self.try_search(dn, Scope::Base, "(objectClass=*)", &["entryUUID"])).expect("search");
+        found.first().and_then(|e| e.get("entryUUID")).unwrap_or_else(|| panic!("no entry at {dn}")).to_owned()
+    }
+
     /// Adds an entry as `(dn, pw)`: Err(result code, text).
     pub fn add_as(&self, who: (&str, &str), dn: &str, attrs: &[(&str, &[&str])]) -> Result<(), (u32, String)> {
         self.rt.block_on(async {
             let mut l = self.connect(who.0, who.1).await.map_err(|e| (0, e))?;
-            let a: Vec<(String, HashSet<String>)> = attrs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
-                .collect();
+            let a: Vec<(String, HashSet<String>)> =
+                attrs.iter().map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect())).collect();
             let r = l.add(dn, a).await.map_err(|e| (0, e.to_string()))?;
             if r.rc == 0 {
                 Ok(())
@@ -378,7 +399,14 @@ ppolicy_use_lockout
             ],
         );
         for (dn, cn, pw) in [(SB_DN, "syncbridge", SB_PW), (HR_DN, "hr", HR_PW)] {
-            add(dn, &[("objectClass", &["applicationProcess", "simpleSecurityObject"]), ("cn", &[cn]), ("userPassword", &[pw])]);
+            add(
+                dn,
+                &[
+                    ("objectClass", &["applicationProcess", "simpleSecurityObject"]),
+                    ("cn", &[cn]),
+                    ("userPassword", &[pw]),
+                ],
+            );
         }
         add(PLACEHOLDER, &[("objectClass", &["applicationProcess"]), ("cn", &["syncbridge-placeholder"])]);
     }
@@ -535,9 +563,24 @@ impl TargetEnv for LdapTargetEnv {
 
     fn assert_target_equals_source(&self, db: &TestDb, definition: &str, containers: &[&str]) {
         let want = expected(db, definition);
+        // The ledger says which entry (entryUUID) is which row.
+        let ledger = db.psql(&format!(
+            "SELECT string_agg(l.target_id || ' ' || l.sync_key, E'\\n') FROM sync.ledger l
+               JOIN sync.definitions d ON d.id = l.definition_id WHERE d.name = '{definition}' AND l.target_id IS NOT NULL"
+        ));
+        let key_of: BTreeMap<String, String> = ledger
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(u, k)| (u.to_ascii_lowercase(), k.to_owned()))
+            .collect();
         for c in containers {
             let w = want.get(&format!("uid={{uid}},ou={c}")).cloned().unwrap_or_default();
-            let have = self.entries(c);
+            let mut have = BTreeMap::new();
+            for e in self.entries(c).into_values() {
+                let uuid = e.get("entryUUID").unwrap_or("").to_ascii_lowercase();
+                let key = key_of.get(&uuid).cloned().unwrap_or_else(|| format!("<not in the ledger: {}>", e.dn));
+                assert!(have.insert(key.clone(), e).is_none(), "two entries for row {key} in ou={c}");
+            }
             assert_eq!(have.keys().collect::<Vec<_>>(), w.keys().collect::<Vec<_>>(), "the entries in ou={c}");
             for (key, fields) in &w {
                 let e = &have[key];

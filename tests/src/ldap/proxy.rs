@@ -255,7 +255,11 @@ async fn serve(client: TcpStream, server: TcpStream, st: Arc<Mutex<State>>) {
                     if fault.is_none() && is_write(op) {
                         if let Some(limit) = s.writes_per_min {
                             let now = Instant::now();
-                            while s.write_times.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+                            while s
+                                .write_times
+                                .front()
+                                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+                            {
                                 s.write_times.pop_front();
                             }
                             if s.write_times.len() >= limit as usize {
@@ -332,7 +336,8 @@ async fn serve(client: TcpStream, server: TcpStream, st: Arc<Mutex<State>>) {
                         return;
                     }
                     After::Replace(s) => {
-                        let text = format!("fault injected by the test proxy after the operation ran (HTTP {s} equivalent)");
+                        let text =
+                            format!("fault injected by the test proxy after the operation ran (HTTP {s} equivalent)");
                         if w.write_all(&response(&id, req, rc_for_status(s), &text)).await.is_err() {
                             return;
                         }

@@ -84,7 +84,8 @@ pub fn unescape(v: &str) -> String {
 impl Template {
     /// Parses a definition's list: `attr=value{field}…[,container…][,{base}]`.
     pub fn parse(list: &str) -> Result<Self, String> {
-        let bad = |why: String| format!("the list {list:?} is not a DN template ({why}); write e.g. uid={{uid}},ou=People");
+        let bad =
+            |why: String| format!("the list {list:?} is not a DN template ({why}); write e.g. uid={{uid}},ou=People");
         let mut rdns = split_unescaped(list, ',');
         if rdns.last().is_some_and(|r| r.trim() == "{base}") {
             rdns.pop();
@@ -252,7 +253,9 @@ mod tests {
         assert_eq!(t.container, "ou=Staff,ou=People");
         let t = Template::parse("cn={cn}").unwrap();
         assert_eq!(t.parent("dc=x"), "dc=x");
-        for bad in ["People", "uid={uid", "uid=", "uid={a b}", "uid={uid}+cn={cn},ou=P", "uid={uid},ou={ou}", "1x={uid}"] {
+        for bad in
+            ["People", "uid={uid", "uid=", "uid={a b}", "uid={uid}+cn={cn},ou=P", "uid={uid},ou={ou}", "1x={uid}"]
+        {
             let e = Template::parse(bad).unwrap_err();
             assert!(e.contains("not a DN template"), "{bad}: {e}");
         }

@@ -41,8 +41,7 @@ use serde_json::Value;
 use super::http::{stop_signalled, Budget, Failure};
 use super::registry::{Capabilities, Containers, DeleteMode, Moves, Pull};
 use super::{
-    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, Redactor, Target, TargetPolicy,
-    TargetSetupError,
+    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, Redactor, Target, TargetPolicy, TargetSetupError,
 };
 use crate::metrics;
 
@@ -333,7 +332,9 @@ fn attributes(e: &Export, dns: &HashMap<String, String>, placeholder: &str) -> B
         }
         let mut vals = match values_of(v) {
             Values::Plain(p) => p,
-            Values::Refs(ids) => ids.iter().flatten().filter_map(|id| dns.get(&id.to_ascii_lowercase()).cloned()).collect(),
+            Values::Refs(ids) => {
+                ids.iter().flatten().filter_map(|id| dns.get(&id.to_ascii_lowercase()).cloned()).collect()
+            }
         };
         let mut seen = HashSet::new();
         vals.retain(|x| seen.insert(x.clone()));
@@ -719,9 +720,10 @@ impl LdapTarget {
                 return Ok((t.clone(), rdn.to_owned(), t.parent(&self.settings.base_dn), dn::unescape(v)));
             }
             _ => t.value(|f| {
-                get_ci(attrs, f).and_then(|v| v.first()).map(|s| Cow::Owned(s.clone())).or_else(|| {
-                    current.and_then(|c| c.first(f)).map(|s| Cow::Owned(s.to_owned()))
-                })
+                get_ci(attrs, f)
+                    .and_then(|v| v.first())
+                    .map(|s| Cow::Owned(s.clone()))
+                    .or_else(|| current.and_then(|c| c.first(f)).map(|s| Cow::Owned(s.to_owned())))
             })?,
         };
         let rdn = t.rdn(&value);
@@ -743,12 +745,15 @@ impl LdapTarget {
             }
         }
         if e.verify {
-            if let Some(found) = self.at(&dn, &["objectClass"]).await? {
+            if let Some(found) = self.at(&dn, &["*"]).await? {
                 return self.adopt(e, &found, &attrs).await;
             }
         }
-        let add: Vec<(String, HashSet<String>)> =
-            attrs.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.iter().cloned().collect())).collect();
+        let add: Vec<(String, HashSet<String>)> = attrs
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+            .collect();
         let mut l = self.ldap().await?;
         let done = l.with_controls(PostRead::new(vec!["entryUUID", "entryCSN"])).add(&dn, add).await;
         let r = done.map_err(|err| self.broken("add", &err, true))?;
@@ -756,7 +761,7 @@ impl LdapTarget {
         match r.rc {
             0 => {}
             68 => {
-                let Some(found) = self.at(&dn, &["objectClass"]).await? else {
+                let Some(found) = self.at(&dn, &["*"]).await? else {
                     return Err(self.fail(ErrorClass::Transient, format!("{dn:?} exists and then did not"), true));
                 };
                 return self.adopt(e, &found, &attrs).await;
@@ -781,7 +786,12 @@ impl LdapTarget {
     /// Takes an entry found at an add's DN: `provisioned` when our bind DN
     /// created it (our own add whose answer was lost), else `joined`; its
     /// mapped attributes are brought in line (object classes added).
-    async fn adopt(&self, e: &Export, found: &Entry, attrs: &BTreeMap<String, Vec<String>>) -> Result<OpResult, Failure> {
+    async fn adopt(
+        &self,
+        e: &Export,
+        found: &Entry,
+        attrs: &BTreeMap<String, Vec<String>>,
+    ) -> Result<OpResult, Failure> {
         let Some(uuid) = found.first("entryUUID").map(str::to_owned) else {
             return Err(self.fail(ErrorClass::Definite, format!("{:?} has no entryUUID", found.dn), false));
         };
@@ -799,10 +809,18 @@ impl LdapTarget {
                     mods.push(Mod::Add(k.clone(), missing));
                 }
             } else {
-                mods.push(Mod::Replace(k.clone(), v.iter().cloned().collect()));
+                // Only what differs is written (our own lost add: nothing).
+                let mut cur = found.attrs.get(&k.to_ascii_lowercase()).cloned().unwrap_or_default();
+                let mut want = v.clone();
+                cur.sort();
+                want.sort();
+                if cur != want {
+                    mods.push(Mod::Replace(k.clone(), v.iter().cloned().collect()));
+                }
             }
         }
-        let csn = match self.modify(&found.dn, mods).await? {
+        let written = if mods.is_empty() { None } else { self.modify(&found.dn, mods).await? };
+        let csn = match written {
             Some(c) => Some(c),
             None => self.csn(&found.dn).await?,
         };
@@ -818,7 +836,8 @@ impl LdapTarget {
             read.push("userAccountControl");
         }
         let Some(entry) = self.find(uuid, &read).await? else {
-            let msg = format!("the entry with entryUUID {uuid} is not in the directory under {}", self.settings.base_dn);
+            let msg =
+                format!("the entry with entryUUID {uuid} is not in the directory under {}", self.settings.base_dn);
             return Err(self.fail(ErrorClass::Definite, msg, false));
         };
         let (_, rdn, parent, _) =
@@ -911,9 +930,11 @@ fn text_of(r: &LdapResult) -> String {
 
 /// The entryUUIDs an export's references name.
 fn referenced(e: &Export) -> impl Iterator<Item = String> + '_ {
-    e.payload.as_ref().and_then(Value::as_object).into_iter().flat_map(|o| o.values()).flat_map(|v| match values_of(v) {
-        Values::Refs(ids) => ids.into_iter().flatten().collect::<Vec<_>>(),
-        Values::Plain(_) => Vec::new(),
+    e.payload.as_ref().and_then(Value::as_object).into_iter().flat_map(|o| o.values()).flat_map(|v| {
+        match values_of(v) {
+            Values::Refs(ids) => ids.into_iter().flatten().collect::<Vec<_>>(),
+            Values::Plain(_) => Vec::new(),
+        }
     })
 }
 
@@ -1014,7 +1035,8 @@ mod tests {
                 "seeAlso": {"@refs": [], "@def": "people", "target_ids": []},
             }),
         );
-        let dns = HashMap::from([("u-1".to_owned(), "uid=a,dc=x".to_owned()), ("u-3".to_owned(), "uid=c,dc=x".to_owned())]);
+        let dns =
+            HashMap::from([("u-1".to_owned(), "uid=a,dc=x".to_owned()), ("u-3".to_owned(), "uid=c,dc=x".to_owned())]);
         let a = attributes(&e, &dns, "cn=ph,dc=x");
         assert_eq!(a["objectClass"], ["inetOrgPerson", "posixAccount"]);
         assert_eq!(a["cn"], ["Zoë"]);
@@ -1023,7 +1045,8 @@ mod tests {
         assert_eq!(a["flag"], ["TRUE"]);
         assert_eq!(a["member"], ["uid=a,dc=x", "uid=c,dc=x"]);
         assert!(!a.contains_key("SyncKey"));
-        let empty = export(Op::Update, serde_json::json!({"member": {"@refs": ["a"], "@def": "p", "target_ids": [null]}}));
+        let empty =
+            export(Op::Update, serde_json::json!({"member": {"@refs": ["a"], "@def": "p", "target_ids": [null]}}));
         assert_eq!(attributes(&empty, &HashMap::new(), "cn=ph,dc=x")["member"], ["cn=ph,dc=x"]);
         assert_eq!(referenced(&e).collect::<Vec<_>>(), ["U-1", "u-3"]);
     }
