@@ -138,7 +138,7 @@ impl Proxy {
 
     /// The counters.
     pub fn stats(&self) -> Stats {
-        self.state().stats.clone()
+        self.state().stats
     }
 }
 
@@ -223,11 +223,14 @@ fn response(id: &[u8], op: u8, rc: u8, text: &str) -> Vec<u8> {
     element(0x30, &msg)
 }
 
+/// Forwarded operations by message ID: their request tag and what happens to their response.
+type Pending = HashMap<Vec<u8>, (u8, After)>;
+
 async fn serve(client: TcpStream, server: TcpStream, st: Arc<Mutex<State>>) {
     let (mut cr, cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let cw = Arc::new(tokio::sync::Mutex::new(cw));
-    let pending: Arc<Mutex<HashMap<Vec<u8>, (u8, After)>>> = Arc::default();
+    let pending: Arc<Mutex<Pending>> = Arc::default();
     let lock = |st: &Arc<Mutex<State>>| st.lock().unwrap_or_else(|p| p.into_inner()).latency_ms;
     let up = {
         let (st, cw, pending) = (st.clone(), cw.clone(), pending.clone());
