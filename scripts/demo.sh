@@ -11,6 +11,7 @@ cd "$ROOT"
 # TARGET (make demo TARGET=...): graph, the default, or an issue tracker.
 case ${TARGET:-graph} in
   graph) ;;
+  ldap) exec "$ROOT/scripts/demo-ldap.sh" ;;
   *) exec "$ROOT/scripts/demo-tracker.sh" "$TARGET" ;;
 esac
 
