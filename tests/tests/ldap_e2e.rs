@@ -387,3 +387,63 @@ fn groups_hold_the_dns_of_their_members_and_follow_renames() {
     apply(&*t, export(7, "move", "uid={uid},ou=Disabled", Some(&b), json!({}), false));
     assert_eq!(members(), [format!("uid=hank,ou=Disabled,{BASE}")]);
 }
+
+// --- Two-way: attributes the directory owns ---------------------------------
+
+fn import_counts(db: &TestDb) -> String {
+    db.psql(
+        "SELECT coalesce(string_agg(status || '=' || n, ' ' ORDER BY status), '') FROM
+           (SELECT status, count(*) n FROM sync.pending_imports WHERE origin <> 'write' GROUP BY status) s",
+    )
+}
+
+#[test]
+fn edits_made_in_the_directory_come_back_and_our_own_writes_do_not_echo() {
+    let (env, db) = setup(PEOPLE);
+    env.slapd.ensure_ou("Eng");
+    db.psql(
+        "SELECT sync.define('people', source => 'people', target => 'dir', list => 'uid={uid},ou=People',
+                            direction => 'both', inbound_inserts => 'ignore')",
+    );
+    db.psql("SELECT sync.shard('people', $$dept = 'eng'$$, 'uid={uid},ou=Eng')");
+    db.psql("SELECT sync.map('people', 'uid', 'uid', direction => 'push')");
+    for (col, field) in [("given", "givenName"), ("family", "sn"), ("mail", "mail")] {
+        db.psql(&format!("SELECT sync.map('people', '{col}', '{field}')"));
+    }
+    db.psql("SELECT sync.map('people', NULL, 'cn', transform => $$given || ' ' || family$$, direction => 'push')");
+    db.psql(
+        "SELECT sync.map('people', NULL, 'objectClass', transform => $$ARRAY['inetOrgPerson']$$, direction => 'push')",
+    );
+    db.psql("SELECT sync.enable('people')");
+    env.sync_once(&db);
+    assert_eq!(open_count(&db), "0");
+    // The writes reported the entries' entryCSN as their eTags.
+    assert_eq!(db.psql("SELECT count(*) FROM sync.ledger WHERE etag ~ '^\\d{14}\\.\\d{6}Z#'"), "4");
+    // A pull round that reads syncbridge's own writes only: echoes, no write.
+    let writes = env.stats().writes;
+    env.sync_once(&db);
+    assert_eq!(env.stats().writes, writes);
+    assert_eq!(import_counts(&db), "echo=4");
+
+    // Another system assigns alice a mail address and changes dave's given name.
+    let alice = env.slapd.by_uuid(&uuid_of(&db, "1")).expect("alice").dn;
+    let dave = env.slapd.by_uuid(&uuid_of(&db, "4")).expect("dave").dn;
+    let set = |v: &str| std::collections::HashSet::from([v.to_owned()]);
+    env.slapd.modify(&alice, vec![ldap3::Mod::Replace("mail".into(), set("alice.archer@mail.example"))]).expect("edit");
+    env.slapd.modify(&dave, vec![ldap3::Mod::Replace("givenName".into(), set("David"))]).expect("edit");
+    env.sync_once(&db);
+    assert_eq!(
+        db.psql("SELECT string_agg(coalesce(mail, '-') || '/' || given, ' ' ORDER BY id) FROM people"),
+        "alice.archer@mail.example/Alice -/J zoe@example.com/Zoë -/David"
+    );
+    assert_eq!(import_counts(&db), "applied=2 echo=4");
+    // cn (push-only, from the names) follows the database's change of given.
+    assert_eq!(env.slapd.by_uuid(&uuid_of(&db, "4")).expect("dave").get("cn"), Some("David Diaz"));
+    // The next round reads that write of cn back as an echo, and nothing else.
+    let writes = env.stats().writes;
+    env.sync_once(&db);
+    assert_eq!(import_counts(&db), "applied=2 echo=5");
+    assert_eq!(env.stats().writes, writes, "nothing sent back");
+    env.sync_once(&db);
+    assert_eq!(import_counts(&db), "applied=2 echo=5", "a quiet directory reads nothing new");
+}

@@ -284,6 +284,7 @@ pub static KINDS: &[KindSpec] = &[
             "placeholder_member",
             "budget_per_min",
             "timeout_ms",
+            "pull_interval",
         ],
         batch_size: 1,
         cost_per_write: 1,

@@ -92,10 +92,12 @@ COMMENT ON COLUMN @extschema@.target_kinds.disable IS 'Whether an item can be di
 UPDATE @extschema@.target_kinds SET disable = true WHERE kind = 'ldap';
 -- LDAP directories (issue 20): implemented; the bind password is the
 -- secret, TLS by ldaps:// or StartTLS with an optional inline CA, the way
--- accounts are disabled, where disabled entries go, the placeholder member.
+-- accounts are disabled, where disabled entries go, the placeholder member;
+-- entries are read back by modifyTimestamp (pull_interval).
 UPDATE @extschema@.target_kinds
    SET implemented = true,
-       optional_config = '{bind_dn,starttls,ca_pem,disable_mechanism,disabled_container,placeholder_member,budget_per_min,timeout_ms}'
+       optional_config = '{bind_dn,starttls,ca_pem,disable_mechanism,disabled_container,placeholder_member,budget_per_min,timeout_ms,pull_interval}',
+       pull = 'updated_since'
  WHERE kind = 'ldap';
 
 -- Row filters, shard predicates and transforms are analyzed in Rust.

@@ -25,8 +25,11 @@
 //! - One connection, kept open and made again after a drop; operations are
 //!   paced by `budget_per_min` (one unit each, binds and searches
 //!   included). Result codes map to error classes in [`classify`].
+//! - Two-way: entries changed since the last read come back by
+//!   `modifyTimestamp` ([`pull`]).
 
 pub mod dn;
+pub mod pull;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -41,7 +44,8 @@ use serde_json::Value;
 use super::http::{stop_signalled, Budget, Failure};
 use super::registry::{Capabilities, Containers, DeleteMode, Moves, Pull};
 use super::{
-    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, Redactor, Target, TargetPolicy, TargetSetupError,
+    ApplyContext, BoxFuture, ErrorClass, Export, Health, Op, OpResult, PullError, PullPage, PullRequest, Redactor,
+    Target, TargetPolicy, TargetSetupError,
 };
 use crate::metrics;
 
@@ -71,7 +75,8 @@ pub const LDAP_CAPABILITIES: Capabilities = Capabilities {
     delete_mode: DeleteMode::Remove,
     moves: Moves::Native,
     key_lookup: true,
-    pull: Pull::None,
+    // Entries by modifyTimestamp, with an overlap (see [`pull`]).
+    pull: Pull::UpdatedSince,
     disable: true,
 };
 
@@ -999,6 +1004,10 @@ impl Target for LdapTarget {
             }
             results
         })
+    }
+
+    fn pull<'a>(&'a self, request: &'a PullRequest) -> BoxFuture<'a, Result<PullPage, PullError>> {
+        Box::pin(self.pull_page(request))
     }
 
     fn health(&self) -> (Health, String) {
