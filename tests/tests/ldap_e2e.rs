@@ -447,3 +447,126 @@ fn edits_made_in_the_directory_come_back_and_our_own_writes_do_not_echo() {
     env.sync_once(&db);
     assert_eq!(import_counts(&db), "applied=2 echo=5", "a quiet directory reads nothing new");
 }
+
+// --- A thousand people, compared with an ldapsearch of the tree -------------
+
+/// Standard base64 (RFC 4648) decoded.
+fn unbase64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
+    for v in s.bytes().filter_map(val) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// `ldapsearch -LLL` of the people under the base, parsed: DN → attribute
+/// (lower-case) → sorted values.
+fn ldapsearch(slapd: &Slapd) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>> {
+    let out = std::process::Command::new("ldapsearch")
+        .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H", &slapd.url(), "-D", syncbridge_tests::ldap::ADMIN_DN])
+        .args(["-w", syncbridge_tests::ldap::ADMIN_PW, "-b", BASE, "(objectClass=inetOrgPerson)"])
+        .args(["uid", "givenName", "sn", "cn", "mail", "entryUUID"])
+        .output()
+        .expect("ldapsearch (ldap-utils)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut entries = std::collections::BTreeMap::new();
+    for block in String::from_utf8_lossy(&out.stdout).split("\n\n") {
+        let mut dn_of = None;
+        let mut attrs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for line in block.lines() {
+            let (k, v) = match line.split_once(":: ") {
+                Some((k, b)) => (k, String::from_utf8(unbase64(b)).expect("UTF-8")),
+                None => match line.split_once(": ") {
+                    Some((k, v)) => (k, v.to_owned()),
+                    None => continue,
+                },
+            };
+            if k == "dn" {
+                dn_of = Some(v);
+            } else {
+                attrs.entry(k.to_ascii_lowercase()).or_default().push(v);
+            }
+        }
+        if let Some(d) = dn_of {
+            attrs.values_mut().for_each(|v| v.sort());
+            entries.insert(d, attrs);
+        }
+    }
+    entries
+}
+
+#[test]
+fn a_thousand_people_renamed_moved_changed_and_removed_equal_an_ldapsearch_of_the_tree() {
+    let (env, db) = setup(
+        "CREATE TABLE people (id int PRIMARY KEY, uid text, given text, family text, mail text, dept text);
+         INSERT INTO people SELECT g, 'user' || g || CASE WHEN g % 97 = 0 THEN '-é, Ü+' ELSE '' END, 'Given' || g,
+                'Family' || (g % 37), CASE WHEN g % 3 = 0 THEN NULL ELSE 'u' || g || '@example.com' END,
+                CASE WHEN g % 4 = 0 THEN 'eng' ELSE 'ops' END
+           FROM generate_series(1, 1000) g;",
+    );
+    define(&env, &db);
+    env.sync_once(&db);
+    assert_eq!(open_count(&db), "0");
+    let before = db.psql("SELECT string_agg(sync_key || '=' || target_id, ',' ORDER BY sync_key) FROM sync.ledger");
+    db.psql(
+        "UPDATE people SET uid = uid || '.renamed' WHERE id % 10 = 1;
+         UPDATE people SET dept = CASE dept WHEN 'eng' THEN 'ops' ELSE 'eng' END WHERE id % 10 = 2;
+         UPDATE people SET family = 'Changed' || id, mail = NULL WHERE id % 10 = 3;
+         UPDATE people SET uid = uid || '.both', dept = 'eng' WHERE id % 10 = 5;
+         DELETE FROM people WHERE id % 20 = 7;",
+    );
+    env.sync_once(&db);
+    assert_eq!(open_count(&db), "0", "{}", db.psql("SELECT string_agg(last_error, E'\\n') FROM sync.pending_exports"));
+    // entryUUIDs kept across renames and moves (the deleted rows left the ledger).
+    let after: HashMap<String, String> = db
+        .psql("SELECT string_agg(sync_key || '=' || target_id, ',') FROM sync.ledger")
+        .split(',')
+        .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    for pair in before.split(',') {
+        let (k, v) = pair.split_once('=').expect("key=uuid");
+        if let Some(now) = after.get(k) {
+            assert_eq!(now, v, "row {k} kept its entry");
+        }
+    }
+    // The tree equals the table: one entry per row, at its template's DN.
+    let tree = ldapsearch(&env.slapd);
+    let rows = db.psql(
+        "SELECT string_agg(concat_ws(E'\\t', uid, given, family, coalesce(mail, ''), dept, id), E'\\n' ORDER BY id) FROM people",
+    );
+    assert_eq!(tree.len(), 950, "950 people left");
+    let mut by_name = HashMap::new();
+    for (d, attrs) in &tree {
+        let (rdn, parent) = dn::split_first(d);
+        let value = dn::unescape(rdn.split_once('=').expect("rdn").1);
+        by_name.insert((value, parent.to_ascii_lowercase()), attrs);
+    }
+    for line in rows.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (uid, given, family, mail, dept, id) = (f[0], f[1], f[2], f[3], f[4], f[5]);
+        let ou = if dept == "eng" { "eng" } else { "people" };
+        let attrs = by_name
+            .get(&(uid.to_owned(), format!("ou={ou},{BASE}")))
+            .unwrap_or_else(|| panic!("row {id}: no entry uid={uid} in ou={ou}"));
+        let want = |v: &str| if v.is_empty() { None } else { Some(vec![v.to_owned()]) };
+        assert_eq!(attrs.get("uid").cloned(), want(uid), "row {id}");
+        assert_eq!(attrs.get("givenname").cloned(), want(given), "row {id}");
+        assert_eq!(attrs.get("sn").cloned(), want(family), "row {id}");
+        assert_eq!(attrs.get("cn").cloned(), want(&format!("{given} {family}")), "row {id}");
+        assert_eq!(attrs.get("mail").cloned(), want(mail), "row {id}");
+        assert_eq!(attrs.get("entryuuid").map(|u| u[0].as_str()), after.get(id).map(String::as_str), "row {id}");
+    }
+}
