@@ -5,7 +5,7 @@ setup:        ## install what a fresh machine lacks (idempotent)
 	scripts/setup.sh
 test:         ## set-up, then every test tier
 	scripts/test.sh
-demo:         ## the main job on a throwaway cluster (TARGET=graph|github|jira|linear|webhook)
+demo:         ## the main job on a throwaway cluster (TARGET=graph|github|jira|linear|webhook|ldap)
 	TARGET=$(TARGET) scripts/demo.sh
 bench:        ## benchmarks; figures to bench/results/latest.json
 	scripts/bench.sh $(ARGS)

@@ -12,6 +12,7 @@ cd "$ROOT"
 case ${TARGET:-graph} in
   graph) ;;
   webhook) exec "$ROOT/scripts/demo-webhook.sh" ;;
+  ldap) exec "$ROOT/scripts/demo-ldap.sh" ;;
   *) exec "$ROOT/scripts/demo-tracker.sh" "$TARGET" ;;
 esac
 

@@ -68,9 +68,9 @@ INSERT INTO target_kinds (kind, description, implemented, required_config, optio
  ('webhook', 'Signed webhooks (Standard Webhooks, HMAC-SHA256)', true, '{url}', '{budget_per_min,timeout_ms,concurrency,batch_max_events,batch_max_bytes}',
    100, 1, 0, 'requests', 600, '^[A-Za-z_][A-Za-z0-9_.-]{0,99}$',
    'none', 'remove', 'native', false, 'none'),
- ('ldap',    'LDAP directory provisioning', false, '{url,base_dn}', '{bind_dn,budget_per_min}',
+ ('ldap',    'LDAP directory provisioning', true, '{url,base_dn}', '{bind_dn,starttls,ca_pem,disable_mechanism,disabled_container,placeholder_member,budget_per_min,timeout_ms,pull_interval}',
    1, 1, 1, 'operations', 6000, '^[A-Za-z][A-Za-z0-9-]{0,99}$',
-   'existing', 'remove', 'native', true, 'none');
+   'existing', 'remove', 'native', true, 'updated_since');
 -- How writes are priced (sync.plan): which operations go many to a request,
 -- and the items whose cost is not cost_per_write.
 UPDATE target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item_costs

@@ -89,6 +89,16 @@ UPDATE @extschema@.target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item
                ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
  WHERE k.kind = v.kind;
 
+-- LDAP directories (issue 20): implemented; the bind password is the
+-- secret, TLS by ldaps:// or StartTLS with an optional inline CA, the way
+-- accounts are disabled, where disabled entries go, the placeholder member;
+-- entries are read back by modifyTimestamp (pull_interval).
+UPDATE @extschema@.target_kinds
+   SET implemented = true,
+       optional_config = '{bind_dn,starttls,ca_pem,disable_mechanism,disabled_container,placeholder_member,budget_per_min,timeout_ms,pull_interval}',
+       pull = 'updated_since'
+ WHERE kind = 'ldap';
+
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
 	"rel" oid,
@@ -513,7 +523,12 @@ BEGIN
     -- Each value: its type and bounds (one rule per key name, whatever the kind).
     FOR kv IN SELECT e.key, e.value FROM jsonb_each(config) e ORDER BY e.key LOOP
         rule := CASE
+            -- LDAP (issue 20): its URL, DNs, TLS switch and CA, the disable mechanism
             WHEN kind = 'ldap' AND kv.key = 'url' THEN 'ldap_url'
+            WHEN kind = 'ldap' AND kv.key IN ('base_dn', 'bind_dn', 'disabled_container', 'placeholder_member') THEN 'dn'
+            WHEN kind = 'ldap' AND kv.key = 'starttls' THEN 'boolean'
+            WHEN kind = 'ldap' AND kv.key = 'ca_pem' THEN 'pem'
+            WHEN kind = 'ldap' AND kv.key = 'disable_mechanism' THEN 'choice ppolicy ad 389'
             WHEN kv.key IN ('base_url', 'authority_url', 'url') THEN 'url'
             WHEN kv.key = 'budget_per_min' THEN 'number 1 1000000'
             WHEN kv.key = 'writes_per_second' THEN 'number 0.01 10000'
@@ -550,6 +565,14 @@ BEGIN
                             AND (kv.value #>> '{}') ~ '^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$'
             WHEN 'email' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 254
                             AND (kv.value #>> '{}') ~ '^[^@[:space:][:cntrl:]]+@[^@[:space:][:cntrl:]]+$'
+            WHEN 'ldap_url' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 2000
+                            AND (kv.value #>> '{}') ~ '^ldaps?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$'
+            WHEN 'dn' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 1000
+                            AND (kv.value #>> '{}') ~ '^[A-Za-z][A-Za-z0-9-]*=[^=]' AND (kv.value #>> '{}') !~ '[[:cntrl:]]'
+                            AND (kv.value #>> '{}') = btrim(kv.value #>> '{}')
+            WHEN 'boolean' THEN jsonb_typeof(kv.value) = 'boolean'
+            WHEN 'pem' THEN jsonb_typeof(kv.value) = 'string' AND length(kv.value #>> '{}') <= 65536
+                            AND (kv.value #>> '{}') ~ '^\s*-----BEGIN CERTIFICATE-----' AND (kv.value #>> '{}') ~ '-----END CERTIFICATE-----\s*$'
             WHEN 'integer' THEN jsonb_typeof(kv.value) = 'number' AND (kv.value #>> '{}') ~ '^[0-9]{1,9}$'
                             AND (kv.value #>> '{}')::numeric BETWEEN split_part(rule, ' ', 2)::numeric AND split_part(rule, ' ', 3)::numeric
             ELSE jsonb_typeof(kv.value) = 'string' AND (kv.value #>> '{}') <> '' AND length(kv.value #>> '{}') <= 500
@@ -561,7 +584,10 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       DETAIL = CASE split_part(rule, ' ', 1)
                           WHEN 'url' THEN format('%s is an absolute http:// or https:// URL without user name, password, query or fragment.', kv.key)
-                          WHEN 'ldap_url' THEN 'url is ldap://host:port or ldaps://host:port, without user name, password, DN or query (the bind DN is its own key, the password the secret).'
+                          WHEN 'ldap_url' THEN 'url is ldap://host[:port] or ldaps://host[:port], without user name, DN, attributes or filter.'
+                          WHEN 'dn' THEN format('%s is a distinguished name such as "dc=example,dc=com" (attribute=value pairs separated by commas), without control characters.', kv.key)
+                          WHEN 'boolean' THEN format('%s is true or false (a JSON boolean).', kv.key)
+                          WHEN 'pem' THEN 'ca_pem is the text of one or more PEM certificates (-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----), inline: no file path is ever read.'
                           WHEN 'number' THEN format('%s is a number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'integer' THEN format('%s is a whole number from %s to %s.', kv.key, split_part(rule, ' ', 2), split_part(rule, ' ', 3))
                           WHEN 'timezone' THEN format('%s is the name of a time zone PostgreSQL knows (pg_timezone_names).', kv.key)
@@ -576,10 +602,14 @@ BEGIN
                           WHEN 'pull_interval' THEN 'Seconds between two pulls of a list of a two-way definition; the default is 60.'
                           WHEN 'time_zone' THEN 'The site''s time zone as its regional settings show it, e.g. "time_zone": "Europe/Berlin": SELECT name FROM pg_timezone_names;'
                           WHEN 'base_url' THEN 'Example: "base_url": "https://graph.microsoft.com/v1.0". Secrets never go into a URL: use secret => ''env:NAME''.'
-                          WHEN 'url' THEN 'The receiver''s endpoint, e.g. "url": "https://hooks.example.com/syncbridge". Requests are signed with the target''s whsec_ secret (secret => ''env:NAME''): never put a token into the URL.'
                           WHEN 'concurrency' THEN 'Requests in flight at once (events of different keys); the default is 4.'
                           WHEN 'batch_max_events' THEN 'Batched delivery: at most batch_max_events events (default 1: one event a request) and batch_max_bytes bytes (default 262144) in one request.'
                           WHEN 'batch_max_bytes' THEN 'Batched delivery: at most batch_max_events events (default 1: one event a request) and batch_max_bytes bytes (default 262144) in one request.'
+                          WHEN 'url' THEN CASE WHEN kind = 'ldap' THEN 'Example: "url": "ldaps://ldap.example.com:636" (or ldap:// with "starttls": true). The bind password is the secret: secret => ''env:NAME''.'
+                                               ELSE 'The receiver''s endpoint, e.g. "url": "https://hooks.example.com/syncbridge". Requests are signed with the target''s whsec_ secret (secret => ''env:NAME''): never put a token into the URL.' END
+                          WHEN 'base_dn' THEN 'Example: "base_dn": "dc=example,dc=com" (bind_dn and placeholder_member are full DNs; disabled_container is relative to base_dn, e.g. "ou=Disabled").'
+                          WHEN 'disable_mechanism' THEN 'ppolicy (OpenLDAP pwdAccountLockedTime, the default), ad (userAccountControl bit 0x2) or 389 (nsAccountLock).'
+                          WHEN 'ca_pem' THEN 'Paste the CA certificate''s PEM text into the configuration, e.g. jsonb_build_object(''ca_pem'', pg_read_file(...)) as a superuser.'
                           ELSE 'See the README''s configuration table for the kind.' END;
         END IF;
     END LOOP;

@@ -13,6 +13,7 @@ pub mod graph_emulator;
 pub mod ingest;
 pub mod jira;
 pub mod jira_emulator;
+pub mod ldap;
 pub mod linear;
 pub mod linear_emulator;
 pub mod process;

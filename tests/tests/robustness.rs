@@ -19,6 +19,7 @@ use syncbridge_tests::github::GithubTargetEnv;
 use syncbridge_tests::graph::GraphTargetEnv;
 use syncbridge_tests::ingest::{open_count, prepare};
 use syncbridge_tests::jira::JiraTargetEnv;
+use syncbridge_tests::ldap::LdapTargetEnv;
 use syncbridge_tests::linear::LinearTargetEnv;
 use syncbridge_tests::process::{spawn_quiet, wait_with_limit, ChildGuard};
 use syncbridge_tests::target_env::{EnvOptions, TargetEnv};
@@ -60,6 +61,7 @@ robustness!(github, GithubTargetEnv);
 robustness!(jira, JiraTargetEnv);
 robustness!(linear, LinearTargetEnv);
 robustness!(webhook, WebhookTargetEnv);
+robustness!(ldap, LdapTargetEnv);
 
 /// The target the scenarios create.
 const TARGET: &str = "tgt";

@@ -9,6 +9,7 @@ pub mod github;
 pub mod graph;
 pub mod http;
 pub mod jira;
+pub mod ldap;
 pub mod linear;
 pub mod model;
 pub mod policy;

@@ -248,6 +248,63 @@ impl TargetPolicy {
     }
 }
 
+impl TargetPolicy {
+    /// Checks an LDAP server's URL (`ldap://` or `ldaps://`, no DN, filter
+    /// or user info): loopback only with `--allow-loopback-targets`; any
+    /// other host must be listed with `--allow-target-host` (default ports
+    /// 389 and 636), and a plain `ldap://` one needs StartTLS (`starttls`):
+    /// the bind password never travels in the clear off this machine.
+    pub fn check_ldap_url(&self, key: &str, raw: &str, starttls: bool) -> Result<reqwest::Url, String> {
+        let url = reqwest::Url::parse(raw).map_err(|e| format!("{key} is not a URL ({e})"))?;
+        if !matches!(url.scheme(), "ldap" | "ldaps") {
+            return Err(format!("{key} must be an ldap:// or ldaps:// URL, not {}", url.scheme()));
+        }
+        let path_empty = matches!(url.path(), "" | "/");
+        if !url.username().is_empty()
+            || url.password().is_some()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !path_empty
+        {
+            return Err(format!("{key} must be ldap[s]://host[:port] only (no user info, DN or query)"));
+        }
+        let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(format!("{key} names no host"));
+        }
+        if is_loopback(&host) {
+            return if self.allow_loopback {
+                Ok(url)
+            } else {
+                Err(format!(
+                    "{key} points at loopback ({host}); this worker allows that only with --allow-loopback-targets (test servers)"
+                ))
+            };
+        }
+        if url.scheme() == "ldap" && !starttls {
+            return Err(format!(
+                "{key} is a plain ldap:// URL to {host}: use ldaps:// or StartTLS (\"starttls\": true), the bind password must not travel in the clear"
+            ));
+        }
+        let default_port = if url.scheme() == "ldaps" { 636 } else { 389 };
+        let port = url.port().unwrap_or(default_port);
+        let listed = |entry: &str| {
+            let entry = entry.trim().to_ascii_lowercase();
+            let (h, p) = match entry.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, p.parse::<u16>().ok()),
+                _ => (entry.as_str(), None),
+            };
+            h == host && p.is_none_or(|p| p == port)
+        };
+        if self.extra_hosts.iter().any(|h| listed(h)) {
+            return Ok(url);
+        }
+        Err(format!(
+            "{key} host {host}:{port} is not allowed by this worker: add it with --allow-target-host {host}:{port}"
+        ))
+    }
+}
+
 fn read_env(name: &str) -> Result<String, SecretError> {
     if !name.starts_with(ENV_PREFIX) || name.len() == ENV_PREFIX.len() {
         return Err(SecretError::refused(

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::github;
 use super::graph;
 use super::jira;
+use super::ldap;
 use super::linear;
 use super::webhook;
 use super::{resolve_secret, Target, TargetPolicy, TargetSetupError};
@@ -266,23 +267,26 @@ pub static KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "ldap",
         description: "LDAP directory provisioning",
-        implemented: false,
+        implemented: true,
         required_config: &["url", "base_dn"],
-        optional_config: &["bind_dn", "budget_per_min"],
+        optional_config: &[
+            "bind_dn",
+            "starttls",
+            "ca_pem",
+            "disable_mechanism",
+            "disabled_container",
+            "placeholder_member",
+            "budget_per_min",
+            "timeout_ms",
+            "pull_interval",
+        ],
         batch_size: 1,
         cost_per_write: 1,
         cost_per_read: 1,
         cost_unit: "operations",
-        default_budget_per_min: 6000,
+        default_budget_per_min: ldap::DEFAULT_BUDGET_PER_MIN,
         field_name_pattern: "^[A-Za-z][A-Za-z0-9-]{0,99}$",
-        capabilities: Capabilities {
-            containers: Containers::Existing,
-            delete_mode: DeleteMode::Remove,
-            moves: Moves::Native,
-            key_lookup: true,
-            pull: Pull::None,
-            disable: true,
-        },
+        capabilities: ldap::LDAP_CAPABILITIES,
         bulk_ops: &[],
         item_costs: &[],
     },
@@ -353,6 +357,22 @@ pub async fn build(
             let settings = webhook::WebhookSettings::from_config(name, config, policy)?;
             let secrets = required_secret(policy, name, secret_ref, "webhook", "one or more whsec_ secrets").await?;
             Ok(Box::new(webhook::WebhookTarget::new(settings, &secrets, shutdown)?))
+        }
+        "ldap" => {
+            let settings = ldap::LdapSettings::from_config(name, config, policy)?;
+            let password = match (&settings.bind_dn, secret_ref) {
+                (Some(_), _) => {
+                    Some(required_secret(policy, name, secret_ref, "ldap", "the bind DN's password").await?)
+                }
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(TargetSetupError::Config {
+                        target: name.to_owned(),
+                        message: "the secret is the bind DN's password, but config names no bind_dn".into(),
+                    })
+                }
+            };
+            Ok(Box::new(ldap::LdapTarget::new(settings, password, shutdown)?))
         }
         other => Err(TargetSetupError::Unsupported { target: name.to_owned(), kind: other.to_owned() }),
     }

@@ -50,6 +50,20 @@ SELECT config, secret_ref FROM sync.targets WHERE name = 'sp_hr';
 SELECT * FROM regress.err($sql$SELECT sync.alter_target('sp_hr', config => '{"site_id": null}')$sql$);
 SELECT * FROM regress.err($sql$SELECT sync.alter_target('nope', config => '{}')$sql$);
 SELECT * FROM regress.err($sql$SELECT sync.create_target('j', kind => 'jira', config => '{"site": "acme.atlassian.net", "project_key": "ops"}')$sql$);
+-- LDAP: ldap:// or ldaps:// only, DNs, a boolean StartTLS, an inline PEM CA, the disable mechanism.
+SELECT * FROM regress.err($sql$SELECT sync.create_target('dir', kind => 'ldap', config => '{"url": "https://dir.example.com", "base_dn": "dc=example,dc=com"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('dir', kind => 'ldap', config => '{"url": "ldap://u:p@dir.example.com", "base_dn": "dc=example,dc=com"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('dir', kind => 'ldap', config => '{"url": "ldaps://dir.example.com", "base_dn": ""}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('dir', kind => 'ldap', config => '{"url": "ldaps://dir.example.com", "base_dn": "example.com"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('dir', kind => 'ldap', config => '{"url": "ldap://dir.example.com", "base_dn": "dc=example,dc=com", "starttls": "yes"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('dir', kind => 'ldap', config => '{"url": "ldaps://dir.example.com", "base_dn": "dc=example,dc=com", "disable_mechanism": "novell"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('dir', kind => 'ldap', config => '{"url": "ldaps://dir.example.com", "base_dn": "dc=example,dc=com", "ca_pem": "/etc/ssl/ca.pem"}')$sql$);
+SELECT * FROM regress.err($sql$SELECT sync.create_target('dir', kind => 'ldap', config => '{"url": "ldaps://dir.example.com", "base_dn": "dc=example,dc=com", "bind_password": "x"}')$sql$);
 \x off
+SELECT sync.create_target('dir', kind => 'ldap',
+  config => jsonb_build_object('url', 'ldap://dir.example.com:1389', 'base_dn', 'dc=example,dc=com', 'starttls', true,
+                               'bind_dn', 'cn=syncbridge,dc=example,dc=com', 'disable_mechanism', '389',
+                               'disabled_container', 'ou=Disabled', 'ca_pem', E'-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n'),
+  secret => 'env:SYNCBRIDGE_SECRET_LDAP');
 SELECT sync.drop_target('gh');
 ROLLBACK;

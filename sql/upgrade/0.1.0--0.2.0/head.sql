@@ -85,6 +85,16 @@ UPDATE @extschema@.target_kinds k SET bulk_ops = v.bulk_ops, item_costs = v.item
                ('linear', '{add,update,delete,move}', '{}')) AS v(kind, bulk_ops, item_costs)
  WHERE k.kind = v.kind;
 
+-- LDAP directories (issue 20): implemented; the bind password is the
+-- secret, TLS by ldaps:// or StartTLS with an optional inline CA, the way
+-- accounts are disabled, where disabled entries go, the placeholder member;
+-- entries are read back by modifyTimestamp (pull_interval).
+UPDATE @extschema@.target_kinds
+   SET implemented = true,
+       optional_config = '{bind_dn,starttls,ca_pem,disable_mechanism,disabled_container,placeholder_member,budget_per_min,timeout_ms,pull_interval}',
+       pull = 'updated_since'
+ WHERE kind = 'ldap';
+
 -- Row filters, shard predicates and transforms are analyzed in Rust.
 CREATE FUNCTION @extschema@."_analyze_expression"(
 	"rel" oid,

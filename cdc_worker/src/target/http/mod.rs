@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::metrics;
 use crate::target::policy::bounded;
 use crate::target::{ErrorClass, Health, OpResult, Redactor, TargetSetupError};
-use retry::stop_signalled;
+pub(crate) use retry::stop_signalled;
 
 /// Tries of one request (the first included).
 pub(crate) const ENVELOPE_ATTEMPTS: u32 = 4;
