@@ -2817,7 +2817,8 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT count(*),
-           count(*) FILTER (WHERE e.status = 'failed' AND e.next_attempt_at > now() + make_interval(secs => within_seconds))
+           -- (a failed export's next retry, or a delete scheduled after a grace)
+           count(*) FILTER (WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at > now() + make_interval(secs => within_seconds))
       FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
      WHERE d.target = export_backlog.target AND e.status IN ('pending', 'failed', 'executing')
        -- not those of a disabled target: they wait for sync.enable_target

@@ -570,3 +570,163 @@ fn a_thousand_people_renamed_moved_changed_and_removed_equal_an_ldapsearch_of_th
         assert_eq!(attrs.get("entryuuid").map(|u| u[0].as_str()), after.get(id).map(String::as_str), "row {id}");
     }
 }
+
+/// Issue 20 through SQL, end to end: 300 people (two OUs, a password each)
+/// and 30 groups whose members are an array of people's keys (a reference
+/// to `people`: objects first, then the groups with their DNs); renames and
+/// moves followed by the memberships; rows filtered out or deleted are
+/// disabled first (binds refused, moved to ou=Disabled), deleted only
+/// after the definition's grace, and a row back within it is the same entry
+/// again; an entry syncbridge did not create (joined) is never disabled nor
+/// deleted.
+#[test]
+fn people_and_groups_through_sql_disabled_before_delete_and_deleted_after_the_grace() {
+    let env = LdapTargetEnv::start(EnvOptions::default());
+    let db = cluster().new_db("ldap grace");
+    prepare(
+        &db,
+        "CREATE TABLE people (id int PRIMARY KEY, uid text NOT NULL, family text NOT NULL, pw text, dept text, active boolean NOT NULL DEFAULT true);
+         INSERT INTO people SELECT g, 'p' || g, 'Family' || g, 'pw-' || g, CASE WHEN g % 3 = 0 THEN 'eng' ELSE 'ops' END, true
+           FROM generate_series(1, 300) g;
+         INSERT INTO people VALUES (301, 'joined1', 'Joined', NULL, 'ops', true);
+         CREATE TABLE groups (name text PRIMARY KEY, members int[] NOT NULL);
+         INSERT INTO groups SELECT 'g' || g, ARRAY(SELECT m FROM generate_series(1, 301) m WHERE m % 30 = g - 1 OR m = 301) FROM generate_series(1, 30) g;",
+    );
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.backoff_base_seconds = 1", db.name()));
+    env.create_target_with(&db, "dir", json!({"disabled_container": "ou=Disabled"}));
+    env.slapd.ensure_ou("Eng");
+    // An entry made by someone else, which the row with uid joined1 adopts.
+    let joined_dn = format!("uid=joined1,ou=People,{BASE}");
+    env.slapd
+        .add_as(
+            (HR_DN, HR_PW),
+            &joined_dn,
+            &[("objectClass", &["inetOrgPerson"]), ("uid", &["joined1"]), ("cn", &["J"]), ("sn", &["Joined"])],
+        )
+        .expect("the HR entry");
+    let joined_uuid = env.slapd.uuid_at(&joined_dn);
+    db.psql(
+        "SELECT sync.define('people', source => 'people', target => 'dir', list => 'uid={uid},ou=People',
+                            row_filter => 'active', delete_grace => '1 hour')",
+    );
+    db.psql("SELECT sync.shard('people', $$dept = 'eng'$$, 'uid={uid},ou=Eng')");
+    for (col, field) in [("uid", "uid"), ("family", "sn"), ("pw", "userPassword")] {
+        db.psql(&format!("SELECT sync.map('people', '{col}', '{field}')"));
+    }
+    db.psql("SELECT sync.map('people', NULL, 'cn', transform => $$uid || ' ' || family$$)");
+    db.psql("SELECT sync.map('people', NULL, 'objectClass', transform => $$ARRAY['inetOrgPerson']$$)");
+    db.psql("SELECT sync.enable('people')");
+    db.psql("SELECT sync.define('groups', source => 'groups', target => 'dir', list => 'cn={cn},ou=Groups')");
+    db.psql("SELECT sync.map('groups', 'name', 'cn')");
+    db.psql("SELECT sync.map('groups', 'members', 'member', reference => 'people')");
+    db.psql("SELECT sync.map('groups', NULL, 'objectClass', transform => $$ARRAY['groupOfNames']$$)");
+    db.psql("SELECT sync.enable('groups')");
+
+    // Every group's members are the DNs of its rows' entries (by entryUUID).
+    let check_groups = |when: &str| {
+        let people: HashMap<String, String> = env
+            .slapd
+            .search(BASE, "(objectClass=inetOrgPerson)", &["entryUUID"])
+            .into_iter()
+            .map(|e| (e.get("entryUUID").expect("uuid").to_owned(), e.dn.to_ascii_lowercase()))
+            .collect();
+        // (the joined entry, once forgotten, keeps the memberships it had:
+        // references are resolved when the group is sent, and its row did
+        // not change)
+        let want = db.psql(&format!(
+            "SELECT string_agg(g.name || '=' || coalesce((SELECT string_agg(coalesce(l.target_id, '{joined_uuid}'), ' ' ORDER BY 1)
+                                                           FROM unnest(g.members) m LEFT JOIN (sync.ledger l
+                                                           JOIN sync.definitions d ON d.id = l.definition_id AND d.name = 'people')
+                                                           ON l.sync_key = m::text
+                                                          WHERE l.target_id IS NOT NULL OR m = 301), ''), ',')
+               FROM groups g"
+        ));
+        let groups = env.slapd.search(&format!("ou=Groups,{BASE}"), "(objectClass=groupOfNames)", &["cn", "member"]);
+        assert_eq!(groups.len(), 30, "{when}: 30 groups");
+        for pair in want.split(',') {
+            let (name, uuids) = pair.split_once('=').expect("name=uuids");
+            let g =
+                groups.iter().find(|g| g.get("cn") == Some(name)).unwrap_or_else(|| panic!("{when}: no group {name}"));
+            let mut expected: Vec<String> = uuids
+                .split_whitespace()
+                .map(|u| people.get(u).cloned().unwrap_or_else(|| panic!("{when}: no entry {u}")))
+                .collect();
+            expected.sort();
+            if expected.is_empty() {
+                expected.push(PLACEHOLDER.to_ascii_lowercase());
+            }
+            let mut got: Vec<String> = g.all("member").iter().map(|m| m.to_ascii_lowercase()).collect();
+            got.sort();
+            assert_eq!(got, expected, "{when}: the members of {name}");
+        }
+    };
+
+    env.sync_once(&db);
+    assert_eq!(open_count(&db), "0", "{}", db.psql("SELECT string_agg(last_error, E'\\n') FROM sync.pending_exports"));
+    assert_eq!(
+        db.psql("SELECT join_type || ' ' || count(*) FROM sync.ledger l JOIN sync.definitions d ON d.id = l.definition_id WHERE d.name = 'people' GROUP BY join_type ORDER BY join_type"),
+        "joined 1\nprovisioned 300"
+    );
+    check_groups("provisioned");
+    let dn_of = |id: i64| env.slapd.by_uuid(&uuid_of(&db, &id.to_string())).map(|e| e.dn);
+    assert_eq!(env.slapd.bind_rc(&dn_of(10).expect("p10"), "pw-10"), 0, "a provisioned account binds");
+
+    // Renames and moves: the entries keep their entryUUIDs, the groups follow.
+    let before = uuid_of(&db, "31");
+    db.psql("UPDATE people SET uid = uid || '.renamed' WHERE id % 10 = 1; UPDATE people SET dept = 'eng' WHERE id % 10 = 2 AND dept = 'ops'");
+    env.sync_once(&db);
+    assert_eq!(uuid_of(&db, "31"), before);
+    assert_eq!(dn_of(31).expect("p31"), format!("uid=p31.renamed,ou=People,{BASE}"));
+    check_groups("renamed and moved");
+
+    // Gone from the filter, or deleted: disabled, moved aside, binds refused,
+    // still there; the joined entry is only forgotten.
+    db.psql("UPDATE people SET active = false WHERE id IN (10, 11, 12, 301); DELETE FROM people WHERE id IN (20, 21)");
+    env.sync_once(&db);
+    for id in [10, 11, 12, 20, 21] {
+        let e = env
+            .slapd
+            .by_uuid(&uuid_of(&db, &id.to_string()))
+            .unwrap_or_else(|| panic!("p{id} deleted before the grace"));
+        assert!(e.dn.to_ascii_lowercase().ends_with(&format!("ou=disabled,{BASE}")), "p{id} moved aside: {}", e.dn);
+        assert!(e.get("pwdAccountLockedTime").is_some(), "p{id} locked");
+        assert_eq!(env.slapd.bind_rc(&e.dn, &format!("pw-{id}")), 49, "p{id}'s bind refused");
+    }
+    let scheduled = db.psql(
+        "SELECT count(*) || ' ' || bool_and(next_attempt_at > now() + interval '50 minutes')
+           FROM sync.pending_exports WHERE op = 'delete' AND status = 'pending'",
+    );
+    assert_eq!(scheduled, "5 true", "five deletes scheduled after the grace");
+    // (renamed with the others: id 301 ends in 1)
+    let joined = env.slapd.by_uuid(&joined_uuid).expect("the joined entry stays");
+    assert_eq!(joined.dn, format!("uid=joined1.renamed,ou=People,{BASE}"), "the joined entry is not moved aside");
+    assert!(joined.get("pwdAccountLockedTime").is_none(), "the joined entry is not disabled");
+    check_groups("disabled");
+
+    // Back within the grace: the same entry, enabled, in its place again.
+    let p10 = uuid_of(&db, "10");
+    db.psql("UPDATE people SET active = true WHERE id = 10");
+    env.sync_once(&db);
+    let e = env.slapd.by_uuid(&p10).expect("p10");
+    assert_eq!(e.dn, format!("uid=p10,ou=People,{BASE}"));
+    assert!(e.get("pwdAccountLockedTime").is_none(), "p10 enabled again");
+    assert_eq!(env.slapd.bind_rc(&e.dn, "pw-10"), 0, "p10 binds again");
+    assert_eq!(db.psql("SELECT count(*) FROM sync.pending_exports WHERE op = 'delete' AND status = 'pending'"), "4");
+
+    // The grace over: the four are deleted, and only they.
+    db.psql("UPDATE sync.pending_exports SET next_attempt_at = now() WHERE op = 'delete' AND status = 'pending'");
+    let gone: Vec<String> = [11, 12, 20, 21].iter().map(|id| uuid_of(&db, &id.to_string())).collect();
+    env.sync_once(&db);
+    assert_eq!(open_count(&db), "0", "{}", db.psql("SELECT string_agg(last_error, E'\\n') FROM sync.pending_exports"));
+    for u in &gone {
+        assert!(env.slapd.by_uuid(u).is_none(), "{u} deleted after the grace");
+    }
+    assert!(env.slapd.by_uuid(&joined_uuid).is_some(), "the joined entry is never deleted");
+    assert_eq!(env.slapd.search(BASE, "(objectClass=inetOrgPerson)", &["uid"]).len(), 301 - 4, "the rest is there");
+    let members = env.slapd.search(&format!("ou=Groups,{BASE}"), "(objectClass=groupOfNames)", &["member"]);
+    for g in &members {
+        for m in g.all("member") {
+            assert!(!m.to_ascii_lowercase().contains("ou=disabled"), "{}: a deleted member is still listed: {m}", g.dn);
+        }
+    }
+}
