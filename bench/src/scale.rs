@@ -292,7 +292,7 @@ fn many_definitions(cluster: &'static Cluster, defs: u64, rows: u64) -> Result<f
     db.psql(&format!(
         "DO $$ BEGIN FOR t IN 0..{} LOOP
            FOR k IN 1..{defs} LOOP
-             EXECUTE format('INSERT INTO %I SELECT g, ''row '' || g, g FROM generate_series($1, $2) g WHERE g % $3 = $4', 'm' || k)
+             EXECUTE format('INSERT INTO %I SELECT g, ''row '' || g, g FROM generate_series($1, $2) g WHERE mod(g, $3) = $4', 'm' || k)
                USING t * {ROWS_PER_TX} + 1, (t + 1) * {ROWS_PER_TX}, {defs}, k - 1;
            END LOOP;
            COMMIT;
