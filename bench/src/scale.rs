@@ -140,6 +140,7 @@ fn backfill(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -> 
         bail!("the backfill staged {staged} exports of {n} rows (end: {end:?})");
     }
     let (finished, begun) = (end[0], end[1]);
+    let queue = db.psql("SELECT pg_size_pretty(pg_total_relation_size('sync.pending_exports'))");
     let (rate, copy_rate) = (n as f64 / secs, n as f64 / copy_secs);
     out.push(Figure {
         scenario: "10 scale",
@@ -152,7 +153,7 @@ fn backfill(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -> 
         ratio: Some((rate / copy_rate * 1000.0).round() / 1000.0),
         note: Some(format!(
             "run --once --no-export from start to exit ({secs:.1} s; the backfill's own record: {:.1} s) staging \
-             {n} pending exports, a {bytes} table (bigint key, text, int; analyzed); reference: psql COPY (SELECT * \
+             {n} pending exports ({queue} with indexes), a {bytes} table (bigint key, text, int; analyzed); reference: psql COPY (SELECT * \
              FROM big) TO STDOUT, output dropped ({copy_secs:.2} s)",
             finished - begun
         )),

@@ -115,6 +115,7 @@ pub(crate) fn twoway(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Fig
         bail!("the first sync left {open} imports or exports open");
     }
     let writes_synced = env.emu.stats().writes;
+    eprintln!("  {n} items synced; {m} edited remotely");
 
     // (a) M items edited "in SharePoint" at once, then one worker pass.
     for id in 1..=m {
@@ -135,8 +136,9 @@ pub(crate) fn twoway(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Fig
     db.psql(&format!(
         "CREATE TABLE tw_copy AS SELECT * FROM tw; ALTER TABLE tw_copy ADD PRIMARY KEY (id);
          CREATE UNLOGGED TABLE tw_staged AS SELECT g AS id, g + 2000000 AS qty, 2::bigint AS stamp FROM generate_series(1, {m}) g;
-         ALTER TABLE tw_staged ADD PRIMARY KEY (id); VACUUM ANALYZE tw_copy, tw_staged"
+         ALTER TABLE tw_staged ADD PRIMARY KEY (id)"
     ));
+    db.psql("VACUUM ANALYZE tw_copy, tw_staged");
     let ref_secs =
         psql_timed(&db, "UPDATE tw_copy t SET qty = s.qty, stamp = s.stamp FROM tw_staged s WHERE t.id = s.id")?;
     let (rate, ref_rate) = (m as f64 / secs, m as f64 / ref_secs);
@@ -179,6 +181,7 @@ pub(crate) fn twoway(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Fig
 
     // (c) A steady stream of edits while a worker runs at the default pull
     // interval; per edit, the time until its row shows it (the table polled).
+    eprintln!("  a steady stream of remote edits for {} s", sizes.twoway_stream_secs);
     let worker = daemon(&db)?;
     std::thread::sleep(Duration::from_secs(2));
     let writes_before_stream = env.emu.stats().writes;
@@ -251,6 +254,7 @@ pub(crate) fn twoway(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Fig
     // (d) Both sides at once: a writer changes Title of rows locally while
     // the person changes Qty of the same items remotely, each at 5/s.
     let mixed = EDITS_PER_SEC * sizes.twoway_mixed_secs;
+    eprintln!("  both sides change for {} s", sizes.twoway_mixed_secs);
     let base = first + count; // items neither phase touched yet
     let (stats_mixed, echoes_mixed) = (env.emu.stats(), env.emu.unchanged_writes());
     let writer = background_psql(
