@@ -90,9 +90,36 @@ fn progress(db: &TestDb, name: &str) -> Result<Option<Sample>> {
     Ok(Some(Sample { at: at.parse()?, done: num("rows_done"), total: num("rows_total"), eta: num("eta_s") }))
 }
 
+/// Disk the backfill of one row needs at most, in bytes: the table (~75),
+/// its pending export with the queue's indexes (~330, measured) and the WAL
+/// the slot holds until the backfill is streamed past (~400), rounded up.
+const BACKFILL_BYTES_PER_ROW: u64 = 1_000;
+
+/// Free bytes on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        bail!("statvfs {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// Scenario 10 (a): the backfill rate against COPY, and its progress and ETA.
 fn backfill(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -> Result<()> {
     let n = sizes.scale_rows;
+    let (free, need) = (free_bytes(cluster.dir())?, n * BACKFILL_BYTES_PER_ROW);
+    if free < need {
+        bail!(
+            "scenario 10 needs about {} GiB free next to the cluster ({}), {} GiB are",
+            need >> 30,
+            cluster.dir().display(),
+            free >> 30
+        );
+    }
     let t = Instant::now();
     let db = big_table(cluster, "bench scale", "big", n);
     let bytes = db.psql("SELECT pg_size_pretty(pg_total_relation_size('big'))");
