@@ -5,7 +5,9 @@
 //!
 //! Scenarios (issue 6): decode (worker `--decode-only` vs `pg_recvlogical`,
 //! alternating runs on slots created before the workload), ingest + stage,
-//! coalescing through the Graph emulator, and the worker's peak memory.
+//! coalescing through the Graph emulator, and the worker's peak memory;
+//! end to end, throttled, outage and shared budget (issues 6 to 21); two-way
+//! (scenario 9, [`twoway`]) and scale (scenario 10, [`scale`]) (issue 21).
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -17,6 +19,9 @@ use syncbridge_tests::cluster::pg_bindir;
 use syncbridge_tests::graph::{worker_cmd, GraphEnv};
 use syncbridge_tests::ingest::prepare;
 use syncbridge_tests::{Cluster, ClusterOptions, TestDb};
+
+mod scale;
+mod twoway;
 
 #[derive(Debug, Serialize)]
 struct Figure {
@@ -53,6 +58,17 @@ struct Sizes {
     runs: usize,
     coalesce_rows: u64,
     coalesce_rounds: u64,
+    /// Scenario 9: items synced, items then edited remotely at once, and the
+    /// seconds of the steady remote-only and two-sided phases.
+    twoway_items: u64,
+    twoway_edits: u64,
+    twoway_stream_secs: u64,
+    twoway_mixed_secs: u64,
+    /// Scenario 10: rows backfilled, exports pending for the claim, rows
+    /// spread over 50 definitions.
+    scale_rows: u64,
+    claim_backlog: u64,
+    multi_rows: u64,
 }
 
 /// Runs a child to the end, returning (seconds, peak RSS in KiB).
@@ -850,6 +866,13 @@ fn main() -> Result<()> {
             runs: 1,
             coalesce_rows: 100,
             coalesce_rounds: 5,
+            twoway_items: 500,
+            twoway_edits: 200,
+            twoway_stream_secs: 10,
+            twoway_mixed_secs: 5,
+            scale_rows: 100_000,
+            claim_backlog: 100_000,
+            multi_rows: 10_000,
         }
     } else {
         Sizes {
@@ -865,6 +888,13 @@ fn main() -> Result<()> {
             runs: 3,
             coalesce_rows: 1_000,
             coalesce_rounds: 100,
+            twoway_items: 10_000,
+            twoway_edits: 5_000,
+            twoway_stream_secs: 60,
+            twoway_mixed_secs: 30,
+            scale_rows: 10_000_000,
+            claim_backlog: 1_000_000,
+            multi_rows: 200_000,
         }
     };
     let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start(ClusterOptions {
@@ -906,6 +936,13 @@ fn main() -> Result<()> {
             eprintln!("scenario 8: shared budget, {n} exporter processes");
             shared_budget(cluster, &sizes, n, &mut figures)?;
         }
+    }
+    if wanted("9") {
+        eprintln!("scenario 9: two-way");
+        twoway::twoway(cluster, &sizes, &mut figures)?;
+    }
+    if wanted("10") {
+        scale::scale(cluster, &sizes, &mut figures)?;
     }
 
     let machine = machine();
