@@ -369,7 +369,8 @@ mod tests {
     #[test]
     fn responses_are_ber_ldap_messages() {
         let r = response(&[5], 0x68, 21, "x");
-        assert_eq!(r, vec![0x30, 0x0e, 0x02, 0x01, 0x05, 0x69, 0x09, 0x0a, 0x01, 21, 0x04, 0x00, 0x04, 0x01, b'x']);
+        // SEQUENCE (13) { INTEGER 5, [APPLICATION 9] (8) { ENUMERATED 21, OCTET STRING "", OCTET STRING "x" } }
+        assert_eq!(r, vec![0x30, 0x0d, 0x02, 0x01, 0x05, 0x69, 0x08, 0x0a, 0x01, 21, 0x04, 0x00, 0x04, 0x01, b'x']);
         assert_eq!(parse(&r), Some((vec![5], 0x69, Some(21))));
         let long = response(&[1], 0x66, 0, &"y".repeat(300));
         assert_eq!(header(&long), Some((4, long.len() - 4)));
