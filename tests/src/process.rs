@@ -134,3 +134,25 @@ impl From<Child> for ChildGuard {
         Self::new(child)
     }
 }
+
+/// For the demo servers (`tracker-emulator`, `webhook-receiver`): prints
+/// `banner`, writes `port` to `port_file` when given (write then rename: a
+/// script polling for it never reads it half-written), then waits for
+/// SIGTERM or SIGINT (registered first: none is missed).
+pub async fn announce_and_wait(banner: &str, port: u16, port_file: Option<&str>) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    println!("{banner}");
+    if let Some(path) = port_file {
+        let tmp = format!("{path}.tmp");
+        std::fs::write(&tmp, format!("{port}\n"))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("{path}: {e}"))?;
+    }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -83,23 +83,13 @@ async fn start(a: &Args) -> std::io::Result<(SocketAddr, String, Box<dyn std::an
 }
 
 async fn serve(a: Args) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
     let (addr, url, _guard) = start(&a).await.map_err(|e| format!("listen: {e}"))?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    println!("{} emulator listening on {url}", a.kind);
-    if let Some(path) = &a.port_file {
-        // Write then rename, so a script polling for the file never reads it half-written.
-        let tmp = format!("{path}.tmp");
-        std::fs::write(&tmp, format!("{}\n", addr.port()))
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("{path}: {e}"))?;
-    }
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    syncbridge_tests::process::announce_and_wait(
+        &format!("{} emulator listening on {url}", a.kind),
+        addr.port(),
+        a.port_file.as_deref(),
+    )
+    .await
 }
 
 fn main() -> ExitCode {

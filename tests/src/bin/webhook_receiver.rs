@@ -49,24 +49,14 @@ fn parse(args: &[String]) -> Result<Args, String> {
 }
 
 async fn serve(a: Args) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
     let receiver = Receiver::new(&a.secrets)?;
     let emu = Emulator::launch(receiver, a.listen).await.map_err(|e| format!("listen: {e}"))?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    println!("webhook receiver listening on {}{HOOK_PATH}", emu.authority_url());
-    if let Some(path) = &a.port_file {
-        // Write then rename, so a script polling for the file never reads it half-written.
-        let tmp = format!("{path}.tmp");
-        std::fs::write(&tmp, format!("{}\n", emu.addr().port()))
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("{path}: {e}"))?;
-    }
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    syncbridge_tests::process::announce_and_wait(
+        &format!("webhook receiver listening on {}{HOOK_PATH}", emu.authority_url()),
+        emu.addr().port(),
+        a.port_file.as_deref(),
+    )
+    .await
 }
 
 fn main() -> ExitCode {
