@@ -122,9 +122,15 @@ BEGIN
         pos := NULL;   -- a new snapshot scan starts over
     END IF;
     IF pos IS NULL THEN
-        SELECT greatest(reltuples, 0)::bigint INTO total FROM pg_class WHERE oid = d.source_rel;
-        pos := jsonb_build_object('rows_done', 0, 'rows_total', total, 'started_at', now(), 'last_key', NULL);
+        pos := jsonb_build_object('rows_done', 0, 'rows_total', NULL, 'started_at', now(), 'last_key', NULL);
         UPDATE sync.definitions x SET backfill = 'running', updated_at = now() WHERE x.id = d.id;
+    END IF;
+    -- The table's size as the planner knows it (reltuples, which VACUUM and
+    -- ANALYZE keep); -1 until the table was first analyzed: unknown (no
+    -- ETA) rather than a guess, asked again at every chunk until known.
+    total := (pos ->> 'rows_total')::bigint;
+    IF total IS NULL THEN
+        SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END INTO total FROM pg_class c WHERE c.oid = d.source_rel;
     END IF;
     IF chunk_keys IS NULL THEN
         SELECT k.keys, k.last_key, k.n INTO keys, last_key, n FROM sync._source_keys(d.id, nullif(pos -> 'last_key', 'null'::jsonb), chunk) k;
@@ -149,7 +155,7 @@ BEGIN
     END IF;
     started := (pos ->> 'started_at')::timestamptz;
     rows_done := (pos ->> 'rows_done')::bigint + n;
-    rows_total := greatest((pos ->> 'rows_total')::bigint, rows_done);
+    rows_total := CASE WHEN total IS NOT NULL THEN greatest(total, rows_done) END;
     done := n < chunk;
     IF done THEN
         -- Keys the target holds whose rows are gone or filtered out.
@@ -172,7 +178,7 @@ BEGIN
         'rows_done', rows_done, 'rows_total', rows_total, 'started_at', started,
         'last_key', coalesce(last_key, pos -> 'last_key'),
         'rate_per_s', round((rows_done / elapsed)::numeric, 1),
-        'eta_s', CASE WHEN done THEN 0 ELSE round(((rows_total - rows_done) / greatest(rows_done / elapsed, 0.001))::numeric, 1) END,
+        'eta_s', CASE WHEN done THEN 0 WHEN total IS NOT NULL THEN round(((rows_total - rows_done) / greatest(rows_done / elapsed, 0.001))::numeric, 1) END,
         'finished_at', CASE WHEN done THEN clock_timestamp() END);
     INSERT INTO sync.cursors AS cu (kind, scope, definition_id, position)
     VALUES ('backfill', d.name, d.id, pos)

@@ -414,6 +414,29 @@ BEGIN
     RETURN QUERY EXECUTE (sync._compile(def_id)).rows_all;
 END $$;
 
+-- The distinct keys of a JSON array of objects {column: text} (as the worker
+-- decodes them): their sync keys and key objects. A key whose text does not
+-- fit its column's type is refused (22023, constraint syncbridge_key).
+CREATE FUNCTION _keys_of(def_id int, keys jsonb, OUT sync_keys text[], OUT key_objs jsonb[])
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+DECLARE
+    c sync.compiled := sync._compile(def_id);
+    msg text;
+BEGIN
+    EXECUTE format('SELECT array_agg(sync_key), array_agg(_syncbridge_k) FROM ('
+                   'SELECT DISTINCT ON (1) %s AS sync_key, _syncbridge_k FROM (%s) AS _syncbridge_keys) k',
+                   c.key_of_json, c.keys_sql)
+       INTO sync_keys, key_objs USING keys;
+EXCEPTION WHEN data_exception THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+    RAISE EXCEPTION 'invalid key: %', msg
+        USING ERRCODE = 'invalid_parameter_value', CONSTRAINT = 'syncbridge_key',
+              DETAIL = 'A key value does not fit its column''s type; nothing was staged.',
+              HINT = 'Keys are objects mapping key columns to their text values as the table holds them: [{"id": "42"}].';
+END $$;
+
 -- The rows of the given keys (a JSON array of objects {column: text}, as
 -- the worker decodes them): one row per distinct key, present = false when
 -- the row is gone or not sent (filtered out, no list). A key whose text does
@@ -429,20 +452,8 @@ DECLARE
     c sync.compiled := sync._compile(def_id);
     sync_keys text[];
     key_objs jsonb[];
-    msg text;
 BEGIN
-    BEGIN
-        EXECUTE format('SELECT array_agg(sync_key), array_agg(_syncbridge_k) FROM ('
-                       'SELECT DISTINCT ON (1) %s AS sync_key, _syncbridge_k FROM (%s) AS _syncbridge_keys) k',
-                       c.key_of_json, c.keys_sql)
-           INTO sync_keys, key_objs USING keys;
-    EXCEPTION WHEN data_exception THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-        RAISE EXCEPTION 'invalid key: %', msg
-            USING ERRCODE = 'invalid_parameter_value', CONSTRAINT = 'syncbridge_key',
-                  DETAIL = 'A key value does not fit its column''s type; nothing was staged.',
-                  HINT = 'Keys are objects mapping key columns to their text values as the table holds them: [{"id": "42"}].';
-    END;
+    SELECT k.sync_keys, k.key_objs INTO sync_keys, key_objs FROM sync._keys_of(def_id, keys) k;
     RETURN QUERY EXECUTE format(
         'SELECT k.sync_key, w.sync_key IS NOT NULL, w.list, w.fields, w.hash '
         'FROM unnest($1, $2) AS k(sync_key, _syncbridge_k) '

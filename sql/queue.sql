@@ -208,6 +208,9 @@ BEGIN
     IF EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target AND t.disabled_at IS NOT NULL) THEN
         RETURN;
     END IF;
+    -- Keys deferred while the target was far behind are staged as the
+    -- queue drains (sync.defer_after).
+    PERFORM sync._undefer(target);
     -- A paused definition sends only what a rollback staged (sync.rollback
     -- paused it so that nothing else goes).
     paused := ARRAY(SELECT d.id FROM sync.definitions d
@@ -413,7 +416,11 @@ BEGIN
                   HINT = 'The default is 60.';
     END IF;
     RETURN QUERY
-    SELECT count(*),
+    SELECT count(*)
+           -- keys deferred while the target was far behind: sync.claim stages them
+           + (SELECT coalesce(sum(k.n), 0)::bigint FROM sync.deferred_keys k JOIN sync.definitions x ON x.id = k.definition_id
+               WHERE x.target = export_backlog.target AND x.state = 'active'
+                 AND NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = x.target AND t.disabled_at IS NOT NULL)),
            -- (a failed export's next retry, or a delete scheduled after a grace)
            count(*) FILTER (WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at > now() + make_interval(secs => within_seconds))
       FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
@@ -433,7 +440,7 @@ BEGIN
                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key
                           AND x.status IN ('pending', 'conflict', 'awaiting_approval', 'failed'));
 END $$;
-COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; none while the target is disabled; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
+COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports and deferred keys of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; none while the target is disabled; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
 
 CREATE FUNCTION target_list_ids(target text)
 RETURNS TABLE (definition text, list text, remote_id text, columns jsonb)

@@ -25,6 +25,35 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION checkpoint(pg_lsn, text) IS 'Records that everything up to lsn is durably staged for the slot (default: setting sync.slot_name); never moves back.';
 
+-- ---------------------------------------------------------------------------
+-- Deferred keys: a definition whose target is far behind (its open queue
+-- holds sync.defer_after exports or more) keeps batches of changed keys as
+-- they came, unmapped, and stages them as the queue drains (sync.claim).
+-- Staging reads the current row of each key when it runs, so a key staged
+-- later than it changed is staged as it is then (order-insensitive), twice
+-- is once (idempotent), and a batch is durable before the slot is confirmed
+-- past it (it is written in the staging transaction).
+-- ---------------------------------------------------------------------------
+CREATE TABLE deferred_keys (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    definition_id int NOT NULL REFERENCES definitions (id) ON DELETE CASCADE,
+    keys          jsonb NOT NULL CHECK (jsonb_typeof(keys) = 'array'),
+    n             int NOT NULL CHECK (n > 0),
+    lsn           pg_lsn,
+    run_id        bigint,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX deferred_keys_definition_idx ON deferred_keys (definition_id, id);
+COMMENT ON TABLE deferred_keys IS 'Changed keys whose staging waits while their definition''s target is far behind (its open queue holds sync.defer_after exports or more): a batch per row, checked and de-duplicated. sync.claim stages them, oldest first, once the queue is below half of sync.defer_after; staging reads the rows then, so nothing is lost or stale.';
+COMMENT ON COLUMN deferred_keys.id IS 'Batch id (oldest first).';
+COMMENT ON COLUMN deferred_keys.definition_id IS 'The definition whose keys they are.';
+COMMENT ON COLUMN deferred_keys.keys IS 'The keys: a JSON array of objects mapping key columns to their text values (what sync.stage takes).';
+COMMENT ON COLUMN deferred_keys.n IS 'How many keys.';
+COMMENT ON COLUMN deferred_keys.lsn IS 'The position they were staged at, kept for their exports (NULL: a backfill, a re-staging).';
+COMMENT ON COLUMN deferred_keys.run_id IS 'The run that handed them over, kept for their exports.';
+COMMENT ON COLUMN deferred_keys.created_at IS 'When they were deferred.';
+SELECT pg_catalog.pg_extension_config_dump('deferred_keys', '');
+
 -- The statement staging one definition's keys. Parameters:
 --   $1 keys jsonb, $2 definition id, $3 lsn, $4 run id, $5 approval, $6 delete scope,
 --   $7 delete grace (NULL: a delete removes the item at once; else the item
@@ -164,9 +193,11 @@ SELECT count(*) FILTER (WHERE s.op = 'add')::int,
   FROM staged s
 $sql$ $outer$;
 
--- Stages `keys` (a JSON array of objects {column: text}) for one definition.
-CREATE FUNCTION _stage_def(def_id int, keys jsonb, lsn pg_lsn, run_id bigint,
-                           OUT added int, OUT updated int, OUT deleted int, OUT moved int, OUT unchanged int, OUT cancelled int)
+-- Stages `keys` (a JSON array of objects {column: text}) for one definition,
+-- or defers them (may_defer, and the target far behind: sync.defer_after).
+CREATE FUNCTION _stage_def(def_id int, keys jsonb, lsn pg_lsn, run_id bigint, may_defer boolean DEFAULT true,
+                           OUT added int, OUT updated int, OUT deleted int, OUT moved int, OUT unchanged int, OUT cancelled int,
+                           OUT deferred int)
 LANGUAGE plpgsql
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
 -- Staging probes the source, the ledger and the queue by key. The queue grows
@@ -178,7 +209,9 @@ SET enable_seqscan = off SET jit = off
 AS $$
 DECLARE
     d sync.definitions;
+    checked record;
 BEGIN
+    added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0; deferred := 0;
     -- Staging of one definition is serialized until commit: the statement
     -- below takes its snapshot after the lock, so it sees what the previous
     -- stager committed, and an older read never overwrites a newer one (the
@@ -190,7 +223,17 @@ BEGIN
     IF NOT FOUND OR d.direction = 'pull' THEN
         -- (a pull definition sends nothing)
         -- Dropped since the caller chose it: nothing to stage.
-        added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
+        RETURN;
+    END IF;
+    IF may_defer AND sync._defers(def_id, jsonb_array_length(keys)) THEN
+        -- Checked (a key that does not fit is refused now, not when staged)
+        -- and de-duplicated.
+        SELECT * INTO checked FROM sync._keys_of(def_id, keys);
+        IF cardinality(checked.key_objs) > 0 THEN
+            INSERT INTO sync.deferred_keys (definition_id, keys, n, lsn, run_id)
+            VALUES (def_id, to_jsonb(checked.key_objs), cardinality(checked.key_objs), lsn, run_id);
+        END IF;
+        deferred := coalesce(cardinality(checked.key_objs), 0);
         RETURN;
     END IF;
     EXECUTE sync._stage_sql()
@@ -198,6 +241,87 @@ BEGIN
       USING keys, def_id, lsn, run_id, d.approval, d.delete_scope,
             CASE WHEN (SELECT k.disable FROM sync.targets t JOIN sync.target_kinds k ON k.kind = t.kind WHERE t.name = d.target)
                  THEN d.delete_grace END;
+END $$;
+
+-- Whether a batch of n keys of a definition is deferred: deferring is on
+-- (sync.defer_after > 0), the batch holds at least 500 keys (or
+-- sync.defer_after, if fewer: small batches are staged at once), and the
+-- definition has deferred keys already or sync.defer_after open exports.
+CREATE FUNCTION _defers(def_id int, n int) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+AS $$
+DECLARE
+    lim int := sync._setting('defer_after')::int;
+BEGIN
+    IF lim = 0 OR n < least(500, lim) THEN
+        RETURN false;
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM sync.deferred_keys x WHERE x.definition_id = def_id)
+        OR sync._open_exports(def_id, lim) >= lim;
+END $$;
+
+-- A definition's open exports (pending, awaiting approval, failed, error),
+-- counted up to `up_to` (an index-only scan of that many entries at most).
+CREATE FUNCTION _open_exports(def_id int, up_to int) RETURNS int
+LANGUAGE sql STABLE
+SET enable_seqscan = off
+AS $$
+    SELECT count(*)::int FROM (
+        SELECT 1 FROM sync.pending_exports e
+         WHERE e.definition_id = def_id AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
+         LIMIT up_to) x
+$$;
+
+-- Stages deferred keys of the target's definitions whose open queue is
+-- below half of sync.defer_after (all of them when deferring is off): the
+-- oldest batch of each, never waiting for a lock (another claim or a
+-- stager holding the definition's staging lock: its turn comes at the next
+-- claim). Called by sync.claim. A batch that fails to stage stops its
+-- definition (like sync.stage), and stays deferred until sync.resume.
+CREATE FUNCTION _undefer(target text) RETURNS int
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
+DECLARE
+    lim int := sync._setting('defer_after')::int;
+    low int;
+    d record;
+    b sync.deferred_keys;
+    r record;
+    total int := 0;
+    msg text;
+BEGIN
+    low := CASE WHEN lim = 0 THEN 2147483647 ELSE greatest(lim / 2, 1) END;
+    FOR d IN SELECT x.id, x.name FROM sync.definitions x
+              WHERE x.target = _undefer.target AND x.state IN ('active', 'paused')
+                AND EXISTS (SELECT 1 FROM sync.deferred_keys k WHERE k.definition_id = x.id)
+              ORDER BY x.id LOOP
+        CONTINUE WHEN lim > 0 AND sync._open_exports(d.id, low) >= low;
+        CONTINUE WHEN NOT pg_try_advisory_xact_lock(1937337955, d.id);
+        SELECT * INTO b FROM sync.deferred_keys k WHERE k.definition_id = d.id ORDER BY k.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        BEGIN
+            SELECT * INTO r FROM sync._stage_def(d.id, b.keys, b.lsn, b.run_id, false);
+            DELETE FROM sync.deferred_keys k WHERE k.id = b.id;
+            IF b.run_id IS NOT NULL THEN
+                UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = b.run_id;
+            END IF;
+            total := total + b.n;
+        EXCEPTION
+        WHEN transaction_rollback OR lock_not_available OR insufficient_resources OR operator_intervention OR query_canceled THEN
+            -- Nothing wrong with the definition, and the claim goes on: the
+            -- batch stays deferred, the next claim tries again.
+            RAISE WARNING 'syncbridge: deferred keys of % not staged yet: %', d.name, SQLERRM;
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            UPDATE sync.definitions SET state = 'error', state_reason = left('staging deferred keys failed: ' || msg, 1000), updated_at = now()
+             WHERE id = d.id;
+            RAISE WARNING 'syncbridge: definition % stopped: staging deferred keys failed: %', d.name, msg
+                USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
+        END;
+    END LOOP;
+    RETURN total;
 END $$;
 
 -- Key objects for sync_keys of a definition (to re-stage keys the worker did not send).
@@ -222,7 +346,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION stage(relation regclass, keys jsonb, lsn pg_lsn DEFAULT NULL, only_definition text DEFAULT NULL, run_id bigint DEFAULT NULL)
-RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text)
+RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text, deferred int)
 LANGUAGE plpgsql AS $$
 DECLARE
     d record;
@@ -256,7 +380,7 @@ BEGIN
         BEGIN
             SELECT * INTO r FROM sync._stage_def(d.id, keys, lsn, run_id);
             definition := d.name; added := r.added; updated := r.updated; deleted := r.deleted;
-            moved := r.moved; unchanged := r.unchanged; cancelled := r.cancelled; error := NULL;
+            moved := r.moved; unchanged := r.unchanged; cancelled := r.cancelled; error := NULL; deferred := r.deferred;
             IF run_id IS NOT NULL THEN
                 UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = run_id;
             END IF;
@@ -280,7 +404,7 @@ BEGIN
             RAISE WARNING 'syncbridge: definition % stopped: staging failed: %', d.name, msg
                 USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
             definition := d.name; added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
-            error := msg;
+            error := msg; deferred := 0;
         END;
         RETURN NEXT;
     END LOOP;
@@ -288,11 +412,11 @@ BEGIN
         PERFORM sync.checkpoint(lsn);
     END IF;
 END $$;
-COMMENT ON FUNCTION stage(regclass, jsonb, pg_lsn, text, bigint) IS 'Reconciles changed keys of a table: reads the current rows, compares them with the ledger and upserts pending exports (coalesced per key); records lsn as staged. Idempotent.';
+COMMENT ON FUNCTION stage(regclass, jsonb, pg_lsn, text, bigint) IS 'Reconciles changed keys of a table: reads the current rows, compares them with the ledger and upserts pending exports (coalesced per key); records lsn as staged. Idempotent. A batch of a definition whose target is far behind (sync.defer_after) is kept in sync.deferred_keys instead (column deferred) and staged as its queue drains.';
 
 -- Stages every ledger key of the table's definitions: what TRUNCATE calls for.
 CREATE FUNCTION stage_truncate(relation regclass, lsn pg_lsn DEFAULT NULL)
-RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text)
+RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text, deferred int)
 LANGUAGE plpgsql AS $$
 DECLARE
     d record;

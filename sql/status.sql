@@ -35,7 +35,8 @@ SELECT d.name AS definition,
        pl.pull_error,
        sh.state AS slot_state,
        sh.reason AS slot_reason,
-       t.status AS target_status
+       t.status AS target_status,
+       (SELECT coalesce(sum(k.n), 0) FROM sync.deferred_keys k WHERE k.definition_id = d.id)::bigint AS deferred
   FROM sync.definitions d
   JOIN sync.targets t ON t.name = d.target
   CROSS JOIN (SELECT h.state, h.reason FROM sync.slot_health h) sh
@@ -70,7 +71,7 @@ SELECT d.name AS definition,
                                CASE WHEN p.resyncs > 0 THEN format(' (%s resyncs)', p.resyncs) ELSE '' END), ', ' ORDER BY p.list) AS pull_state,
              string_agg(p.list || ': ' || p.last_error, '; ' ORDER BY p.list) AS pull_error
         FROM sync.pulls p WHERE p.definition_id = d.id) pl ON true;
-COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress; two-way: inbound changes pending, applied, awaiting approval and failed, open conflicts, the last and next pull and each list''s delta state and pull error; the slot''s state and its reason (sync.slot_health); the target''s status (sync.targets.status: disabled when it asked to be, see sync.enable_target).';
+COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress; two-way: inbound changes pending, applied, awaiting approval and failed, open conflicts, the last and next pull and each list''s delta state and pull error; the slot''s state and its reason (sync.slot_health); the target''s status (sync.targets.status: disabled when it asked to be, see sync.enable_target); keys deferred while the target is far behind (sync.deferred_keys, staged as the queue drains).';
 
 -- For the worker's metrics: the open queues, every open state of every
 -- definition (0 included, so a drained queue reads 0, not absent).

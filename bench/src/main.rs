@@ -166,6 +166,7 @@ fn decode_and_stage(
     let (s, m) = timed(worker_decode(db, &format!("s_{tag}"), false))?;
     rss = rss.max(m);
     let staged: u64 = db.psql("SELECT count(*) FROM sync.pending_exports").parse()?;
+    let deferred: u64 = db.psql("SELECT coalesce(sum(n), 0) FROM sync.deferred_keys").parse()?;
     let rate = rows as f64 / s;
     let decode_secs = rows as f64 / w;
     out.push(Figure {
@@ -178,11 +179,13 @@ fn decode_and_stage(
         reference: Some(r.round()),
         ratio: Some((rate / r * 1000.0).round() / 1000.0),
         note: Some(format!(
-            "{staged} exports pending; sync.stage bounds it: decoding, which overlaps staging, would take {:.0}% of the time alone",
+            "{staged} exports pending and {deferred} keys deferred (sync.defer_after: staged as the queue drains); \
+             decoding alone, which overlaps staging, would take {:.0}% of the time",
             (decode_secs / s * 100.0).min(100.0)
         )),
     });
     db.psql("DELETE FROM sync.pending_exports");
+    db.psql("DELETE FROM sync.deferred_keys");
     // The slots are done with: they would hold WAL (and slots) from the rest.
     db.psql(&format!(
         "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_name ~ '^(r|w)_{tag}_[0-9]+$' OR slot_name = 's_{tag}'"

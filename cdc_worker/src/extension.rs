@@ -119,23 +119,39 @@ pub async fn slot_cursor(db: &Client, slot: &str) -> Result<Option<String>, Work
         .get(0))
 }
 
+/// What `sync.stage` did for one definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Staged {
+    /// The definition.
+    pub definition: String,
+    /// Exports added, changed, deleted or moved in the queue.
+    pub exports: i32,
+    /// Keys kept in `sync.deferred_keys` (the target far behind).
+    pub deferred: i32,
+    /// The error that stopped the definition, if any.
+    pub error: Option<String>,
+}
+
 /// `sync.stage(relation, keys)` for the relation with this oid: per
-/// definition, the changes staged and the error that stopped it, if any.
+/// definition, what was staged or deferred and the error that stopped it.
 pub async fn stage<C: GenericClient>(
     db: &C,
     rel_oid: i64,
     keys_json: &str,
     run_id: i64,
-) -> Result<Vec<(String, i32, Option<String>)>, WorkerError> {
+) -> Result<Vec<Staged>, WorkerError> {
     let rows = db
         .query(
-            "SELECT definition, added + updated + deleted + moved, error
+            "SELECT definition, added + updated + deleted + moved, deferred, error
                FROM sync.stage(($1::bigint)::oid::regclass, $2::text::jsonb, NULL, NULL, $3)",
             &[&rel_oid, &keys_json, &run_id],
         )
         .await
         .map_err(WorkerError::db("staging keys"))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Staged { definition: r.get(0), exports: r.get(1), deferred: r.get(2), error: r.get(3) })
+        .collect())
 }
 
 /// `sync.stage_truncate(relation)` for the relation with this oid.
@@ -165,14 +181,18 @@ pub async fn backfills_pending(db: &Client) -> Result<Vec<String>, WorkerError> 
         .collect())
 }
 
-/// One step of a backfill: (done, rows done, rows total).
+/// One step of a backfill: (done, rows done, rows total; -1 while the
+/// table's size is unknown: never analyzed).
 pub type BackfillProgress = (bool, i64, i64);
 
 /// `sync.backfill_step(definition, chunk, run)`: reads and stages the next
 /// chunk of keys itself.
 pub async fn backfill_step(db: &Client, def: &str, chunk: i32, run_id: i64) -> Result<BackfillProgress, WorkerError> {
     let row = db
-        .query_one("SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3)", &[&def, &chunk, &run_id])
+        .query_one(
+            "SELECT done, rows_done, coalesce(rows_total, -1) FROM sync.backfill_step($1, $2, $3)",
+            &[&def, &chunk, &run_id],
+        )
         .await
         .map_err(WorkerError::db("backfill step"))?;
     Ok((row.get(0), row.get(1), row.get(2)))
@@ -191,7 +211,7 @@ pub async fn backfill_step_keys(
 ) -> Result<BackfillProgress, WorkerError> {
     let row = db
         .query_one(
-            "SELECT done, rows_done, rows_total FROM sync.backfill_step($1, $2, $3,
+            "SELECT done, rows_done, coalesce(rows_total, -1) FROM sync.backfill_step($1, $2, $3,
                chunk_keys => $4::text::jsonb, chunk_after => $5::text::jsonb, chunk_last => $6::text::jsonb)",
             &[&def, &chunk, &run_id, &keys, &after, &last],
         )

@@ -21,6 +21,9 @@ pub static HISTORY_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
 /// Seconds the slot's confirmed position may stand still while WAL is
 /// written before `sync.slot_health` calls it stalled.
 pub static STALL_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// Open exports of a definition from which large batches of changed keys
+/// are deferred (kept unmapped until the queue drains); 0 never defers.
+pub static DEFER_AFTER: GucSetting<i32> = GucSetting::<i32>::new(50_000);
 /// Whether the worker's slot is a failover slot (PostgreSQL 17 and later).
 pub static FAILOVER_SLOT: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -48,6 +51,10 @@ const SETTINGS: &[Setting] = &[
     Setting {
         name: "stall_seconds",
         description: "Seconds the slot's confirmed position may stand still while WAL is written before sync.slot_health says stalled.",
+    },
+    Setting {
+        name: "defer_after",
+        description: "Open exports of a definition from which batches of 500 changed keys or more are kept in sync.deferred_keys and staged as the queue drains below half of it; 0 never defers.",
     },
     Setting {
         name: "failover_slot",
@@ -125,6 +132,16 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_int_guc(
+        c"sync.defer_after",
+        c"Open exports of a definition from which large batches of changed keys are deferred.",
+        c"A target far behind gains nothing from keys mapped long before they can be sent: from this many open exports, batches of 500 keys or more (or this many, if fewer) are kept in sync.deferred_keys as they came, and sync.claim stages them, oldest first, once the queue is below half of this. 0 never defers (and stages what is deferred as fast as the exporters claim).",
+        &DEFER_AFTER,
+        0,
+        1_000_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"sync.failover_slot",
         c"On PostgreSQL 17 and later, the worker creates its slot as a failover slot (and turns failover on for an existing one).",
@@ -146,6 +163,7 @@ fn value(name: &str) -> Result<String, SyncError> {
         "lease_seconds" => LEASE_SECONDS.get().to_string(),
         "history_retention_days" => HISTORY_RETENTION_DAYS.get().to_string(),
         "stall_seconds" => STALL_SECONDS.get().to_string(),
+        "defer_after" => DEFER_AFTER.get().to_string(),
         "failover_slot" => FAILOVER_SLOT.get().to_string(),
         other => return Err(SyncError::UnknownSetting { name: other.to_owned() }),
     })

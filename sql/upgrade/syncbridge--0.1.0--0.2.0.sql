@@ -17,6 +17,10 @@ DROP FUNCTION @extschema@.claim(text, int, int, text, bigint);
 DROP FUNCTION @extschema@.define(text, text, text, text, text[], text, text, text, text, text, int);
 DROP FUNCTION @extschema@.map(text, text, text, text, text, text);
 DROP FUNCTION @extschema@.finish_run(bigint, text, text);
+-- (deferred keys, issue 21: a column deferred, a parameter may_defer)
+DROP FUNCTION @extschema@.stage(regclass, jsonb, pg_lsn, text, bigint);
+DROP FUNCTION @extschema@.stage_truncate(regclass, pg_lsn);
+DROP FUNCTION @extschema@._stage_def(int, jsonb, pg_lsn, bigint);
 
 -- The configuration keys max_concurrent_batches (read by the worker since
 -- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second
@@ -1822,6 +1826,29 @@ BEGIN
     RETURN QUERY EXECUTE (sync._compile(def_id)).rows_all;
 END $$;
 
+-- The distinct keys of a JSON array of objects {column: text} (as the worker
+-- decodes them): their sync keys and key objects. A key whose text does not
+-- fit its column's type is refused (22023, constraint syncbridge_key).
+CREATE OR REPLACE FUNCTION _keys_of(def_id int, keys jsonb, OUT sync_keys text[], OUT key_objs jsonb[])
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+DECLARE
+    c sync.compiled := sync._compile(def_id);
+    msg text;
+BEGIN
+    EXECUTE format('SELECT array_agg(sync_key), array_agg(_syncbridge_k) FROM ('
+                   'SELECT DISTINCT ON (1) %s AS sync_key, _syncbridge_k FROM (%s) AS _syncbridge_keys) k',
+                   c.key_of_json, c.keys_sql)
+       INTO sync_keys, key_objs USING keys;
+EXCEPTION WHEN data_exception THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+    RAISE EXCEPTION 'invalid key: %', msg
+        USING ERRCODE = 'invalid_parameter_value', CONSTRAINT = 'syncbridge_key',
+              DETAIL = 'A key value does not fit its column''s type; nothing was staged.',
+              HINT = 'Keys are objects mapping key columns to their text values as the table holds them: [{"id": "42"}].';
+END $$;
+
 -- The rows of the given keys (a JSON array of objects {column: text}, as
 -- the worker decodes them): one row per distinct key, present = false when
 -- the row is gone or not sent (filtered out, no list). A key whose text does
@@ -1837,20 +1864,8 @@ DECLARE
     c sync.compiled := sync._compile(def_id);
     sync_keys text[];
     key_objs jsonb[];
-    msg text;
 BEGIN
-    BEGIN
-        EXECUTE format('SELECT array_agg(sync_key), array_agg(_syncbridge_k) FROM ('
-                       'SELECT DISTINCT ON (1) %s AS sync_key, _syncbridge_k FROM (%s) AS _syncbridge_keys) k',
-                       c.key_of_json, c.keys_sql)
-           INTO sync_keys, key_objs USING keys;
-    EXCEPTION WHEN data_exception THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-        RAISE EXCEPTION 'invalid key: %', msg
-            USING ERRCODE = 'invalid_parameter_value', CONSTRAINT = 'syncbridge_key',
-                  DETAIL = 'A key value does not fit its column''s type; nothing was staged.',
-                  HINT = 'Keys are objects mapping key columns to their text values as the table holds them: [{"id": "42"}].';
-    END;
+    SELECT k.sync_keys, k.key_objs INTO sync_keys, key_objs FROM sync._keys_of(def_id, keys) k;
     RETURN QUERY EXECUTE format(
         'SELECT k.sync_key, w.sync_key IS NOT NULL, w.list, w.fields, w.hash '
         'FROM unnest($1, $2) AS k(sync_key, _syncbridge_k) '
@@ -1917,6 +1932,35 @@ BEGIN
     RETURN done;
 END $$;
 COMMENT ON FUNCTION checkpoint(pg_lsn, text) IS 'Records that everything up to lsn is durably staged for the slot (default: setting sync.slot_name); never moves back.';
+
+-- ---------------------------------------------------------------------------
+-- Deferred keys: a definition whose target is far behind (its open queue
+-- holds sync.defer_after exports or more) keeps batches of changed keys as
+-- they came, unmapped, and stages them as the queue drains (sync.claim).
+-- Staging reads the current row of each key when it runs, so a key staged
+-- later than it changed is staged as it is then (order-insensitive), twice
+-- is once (idempotent), and a batch is durable before the slot is confirmed
+-- past it (it is written in the staging transaction).
+-- ---------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS deferred_keys (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    definition_id int NOT NULL REFERENCES definitions (id) ON DELETE CASCADE,
+    keys          jsonb NOT NULL CHECK (jsonb_typeof(keys) = 'array'),
+    n             int NOT NULL CHECK (n > 0),
+    lsn           pg_lsn,
+    run_id        bigint,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS deferred_keys_definition_idx ON deferred_keys (definition_id, id);
+COMMENT ON TABLE deferred_keys IS 'Changed keys whose staging waits while their definition''s target is far behind (its open queue holds sync.defer_after exports or more): a batch per row, checked and de-duplicated. sync.claim stages them, oldest first, once the queue is below half of sync.defer_after; staging reads the rows then, so nothing is lost or stale.';
+COMMENT ON COLUMN deferred_keys.id IS 'Batch id (oldest first).';
+COMMENT ON COLUMN deferred_keys.definition_id IS 'The definition whose keys they are.';
+COMMENT ON COLUMN deferred_keys.keys IS 'The keys: a JSON array of objects mapping key columns to their text values (what sync.stage takes).';
+COMMENT ON COLUMN deferred_keys.n IS 'How many keys.';
+COMMENT ON COLUMN deferred_keys.lsn IS 'The position they were staged at, kept for their exports (NULL: a backfill, a re-staging).';
+COMMENT ON COLUMN deferred_keys.run_id IS 'The run that handed them over, kept for their exports.';
+COMMENT ON COLUMN deferred_keys.created_at IS 'When they were deferred.';
+SELECT pg_catalog.pg_extension_config_dump('deferred_keys', '');
 
 -- The statement staging one definition's keys. Parameters:
 --   $1 keys jsonb, $2 definition id, $3 lsn, $4 run id, $5 approval, $6 delete scope,
@@ -2057,9 +2101,11 @@ SELECT count(*) FILTER (WHERE s.op = 'add')::int,
   FROM staged s
 $sql$ $outer$;
 
--- Stages `keys` (a JSON array of objects {column: text}) for one definition.
-CREATE OR REPLACE FUNCTION _stage_def(def_id int, keys jsonb, lsn pg_lsn, run_id bigint,
-                           OUT added int, OUT updated int, OUT deleted int, OUT moved int, OUT unchanged int, OUT cancelled int)
+-- Stages `keys` (a JSON array of objects {column: text}) for one definition,
+-- or defers them (may_defer, and the target far behind: sync.defer_after).
+CREATE OR REPLACE FUNCTION _stage_def(def_id int, keys jsonb, lsn pg_lsn, run_id bigint, may_defer boolean DEFAULT true,
+                           OUT added int, OUT updated int, OUT deleted int, OUT moved int, OUT unchanged int, OUT cancelled int,
+                           OUT deferred int)
 LANGUAGE plpgsql
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
 -- Staging probes the source, the ledger and the queue by key. The queue grows
@@ -2071,7 +2117,9 @@ SET enable_seqscan = off SET jit = off
 AS $$
 DECLARE
     d sync.definitions;
+    checked record;
 BEGIN
+    added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0; deferred := 0;
     -- Staging of one definition is serialized until commit: the statement
     -- below takes its snapshot after the lock, so it sees what the previous
     -- stager committed, and an older read never overwrites a newer one (the
@@ -2083,7 +2131,17 @@ BEGIN
     IF NOT FOUND OR d.direction = 'pull' THEN
         -- (a pull definition sends nothing)
         -- Dropped since the caller chose it: nothing to stage.
-        added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
+        RETURN;
+    END IF;
+    IF may_defer AND sync._defers(def_id, jsonb_array_length(keys)) THEN
+        -- Checked (a key that does not fit is refused now, not when staged)
+        -- and de-duplicated.
+        SELECT * INTO checked FROM sync._keys_of(def_id, keys);
+        IF cardinality(checked.key_objs) > 0 THEN
+            INSERT INTO sync.deferred_keys (definition_id, keys, n, lsn, run_id)
+            VALUES (def_id, to_jsonb(checked.key_objs), cardinality(checked.key_objs), lsn, run_id);
+        END IF;
+        deferred := coalesce(cardinality(checked.key_objs), 0);
         RETURN;
     END IF;
     EXECUTE sync._stage_sql()
@@ -2091,6 +2149,87 @@ BEGIN
       USING keys, def_id, lsn, run_id, d.approval, d.delete_scope,
             CASE WHEN (SELECT k.disable FROM sync.targets t JOIN sync.target_kinds k ON k.kind = t.kind WHERE t.name = d.target)
                  THEN d.delete_grace END;
+END $$;
+
+-- Whether a batch of n keys of a definition is deferred: deferring is on
+-- (sync.defer_after > 0), the batch holds at least 500 keys (or
+-- sync.defer_after, if fewer: small batches are staged at once), and the
+-- definition has deferred keys already or sync.defer_after open exports.
+CREATE OR REPLACE FUNCTION _defers(def_id int, n int) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+AS $$
+DECLARE
+    lim int := sync._setting('defer_after')::int;
+BEGIN
+    IF lim = 0 OR n < least(500, lim) THEN
+        RETURN false;
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM sync.deferred_keys x WHERE x.definition_id = def_id)
+        OR sync._open_exports(def_id, lim) >= lim;
+END $$;
+
+-- A definition's open exports (pending, awaiting approval, failed, error),
+-- counted up to `up_to` (an index-only scan of that many entries at most).
+CREATE OR REPLACE FUNCTION _open_exports(def_id int, up_to int) RETURNS int
+LANGUAGE sql STABLE
+SET enable_seqscan = off
+AS $$
+    SELECT count(*)::int FROM (
+        SELECT 1 FROM sync.pending_exports e
+         WHERE e.definition_id = def_id AND e.status IN ('pending', 'awaiting_approval', 'failed', 'error')
+         LIMIT up_to) x
+$$;
+
+-- Stages deferred keys of the target's definitions whose open queue is
+-- below half of sync.defer_after (all of them when deferring is off): the
+-- oldest batch of each, never waiting for a lock (another claim or a
+-- stager holding the definition's staging lock: its turn comes at the next
+-- claim). Called by sync.claim. A batch that fails to stage stops its
+-- definition (like sync.stage), and stays deferred until sync.resume.
+CREATE OR REPLACE FUNCTION _undefer(target text) RETURNS int
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
+DECLARE
+    lim int := sync._setting('defer_after')::int;
+    low int;
+    d record;
+    b sync.deferred_keys;
+    r record;
+    total int := 0;
+    msg text;
+BEGIN
+    low := CASE WHEN lim = 0 THEN 2147483647 ELSE greatest(lim / 2, 1) END;
+    FOR d IN SELECT x.id, x.name FROM sync.definitions x
+              WHERE x.target = _undefer.target AND x.state IN ('active', 'paused')
+                AND EXISTS (SELECT 1 FROM sync.deferred_keys k WHERE k.definition_id = x.id)
+              ORDER BY x.id LOOP
+        CONTINUE WHEN lim > 0 AND sync._open_exports(d.id, low) >= low;
+        CONTINUE WHEN NOT pg_try_advisory_xact_lock(1937337955, d.id);
+        SELECT * INTO b FROM sync.deferred_keys k WHERE k.definition_id = d.id ORDER BY k.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        BEGIN
+            SELECT * INTO r FROM sync._stage_def(d.id, b.keys, b.lsn, b.run_id, false);
+            DELETE FROM sync.deferred_keys k WHERE k.id = b.id;
+            IF b.run_id IS NOT NULL THEN
+                UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = b.run_id;
+            END IF;
+            total := total + b.n;
+        EXCEPTION
+        WHEN transaction_rollback OR lock_not_available OR insufficient_resources OR operator_intervention OR query_canceled THEN
+            -- Nothing wrong with the definition, and the claim goes on: the
+            -- batch stays deferred, the next claim tries again.
+            RAISE WARNING 'syncbridge: deferred keys of % not staged yet: %', d.name, SQLERRM;
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            UPDATE sync.definitions SET state = 'error', state_reason = left('staging deferred keys failed: ' || msg, 1000), updated_at = now()
+             WHERE id = d.id;
+            RAISE WARNING 'syncbridge: definition % stopped: staging deferred keys failed: %', d.name, msg
+                USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
+        END;
+    END LOOP;
+    RETURN total;
 END $$;
 
 -- Key objects for sync_keys of a definition (to re-stage keys the worker did not send).
@@ -2115,7 +2254,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION stage(relation regclass, keys jsonb, lsn pg_lsn DEFAULT NULL, only_definition text DEFAULT NULL, run_id bigint DEFAULT NULL)
-RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text)
+RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text, deferred int)
 LANGUAGE plpgsql AS $$
 DECLARE
     d record;
@@ -2149,7 +2288,7 @@ BEGIN
         BEGIN
             SELECT * INTO r FROM sync._stage_def(d.id, keys, lsn, run_id);
             definition := d.name; added := r.added; updated := r.updated; deleted := r.deleted;
-            moved := r.moved; unchanged := r.unchanged; cancelled := r.cancelled; error := NULL;
+            moved := r.moved; unchanged := r.unchanged; cancelled := r.cancelled; error := NULL; deferred := r.deferred;
             IF run_id IS NOT NULL THEN
                 UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = run_id;
             END IF;
@@ -2173,7 +2312,7 @@ BEGIN
             RAISE WARNING 'syncbridge: definition % stopped: staging failed: %', d.name, msg
                 USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
             definition := d.name; added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
-            error := msg;
+            error := msg; deferred := 0;
         END;
         RETURN NEXT;
     END LOOP;
@@ -2181,11 +2320,11 @@ BEGIN
         PERFORM sync.checkpoint(lsn);
     END IF;
 END $$;
-COMMENT ON FUNCTION stage(regclass, jsonb, pg_lsn, text, bigint) IS 'Reconciles changed keys of a table: reads the current rows, compares them with the ledger and upserts pending exports (coalesced per key); records lsn as staged. Idempotent.';
+COMMENT ON FUNCTION stage(regclass, jsonb, pg_lsn, text, bigint) IS 'Reconciles changed keys of a table: reads the current rows, compares them with the ledger and upserts pending exports (coalesced per key); records lsn as staged. Idempotent. A batch of a definition whose target is far behind (sync.defer_after) is kept in sync.deferred_keys instead (column deferred) and staged as its queue drains.';
 
 -- Stages every ledger key of the table's definitions: what TRUNCATE calls for.
 CREATE OR REPLACE FUNCTION stage_truncate(relation regclass, lsn pg_lsn DEFAULT NULL)
-RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text)
+RETURNS TABLE (definition text, added int, updated int, deleted int, moved int, unchanged int, cancelled int, error text, deferred int)
 LANGUAGE plpgsql AS $$
 DECLARE
     d record;
@@ -2611,6 +2750,9 @@ BEGIN
     IF EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = claim.target AND t.disabled_at IS NOT NULL) THEN
         RETURN;
     END IF;
+    -- Keys deferred while the target was far behind are staged as the
+    -- queue drains (sync.defer_after).
+    PERFORM sync._undefer(target);
     -- A paused definition sends only what a rollback staged (sync.rollback
     -- paused it so that nothing else goes).
     paused := ARRAY(SELECT d.id FROM sync.definitions d
@@ -2816,7 +2958,11 @@ BEGIN
                   HINT = 'The default is 60.';
     END IF;
     RETURN QUERY
-    SELECT count(*),
+    SELECT count(*)
+           -- keys deferred while the target was far behind: sync.claim stages them
+           + (SELECT coalesce(sum(k.n), 0)::bigint FROM sync.deferred_keys k JOIN sync.definitions x ON x.id = k.definition_id
+               WHERE x.target = export_backlog.target AND x.state = 'active'
+                 AND NOT EXISTS (SELECT 1 FROM sync.targets t WHERE t.name = x.target AND t.disabled_at IS NOT NULL)),
            -- (a failed export's next retry, or a delete scheduled after a grace)
            count(*) FILTER (WHERE e.status IN ('pending', 'failed') AND e.next_attempt_at > now() + make_interval(secs => within_seconds))
       FROM sync.pending_exports e JOIN sync.definitions d ON d.id = e.definition_id
@@ -2836,7 +2982,7 @@ BEGIN
                         WHERE x.definition_id = e.definition_id AND x.sync_key = e.sync_key
                           AND x.status IN ('pending', 'conflict', 'awaiting_approval', 'failed'));
 END $$;
-COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; none while the target is disabled; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
+COMMENT ON FUNCTION export_backlog(text, double precision) IS 'The open exports and deferred keys of a target''s active definitions (pending, failed awaiting a retry, or executing under a lease; none while the target is disabled; not those behind a list whose creation is in error or awaits approval, nor those of an item whose change from the target waits to be applied or resolved), and how many of them will not be retried within within_seconds.';
 
 CREATE OR REPLACE FUNCTION target_list_ids(target text)
 RETURNS TABLE (definition text, list text, remote_id text, columns jsonb)
@@ -4726,9 +4872,15 @@ BEGIN
         pos := NULL;   -- a new snapshot scan starts over
     END IF;
     IF pos IS NULL THEN
-        SELECT greatest(reltuples, 0)::bigint INTO total FROM pg_class WHERE oid = d.source_rel;
-        pos := jsonb_build_object('rows_done', 0, 'rows_total', total, 'started_at', now(), 'last_key', NULL);
+        pos := jsonb_build_object('rows_done', 0, 'rows_total', NULL, 'started_at', now(), 'last_key', NULL);
         UPDATE sync.definitions x SET backfill = 'running', updated_at = now() WHERE x.id = d.id;
+    END IF;
+    -- The table's size as the planner knows it (reltuples, which VACUUM and
+    -- ANALYZE keep); -1 until the table was first analyzed: unknown (no
+    -- ETA) rather than a guess, asked again at every chunk until known.
+    total := (pos ->> 'rows_total')::bigint;
+    IF total IS NULL THEN
+        SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END INTO total FROM pg_class c WHERE c.oid = d.source_rel;
     END IF;
     IF chunk_keys IS NULL THEN
         SELECT k.keys, k.last_key, k.n INTO keys, last_key, n FROM sync._source_keys(d.id, nullif(pos -> 'last_key', 'null'::jsonb), chunk) k;
@@ -4753,7 +4905,7 @@ BEGIN
     END IF;
     started := (pos ->> 'started_at')::timestamptz;
     rows_done := (pos ->> 'rows_done')::bigint + n;
-    rows_total := greatest((pos ->> 'rows_total')::bigint, rows_done);
+    rows_total := CASE WHEN total IS NOT NULL THEN greatest(total, rows_done) END;
     done := n < chunk;
     IF done THEN
         -- Keys the target holds whose rows are gone or filtered out.
@@ -4776,7 +4928,7 @@ BEGIN
         'rows_done', rows_done, 'rows_total', rows_total, 'started_at', started,
         'last_key', coalesce(last_key, pos -> 'last_key'),
         'rate_per_s', round((rows_done / elapsed)::numeric, 1),
-        'eta_s', CASE WHEN done THEN 0 ELSE round(((rows_total - rows_done) / greatest(rows_done / elapsed, 0.001))::numeric, 1) END,
+        'eta_s', CASE WHEN done THEN 0 WHEN total IS NOT NULL THEN round(((rows_total - rows_done) / greatest(rows_done / elapsed, 0.001))::numeric, 1) END,
         'finished_at', CASE WHEN done THEN clock_timestamp() END);
     INSERT INTO sync.cursors AS cu (kind, scope, definition_id, position)
     VALUES ('backfill', d.name, d.id, pos)
@@ -6503,7 +6655,8 @@ SELECT d.name AS definition,
        pl.pull_error,
        sh.state AS slot_state,
        sh.reason AS slot_reason,
-       t.status AS target_status
+       t.status AS target_status,
+       (SELECT coalesce(sum(k.n), 0) FROM sync.deferred_keys k WHERE k.definition_id = d.id)::bigint AS deferred
   FROM sync.definitions d
   JOIN sync.targets t ON t.name = d.target
   CROSS JOIN (SELECT h.state, h.reason FROM sync.slot_health h) sh
@@ -6538,7 +6691,7 @@ SELECT d.name AS definition,
                                CASE WHEN p.resyncs > 0 THEN format(' (%s resyncs)', p.resyncs) ELSE '' END), ', ' ORDER BY p.list) AS pull_state,
              string_agg(p.list || ': ' || p.last_error, '; ' ORDER BY p.list) AS pull_error
         FROM sync.pulls p WHERE p.definition_id = d.id) pl ON true;
-COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress; two-way: inbound changes pending, applied, awaiting approval and failed, open conflicts, the last and next pull and each list''s delta state and pull error; the slot''s state and its reason (sync.slot_health); the target''s status (sync.targets.status: disabled when it asked to be, see sync.enable_target).';
+COMMENT ON VIEW status IS 'Per definition: state, queue counts (pending, awaiting approval, executing, failed, error, exported), items on the target, age of the oldest pending export, last error, staged LSN, slot lag in bytes, backfill progress; two-way: inbound changes pending, applied, awaiting approval and failed, open conflicts, the last and next pull and each list''s delta state and pull error; the slot''s state and its reason (sync.slot_health); the target''s status (sync.targets.status: disabled when it asked to be, see sync.enable_target); keys deferred while the target is far behind (sync.deferred_keys, staged as the queue drains).';
 
 -- For the worker's metrics: the open queues, every open state of every
 -- definition (0 included, so a drained queue reads 0, not absent).
@@ -6592,7 +6745,7 @@ COMMENT ON FUNCTION queue_depths() IS 'The open exports (pending, awaiting_appro
 --   syncbridge_reader  (nobody logs in as it, nobody is a member) evaluates
 --                      row filters, shard predicates and transforms: it owns
 --                      sync._mapped_rows_all / _mapped_rows_by_key /
---                      _source_keys and may SELECT the definitions' source
+--                      _keys_of / _source_keys and may SELECT the definitions' source
 --                      tables (granted and revoked by syncbridge as
 --                      definitions come and go), nothing else.
 --
@@ -6640,7 +6793,7 @@ BEGIN
         CONTINUE WHEN o.proname IN ('_publication_refresh', '_reader_grants');
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', o.fn);
         EXECUTE format('ALTER FUNCTION %s OWNER TO %s', o.fn,
-                       CASE WHEN o.proname IN ('_mapped_rows_all', '_mapped_rows_by_key', '_source_keys')
+                       CASE WHEN o.proname IN ('_mapped_rows_all', '_mapped_rows_by_key', '_keys_of', '_source_keys')
                             THEN 'syncbridge_reader'
                             WHEN o.proname = '_source_write' THEN 'syncbridge_writer'
                             ELSE 'syncbridge_owner' END);
@@ -6659,8 +6812,10 @@ GRANT EXECUTE ON FUNCTION @extschema@.version() TO PUBLIC;
 -- and the publication's).
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ TO syncbridge_owner;
 
--- reader: compiling a definition (as syncbridge_owner) and nothing else of ours.
-GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._backfill_keyset_sql(int) TO syncbridge_reader;
+-- reader: compiling a definition (as syncbridge_owner), and reading keys
+-- (its own function, which _mapped_rows_by_key calls), nothing else of ours.
+GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._backfill_keyset_sql(int),
+    @extschema@._keys_of(int, jsonb) TO syncbridge_reader;
 
 -- writer: compiling a definition, and the conversions its statements call.
 GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._from_json_expr(text, regtype, text, text),

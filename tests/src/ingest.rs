@@ -12,6 +12,26 @@ pub fn prepare(db: &TestDb, ddl: &str) {
     );
 }
 
+/// Has staging defer batches of `min(500, open)` keys or more once a
+/// definition holds `open` open exports (`sync.defer_after`, for the
+/// database's every session).
+pub fn defer_after(db: &TestDb, open: u32) {
+    db.psql(&format!("ALTER DATABASE \"{}\" SET sync.defer_after = {open}", db.name()));
+}
+
+/// Stages every deferred key now (what `sync.claim` does as the queue
+/// drains), whatever the queue holds; returns how many keys were deferred.
+pub fn stage_deferred(db: &TestDb, target: &str) -> u64 {
+    let before: u64 = db.psql("SELECT coalesce(sum(n), 0) FROM sync.deferred_keys").parse().expect("a count");
+    db.psql(&format!(
+        "DO $$ BEGIN
+           PERFORM set_config('sync.defer_after', '0', true);
+           WHILE EXISTS (SELECT 1 FROM sync.deferred_keys) LOOP PERFORM sync._undefer('{target}'); END LOOP;
+         END $$"
+    ));
+    before
+}
+
 /// How many exports are neither exported nor cancelled, as text.
 pub fn open_count(db: &TestDb) -> String {
     db.psql("SELECT count(*) FROM sync.pending_exports WHERE status NOT IN ('exported', 'cancelled')")

@@ -2,14 +2,16 @@
 //! while changes stream in, and backfills racing concurrent writes. The
 //! oracle is the extension's own compiled mapping over the final table: every
 //! open export must carry exactly the current row's hash, and every row that
-//! differs from the ledger must have exactly one open export.
+//! differs from the ledger must have exactly one open export. Both run with
+//! staging deferring batches past a small queue (issue 21): the oracle is
+//! checked once every deferred key was staged.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use syncbridge_tests::ingest::{complete_all, prepare};
+use syncbridge_tests::ingest::{complete_all, defer_after, prepare, stage_deferred};
 use syncbridge_tests::process::{run_cmd, run_once_ok, ChildGuard};
 use syncbridge_tests::random::{seed, Lcg};
 use syncbridge_tests::{cluster, Cluster, ClusterOptions, TestDb};
@@ -95,6 +97,9 @@ fn kill_9_twenty_times_while_50000_changes_stream_loses_and_doubles_nothing() {
     // The target holds the first 10,000 rows.
     assert_eq!(complete_all(&db, "t"), 10_000);
     assert_eq!(db.psql("SELECT count(*) FROM sync.ledger"), "10000");
+    // Past 1,000 open exports, batches of 500 keys or more are deferred,
+    // in the transaction that confirms their position (issue 21).
+    defer_after(&db, 1_000);
 
     let mut rng = Lcg(seed());
     let done = Arc::new(AtomicU64::new(0));
@@ -122,6 +127,9 @@ fn kill_9_twenty_times_while_50000_changes_stream_loses_and_doubles_nothing() {
     let staged_while_killed = db.psql("SELECT count(*) FROM sync.pending_exports WHERE status = 'pending'");
     assert_ne!(staged_while_killed, "0", "no worker staged anything between kills");
     run_once_ok(&db);
+    let deferred = stage_deferred(&db, "t");
+    eprintln!("{deferred} keys were deferred");
+    assert!(deferred > 0, "nothing was deferred: the deferred path was not tested");
     let bad = mismatches(&db, "items");
     assert!(bad.is_empty(), "after {kills} kills: {bad:#?}");
     // Something real was staged: updates, adds and deletes.
@@ -184,6 +192,9 @@ fn backfills_of_100000_rows_racing_writes_end_exactly_as_the_table() {
     );
     db.psql("SELECT sync.define('big', source => 'big', target => 't', list => 'Big')");
     db.psql("SELECT sync.enable('big')");
+    // Past 5,000 open exports, chunks (and stream batches of 500 keys or
+    // more) are deferred (issue 21).
+    defer_after(&db, 5_000);
     let mut rng = Lcg(seed());
 
     // 1. The slot does not exist: the worker creates it and backfills in its
@@ -232,6 +243,9 @@ fn backfills_of_100000_rows_racing_writes_end_exactly_as_the_table() {
     let status = worker.into_inner().wait().expect("wait for the worker");
     assert!(status.success(), "worker exit {status:?}");
     run_once_ok(&db);
+    let deferred = stage_deferred(&db, "t");
+    eprintln!("{deferred} keys were deferred");
+    assert!(deferred >= 150_000, "only {deferred} keys were deferred: the deferred path was not tested");
     for def in ["big", "later"] {
         let bad = mismatches(&db, def);
         assert!(bad.is_empty(), "{def} after {rounds}/{rounds_later} racing rounds: {bad:#?}");

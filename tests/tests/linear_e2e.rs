@@ -64,11 +64,17 @@ fn labels(i: &serde_json::Map<String, Value>) -> Vec<String> {
 #[test]
 fn rows_become_issues_with_states_labels_and_assignees_and_deletes_go_to_the_trash() {
     let (env, db) = setup(EmulatorConfig::default());
+    // Requests fail on the way too: what fails is never the secret row.
+    env.inject(Fault::Status(500), 1);
+    env.inject(Fault::RunThenDrop, 1);
     env.sync_once(&db);
     assert_issues_equal_rows(&env.env, &db, "tix");
     let issues = env.env.live();
     assert_eq!(issues.len(), 3, "the row that is not shareable never left");
     assert!(!serde_json::to_string(&env.env.emu.issues()).unwrap().contains("salary"));
+    let state = env.env.emu.state();
+    assert!(!state.received_contains("Secret salary review"), "the unshareable row reached Linear");
+    assert!(state.received_contains("Login fails"), "the check sees what was sent");
     let one = &issues["1"];
     assert_eq!(one["description"], "Steps:\n\n1. open\n2. **boom**", "Markdown as it is");
     assert_eq!((one["state"]["name"].as_str(), one["priority"].as_i64()), (Some("Todo"), Some(1)));
@@ -95,10 +101,13 @@ fn rows_become_issues_with_states_labels_and_assignees_and_deletes_go_to_the_tra
     assert!(one["description"].is_null() && one["assignee"].is_null());
     assert_eq!(issues["2"]["priority"], 4);
 
-    // Deletes go to the trash; a row no longer shareable is removed too.
+    // Deletes go to the trash; a row no longer shareable is removed too,
+    // and what it became is never sent.
     db.psql("DELETE FROM tickets WHERE id = 3");
-    db.psql("UPDATE tickets SET shareable = false WHERE id = 2");
+    db.psql("UPDATE tickets SET shareable = false, title = 'SECRET-title-2' WHERE id = 2");
+    env.inject(Fault::Status(503), 1);
     env.sync_once(&db);
+    assert!(!env.env.emu.state().received_contains("SECRET-title-2"), "what row 2 became reached Linear");
     assert_issues_equal_rows(&env.env, &db, "tix");
     let all = env.env.issues_by_key();
     assert_eq!(all["3"]["trashed"], true);

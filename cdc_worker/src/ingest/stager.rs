@@ -248,10 +248,13 @@ impl Stager {
     /// Counts a committed job in the metrics: its keys, what `sync.stage`
     /// queued per definition, how long it took, and for each transaction
     /// it completed the time from its commit on the source until now.
-    fn count(&self, job: &StageJob, staged: &[(String, i32)], secs: f64) {
+    fn count(&self, job: &StageJob, staged: &[(String, i32, i32)], secs: f64) {
         metrics::INGEST_KEYS_STAGED.add(&[], job.keys as f64);
-        for (def, n) in staged {
+        for (def, n, deferred) in staged {
             metrics::INGEST_EXPORTS_STAGED.add(&[def], f64::from(*n));
+            if *deferred > 0 {
+                metrics::INGEST_KEYS_DEFERRED.add(&[def], f64::from(*deferred));
+            }
         }
         metrics::BATCH_DURATION.observe(&["stage"], secs);
         if let Some(last) = job.commits.iter().max() {
@@ -266,23 +269,26 @@ impl Stager {
 
     /// One staging transaction: every relation's keys, the truncates, and the
     /// LSN (when given) in `sync.cursors`. Returns what `sync.stage` queued
-    /// per definition.
+    /// and deferred per definition.
     pub(super) async fn stage_tx(
         &mut self,
         rels: &[(i64, String)],
         truncates: &[i64],
         lsn: Option<Lsn>,
-    ) -> Result<Vec<(String, i32)>, WorkerError> {
+    ) -> Result<Vec<(String, i32, i32)>, WorkerError> {
         let tx = self.db.transaction().await.map_err(WorkerError::db("starting a staging transaction"))?;
-        let mut staged: Vec<(String, i32)> = Vec::new();
+        let mut staged: Vec<(String, i32, i32)> = Vec::new();
         for (oid, json) in rels {
-            for (def, n, err) in extension::stage(&tx, *oid, json, self.run_id).await? {
-                if let Some(err) = err {
-                    tracing::error!(definition = %def, error = %err, "staging failed; the definition is now in state error");
+            for s in extension::stage(&tx, *oid, json, self.run_id).await? {
+                if let Some(err) = &s.error {
+                    tracing::error!(definition = %s.definition, error = %err, "staging failed; the definition is now in state error");
                 }
-                match staged.iter_mut().find(|(d, _)| *d == def) {
-                    Some((_, total)) => *total += n,
-                    None => staged.push((def, n)),
+                match staged.iter_mut().find(|(d, _, _)| *d == s.definition) {
+                    Some((_, total, deferred)) => {
+                        *total += s.exports;
+                        *deferred += s.deferred;
+                    }
+                    None => staged.push((s.definition, s.exports, s.deferred)),
                 }
             }
         }

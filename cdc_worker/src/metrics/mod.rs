@@ -104,6 +104,13 @@ pub static INGEST_EXPORTS_STAGED: Family = Family::counter(
     &["definition"],
 );
 
+/// Keys `sync.stage` deferred (the definition's target far behind).
+pub static INGEST_KEYS_DEFERRED: Family = Family::counter(
+    "syncbridge_ingest_keys_deferred_total",
+    "Keys sync.stage kept in sync.deferred_keys (their definition's queue held sync.defer_after exports), by definition; sync.claim stages them as the queue drains.",
+    &["definition"],
+);
+
 /// Source commit to staged, per transaction.
 pub static COMMIT_TO_STAGED: Family = Family::histogram(
     "syncbridge_ingest_commit_to_staged_seconds",
@@ -313,6 +320,7 @@ pub static ALL: &[&Family] = &[
     &INGEST_CHANGES,
     &INGEST_KEYS_STAGED,
     &INGEST_EXPORTS_STAGED,
+    &INGEST_KEYS_DEFERRED,
     &COMMIT_TO_STAGED,
     &EXPORTS_CLAIMED,
     &EXPORTS,

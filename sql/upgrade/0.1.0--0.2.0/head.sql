@@ -13,6 +13,10 @@ DROP FUNCTION @extschema@.claim(text, int, int, text, bigint);
 DROP FUNCTION @extschema@.define(text, text, text, text, text[], text, text, text, text, text, int);
 DROP FUNCTION @extschema@.map(text, text, text, text, text, text);
 DROP FUNCTION @extschema@.finish_run(bigint, text, text);
+-- (deferred keys, issue 21: a column deferred, a parameter may_defer)
+DROP FUNCTION @extschema@.stage(regclass, jsonb, pg_lsn, text, bigint);
+DROP FUNCTION @extschema@.stage_truncate(regclass, pg_lsn);
+DROP FUNCTION @extschema@._stage_def(int, jsonb, pg_lsn, bigint);
 
 -- The configuration keys max_concurrent_batches (read by the worker since
 -- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second

@@ -364,6 +364,35 @@ async fn accept_loop<A: Api>(listener: TcpListener, state: Arc<EmulatorState<A>>
     }
 }
 
+/// Every request an API received (bodies and decoded queries), whatever its
+/// fate (refused, faulted, answered): the privacy tests' proof that a value
+/// never left. An API records in its `route`, which runs before any fault.
+#[derive(Debug, Default)]
+pub struct ReceivedLog(Vec<bytes::Bytes>);
+
+impl ReceivedLog {
+    /// Records a request's query (percent-decoded) and body.
+    pub fn record(&mut self, req: &Request) {
+        if !req.query.is_empty() {
+            let query = percent_encoding::percent_decode_str(&req.query).decode_utf8_lossy().into_owned();
+            self.0.push(bytes::Bytes::from(query));
+        }
+        if !req.body.is_empty() {
+            self.0.push(req.body.clone());
+        }
+    }
+
+    /// Whether any request carried `needle`, as UTF-8 or as JSON escapes.
+    pub fn contains(&self, needle: &str) -> bool {
+        let escaped = serde_json::to_string(needle).unwrap_or_default();
+        let escaped = escaped.trim_matches('"').to_owned();
+        self.0.iter().any(|b| {
+            let text = String::from_utf8_lossy(b);
+            text.contains(needle) || text.contains(&escaped)
+        })
+    }
+}
+
 /// A JSON answer with a plain `application/json` content type.
 pub fn json_response(status: u16, body: &Value) -> HttpResponse {
     let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())));

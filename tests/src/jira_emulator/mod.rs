@@ -151,7 +151,7 @@ pub struct Jira {
     /// Whether the credentials were revoked (`expire_tokens`).
     revoked: bool,
     /// Every request body received, faulted ones included (privacy checks).
-    received: Vec<bytes::Bytes>,
+    received: emulator::ReceivedLog,
     /// The result sets of searches whose pages are being read, by number.
     snapshots: HashMap<u64, Vec<u64>>,
     next_snapshot: u64,
@@ -172,12 +172,7 @@ impl EmulatorState {
     /// faulted, answered) carried `needle` in its body, as UTF-8 or as
     /// JSON escapes.
     pub fn received_contains(&self, needle: &str) -> bool {
-        let escaped = serde_json::to_string(needle).unwrap_or_default();
-        let escaped = escaped.trim_matches('"').to_owned();
-        self.lock().api.received.iter().any(|b| {
-            let text = String::from_utf8_lossy(b);
-            text.contains(needle) || text.contains(&escaped)
-        })
+        self.lock().api.received.contains(needle)
     }
 }
 
@@ -259,7 +254,7 @@ impl Jira {
             requests: VecDeque::new(),
             issue_writes: HashMap::new(),
             revoked: false,
-            received: Vec::new(),
+            received: emulator::ReceivedLog::default(),
             snapshots: HashMap::new(),
             next_snapshot: 0,
         }
@@ -1363,13 +1358,7 @@ impl Api for Jira {
     const CONTROL_ROUTES: &'static [&'static str] = &["GET issues"];
 
     fn route(&mut self, req: &Request) -> Route {
-        if !req.query.is_empty() {
-            let query = percent_encoding::percent_decode_str(&req.query).decode_utf8_lossy().into_owned();
-            self.received.push(bytes::Bytes::from(query));
-        }
-        if !req.body.is_empty() {
-            self.received.push(req.body.clone());
-        }
+        self.received.record(req);
         match openapi::operation(&req.method, &req.path) {
             Ok(o) => Route::Serve { batch: o.template == "/rest/api/3/issue/bulk" },
             Err(Refusal::NoMethod) => Route::Answer(jira_error(405, &["Method Not Allowed"], Map::new())),

@@ -143,6 +143,8 @@ pub struct Linear {
     pub field_errors: u64,
     /// Writes that changed nothing on their issue (echoes).
     pub unchanged_writes: u64,
+    /// Every request received, faulted ones included (privacy checks).
+    received: emulator::ReceivedLog,
 }
 
 /// A running Linear emulator; dropping it stops the server.
@@ -159,6 +161,12 @@ impl EmulatorState {
         let mut v: Vec<&state::Issue> = ws.issues.values().collect();
         v.sort_by_key(|i| i.number);
         v.into_iter().map(|i| ws.issue_json(i)).collect()
+    }
+
+    /// Whether any request received so far (whatever its fate: refused,
+    /// faulted, answered) carried `needle`, as UTF-8 or as JSON escapes.
+    pub fn received_contains(&self, needle: &str) -> bool {
+        self.lock().api.received.contains(needle)
     }
 
     /// The stored issue `id`.
@@ -279,6 +287,7 @@ impl Linear {
             validation_errors: 0,
             field_errors: 0,
             unchanged_writes: 0,
+            received: emulator::ReceivedLog::default(),
         }
     }
 
@@ -458,6 +467,7 @@ impl Api for Linear {
         &["GET issues", "POST edit", "POST create", "POST delete", "POST limits"];
 
     fn route(&mut self, req: &Request) -> Route {
+        self.received.record(req);
         match (req.method.as_str(), req.path.as_str()) {
             ("POST", "/graphql") => Route::Serve { batch: true },
             (_, "/graphql") => Route::Answer(json_response(
