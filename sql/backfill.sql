@@ -7,6 +7,13 @@
 -- rows are gone (or no longer match) are staged too (that is what makes
 -- sync.reset_cursor(to => 'beginning') a full reconcile).
 --
+-- While the target is far behind (sync.defer_after), a step records the
+-- next 20 chunks as a range of keys (sync.deferred_keys: after, last]
+-- instead, reading only where it ends; sync.claim reads the range's keys
+-- and stages them as the queue drains. The same reasoning holds: a key of
+-- the range read later than the snapshot is read as the table holds it
+-- then, and what changed since came through the slot as well.
+--
 -- Why nothing is missed or staged wrongly while rows change: staging reads
 -- the *current* row of each key ("reconcile key K"), and every change that
 -- commits after the definition was enabled also comes through the slot and is
@@ -31,16 +38,43 @@ BEGIN
       INTO cols, objs, lasts
       FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)
       JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = u.x;
-    -- $1: the last key done (a JSON array of texts) or NULL; $2: the chunk size.
+    -- $1: the last key done (a JSON array of texts) or NULL; $2: the chunk
+    -- size; $3: the last key to read (a JSON array of texts) or NULL: to the end.
     -- Returns the chunk's keys as objects, and the last key.
     RETURN format(
         'SELECT coalesce(jsonb_agg(k ORDER BY n), ''[]''), (array_agg(last ORDER BY n DESC))[1], count(*) FROM ('
         'SELECT row_number() OVER () AS n, jsonb_build_object(%2$s) AS k, jsonb_build_array(%3$s) AS last '
-        'FROM (SELECT * FROM %1$s AS s WHERE $1 IS NULL OR (%4$s) > (%5$s) ORDER BY %4$s LIMIT $2) s) x',
+        'FROM (SELECT * FROM %1$s AS s WHERE ($1 IS NULL OR (%4$s) > (%5$s)) AND ($3 IS NULL OR (%4$s) <= (%6$s)) '
+        'ORDER BY %4$s LIMIT $2) s) x',
         CASE WHEN (SELECT relkind FROM pg_class WHERE oid = d.source_rel) = 'p' THEN '' ELSE 'ONLY ' END || d.source_rel::text,
         objs,
         (SELECT string_agg(format('(s.%I)::text', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)),
-        cols, lasts);
+        cols, lasts, replace(lasts, '($1 ->> ', '($3 ->> '));
+END $$;
+
+-- The statement reading where a chunk of `$2` keys after `$1` ends: the
+-- last key (a JSON array of texts) and how many keys, without building the
+-- keys (a deferred backfill records key ranges).
+CREATE FUNCTION _backfill_bounds_sql(def_id int) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    d sync.definitions;
+    cols text;
+    lasts text;
+BEGIN
+    SELECT * INTO STRICT d FROM sync.definitions WHERE id = def_id;
+    SELECT string_agg(format('s.%I', x), ', ' ORDER BY o),
+           string_agg(format('($1 ->> %s)::%s', o - 1, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY o)
+      INTO cols, lasts
+      FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)
+      JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = u.x;
+    RETURN format(
+        'WITH c AS MATERIALIZED (SELECT %2$s FROM %1$s AS s WHERE $1 IS NULL OR (%2$s) > (%3$s) ORDER BY %2$s LIMIT $2) '
+        'SELECT (SELECT jsonb_build_array(%4$s) FROM c AS s ORDER BY %5$s LIMIT 1), (SELECT count(*) FROM c)',
+        CASE WHEN (SELECT relkind FROM pg_class WHERE oid = d.source_rel) = 'p' THEN '' ELSE 'ONLY ' END || d.source_rel::text,
+        cols, lasts,
+        (SELECT string_agg(format('(s.%I)::text', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)),
+        (SELECT string_agg(format('s.%I DESC', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)));
 END $$;
 
 -- The keys of the next chunk after `after` (a JSON array of key texts, NULL
@@ -74,11 +108,14 @@ END $$;
 -- at chunk_last.
 CREATE FUNCTION backfill_step(definition text, chunk int DEFAULT 5000, run_id bigint DEFAULT NULL,
                               chunk_keys jsonb DEFAULT NULL, chunk_after jsonb DEFAULT NULL, chunk_last jsonb DEFAULT NULL)
-RETURNS TABLE (done boolean, rows_done bigint, rows_total bigint, staged bigint)
+RETURNS TABLE (done boolean, rows_done bigint, rows_total bigint, staged bigint, deferring boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     d sync.definitions;
     pos jsonb;
+    in_ranges boolean := false;
+    step_rate float8;
+    recent float8;
     keys jsonb;
     last_key jsonb;
     n bigint;
@@ -107,7 +144,7 @@ BEGIN
     IF d.state NOT IN ('active', 'paused') OR d.backfill = 'done' THEN
         SELECT cu.position INTO pos FROM sync.cursors cu WHERE cu.kind = 'backfill' AND cu.definition_id = d.id;
         RETURN QUERY SELECT d.backfill = 'done', coalesce((pos ->> 'rows_done')::bigint, 0),
-                            coalesce((pos ->> 'rows_total')::bigint, 0), 0::bigint;
+                            coalesce((pos ->> 'rows_total')::bigint, 0), 0::bigint, false;
         RETURN;
     END IF;
     -- One backfill per definition at a time, serialized with the stream's
@@ -132,7 +169,16 @@ BEGIN
     IF total IS NULL THEN
         SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END INTO total FROM pg_class c WHERE c.oid = d.source_rel;
     END IF;
-    IF chunk_keys IS NULL THEN
+    IF chunk_keys IS NULL AND sync._defers(d.id, chunk * 20) THEN
+        -- The target is far behind (sync.defer_after): the next 20 chunks
+        -- are recorded as a range of keys, read when sync.claim stages them.
+        in_ranges := true;
+        SELECT b.last_key, b.n INTO last_key, n FROM sync._source_bounds(d.id, nullif(pos -> 'last_key', 'null'::jsonb), chunk * 20) b;
+        IF n > 0 THEN
+            INSERT INTO sync.deferred_keys (definition_id, range_after, range_last, n, run_id)
+            VALUES (d.id, nullif(pos -> 'last_key', 'null'::jsonb), last_key, n, run_id);
+        END IF;
+    ELSIF chunk_keys IS NULL THEN
         SELECT k.keys, k.last_key, k.n INTO keys, last_key, n FROM sync._source_keys(d.id, nullif(pos -> 'last_key', 'null'::jsonb), chunk) k;
     ELSIF chunk_after IS DISTINCT FROM nullif(pos -> 'last_key', 'null'::jsonb) THEN
         RAISE EXCEPTION 'the chunk of % does not follow its recorded progress', d.name
@@ -143,7 +189,7 @@ BEGIN
         keys := chunk_keys; last_key := chunk_last; n := jsonb_array_length(chunk_keys);
     END IF;
     staged := 0;
-    IF n > 0 THEN
+    IF n > 0 AND NOT in_ranges THEN
         FOR r IN SELECT * FROM sync.stage(d.source_rel, keys, NULL, d.name, run_id) LOOP
             IF r.error IS NOT NULL THEN
                 RAISE EXCEPTION 'backfill of % stopped: %', d.name, r.error
@@ -156,7 +202,7 @@ BEGIN
     started := (pos ->> 'started_at')::timestamptz;
     rows_done := (pos ->> 'rows_done')::bigint + n;
     rows_total := CASE WHEN total IS NOT NULL THEN greatest(total, rows_done) END;
-    done := n < chunk;
+    done := n < CASE WHEN in_ranges THEN chunk * 20 ELSE chunk END;
     IF done THEN
         -- Keys the target holds whose rows are gone or filtered out.
         -- (A probe per ledger key: nothing to read when the target holds nothing.)
@@ -174,18 +220,28 @@ BEGIN
         UPDATE sync.definitions x SET backfill = 'done', updated_at = now() WHERE x.id = d.id;
     END IF;
     elapsed := greatest(extract(epoch FROM clock_timestamp() - started), 0.001);
+    -- The ETA follows the recent rate (a moving average over the steps, each
+    -- from the end of the one before): the rate changes when the backfill
+    -- starts deferring, and the average since the start would lag it.
+    step_rate := n / greatest(extract(epoch FROM clock_timestamp() - coalesce((pos ->> 'step_at')::timestamptz, started)), 0.001);
+    recent := CASE WHEN pos ? 'recent_rate_per_s' THEN 0.7 * (pos ->> 'recent_rate_per_s')::float8 + 0.3 * step_rate ELSE step_rate END;
     pos := jsonb_build_object(
         'rows_done', rows_done, 'rows_total', rows_total, 'started_at', started,
         'last_key', coalesce(last_key, pos -> 'last_key'),
         'rate_per_s', round((rows_done / elapsed)::numeric, 1),
-        'eta_s', CASE WHEN done THEN 0 WHEN total IS NOT NULL THEN round(((rows_total - rows_done) / greatest(rows_done / elapsed, 0.001))::numeric, 1) END,
+        'recent_rate_per_s', round(recent::numeric, 1),
+        'step_at', clock_timestamp(),
+        'eta_s', CASE WHEN done THEN 0 WHEN total IS NOT NULL THEN round(((rows_total - rows_done) / greatest(recent, 0.001))::numeric, 1) END,
         'finished_at', CASE WHEN done THEN clock_timestamp() END);
     INSERT INTO sync.cursors AS cu (kind, scope, definition_id, position)
     VALUES ('backfill', d.name, d.id, pos)
     ON CONFLICT ON CONSTRAINT cursors_pkey DO UPDATE SET position = EXCLUDED.position, definition_id = EXCLUDED.definition_id, updated_at = now();
+    -- Whether the next chunk would be deferred: the worker then stops
+    -- reading keys and lets the step read the range's bounds.
+    deferring := NOT done AND sync._defers(d.id, chunk * 20);
     RETURN NEXT;
 END $$;
-COMMENT ON FUNCTION backfill_step(text, int, bigint, jsonb, jsonb, jsonb) IS 'Stages the next chunk of a definition''s initial load (keyset scan by key) and records the progress; done = true when the whole table (and the ledger''s vanished keys) is staged. The worker calls it until done.';
+COMMENT ON FUNCTION backfill_step(text, int, bigint, jsonb, jsonb, jsonb) IS 'Stages the next chunk of a definition''s initial load (keyset scan by key) and records the progress; done = true when the whole table (and the ledger''s vanished keys) is staged. While the target is far behind (sync.defer_after), records the next 20 chunks as a range of keys in sync.deferred_keys instead (deferring: the next step will). The worker calls it until done.';
 
 -- The definitions whose backfill is not done, for the worker.
 CREATE FUNCTION backfills_pending() RETURNS TABLE (definition text, source regclass, backfill text)

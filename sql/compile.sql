@@ -472,7 +472,28 @@ LANGUAGE plpgsql STABLE
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
 AS $$
 BEGIN
-    RETURN QUERY EXECUTE sync._backfill_keyset_sql(def_id) USING after, chunk;
+    RETURN QUERY EXECUTE sync._backfill_keyset_sql(def_id) USING after, chunk, NULL::jsonb;
+END $$;
+
+-- The keys of a deferred backfill range (after, upto], at most `chunk` of
+-- them, in key order: what sync._undefer stages.
+CREATE FUNCTION _source_range(def_id int, after jsonb, upto jsonb, chunk int)
+RETURNS TABLE (keys jsonb, last_key jsonb, n bigint)
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE sync._backfill_keyset_sql(def_id) USING after, chunk, upto;
+END $$;
+
+-- Where the chunk of `chunk` keys after `after` ends, and how many keys it
+-- holds (the backfill's key ranges when it defers).
+CREATE FUNCTION _source_bounds(def_id int, after jsonb, chunk int, OUT last_key jsonb, OUT n bigint)
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+BEGIN
+    EXECUTE sync._backfill_bounds_sql(def_id) INTO last_key, n USING after, chunk;
 END $$;
 
 -- What a definition sends for a few rows (or all): key, list, fields, hash.

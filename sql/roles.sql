@@ -27,7 +27,8 @@
 --   syncbridge_reader  (nobody logs in as it, nobody is a member) evaluates
 --                      row filters, shard predicates and transforms: it owns
 --                      sync._mapped_rows_all / _mapped_rows_by_key /
---                      _keys_of / _source_keys and may SELECT the definitions' source
+--                      _keys_of / _source_keys / _source_range /
+--                      _source_bounds and may SELECT the definitions' source
 --                      tables (granted and revoked by syncbridge as
 --                      definitions come and go), nothing else.
 --
@@ -75,7 +76,7 @@ BEGIN
         CONTINUE WHEN o.proname IN ('_publication_refresh', '_reader_grants');
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', o.fn);
         EXECUTE format('ALTER FUNCTION %s OWNER TO %s', o.fn,
-                       CASE WHEN o.proname IN ('_mapped_rows_all', '_mapped_rows_by_key', '_keys_of', '_source_keys')
+                       CASE WHEN o.proname IN ('_mapped_rows_all', '_mapped_rows_by_key', '_keys_of', '_source_keys', '_source_range', '_source_bounds')
                             THEN 'syncbridge_reader'
                             WHEN o.proname = '_source_write' THEN 'syncbridge_writer'
                             ELSE 'syncbridge_owner' END);
@@ -97,7 +98,7 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ TO syncbridge_owner;
 -- reader: compiling a definition (as syncbridge_owner), and reading keys
 -- (its own function, which _mapped_rows_by_key calls), nothing else of ours.
 GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._backfill_keyset_sql(int),
-    @extschema@._keys_of(int, jsonb) TO syncbridge_reader;
+    @extschema@._backfill_bounds_sql(int), @extschema@._keys_of(int, jsonb) TO syncbridge_reader;
 
 -- writer: compiling a definition, and the conversions its statements call.
 GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._from_json_expr(text, regtype, text, text),

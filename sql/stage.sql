@@ -37,18 +37,25 @@ COMMENT ON FUNCTION checkpoint(pg_lsn, text) IS 'Records that everything up to l
 CREATE TABLE deferred_keys (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     definition_id int NOT NULL REFERENCES definitions (id) ON DELETE CASCADE,
-    keys          jsonb NOT NULL CHECK (jsonb_typeof(keys) = 'array'),
+    keys          jsonb CHECK (jsonb_typeof(keys) = 'array'),
+    -- (a backfill's range of keys instead: range_after, range_last]
+    range_after   jsonb,
+    range_last    jsonb,
     n             int NOT NULL CHECK (n > 0),
     lsn           pg_lsn,
     run_id        bigint,
-    created_at    timestamptz NOT NULL DEFAULT now()
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((keys IS NULL) = (range_last IS NOT NULL)),
+    CHECK (keys IS NULL OR range_after IS NULL)
 );
 CREATE INDEX deferred_keys_definition_idx ON deferred_keys (definition_id, id);
 COMMENT ON TABLE deferred_keys IS 'Changed keys whose staging waits while their definition''s target is far behind (its open queue holds sync.defer_after exports or more): a batch per row, checked and de-duplicated. sync.claim stages them, oldest first, once the queue is below half of sync.defer_after; staging reads the rows then, so nothing is lost or stale.';
 COMMENT ON COLUMN deferred_keys.id IS 'Batch id (oldest first).';
 COMMENT ON COLUMN deferred_keys.definition_id IS 'The definition whose keys they are.';
-COMMENT ON COLUMN deferred_keys.keys IS 'The keys: a JSON array of objects mapping key columns to their text values (what sync.stage takes).';
-COMMENT ON COLUMN deferred_keys.n IS 'How many keys.';
+COMMENT ON COLUMN deferred_keys.keys IS 'The keys: a JSON array of objects mapping key columns to their text values (what sync.stage takes); NULL for a backfill''s range.';
+COMMENT ON COLUMN deferred_keys.range_after IS 'A backfill''s range of the source''s keys, in key order: the key it starts after (a JSON array of key texts; NULL: the first key).';
+COMMENT ON COLUMN deferred_keys.range_last IS 'The last key of a backfill''s range (a JSON array of key texts); the keys of the range are read when it is staged.';
+COMMENT ON COLUMN deferred_keys.n IS 'How many keys (a range: how many it held when the backfill read it).';
 COMMENT ON COLUMN deferred_keys.lsn IS 'The position they were staged at, kept for their exports (NULL: a backfill, a re-staging).';
 COMMENT ON COLUMN deferred_keys.run_id IS 'The run that handed them over, kept for their exports.';
 COMMENT ON COLUMN deferred_keys.created_at IS 'When they were deferred.';
@@ -289,6 +296,8 @@ DECLARE
     d record;
     b sync.deferred_keys;
     r record;
+    rng record;
+    got int;
     total int := 0;
     msg text;
 BEGIN
@@ -302,12 +311,30 @@ BEGIN
         SELECT * INTO b FROM sync.deferred_keys k WHERE k.definition_id = d.id ORDER BY k.id LIMIT 1 FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
         BEGIN
-            SELECT * INTO r FROM sync._stage_def(d.id, b.keys, b.lsn, b.run_id, false);
-            DELETE FROM sync.deferred_keys k WHERE k.id = b.id;
-            IF b.run_id IS NOT NULL THEN
-                UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = b.run_id;
+            got := 0;
+            IF b.keys IS NOT NULL THEN
+                SELECT * INTO r FROM sync._stage_def(d.id, b.keys, b.lsn, b.run_id, false);
+                got := r.added + r.updated + r.deleted + r.moved;
+                DELETE FROM sync.deferred_keys k WHERE k.id = b.id;
+                total := total + b.n;
+            ELSE
+                -- A backfill's range: its next keys as the table holds them
+                -- now (what staging reads anyway), 5,000 at a time.
+                SELECT * INTO rng FROM sync._source_range(d.id, b.range_after, b.range_last, 5000);
+                IF rng.n > 0 THEN
+                    SELECT * INTO r FROM sync._stage_def(d.id, rng.keys, b.lsn, b.run_id, false);
+                    got := r.added + r.updated + r.deleted + r.moved;
+                END IF;
+                IF rng.n < 5000 OR rng.last_key = b.range_last THEN
+                    DELETE FROM sync.deferred_keys k WHERE k.id = b.id;
+                ELSE
+                    UPDATE sync.deferred_keys k SET range_after = rng.last_key, n = greatest(k.n - rng.n, 1) WHERE k.id = b.id;
+                END IF;
+                total := total + rng.n;
             END IF;
-            total := total + b.n;
+            IF b.run_id IS NOT NULL AND got > 0 THEN
+                UPDATE sync.runs SET staged = staged + got WHERE id = b.run_id;
+            END IF;
         EXCEPTION
         WHEN transaction_rollback OR lock_not_available OR insufficient_resources OR operator_intervention OR query_canceled THEN
             -- Nothing wrong with the definition, and the claim goes on: the

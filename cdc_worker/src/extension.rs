@@ -181,21 +181,38 @@ pub async fn backfills_pending(db: &Client) -> Result<Vec<String>, WorkerError> 
         .collect())
 }
 
-/// One step of a backfill: (done, rows done, rows total; -1 while the
-/// table's size is unknown: never analyzed).
-pub type BackfillProgress = (bool, i64, i64);
+/// One step of a backfill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillProgress {
+    /// The whole table is staged (or deferred).
+    pub done: bool,
+    /// Rows done so far.
+    pub rows_done: i64,
+    /// The table's rows as the planner knows them; -1 while unknown (never
+    /// analyzed).
+    pub rows_total: i64,
+    /// The next step defers a range of keys (the target is far behind):
+    /// the worker lets it read where the range ends instead of reading keys.
+    pub deferring: bool,
+}
+
+impl BackfillProgress {
+    fn of(row: &tokio_postgres::Row) -> Self {
+        Self { done: row.get(0), rows_done: row.get(1), rows_total: row.get(2), deferring: row.get(3) }
+    }
+}
 
 /// `sync.backfill_step(definition, chunk, run)`: reads and stages the next
 /// chunk of keys itself.
 pub async fn backfill_step(db: &Client, def: &str, chunk: i32, run_id: i64) -> Result<BackfillProgress, WorkerError> {
     let row = db
         .query_one(
-            "SELECT done, rows_done, coalesce(rows_total, -1) FROM sync.backfill_step($1, $2, $3)",
+            "SELECT done, rows_done, coalesce(rows_total, -1), deferring FROM sync.backfill_step($1, $2, $3)",
             &[&def, &chunk, &run_id],
         )
         .await
         .map_err(WorkerError::db("backfill step"))?;
-    Ok((row.get(0), row.get(1), row.get(2)))
+    Ok(BackfillProgress::of(&row))
 }
 
 /// `sync.backfill_step` with the chunk's keys read beforehand (in the slot's
@@ -211,13 +228,13 @@ pub async fn backfill_step_keys(
 ) -> Result<BackfillProgress, WorkerError> {
     let row = db
         .query_one(
-            "SELECT done, rows_done, coalesce(rows_total, -1) FROM sync.backfill_step($1, $2, $3,
+            "SELECT done, rows_done, coalesce(rows_total, -1), deferring FROM sync.backfill_step($1, $2, $3,
                chunk_keys => $4::text::jsonb, chunk_after => $5::text::jsonb, chunk_last => $6::text::jsonb)",
             &[&def, &chunk, &run_id, &keys, &after, &last],
         )
         .await
         .map_err(WorkerError::db("backfill step"))?;
-    Ok((row.get(0), row.get(1), row.get(2)))
+    Ok(BackfillProgress::of(&row))
 }
 
 /// `sync.backfill_keys(definition, after, chunk)`: the keys of the next

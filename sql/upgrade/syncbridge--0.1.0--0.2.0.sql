@@ -21,6 +21,7 @@ DROP FUNCTION @extschema@.finish_run(bigint, text, text);
 DROP FUNCTION @extschema@.stage(regclass, jsonb, pg_lsn, text, bigint);
 DROP FUNCTION @extschema@.stage_truncate(regclass, pg_lsn);
 DROP FUNCTION @extschema@._stage_def(int, jsonb, pg_lsn, bigint);
+DROP FUNCTION @extschema@.backfill_step(text, int, bigint, jsonb, jsonb, jsonb);
 
 -- The configuration keys max_concurrent_batches (read by the worker since
 -- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second
@@ -1884,7 +1885,28 @@ LANGUAGE plpgsql STABLE
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
 AS $$
 BEGIN
-    RETURN QUERY EXECUTE sync._backfill_keyset_sql(def_id) USING after, chunk;
+    RETURN QUERY EXECUTE sync._backfill_keyset_sql(def_id) USING after, chunk, NULL::jsonb;
+END $$;
+
+-- The keys of a deferred backfill range (after, upto], at most `chunk` of
+-- them, in key order: what sync._undefer stages.
+CREATE OR REPLACE FUNCTION _source_range(def_id int, after jsonb, upto jsonb, chunk int)
+RETURNS TABLE (keys jsonb, last_key jsonb, n bigint)
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE sync._backfill_keyset_sql(def_id) USING after, chunk, upto;
+END $$;
+
+-- Where the chunk of `chunk` keys after `after` ends, and how many keys it
+-- holds (the backfill's key ranges when it defers).
+CREATE OR REPLACE FUNCTION _source_bounds(def_id int, after jsonb, chunk int, OUT last_key jsonb, OUT n bigint)
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'iso_8601' SET extra_float_digits = 1
+AS $$
+BEGIN
+    EXECUTE sync._backfill_bounds_sql(def_id) INTO last_key, n USING after, chunk;
 END $$;
 
 -- What a definition sends for a few rows (or all): key, list, fields, hash.
@@ -1945,18 +1967,25 @@ COMMENT ON FUNCTION checkpoint(pg_lsn, text) IS 'Records that everything up to l
 CREATE TABLE IF NOT EXISTS deferred_keys (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     definition_id int NOT NULL REFERENCES definitions (id) ON DELETE CASCADE,
-    keys          jsonb NOT NULL CHECK (jsonb_typeof(keys) = 'array'),
+    keys          jsonb CHECK (jsonb_typeof(keys) = 'array'),
+    -- (a backfill's range of keys instead: range_after, range_last]
+    range_after   jsonb,
+    range_last    jsonb,
     n             int NOT NULL CHECK (n > 0),
     lsn           pg_lsn,
     run_id        bigint,
-    created_at    timestamptz NOT NULL DEFAULT now()
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CHECK ((keys IS NULL) = (range_last IS NOT NULL)),
+    CHECK (keys IS NULL OR range_after IS NULL)
 );
 CREATE INDEX IF NOT EXISTS deferred_keys_definition_idx ON deferred_keys (definition_id, id);
 COMMENT ON TABLE deferred_keys IS 'Changed keys whose staging waits while their definition''s target is far behind (its open queue holds sync.defer_after exports or more): a batch per row, checked and de-duplicated. sync.claim stages them, oldest first, once the queue is below half of sync.defer_after; staging reads the rows then, so nothing is lost or stale.';
 COMMENT ON COLUMN deferred_keys.id IS 'Batch id (oldest first).';
 COMMENT ON COLUMN deferred_keys.definition_id IS 'The definition whose keys they are.';
-COMMENT ON COLUMN deferred_keys.keys IS 'The keys: a JSON array of objects mapping key columns to their text values (what sync.stage takes).';
-COMMENT ON COLUMN deferred_keys.n IS 'How many keys.';
+COMMENT ON COLUMN deferred_keys.keys IS 'The keys: a JSON array of objects mapping key columns to their text values (what sync.stage takes); NULL for a backfill''s range.';
+COMMENT ON COLUMN deferred_keys.range_after IS 'A backfill''s range of the source''s keys, in key order: the key it starts after (a JSON array of key texts; NULL: the first key).';
+COMMENT ON COLUMN deferred_keys.range_last IS 'The last key of a backfill''s range (a JSON array of key texts); the keys of the range are read when it is staged.';
+COMMENT ON COLUMN deferred_keys.n IS 'How many keys (a range: how many it held when the backfill read it).';
 COMMENT ON COLUMN deferred_keys.lsn IS 'The position they were staged at, kept for their exports (NULL: a backfill, a re-staging).';
 COMMENT ON COLUMN deferred_keys.run_id IS 'The run that handed them over, kept for their exports.';
 COMMENT ON COLUMN deferred_keys.created_at IS 'When they were deferred.';
@@ -2197,6 +2226,8 @@ DECLARE
     d record;
     b sync.deferred_keys;
     r record;
+    rng record;
+    got int;
     total int := 0;
     msg text;
 BEGIN
@@ -2210,12 +2241,30 @@ BEGIN
         SELECT * INTO b FROM sync.deferred_keys k WHERE k.definition_id = d.id ORDER BY k.id LIMIT 1 FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
         BEGIN
-            SELECT * INTO r FROM sync._stage_def(d.id, b.keys, b.lsn, b.run_id, false);
-            DELETE FROM sync.deferred_keys k WHERE k.id = b.id;
-            IF b.run_id IS NOT NULL THEN
-                UPDATE sync.runs SET staged = staged + r.added + r.updated + r.deleted + r.moved WHERE id = b.run_id;
+            got := 0;
+            IF b.keys IS NOT NULL THEN
+                SELECT * INTO r FROM sync._stage_def(d.id, b.keys, b.lsn, b.run_id, false);
+                got := r.added + r.updated + r.deleted + r.moved;
+                DELETE FROM sync.deferred_keys k WHERE k.id = b.id;
+                total := total + b.n;
+            ELSE
+                -- A backfill's range: its next keys as the table holds them
+                -- now (what staging reads anyway), 5,000 at a time.
+                SELECT * INTO rng FROM sync._source_range(d.id, b.range_after, b.range_last, 5000);
+                IF rng.n > 0 THEN
+                    SELECT * INTO r FROM sync._stage_def(d.id, rng.keys, b.lsn, b.run_id, false);
+                    got := r.added + r.updated + r.deleted + r.moved;
+                END IF;
+                IF rng.n < 5000 OR rng.last_key = b.range_last THEN
+                    DELETE FROM sync.deferred_keys k WHERE k.id = b.id;
+                ELSE
+                    UPDATE sync.deferred_keys k SET range_after = rng.last_key, n = greatest(k.n - rng.n, 1) WHERE k.id = b.id;
+                END IF;
+                total := total + rng.n;
             END IF;
-            total := total + b.n;
+            IF b.run_id IS NOT NULL AND got > 0 THEN
+                UPDATE sync.runs SET staged = staged + got WHERE id = b.run_id;
+            END IF;
         EXCEPTION
         WHEN transaction_rollback OR lock_not_available OR insufficient_resources OR operator_intervention OR query_canceled THEN
             -- Nothing wrong with the definition, and the claim goes on: the
@@ -4757,6 +4806,13 @@ COMMENT ON FUNCTION retry_import(bigint) IS 'Queues a failed import again (after
 -- rows are gone (or no longer match) are staged too (that is what makes
 -- sync.reset_cursor(to => 'beginning') a full reconcile).
 --
+-- While the target is far behind (sync.defer_after), a step records the
+-- next 20 chunks as a range of keys (sync.deferred_keys: after, last]
+-- instead, reading only where it ends; sync.claim reads the range's keys
+-- and stages them as the queue drains. The same reasoning holds: a key of
+-- the range read later than the snapshot is read as the table holds it
+-- then, and what changed since came through the slot as well.
+--
 -- Why nothing is missed or staged wrongly while rows change: staging reads
 -- the *current* row of each key ("reconcile key K"), and every change that
 -- commits after the definition was enabled also comes through the slot and is
@@ -4781,16 +4837,43 @@ BEGIN
       INTO cols, objs, lasts
       FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)
       JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = u.x;
-    -- $1: the last key done (a JSON array of texts) or NULL; $2: the chunk size.
+    -- $1: the last key done (a JSON array of texts) or NULL; $2: the chunk
+    -- size; $3: the last key to read (a JSON array of texts) or NULL: to the end.
     -- Returns the chunk's keys as objects, and the last key.
     RETURN format(
         'SELECT coalesce(jsonb_agg(k ORDER BY n), ''[]''), (array_agg(last ORDER BY n DESC))[1], count(*) FROM ('
         'SELECT row_number() OVER () AS n, jsonb_build_object(%2$s) AS k, jsonb_build_array(%3$s) AS last '
-        'FROM (SELECT * FROM %1$s AS s WHERE $1 IS NULL OR (%4$s) > (%5$s) ORDER BY %4$s LIMIT $2) s) x',
+        'FROM (SELECT * FROM %1$s AS s WHERE ($1 IS NULL OR (%4$s) > (%5$s)) AND ($3 IS NULL OR (%4$s) <= (%6$s)) '
+        'ORDER BY %4$s LIMIT $2) s) x',
         CASE WHEN (SELECT relkind FROM pg_class WHERE oid = d.source_rel) = 'p' THEN '' ELSE 'ONLY ' END || d.source_rel::text,
         objs,
         (SELECT string_agg(format('(s.%I)::text', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)),
-        cols, lasts);
+        cols, lasts, replace(lasts, '($1 ->> ', '($3 ->> '));
+END $$;
+
+-- The statement reading where a chunk of `$2` keys after `$1` ends: the
+-- last key (a JSON array of texts) and how many keys, without building the
+-- keys (a deferred backfill records key ranges).
+CREATE OR REPLACE FUNCTION _backfill_bounds_sql(def_id int) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    d sync.definitions;
+    cols text;
+    lasts text;
+BEGIN
+    SELECT * INTO STRICT d FROM sync.definitions WHERE id = def_id;
+    SELECT string_agg(format('s.%I', x), ', ' ORDER BY o),
+           string_agg(format('($1 ->> %s)::%s', o - 1, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY o)
+      INTO cols, lasts
+      FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)
+      JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = u.x;
+    RETURN format(
+        'WITH c AS MATERIALIZED (SELECT %2$s FROM %1$s AS s WHERE $1 IS NULL OR (%2$s) > (%3$s) ORDER BY %2$s LIMIT $2) '
+        'SELECT (SELECT jsonb_build_array(%4$s) FROM c AS s ORDER BY %5$s LIMIT 1), (SELECT count(*) FROM c)',
+        CASE WHEN (SELECT relkind FROM pg_class WHERE oid = d.source_rel) = 'p' THEN '' ELSE 'ONLY ' END || d.source_rel::text,
+        cols, lasts,
+        (SELECT string_agg(format('(s.%I)::text', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)),
+        (SELECT string_agg(format('s.%I DESC', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)));
 END $$;
 
 -- The keys of the next chunk after `after` (a JSON array of key texts, NULL
@@ -4824,11 +4907,14 @@ END $$;
 -- at chunk_last.
 CREATE OR REPLACE FUNCTION backfill_step(definition text, chunk int DEFAULT 5000, run_id bigint DEFAULT NULL,
                               chunk_keys jsonb DEFAULT NULL, chunk_after jsonb DEFAULT NULL, chunk_last jsonb DEFAULT NULL)
-RETURNS TABLE (done boolean, rows_done bigint, rows_total bigint, staged bigint)
+RETURNS TABLE (done boolean, rows_done bigint, rows_total bigint, staged bigint, deferring boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     d sync.definitions;
     pos jsonb;
+    in_ranges boolean := false;
+    step_rate float8;
+    recent float8;
     keys jsonb;
     last_key jsonb;
     n bigint;
@@ -4857,7 +4943,7 @@ BEGIN
     IF d.state NOT IN ('active', 'paused') OR d.backfill = 'done' THEN
         SELECT cu.position INTO pos FROM sync.cursors cu WHERE cu.kind = 'backfill' AND cu.definition_id = d.id;
         RETURN QUERY SELECT d.backfill = 'done', coalesce((pos ->> 'rows_done')::bigint, 0),
-                            coalesce((pos ->> 'rows_total')::bigint, 0), 0::bigint;
+                            coalesce((pos ->> 'rows_total')::bigint, 0), 0::bigint, false;
         RETURN;
     END IF;
     -- One backfill per definition at a time, serialized with the stream's
@@ -4882,7 +4968,16 @@ BEGIN
     IF total IS NULL THEN
         SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END INTO total FROM pg_class c WHERE c.oid = d.source_rel;
     END IF;
-    IF chunk_keys IS NULL THEN
+    IF chunk_keys IS NULL AND sync._defers(d.id, chunk * 20) THEN
+        -- The target is far behind (sync.defer_after): the next 20 chunks
+        -- are recorded as a range of keys, read when sync.claim stages them.
+        in_ranges := true;
+        SELECT b.last_key, b.n INTO last_key, n FROM sync._source_bounds(d.id, nullif(pos -> 'last_key', 'null'::jsonb), chunk * 20) b;
+        IF n > 0 THEN
+            INSERT INTO sync.deferred_keys (definition_id, range_after, range_last, n, run_id)
+            VALUES (d.id, nullif(pos -> 'last_key', 'null'::jsonb), last_key, n, run_id);
+        END IF;
+    ELSIF chunk_keys IS NULL THEN
         SELECT k.keys, k.last_key, k.n INTO keys, last_key, n FROM sync._source_keys(d.id, nullif(pos -> 'last_key', 'null'::jsonb), chunk) k;
     ELSIF chunk_after IS DISTINCT FROM nullif(pos -> 'last_key', 'null'::jsonb) THEN
         RAISE EXCEPTION 'the chunk of % does not follow its recorded progress', d.name
@@ -4893,7 +4988,7 @@ BEGIN
         keys := chunk_keys; last_key := chunk_last; n := jsonb_array_length(chunk_keys);
     END IF;
     staged := 0;
-    IF n > 0 THEN
+    IF n > 0 AND NOT in_ranges THEN
         FOR r IN SELECT * FROM sync.stage(d.source_rel, keys, NULL, d.name, run_id) LOOP
             IF r.error IS NOT NULL THEN
                 RAISE EXCEPTION 'backfill of % stopped: %', d.name, r.error
@@ -4906,7 +5001,7 @@ BEGIN
     started := (pos ->> 'started_at')::timestamptz;
     rows_done := (pos ->> 'rows_done')::bigint + n;
     rows_total := CASE WHEN total IS NOT NULL THEN greatest(total, rows_done) END;
-    done := n < chunk;
+    done := n < CASE WHEN in_ranges THEN chunk * 20 ELSE chunk END;
     IF done THEN
         -- Keys the target holds whose rows are gone or filtered out.
         -- (A probe per ledger key: nothing to read when the target holds nothing.)
@@ -4924,18 +5019,28 @@ BEGIN
         UPDATE sync.definitions x SET backfill = 'done', updated_at = now() WHERE x.id = d.id;
     END IF;
     elapsed := greatest(extract(epoch FROM clock_timestamp() - started), 0.001);
+    -- The ETA follows the recent rate (a moving average over the steps, each
+    -- from the end of the one before): the rate changes when the backfill
+    -- starts deferring, and the average since the start would lag it.
+    step_rate := n / greatest(extract(epoch FROM clock_timestamp() - coalesce((pos ->> 'step_at')::timestamptz, started)), 0.001);
+    recent := CASE WHEN pos ? 'recent_rate_per_s' THEN 0.7 * (pos ->> 'recent_rate_per_s')::float8 + 0.3 * step_rate ELSE step_rate END;
     pos := jsonb_build_object(
         'rows_done', rows_done, 'rows_total', rows_total, 'started_at', started,
         'last_key', coalesce(last_key, pos -> 'last_key'),
         'rate_per_s', round((rows_done / elapsed)::numeric, 1),
-        'eta_s', CASE WHEN done THEN 0 WHEN total IS NOT NULL THEN round(((rows_total - rows_done) / greatest(rows_done / elapsed, 0.001))::numeric, 1) END,
+        'recent_rate_per_s', round(recent::numeric, 1),
+        'step_at', clock_timestamp(),
+        'eta_s', CASE WHEN done THEN 0 WHEN total IS NOT NULL THEN round(((rows_total - rows_done) / greatest(recent, 0.001))::numeric, 1) END,
         'finished_at', CASE WHEN done THEN clock_timestamp() END);
     INSERT INTO sync.cursors AS cu (kind, scope, definition_id, position)
     VALUES ('backfill', d.name, d.id, pos)
     ON CONFLICT ON CONSTRAINT cursors_pkey DO UPDATE SET position = EXCLUDED.position, definition_id = EXCLUDED.definition_id, updated_at = now();
+    -- Whether the next chunk would be deferred: the worker then stops
+    -- reading keys and lets the step read the range's bounds.
+    deferring := NOT done AND sync._defers(d.id, chunk * 20);
     RETURN NEXT;
 END $$;
-COMMENT ON FUNCTION backfill_step(text, int, bigint, jsonb, jsonb, jsonb) IS 'Stages the next chunk of a definition''s initial load (keyset scan by key) and records the progress; done = true when the whole table (and the ledger''s vanished keys) is staged. The worker calls it until done.';
+COMMENT ON FUNCTION backfill_step(text, int, bigint, jsonb, jsonb, jsonb) IS 'Stages the next chunk of a definition''s initial load (keyset scan by key) and records the progress; done = true when the whole table (and the ledger''s vanished keys) is staged. While the target is far behind (sync.defer_after), records the next 20 chunks as a range of keys in sync.deferred_keys instead (deferring: the next step will). The worker calls it until done.';
 
 -- The definitions whose backfill is not done, for the worker.
 CREATE OR REPLACE FUNCTION backfills_pending() RETURNS TABLE (definition text, source regclass, backfill text)
@@ -6745,7 +6850,8 @@ COMMENT ON FUNCTION queue_depths() IS 'The open exports (pending, awaiting_appro
 --   syncbridge_reader  (nobody logs in as it, nobody is a member) evaluates
 --                      row filters, shard predicates and transforms: it owns
 --                      sync._mapped_rows_all / _mapped_rows_by_key /
---                      _keys_of / _source_keys and may SELECT the definitions' source
+--                      _keys_of / _source_keys / _source_range /
+--                      _source_bounds and may SELECT the definitions' source
 --                      tables (granted and revoked by syncbridge as
 --                      definitions come and go), nothing else.
 --
@@ -6793,7 +6899,7 @@ BEGIN
         CONTINUE WHEN o.proname IN ('_publication_refresh', '_reader_grants');
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', o.fn);
         EXECUTE format('ALTER FUNCTION %s OWNER TO %s', o.fn,
-                       CASE WHEN o.proname IN ('_mapped_rows_all', '_mapped_rows_by_key', '_keys_of', '_source_keys')
+                       CASE WHEN o.proname IN ('_mapped_rows_all', '_mapped_rows_by_key', '_keys_of', '_source_keys', '_source_range', '_source_bounds')
                             THEN 'syncbridge_reader'
                             WHEN o.proname = '_source_write' THEN 'syncbridge_writer'
                             ELSE 'syncbridge_owner' END);
@@ -6815,7 +6921,7 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ TO syncbridge_owner;
 -- reader: compiling a definition (as syncbridge_owner), and reading keys
 -- (its own function, which _mapped_rows_by_key calls), nothing else of ours.
 GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._backfill_keyset_sql(int),
-    @extschema@._keys_of(int, jsonb) TO syncbridge_reader;
+    @extschema@._backfill_bounds_sql(int), @extschema@._keys_of(int, jsonb) TO syncbridge_reader;
 
 -- writer: compiling a definition, and the conversions its statements call.
 GRANT EXECUTE ON FUNCTION @extschema@._compile(int), @extschema@._from_json_expr(text, regtype, text, text),

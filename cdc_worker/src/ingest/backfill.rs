@@ -58,12 +58,16 @@ async fn backfill_one(
     // own that reads the current rows, as all staging does. The scan
     // starts over: a new slot is a new starting point.
     let mut after: Option<String> = None;
+    // Once the extension defers the backfill's keys (the target far behind),
+    // each step reads only where its range ends, in its own snapshot: the
+    // keys are read when they are staged, as the table holds them then.
+    let mut deferring = false;
     loop {
         if *shutdown.borrow() {
             return Ok(false);
         }
         let step_started = Instant::now();
-        let (done, rows_done, rows_total) = if let Some(snap) = snapshot {
+        let progress = if let (Some(snap), false) = (snapshot, deferring) {
             let chunk = read_chunk_in_snapshot(db, snap, def, after.as_deref(), config.backfill_chunk).await?;
             let progress = extension::backfill_step_keys(
                 db,
@@ -82,11 +86,17 @@ async fn backfill_one(
         };
         *steps += 1;
         crate::metrics::BATCH_DURATION.observe(&["backfill_chunk"], step_started.elapsed().as_secs_f64());
-        if done {
-            tracing::info!(definition = %def, rows = rows_done, secs = started.elapsed().as_secs_f64(), "backfill done");
+        if progress.done {
+            tracing::info!(definition = %def, rows = progress.rows_done, secs = started.elapsed().as_secs_f64(), "backfill done");
             return Ok(true);
         }
-        tracing::debug!(definition = %def, rows_done, rows_total, "backfill progress");
+        if progress.deferring && !deferring {
+            tracing::info!(definition = %def, rows_done = progress.rows_done, "the target is far behind: the rest of the backfill is deferred as key ranges (sync.defer_after)");
+        }
+        // (for good: the snapshot's scan stands where the ranges began; a
+        // later step that stages keys again reads them in its own snapshot)
+        deferring |= progress.deferring;
+        tracing::debug!(definition = %def, rows_done = progress.rows_done, rows_total = progress.rows_total, "backfill progress");
     }
 }
 

@@ -56,4 +56,38 @@ SELECT definition, deferred FROM sync.stage('hr.defer_tickets', '[{"id": "1"}, {
 SELECT count(*) AS batches FROM sync.deferred_keys;
 SELECT sync.undefine('tickets_wh', force => true);
 SELECT count(*) AS batches FROM sync.deferred_keys;
+-- A backfill far behind records the next 20 chunks as a range of keys,
+-- reading only where it ends; claims read and stage a range 5,000 keys at a
+-- time as the queue drains, the rows as they are then.
+CREATE TABLE hr.defer_big (id int PRIMARY KEY, v text NOT NULL);
+INSERT INTO hr.defer_big SELECT g, 'v' || g FROM generate_series(1, 13000) g;
+ANALYZE hr.defer_big;
+SET LOCAL sync.defer_after = 500;
+SELECT sync.define('big_wh', source => 'hr.defer_big', target => 'hooks_d', list => 'big');
+SELECT sync.enable('big_wh');
+SELECT done, rows_done, rows_total, staged, deferring FROM sync.backfill_step('big_wh', 600);
+SELECT done, rows_done, rows_total, staged, deferring FROM sync.backfill_step('big_wh', 300);
+SELECT done, rows_done, rows_total, staged, deferring FROM sync.backfill_step('big_wh', 300);
+SELECT (position ->> 'eta_s') IS NOT NULL AS eta_known, (position ->> 'recent_rate_per_s')::float8 > 0 AS recent_rate
+  FROM sync.cursors WHERE kind = 'backfill' AND scope = 'big_wh';
+SELECT done, rows_done, rows_total, staged, deferring FROM sync.backfill_step('big_wh', 300);
+SELECT keys IS NULL AS is_range, range_after, range_last, n FROM sync.deferred_keys ORDER BY id;
+SELECT definition, pending, deferred, backfill FROM sync.status WHERE definition = 'big_wh';
+-- Meanwhile: a row of the second range deleted, one edited.
+DELETE FROM hr.defer_big WHERE id = 7000;
+UPDATE hr.defer_big SET v = 'edited' WHERE id = 7001;
+DO $$ DECLARE res jsonb; rounds int := 0; BEGIN
+    LOOP
+        SELECT coalesce(jsonb_agg(jsonb_build_object('id', c.id, 'ok', true, 'target_id', 'm-' || c.sync_key)), '[]')
+          INTO res FROM sync.claim('hooks_d', 1000, worker => 'w1') c;
+        EXIT WHEN jsonb_array_length(res) = 0;
+        PERFORM sync.complete(res, worker => 'w1');
+        rounds := rounds + 1;
+    END LOOP;
+    RAISE NOTICE 'claims: %', rounds;
+END $$;
+SELECT count(*) AS items, count(DISTINCT sync_key) AS keys, max(sync_key::int) AS last_key,
+       bool_or(sync_key = '7000') AS has_7000, max(fields ->> 'v') FILTER (WHERE sync_key = '7001') AS v_7001
+  FROM sync.ledger WHERE definition_id = (SELECT id FROM sync.definitions WHERE name = 'big_wh');
+SELECT count(*) AS batches FROM sync.deferred_keys;
 ROLLBACK;

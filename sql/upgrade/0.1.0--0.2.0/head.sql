@@ -17,6 +17,7 @@ DROP FUNCTION @extschema@.finish_run(bigint, text, text);
 DROP FUNCTION @extschema@.stage(regclass, jsonb, pg_lsn, text, bigint);
 DROP FUNCTION @extschema@.stage_truncate(regclass, pg_lsn);
 DROP FUNCTION @extschema@._stage_def(int, jsonb, pg_lsn, bigint);
+DROP FUNCTION @extschema@.backfill_step(text, int, bigint, jsonb, jsonb, jsonb);
 
 -- The configuration keys max_concurrent_batches (read by the worker since
 -- 0.1.0) and time_zone (the site's, for dates and times). writes_per_second
