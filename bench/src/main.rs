@@ -482,7 +482,10 @@ fn daemon(db: &TestDb) -> Result<std::process::Child> {
     c.stdout(Stdio::null());
     match std::env::var_os("SYNCBRIDGE_BENCH_LOG_DIR") {
         Some(dir) => {
-            let f = std::fs::File::create(std::path::Path::new(&dir).join(format!("{}.log", db.name())))?;
+            let dir = std::path::Path::new(&dir);
+            std::fs::create_dir_all(dir).with_context(|| format!("SYNCBRIDGE_BENCH_LOG_DIR {}", dir.display()))?;
+            let path = dir.join(format!("{}.log", db.name()));
+            let f = std::fs::File::create(&path).with_context(|| format!("the worker's log {}", path.display()))?;
             c.env("SYNCBRIDGE_LOG", std::env::var("SYNCBRIDGE_LOG").unwrap_or_else(|_| "info".into())).stderr(f);
         }
         None => {
@@ -912,40 +915,43 @@ fn main() -> Result<()> {
         files: Vec::new(),
     })));
     let mut figures = Vec::new();
+    // A scenario that fails is reported and the others still run: the
+    // figures measured are written whatever happens to one of them.
+    let mut failed = Vec::new();
 
     if wanted("1") || wanted("2") || wanted("6") {
-        decode_scenarios(cluster, &sizes, &mut figures)?;
+        record("1, 2, 6 decode", decode_scenarios(cluster, &sizes, &mut figures), &mut failed);
     }
     if wanted("3") {
         eprintln!("scenario 3: end to end");
-        end_to_end(cluster, &sizes, &mut figures)?;
+        record("3 end to end", end_to_end(cluster, &sizes, &mut figures), &mut failed);
     }
     if wanted("4") {
         eprintln!("scenario 4: throttled");
-        throttled(cluster, &sizes, &mut figures)?;
+        record("4 throttled", throttled(cluster, &sizes, &mut figures), &mut failed);
     }
     if wanted("5") {
         eprintln!("scenario 5: coalescing");
-        coalescing(cluster, &sizes, &mut figures)?;
+        record("5 coalescing", coalescing(cluster, &sizes, &mut figures), &mut failed);
     }
     if wanted("7") {
         eprintln!("scenario 7: outage");
-        outage(cluster, &sizes, &mut figures)?;
+        record("7 outage", outage(cluster, &sizes, &mut figures), &mut failed);
         eprintln!("scenario 7: an idle source, a source busy with unpublished tables");
-        wal_quiet(cluster, &sizes, &mut figures)?;
+        record("7 quiet", wal_quiet(cluster, &sizes, &mut figures), &mut failed);
     }
     if wanted("8") {
         for n in [1, 2, 4] {
             eprintln!("scenario 8: shared budget, {n} exporter processes");
-            shared_budget(cluster, &sizes, n, &mut figures)?;
+            record(&format!("8 shared budget x{n}"), shared_budget(cluster, &sizes, n, &mut figures), &mut failed);
         }
     }
     if wanted("9") {
         eprintln!("scenario 9: two-way");
-        twoway::twoway(cluster, &sizes, &mut figures)?;
+        record("9 two-way", twoway::twoway(cluster, &sizes, &mut figures), &mut failed);
     }
     if wanted("10") {
-        scale::scale(cluster, &sizes, &mut figures)?;
+        scale::scale(cluster, &sizes, &mut figures, &mut failed);
     }
 
     let machine = machine();
@@ -954,6 +960,7 @@ fn main() -> Result<()> {
         "machine": machine,
         "postgres": cluster.psql("postgres", "SELECT version()"),
         "figures": figures,
+        "failed": failed,
     });
     if let Some(dir) = std::path::Path::new(&out_path).parent() {
         std::fs::create_dir_all(dir)?;
@@ -963,5 +970,16 @@ fn main() -> Result<()> {
     std::fs::write(std::path::Path::new(&out_path).with_extension("md"), &md)?;
     println!("{md}");
     println!("figures written to {out_path}");
+    if !failed.is_empty() {
+        bail!("{} scenario(s) failed: {}", failed.len(), failed.join("; "));
+    }
     Ok(())
+}
+
+/// Records a scenario's failure (with its causes) and goes on.
+pub(crate) fn record(scenario: &str, result: Result<()>, failed: &mut Vec<String>) {
+    if let Err(e) = result {
+        eprintln!("scenario {scenario} FAILED: {e:#}");
+        failed.push(format!("{scenario}: {e:#}"));
+    }
 }

@@ -20,9 +20,11 @@ SET ROLE regress_worker;
 SELECT * FROM sync.stage('hr.employees', '[{"id": "3"}]', '0/20');
 SELECT count(*) AS claimed FROM sync.claim('sp_hr', 1, worker => 'regress_worker');
 -- ... writes a standby snapshot for its slot (the worker's role only) ...
-SELECT sync._standby_snapshot() IS NOT NULL AS snapshot_written, sync._nudge_slot('no_such_slot') AS nudged;
--- ... but cannot configure.
+SELECT sync._standby_snapshot() IS NOT NULL AS snapshot_written, sync._log_standby_snapshot() > 0 AS written_directly,
+       sync._nudge_slot('no_such_slot') AS nudged;
+-- ... but cannot configure, nor stage deferred keys but through sync.claim.
 \x on
+SELECT * FROM regress.err($sql$SELECT sync._undefer('sp_hr')$sql$);
 SELECT * FROM regress.err($sql$SELECT sync.define('x', source => 'hr.employees', target => 'sp_hr', list => 'X')$sql$);
 SELECT * FROM regress.err($sql$SELECT sync.approve_all()$sql$);
 SELECT * FROM regress.err($sql$UPDATE sync.definitions SET row_filter = 'true'$sql$);
@@ -37,6 +39,7 @@ SELECT definition, state, pending, executing FROM sync.status;
 \x on
 SELECT * FROM regress.err($sql$UPDATE sync.compiled SET rows_all = 'SELECT 1'$sql$);
 SELECT * FROM regress.err($sql$SELECT sync._standby_snapshot()$sql$);
+SELECT * FROM regress.err($sql$SELECT sync._log_standby_snapshot()$sql$);
 SELECT * FROM regress.err($sql$SELECT pg_catalog.pg_log_standby_snapshot()$sql$) WHERE current_setting('server_version_num')::int >= 160000
 UNION ALL SELECT '42501', 'permission denied for function pg_log_standby_snapshot', NULL, NULL WHERE current_setting('server_version_num')::int < 160000;
 \x off
