@@ -260,7 +260,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION _standby_snapshot() IS 'Writes a running-transactions record (pg_log_standby_snapshot() on 16 and later, the server''s LogStandbySnapshot() on 15), so that the slot''s restart position can move on; for the worker''s role only.';
 
--- The worker calls this every few seconds while it streams: when the slot's
+-- The worker calls this every second while it streams: when the slot's
 -- restart position lags its confirmed position by more than 64 kB, a
 -- standby snapshot lets it move on at the next confirmation.
 CREATE FUNCTION _nudge_slot(slot text) RETURNS boolean
@@ -278,4 +278,4 @@ BEGIN
     END IF;
     RETURN false;
 END $$;
-COMMENT ON FUNCTION _nudge_slot(text) IS 'When the slot''s restart position lags its confirmed position by more than 64 kB, writes a standby snapshot (sync._standby_snapshot) so that the WAL between them can be removed; true when it did. Called by the worker every few seconds.';
+COMMENT ON FUNCTION _nudge_slot(text) IS 'When the slot''s restart position lags its confirmed position by more than 64 kB, writes a standby snapshot (sync._standby_snapshot) so that the WAL between them can be removed; true when it did. Called by the worker every second while it streams.';
