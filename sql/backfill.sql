@@ -23,21 +23,33 @@
 -- definition is serialized (sync._stage_def takes a transaction lock), so an
 -- older read never overwrites a newer one.
 
-CREATE FUNCTION _backfill_keyset_sql(def_id int) RETURNS text
+-- The pieces of a definition's keyset statements over its source: the
+-- relation (ONLY unless partitioned), the key columns (s.col, ...), $1's key
+-- (a JSON array of texts) cast to their types, the key as texts, the key as
+-- an object's arguments ('col', text, ...), and the key in descending order.
+CREATE FUNCTION _keyset_parts(def_id int, OUT rel text, OUT cols text, OUT lasts text, OUT texts text,
+                              OUT objs text, OUT descs text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     d sync.definitions;
-    cols text;
-    objs text;
-    lasts text;
 BEGIN
     SELECT * INTO STRICT d FROM sync.definitions WHERE id = def_id;
+    rel := CASE WHEN (SELECT relkind FROM pg_class WHERE oid = d.source_rel) = 'p' THEN '' ELSE 'ONLY ' END || d.source_rel::text;
     SELECT string_agg(format('s.%I', x), ', ' ORDER BY o),
+           string_agg(format('($1 ->> %s)::%s', o - 1, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY o),
+           string_agg(format('(s.%I)::text', x), ', ' ORDER BY o),
            string_agg(format('%L, (s.%I)::text', x, x), ', ' ORDER BY o),
-           string_agg(format('($1 ->> %s)::%s', o - 1, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY o)
-      INTO cols, objs, lasts
+           string_agg(format('s.%I DESC', x), ', ' ORDER BY o)
+      INTO cols, lasts, texts, objs, descs
       FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)
       JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = u.x;
+END $$;
+
+CREATE FUNCTION _backfill_keyset_sql(def_id int) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    k record := sync._keyset_parts(def_id);
+BEGIN
     -- $1: the last key done (a JSON array of texts) or NULL; $2: the chunk
     -- size; $3: the last key to read (a JSON array of texts) or NULL: to the end.
     -- Returns the chunk's keys as objects, and the last key.
@@ -46,10 +58,7 @@ BEGIN
         'SELECT row_number() OVER () AS n, jsonb_build_object(%2$s) AS k, jsonb_build_array(%3$s) AS last '
         'FROM (SELECT * FROM %1$s AS s WHERE ($1 IS NULL OR (%4$s) > (%5$s)) AND ($3 IS NULL OR (%4$s) <= (%6$s)) '
         'ORDER BY %4$s LIMIT $2) s) x',
-        CASE WHEN (SELECT relkind FROM pg_class WHERE oid = d.source_rel) = 'p' THEN '' ELSE 'ONLY ' END || d.source_rel::text,
-        objs,
-        (SELECT string_agg(format('(s.%I)::text', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)),
-        cols, lasts, replace(lasts, '($1 ->> ', '($3 ->> '));
+        k.rel, k.objs, k.texts, k.cols, k.lasts, replace(k.lasts, '($1 ->> ', '($3 ->> '));
 END $$;
 
 -- The statement reading where a chunk of `$2` keys after `$1` ends: the
@@ -58,23 +67,12 @@ END $$;
 CREATE FUNCTION _backfill_bounds_sql(def_id int) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    d sync.definitions;
-    cols text;
-    lasts text;
+    k record := sync._keyset_parts(def_id);
 BEGIN
-    SELECT * INTO STRICT d FROM sync.definitions WHERE id = def_id;
-    SELECT string_agg(format('s.%I', x), ', ' ORDER BY o),
-           string_agg(format('($1 ->> %s)::%s', o - 1, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY o)
-      INTO cols, lasts
-      FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)
-      JOIN pg_attribute a ON a.attrelid = d.source_rel AND a.attname = u.x;
     RETURN format(
         'WITH c AS MATERIALIZED (SELECT %2$s FROM %1$s AS s WHERE $1 IS NULL OR (%2$s) > (%3$s) ORDER BY %2$s LIMIT $2) '
         'SELECT (SELECT jsonb_build_array(%4$s) FROM c AS s ORDER BY %5$s LIMIT 1), (SELECT count(*) FROM c)',
-        CASE WHEN (SELECT relkind FROM pg_class WHERE oid = d.source_rel) = 'p' THEN '' ELSE 'ONLY ' END || d.source_rel::text,
-        cols, lasts,
-        (SELECT string_agg(format('(s.%I)::text', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)),
-        (SELECT string_agg(format('s.%I DESC', x), ', ' ORDER BY o) FROM unnest(d.key_columns) WITH ORDINALITY u(x, o)));
+        k.rel, k.cols, k.lasts, k.texts, k.descs);
 END $$;
 
 -- The keys of the next chunk after `after` (a JSON array of key texts, NULL
@@ -114,6 +112,7 @@ DECLARE
     d sync.definitions;
     pos jsonb;
     in_ranges boolean := false;
+    range_keys int;
     step_rate float8;
     recent float8;
     keys jsonb;
@@ -126,6 +125,8 @@ DECLARE
 BEGIN
     d := sync._def(definition);
     PERFORM sync._backfill_check_chunk(chunk);
+    -- (a deferred step records 20 chunks as one range)
+    range_keys := chunk * 20;
     IF chunk_keys IS NOT NULL AND jsonb_typeof(chunk_keys) <> 'array' THEN
         RAISE EXCEPTION 'chunk_keys must be a JSON array of key objects'
             USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', jsonb_typeof(chunk_keys)),
@@ -169,11 +170,11 @@ BEGIN
     IF total IS NULL THEN
         SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END INTO total FROM pg_class c WHERE c.oid = d.source_rel;
     END IF;
-    IF chunk_keys IS NULL AND sync._defers(d.id, chunk * 20) THEN
+    IF chunk_keys IS NULL AND sync._defers(d.id, range_keys) THEN
         -- The target is far behind (sync.defer_after): the next 20 chunks
         -- are recorded as a range of keys, read when sync.claim stages them.
         in_ranges := true;
-        SELECT b.last_key, b.n INTO last_key, n FROM sync._source_bounds(d.id, nullif(pos -> 'last_key', 'null'::jsonb), chunk * 20) b;
+        SELECT b.last_key, b.n INTO last_key, n FROM sync._source_bounds(d.id, nullif(pos -> 'last_key', 'null'::jsonb), range_keys) b;
         IF n > 0 THEN
             INSERT INTO sync.deferred_keys (definition_id, range_after, range_last, n, run_id)
             VALUES (d.id, nullif(pos -> 'last_key', 'null'::jsonb), last_key, n, run_id);
@@ -202,7 +203,7 @@ BEGIN
     started := (pos ->> 'started_at')::timestamptz;
     rows_done := (pos ->> 'rows_done')::bigint + n;
     rows_total := CASE WHEN total IS NOT NULL THEN greatest(total, rows_done) END;
-    done := n < CASE WHEN in_ranges THEN chunk * 20 ELSE chunk END;
+    done := n < CASE WHEN in_ranges THEN range_keys ELSE chunk END;
     IF done THEN
         -- Keys the target holds whose rows are gone or filtered out.
         -- (A probe per ledger key: nothing to read when the target holds nothing.)
@@ -238,7 +239,7 @@ BEGIN
     ON CONFLICT ON CONSTRAINT cursors_pkey DO UPDATE SET position = EXCLUDED.position, definition_id = EXCLUDED.definition_id, updated_at = now();
     -- Whether the next chunk would be deferred: the worker then stops
     -- reading keys and lets the step read the range's bounds.
-    deferring := NOT done AND sync._defers(d.id, chunk * 20);
+    deferring := NOT done AND (in_ranges OR sync._defers(d.id, range_keys));
     RETURN NEXT;
 END $$;
 COMMENT ON FUNCTION backfill_step(text, int, bigint, jsonb, jsonb, jsonb) IS 'Stages the next chunk of a definition''s initial load (keyset scan by key) and records the progress; done = true when the whole table (and the ledger''s vanished keys) is staged. While the target is far behind (sync.defer_after), records the next 20 chunks as a range of keys in sync.deferred_keys instead (deferring: the next step will). The worker calls it until done.';

@@ -250,6 +250,20 @@ BEGIN
                  THEN d.delete_grace END;
 END $$;
 
+-- Stops a definition whose staging failed (a dropped column, a transform
+-- failing on a row): state error with the reason, and a warning saying the
+-- way back. The other definitions go on.
+CREATE FUNCTION _staging_failed(def_id int, reason text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    def_name text;
+BEGIN
+    UPDATE sync.definitions x SET state = 'error', state_reason = left(reason, 1000), updated_at = now()
+     WHERE x.id = def_id RETURNING x.name INTO def_name;
+    RAISE WARNING 'syncbridge: definition % stopped: %', def_name, reason
+        USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(def_name) || ');';
+END $$;
+
 -- Whether a batch of n keys of a definition is deferred: deferring is on
 -- (sync.defer_after > 0), the batch holds at least 500 keys (or
 -- sync.defer_after, if fewer: small batches are staged at once), and the
@@ -300,6 +314,8 @@ DECLARE
     got int;
     total int := 0;
     msg text;
+    -- keys of a backfill's range read and staged per claim
+    per_claim CONSTANT int := 5000;
 BEGIN
     low := CASE WHEN lim = 0 THEN 2147483647 ELSE greatest(lim / 2, 1) END;
     FOR d IN SELECT x.id, x.name FROM sync.definitions x
@@ -319,13 +335,13 @@ BEGIN
                 total := total + b.n;
             ELSE
                 -- A backfill's range: its next keys as the table holds them
-                -- now (what staging reads anyway), 5,000 at a time.
-                SELECT * INTO rng FROM sync._source_range(d.id, b.range_after, b.range_last, 5000);
+                -- now (what staging reads anyway), per_claim at a time.
+                SELECT * INTO rng FROM sync._source_range(d.id, b.range_after, b.range_last, per_claim);
                 IF rng.n > 0 THEN
                     SELECT * INTO r FROM sync._stage_def(d.id, rng.keys, b.lsn, b.run_id, false);
                     got := r.added + r.updated + r.deleted + r.moved;
                 END IF;
-                IF rng.n < 5000 OR rng.last_key = b.range_last THEN
+                IF rng.n < per_claim OR rng.last_key = b.range_last THEN
                     DELETE FROM sync.deferred_keys k WHERE k.id = b.id;
                 ELSE
                     UPDATE sync.deferred_keys k SET range_after = rng.last_key, n = greatest(k.n - rng.n, 1) WHERE k.id = b.id;
@@ -342,10 +358,7 @@ BEGIN
             RAISE WARNING 'syncbridge: deferred keys of % not staged yet: %', d.name, SQLERRM;
         WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            UPDATE sync.definitions SET state = 'error', state_reason = left('staging deferred keys failed: ' || msg, 1000), updated_at = now()
-             WHERE id = d.id;
-            RAISE WARNING 'syncbridge: definition % stopped: staging deferred keys failed: %', d.name, msg
-                USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
+            PERFORM sync._staging_failed(d.id, 'staging deferred keys failed: ' || msg);
         END;
     END LOOP;
     RETURN total;
@@ -427,9 +440,7 @@ BEGIN
             -- transform failing on a row) stops alone; the others go on, and
             -- sync.resume() reconciles the whole table once it is fixed.
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            UPDATE sync.definitions SET state = 'error', state_reason = left('staging failed: ' || msg, 1000), updated_at = now() WHERE id = d.id;
-            RAISE WARNING 'syncbridge: definition % stopped: staging failed: %', d.name, msg
-                USING HINT = 'Fix the cause, then SELECT sync.resume(' || quote_literal(d.name) || ');';
+            PERFORM sync._staging_failed(d.id, 'staging failed: ' || msg);
             definition := d.name; added := 0; updated := 0; deleted := 0; moved := 0; unchanged := 0; cancelled := 0;
             error := msg; deferred := 0;
         END;

@@ -180,6 +180,14 @@ fn wait_for(db: &TestDb, sql: &str, want: &str, limit: Duration) {
     }
 }
 
+/// The key ranges a definition's backfill deferred and no claim staged yet.
+fn ranges(db: &TestDb, definition: &str) -> String {
+    db.psql(&format!(
+        "SELECT count(*) FROM sync.deferred_keys k JOIN sync.definitions d ON d.id = k.definition_id
+          WHERE d.name = '{definition}' AND k.keys IS NULL"
+    ))
+}
+
 #[test]
 fn backfills_of_100000_rows_racing_writes_end_exactly_as_the_table() {
     let db = cluster().new_db("ingest backfill");
@@ -213,6 +221,9 @@ fn backfills_of_100000_rows_racing_writes_end_exactly_as_the_table() {
         std::thread::spawn(move || churn(dsn, "big", 100_000, stop, r))
     };
     wait_for(&db, "SELECT backfill FROM sync.definitions WHERE name = 'big'", "done", Duration::from_secs(300));
+    // Past the queue's limit the steps recorded key ranges: the worker left
+    // reading keys in the snapshot when the extension said so.
+    assert_ne!(ranges(&db, "big"), "0", "the backfill in the slot's snapshot recorded no key range");
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let rounds = churner.join().expect("churn panicked");
@@ -228,6 +239,7 @@ fn backfills_of_100000_rows_racing_writes_end_exactly_as_the_table() {
         std::thread::spawn(move || churn(dsn, "later", 100_000, stop, r))
     };
     wait_for(&db, "SELECT backfill FROM sync.definitions WHERE name = 'later'", "done", Duration::from_secs(300));
+    assert_ne!(ranges(&db, "later"), "0", "the backfill in fresh snapshots recorded no key range");
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let rounds_later = churner.join().expect("churn panicked");

@@ -252,12 +252,12 @@ impl Stager {
     /// Counts a committed job in the metrics: its keys, what `sync.stage`
     /// queued per definition, how long it took, and for each transaction
     /// it completed the time from its commit on the source until now.
-    fn count(&self, job: &StageJob, staged: &[(String, i32, i32)], secs: f64) {
+    fn count(&self, job: &StageJob, staged: &[extension::Staged], secs: f64) {
         metrics::INGEST_KEYS_STAGED.add(&[], job.keys as f64);
-        for (def, n, deferred) in staged {
-            metrics::INGEST_EXPORTS_STAGED.add(&[def], f64::from(*n));
-            if *deferred > 0 {
-                metrics::INGEST_KEYS_DEFERRED.add(&[def], f64::from(*deferred));
+        for s in staged {
+            metrics::INGEST_EXPORTS_STAGED.add(&[&s.definition], f64::from(s.exports));
+            if s.deferred > 0 {
+                metrics::INGEST_KEYS_DEFERRED.add(&[&s.definition], f64::from(s.deferred));
             }
         }
         metrics::BATCH_DURATION.observe(&["stage"], secs);
@@ -279,20 +279,21 @@ impl Stager {
         rels: &[(i64, String)],
         truncates: &[i64],
         lsn: Option<Lsn>,
-    ) -> Result<Vec<(String, i32, i32)>, WorkerError> {
+    ) -> Result<Vec<extension::Staged>, WorkerError> {
         let tx = self.db.transaction().await.map_err(WorkerError::db("starting a staging transaction"))?;
-        let mut staged: Vec<(String, i32, i32)> = Vec::new();
+        // Per definition, summed over the relations (errors were logged).
+        let mut staged: Vec<extension::Staged> = Vec::new();
         for (oid, json) in rels {
             for s in extension::stage(&tx, *oid, json, self.run_id).await? {
                 if let Some(err) = &s.error {
                     tracing::error!(definition = %s.definition, error = %err, "staging failed; the definition is now in state error");
                 }
-                match staged.iter_mut().find(|(d, _, _)| *d == s.definition) {
-                    Some((_, total, deferred)) => {
-                        *total += s.exports;
-                        *deferred += s.deferred;
+                match staged.iter_mut().find(|t| t.definition == s.definition) {
+                    Some(t) => {
+                        t.exports += s.exports;
+                        t.deferred += s.deferred;
                     }
-                    None => staged.push((s.definition, s.exports, s.deferred)),
+                    None => staged.push(extension::Staged { error: None, ..s }),
                 }
             }
         }
