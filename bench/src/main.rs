@@ -851,13 +851,14 @@ fn main() -> Result<()> {
             "bench/results/latest.json".into()
         }
     });
-    // `--only 3,5` runs some scenarios (figures of record come from a full run).
+    // `--only 3,5` runs some scenarios, `--only 10c` one part of scenario 10
+    // (figures of record come from a full run).
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
-    let wanted = |n: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == n));
+    let wanted = |n: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x.trim_end_matches(char::is_alphabetic) == n));
     let sizes = if quick {
         Sizes {
             e2e_rows: 500,
@@ -951,7 +952,8 @@ fn main() -> Result<()> {
         record("9 two-way", twoway::twoway(cluster, &sizes, &mut figures), &mut failed);
     }
     if wanted("10") {
-        scale::scale(cluster, &sizes, &mut figures, &mut failed);
+        let part = |p: char| only.as_ref().is_none_or(|o| o.iter().any(|x| x == "10" || *x == format!("10{p}")));
+        scale::scale(cluster, &sizes, &part, &mut figures, &mut failed);
     }
 
     let machine = machine();

@@ -1979,7 +1979,7 @@ CREATE TABLE IF NOT EXISTS deferred_keys (
     CHECK (keys IS NULL OR range_after IS NULL)
 );
 CREATE INDEX IF NOT EXISTS deferred_keys_definition_idx ON deferred_keys (definition_id, id);
-COMMENT ON TABLE deferred_keys IS 'Changed keys whose staging waits while their definition''s target is far behind (its open queue holds sync.defer_after exports or more): a batch per row, checked and de-duplicated. sync.claim stages them, oldest first, once the queue is below half of sync.defer_after; staging reads the rows then, so nothing is lost or stale.';
+COMMENT ON TABLE deferred_keys IS 'Changed keys whose staging waits while their definition''s target is far behind (its open queue holds sync.defer_after exports or more): a batch per row, checked and de-duplicated. sync.claim stages them, oldest first, once the queue is below half of sync.defer_after or 2,000 exports; staging reads the rows then, so nothing is lost or stale.';
 COMMENT ON COLUMN deferred_keys.id IS 'Batch id (oldest first).';
 COMMENT ON COLUMN deferred_keys.definition_id IS 'The definition whose keys they are.';
 COMMENT ON COLUMN deferred_keys.keys IS 'The keys: a JSON array of objects mapping key columns to their text values (what sync.stage takes); NULL for a backfill''s range.';
@@ -2225,7 +2225,9 @@ AS $$
 $$;
 
 -- Stages deferred keys of the target's definitions whose open queue is
--- below half of sync.defer_after (all of them when deferring is off): the
+-- below half of sync.defer_after or 2,000 exports, whichever is fewer (all
+-- of them when deferring is off; every claim counts, so at most 2,000
+-- index entries: a claim costs what it costs without deferred keys): the
 -- oldest batch of each, never waiting for a lock (another claim or a
 -- stager holding the definition's staging lock: its turn comes at the next
 -- claim). Called by sync.claim. A batch that fails to stage stops its
@@ -2246,8 +2248,11 @@ DECLARE
     msg text;
     -- keys of a backfill's range read and staged per claim
     per_claim CONSTANT int := 5000;
+    -- the most open exports a definition's deferred keys wait for: enough
+    -- for claims of up to 1,000 (sync.claim's limit) while one is staged
+    refill_below CONSTANT int := 2000;
 BEGIN
-    low := CASE WHEN lim = 0 THEN 2147483647 ELSE greatest(lim / 2, 1) END;
+    low := CASE WHEN lim = 0 THEN 2147483647 ELSE greatest(least(lim / 2, refill_below), 1) END;
     FOR d IN SELECT x.id, x.name FROM sync.definitions x
               WHERE x.target = _undefer.target AND x.state IN ('active', 'paused')
                 AND EXISTS (SELECT 1 FROM sync.deferred_keys k WHERE k.definition_id = x.id)

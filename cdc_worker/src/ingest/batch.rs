@@ -15,6 +15,10 @@ pub(super) struct RelationInfo {
     pub(super) key_positions: Vec<usize>,
 }
 
+/// How many times `--batch-keys` a batch over several relations may hold
+/// (memory: some 60 bytes a key, three batches at most).
+pub(super) const TOTAL_BATCHES: usize = 5;
+
 /// Changed keys waiting to be staged.
 #[derive(Default)]
 pub(super) struct Batch {
@@ -44,6 +48,16 @@ impl Batch {
         if self.keys.entry(rel).or_default().insert(key) {
             self.count += 1;
         }
+    }
+
+    /// Whether the batch is to be staged now: a relation holds `max_keys`
+    /// keys, or the batch `TOTAL_BATCHES` times that over all relations.
+    /// Staging a relation's keys costs a fixed part per call (planning its
+    /// mapping, the definition's lock: some 2 ms) besides the keys: a batch
+    /// spread over many relations is allowed to grow, so that each call
+    /// still carries many keys (50 definitions: 1,000 keys each, not 200).
+    pub(super) fn full(&self, max_keys: usize) -> bool {
+        self.count >= max_keys.saturating_mul(TOTAL_BATCHES) || self.keys.values().any(|k| k.len() >= max_keys)
     }
 
     pub(super) fn truncate(&mut self, rel: u32) {
@@ -104,6 +118,24 @@ mod tests {
         assert_eq!(s, r#""a\"b\\c\nd\u0001é東""#);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v, serde_json::json!("a\"b\\c\nd\u{1}é東"));
+    }
+
+    #[test]
+    fn a_batch_is_full_at_the_limit_per_relation_or_five_times_it_in_all() {
+        let mut b = Batch::default();
+        for k in 0..9 {
+            b.add(1, format!("{k}"));
+        }
+        assert!(!b.full(10));
+        b.add(1, "9".into());
+        assert!(b.full(10), "one relation at the limit");
+        let mut b = Batch::default();
+        for rel in 0..49u32 {
+            b.add(rel, "1".into());
+        }
+        assert!(!b.full(10), "49 keys over 49 relations: each far from the limit");
+        b.add(49, "1".into());
+        assert!(b.full(10), "50 keys in all: five times the limit");
     }
 
     #[test]

@@ -92,7 +92,10 @@ impl Ingest<'_> {
         poke.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.batch.since.map(|s| s + self.config.batch_max_wait);
-            let can_flush = !self.in_tx && !self.batch.is_empty();
+            // Not on a timer while a batch already waits for the stager (one
+            // staging, one queued): the keys go on collecting into one
+            // larger batch (until full) instead of stalling the stream.
+            let can_flush = !self.in_tx && !self.batch.is_empty() && self.in_flight < 2;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -148,7 +151,7 @@ impl Ingest<'_> {
                             self.summary.backfill_steps += t.await.map_err(|e| WorkerError::internal(format!("the backfill task failed: {e}")))??;
                         }
                     }
-                    if !self.in_tx {
+                    if !self.in_tx && self.in_flight < 2 {
                         self.flush().await?;
                         if backfill.is_none() && self.confirmed >= target_lsn {
                             tracing::info!(slot = %self.slot, confirmed = %self.confirmed, "caught up");
@@ -185,7 +188,7 @@ impl Ingest<'_> {
                 self.tx_keys = false;
                 self.skip_tx = false;
                 self.safe_lsn = self.safe_lsn.max(c.end_lsn);
-                if self.batch.count >= self.config.batch_max_keys {
+                if self.batch.full(self.config.batch_max_keys) {
                     self.flush().await?;
                 }
             }
@@ -228,7 +231,7 @@ impl Ingest<'_> {
             }
             Message::Type(_) | Message::Message(_) => {}
         }
-        if self.in_tx && self.batch.count >= self.config.batch_max_keys {
+        if self.in_tx && self.batch.full(self.config.batch_max_keys) {
             // A large transaction: stage what we have (no LSN yet) and go on.
             self.flush().await?;
         }
