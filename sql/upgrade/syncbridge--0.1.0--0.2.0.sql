@@ -5038,14 +5038,18 @@ BEGIN
     elapsed := greatest(extract(epoch FROM clock_timestamp() - started), 0.001);
     -- The ETA follows the recent rate (a moving average over the steps, each
     -- from the end of the one before): the rate changes when the backfill
-    -- starts deferring, and the average since the start would lag it.
+    -- starts deferring, and the average since the start would lag it. A
+    -- step of the other kind (staging keys, recording a range) starts the
+    -- average over: the steps before say nothing of the rate from now on.
     step_rate := n / greatest(extract(epoch FROM clock_timestamp() - coalesce((pos ->> 'step_at')::timestamptz, started)), 0.001);
-    recent := CASE WHEN pos ? 'recent_rate_per_s' THEN 0.7 * (pos ->> 'recent_rate_per_s')::float8 + 0.3 * step_rate ELSE step_rate END;
+    recent := CASE WHEN pos ? 'recent_rate_per_s' AND (pos ->> 'in_ranges')::boolean IS NOT DISTINCT FROM in_ranges
+                   THEN 0.7 * (pos ->> 'recent_rate_per_s')::float8 + 0.3 * step_rate ELSE step_rate END;
     pos := jsonb_build_object(
         'rows_done', rows_done, 'rows_total', rows_total, 'started_at', started,
         'last_key', coalesce(last_key, pos -> 'last_key'),
         'rate_per_s', round((rows_done / elapsed)::numeric, 1),
         'recent_rate_per_s', round(recent::numeric, 1),
+        'in_ranges', in_ranges,
         'step_at', clock_timestamp(),
         'eta_s', CASE WHEN done THEN 0 WHEN total IS NOT NULL THEN round(((rows_total - rows_done) / greatest(recent, 0.001))::numeric, 1) END,
         'finished_at', CASE WHEN done THEN clock_timestamp() END);

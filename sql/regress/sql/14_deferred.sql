@@ -66,7 +66,14 @@ SET LOCAL sync.defer_after = 500;
 SELECT sync.define('big_wh', source => 'hr.defer_big', target => 'hooks_d', list => 'big');
 SELECT sync.enable('big_wh');
 SELECT done, rows_done, rows_total, staged, deferring FROM sync.backfill_step('big_wh', 600);
+-- The rate of the steps that staged keys says nothing of the steps that
+-- record ranges: the moving average starts over (an absurd rate recorded
+-- for the staging steps is gone after the first range, not 70% of it).
+UPDATE sync.cursors SET position = position || '{"recent_rate_per_s": 1e12}' WHERE kind = 'backfill' AND scope = 'big_wh';
+SELECT (position ->> 'in_ranges')::boolean AS in_ranges FROM sync.cursors WHERE kind = 'backfill' AND scope = 'big_wh';
 SELECT done, rows_done, rows_total, staged, deferring FROM sync.backfill_step('big_wh', 300);
+SELECT (position ->> 'in_ranges')::boolean AS in_ranges, (position ->> 'recent_rate_per_s')::float8 < 1e11 AS started_over
+  FROM sync.cursors WHERE kind = 'backfill' AND scope = 'big_wh';
 SELECT done, rows_done, rows_total, staged, deferring FROM sync.backfill_step('big_wh', 300);
 SELECT (position ->> 'eta_s') IS NOT NULL AS eta_known, (position ->> 'recent_rate_per_s')::float8 > 0 AS recent_rate
   FROM sync.cursors WHERE kind = 'backfill' AND scope = 'big_wh';
