@@ -141,6 +141,11 @@ fn decode_and_stage(
     db.psql(sql);
     eprintln!("  {workload}: written in {:.1} s", t.elapsed().as_secs_f64());
     let endpos = db.psql("SELECT pg_current_wal_insert_lsn()");
+    // A quiet server for the timed runs: autovacuum would otherwise visit the
+    // table just written during some of them (a third busy process on two
+    // cores: the worker's runs took 3.0 to 4.1 s, pg_recvlogical's 3.4).
+    db.psql("VACUUM ANALYZE");
+    db.psql("CHECKPOINT");
     let (mut reference, mut ours, mut rss) = (Vec::new(), Vec::new(), 0u64);
     for i in 0..sizes.runs {
         let (r, _) = timed(recvlogical(db, &format!("r_{tag}_{i}"), &endpos))?;

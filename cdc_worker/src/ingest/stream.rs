@@ -16,6 +16,10 @@ use crate::source::lsn::Lsn;
 use crate::source::pgoutput::{self, Message, TupleData};
 use crate::source::replication::{ReplError, ReplicationEvent, ReplicationStream};
 
+/// Messages taken from what one read brought before the loop looks at its
+/// other events again (a read of 64 KiB holds some 1,000 small changes).
+const BUFFERED_RUN: usize = 1_000;
+
 pub(super) struct Ingest<'a> {
     pub(super) stream: ReplicationStream,
     pub(super) config: &'a IngestConfig,
@@ -111,25 +115,13 @@ impl Ingest<'_> {
                     None => return Err(self.stager.failure().await),
                 },
                 ev = self.stream.next() => {
-                    match ev? {
-                        ReplicationEvent::XLogData { wal_start, wal_end, data, .. } => {
-                            self.received = self.received.max(wal_end).max(wal_start);
-                            self.handle(wal_start, &data).await?;
-                        }
-                        ReplicationEvent::Keepalive { wal_end, reply_requested } => {
-                            self.received = self.received.max(wal_end);
-                            if !self.in_tx && wal_end > self.safe_lsn {
-                                self.safe_lsn = wal_end;
-                            }
-                            if reply_requested {
-                                self.report(false).await?;
-                            }
-                        }
-                        ReplicationEvent::End => {
-                            self.flush().await?;
-                            self.finish_staging().await?;
-                            return Err(WorkerError::Replication(ReplError::Protocol("the server ended the stream".into())));
-                        }
+                    self.event(ev?).await?;
+                    // What the same read brought, without a wake-up (and a
+                    // pass through every branch above) per message; a bounded
+                    // run, so that the other branches still get their turn.
+                    for _ in 0..BUFFERED_RUN {
+                        let Some(ev) = self.stream.next_buffered()? else { break };
+                        self.event(ev).await?;
                     }
                 }
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()).await }, if can_flush && deadline.is_some() => {
@@ -164,6 +156,31 @@ impl Ingest<'_> {
                 }
             }
         }
+    }
+
+    /// One event of the stream.
+    async fn event(&mut self, ev: ReplicationEvent) -> Result<(), WorkerError> {
+        match ev {
+            ReplicationEvent::XLogData { wal_start, wal_end, data, .. } => {
+                self.received = self.received.max(wal_end).max(wal_start);
+                self.handle(wal_start, &data).await?;
+            }
+            ReplicationEvent::Keepalive { wal_end, reply_requested } => {
+                self.received = self.received.max(wal_end);
+                if !self.in_tx && wal_end > self.safe_lsn {
+                    self.safe_lsn = wal_end;
+                }
+                if reply_requested {
+                    self.report(false).await?;
+                }
+            }
+            ReplicationEvent::End => {
+                self.flush().await?;
+                self.finish_staging().await?;
+                return Err(WorkerError::Replication(ReplError::Protocol("the server ended the stream".into())));
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn handle(&mut self, wal_start: Lsn, data: &[u8]) -> Result<(), WorkerError> {
