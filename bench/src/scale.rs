@@ -307,46 +307,46 @@ fn claim_cost(cluster: &'static Cluster, sizes: &Sizes, out: &mut Vec<Figure>) -
     // The reference keeps at least 1,000 pending while its 1,000 are claimed.
     let small = 1_000 + CLAIMS as u64 * CLAIM_SIZE;
     let (small_ms, small_max, _) = claim_times(cluster, small, false)?;
+    // Claim walks pending_exports_claim_idx to the first n claimable rows:
+    // its work should not depend on the backlog. A deeper B-tree and colder
+    // pages may cost some; 1.5x allows that and still catches any work that
+    // grows with the backlog (1,000x here).
+    let figure = |name: String, ms: f64, note: String| {
+        let ratio = ms / small_ms;
+        Figure {
+            scenario: "10 scale",
+            name,
+            value: (ms * 100.0).round() / 100.0,
+            unit: "ms",
+            goal: "<= 1.5x the claim with 1,000 pending".into(),
+            met: ratio <= 1.5,
+            reference: Some((small_ms * 100.0).round() / 100.0),
+            ratio: Some((ratio * 100.0).round() / 100.0),
+            note: Some(note),
+        }
+    };
     let (big_ms, big_max, _) = claim_times(cluster, sizes.claim_backlog, false)?;
-    let ratio = big_ms / small_ms;
-    out.push(Figure {
-        scenario: "10 scale",
-        name: format!("sync.claim of {CLAIM_SIZE} with {} exports pending", sizes.claim_backlog),
-        value: (big_ms * 100.0).round() / 100.0,
-        unit: "ms",
-        // Claim walks pending_exports_claim_idx to the first n claimable
-        // rows: its work should not depend on the backlog. A deeper B-tree
-        // and colder pages may cost some; 1.5x allows that and still catches
-        // any work that grows with the backlog (1,000x here).
-        goal: "<= 1.5x the claim with 1,000 pending".into(),
-        met: ratio <= 1.5,
-        reference: Some((small_ms * 100.0).round() / 100.0),
-        ratio: Some((ratio * 100.0).round() / 100.0),
-        note: Some(format!(
+    out.push(figure(
+        format!("sync.claim of {CLAIM_SIZE} with {} exports pending", sizes.claim_backlog),
+        big_ms,
+        format!(
             "median of {CLAIMS} claims of {CLAIM_SIZE} (each completed, one transaction each), timed in the server \
              around sync.claim (largest {big_max:.1} ms); the backlog staged by a backfill with --no-export (sync.defer_after = 0: all of it pending); \
              reference: the same with {small} staged, so 1,000 to {small} pending throughout (largest {small_max:.1} ms)"
-        )),
-    });
+        ),
+    ));
     // The same backlog as sync.defer_after keeps it by default: every claim
     // also checks whether its definition's deferred keys are due.
     let (def_ms, def_max, def_pending) = claim_times(cluster, sizes.claim_backlog, true)?;
-    let ratio = def_ms / small_ms;
-    out.push(Figure {
-        scenario: "10 scale",
-        name: format!("sync.claim of {CLAIM_SIZE} with {} rows backlogged, deferred by default", sizes.claim_backlog),
-        value: (def_ms * 100.0).round() / 100.0,
-        unit: "ms",
-        goal: "<= 1.5x the claim with 1,000 pending".into(),
-        met: ratio <= 1.5,
-        reference: Some((small_ms * 100.0).round() / 100.0),
-        ratio: Some((ratio * 100.0).round() / 100.0),
-        note: Some(format!(
+    out.push(figure(
+        format!("sync.claim of {CLAIM_SIZE} with {} rows backlogged, deferred by default", sizes.claim_backlog),
+        def_ms,
+        format!(
             "as above (largest {def_max:.1} ms), the backfill with sync.defer_after at its default: {def_pending} exports pending, \
              the other keys deferred in ranges; each claim counts its definition's open exports (up to 2,000) to tell \
              whether deferred keys are due; reference: the same as above"
-        )),
-    });
+        ),
+    ));
     Ok(())
 }
 
