@@ -1979,7 +1979,7 @@ CREATE TABLE IF NOT EXISTS deferred_keys (
     CHECK (keys IS NULL OR range_after IS NULL)
 );
 CREATE INDEX IF NOT EXISTS deferred_keys_definition_idx ON deferred_keys (definition_id, id);
-COMMENT ON TABLE deferred_keys IS 'Changed keys whose staging waits while their definition''s target is far behind (its open queue holds sync.defer_after exports or more): a batch per row, checked and de-duplicated. sync.claim stages them, oldest first, once the queue is below half of sync.defer_after or 2,000 exports; staging reads the rows then, so nothing is lost or stale.';
+COMMENT ON TABLE deferred_keys IS 'Changed keys whose staging waits while their definition''s target is far behind (its open queue holds sync.defer_after exports or more): a batch per row, checked and de-duplicated. sync.claim stages them, oldest first, once its claimable queue (pending, failed) is below half of sync.defer_after or 2,000 exports; staging reads the rows then, so nothing is lost or stale.';
 COMMENT ON COLUMN deferred_keys.id IS 'Batch id (oldest first).';
 COMMENT ON COLUMN deferred_keys.definition_id IS 'The definition whose keys they are.';
 COMMENT ON COLUMN deferred_keys.keys IS 'The keys: a JSON array of objects mapping key columns to their text values (what sync.stage takes); NULL for a backfill''s range.';
@@ -2212,6 +2212,18 @@ BEGIN
         OR sync._open_exports(def_id, lim) >= lim;
 END $$;
 
+-- A definition's claimable exports (pending, failed), counted up to `up_to`
+-- (an index-only scan of the claim index, that many entries at most).
+CREATE OR REPLACE FUNCTION _claimable_exports(def_id int, up_to int) RETURNS int
+LANGUAGE sql STABLE
+SET enable_seqscan = off
+AS $$
+    SELECT count(*)::int FROM (
+        SELECT 1 FROM sync.pending_exports e
+         WHERE e.definition_id = def_id AND e.status IN ('pending', 'failed')
+         LIMIT up_to) x
+$$;
+
 -- A definition's open exports (pending, awaiting approval, failed, error),
 -- counted up to `up_to` (an index-only scan of that many entries at most).
 CREATE OR REPLACE FUNCTION _open_exports(def_id int, up_to int) RETURNS int
@@ -2224,10 +2236,12 @@ AS $$
          LIMIT up_to) x
 $$;
 
--- Stages deferred keys of the target's definitions whose open queue is
--- below half of sync.defer_after or 2,000 exports, whichever is fewer (all
--- of them when deferring is off; every claim counts, so at most 2,000
--- index entries: a claim costs what it costs without deferred keys): the
+-- Stages deferred keys of the target's definitions whose claimable queue
+-- (pending or failed: not exports waiting for approval or sync.retry, which
+-- no claim drains) is below half of sync.defer_after or 2,000 exports,
+-- whichever is fewer (all of them when deferring is off; every claim
+-- counts, so at most 2,000 index entries: a claim costs what it costs
+-- without deferred keys): the
 -- oldest batch of each, never waiting for a lock (another claim or a
 -- stager holding the definition's staging lock: its turn comes at the next
 -- claim). Called by sync.claim. A batch that fails to stage stops its
@@ -2257,7 +2271,7 @@ BEGIN
               WHERE x.target = _undefer.target AND x.state IN ('active', 'paused')
                 AND EXISTS (SELECT 1 FROM sync.deferred_keys k WHERE k.definition_id = x.id)
               ORDER BY x.id LOOP
-        CONTINUE WHEN lim > 0 AND sync._open_exports(d.id, low) >= low;
+        CONTINUE WHEN lim > 0 AND sync._claimable_exports(d.id, low) >= low;
         CONTINUE WHEN NOT pg_try_advisory_xact_lock(1937337955, d.id);
         SELECT * INTO b FROM sync.deferred_keys k WHERE k.definition_id = d.id ORDER BY k.id LIMIT 1 FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;

@@ -15,9 +15,11 @@ pub(super) struct RelationInfo {
     pub(super) key_positions: Vec<usize>,
 }
 
-/// How many times `--batch-keys` a batch over several relations may hold
-/// (memory: some 60 bytes a key, three batches at most).
+/// How many times `--batch-keys` a batch over several relations may hold,
+/// up to `TOTAL_CAP` keys (memory: some 60 bytes a key, three batches at
+/// most: 9 MB at the cap); a `--batch-keys` above the cap is the limit in all.
 pub(super) const TOTAL_BATCHES: usize = 5;
+pub(super) const TOTAL_CAP: usize = 50_000;
 
 /// Changed keys waiting to be staged.
 #[derive(Default)]
@@ -25,6 +27,8 @@ pub(super) struct Batch {
     pub(super) keys: HashMap<u32, HashSet<String>>,
     pub(super) truncates: Vec<u32>,
     pub(super) count: usize,
+    /// The most keys any one relation holds.
+    pub(super) largest: usize,
     pub(super) since: Option<Instant>,
     /// Commit timestamps (microseconds since 2000-01-01) of the
     /// transactions whose last keys are in this batch (the metrics' commit
@@ -45,8 +49,10 @@ impl Batch {
 
     pub(super) fn add(&mut self, rel: u32, key: String) {
         self.touch();
-        if self.keys.entry(rel).or_default().insert(key) {
+        let keys = self.keys.entry(rel).or_default();
+        if keys.insert(key) {
             self.count += 1;
+            self.largest = self.largest.max(keys.len());
         }
     }
 
@@ -57,7 +63,7 @@ impl Batch {
     /// spread over many relations is allowed to grow, so that each call
     /// still carries many keys (50 definitions: 1,000 keys each, not 200).
     pub(super) fn full(&self, max_keys: usize) -> bool {
-        self.count >= max_keys.saturating_mul(TOTAL_BATCHES) || self.keys.values().any(|k| k.len() >= max_keys)
+        self.largest >= max_keys || self.count >= max_keys.saturating_mul(TOTAL_BATCHES).min(TOTAL_CAP.max(max_keys))
     }
 
     pub(super) fn truncate(&mut self, rel: u32) {
@@ -136,6 +142,14 @@ mod tests {
         assert!(!b.full(10), "49 keys over 49 relations: each far from the limit");
         b.add(49, "1".into());
         assert!(b.full(10), "50 keys in all: five times the limit");
+        // Five times a large limit is capped.
+        let mut b = Batch::default();
+        for rel in 0..TOTAL_CAP as u32 {
+            b.add(rel % 1_000, format!("{rel}"));
+        }
+        assert_eq!((b.count, b.largest), (TOTAL_CAP, TOTAL_CAP / 1_000));
+        assert!(b.full(20_000), "the cap, not five times 20,000");
+        assert!(!b.full(TOTAL_CAP + 1), "a limit above the cap is the limit in all");
     }
 
     #[test]

@@ -143,9 +143,15 @@ impl Ingest<'_> {
                             self.summary.backfill_steps += t.await.map_err(|e| WorkerError::internal(format!("the backfill task failed: {e}")))??;
                         }
                     }
-                    if !self.in_tx && self.in_flight < 2 {
-                        self.flush().await?;
-                        if backfill.is_none() && self.confirmed >= target_lsn {
+                    if !self.in_tx {
+                        // Caught up whatever the stager has in hand (a source
+                        // writing faster than staging keeps two batches there);
+                        // otherwise the batch goes only if none waits.
+                        let caught_up = backfill.is_none() && self.confirmed >= target_lsn;
+                        if caught_up || self.in_flight < 2 {
+                            self.flush().await?;
+                        }
+                        if caught_up {
                             tracing::info!(slot = %self.slot, confirmed = %self.confirmed, "caught up");
                             self.finish_staging().await?;
                             return Ok(());

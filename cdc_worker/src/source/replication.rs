@@ -203,6 +203,8 @@ pub struct QueryResult {
 pub struct ReplicationConnection {
     io: Box<dyn Io>,
     rbuf: BytesMut,
+    /// Bytes the last read from the socket brought.
+    last_read: usize,
     wbuf: BytesMut,
     target: String,
     /// The server's `server_version` parameter.
@@ -290,6 +292,7 @@ impl ReplicationConnection {
         let mut conn = ReplicationConnection {
             io,
             rbuf: BytesMut::with_capacity(64 * 1024),
+            last_read: 0,
             wbuf: BytesMut::with_capacity(1024),
             target: target.clone(),
             server_version: String::new(),
@@ -443,7 +446,7 @@ impl ReplicationConnection {
     }
 
     async fn read_frame(&mut self) -> Result<Frame, ReplError> {
-        read_frame(&mut self.io, &mut self.rbuf, &self.target).await
+        read_frame(&mut self.io, &mut self.rbuf, &mut self.last_read, &self.target).await
     }
 
     /// Runs one replication command or simple query and returns its rows.
@@ -590,8 +593,11 @@ impl ReplicationStream {
             let f = match buffered_frame(&mut self.conn.rbuf)? {
                 Some(f) => f,
                 None => {
-                    // Everything received is handled: let more arrive first.
-                    tokio::time::sleep(READ_PAUSE).await;
+                    // Everything received is handled; when the last read
+                    // brought little, let more arrive first.
+                    if self.conn.last_read < PAUSE_BELOW {
+                        tokio::time::sleep(READ_PAUSE).await;
+                    }
                     self.conn.read_frame().await?
                 }
             };
@@ -724,6 +730,10 @@ pub fn pg_now_micros() -> i64 {
 /// A millisecond is nothing to a change's latency, and the socket's buffer
 /// holds far more than a millisecond of the stream.
 const READ_PAUSE: Duration = Duration::from_millis(1);
+/// A read that brought this much or more means the stream flows faster
+/// than it trickles: no pause (a pause before every read would cap the
+/// stream at a read a millisecond: over TLS, a 16 KiB record each).
+const PAUSE_BELOW: usize = 8 * 1024;
 
 /// The first whole message in `rbuf`, taken out of it; None when it holds
 /// only part of one (its length checked as soon as it is there).
@@ -744,7 +754,12 @@ fn buffered_frame(rbuf: &mut BytesMut) -> Result<Option<Frame>, ReplError> {
     Ok(Some(Frame { tag, body: frame.freeze() }))
 }
 
-async fn read_frame(io: &mut Box<dyn Io>, rbuf: &mut BytesMut, target: &str) -> Result<Frame, ReplError> {
+async fn read_frame(
+    io: &mut Box<dyn Io>,
+    rbuf: &mut BytesMut,
+    last_read: &mut usize,
+    target: &str,
+) -> Result<Frame, ReplError> {
     let io_err = |source| ReplError::Io { target: target.to_owned(), source };
     loop {
         if let Some(f) = buffered_frame(rbuf)? {
@@ -757,6 +772,7 @@ async fn read_frame(io: &mut Box<dyn Io>, rbuf: &mut BytesMut, target: &str) -> 
             rbuf.reserve(64 * 1024);
         }
         let n = io.read_buf(rbuf).await.map_err(io_err)?;
+        *last_read = n;
         if n == 0 {
             return Err(io_err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -871,6 +887,7 @@ mod tests {
         let conn = ReplicationConnection {
             io: Box::new(client),
             rbuf: BytesMut::new(),
+            last_read: 0,
             wbuf: BytesMut::new(),
             target: "test".into(),
             server_version: "15".into(),

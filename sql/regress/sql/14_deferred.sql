@@ -54,6 +54,16 @@ SELECT definition, added, deferred FROM sync.stage('hr.defer_tickets', '[{"id": 
 SET LOCAL sync.defer_after = 4;
 SELECT definition, deferred FROM sync.stage('hr.defer_tickets', '[{"id": "1"}, {"id": "2"}, {"id": "3"}, {"id": "4"}]');
 SELECT count(*) AS batches FROM sync.deferred_keys;
+-- Exports waiting for sync.retry (or for approval) are not a queue a claim
+-- drains: deferred keys do not wait behind them, however many.
+UPDATE sync.pending_exports SET status = 'error', error_class = 'definite', last_error = 'regress: refused'
+ WHERE status IN ('pending', 'failed') AND definition_id = (SELECT id FROM sync.definitions WHERE name = 'tickets_wh');
+SELECT count(*) >= 2 AS errors_past_half FROM sync.pending_exports WHERE status = 'error';
+SELECT count(*) >= 0 AS claimed FROM sync.claim('hooks_d', 100, worker => 'w1');
+SELECT count(*) AS batches FROM sync.deferred_keys;
+-- They still say the target is far behind: new large batches are deferred.
+SELECT definition, deferred FROM sync.stage('hr.defer_tickets', '[{"id": "5"}, {"id": "6"}, {"id": "7"}, {"id": "8"}]');
+SELECT count(*) AS batches FROM sync.deferred_keys;
 SELECT sync.undefine('tickets_wh', force => true);
 SELECT count(*) AS batches FROM sync.deferred_keys;
 -- A backfill far behind records the next 20 chunks as a range of keys,
