@@ -924,8 +924,36 @@ mod tests {
             other => panic!("not the keepalive: {other:?}"),
         }
         assert!(stream.next_buffered().unwrap().is_none());
-        // A length no message has is refused, buffered or not.
-        tokio::io::AsyncWriteExt::write_all(&mut server, &[b'd', 0, 0, 0, 2]).await.unwrap();
+        // A notice is skipped, and CopyDone ends the stream, buffered too.
+        let mut tail = vec![b'N', 0, 0, 0, 4 + 9];
+        tail.extend_from_slice(b"SNOTICE\0\0");
+        tail.extend_from_slice(&xlog(4, b"fourth"));
+        tail.extend_from_slice(&[b'c', 0, 0, 0, 4]);
+        tokio::io::AsyncWriteExt::write_all(&mut server, &tail).await.unwrap();
+        assert_eq!(payload(stream.next().await.unwrap()), (4, b"fourth".to_vec()));
+        assert!(matches!(stream.next_buffered(), Ok(Some(ReplicationEvent::End))));
+        assert!(stream.next_buffered().unwrap().is_none(), "nothing after the end");
+        assert!(matches!(stream.next().await, Ok(ReplicationEvent::End)));
+    }
+
+    #[tokio::test]
+    async fn a_length_no_message_has_is_refused_buffered_or_not() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let conn = ReplicationConnection {
+            io: Box::new(client),
+            rbuf: BytesMut::new(),
+            last_read: 0,
+            wbuf: BytesMut::new(),
+            target: "test".into(),
+            server_version: "15".into(),
+            backend_pid: 1,
+        };
+        let mut stream = ReplicationStream { conn, done: false };
+        let mut bytes = xlog(1, b"first");
+        bytes.extend_from_slice(&[b'd', 0, 0, 0, 2]);
+        tokio::io::AsyncWriteExt::write_all(&mut server, &bytes).await.unwrap();
+        assert!(matches!(stream.next().await, Ok(ReplicationEvent::XLogData { .. })));
+        assert!(matches!(stream.next_buffered(), Err(ReplError::Protocol(m)) if m.contains("invalid length")));
         assert!(matches!(stream.next().await, Err(ReplError::Protocol(m)) if m.contains("invalid length")));
     }
 
