@@ -54,7 +54,7 @@ const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "defer_after",
-        description: "Open exports of a definition from which batches of 500 changed keys or more are kept in sync.deferred_keys and staged as the queue drains below half of it (or 2,000); 0 never defers.",
+        description: "Open exports of a definition from which batches of 500 changed keys or more are kept in sync.deferred_keys and staged once the claimable queue (pending, failed) is below half of it (or 2,000); 0 never defers.",
     },
     Setting {
         name: "failover_slot",
@@ -135,7 +135,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"sync.defer_after",
         c"Open exports of a definition from which large batches of changed keys are deferred.",
-        c"A target far behind gains nothing from keys mapped long before they can be sent: from this many open exports, batches of 500 keys or more (or this many, if fewer) are kept in sync.deferred_keys as they came, and sync.claim stages them, oldest first, once the queue is below half of this or 2,000 exports. 0 never defers (and stages what is deferred as fast as the exporters claim).",
+        c"A target far behind gains nothing from keys mapped long before they can be sent: from this many open exports, batches of 500 keys or more (or this many, if fewer) are kept in sync.deferred_keys as they came, and sync.claim stages them, oldest first, once its claimable queue (pending, failed) is below half of this or 2,000 exports. 0 never defers (and stages what is deferred as fast as the exporters claim).",
         &DEFER_AFTER,
         0,
         1_000_000_000,

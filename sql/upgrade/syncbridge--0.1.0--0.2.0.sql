@@ -2213,7 +2213,9 @@ BEGIN
 END $$;
 
 -- A definition's claimable exports (pending, failed), counted up to `up_to`
--- (an index-only scan of the claim index, that many entries at most).
+-- (an index-only scan of the claim index, that many entries at most). Not
+-- _open_exports with a status parameter: each list must be a literal for
+-- the planner to match its partial index.
 CREATE OR REPLACE FUNCTION _claimable_exports(def_id int, up_to int) RETURNS int
 LANGUAGE sql STABLE
 SET enable_seqscan = off
